@@ -1,0 +1,306 @@
+"""The contracts between evalkit's plugins: read this module first.
+
+Data flow of one run::
+
+    Suite.items(split) ──► PromptItem (prompt, category, noun phrases, seen/unseen, swapped prompt)
+        × seeds          ──► Batch (one entry per image: item + seed [+ ground-truth scene])
+    Prior.predict(batch) ──► image_embeds (N, D)   dim + normalisation declared by the prior
+    Decoder.decode(image_embeds, batch, protocol) ──► images (N, 3, H, W), float in [0, 1]
+    Scorer.update(images, batch) ──► per-image rows;  Scorer.compute() ──► {category: value}
+
+The prior↔decoder contract is the embedding: :func:`check_embedding_contract` runs before
+any generation. Torch is imported lazily so that importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Sequence
+
+from evalkit.errors import EmbeddingContractError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+Normalisation = Literal["raw", "l2"]
+NORMALISATIONS = ("raw", "l2")
+
+
+def content_hash(obj: Any, length: int = 16) -> str:
+    """Stable hash of a JSON-able object (dataclasses allowed). The one hashing function of evalkit."""
+
+    def default(o):
+        if dataclasses.is_dataclass(o):
+            return dataclasses.asdict(o)
+        if isinstance(o, (set, frozenset)):
+            return sorted(o)
+        raise TypeError(f"cannot hash {type(o).__name__}")
+
+    text = json.dumps(obj, sort_keys=True, default=default, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+# --------------------------------------------------------------------------- suites
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    """One prompt of a suite. An *item* of a run is (PromptItem, seed)."""
+
+    prompt: str
+    category: str  # the binding family: "color" | "shape" | "texture" | ...
+    split: str  # "train" | "dev" | "val"
+    item_id: str  # stable within the suite, e.g. "color-val-0007"
+    noun_phrases: tuple[str, ...] | None = None  # None: a splitter fills them in at scoring time
+    seen: bool | None = None  # attribute–object combinations seen in training (None: unknown)
+    swapped_prompt: str | None = None  # the attribute-swapped counterpart, when the suite has one
+    meta: dict = field(default_factory=dict, hash=False, compare=False)  # JSON-able extras
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class Suite(abc.ABC):
+    """A versioned prompt set. Subclasses implement :meth:`load_items`."""
+
+    name: str = ""
+    category: str = ""
+    splits: tuple[str, ...] = ("val",)
+
+    @abc.abstractmethod
+    def load_items(self, split: str) -> list[PromptItem]:
+        """All items of ``split`` in a fixed order."""
+
+    def items(self, split: str = "val") -> list[PromptItem]:
+        if split not in self.splits:
+            raise ValueError(f"suite {self.name!r} has no split {split!r}; it has {', '.join(self.splits)}")
+        return self.load_items(split)
+
+    def version(self, split: str = "val") -> str:
+        """Hash of the parsed prompt list of ``split`` (prompts, categories, phrases, seen flags)."""
+        rows = [(i.prompt, i.category, i.noun_phrases, i.seen, i.swapped_prompt) for i in self.items(split)]
+        return content_hash([self.name, split, rows])
+
+    def ground_truth(self, item: PromptItem, seed: int) -> Any | None:
+        """The scene an (item, seed) pair denotes, for suites that know it (synthetic); else None."""
+        return None
+
+
+# --------------------------------------------------------------------------- batches
+
+
+@dataclass
+class TextEncoding:
+    """Text encodings of one embedding space, one row per prompt in the batch."""
+
+    encoder: str  # name of the embedding space, e.g. "synth-clip" or "clip-vit-l-14"
+    text_embeds: "torch.Tensor"  # (N, D) pooled, projected text embeddings
+    text_hidden: "torch.Tensor | None" = None  # (N, L, W) per-token hidden states
+    attention_mask: "torch.Tensor | None" = None  # (N, L) bool, True = real token
+
+
+@dataclass
+class Batch:
+    """One entry per image to produce: the item, its seed and (synthetic suites) its scene."""
+
+    items: list[PromptItem]
+    seeds: list[int]
+    scenes: list[Any] | None = None
+    text: dict[str, TextEncoding] = field(default_factory=dict)  # filled by the runner, per encoder
+
+    def __post_init__(self):
+        if len(self.items) != len(self.seeds):
+            raise ValueError(f"batch has {len(self.items)} items but {len(self.seeds)} seeds")
+        if self.scenes is not None and len(self.scenes) != len(self.items):
+            raise ValueError("batch scenes must match items one to one")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def prompts(self) -> list[str]:
+        return [item.prompt for item in self.items]
+
+    @classmethod
+    def from_prompts(cls, prompts: Sequence[str], seeds: Sequence[int] | None = None, category: str = "") -> "Batch":
+        items = [PromptItem(p, category, "val", f"adhoc-{i}") for i, p in enumerate(prompts)]
+        return cls(items, list(seeds) if seeds is not None else [0] * len(items))
+
+
+def seeded_generators(seeds: Sequence[int], device: str = "cpu") -> list["torch.Generator"]:
+    """One generator per image: an image's randomness comes from its own seed, never from its batch."""
+    import torch
+
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+def per_image_randn(seeds: Sequence[int], shape: Sequence[int], device: str = "cpu", dtype=None) -> "torch.Tensor":
+    """Gaussian noise of ``(len(seeds), *shape)``, row i drawn from seed i alone."""
+    import torch
+
+    rows = [torch.randn(tuple(shape), generator=g, device=device, dtype=dtype) for g in seeded_generators(seeds, device)]
+    return torch.stack(rows) if rows else torch.empty((0, *shape), device=device, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- plugins
+
+
+class EmbeddingSpec:
+    """What an embedding-producing or -consuming plugin declares."""
+
+    embedding_space: str = ""
+    embedding_dim: int = 0
+    normalisation: Normalisation = "raw"
+
+
+class Prior(EmbeddingSpec, abc.ABC):
+    """Maps a batch of prompts to image embeddings of a declared space, dim and normalisation."""
+
+    name: ClassVar[str] = ""
+    #: embedding spaces whose text encodings the prior reads from ``batch.text`` (empty: none)
+    text_encoders: tuple[str, ...] = ()
+
+    @abc.abstractmethod
+    def predict(self, batch: Batch) -> "torch.Tensor":
+        """Return ``(len(batch), embedding_dim)`` float32 image embeddings."""
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return 0
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The generation protocol: everything besides the prior that determines an image and its score."""
+
+    decoder: str
+    num_inference_steps: int
+    guidance_scale: float
+    resolution: int
+    images_per_prompt: int = 10
+    seed: int = 42  # image i of a prompt uses seed + i, as T2I-CompBench
+    dtype: str = "float32"
+    scorer: str = ""
+    scorer_version: str = ""
+
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.images_per_prompt)]
+
+    def hash(self) -> str:
+        return content_hash(self)
+
+
+class Decoder(EmbeddingSpec, abc.ABC):
+    """Turns image embeddings (plus prompts and per-image seeds) into images."""
+
+    name: ClassVar[str] = ""
+    resolution: int = 0
+    default_num_inference_steps: int = 25
+    default_guidance_scale: float = 1.0
+
+    @abc.abstractmethod
+    def decode(self, image_embeds: "torch.Tensor", batch: Batch, protocol: Protocol) -> "torch.Tensor":
+        """Return images ``(N, 3, H, W)`` as float in [0, 1]; image i depends only on row i and seed i."""
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return 0
+
+
+class Scorer(abc.ABC):
+    """Per-image scores, torchmetrics style: ``update`` accumulates, ``compute`` aggregates."""
+
+    name: ClassVar[str] = ""
+    version: str = "1"
+    higher_is_better: bool = True
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def reset(self) -> None:
+        self.rows = []
+
+    @abc.abstractmethod
+    def score(self, images: "torch.Tensor", batch: Batch) -> list[dict]:
+        """One row per image: at least ``{"score": float}``; B-VQA scorers add ``questions``."""
+
+    def update(self, images: "torch.Tensor", batch: Batch) -> list[dict]:
+        rows = self.score(images, batch)
+        if len(rows) != len(batch):
+            raise RuntimeError(f"scorer {self.name!r} returned {len(rows)} rows for {len(batch)} images")
+        for row, item, seed in zip(rows, batch.items, batch.seeds):
+            row.setdefault("item_id", item.item_id)
+            row.setdefault("prompt", item.prompt)
+            row.setdefault("category", item.category)
+            row.setdefault("seen", item.seen)
+            row.setdefault("seed", seed)
+        self.rows.extend(rows)
+        return rows
+
+    def compute(self) -> dict[str, float]:
+        """Mean score per category over the images seen since the last reset."""
+        sums: dict[str, list[float]] = {}
+        for row in self.rows:
+            sums.setdefault(row["category"], []).append(float(row["score"]))
+        return {cat: sum(v) / len(v) for cat, v in sums.items()}
+
+
+def check_embedding_contract(prior: EmbeddingSpec, decoder: EmbeddingSpec) -> None:
+    """Raise :class:`EmbeddingContractError` unless the prior's embeddings fit the decoder."""
+    pname = getattr(prior, "name", type(prior).__name__)
+    dname = getattr(decoder, "name", type(decoder).__name__)
+    problems = []
+    if prior.embedding_dim != decoder.embedding_dim:
+        problems.append(f"dimension {prior.embedding_dim} vs {decoder.embedding_dim}")
+    if prior.embedding_space != decoder.embedding_space:
+        problems.append(f"embedding space {prior.embedding_space!r} vs {decoder.embedding_space!r}")
+    if prior.normalisation != decoder.normalisation:
+        problems.append(f"normalisation {prior.normalisation!r} vs {decoder.normalisation!r}")
+    if problems:
+        raise EmbeddingContractError(
+            f"prior {pname!r} cannot feed decoder {dname!r}: " + "; ".join(problems)
+            + ". Pick a prior trained for the decoder's CLIP space (see `evalkit ls priors`)."
+        )
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class ResultRow:
+    """One aggregated number of a run (the schema of ``results.json`` rows)."""
+
+    prior: str
+    decoder: str
+    suite: str
+    suite_version: str
+    category: str
+    split: str
+    seen: str  # "all" | "seen" | "unseen"
+    metric: str
+    value: float
+    stderr: float
+    ci_low: float
+    ci_high: float
+    n: int
+    protocol_hash: str
+    tag: str = ""
+    num_parameters: int = 0
+    higher_is_better: bool = True
+
+
+@dataclass
+class SampleRow:
+    """One generated image (the schema of ``samples.jsonl``)."""
+
+    prior: str
+    item_id: str
+    prompt: str
+    seed: int
+    category: str
+    seen: bool | None
+    image_path: str
+    score: float
+    questions: list[dict] = field(default_factory=list)  # [{"question": str, "p": float}]

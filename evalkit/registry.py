@@ -1,0 +1,109 @@
+"""One small generic registry: names map to lazy ``"module:attribute"`` targets.
+
+Nothing is imported until :meth:`Registry.get` is called, so listing plugins costs no
+torch import. Third-party packages can add entries through entry points in the groups
+``evalkit.priors``, ``evalkit.decoders``, ``evalkit.scorers`` and ``evalkit.suites``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from evalkit.errors import UnknownNameError
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    target: str | Any  # "package.module:Attribute" or the object itself
+    description: str = ""
+
+
+class Registry:
+    def __init__(self, kind: str, entry_point_group: str | None = None):
+        self.kind = kind
+        self.entry_point_group = entry_point_group
+        self._entries: dict[str, Entry] = {}
+        self._entry_points_loaded = False
+
+    def register(self, name: str, target: str | Any, description: str = "", *, replace: bool = False):
+        """Register ``target`` under ``name``; usable as a decorator when ``target`` is omitted."""
+        if name in self._entries and not replace:
+            raise ValueError(f"{self.kind} {name!r} is already registered (pass replace=True to override)")
+        self._entries[name] = Entry(name, target, description)
+        return target
+
+    def unregister(self, name: str) -> None:
+        self._entries.pop(name, None)
+
+    def _load_entry_points(self) -> None:
+        if self._entry_points_loaded or not self.entry_point_group:
+            return
+        self._entry_points_loaded = True
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=self.entry_point_group):
+            if ep.name not in self._entries:
+                self._entries[ep.name] = Entry(ep.name, ep.value, f"(plugin from {ep.dist.name if ep.dist else '?'})")
+
+    def names(self) -> list[str]:
+        self._load_entry_points()
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry]:
+        return [self._entries[n] for n in self.names()]
+
+    def __contains__(self, name: str) -> bool:
+        self._load_entry_points()
+        return name in self._entries
+
+    def entry(self, name: str) -> Entry:
+        self._load_entry_points()
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownNameError(self.kind, name, self.names()) from None
+
+    def get(self, name: str) -> Any:
+        """The registered object (imported on first use)."""
+        target = self.entry(name).target
+        if isinstance(target, str):
+            module_name, _, attribute = target.partition(":")
+            obj = importlib.import_module(module_name)
+            for part in attribute.split(".") if attribute else []:
+                obj = getattr(obj, part)
+            return obj
+        return target
+
+    def check(self, names: list[str]) -> None:
+        """Raise for the first unknown name, before any work starts."""
+        for name in names:
+            self.entry(name)
+
+
+PRIORS = Registry("prior", "evalkit.priors")
+DECODERS = Registry("decoder", "evalkit.decoders")
+SCORERS = Registry("scorer", "evalkit.scorers")
+SUITES = Registry("suite", "evalkit.suites")
+
+REGISTRIES = {"priors": PRIORS, "decoders": DECODERS, "scorers": SCORERS, "suites": SUITES}
+
+# Built-in plugins. Keep these as strings: listing must not import torch.
+PRIORS.register("dummy", "evalkit.priors.dummy:DummyPrior", "template prior: a seeded linear map of a hashed bag of words")
+DECODERS.register("dummy", "evalkit.decoders.dummy:DummyDecoder", "template decoder: embeddings to colour blobs, per-image seeded noise")
+SCORERS.register("dummy", "evalkit.scorers.dummy:DummyScorer", "template scorer: mean brightness as a stand-in probability per noun phrase")
+
+for _family in ("color", "shape", "texture"):
+    SUITES.register(
+        f"synth-{_family}",
+        f"evalkit.suites.synth:synth_{_family}",
+        f"synthetic world, {_family} binding (train/dev/val; val 200 seen + 100 unseen)",
+    )
+    SUITES.register(
+        f"t2i-compbench-{_family}",
+        f"evalkit.suites.t2i_compbench:t2i_compbench_{_family}",
+        f"T2I-CompBench {_family} prompts (val 200 seen + 100 unseen; train), read from the prompt directory",
+    )
+del _family
