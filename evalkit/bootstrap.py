@@ -20,19 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from evalkit.paths import REPO_ROOT as REPO, cache_root
+
 LOCK = REPO / "requirements.lock"
 
 
 def log(message: str) -> None:
     print(f"[evalkit.bootstrap] {message}", file=sys.stderr, flush=True)
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("EVALKIT_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "evalkit"
-    )
-    return Path(base)
 
 
 def env_key() -> str:
@@ -43,7 +37,7 @@ def env_key() -> str:
 
 def venv_dir() -> Path:
     override = os.environ.get("EVALKIT_VENV")
-    return Path(override) if override else cache_dir() / f"venv-{env_key()}"
+    return Path(override) if override else cache_root() / f"venv-{env_key()}"
 
 
 def venv_python(venv: Path) -> Path:

@@ -69,15 +69,17 @@ def suites_show(name, split, prompts_dir, limit):
 
 
 @suites.command("fetch")
-@click.argument("name", type=click.Choice(["t2i-compbench"]))
-@click.option("--dest", type=click.Path(file_okay=False), help="where to put the files (default: the prompt cache)")
-@click.option("--force", is_flag=True, help="download again even when verified files are present")
-def suites_fetch(name, dest, force):
+@click.argument("name", default="t2i-compbench")
+@click.option("--prompts-dir", type=click.Path(file_okay=False), default=None,
+              help="download into DIR (default: $EVALKIT_PROMPTS_DIR, else ~/.cache/evalkit/prompts/t2i-compbench/<commit>)")
+@click.option("--force", is_flag=True, help="download again even when the files are present and verified")
+@click.option("--base-url", default=None, help="a mirror of the pinned examples/dataset folder")
+def suites_fetch(name, prompts_dir, force, base_url):
     """Download a benchmark's prompt files at the pinned commit and verify their sha256."""
-    from evalkit.suites.t2i_compbench import fetch_t2i_compbench
+    from evalkit.prompts_fetch import fetch_suite
 
-    path = fetch_t2i_compbench(dest=dest, force=force)
-    click.echo(f"verified prompt files in {path}")
+    path = fetch_suite(name, dest=prompts_dir, base_url=base_url, force=force)
+    click.echo(f"{name}: prompt files verified in {path}")
 
 
 @cli.command("demo")

@@ -31,7 +31,10 @@ def protocol_for(decoder):
 
 @pytest.mark.parametrize("name", PRIORS.names())
 def test_prior_contract(name, tmp_path):
-    prior = tiny(PRIORS, name)
+    check_prior(tiny(PRIORS, name), tmp_path)
+
+
+def check_prior(prior, tmp_path):
     assert prior.normalisation in ("raw", "l2") and prior.embedding_dim > 0 and prior.embedding_space
     out = prior.predict(batch(3))
     assert out.shape == (3, prior.embedding_dim) and out.dtype == torch.float32
@@ -50,7 +53,10 @@ def test_prior_contract(name, tmp_path):
 
 @pytest.mark.parametrize("name", DECODERS.names())
 def test_decoder_contract(name, tmp_path):
-    decoder = tiny(DECODERS, name)
+    check_decoder(tiny(DECODERS, name), tmp_path)
+
+
+def check_decoder(decoder, tmp_path):
     protocol = protocol_for(decoder)
     embeds = torch.randn(3, decoder.embedding_dim, generator=torch.Generator().manual_seed(0))
     images = decoder.decode(embeds, batch(3), protocol)
@@ -70,8 +76,11 @@ def test_decoder_contract(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", SCORERS.names())
-def test_scorer_contract(name):
-    scorer = tiny(SCORERS, name)
+def test_scorer_contract(name, tmp_path):
+    check_scorer(tiny(SCORERS, name), tmp_path)
+
+
+def check_scorer(scorer, tmp_path=None):
     images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     b = batch(4)
     rows = scorer.update(images, b)

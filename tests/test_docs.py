@@ -1,0 +1,37 @@
+"""The examples in docs/ are run as written: a page whose example breaks fails the suite."""
+
+import re
+
+import pytest
+
+from evalkit.registry import REGISTRIES
+from tests.conftest import REPO
+from tests.test_contracts import check_decoder, check_prior, check_scorer
+
+CHECKS = {"priors": check_prior, "decoders": check_decoder, "scorers": check_scorer}
+
+PAGES = sorted((REPO / "docs").glob("*.md"))
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p.read_text())], ids=lambda p: p.name)
+def test_doc_examples_run(page, tmp_path):
+    registered = {kind: set(r.names()) for kind, r in REGISTRIES.items()}
+    try:
+        for block in python_blocks(page.read_text()):
+            exec(compile(block, str(page), "exec"), {"__name__": f"docs_{page.stem}"})
+        for kind, check in CHECKS.items():  # what a page registers passes the contract tests
+            for name in set(REGISTRIES[kind].names()) - registered[kind]:
+                check(REGISTRIES[kind].get(name).tiny(), tmp_path / name)
+    finally:  # examples register plugins; leave the registries as they were
+        for kind, registry in REGISTRIES.items():
+            for name in set(registry.names()) - registered[kind]:
+                registry.unregister(name)
+
+
+def test_every_extension_point_has_a_page():
+    names = {p.name for p in PAGES}
+    assert {"add-a-prior.md", "add-a-decoder.md", "add-a-scorer.md", "suites.md"} <= names
