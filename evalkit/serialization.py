@@ -66,7 +66,8 @@ def load_config(directory: str | os.PathLike) -> dict:
 def load_state_dict(directory: str | os.PathLike, allow_pickle: bool = False) -> dict:
     """Tensors of ``directory``: safetensors, or a pickle file only when ``allow_pickle`` is set."""
     directory = Path(directory)
-    safetensors_files = sorted(directory.glob("*.safetensors"))
+    named = [directory / n for n in (WEIGHTS_NAME, "diffusion_pytorch_model.safetensors") if (directory / n).is_file()]
+    safetensors_files = named[:1] or sorted(p for p in directory.glob("*.safetensors") if not p.name.startswith("trainer_state"))
     if safetensors_files:
         from safetensors.torch import load_file
 
