@@ -82,6 +82,75 @@ def suites_fetch(name, prompts_dir, force, base_url):
     click.echo(f"{name}: prompt files verified in {path}")
 
 
+@cli.group(cls=EvalkitGroup)
+def train_world():
+    """Train the embedded stack of the synthetic world (clip, decoder)."""
+
+
+@train_world.command("clip")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="run folder (refused if it holds another run)")
+@click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
+@click.option("--quick", is_flag=True, help="a seconds-long configuration with a tiny model (tests)")
+@click.option("--steps", type=int, help="optimizer steps")
+@click.option("--batch-size", type=int, help="pairs per step (each with its swapped twin)")
+@click.option("--lr", type=float, help="peak learning rate")
+@click.option("--num-pairs", type=int, help="rendered training pairs")
+@click.option("--seed", type=int, help="training seed")
+@click.option("--threads", type=int, help="torch CPU threads")
+def train_world_clip(out, resume, quick, threads, **overrides):
+    """Contrastive training of the world's CLIP, with attribute-swapped hard negatives."""
+    import dataclasses
+
+    import torch
+
+    from evalkit.train.world_clip import CLIPTrainConfig, train_clip
+
+    if threads:
+        torch.set_num_threads(threads)
+    config = CLIPTrainConfig.quick() if quick else CLIPTrainConfig()
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    final = train_clip(out, config, resume=resume)
+    click.echo(f"trained CLIP saved to {final}")
+
+
+cli.add_command(train_world, "train-world")
+
+
+@cli.command("eval-prior")
+@click.option("--prior", "priors", required=True, help="comma-separated prior names, e.g. oracle,text,none")
+@click.option("--suite", "suites_", default="synth-color,synth-shape,synth-texture", show_default=True,
+              help="comma-separated synthetic suites")
+@click.option("--split", default="val", show_default=True, help="train | dev | val")
+@click.option("--num-seeds", default=10, show_default=True, help="renders per prompt (seeds 42, 43, ...)")
+@click.option("--controls", default="", help="comma-separated controls: random, shuffled, swapped")
+@click.option("--out", default="evalkit-runs", show_default=True, type=click.Path(file_okay=False),
+              help="parent folder; a new run folder is created inside")
+def eval_prior(priors, suites_, split, num_seeds, controls, out):
+    """Embedding-level metrics of priors (binding margin, accuracy, cosine, recall): seconds, no decoding."""
+    from evalkit.eval_prior import eval_priors, write_outputs
+    from evalkit.registry import PRIORS, SUITES
+    from evalkit.runs import new_run_dir
+
+    prior_names, suite_names = _names(priors), _names(suites_)
+    control_names = _names(controls)
+    PRIORS.check(prior_names)
+    SUITES.check(suite_names)
+    for control in control_names:
+        if control not in ("random", "shuffled", "swapped"):
+            raise click.BadParameter(f"unknown control {control!r}", param_hint="--controls")
+    seeds = tuple(range(42, 42 + num_seeds))
+    rows, summary = eval_priors(prior_names, suite_names, split, seeds, control_names)
+    run_dir = new_run_dir(out, "eval-prior-" + "-".join(prior_names))
+    write_outputs(run_dir, rows, summary, {"priors": prior_names, "suites": suite_names, "split": split,
+                                           "seeds": list(seeds), "controls": control_names})
+    click.echo((run_dir / "report.md").read_text())
+    click.echo(f"wrote {run_dir}")
+
+
+def _names(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
 @cli.command("demo")
 @click.option("--out", default="evalkit-runs", show_default=True, type=click.Path(file_okay=False),
               help="parent folder; the demo writes a new run folder inside it")

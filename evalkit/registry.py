@@ -92,6 +92,9 @@ REGISTRIES = {"priors": PRIORS, "decoders": DECODERS, "scorers": SCORERS, "suite
 
 # Built-in plugins. Keep these as strings: listing must not import torch.
 PRIORS.register("dummy", "evalkit.priors.dummy:DummyPrior", "template prior: a seeded linear map of a hashed bag of words")
+PRIORS.register("oracle", "evalkit.priors.calibration:OraclePrior", "calibration ceiling: CLIP image embedding of a render matching the prompt (synthetic world)")
+PRIORS.register("text", "evalkit.priors.calibration:TextPrior", "calibration: the prompt's CLIP text embedding used as the image embedding")
+PRIORS.register("none", "evalkit.priors.calibration:NonePrior", "calibration floor: the mean image embedding, no prompt information")
 DECODERS.register("dummy", "evalkit.decoders.dummy:DummyDecoder", "template decoder: embeddings to colour blobs, per-image seeded noise")
 SCORERS.register("dummy", "evalkit.scorers.dummy:DummyScorer", "template scorer: mean brightness as a stand-in probability per noun phrase")
 

@@ -10,7 +10,7 @@ from evalkit.contracts import Batch, Protocol, check_embedding_contract
 from evalkit.errors import EmbeddingContractError
 from evalkit.registry import DECODERS, PRIORS, SCORERS
 
-PROMPTS = ["a red circle and a blue square", "a striped star and a dotted ring", "a big triangle and a small circle"]
+PROMPTS = ["a red circle and a blue square", "a striped star and a dotted square", "a big triangle and a small circle"]
 
 
 def tiny(registry, name):

@@ -1,0 +1,1 @@
+"""The embedded default stack for the synthetic world: CLIP, decoder (and their shipped weights)."""

@@ -1,0 +1,167 @@
+"""The synthetic world's CLIP: an open_clip model built from a custom JSON config.
+
+``open_clip.create_model_and_transforms(MODEL_NAME, pretrained=None)`` builds the architecture
+from ``model_configs/<MODEL_NAME>.json``; :class:`WorldCLIP` wraps it with the compact tokenizer
+and exposes what priors and decoders need:
+
+- ``encode_text(prompts)`` → :class:`~evalkit.contracts.TextEncoding` with the pooled, projected
+  text embedding, the per-token hidden states (after the final LayerNorm) and the attention mask;
+- ``encode_image(images)`` → the raw (unnormalised) image embedding, which is what decoders consume.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from evalkit.contracts import TextEncoding
+from evalkit.embedded.tokenizer import CompactTokenizer
+from evalkit.errors import WeightsNotFoundError
+from evalkit.paths import REPO_ROOT
+from evalkit.serialization import check_state_dict, load_config, load_state_dict, save_pretrained
+
+MODEL_NAME = "evalkit-world-clip"
+EMBEDDING_SPACE = "synth-clip"
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+SHIPPED_DIR = REPO_ROOT / "evalkit" / "embedded" / "weights" / "clip"
+TRAIN_HINT = "Train it with `evalkit train-world clip` (or restore the shipped weights from git)."
+IMAGE_MEAN = (0.5, 0.5, 0.5)
+IMAGE_STD = (0.25, 0.25, 0.25)
+
+
+@functools.lru_cache(maxsize=None)
+def register_open_clip_config() -> None:
+    import open_clip
+
+    open_clip.add_model_config(CONFIG_DIR)
+
+
+def base_model_config() -> dict:
+    return json.loads((CONFIG_DIR / f"{MODEL_NAME}.json").read_text())
+
+
+def world_words() -> list[str]:
+    from evalkit.world.attributes import FAMILIES
+
+    words = {"a", "an", "and"}
+    for values in FAMILIES.values():
+        words.update(values)
+    return sorted(words)
+
+
+def build_open_clip(model_cfg: dict):
+    """The open_clip model for ``model_cfg`` (random weights), via open_clip's own factory."""
+    import open_clip
+
+    register_open_clip_config()
+    model, _, _ = open_clip.create_model_and_transforms(
+        MODEL_NAME, pretrained=None, **_overrides(model_cfg)
+    )
+    return model
+
+
+def _overrides(model_cfg: dict) -> dict:
+    base = base_model_config()
+    if model_cfg == base:
+        return {}
+    # open_clip merges keyword overrides into the named config
+    kwargs: dict = {}
+    if model_cfg.get("embed_dim") != base.get("embed_dim"):
+        kwargs["embed_dim"] = model_cfg["embed_dim"]
+    for tower in ("vision_cfg", "text_cfg"):
+        if model_cfg.get(tower) != base.get(tower):
+            kwargs[tower] = model_cfg[tower]
+    return kwargs
+
+
+class WorldCLIP(nn.Module):
+    embedding_space = EMBEDDING_SPACE
+
+    def __init__(self, model_cfg: dict | None = None, bpe_ids: list[int] | None = None):
+        super().__init__()
+        model_cfg = copy.deepcopy(model_cfg or base_model_config())
+        context_length = model_cfg["text_cfg"]["context_length"]
+        self.tokenizer = (CompactTokenizer(bpe_ids, context_length) if bpe_ids is not None
+                          else CompactTokenizer.from_words(world_words(), context_length))
+        model_cfg["text_cfg"]["vocab_size"] = self.tokenizer.vocab_size
+        self.model_cfg = model_cfg
+        self.model = build_open_clip(model_cfg)
+        self.register_buffer("image_mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.model_cfg["embed_dim"])
+
+    @property
+    def text_width(self) -> int:
+        return int(self.model_cfg["text_cfg"]["width"])
+
+    @classmethod
+    def tiny(cls) -> "WorldCLIP":
+        cfg = base_model_config()
+        cfg["embed_dim"] = 16
+        cfg["vision_cfg"].update(width=32, layers=1, head_width=16)
+        cfg["text_cfg"].update(width=32, layers=1, heads=2)
+        return cls(cfg)
+
+    # ------------------------------------------------------------------ encoders
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw image embeddings ``(N, D)`` of images ``(N, 3, H, W)`` in [0, 1]."""
+        return self.model.encode_image((images.float() - self.image_mean) / self.image_std)
+
+    def encode_tokens(self, ids: torch.Tensor, mask: torch.Tensor) -> TextEncoding:
+        m = self.model
+        x = m.token_embedding(ids) + m.positional_embedding
+        x = m.transformer(x, attn_mask=m.attn_mask)
+        hidden = m.ln_final(x)
+        pooled = hidden[torch.arange(ids.shape[0]), ids.argmax(dim=-1)]
+        embeds = pooled @ m.text_projection if not isinstance(m.text_projection, nn.Linear) else m.text_projection(pooled)
+        return TextEncoding(EMBEDDING_SPACE, embeds, hidden, mask)
+
+    def encode_text(self, prompts: list[str]) -> TextEncoding:
+        ids, mask = self.tokenizer(list(prompts))
+        return self.encode_tokens(ids.to(self.image_mean.device), mask.to(self.image_mean.device))
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale
+
+    # ------------------------------------------------------------------ weights
+
+    def config_dict(self) -> dict:
+        return {"_class_name": type(self).__name__, "model_name": MODEL_NAME, "model_cfg": self.model_cfg,
+                "bpe_ids": self.tokenizer.bpe_ids, "image_mean": IMAGE_MEAN, "image_std": IMAGE_STD}
+
+    def save_pretrained(self, directory, metadata: dict | None = None, dtype: torch.dtype | None = None) -> Path:
+        state = self.state_dict()
+        if dtype is not None:
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        return save_pretrained(directory, self.config_dict(), state, metadata)
+
+    @classmethod
+    def from_pretrained(cls, directory=None, allow_pickle: bool = False) -> "WorldCLIP":
+        directory = Path(directory or SHIPPED_DIR)
+        if not (directory / "config.json").is_file():
+            raise WeightsNotFoundError(f"the synthetic world's CLIP: no weights at {directory}. {TRAIN_HINT}")
+        config = load_config(directory)
+        model = cls(config["model_cfg"], config["bpe_ids"])
+        state = load_state_dict(directory, allow_pickle=allow_pickle)
+        check_state_dict(model.state_dict(), state, str(directory))
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        return model.eval()
+
+
+@functools.lru_cache(maxsize=2)
+def load_world_clip(directory: str | None = None) -> WorldCLIP:
+    """The shipped (or given) CLIP, loaded once per process."""
+    model = WorldCLIP.from_pretrained(directory)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

@@ -1,0 +1,97 @@
+"""Calibration priors of the synthetic world: a ceiling, a no-prior reference and a floor.
+
+- ``oracle``: the CLIP image embedding of a render that matches the prompt. For image-level
+  scoring it is the item's own render (same prompt, same seed → same scene). For embedding-level
+  metrics, where the item's own render would be trivially perfect, ``independent=True`` renders
+  the same caption with another seed: what the best possible prior could know from the caption.
+- ``text``: the prompt's own CLIP text embedding used as the image embedding (rescaled to the mean
+  image-embedding norm so a decoder sees the scale it was trained on). If it scores near
+  ``oracle``, the world leaves priors no room to differ.
+- ``none``: the mean image embedding of training renders: no prompt information at all.
+
+All three live in the world CLIP's space (``synth-clip``, raw embeddings).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from evalkit.contracts import Batch, Prior
+
+#: added to an item's seed to draw an independent render of the same caption
+INDEPENDENT_SEED_OFFSET = 1_000_003
+STATS_PAIRS = 1024
+
+
+def _render_tensor(scenes) -> torch.Tensor:
+    from evalkit.world import render
+
+    return torch.from_numpy(render(scenes)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@functools.lru_cache(maxsize=4)
+def _image_stats(clip) -> tuple[torch.Tensor, float]:
+    """Mean image embedding and mean norm over training renders of all categories."""
+    from evalkit.world import sample_pairs
+
+    _, scenes = sample_pairs("all", STATS_PAIRS, seed=12345, split="train")
+    with torch.inference_mode():
+        embeds = clip.encode_image(_render_tensor(scenes))
+    return embeds.mean(0), embeds.norm(dim=-1).mean().item()
+
+
+class _WorldPrior(Prior):
+    embedding_space = "synth-clip"
+    normalisation = "raw"
+
+    def __init__(self, clip=None):
+        from evalkit.embedded.clip import load_world_clip
+
+        self.clip = clip if clip is not None else load_world_clip()
+        self.embedding_dim = self.clip.embedding_dim
+
+    @classmethod
+    def tiny(cls):
+        from evalkit.embedded.clip import WorldCLIP
+
+        torch.manual_seed(0)
+        return cls(WorldCLIP.tiny().eval())
+
+
+class OraclePrior(_WorldPrior):
+    name = "oracle"
+
+    def __init__(self, clip=None, independent: bool = False):
+        super().__init__(clip)
+        self.independent = independent
+
+    @torch.inference_mode()
+    def predict(self, batch: Batch) -> torch.Tensor:
+        from evalkit.world import sample_scene
+
+        offset = INDEPENDENT_SEED_OFFSET if self.independent else 0
+        scenes = [sample_scene(item.prompt, seed + offset) for item, seed in zip(batch.items, batch.seeds)]
+        return self.clip.encode_image(_render_tensor(scenes)).float()
+
+
+class TextPrior(_WorldPrior):
+    name = "text"
+    text_encoders = ("synth-clip",)
+
+    @torch.inference_mode()
+    def predict(self, batch: Batch) -> torch.Tensor:
+        encoding = batch.text.get(self.embedding_space) or self.clip.encode_text(batch.prompts)
+        _, mean_norm = _image_stats(self.clip)
+        embeds = encoding.text_embeds.float()
+        return embeds / embeds.norm(dim=-1, keepdim=True).clamp_min(1e-8) * mean_norm
+
+
+class NonePrior(_WorldPrior):
+    name = "none"
+
+    @torch.inference_mode()
+    def predict(self, batch: Batch) -> torch.Tensor:
+        mean, _ = _image_stats(self.clip)
+        return mean.float().unsqueeze(0).expand(len(batch), -1).clone()

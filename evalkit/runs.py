@@ -1,0 +1,30 @@
+"""Run folders: each run gets its own ``<out>/<run-id>/``, created once, never reused."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from pathlib import Path
+
+from evalkit.errors import EvalkitError
+
+
+def new_run_dir(parent: str | os.PathLike, label: str) -> Path:
+    """Create and return a fresh ``<parent>/<UTC time>-<label>[-k]`` folder (atomic ``mkdir``)."""
+    parent = Path(parent)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise EvalkitError(f"cannot create output folder {parent}: {error.strerror}") from None
+    if not os.access(parent, os.W_OK):
+        raise EvalkitError(f"output folder {parent} is not writable")
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in label)[:80]
+    for k in range(1000):
+        candidate = parent / (f"{stamp}-{safe}" + (f"-{k}" if k else ""))
+        try:
+            candidate.mkdir()  # fails if another run took the name: never two runs in one folder
+            return candidate
+        except FileExistsError:
+            continue
+    raise EvalkitError(f"could not find a free run folder name in {parent}")

@@ -1,0 +1,140 @@
+"""``evalkit train-world clip``: contrastive training of the world's CLIP on rendered pairs.
+
+Each step takes B training pairs *and their attribute-swapped twins* (swapped caption, render with
+the same layout and the bound attributes exchanged). All 2B (caption, render) pairs are valid, so
+the symmetric InfoNCE over them makes every pair's twin a hard negative on both sides: the text
+tower must bind attributes to objects (caption binding) and so must the image tower (image-side
+binding). Random in-batch negatives alone almost never contain the binding negative.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from evalkit.serialization import atomic_write_json
+from evalkit.train.common import (JsonlLogger, Stopwatch, check_finite, finish, load_checkpoint, save_checkpoint,
+                                  set_seed)
+
+
+@dataclass
+class CLIPTrainConfig:
+    steps: int = 3000
+    batch_size: int = 192  # pairs per step; each comes with its swapped twin, so 2× images
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 150
+    num_pairs: int = 60000  # rendered training pool (train split, all three categories)
+    seed: int = 0
+    eval_every: int = 250
+    checkpoint_every: int = 250
+    eval_seeds: int = 2  # renders per val caption in the periodic evaluation
+    embed_dim: int | None = None  # override the architecture (tests use tiny models)
+    tiny: bool = False
+
+    @classmethod
+    def quick(cls) -> "CLIPTrainConfig":
+        return cls(steps=6, batch_size=16, num_pairs=256, warmup_steps=2, eval_every=3, checkpoint_every=3,
+                   eval_seeds=1, tiny=True)
+
+
+def build_model(config: CLIPTrainConfig):
+    from evalkit.embedded.clip import WorldCLIP
+
+    model = WorldCLIP.tiny() if config.tiny else WorldCLIP()
+    return model
+
+
+def to_float(images_uint8: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def training_pool(num_pairs: int, seed: int):
+    """Captions, swapped captions and both renders for ``num_pairs`` train pairs."""
+    from evalkit.world import render, sample_pairs, sample_scene
+
+    captions, scenes = sample_pairs("all", num_pairs, seed=seed, split="train")
+    swapped_scenes = [sample_scene(scene.swapped_caption, scene.seed) for scene in scenes]
+    return captions, [s.caption for s in swapped_scenes], render(scenes), render(swapped_scenes)
+
+
+def clip_loss(model, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    image_embeds = F.normalize(model.encode_image(images), dim=-1)
+    text_embeds = F.normalize(model.encode_tokens(ids, mask).text_embeds, dim=-1)
+    scale = model.logit_scale.exp().clamp(max=100.0)
+    logits = scale * image_embeds @ text_embeds.T
+    # rows sharing a caption are not negatives of each other
+    same = (ids.unsqueeze(1) == ids.unsqueeze(0)).all(-1)
+    logits = logits.masked_fill(same & ~torch.eye(len(ids), dtype=torch.bool), float("-inf"))
+    target = torch.arange(len(ids))
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = False, progress: bool = True):
+    from evalkit.embedded.clip_eval import evaluate_clip
+
+    out_dir = Path(out_dir)
+    checkpoint_dir = out_dir / "checkpoint"
+    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
+        raise FileExistsError(f"{out_dir} already holds a training run; pass --resume to continue it or pick another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "train_config.json", dataclasses.asdict(config))
+    set_seed(config.seed)
+    model = build_model(config)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
+    schedule = lambda s: min(1.0, (s + 1) / config.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    logger = JsonlLogger(out_dir / "log.jsonl")
+    start_step, elapsed_before = 0, 0.0
+    if resume and checkpoint_dir.exists():
+        state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler)
+        start_step, elapsed_before = state["step"], float(state["extra"].get("elapsed", 0.0))
+        logger.truncate_after(start_step)
+
+    captions, swapped, images, swapped_images = training_pool(config.num_pairs, config.seed)
+    texts = list(captions) + list(swapped)
+    all_ids, all_mask = model.tokenizer(texts)
+    n = len(captions)
+    clock = Stopwatch()
+    # the batch order is a function of (seed, step): a resumed run draws the same batches
+    bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc="train clip",
+               disable=not progress)
+    last_eval: dict = {}
+    model.train()
+    for step in bar:
+        idx = np.random.default_rng([config.seed, step]).choice(n, size=config.batch_size, replace=False)
+        both = np.concatenate([idx, idx + n])
+        batch_images = to_float(np.concatenate([images[idx], swapped_images[idx]]))
+        loss = clip_loss(model, batch_images, all_ids[both], all_mask[both])
+        check_finite(loss, step, checkpoint_dir)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        row = {"step": step + 1, "loss": round(loss.item(), 5), "lr": scheduler.get_last_lr()[0],
+               "logit_scale": round(model.logit_scale.exp().item(), 3), "elapsed": round(elapsed_before + clock(), 1)}
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+            model.eval()
+            last_eval = evaluate_clip(model, seeds=config.eval_seeds)
+            model.train()
+            row.update({f"eval/{k}": v for k, v in last_eval.items()})
+        logger.log(row)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", scale=row["logit_scale"])
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            save_checkpoint(checkpoint_dir, model, optimizer, scheduler, step + 1, extra={"elapsed": row["elapsed"]})
+    model.eval()
+    record = {"config": dataclasses.asdict(config), "final_metrics": last_eval or evaluate_clip(model, seeds=config.eval_seeds),
+              "wall_time_s": round(elapsed_before + clock(), 1), "torch_threads": torch.get_num_threads(),
+              "num_parameters": sum(p.numel() for p in model.parameters())}
+    return finish(out_dir, model, record)

@@ -1,0 +1,64 @@
+import numpy as np
+import torch
+
+from evalkit.contracts import Batch, Prior
+from evalkit.embedded.clip import WorldCLIP
+from evalkit.embedding_metrics import control_items, embedding_rows, summarize
+from evalkit.eval_prior import headroom
+from evalkit.priors.calibration import NonePrior, OraclePrior
+from evalkit.suites import load_suite
+
+
+class SubsetSuite:
+    """The first prompts of a synthetic suite (keeps the test fast)."""
+
+    def __init__(self, suite, n):
+        self.suite, self.n, self.name = suite, n, suite.name + f"-first{n}"
+
+    def items(self, split):
+        items = self.suite.items(split)
+        return items[:self.n // 2] + [i for i in items if i.seen is False][:self.n // 2]
+
+    def version(self, split):
+        return self.suite.version(split) + f"-{self.n}"
+
+    def __getattr__(self, name):
+        return getattr(self.suite, name)
+
+
+def clip():
+    torch.manual_seed(0)
+    return WorldCLIP.tiny().eval()
+
+
+def test_own_render_is_perfect_and_swap_control_is_negative():
+    model, suite = clip(), SubsetSuite(load_suite("synth-color"), 12)
+    own = OraclePrior(model, independent=False)  # the item's own render: margin must be exactly cos 1 − cos(swap)
+    rows = embedding_rows(own, suite, model, seeds=(42, 43))
+    assert len(rows) == 24
+    assert all(abs(r["cos_true"] - 1) < 1e-4 for r in rows)
+    assert all(r["binding"] == 1.0 for r in rows if r["cos_swapped"] < 1 - 1e-4)
+    swapped = embedding_rows(own, suite, model, seeds=(42, 43), control="swapped")
+    assert all(abs(r["cos_swapped"] - 1) < 1e-4 for r in swapped)  # the swapped prompt predicts the swapped render
+    assert np.mean([r["margin"] for r in swapped]) < 0
+
+
+def test_summary_and_headroom_rows():
+    model, suite = clip(), SubsetSuite(load_suite("synth-shape"), 8)
+    rows = embedding_rows(OraclePrior(model, independent=False), suite, model, seeds=(42,), prior_name="oracle")
+    rows += embedding_rows(NonePrior(model), suite, model, seeds=(42,), prior_name="none")
+    summary = summarize(rows, n_boot=100)
+    seen_values = {(r["prior"], r["seen"], r["metric"]) for r in summary}
+    assert ("oracle", "unseen", "margin") in seen_values and ("none", "all", "binding") in seen_values
+    room = headroom(summary, metric="cos_true")  # the own render has cosine 1: always above the mean embedding
+    assert {r["seen"] for r in room} == {"all", "seen", "unseen"}
+    assert all(r["oracle"] > r["none"] and r["gap_none_z"] > 0 for r in room)
+
+
+def test_controls_change_prompts():
+    items = load_suite("synth-texture").items("val")[:5]
+    assert [i.prompt for i in control_items(items, "swapped")] == [i.swapped_prompt for i in items]
+    randomised = control_items(items, "random")
+    assert all(a.prompt != b.prompt for a, b in zip(items, randomised))
+    shuffled = control_items(items, "shuffled")
+    assert all(sorted(a.prompt.split()) == sorted(b.prompt.split()) for a, b in zip(items, shuffled))
