@@ -96,6 +96,9 @@ def train_world():
 @click.option("--lr", type=float, help="peak learning rate")
 @click.option("--num-pairs", type=int, help="rendered training pairs")
 @click.option("--seed", type=int, help="training seed")
+@click.option("--eval-every", type=int, help="steps between val evaluations")
+@click.option("--checkpoint-every", type=int, help="steps between checkpoints")
+@click.option("--aux-weight", type=float, help="weight of the auxiliary combination losses (0: pure contrastive)")
 @click.option("--threads", type=int, help="torch CPU threads")
 def train_world_clip(out, resume, quick, threads, **overrides):
     """Contrastive training of the world's CLIP, with attribute-swapped hard negatives."""
@@ -114,6 +117,30 @@ def train_world_clip(out, resume, quick, threads, **overrides):
 
 
 cli.add_command(train_world, "train-world")
+
+
+@cli.command("run")
+@click.option("--prior", "priors", default="oracle", show_default=True, help="comma-separated prior names")
+@click.option("--decoder", default="synth", show_default=True, help="decoder name")
+@click.option("--suite", "suites_", default="synth-color", show_default=True, help="comma-separated suite names")
+@click.option("--scorer", "scorers", default="analytic", show_default=True, help="comma-separated scorer names")
+@click.option("--split", default="val", show_default=True, help="train | dev | val")
+@click.option("--images-per-prompt", default=10, show_default=True, help="images per prompt (seeds seed … seed+n−1)")
+@click.option("--seed", default=42, show_default=True, help="seed of each prompt's first image")
+@click.option("--num-inference-steps", type=int, help="decoder steps (default: the decoder's)")
+@click.option("--guidance-scale", type=float, help="decoder classifier-free guidance (default: the decoder's)")
+@click.option("--batch-size", default=64, show_default=True, help="images per decoder call")
+@click.option("--limit", type=int, help="only the first N prompts of each suite")
+@click.option("--out", default="evalkit-runs", show_default=True, type=click.Path(file_okay=False),
+              help="parent folder; each run gets its own new folder inside")
+def run_command(priors, suites_, scorers, **options):
+    """Generate images for suites with one or more priors through a shared decoder, and score them."""
+    from evalkit.runner import RunConfig, run
+
+    config = RunConfig(priors=_names(priors), suites=_names(suites_), scorers=_names(scorers), **options)
+    run_dir = run(config)
+    click.echo((run_dir / "report.md").read_text())
+    click.echo(f"wrote {run_dir}")
 
 
 @cli.command("eval-prior")

@@ -5,6 +5,14 @@ the same layout and the bound attributes exchanged). All 2B (caption, render) pa
 the symmetric InfoNCE over them makes every pair's twin a hard negative on both sides: the text
 tower must bind attributes to objects (caption binding) and so must the image tower (image-side
 binding). Random in-batch negatives alone almost never contain the binding negative.
+
+Contrastive learning from scratch is slow in a world whose captions leave most of the image open,
+so two auxiliary heads (dropped after training) give each tower a dense signal: from the image
+embedding, predict which (attribute, shape) combinations the scene contains; from the text
+embedding, which ones the caption states. Both are multi-label over (colour | texture | size
+class) × shape. They teach the towers to *bind* (a "red circle" unit, not "red" and "circle"),
+which the contrastive term then aligns across modalities. Separate heads keep the two spaces
+from being forced together (the text–image cosine stays a free diagnostic).
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ class CLIPTrainConfig:
     eval_every: int = 250
     checkpoint_every: int = 250
     eval_seeds: int = 2  # renders per val caption in the periodic evaluation
-    embed_dim: int | None = None  # override the architecture (tests use tiny models)
+    aux_weight: float = 1.0  # weight of the auxiliary (attribute, shape) combination losses
     tiny: bool = False
 
     @classmethod
@@ -56,18 +64,69 @@ def to_float(images_uint8: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float().div_(255.0)
 
 
+def combo_index() -> dict[tuple[str, str], int]:
+    """(attribute value, shape) → column of the auxiliary targets."""
+    from evalkit.world import COLORS, SHAPES, SIZE_CLASSES, TEXTURES
+
+    values = list(COLORS) + list(TEXTURES) + list(SIZE_CLASSES)
+    return {(v, s): k for k, (v, s) in enumerate((v, s) for v in values for s in SHAPES)}
+
+
+def scene_targets(scenes, index) -> np.ndarray:
+    out = np.zeros((len(scenes), len(index)), np.float32)
+    for row, scene in enumerate(scenes):
+        for obj in scene.objects:
+            for value in (obj.color, obj.texture, obj.size_class):
+                out[row, index[(value, obj.shape)]] = 1.0
+    return out
+
+
+def caption_targets(texts, index) -> np.ndarray:
+    from evalkit.world import parse_caption
+
+    out = np.zeros((len(texts), len(index)), np.float32)
+    cache: dict[str, list[int]] = {}
+    for row, text in enumerate(texts):
+        if text not in cache:
+            spec = parse_caption(text)
+            cache[text] = [index[(value, obj.shape)] for obj in spec.objects
+                           for value in (obj.color, obj.texture, obj.size) if value is not None and obj.shape]
+        out[row, cache[text]] = 1.0
+    return out
+
+
 def training_pool(num_pairs: int, seed: int):
-    """Captions, swapped captions and both renders for ``num_pairs`` train pairs."""
+    """Captions and swapped captions, both renders, and the auxiliary targets of each."""
     from evalkit.world import render, sample_pairs, sample_scene
 
     captions, scenes = sample_pairs("all", num_pairs, seed=seed, split="train")
     swapped_scenes = [sample_scene(scene.swapped_caption, scene.seed) for scene in scenes]
-    return captions, [s.caption for s in swapped_scenes], render(scenes), render(swapped_scenes)
+    index = combo_index()
+    texts = list(captions) + [s.caption for s in swapped_scenes]
+    return {"texts": texts, "images": np.concatenate([render(scenes), render(swapped_scenes)]),
+            "image_targets": scene_targets(list(scenes) + swapped_scenes, index),
+            "text_targets": caption_targets(texts, index), "num_pairs": len(captions)}
 
 
-def clip_loss(model, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    image_embeds = F.normalize(model.encode_image(images), dim=-1)
-    text_embeds = F.normalize(model.encode_tokens(ids, mask).text_embeds, dim=-1)
+class AuxHeads(torch.nn.Module):
+    def __init__(self, dim: int, num_combos: int):
+        super().__init__()
+        self.image = torch.nn.Linear(dim, num_combos)
+        self.text = torch.nn.Linear(dim, num_combos)
+
+
+def clip_loss(model, images, ids, mask, heads=None, image_targets=None, text_targets=None, aux_weight=0.0):
+    image_raw = model.encode_image(images)
+    text_raw = model.encode_tokens(ids, mask).text_embeds
+    loss = contrastive_loss(model, F.normalize(image_raw, dim=-1), F.normalize(text_raw, dim=-1), ids)
+    if heads is not None and aux_weight > 0:
+        aux = (F.binary_cross_entropy_with_logits(heads.image(image_raw), image_targets)
+               + F.binary_cross_entropy_with_logits(heads.text(text_raw), text_targets))
+        loss = loss + aux_weight * aux
+    return loss
+
+
+def contrastive_loss(model, image_embeds, text_embeds, ids):
     scale = model.logit_scale.exp().clamp(max=100.0)
     logits = scale * image_embeds @ text_embeds.T
     # rows sharing a caption are not negatives of each other
@@ -88,8 +147,10 @@ def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = Fals
     atomic_write_json(out_dir / "train_config.json", dataclasses.asdict(config))
     set_seed(config.seed)
     model = build_model(config)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    heads = AuxHeads(model.embedding_dim, len(combo_index()))
+    trainable = list(model.named_parameters()) + [(f"aux.{n}", p) for n, p in heads.named_parameters()]
+    decay = [p for n, p in trainable if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in trainable if not (p.ndim >= 2 and "embedding" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
     schedule = lambda s: min(1.0, (s + 1) / config.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps))
@@ -99,12 +160,13 @@ def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = Fals
     if resume and checkpoint_dir.exists():
         state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler)
         start_step, elapsed_before = state["step"], float(state["extra"].get("elapsed", 0.0))
+        heads.load_state_dict(state["extra"]["heads"])
         logger.truncate_after(start_step)
 
-    captions, swapped, images, swapped_images = training_pool(config.num_pairs, config.seed)
-    texts = list(captions) + list(swapped)
-    all_ids, all_mask = model.tokenizer(texts)
-    n = len(captions)
+    pool = training_pool(config.num_pairs, config.seed)
+    all_ids, all_mask = model.tokenizer(pool["texts"])
+    image_targets, text_targets = torch.from_numpy(pool["image_targets"]), torch.from_numpy(pool["text_targets"])
+    n = pool["num_pairs"]
     clock = Stopwatch()
     # the batch order is a function of (seed, step): a resumed run draws the same batches
     bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc="train clip",
@@ -114,8 +176,8 @@ def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = Fals
     for step in bar:
         idx = np.random.default_rng([config.seed, step]).choice(n, size=config.batch_size, replace=False)
         both = np.concatenate([idx, idx + n])
-        batch_images = to_float(np.concatenate([images[idx], swapped_images[idx]]))
-        loss = clip_loss(model, batch_images, all_ids[both], all_mask[both])
+        loss = clip_loss(model, to_float(pool["images"][both]), all_ids[both], all_mask[both], heads,
+                         image_targets[both], text_targets[both], config.aux_weight)
         check_finite(loss, step, checkpoint_dir)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -132,7 +194,7 @@ def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = Fals
         logger.log(row)
         bar.set_postfix(loss=f"{row['loss']:.3f}", scale=row["logit_scale"])
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-            save_checkpoint(checkpoint_dir, model, optimizer, scheduler, step + 1, extra={"elapsed": row["elapsed"]})
+            save_checkpoint(checkpoint_dir, model, optimizer, scheduler, step + 1, extra={"elapsed": row["elapsed"], "heads": heads.state_dict()})
     model.eval()
     record = {"config": dataclasses.asdict(config), "final_metrics": last_eval or evaluate_clip(model, seeds=config.eval_seeds),
               "wall_time_s": round(elapsed_before + clock(), 1), "torch_threads": torch.get_num_threads(),
