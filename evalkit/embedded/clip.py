@@ -30,6 +30,7 @@ EMBEDDING_SPACE = "synth-clip"
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 SHIPPED_DIR = REPO_ROOT / "evalkit" / "embedded" / "weights" / "clip"
 TRAIN_HINT = "Train it with `evalkit train-world clip` (or restore the shipped weights from git)."
+TINY_VISION = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16, "timm_model_name": None}
 IMAGE_MEAN = (0.5, 0.5, 0.5)
 IMAGE_STD = (0.25, 0.25, 0.25)
 
@@ -38,6 +39,9 @@ IMAGE_STD = (0.25, 0.25, 0.25)
 def register_open_clip_config() -> None:
     import open_clip
 
+    from evalkit.embedded.convnet import register
+
+    register()  # the image tower is a timm model of ours
     open_clip.add_model_config(CONFIG_DIR)
 
 
@@ -106,7 +110,7 @@ class WorldCLIP(nn.Module):
     def tiny(cls) -> "WorldCLIP":
         cfg = base_model_config()
         cfg["embed_dim"] = 16
-        cfg["vision_cfg"].update(width=32, layers=1, head_width=16)
+        cfg["vision_cfg"] = {**cfg["vision_cfg"], **TINY_VISION}
         cfg["text_cfg"].update(width=32, layers=1, heads=2)
         return cls(cfg)
 
