@@ -102,18 +102,47 @@ def train_world():
 @click.option("--threads", type=int, help="torch CPU threads")
 def train_world_clip(out, resume, quick, threads, **overrides):
     """Contrastive training of the world's CLIP, with attribute-swapped hard negatives."""
+    from evalkit.train.world_clip import CLIPTrainConfig, train_clip
+
+    config = _train_config(CLIPTrainConfig, quick, threads, overrides)
+    final = train_clip(out, config, resume=resume)
+    click.echo(f"trained CLIP saved to {final}")
+
+
+@train_world.command("decoder")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="run folder (refused if it holds another run)")
+@click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint (may raise --steps)")
+@click.option("--quick", is_flag=True, help="a seconds-long configuration with tiny models (tests)")
+@click.option("--clip-dir", type=click.Path(file_okay=False), help="CLIP weights to condition on (default: the shipped CLIP)")
+@click.option("--steps", type=int, help="optimizer steps")
+@click.option("--batch-size", type=int, help="images per step")
+@click.option("--lr", type=float, help="learning rate")
+@click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), help="after warm-up")
+@click.option("--num-pairs", type=int, help="rendered training pairs")
+@click.option("--seed", type=int, help="training seed")
+@click.option("--stop-at", type=int, help="stop (with a checkpoint) at this step; resume later")
+@click.option("--ship", is_flag=True, help="copy the final weights (fp16) to the shipped folder")
+@click.option("--threads", type=int, help="torch CPU threads")
+def train_world_decoder(out, resume, quick, clip_dir, stop_at, ship, threads, **overrides):
+    """Train the embedding-conditioned pixel diffusion decoder on CLIP embeddings of world renders."""
+    from evalkit.train.world_decoder import DecoderTrainConfig, ship_decoder, train_decoder
+
+    config = _train_config(DecoderTrainConfig, quick, threads, overrides)
+    final = train_decoder(out, config, resume=resume, clip_dir=clip_dir, stop_at=stop_at)
+    click.echo(f"decoder saved to {final}")
+    if ship:
+        click.echo(f"shipped to {ship_decoder(out)}")
+
+
+def _train_config(config_cls, quick: bool, threads: int | None, overrides: dict):
     import dataclasses
 
     import torch
 
-    from evalkit.train.world_clip import CLIPTrainConfig, train_clip
-
     if threads:
         torch.set_num_threads(threads)
-    config = CLIPTrainConfig.quick() if quick else CLIPTrainConfig()
-    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    final = train_clip(out, config, resume=resume)
-    click.echo(f"trained CLIP saved to {final}")
+    config = config_cls.quick() if quick else config_cls()
+    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
 cli.add_command(train_world, "train-world")

@@ -96,6 +96,7 @@ PRIORS.register("oracle", "evalkit.priors.calibration:OraclePrior", "calibration
 PRIORS.register("text", "evalkit.priors.calibration:TextPrior", "calibration: the prompt's CLIP text embedding used as the image embedding")
 PRIORS.register("none", "evalkit.priors.calibration:NonePrior", "calibration floor: the mean image embedding, no prompt information")
 DECODERS.register("dummy", "evalkit.decoders.dummy:DummyDecoder", "template decoder: embeddings to colour blobs, per-image seeded noise")
+DECODERS.register("synth", "evalkit.decoders.synth:SynthDecoder", "embedded 32×32 pixel diffusion decoder conditioned on the world CLIP's image embedding (unCLIP / Kandinsky 2.2 style)")
 SCORERS.register("analytic", "evalkit.scorers.analytic:AnalyticScorer", "HRS-style analytic scorer for the synthetic world: segment, read hue / mask geometry / pattern")
 SCORERS.register("dummy", "evalkit.scorers.dummy:DummyScorer", "template scorer: mean brightness as a stand-in probability per noun phrase")
 

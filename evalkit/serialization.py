@@ -38,12 +38,18 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
-def save_pretrained(directory: str | os.PathLike, config: dict, state_dict: dict, metadata: dict | None = None) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` (contiguous CPU tensors) into ``directory``."""
+def save_pretrained(directory: str | os.PathLike, config: dict, state_dict: dict, metadata: dict | None = None,
+                    dtype=None) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` (contiguous CPU tensors) into ``directory``.
+
+    ``dtype`` (e.g. ``torch.float16``) casts floating tensors to halve shipped files; loaders cast back.
+    """
     from safetensors.torch import save as save_bytes
 
     directory = Path(directory)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     atomic_write_bytes(directory / WEIGHTS_NAME, save_bytes(tensors, metadata={k: str(v) for k, v in (metadata or {}).items()}))
     atomic_write_json(directory / CONFIG_NAME, config)
     return directory
@@ -119,8 +125,8 @@ class PretrainedMixin:
     def config_dict(self) -> dict:
         return {"_class_name": type(self).__name__, **dataclasses.asdict(self.config)}
 
-    def save_pretrained(self, directory: str | os.PathLike, metadata: dict | None = None) -> Path:
-        return save_pretrained(directory, self.config_dict(), self.state_dict(), metadata)
+    def save_pretrained(self, directory: str | os.PathLike, metadata: dict | None = None, dtype=None) -> Path:
+        return save_pretrained(directory, self.config_dict(), self.state_dict(), metadata, dtype)
 
     @classmethod
     def config_from_dict(cls, raw: dict, where: str = ""):

@@ -1,0 +1,377 @@
+"""``evalkit train-world decoder``: the synthetic world's diffusion decoder, trained on CLIP image embeddings.
+
+The decoder learns p(image | CLIP image embedding) on renders of the world's train split (all
+three categories). The CLIP is frozen, so the embeddings of the training pool are computed once
+(batched, inference mode) and cached in the run folder, keyed by (num_pairs, seed, CLIP weights);
+a resumed run reuses them. Each step then draws a batch of (render, embedding) pairs, replaces
+each embedding by zeros with probability ``cond_drop_prob`` (the unconditional branch of
+classifier-free guidance) and takes a DDPM epsilon-prediction step (Min-SNR-γ weighted), keeping an
+EMA of the weights. Everything random in a step (batch, timesteps, noise, dropout) is a function of
+(seed, step), so a resumed run continues exactly as the uninterrupted one would have.
+
+The periodic evaluation decodes the embeddings of dev-split renders with DDIM + guidance and
+re-embeds the decoded images with the same CLIP:
+
+- ``eval/recon_cos``: cosine between a decoded image's embedding and the embedding it was decoded from;
+- ``eval/swap_acc``: the decoded image is closer to its target than to the target's attribute-swapped
+  twin (same layout, bound attributes exchanged) — binding, as far as the CLIP can tell;
+- ``eval/top1``: the decoded image retrieves its own target among all evaluated targets.
+
+It also writes ``samples/step-XXXXXX.png`` (top row: targets, bottom row: decoded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from evalkit.contracts import Batch, Protocol, content_hash
+from evalkit.errors import ConfigMismatchError
+from evalkit.serialization import atomic_write_json
+from evalkit.train.common import (JsonlLogger, Stopwatch, check_finite, finish, load_checkpoint, save_checkpoint,
+                                  set_seed)
+
+CACHE_DIR_NAME = "cache"
+
+
+#: settings a resumed run may change (with the constant learning rate, ``steps`` only extends the run)
+RESUMABLE_KEYS = ("steps", "checkpoint_every", "eval_every")
+
+
+@dataclass
+class DecoderTrainConfig:
+    steps: int = 1300  # ≈ 30 min on 2 idle cores at batch 64 (≈1.2 s/step); extend later with resume
+    batch_size: int = 64
+    lr: float = 5e-4
+    lr_schedule: str = "constant"  # "constant" (after warm-up; the EMA smooths) or "cosine" (to 0.1× at `steps`)
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    ema_decay: float = 0.995  # 0 disables the EMA; the EMA weights are the final model
+    snr_gamma: float | None = 5.0  # Min-SNR-γ loss weighting (None: plain epsilon MSE)
+    cond_drop_prob: float = 0.1  # embeddings replaced by zeros (classifier-free guidance)
+    num_pairs: int = 32000  # rendered training pool (train split, all three categories)
+    seed: int = 0
+    checkpoint_every: int = 200
+    eval_every: int = 600
+    eval_pairs: int = 48  # dev renders decoded per evaluation
+    eval_steps: int = 25  # DDIM steps in the evaluation
+    eval_guidance: float | None = None  # None: the decoder's default
+    embed_batch_size: int = 512
+    tiny: bool = False  # tiny decoder and a random tiny CLIP (tests)
+    decoder: dict = field(default_factory=dict)  # SynthDecoderConfig overrides (architecture, schedule)
+
+    @classmethod
+    def quick(cls) -> "DecoderTrainConfig":
+        return cls(steps=6, batch_size=8, num_pairs=64, warmup_steps=2, checkpoint_every=3, eval_every=3,
+                   eval_pairs=4, eval_steps=2, embed_batch_size=32, tiny=True)
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def build_clip(config: DecoderTrainConfig, clip_dir: str | Path | None):
+    from evalkit.embedded.clip import WorldCLIP, load_world_clip
+
+    if clip_dir is not None:
+        clip = WorldCLIP.from_pretrained(clip_dir)
+    elif config.tiny:
+        with torch.random.fork_rng():
+            torch.manual_seed(config.seed)
+            clip = WorldCLIP.tiny()
+    else:
+        clip = load_world_clip()
+    clip.eval()
+    for p in clip.parameters():
+        p.requires_grad_(False)
+    return clip
+
+
+def build_decoder(config: DecoderTrainConfig, embedding_dim: int):
+    from evalkit.decoders.synth import SynthDecoder
+
+    base = dataclasses.asdict(SynthDecoder.tiny_config()) if config.tiny else {}
+    decoder_config = SynthDecoder.config_from_dict({**base, **config.decoder, "embedding_dim": embedding_dim})
+    return SynthDecoder(decoder_config)
+
+
+def weights_hash(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def to_float(images_uint8: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def training_renders(num_pairs: int, seed: int) -> np.ndarray:
+    from evalkit.world import render, sample_pairs
+
+    _, scenes = sample_pairs("all", num_pairs, seed=seed, split="train")
+    return render(scenes)
+
+
+@torch.inference_mode()
+def embed_images(clip, images_uint8: np.ndarray, batch_size: int) -> torch.Tensor:
+    out = [clip.encode_image(to_float(images_uint8[i:i + batch_size])).float() for i in range(0, len(images_uint8), batch_size)]
+    return torch.cat(out) if out else torch.empty(0, clip.embedding_dim)
+
+
+def cached_embeddings(cache_dir: Path, clip, clip_hash: str, images: np.ndarray, config: DecoderTrainConfig,
+                      progress: bool) -> torch.Tensor:
+    """CLIP embeddings of the training pool, computed once per (pool, CLIP) and kept as safetensors."""
+    from safetensors.torch import load_file, save_file
+
+    key = content_hash({"num_pairs": config.num_pairs, "seed": config.seed, "clip": clip_hash})
+    path = cache_dir / f"embeddings-{key}.safetensors"
+    if path.is_file():
+        embeds = load_file(str(path))["embeds"]
+        if embeds.shape == (len(images), clip.embedding_dim):
+            return embeds
+    if progress:
+        tqdm.write(f"embedding {len(images)} training renders with the CLIP (once; cached in {path.name})")
+    embeds = embed_images(clip, images, config.embed_batch_size)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"embeds": embeds.contiguous()}, str(tmp), metadata={"num_pairs": str(config.num_pairs),
+                                                                   "seed": str(config.seed), "clip": clip_hash})
+    tmp.replace(path)
+    return embeds
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The torch randomness of one step: a function of (seed, step) only."""
+    return torch.Generator().manual_seed(int(np.random.default_rng([seed, step, 1]).integers(2**62)))
+
+
+def diffusion_loss(decoder, scheduler, images: torch.Tensor, embeds: torch.Tensor, generator: torch.Generator,
+                   cond_drop_prob: float, snr_gamma: float | None) -> torch.Tensor:
+    """DDPM epsilon loss on images in [0, 1]; embeddings dropped to zeros with ``cond_drop_prob``."""
+    x0 = images * 2.0 - 1.0
+    n = x0.shape[0]
+    noise = torch.randn(x0.shape, generator=generator)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator)
+    keep = (torch.rand(n, generator=generator) >= cond_drop_prob).float().unsqueeze(1)
+    noisy = scheduler.add_noise(x0, noise, timesteps)
+    pred = decoder(noisy, timesteps, embeds * keep)
+    per_image = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+    if snr_gamma:
+        alphas = scheduler.alphas_cumprod[timesteps]
+        snr = alphas / (1.0 - alphas)
+        per_image = per_image * torch.clamp(snr, max=snr_gamma) / snr
+    return per_image.mean()
+
+
+class EMA:
+    """Exponential moving average of float parameters and buffers, with the usual warm-up of the decay."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for k, v in model.state_dict().items():
+            if k in self.shadow:
+                self.shadow[k].lerp_(v.detach(), 1.0 - decay)
+
+    def copy_to(self, model: torch.nn.Module) -> None:
+        model.load_state_dict({**model.state_dict(), **self.shadow})
+
+
+def eval_pool(num: int, seed: int):
+    """Dev-split renders and their attribute-swapped twins (same layout, bound attributes exchanged)."""
+    from evalkit.world import render, sample_pairs, sample_scene
+
+    _, scenes = sample_pairs("all", num, seed=seed, split="dev")
+    swapped = [sample_scene(scene.swapped_caption, scene.seed) for scene in scenes]
+    return render(scenes), render(swapped)
+
+
+@torch.inference_mode()
+def evaluate_decoder(decoder, clip, targets: torch.Tensor, swapped: torch.Tensor, steps: int, guidance: float,
+                     seed: int = 42) -> tuple[dict, torch.Tensor]:
+    """Decode ``targets`` (CLIP embeddings), re-embed, compare; returns (metrics, decoded images)."""
+    n = len(targets)
+    batch = Batch.from_prompts([""] * n, [seed + i for i in range(n)])
+    protocol = Protocol(decoder=decoder.name, num_inference_steps=steps, guidance_scale=guidance,
+                        resolution=decoder.resolution, images_per_prompt=1)
+    images = decoder.decode(targets, batch, protocol)
+    got = F.normalize(clip.encode_image(images).float(), dim=-1)
+    tgt, swp = F.normalize(targets, dim=-1), F.normalize(swapped, dim=-1)
+    own = (got * tgt).sum(-1)
+    metrics = {
+        "recon_cos": round(own.mean().item(), 4),
+        "swap_acc": round((own > (got * swp).sum(-1)).float().mean().item(), 4),
+        "top1": round(((got @ tgt.T).argmax(dim=1) == torch.arange(n)).float().mean().item(), 4),
+    }
+    return metrics, images
+
+
+def save_grid(path: Path, targets_uint8: np.ndarray, decoded: torch.Tensor, columns: int = 16) -> None:
+    from PIL import Image
+
+    decoded_uint8 = (decoded.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    k = min(columns, len(decoded_uint8))
+    rows = [np.concatenate(list(a[:k]), axis=1) for a in (targets_uint8, decoded_uint8)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(rows, axis=0)).resize((rows[0].shape[1] * 2, rows[0].shape[0] * 4), Image.NEAREST).save(path)
+
+
+def lr_lambda(config: DecoderTrainConfig):
+    if config.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', not {config.lr_schedule!r}")
+    warmup = lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps))
+    if config.lr_schedule == "constant":
+        return warmup
+    return lambda s: warmup(s) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)))
+
+
+def _check_resume_config(out_dir: Path, config: DecoderTrainConfig) -> None:
+    import json
+
+    path = out_dir / "train_config.json"
+    if not path.is_file():
+        return
+    stored = json.loads(path.read_text())
+    asked = json.loads(json.dumps(dataclasses.asdict(config)))
+    free = RESUMABLE_KEYS if config.lr_schedule == "constant" else RESUMABLE_KEYS[1:]
+    differ = sorted(k for k in set(stored) | set(asked) if stored.get(k) != asked.get(k) and k not in free)
+    if differ:
+        raise ConfigMismatchError(
+            f"cannot resume {out_dir}: its run was started with different settings ({', '.join(differ)}); "
+            "resume with the same flags (a constant-lr run may change --steps), or start a new run with another --out")
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_decoder(out_dir: str | Path, config: DecoderTrainConfig, resume: bool = False, clip_dir: str | Path | None = None,
+                  progress: bool = True, stop_at: int | None = None) -> Path:
+    """Train the synth decoder into ``out_dir``; returns ``out_dir/final`` (or the checkpoint when ``stop_at`` stops early).
+
+    ``clip_dir``: the CLIP whose image embeddings condition the decoder (default: the shipped one;
+    ``config.tiny``: a random tiny CLIP). ``stop_at``: stop after that step with a checkpoint (a
+    time-boxed session; continue later with ``resume=True``).
+    """
+    out_dir = Path(out_dir)
+    checkpoint_dir = out_dir / "checkpoint"
+    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
+        raise FileExistsError(f"{out_dir} already holds a training run; pass --resume to continue it or pick another --out")
+    if resume:
+        _check_resume_config(out_dir, config)
+    clock = Stopwatch()
+    clip = build_clip(config, clip_dir)
+    clip_hash = weights_hash(clip)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "train_config.json", dataclasses.asdict(config))
+
+    set_seed(config.seed)
+    decoder = build_decoder(config, clip.embedding_dim)
+    scheduler = decoder.training_scheduler()
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999))
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
+    ema = EMA(decoder, config.ema_decay) if config.ema_decay > 0 else None
+    logger = JsonlLogger(out_dir / "log.jsonl")
+    start_step, elapsed_before = 0, 0.0
+    if resume and checkpoint_dir.exists():
+        state = load_checkpoint(checkpoint_dir, decoder, optimizer, lr_scheduler)
+        start_step, elapsed_before = state["step"], float(state["extra"].get("elapsed", 0.0))
+        if ema is not None:
+            ema.shadow = {k: v.clone() for k, v in state["extra"]["ema"].items()}
+        logger.truncate_after(start_step)
+
+    images = training_renders(config.num_pairs, config.seed)
+    embeds = cached_embeddings(out_dir / CACHE_DIR_NAME, clip, clip_hash, images, config, progress)
+    eval_images, eval_swapped_images = eval_pool(config.eval_pairs, config.seed)
+    eval_targets = embed_images(clip, eval_images, config.embed_batch_size)
+    eval_swapped = embed_images(clip, eval_swapped_images, config.embed_batch_size)
+    eval_decoder = build_decoder(config, clip.embedding_dim) if ema is not None else decoder
+    guidance = config.eval_guidance if config.eval_guidance is not None else decoder.default_guidance_scale
+
+    def evaluate(step: int) -> dict:
+        if ema is not None:
+            ema.copy_to(eval_decoder)
+        eval_decoder.eval()
+        metrics, decoded = evaluate_decoder(eval_decoder, clip, eval_targets, eval_swapped, config.eval_steps, guidance)
+        save_grid(out_dir / "samples" / f"step-{step:06d}.png", eval_images, decoded)
+        decoder.train()
+        return metrics
+
+    n = len(images)
+    setup_s = clock()
+    bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc="train decoder",
+               disable=not progress)
+    last_eval: dict = {}
+    step = start_step
+    decoder.train()
+    for step in bar:
+        # the batch order and all noise are functions of (seed, step): a resumed run draws the same
+        idx = np.random.default_rng([config.seed, step]).choice(n, size=min(config.batch_size, n), replace=False)
+        loss = diffusion_loss(decoder, scheduler, to_float(images[idx]), embeds[idx], step_generator(config.seed, step),
+                              config.cond_drop_prob, config.snr_gamma)
+        check_finite(loss, step, checkpoint_dir)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
+        optimizer.step()
+        lr_scheduler.step()
+        if ema is not None:
+            ema.update(decoder, step)
+        row = {"step": step + 1, "loss": round(loss.item(), 5), "grad_norm": round(float(grad_norm), 4),
+               "lr": lr_scheduler.get_last_lr()[0], "elapsed": round(elapsed_before + clock(), 1)}
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+            last_eval = evaluate(step + 1)
+            row.update({f"eval/{k}": v for k, v in last_eval.items()})
+        logger.log(row)
+        bar.set_postfix(loss=f"{row['loss']:.4f}")
+        done = step + 1 == config.steps or (stop_at is not None and step + 1 >= stop_at)
+        if (step + 1) % config.checkpoint_every == 0 or done:
+            extra = {"elapsed": row["elapsed"]}
+            if ema is not None:
+                extra["ema"] = ema.shadow
+            save_checkpoint(checkpoint_dir, decoder, optimizer, lr_scheduler, step + 1, extra=extra)
+        if done and step + 1 < config.steps:
+            bar.close()
+            return checkpoint_dir
+    bar.close()
+
+    final_model = decoder
+    if ema is not None:
+        ema.copy_to(eval_decoder)
+        final_model = eval_decoder
+    final_model.eval()
+    if not last_eval:
+        last_eval = evaluate(config.steps)
+    record = {"config": dataclasses.asdict(config), "decoder_config": dataclasses.asdict(final_model.config),
+              "final_metrics": last_eval, "weights": "ema" if ema is not None else "last",
+              "wall_time_s": round(elapsed_before + clock(), 1), "setup_time_s": round(setup_s, 1),
+              "torch_threads": torch.get_num_threads(), "num_parameters": final_model.num_parameters(),
+              "clip": str(clip_dir) if clip_dir else ("tiny-random" if config.tiny else "shipped"), "clip_hash": clip_hash}
+    return finish(out_dir, final_model, record)
+
+
+def ship_decoder(run_dir: str | Path, dest: str | Path | None = None, dtype: torch.dtype | None = torch.float16) -> Path:
+    """Copy a run's final decoder (``run_dir/final`` or a weights folder) to ``dest`` (default: the shipped
+    folder ``evalkit/embedded/weights/decoder``), as fp16 by default, with its ``training_record.json``."""
+    from evalkit.decoders.synth import SHIPPED_DIR, SynthDecoder
+
+    source = Path(run_dir)
+    source = source / "final" if (source / "final").is_dir() else source
+    dest = Path(dest) if dest is not None else SHIPPED_DIR
+    SynthDecoder.from_pretrained(source).save_pretrained(dest, dtype=dtype)
+    if (source / "training_record.json").is_file():
+        shutil.copyfile(source / "training_record.json", dest / "training_record.json")
+    return dest
