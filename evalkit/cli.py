@@ -99,14 +99,19 @@ def train_world():
 @click.option("--eval-every", type=int, help="steps between val evaluations")
 @click.option("--checkpoint-every", type=int, help="steps between checkpoints")
 @click.option("--aux-weight", type=float, help="weight of the auxiliary combination losses (0: pure contrastive)")
+@click.option("--ship", is_flag=True, help="copy the final weights (fp16) to the shipped folder")
 @click.option("--threads", type=int, help="torch CPU threads")
-def train_world_clip(out, resume, quick, threads, **overrides):
+def train_world_clip(out, resume, quick, ship, threads, **overrides):
     """Contrastive training of the world's CLIP, with attribute-swapped hard negatives."""
     from evalkit.train.world_clip import CLIPTrainConfig, train_clip
 
     config = _train_config(CLIPTrainConfig, quick, threads, overrides)
     final = train_clip(out, config, resume=resume)
     click.echo(f"trained CLIP saved to {final}")
+    if ship:
+        from evalkit.train.world_clip import ship_clip
+
+        click.echo(f"shipped to {ship_clip(out)}")
 
 
 @train_world.command("decoder")

@@ -189,6 +189,17 @@ def finish(run_dir: Path, model, record: dict) -> Path:
     return final
 
 
+def ship(model_cls, run_dir: Path, dest: Path, dtype=torch.float16) -> Path:
+    """Copy a run's final model (``run_dir/final`` or a weights folder) to ``dest`` as fp16, with its record."""
+    source = Path(run_dir)
+    source = source / "final" if (source / "final").is_dir() else source
+    dest = Path(dest)
+    model_cls.from_pretrained(source).save_pretrained(dest, dtype=dtype)
+    if (source / "training_record.json").is_file():
+        shutil.copyfile(source / "training_record.json", dest / "training_record.json")
+    return dest
+
+
 class Stopwatch:
     def __init__(self):
         self.start = time.time()

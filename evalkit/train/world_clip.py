@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from evalkit.serialization import atomic_write_json
 from evalkit.train.common import (JsonlLogger, Stopwatch, check_finite, finish, load_checkpoint, save_checkpoint,
-                                  set_seed)
+                                  set_seed, ship)
 
 
 @dataclass
@@ -136,7 +136,9 @@ def contrastive_loss(model, image_embeds, text_embeds, ids):
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
-def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = False, progress: bool = True):
+def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = False, progress: bool = True,
+               stop_at: int | None = None):
+    """Train into ``out_dir``; returns ``out_dir/final`` (or the checkpoint when ``stop_at`` stops early)."""
     from evalkit.embedded.clip_eval import evaluate_clip
 
     out_dir = Path(out_dir)
@@ -169,7 +171,8 @@ def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = Fals
     n = pool["num_pairs"]
     clock = Stopwatch()
     # the batch order is a function of (seed, step): a resumed run draws the same batches
-    bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc="train clip",
+    end = min(config.steps, stop_at) if stop_at else config.steps
+    bar = tqdm(range(start_step, end), initial=start_step, total=config.steps, desc="train clip",
                disable=not progress)
     last_eval: dict = {}
     model.train()
@@ -193,10 +196,19 @@ def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = Fals
             row.update({f"eval/{k}": v for k, v in last_eval.items()})
         logger.log(row)
         bar.set_postfix(loss=f"{row['loss']:.3f}", scale=row["logit_scale"])
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 in (config.steps, end):
             save_checkpoint(checkpoint_dir, model, optimizer, scheduler, step + 1, extra={"elapsed": row["elapsed"], "heads": heads.state_dict()})
+    if end < config.steps:
+        return checkpoint_dir
     model.eval()
     record = {"config": dataclasses.asdict(config), "final_metrics": last_eval or evaluate_clip(model, seeds=config.eval_seeds),
               "wall_time_s": round(elapsed_before + clock(), 1), "torch_threads": torch.get_num_threads(),
               "num_parameters": sum(p.numel() for p in model.parameters())}
     return finish(out_dir, model, record)
+
+
+def ship_clip(run_dir: str | Path, dest: str | Path | None = None, dtype: torch.dtype | None = torch.float16) -> Path:
+    """Copy a run's final CLIP to ``dest`` (default: ``evalkit/embedded/weights/clip``) as fp16."""
+    from evalkit.embedded.clip import SHIPPED_DIR, WorldCLIP
+
+    return ship(WorldCLIP, run_dir, dest if dest is not None else SHIPPED_DIR, dtype)

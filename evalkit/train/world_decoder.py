@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from evalkit.contracts import Batch, Protocol, content_hash
 from evalkit.errors import ConfigMismatchError
 from evalkit.serialization import atomic_write_json
 from evalkit.train.common import (JsonlLogger, Stopwatch, check_finite, finish, load_checkpoint, save_checkpoint,
-                                  set_seed)
+                                  set_seed, ship)
 
 CACHE_DIR_NAME = "cache"
 
@@ -364,14 +363,7 @@ def train_decoder(out_dir: str | Path, config: DecoderTrainConfig, resume: bool 
 
 
 def ship_decoder(run_dir: str | Path, dest: str | Path | None = None, dtype: torch.dtype | None = torch.float16) -> Path:
-    """Copy a run's final decoder (``run_dir/final`` or a weights folder) to ``dest`` (default: the shipped
-    folder ``evalkit/embedded/weights/decoder``), as fp16 by default, with its ``training_record.json``."""
+    """Copy a run's final decoder to ``dest`` (default: ``evalkit/embedded/weights/decoder``) as fp16."""
     from evalkit.decoders.synth import SHIPPED_DIR, SynthDecoder
 
-    source = Path(run_dir)
-    source = source / "final" if (source / "final").is_dir() else source
-    dest = Path(dest) if dest is not None else SHIPPED_DIR
-    SynthDecoder.from_pretrained(source).save_pretrained(dest, dtype=dtype)
-    if (source / "training_record.json").is_file():
-        shutil.copyfile(source / "training_record.json", dest / "training_record.json")
-    return dest
+    return ship(SynthDecoder, run_dir, dest if dest is not None else SHIPPED_DIR, dtype)
