@@ -265,7 +265,26 @@ def check_embedding_contract(prior: EmbeddingSpec, decoder: EmbeddingSpec) -> No
         )
 
 
-# --------------------------------------------------------------------------- results
+# --------------------------------------------------------------------------- runs and results
+
+
+@dataclass
+class RunConfig:
+    """Everything ``evalkit run`` needs; each field is one CLI flag."""
+
+    priors: list[str] = field(default_factory=lambda: ["oracle"])  # prior names
+    decoder: str = "synth"  # decoder name
+    suites: list[str] = field(default_factory=lambda: ["synth-color"])  # suite names
+    scorers: list[str] = field(default_factory=lambda: ["analytic"])  # scorer names
+    split: str = "val"  # train | dev | val
+    images_per_prompt: int = 10  # seeds seed, seed+1, ...
+    seed: int = 42  # image i of a prompt uses seed + i (T2I-CompBench)
+    num_inference_steps: int | None = None  # decoder steps (default: the decoder's)
+    guidance_scale: float | None = None  # decoder CFG scale (default: the decoder's)
+    batch_size: int = 64  # images per decoder call
+    limit: int | None = None  # first N prompts of each suite (None: all)
+    out: str = "evalkit-runs"  # parent folder of run folders
+
 
 
 @dataclass

@@ -117,3 +117,24 @@ def test_protocol_hash_changes_with_settings():
     assert a.hash() == Protocol("synth", 25, 3.0, 32).hash()
     assert a.hash() != Protocol("synth", 50, 3.0, 32).hash()
     assert a.seeds()[:2] == [42, 43] and len(a.seeds()) == 10
+
+
+@pytest.mark.parametrize("name", __import__("evalkit.registry", fromlist=["SUITES"]).SUITES.names())
+def test_suite_contract(name, request):
+    from evalkit.suites import load_suite
+
+    if name.startswith("t2i-compbench"):
+        request.getfixturevalue("prompts_dir")  # skips without a local copy of the prompt files
+    suite = load_suite(name)
+    for split in suite.splits:
+        items = suite.items(split)
+        assert items, f"{name} [{split}] is empty"
+        assert len({i.item_id for i in items}) == len(items), "item ids must be unique"
+        assert all(i.split == split and i.category == suite.category for i in items)
+        for item in items[:50]:
+            for phrase in item.noun_phrases or ():
+                assert phrase in item.prompt
+        assert suite.version(split) == suite.version(split)
+    if "val" in suite.splits:
+        val = suite.items("val")
+        assert len(val) == 300 and sum(1 for i in val if i.seen) == 200
