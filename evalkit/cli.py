@@ -212,6 +212,21 @@ def _names(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+@cli.command("check-world")
+@click.option("--out", default="results/embedded-stack", show_default=True, type=click.Path(file_okay=False),
+              help="folder for the measurements (json + README.md)")
+@click.option("--clip-seeds", default=10, show_default=True, help="renders per val prompt for the CLIP metrics")
+@click.option("--prior-seeds", default=10, show_default=True, help="renders per val prompt for the headroom check")
+@click.option("--decoder-prompts", default=48, show_default=True, help="val prompts per suite decoded from oracle embeddings")
+@click.option("--steps", "steps_sweep", default="10,25,50", show_default=True, help="DDIM step counts to compare")
+def check_world_command(out, clip_seeds, prior_seeds, decoder_prompts, steps_sweep):
+    """Measure the embedded stack's quality bars: CLIP binding/retrieval, headroom, decoder fidelity."""
+    from evalkit.embedded.check import check_world
+
+    check_world(out, clip_seeds, prior_seeds, decoder_prompts, tuple(int(s) for s in _names(steps_sweep)))
+    click.echo(open(f"{out}/README.md").read())
+
+
 @cli.command("demo")
 @click.option("--out", default="evalkit-runs", show_default=True, type=click.Path(file_okay=False),
               help="parent folder; the demo writes a new run folder inside it")

@@ -55,11 +55,14 @@ class TextCache:
 @torch.inference_mode()
 def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, run_dir: Path | None = None,
              split: str = "val", limit: int | None = None, batch_size: int = 64, text_encoders: dict | None = None,
-             progress: bool = True) -> tuple[list[dict], dict]:
-    """Generate and score ``suite`` for every prior; returns (per-image rows, timings per stage)."""
+             progress: bool = True, items: list | None = None) -> tuple[list[dict], dict]:
+    """Generate and score ``suite`` for every prior; returns (per-image rows, timings per stage).
+
+    ``items``: score these items of the suite instead of the first ``limit`` of ``split``.
+    """
     for prior in priors.values():
         check_embedding_contract(prior, decoder)
-    items = suite.items(split)[:limit]
+    items = list(items) if items is not None else suite.items(split)[:limit]
     pairs = [(item, seed) for item in items for seed in protocol.seeds()]
     texts = TextCache(text_encoders or {})
     timings = {"text": 0.0, "prior": 0.0, "decoder": 0.0, "scorer": 0.0}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -15,32 +14,10 @@ from evalkit.world.splits import split_prompts
 def save_grid(path: str | Path, scenes: Sequence[Scene], titles: Sequence[str] | None = None,
               columns: int = 8, scale: int = 4) -> Path:
     """Render ``scenes``, upscale each ×``scale`` (nearest), write a PNG grid with a title under each."""
-    import matplotlib
+    from evalkit.report.grid import save_image_grid
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    images = render(scenes)
     titles = list(titles) if titles is not None else [s.caption for s in scenes]
-    rows = -(-len(scenes) // columns)
-    side = images.shape[1] * scale / 100  # inches at 100 dpi: one image pixel = `scale` output pixels
-    pad, text_height = 0.12, 0.42  # inches around each image, and under it for three lines of 7 pt
-    cell_w, cell_h = side + 2 * pad, side + text_height + pad
-    fig = plt.figure(figsize=(columns * cell_w, rows * cell_h), dpi=100)
-    for k, (image, title) in enumerate(zip(images, titles)):
-        row, col = divmod(k, columns)
-        left, bottom = col * cell_w + pad, (rows - 1 - row) * cell_h + text_height
-        ax = fig.add_axes((left / (columns * cell_w), bottom / (rows * cell_h),
-                           side / (columns * cell_w), side / (rows * cell_h)))
-        ax.imshow(image.repeat(scale, 0).repeat(scale, 1), interpolation="nearest")
-        ax.axis("off")
-        fig.text((left + side / 2) / (columns * cell_w), (bottom - 0.04) / (rows * cell_h),
-                 "\n".join(textwrap.wrap(title, 28)), ha="center", va="top", fontsize=7)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_image_grid(path, render(scenes), titles, columns=columns, scale=scale)
 
 
 def val_grid_scenes(per_category: int = 8, seed: int = 42) -> tuple[list[Scene], list[str]]:

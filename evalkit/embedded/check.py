@@ -1,0 +1,129 @@
+"""``evalkit check-world``: the quality bars of the embedded stack, measured and written to a folder.
+
+1. CLIP: retrieval, caption-side and image-side binding, paired cosine (val, seen / unseen).
+2. Headroom: embedding-level binding margin of the calibration priors oracle / text / none.
+3. Decoder (when its weights exist): images decoded from oracle embeddings (the item's own render)
+   scored by the analytic scorer — the share of noun phrases whose attributes appear on one object —
+   for a sweep of DDIM step counts, next to the same score on the true renders; plus a picture.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evalkit.serialization import atomic_write_json
+
+SUITES = ("synth-color", "synth-shape", "synth-texture")
+
+
+def check_clip(clip, seeds: int) -> dict:
+    from evalkit.embedded.clip_eval import evaluate_clip
+
+    return evaluate_clip(clip, seeds=seeds)
+
+
+def check_headroom(clip, seeds: int, out_dir: Path) -> list[dict]:
+    from evalkit.eval_prior import eval_priors, headroom, render_report
+
+    _, summary = eval_priors(["oracle", "text", "none"], list(SUITES), "val", tuple(range(42, 42 + seeds)), clip=clip)
+    room = headroom(summary)
+    atomic_write_json(out_dir / "headroom.json", {"seeds": seeds, "summary": summary, "headroom": room})
+    (out_dir / "headroom.md").write_text(render_report(summary, room))
+    return room
+
+
+def check_decoder(clip, prompts: int, steps_sweep, out_dir: Path) -> list[dict]:
+    from evalkit.contracts import Protocol
+    from evalkit.decoders.synth import SynthDecoder
+    from evalkit.priors.calibration import OraclePrior
+    from evalkit.runner import evaluate
+    from evalkit.scorers.analytic import AnalyticScorer
+    from evalkit.suites import load_suite
+    from evalkit.world import render
+
+    decoder = SynthDecoder.from_pretrained()
+    oracle = OraclePrior(clip)
+    results = []
+    for name in SUITES:
+        suite = load_suite(name)
+        items = suite.items("val")
+        subset = [i for i in items if i.seen][: prompts - prompts // 3] + [i for i in items if not i.seen][: prompts // 3]
+
+        scorer = AnalyticScorer()
+        truth = scorer.score(torch.from_numpy(render([suite.ground_truth(i, 42) for i in subset])).permute(0, 3, 1, 2).float() / 255,
+                             _batch(subset))
+        for steps in steps_sweep:
+            protocol = Protocol("synth", steps, decoder.default_guidance_scale, 32, images_per_prompt=1)
+            rows, timings = evaluate({"oracle": oracle}, decoder, suite, {"analytic": AnalyticScorer()}, protocol,
+                                     None, progress=False, text_encoders={"synth-clip": clip}, items=subset)
+            for seen in (True, False):
+                chosen = [r for r in rows if r["seen"] is seen]
+                results.append({"suite": name, "steps": steps, "seen": seen, "n": len(chosen),
+                                "decoded_score": sum(r["score"] for r in chosen) / max(len(chosen), 1),
+                                "render_score": sum(t["score"] for t, i in zip(truth, subset) if i.seen is seen)
+                                / max(sum(1 for i in subset if i.seen is seen), 1),
+                                "decoder_s_per_image": timings["decoder"] / max(len(rows), 1)})
+        save_decoded_grid(out_dir / f"decoded-{name}.png", suite, subset[:8], oracle, decoder, clip)
+    atomic_write_json(out_dir / "decoder.json", {"prompts_per_suite": prompts, "results": results})
+    return results
+
+
+def save_decoded_grid(path: Path, suite, items, oracle, decoder, clip) -> Path:
+    """Top row: true renders (seed 42); bottom row: decoded from their CLIP image embeddings."""
+    from evalkit.contracts import Batch, Protocol
+    from evalkit.report.grid import save_image_grid, to_uint8
+    from evalkit.world import render
+
+    batch = Batch(list(items), [42] * len(items))
+    protocol = Protocol("synth", decoder.default_num_inference_steps, decoder.default_guidance_scale, 32, 1)
+    decoded = decoder.decode(oracle.predict(batch), batch, protocol)
+
+    images = np.concatenate([render([suite.ground_truth(i, 42) for i in items]), to_uint8(decoded)])
+    titles = [f"render: {i.prompt}" for i in items] + ["decoded from its embedding"] * len(items)
+    return save_image_grid(path, images, titles, columns=len(items))
+
+
+def _batch(items):
+    from evalkit.contracts import Batch
+
+    return Batch(list(items), [42] * len(items))
+
+
+def check_world(out_dir: str | Path, clip_seeds: int = 10, prior_seeds: int = 10, decoder_prompts: int = 48,
+                steps_sweep=(10, 25, 50)) -> dict:
+    from tabulate import tabulate
+
+    from evalkit.decoders.synth import SHIPPED_DIR as DECODER_DIR
+    from evalkit.embedded.clip import load_world_clip
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clip = load_world_clip()
+    report = {"clip": check_clip(clip, clip_seeds)}
+    atomic_write_json(out_dir / "clip.json", {"seeds": clip_seeds, "metrics": report["clip"]})
+    report["headroom"] = check_headroom(clip, prior_seeds, out_dir)
+    if (DECODER_DIR / "config.json").is_file():
+        report["decoder"] = check_decoder(clip, decoder_prompts, steps_sweep, out_dir)
+    lines = ["# Embedded stack: quality bars", "", f"## CLIP (val, {clip_seeds} renders per prompt)", ""]
+    metrics = ("i2t_top1", "caption_binding", "image_binding", "paired_cos")
+    table = [[cat, seen, *[report["clip"][f"{cat}/{seen}/{m}"] for m in metrics]]
+             for cat in ("color", "shape", "texture", "mean") for seen in ("seen", "unseen")]
+    lines += [tabulate(table, headers=["category", "split", *metrics], tablefmt="github"), ""]
+    lines += [f"## Headroom ({prior_seeds} seeds per prompt): see headroom.md", ""]
+    table = [[r["category"], r["seen"], f"{r['oracle']:.4f}", f"{r['text']:.4f}", f"{r['gap_text_z']:.1f}",
+              f"{r['none']:.4f}", f"{r['gap_none_z']:.1f}", "yes" if r["headroom"] else "NO"] for r in report["headroom"]]
+    lines += [tabulate(table, headers=["category", "split", "oracle margin", "text margin", "z", "none margin", "z",
+                                       "headroom"], tablefmt="github"), ""]
+    if "decoder" in report:
+        lines += ["## Decoder from oracle embeddings (analytic scorer: share of phrases realised)", ""]
+        table = [[r["suite"], r["steps"], "seen" if r["seen"] else "unseen", r["n"], f"{r['decoded_score']:.3f}",
+                  f"{r['render_score']:.3f}", f"{r['decoder_s_per_image']:.3f}"] for r in report["decoder"]]
+        lines += [tabulate(table, headers=["suite", "DDIM steps", "split", "n", "decoded", "true renders", "s/image"],
+                           tablefmt="github"), ""]
+    (out_dir / "README.md").write_text("\n".join(lines))
+    return report
