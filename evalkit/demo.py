@@ -48,5 +48,44 @@ def run_demo(out: str | Path, per_category: int = 8, num_seeds: int = 2, calibra
     else:
         lines += ["## Calibration priors", "", f"Skipped: the world's CLIP weights are not at {SHIPPED_DIR} "
                   "(train them with `evalkit train-world clip`)."]
+    from evalkit.decoders.synth import SHIPPED_DIR as DECODER_DIR
+
+    if calibration and (DECODER_DIR / "config.json").is_file():
+        lines += decode_section(run_dir, per_category, progress)
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")
     return run_dir
+
+
+def decode_section(run_dir: Path, per_category: int, progress: bool) -> list[str]:
+    """Images from the calibration priors through the synth decoder, scored by the analytic scorer."""
+    import numpy as np
+    from PIL import Image
+    from tabulate import tabulate
+
+    from evalkit.contracts import Protocol, RunConfig
+    from evalkit.report.grid import save_image_grid
+    from evalkit.runner import evaluate, resolve
+
+    config = RunConfig(priors=["oracle", "text", "none"], decoder="synth", suites=list(SUITES), scorers=["analytic"])
+    priors, decoder, scorers, suites = resolve(config)
+    protocol = Protocol("synth", decoder.default_num_inference_steps, decoder.default_guidance_scale,
+                        decoder.resolution, images_per_prompt=1)
+    clip = priors["text"].clip
+    lines = [f"## Decoded images (synth decoder, {protocol.num_inference_steps} DDIM steps, guidance "
+             f"{protocol.guidance_scale}; analytic scorer: share of noun phrases realised)", ""]
+    table = []
+    for suite in suites:
+        items = suite.items("val")[:per_category]
+        rows, _ = evaluate(priors, decoder, suite, scorers, protocol, run_dir, items=items,
+                           text_encoders={clip.embedding_space: clip}, progress=progress)
+        images = np.stack([np.asarray(Image.open(run_dir / r["image_path"])) for r in rows])
+        titles = [f"{r['prior']}: {r['prompt']} → {r['score']:.1f}" for r in rows]
+        save_image_grid(run_dir / f"decoded-{suite.name}.png", images, titles, columns=len(items))
+        for prior in priors:
+            scores = [r["score"] for r in rows if r["prior"] == prior]
+            table.append([suite.name, prior, len(scores), f"{sum(scores) / len(scores):.3f}"])
+        lines += [f"![{suite.name}](decoded-{suite.name}.png)", ""]
+    lines += [tabulate(table, headers=["suite", "prior", "images", "analytic score"], tablefmt="github"), "",
+              "Rows: oracle (the item's own render embedding), text (the caption's CLIP text embedding), "
+              "none (the mean image embedding). Few images: a picture, not a measurement.", ""]
+    return lines
