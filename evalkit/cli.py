@@ -99,6 +99,8 @@ def train_world():
 @click.option("--eval-every", type=int, help="steps between val evaluations")
 @click.option("--checkpoint-every", type=int, help="steps between checkpoints")
 @click.option("--aux-weight", type=float, help="weight of the auxiliary combination losses (0: pure contrastive)")
+@click.option("--hard-negatives/--no-hard-negatives", default=None, help="add each pair's attribute-swapped twin to the batch")
+@click.option("--text-aux/--no-text-aux", default=None, help="auxiliary combination head on the text side too")
 @click.option("--ship", is_flag=True, help="copy the final weights (fp16) to the shipped folder")
 @click.option("--threads", type=int, help="torch CPU threads")
 def train_world_clip(out, resume, quick, ship, threads, **overrides):

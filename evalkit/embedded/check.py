@@ -110,7 +110,7 @@ def check_world(out_dir: str | Path, clip_seeds: int = 10, prior_seeds: int = 10
     if (DECODER_DIR / "config.json").is_file():
         report["decoder"] = check_decoder(clip, decoder_prompts, steps_sweep, out_dir)
     lines = ["# Embedded stack: quality bars", "", f"## CLIP (val, {clip_seeds} renders per prompt)", ""]
-    metrics = ("i2t_top1", "i2t_top1_true", "caption_binding", "image_binding", "paired_cos")
+    metrics = ("i2t_top1", "i2t_top1_true", "caption_binding", "image_binding", "text_image_binding", "paired_cos")
     table = [[cat, seen, *[report["clip"][f"{cat}/{seen}/{m}"] for m in metrics]]
              for cat in ("color", "shape", "texture", "mean") for seen in ("seen", "unseen")]
     lines += [tabulate(table, headers=["category", "split", *metrics], tablefmt="github"), ""]

@@ -7,8 +7,11 @@ For each category and for seen / unseen items, with ``seeds`` renders per val ca
   the scene). Captions leave most of a scene open, so one render fits several val captions (in
   ``shape`` about four on average): ``i2t_top1`` has a ceiling well below 1, this one does not;
 - ``caption_binding``: a render is closer to its caption than to the attribute-swapped caption;
-- ``image_binding``: a caption is closer to its render than to the swapped render (same layout,
-  bound attributes exchanged) — what a decoder conditioned on image embeddings needs;
+- ``image_binding``: image-side binding — an independent render of the caption (another seed) is
+  closer to the render than to the swapped render (same layout, bound attributes exchanged): the
+  image embedding tells which attribute sits on which object, what a decoder needs;
+- ``text_image_binding``: the caption's text embedding is closer to the render than to the swapped
+  render (what the ``text`` calibration prior relies on);
 - ``paired_cos``: mean cosine of a caption and its render (real CLIP: about 0.3).
 """
 
@@ -22,17 +25,21 @@ from evalkit.world import CATEGORIES, render, sample_scene, split_prompts
 
 def val_renders(category: str, seeds: int, split: str = "val"):
     """Val prompts of ``category``, with renders and swapped renders for seeds 42, 43, ..."""
+    from evalkit.priors.calibration import INDEPENDENT_SEED_OFFSET
+
     prompts = split_prompts(category, split)
-    scenes, swapped, owner = [], [], []
+    scenes, swapped, independent, owner = [], [], [], []
     for k, prompt in enumerate(prompts):
         for seed in range(42, 42 + seeds):
             scenes.append(sample_scene(prompt.spec, seed))
             swapped.append(sample_scene(prompt.spec.swapped(), seed))
+            independent.append(sample_scene(prompt.spec, seed + INDEPENDENT_SEED_OFFSET))
             owner.append(k)
     to_tensor = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float().div_(255.0)
     fits = torch.tensor([[all(any(o.satisfies(phrase) for o in scene.objects) for phrase in p.spec.objects)
                           for p in prompts] for scene in scenes])
-    return prompts, to_tensor(render(scenes)), to_tensor(render(swapped)), torch.tensor(owner), fits
+    return (prompts, to_tensor(render(scenes)), to_tensor(render(swapped)), to_tensor(render(independent)),
+            torch.tensor(owner), fits)
 
 
 @torch.inference_mode()
@@ -44,25 +51,27 @@ def encode_images(model, images: torch.Tensor, batch_size: int = 512) -> torch.T
 def evaluate_clip(model, seeds: int = 2, categories=CATEGORIES) -> dict[str, float]:
     out: dict[str, float] = {}
     for category in categories:
-        prompts, images, swapped_images, owner, fits = val_renders(category, seeds)
+        prompts, images, swapped_images, independent_images, owner, fits = val_renders(category, seeds)
         text = F.normalize(model.encode_text([p.text for p in prompts]).text_embeds, dim=-1)
         text_swapped = F.normalize(model.encode_text([p.spec.swapped_text for p in prompts]).text_embeds, dim=-1)
         img = F.normalize(encode_images(model, images), dim=-1)
         img_swapped = F.normalize(encode_images(model, swapped_images), dim=-1)
+        img_independent = F.normalize(encode_images(model, independent_images), dim=-1)
         sims = img @ text.T  # (images, captions)
         own = sims[torch.arange(len(owner)), owner]
         metrics = {
             "i2t_top1": (sims.argmax(dim=1) == owner).float(),
             "i2t_top1_true": fits[torch.arange(len(owner)), sims.argmax(dim=1)].float(),
             "caption_binding": (own > (img * text_swapped[owner]).sum(-1)).float(),
-            "image_binding": (own > (img_swapped * text[owner]).sum(-1)).float(),
+            "image_binding": ((img_independent * img).sum(-1) > (img_independent * img_swapped).sum(-1)).float(),
+            "text_image_binding": (own > (img_swapped * text[owner]).sum(-1)).float(),
             "paired_cos": own,
         }
         seen = torch.tensor([prompts[k].seen for k in owner.tolist()])
         for name, values in metrics.items():
             for label, selector in (("seen", seen), ("unseen", ~seen)):
                 out[f"{category}/{label}/{name}"] = round(values[selector].mean().item(), 4)
-    for name in ("i2t_top1", "i2t_top1_true", "caption_binding", "image_binding", "paired_cos"):
+    for name in ("i2t_top1", "i2t_top1_true", "caption_binding", "image_binding", "text_image_binding", "paired_cos"):
         for label in ("seen", "unseen"):
             out[f"mean/{label}/{name}"] = round(sum(out[f"{c}/{label}/{name}"] for c in categories) / len(categories), 4)
     return out

@@ -71,8 +71,13 @@ class OraclePrior(_WorldPrior):
     def predict(self, batch: Batch) -> torch.Tensor:
         from evalkit.world import sample_scene
 
+        from evalkit.errors import EvalkitError
+
         offset = INDEPENDENT_SEED_OFFSET if self.independent else 0
-        scenes = [sample_scene(item.prompt, seed + offset) for item, seed in zip(batch.items, batch.seeds)]
+        try:
+            scenes = [sample_scene(item.prompt, seed + offset) for item, seed in zip(batch.items, batch.seeds)]
+        except ValueError as error:
+            raise EvalkitError(f"the oracle prior renders its prompt, so it needs captions of the synthetic world: {error}") from None
         return self.clip.encode_image(_render_tensor(scenes)).float()
 
 

@@ -1,18 +1,19 @@
 """``evalkit train-world clip``: contrastive training of the world's CLIP on rendered pairs.
 
-Each step takes B training pairs *and their attribute-swapped twins* (swapped caption, render with
-the same layout and the bound attributes exchanged). All 2B (caption, render) pairs are valid, so
-the symmetric InfoNCE over them makes every pair's twin a hard negative on both sides: the text
-tower must bind attributes to objects (caption binding) and so must the image tower (image-side
-binding). Random in-batch negatives alone almost never contain the binding negative.
+Default recipe (the shipped CLIP): symmetric InfoNCE over B (caption, render) pairs with random
+in-batch negatives, plus an auxiliary head on the *image* embedding that predicts which
+(colour | texture | size class, shape) combinations the scene contains (multi-label; dropped after
+training). The auxiliary head makes the image tower bind attributes to objects quickly; the text
+tower is trained by the contrastive term alone, and random in-batch negatives almost never contain a
+caption's attribute-swapped twin, so the pooled text embedding stays close to a bag of words —
+as real CLIP text embeddings are. That is what leaves a prior something to do: the per-token hidden
+states keep word order, and a prior must turn them into an image embedding that binds.
 
-Contrastive learning from scratch is slow in a world whose captions leave most of the image open,
-so two auxiliary heads (dropped after training) give each tower a dense signal: from the image
-embedding, predict which (attribute, shape) combinations the scene contains; from the text
-embedding, which ones the caption states. Both are multi-label over (colour | texture | size
-class) × shape. They teach the towers to *bind* (a "red circle" unit, not "red" and "circle"),
-which the contrastive term then aligns across modalities. Separate heads keep the two spaces
-from being forced together (the text–image cosine stays a free diagnostic).
+Options: ``hard_negatives`` adds each pair's attribute-swapped twin (swapped caption + same-layout
+render) to the batch, making every twin a hard negative on both sides; ``text_aux`` adds the
+auxiliary head on the text side. Both teach the *text* embedding to bind, after which the ``text``
+calibration prior alone matches the oracle at the embedding level (measured: binding accuracy
+0.98 vs 0.997) and the world leaves priors no headroom.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from evalkit.train.common import (JsonlLogger, Stopwatch, check_finite, finish, 
 
 @dataclass
 class CLIPTrainConfig:
-    steps: int = 3000
-    batch_size: int = 192  # pairs per step; each comes with its swapped twin, so 2× images
-    lr: float = 1e-3
+    steps: int = 2500
+    batch_size: int = 128  # pairs per step (with hard negatives each also brings its swapped twin)
+    lr: float = 2e-3
     weight_decay: float = 0.1
     warmup_steps: int = 150
     num_pairs: int = 60000  # rendered training pool (train split, all three categories)
@@ -44,7 +45,9 @@ class CLIPTrainConfig:
     eval_every: int = 250
     checkpoint_every: int = 250
     eval_seeds: int = 2  # renders per val caption in the periodic evaluation
-    aux_weight: float = 1.0  # weight of the auxiliary (attribute, shape) combination losses
+    aux_weight: float = 10.0  # weight of the auxiliary (attribute, shape) combination losses
+    hard_negatives: bool = False  # add each pair's attribute-swapped twin to the batch (teaches text-side binding)
+    text_aux: bool = False  # auxiliary head on the text embedding too (teaches text-side binding)
     tiny: bool = False
 
     @classmethod
@@ -120,8 +123,9 @@ def clip_loss(model, images, ids, mask, heads=None, image_targets=None, text_tar
     text_raw = model.encode_tokens(ids, mask).text_embeds
     loss = contrastive_loss(model, F.normalize(image_raw, dim=-1), F.normalize(text_raw, dim=-1), ids)
     if heads is not None and aux_weight > 0:
-        aux = (F.binary_cross_entropy_with_logits(heads.image(image_raw), image_targets)
-               + F.binary_cross_entropy_with_logits(heads.text(text_raw), text_targets))
+        aux = F.binary_cross_entropy_with_logits(heads.image(image_raw), image_targets)
+        if text_targets is not None:
+            aux = aux + F.binary_cross_entropy_with_logits(heads.text(text_raw), text_targets)
         loss = loss + aux_weight * aux
     return loss
 
@@ -178,9 +182,9 @@ def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = Fals
     model.train()
     for step in bar:
         idx = np.random.default_rng([config.seed, step]).choice(n, size=config.batch_size, replace=False)
-        both = np.concatenate([idx, idx + n])
+        both = np.concatenate([idx, idx + n]) if config.hard_negatives else idx
         loss = clip_loss(model, to_float(pool["images"][both]), all_ids[both], all_mask[both], heads,
-                         image_targets[both], text_targets[both], config.aux_weight)
+                         image_targets[both], text_targets[both] if config.text_aux else None, config.aux_weight)
         check_finite(loss, step, checkpoint_dir)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
