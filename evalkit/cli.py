@@ -221,11 +221,17 @@ def _names(value: str) -> list[str]:
 @click.option("--prior-seeds", default=10, show_default=True, help="renders per val prompt for the headroom check")
 @click.option("--decoder-prompts", default=48, show_default=True, help="val prompts per suite decoded from oracle embeddings")
 @click.option("--steps", "steps_sweep", default="10,25,50", show_default=True, help="DDIM step counts to compare")
-def check_world_command(out, clip_seeds, prior_seeds, decoder_prompts, steps_sweep):
+@click.option("--parts", default="clip,headroom,decoder", show_default=True,
+              help="which measurements to (re)run; the others are read back from --out")
+def check_world_command(out, clip_seeds, prior_seeds, decoder_prompts, steps_sweep, parts):
     """Measure the embedded stack's quality bars: CLIP binding/retrieval, headroom, decoder fidelity."""
-    from evalkit.embedded.check import check_world
+    from evalkit.embedded.check import PARTS, check_world
 
-    check_world(out, clip_seeds, prior_seeds, decoder_prompts, tuple(int(s) for s in _names(steps_sweep)))
+    chosen = _names(parts)
+    for part in chosen:
+        if part not in PARTS:
+            raise click.BadParameter(f"unknown part {part!r}; choose from {', '.join(PARTS)}", param_hint="--parts")
+    check_world(out, clip_seeds, prior_seeds, decoder_prompts, tuple(int(s) for s in _names(steps_sweep)), chosen)
     click.echo(open(f"{out}/README.md").read())
 
 

@@ -32,8 +32,10 @@ def check_headroom(clip, seeds: int, out_dir: Path) -> list[dict]:
 
     _, summary = eval_priors(["oracle", "text", "none"], list(SUITES), "val", tuple(range(42, 42 + seeds)), clip=clip)
     room = headroom(summary)
-    atomic_write_json(out_dir / "headroom.json", {"seeds": seeds, "summary": summary, "headroom": room})
-    (out_dir / "headroom.md").write_text(render_report(summary, room))
+    atomic_write_json(out_dir / "headroom" / "summary.json",
+                      {"config": {"priors": ["oracle", "text", "none"], "suites": list(SUITES), "seeds": seeds},
+                       "summary": summary, "headroom": room})
+    (out_dir / "headroom" / "report.md").write_text(render_report(summary, room))
     return room
 
 
@@ -88,42 +90,73 @@ def save_decoded_grid(path: Path, suite, items, oracle, decoder, clip) -> Path:
     return save_image_grid(path, images, titles, columns=len(items))
 
 
+CLIP_METRICS = ("i2t_top1", "i2t_top1_true", "caption_binding", "image_binding", "text_image_binding", "paired_cos")
+
+
+def clip_table(metrics: dict) -> list[str]:
+    from tabulate import tabulate
+
+    table = [[cat, seen, *[metrics[f"{cat}/{seen}/{m}"] for m in CLIP_METRICS]]
+             for cat in ("color", "shape", "texture", "mean") for seen in ("seen", "unseen")]
+    return [tabulate(table, headers=["category", "split", *CLIP_METRICS], tablefmt="github"), ""]
+
+
+def headroom_table(room: list[dict]) -> list[str]:
+    from tabulate import tabulate
+
+    table = [[r["category"], r["seen"], f"{r['oracle']:.4f}", f"{r['text']:.4f}", f"{r['gap_text_z']:.1f}",
+              f"{r['none']:.4f}", f"{r['gap_none_z']:.1f}", "yes" if r["headroom"] else "NO"] for r in room]
+    return ["## Headroom (binding margin; details in headroom/report.md)", "",
+            tabulate(table, headers=["category", "split", "oracle margin", "text margin", "z", "none margin", "z",
+                                     "headroom"], tablefmt="github"), ""]
+
+
+def decoder_table(results: list[dict]) -> list[str]:
+    from tabulate import tabulate
+
+    table = [[r["suite"], r["steps"], "seen" if r["seen"] else "unseen", r["n"], f"{r['decoded_score']:.3f}",
+              f"{r['render_score']:.3f}", f"{r['decoder_s_per_image']:.3f}"] for r in results]
+    return ["## Decoder from oracle embeddings (analytic scorer: share of noun phrases realised)", "",
+            tabulate(table, headers=["suite", "DDIM steps", "split", "n", "decoded", "true renders", "s/image"],
+                     tablefmt="github"), ""]
+
+
 def _batch(items):
     from evalkit.contracts import Batch
 
     return Batch(list(items), [42] * len(items))
 
 
-def check_world(out_dir: str | Path, clip_seeds: int = 10, prior_seeds: int = 10, decoder_prompts: int = 48,
-                steps_sweep=(10, 25, 50)) -> dict:
-    from tabulate import tabulate
+PARTS = ("clip", "headroom", "decoder")
 
+
+def check_world(out_dir: str | Path, clip_seeds: int = 10, prior_seeds: int = 10, decoder_prompts: int = 48,
+                steps_sweep=(10, 25, 50), parts=PARTS) -> dict:
     from evalkit.decoders.synth import SHIPPED_DIR as DECODER_DIR
     from evalkit.embedded.clip import load_world_clip
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     clip = load_world_clip()
-    report = {"clip": check_clip(clip, clip_seeds)}
-    atomic_write_json(out_dir / "clip.json", {"seeds": clip_seeds, "metrics": report["clip"]})
-    report["headroom"] = check_headroom(clip, prior_seeds, out_dir)
-    if (DECODER_DIR / "config.json").is_file():
+    report: dict = {}
+    if "clip" in parts:
+        report["clip"] = check_clip(clip, clip_seeds)
+        atomic_write_json(out_dir / "clip.json", {"seeds": clip_seeds, "metrics": report["clip"]})
+    elif (out_dir / "clip.json").is_file():
+        report["clip"] = json.loads((out_dir / "clip.json").read_text())["metrics"]
+    if "headroom" in parts:
+        report["headroom"] = check_headroom(clip, prior_seeds, out_dir)
+    elif (out_dir / "headroom" / "summary.json").is_file():
+        report["headroom"] = json.loads((out_dir / "headroom" / "summary.json").read_text())["headroom"]
+    if "decoder" in parts and (DECODER_DIR / "config.json").is_file():
         report["decoder"] = check_decoder(clip, decoder_prompts, steps_sweep, out_dir)
-    lines = ["# Embedded stack: quality bars", "", f"## CLIP (val, {clip_seeds} renders per prompt)", ""]
-    metrics = ("i2t_top1", "i2t_top1_true", "caption_binding", "image_binding", "text_image_binding", "paired_cos")
-    table = [[cat, seen, *[report["clip"][f"{cat}/{seen}/{m}"] for m in metrics]]
-             for cat in ("color", "shape", "texture", "mean") for seen in ("seen", "unseen")]
-    lines += [tabulate(table, headers=["category", "split", *metrics], tablefmt="github"), ""]
-    lines += [f"## Headroom ({prior_seeds} seeds per prompt): see headroom.md", ""]
-    table = [[r["category"], r["seen"], f"{r['oracle']:.4f}", f"{r['text']:.4f}", f"{r['gap_text_z']:.1f}",
-              f"{r['none']:.4f}", f"{r['gap_none_z']:.1f}", "yes" if r["headroom"] else "NO"] for r in report["headroom"]]
-    lines += [tabulate(table, headers=["category", "split", "oracle margin", "text margin", "z", "none margin", "z",
-                                       "headroom"], tablefmt="github"), ""]
+    lines = ["# Embedded stack: quality bars", "", "Regenerate with `evalkit check-world`.", ""]
+    if "clip" in report:
+        lines += [f"## CLIP (val, {clip_seeds} renders per prompt)", ""]
+        lines += clip_table(report["clip"])
+    if "headroom" in report:
+        lines += headroom_table(report["headroom"])
     if "decoder" in report:
-        lines += ["## Decoder from oracle embeddings (analytic scorer: share of phrases realised)", ""]
-        table = [[r["suite"], r["steps"], "seen" if r["seen"] else "unseen", r["n"], f"{r['decoded_score']:.3f}",
-                  f"{r['render_score']:.3f}", f"{r['decoder_s_per_image']:.3f}"] for r in report["decoder"]]
-        lines += [tabulate(table, headers=["suite", "DDIM steps", "split", "n", "decoded", "true renders", "s/image"],
-                           tablefmt="github"), ""]
+        lines += decoder_table(report["decoder"])
     (out_dir / "README.md").write_text("\n".join(lines))
     return report
