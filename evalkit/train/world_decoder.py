@@ -17,7 +17,7 @@ re-embeds the decoded images with the same CLIP:
   twin (same layout, bound attributes exchanged) — binding, as far as the CLIP can tell;
 - ``eval/top1``: the decoded image retrieves its own target among all evaluated targets.
 
-It also writes ``samples/step-XXXXXX.png`` (top row: targets, bottom row: decoded).
+It also writes ``samples/step-<step>.png`` (top row: targets, bottom row: decoded).
 """
 
 from __future__ import annotations
