@@ -110,7 +110,8 @@ def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, ru
     return rows, timings
 
 
-def aggregate(rows: list[dict], suite_versions: dict, protocol: Protocol, num_parameters: dict, n_boot: int = 2000) -> list[ResultRow]:
+def aggregate(rows: list[dict], suite_versions: dict, protocol: Protocol, num_parameters: dict, n_boot: int = 2000,
+              split: str = "val") -> list[ResultRow]:
     """Result rows per (prior, suite, scorer, category, seen ∈ all/seen/unseen), bootstrap CI over prompts."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -122,7 +123,7 @@ def aggregate(rows: list[dict], suite_versions: dict, protocol: Protocol, num_pa
     for (prior, suite, scorer, category, seen), members in sorted(groups.items(), key=lambda kv: kv[0]):
         est = bootstrap([m["score"] for m in members], [m["item_id"] for m in members], n_boot=n_boot)
         out.append(ResultRow(prior=prior, decoder=protocol.decoder, suite=suite, suite_version=suite_versions[suite],
-                             category=category, split="val", seen=seen, metric=scorer, value=est.value,
+                             category=category, split=split, seen=seen, metric=scorer, value=est.value,
                              stderr=est.stderr, ci_low=est.ci_low, ci_high=est.ci_high, n=est.n,
                              protocol_hash=protocol.hash(), num_parameters=num_parameters.get(prior, 0)))
     return out
@@ -204,7 +205,7 @@ def run(config: RunConfig, progress: bool = True) -> Path:
             timings[key] = timings.get(key, 0.0) + value
     versions = {s.name: s.version(config.split) for s in suites}
     num_parameters = {name: p.num_parameters() for name, p in priors.items()}
-    results = aggregate(rows, versions, protocol, num_parameters)
+    results = aggregate(rows, versions, protocol, num_parameters, split=config.split)
     with open(run_dir / "samples.jsonl", "w") as handle:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
