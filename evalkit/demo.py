@@ -43,7 +43,7 @@ def run_demo(out: str | Path, per_category: int = 8, num_seeds: int = 2, calibra
 
         rows, summary = eval_priors(["oracle", "text", "none"], list(SUITES), "val", tuple(range(42, 42 + num_seeds)),
                                     progress=progress)
-        report = render_report(summary, headroom(summary)).replace("# Embedding-level evaluation", "")
+        report = render_report(summary, headroom(rows)).replace("# Embedding-level evaluation", "")
         lines += [f"## Calibration priors at the embedding level ({num_seeds} seeds per prompt)", report]
     else:
         lines += ["## Calibration priors", "", f"Skipped: the world's CLIP weights are not at {SHIPPED_DIR} "

@@ -52,6 +52,14 @@ class PairedComparison:
     ci_high: float
     p_value: float  # two-sided bootstrap p-value for "no difference"
     n: int
+    stderr: float = float("nan")  # bootstrap standard error of the difference
+
+    @property
+    def z(self) -> float:
+        """The difference in standard errors (inf when the paired differences never vary)."""
+        if self.stderr > 0:
+            return self.difference / self.stderr
+        return 0.0 if self.difference == 0 else float("inf") * (1 if self.difference > 0 else -1)
 
 
 def paired_bootstrap(a, b, clusters=None, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> PairedComparison:
@@ -66,4 +74,5 @@ def paired_bootstrap(a, b, clusters=None, n_boot: int = 2000, seed: int = 0, alp
     boots = sums[picks].sum(1) / counts[picks].sum(1)
     low, high = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
     p = 2 * min((boots <= 0).mean(), (boots >= 0).mean())
-    return PairedComparison(float(diff.mean()), float(low), float(high), float(min(1.0, p)), int(diff.size))
+    return PairedComparison(float(diff.mean()), float(low), float(high), float(min(1.0, p)), int(diff.size),
+                            float(boots.std(ddof=1)) if n_boot > 1 else float("nan"))

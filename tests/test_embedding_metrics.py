@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from evalkit.contracts import Batch, Prior
@@ -50,9 +51,29 @@ def test_summary_and_headroom_rows():
     summary = summarize(rows, n_boot=100)
     seen_values = {(r["prior"], r["seen"], r["metric"]) for r in summary}
     assert ("oracle", "unseen", "margin") in seen_values and ("none", "all", "binding") in seen_values
-    room = headroom(summary, metric="cos_true")  # the own render has cosine 1: always above the mean embedding
+    # the own render has cosine 1: always above the mean embedding, on every paired item
+    room = headroom(rows, gate="cos_true", metrics=("cos_true", "margin"))
     assert {r["seen"] for r in room} == {"all", "seen", "unseen"}
-    assert all(r["oracle"] > r["none"] and r["gap_none_z"] > 0 for r in room)
+    assert all(r["oracle_cos_true"] > r["none_cos_true"] and r["z_none_cos_true"] > 0 for r in room)
+    # a reference equal to the oracle has no headroom
+    same = rows + [dict(r, prior="text") for r in rows if r["prior"] == "oracle"]
+    assert not any(r["headroom"] for r in headroom(same, gate="cos_true", metrics=("cos_true",)))
+
+
+def test_oracle_averages_independent_renders():
+    from evalkit.contracts import Batch
+    from evalkit.priors.calibration import INDEPENDENT_SEED_OFFSET
+
+    model = clip()
+    items = load_suite("synth-color").items("val")[:3]
+    batch = Batch(items, [42, 43, 44])
+    mean = OraclePrior(model, independent=True, samples=3).predict(batch)
+    single = OraclePrior(model, independent=True)
+    parts = [single.predict(Batch(items, [s + k * INDEPENDENT_SEED_OFFSET for s in (42, 43, 44)])) for k in range(3)]
+    torch.testing.assert_close(mean, sum(parts) / 3)
+    assert not torch.allclose(parts[0], parts[1])  # the renders differ
+    with pytest.raises(ValueError, match="independent"):
+        OraclePrior(model, samples=2)
 
 
 def test_controls_change_prompts():

@@ -1,7 +1,7 @@
 """``evalkit check-world``: the quality bars of the embedded stack, measured and written to a folder.
 
 1. CLIP: retrieval, caption-side and image-side binding, paired cosine (val, seen / unseen).
-2. Headroom: embedding-level binding margin of the calibration priors oracle / text / none.
+2. Headroom: embedding-level binding accuracy and margin of the calibration priors oracle / text / none.
 3. Decoder (when its weights exist): images decoded from oracle embeddings (the item's own render)
    scored by the analytic scorer — the share of noun phrases whose attributes appear on one object —
    for a sweep of DDIM step counts, next to the same score on the true renders; plus a picture.
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from evalkit.serialization import atomic_write_json
+from evalkit.eval_prior import headroom_table
 
 SUITES = ("synth-color", "synth-shape", "synth-texture")
 
@@ -30,8 +31,8 @@ def check_clip(clip, seeds: int) -> dict:
 def check_headroom(clip, seeds: int, out_dir: Path) -> list[dict]:
     from evalkit.eval_prior import eval_priors, headroom, render_report
 
-    _, summary = eval_priors(["oracle", "text", "none"], list(SUITES), "val", tuple(range(42, 42 + seeds)), clip=clip)
-    room = headroom(summary)
+    rows, summary = eval_priors(["oracle", "text", "none"], list(SUITES), "val", tuple(range(42, 42 + seeds)), clip=clip)
+    room = headroom(rows)
     atomic_write_json(out_dir / "headroom" / "summary.json",
                       {"config": {"priors": ["oracle", "text", "none"], "suites": list(SUITES), "seeds": seeds},
                        "summary": summary, "headroom": room})
@@ -101,16 +102,6 @@ def clip_table(metrics: dict) -> list[str]:
     return [tabulate(table, headers=["category", "split", *CLIP_METRICS], tablefmt="github"), ""]
 
 
-def headroom_table(room: list[dict]) -> list[str]:
-    from tabulate import tabulate
-
-    table = [[r["category"], r["seen"], f"{r['oracle']:.4f}", f"{r['text']:.4f}", f"{r['gap_text_z']:.1f}",
-              f"{r['none']:.4f}", f"{r['gap_none_z']:.1f}", "yes" if r["headroom"] else "NO"] for r in room]
-    return ["## Headroom (binding margin; details in headroom/report.md)", "",
-            tabulate(table, headers=["category", "split", "oracle margin", "text margin", "z", "none margin", "z",
-                                     "headroom"], tablefmt="github"), ""]
-
-
 def decoder_table(results: list[dict]) -> list[str]:
     from tabulate import tabulate
 
@@ -155,7 +146,7 @@ def check_world(out_dir: str | Path, clip_seeds: int = 10, prior_seeds: int = 10
         lines += [f"## CLIP (val, {clip_seeds} renders per prompt)", ""]
         lines += clip_table(report["clip"])
     if "headroom" in report:
-        lines += headroom_table(report["headroom"])
+        lines += headroom_table(report["headroom"]) + ["Details: headroom/report.md.", ""]
     if "decoder" in report:
         lines += decoder_table(report["decoder"])
     (out_dir / "README.md").write_text("\n".join(lines))

@@ -3,7 +3,10 @@
 - ``oracle``: the CLIP image embedding of a render that matches the prompt. For image-level
   scoring it is the item's own render (same prompt, same seed → same scene). For embedding-level
   metrics, where the item's own render would be trivially perfect, ``independent=True`` renders
-  the same caption with another seed: what the best possible prior could know from the caption.
+  the same caption with another seed: what a prior could know from the caption. With
+  ``samples=K`` it averages the embeddings of K independent renders, an estimate of
+  E[image embedding | caption] — the point prediction a regression prior aims at, and the
+  ceiling the embedding-level tables use.
 - ``text``: the prompt's own CLIP text embedding used as the image embedding (rescaled to the mean
   image-embedding norm so a decoder sees the scale it was trained on). If it scores near
   ``oracle``, the world leaves priors no room to differ.
@@ -63,9 +66,14 @@ class _WorldPrior(Prior):
 class OraclePrior(_WorldPrior):
     name = "oracle"
 
-    def __init__(self, clip=None, independent: bool = False):
+    def __init__(self, clip=None, independent: bool = False, samples: int = 1):
         super().__init__(clip)
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        if samples > 1 and not independent:
+            raise ValueError("averaging several renders (samples > 1) needs independent=True")
         self.independent = independent
+        self.samples = samples
 
     @torch.inference_mode()
     def predict(self, batch: Batch) -> torch.Tensor:
@@ -73,12 +81,17 @@ class OraclePrior(_WorldPrior):
 
         from evalkit.errors import EvalkitError
 
-        offset = INDEPENDENT_SEED_OFFSET if self.independent else 0
-        try:
-            scenes = [sample_scene(item.prompt, seed + offset) for item, seed in zip(batch.items, batch.seeds)]
-        except ValueError as error:
-            raise EvalkitError(f"the oracle prior renders its prompt, so it needs captions of the synthetic world: {error}") from None
-        return self.clip.encode_image(_render_tensor(scenes)).float()
+        total = None
+        for k in range(self.samples):
+            offset = INDEPENDENT_SEED_OFFSET * (k + 1) if self.independent else 0
+            try:
+                scenes = [sample_scene(item.prompt, seed + offset) for item, seed in zip(batch.items, batch.seeds)]
+            except ValueError as error:
+                raise EvalkitError("the oracle prior renders its prompt, so it needs captions of the synthetic "
+                                   f"world: {error}") from None
+            embeds = self.clip.encode_image(_render_tensor(scenes)).float()
+            total = embeds if total is None else total + embeds
+        return total / self.samples
 
 
 class TextPrior(_WorldPrior):
