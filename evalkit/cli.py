@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sys
 
+import json
+
 import click
 
 from evalkit import __version__
@@ -155,6 +157,52 @@ def _train_config(config_cls, quick: bool, threads: int | None, overrides: dict)
 cli.add_command(train_world, "train-world")
 
 
+@cli.command("train-baseline")
+@click.option("--prior", "prior", required=True, help="eclipse | projection | diffusion")
+@click.option("--size", default="small", show_default=True, help="tiny | small | large | xl | paper (see evalkit/priors/sizes.py)")
+@click.option("--out", type=click.Path(file_okay=False), help="run folder (refused if it holds another run)")
+@click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
+@click.option("--quick", is_flag=True, help="a seconds-long configuration with a tiny CLIP and prior (tests)")
+@click.option("--steps", type=int, help="optimizer steps")
+@click.option("--batch-size", type=int, help="pairs per step")
+@click.option("--lr", type=float, help="peak learning rate (default: 1e-3; 5e-4 for sizes with >= 4 layers)")
+@click.option("--lam", type=float, help="contrastive weight λ (default 0.2 for eclipse)")
+@click.option("--tau", type=float, help="contrastive temperature τ (default 0.1)")
+@click.option("--hard-negatives", is_flag=True, default=None, help="eclipse: swapped captions as extra negatives")
+@click.option("--num-pairs", type=int, help="training pairs (default 50,000)")
+@click.option("--seed", type=int, help="training seed (initialisation and batch order)")
+@click.option("--stop-at", type=int, help="stop (with a checkpoint) at this step; resume later")
+@click.option("--ship", is_flag=True, help="copy the final weights (fp16) to priors/<name>/seed-<seed>/")
+@click.option("--describe", is_flag=True, help="print the architecture's parameter count and size, then exit")
+@click.option("--embedding-dim", type=int, help="with --describe: the CLIP embedding dim (paper: 768 or 1280)")
+@click.option("--threads", type=int, help="torch CPU threads")
+def train_baseline(prior, size, out, resume, quick, stop_at, ship, describe, embedding_dim, threads, **overrides):
+    """Train a prior of the synthetic world (ECLIPSE, projection-only or diffusion) from an embedding cache."""
+    import torch
+
+    from evalkit.train.priors import PriorTrainConfig, describe as describe_prior, ship_prior, train_prior
+
+    if threads:
+        torch.set_num_threads(threads)
+    if describe:
+        dim = embedding_dim or (768 if size == "paper" else 128)
+        tokens = 77 if size == "paper" else 20
+        info = describe_prior(prior, size, dim, tokens)
+        click.echo(f"{prior} @ {size}: {info['parameters']:,} parameters ({info['fp32_mb']} MB fp32, "
+                   f"{info['fp16_mb']} MB fp16), embedding dim {dim}, {tokens} text tokens")
+        click.echo(json.dumps(info["config"], indent=2, sort_keys=True))
+        return
+    if not out:
+        raise click.UsageError("--out is required (a new folder for the run)")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    config = (PriorTrainConfig.quick(prior, **overrides) if quick
+              else PriorTrainConfig(prior=prior, size=size, **overrides))
+    final = train_prior(out, config, resume=resume, stop_at=stop_at)
+    click.echo(f"prior saved to {final}")
+    if ship and stop_at is None:
+        click.echo(f"shipped to {ship_prior(out)}")
+
+
 @cli.command("run")
 @click.option("--prior", "priors", default="oracle", show_default=True, help="comma-separated prior names")
 @click.option("--decoder", default="synth", show_default=True, help="decoder name")
@@ -186,9 +234,19 @@ def run_command(priors, suites_, scorers, **options):
 @click.option("--split", default="val", show_default=True, help="train | dev | val")
 @click.option("--num-seeds", default=10, show_default=True, help="renders per prompt (seeds 42, 43, ...)")
 @click.option("--controls", default="", help="comma-separated controls: random, shuffled, swapped")
+@click.option("--training-seeds", default="0", show_default=True,
+              help="comma-separated training seeds of the shipped trained priors (priors/<name>/seed-<k>)")
+@click.option("--prior-path", "prior_paths", multiple=True, metavar="NAME=DIR",
+              help="load prior NAME from a weights folder instead of its shipped seeds (repeatable)")
+@click.option("--prior-num-inference-steps", type=int, help="diffusion prior: sampling steps (default 25)")
+@click.option("--prior-guidance-scale", type=float, help="diffusion prior: classifier-free guidance (default 4.0)")
+@click.option("--rerank", type=int, help="diffusion prior: best-of-n by text similarity (default 1: off)")
+@click.option("--compare", "comparisons", default="", help="paired comparisons A:B (B − A), comma-separated "
+              "(default: eclipse against each other trained prior)")
 @click.option("--out", default="evalkit-runs", show_default=True, type=click.Path(file_okay=False),
               help="parent folder; a new run folder is created inside")
-def eval_prior(priors, suites_, split, num_seeds, controls, out):
+def eval_prior(priors, suites_, split, num_seeds, controls, training_seeds, prior_paths, prior_num_inference_steps,
+               prior_guidance_scale, rerank, comparisons, out):
     """Embedding-level metrics of priors (binding margin, accuracy, cosine, recall): seconds, no decoding."""
     from evalkit.eval_prior import eval_priors, write_outputs
     from evalkit.registry import PRIORS, SUITES
@@ -201,11 +259,29 @@ def eval_prior(priors, suites_, split, num_seeds, controls, out):
     for control in control_names:
         if control not in ("random", "shuffled", "swapped"):
             raise click.BadParameter(f"unknown control {control!r}", param_hint="--controls")
+    paths = {}
+    for spec in prior_paths:
+        name, sep, directory = spec.partition("=")
+        if not sep or name not in prior_names:
+            raise click.BadParameter(f"{spec!r}: expected NAME=DIR with NAME one of --prior", param_hint="--prior-path")
+        paths[name] = directory
+    pairs = []
+    for spec in _names(comparisons):
+        a, sep, b = spec.partition(":")
+        if not sep or a not in prior_names or b not in prior_names:
+            raise click.BadParameter(f"{spec!r}: expected A:B with both in --prior", param_hint="--compare")
+        pairs.append((a, b))
+    options = {k: v for k, v in {"num_inference_steps": prior_num_inference_steps, "guidance_scale": prior_guidance_scale,
+                                 "rerank": rerank}.items() if v is not None}
     seeds = tuple(range(42, 42 + num_seeds))
-    rows, summary = eval_priors(prior_names, suite_names, split, seeds, control_names)
+    train_seeds = tuple(int(t) for t in _names(training_seeds))
+    rows, summary = eval_priors(prior_names, suite_names, split, seeds, control_names, training_seeds=train_seeds,
+                                paths=paths, options=options)
     run_dir = new_run_dir(out, "eval-prior-" + "-".join(prior_names))
     write_outputs(run_dir, rows, summary, {"priors": prior_names, "suites": suite_names, "split": split,
-                                           "seeds": list(seeds), "controls": control_names})
+                                           "seeds": list(seeds), "controls": control_names,
+                                           "training_seeds": list(train_seeds), "paths": paths, "options": options},
+                  pairs=pairs or None)
     click.echo((run_dir / "report.md").read_text())
     click.echo(f"wrote {run_dir}")
 

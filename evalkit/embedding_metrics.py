@@ -128,9 +128,15 @@ def summarize(rows: list[dict], metrics=METRICS, n_boot: int = 2000) -> list[dic
     out = []
     for (prior, control, category, seen), members in sorted(groups.items(), key=lambda kv: kv[0]):
         clusters = [m["item_id"] for m in members]
+        by_seed: dict = {}
+        for m in members:
+            by_seed.setdefault(m.get("training_seed"), []).append(m)
         for metric in metrics:
             est = bootstrap([m[metric] for m in members], clusters, n_boot=n_boot)
+            seed_means = [float(np.mean([m[metric] for m in rows_])) for rows_ in by_seed.values()]
             out.append({"prior": prior, "control": control, "category": category, "seen": seen, "metric": metric,
                         "value": est.value, "stderr": est.stderr, "ci_low": est.ci_low, "ci_high": est.ci_high,
-                        "n": est.n, "n_prompts": est.n_clusters})
+                        "n": est.n, "n_prompts": est.n_clusters, "n_training_seeds": len(seed_means),
+                        # spread of the per-training-seed means: the seed-to-seed noise of a trained prior
+                        "seed_sd": float(np.std(seed_means, ddof=1)) if len(seed_means) > 1 else None})
     return out

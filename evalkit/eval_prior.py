@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from evalkit.embedding_metrics import embedding_rows, summarize
@@ -30,8 +31,26 @@ def make_prior(name: str, clip, **options):
     return load_prior(name, clip=clip, **options)
 
 
+def prior_instances(name: str, clip, training_seeds=(0,), path=None, **options):
+    """``(training_seed, prior)`` pairs: every requested training seed of a trained prior, else one instance."""
+    from evalkit.priors.trained import TrainedPrior
+    from evalkit.registry import PRIORS
+
+    if isinstance(PRIORS.get(name), type) and issubclass(PRIORS.get(name), TrainedPrior):
+        if path is not None:
+            return [(None, make_prior(name, clip, path=path, **options))]
+        return [(seed, make_prior(name, clip, training_seed=seed, **options)) for seed in training_seeds]
+    return [(None, make_prior(name, clip, **options))]
+
+
 def eval_priors(prior_names, suite_names, split: str = "val", seeds=tuple(range(42, 52)), controls=(),
-                clip=None, progress: bool = True) -> tuple[list[dict], list[dict]]:
+                clip=None, progress: bool = True, training_seeds=(0,), paths: dict | None = None,
+                options: dict | None = None) -> tuple[list[dict], list[dict]]:
+    """Rows for every prior × (training seed) × suite × control, and their summary.
+
+    ``paths`` maps a prior name to a weights folder (instead of its shipped seeds); ``options`` are passed
+    to every prior's constructor that takes them (e.g. ``guidance_scale`` for the diffusion prior).
+    """
     from evalkit.embedded.clip import load_world_clip
     from evalkit.registry import PRIORS, SUITES
     from evalkit.suites import load_suite
@@ -39,16 +58,18 @@ def eval_priors(prior_names, suite_names, split: str = "val", seeds=tuple(range(
     PRIORS.check(list(prior_names))
     SUITES.check(list(suite_names))
     clip = clip if clip is not None else load_world_clip()
+    paths, options = paths or {}, options or {}
+    instances = {name: prior_instances(name, clip, training_seeds, paths.get(name), **options) for name in prior_names}
     rows: list[dict] = []
     # the oracle renders its prompt: a word-shuffled prompt is no caption of the world
-    jobs = [(s, p, c) for s in suite_names for p in prior_names for c in (None, *controls)
-            if not (p == "oracle" and c == "shuffled")]
-    priors = {}
-    for suite_name, prior_name, control in tqdm(jobs, desc="eval-prior", disable=not progress):
+    jobs = [(s, p, t, prior, c) for s in suite_names for p in prior_names for t, prior in instances[p]
+            for c in (None, *controls) if not (p == "oracle" and c == "shuffled")]
+    for suite_name, prior_name, training_seed, prior, control in tqdm(jobs, desc="eval-prior", disable=not progress):
         suite = load_suite(suite_name)
-        if prior_name not in priors:
-            priors[prior_name] = make_prior(prior_name, clip)
-        rows += embedding_rows(priors[prior_name], suite, clip, split, seeds, control=control, prior_name=prior_name)
+        new = embedding_rows(prior, suite, clip, split, seeds, control=control, prior_name=prior_name)
+        for row in new:
+            row["training_seed"] = training_seed
+        rows += new
     return rows, summarize(rows)
 
 
@@ -91,6 +112,56 @@ def headroom(rows: list[dict], gate: str = "binding", metrics=("binding", "margi
     return out
 
 
+def default_comparisons(prior_names) -> list[tuple[str, str]]:
+    """ECLIPSE against every other trained prior named (b − a with a the other prior)."""
+    trained = [p for p in prior_names if p not in ("oracle", "text", "none", "dummy")]
+    return [(other, "eclipse") for other in trained if other != "eclipse"] if "eclipse" in trained else []
+
+
+def compare(rows: list[dict], pairs, metrics=("binding", "margin")) -> list[dict]:
+    """Paired differences b − a on identical (prompt, seed) items (each item averaged over training seeds)."""
+    from evalkit.stats import paired_bootstrap
+
+    per_item: dict[tuple, dict] = {}
+    for row in rows:
+        if row["control"]:
+            continue
+        splits = ("all", "seen" if row["seen"] else "unseen") if row["seen"] is not None else ("all",)
+        for split in splits:
+            per_item.setdefault((row["prior"], row["category"], split), {}).setdefault(
+                (row["item_id"], row["seed"]), []).append(row)
+    out = []
+    for a, b in pairs:
+        for (prior, category, split), items_a in sorted(per_item.items()):
+            if prior != a or (b, category, split) not in per_item:
+                continue
+            items_b = per_item[(b, category, split)]
+            keys = sorted(set(items_a) & set(items_b))
+            for metric in metrics:
+                va = [float(np.mean([r[metric] for r in items_a[k]])) for k in keys]
+                vb = [float(np.mean([r[metric] for r in items_b[k]])) for k in keys]
+                cmp = paired_bootstrap(va, vb, clusters=[k[0] for k in keys])
+                out.append({"a": a, "b": b, "category": category, "seen": split, "metric": metric,
+                            "difference": cmp.difference, "ci_low": cmp.ci_low, "ci_high": cmp.ci_high,
+                            "p_value": cmp.p_value, "z": cmp.z, "n": cmp.n})
+    return out
+
+
+def comparison_table(comparisons: list[dict]) -> list[str]:
+    from tabulate import tabulate
+
+    if not comparisons:
+        return []
+    table = [[f"{c['b']} − {c['a']}", c["category"], c["seen"], c["metric"],
+              f"{c['difference']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]", f"{c['z']:.1f}", f"{c['p_value']:.3f}"]
+             for c in comparisons]
+    return ["## Paired comparisons", "",
+            "Same prompts and seeds; each item averaged over the training seeds; 95 % CI and p from a bootstrap "
+            "over prompts.", "",
+            tabulate(table, headers=["difference", "category", "split", "metric", "value [95% CI]", "z", "p"],
+                     tablefmt="github"), ""]
+
+
 def headroom_table(room: list[dict]) -> list[str]:
     """The headroom check as markdown lines (a heading, what z means, one row per category and split)."""
     from tabulate import tabulate
@@ -115,7 +186,7 @@ def headroom_table(room: list[dict]) -> list[str]:
     return lines
 
 
-def render_report(summary: list[dict], room: list[dict]) -> str:
+def render_report(summary: list[dict], room: list[dict], comparisons: list[dict] | None = None) -> str:
     from tabulate import tabulate
 
     lines = ["# Embedding-level evaluation", ""]
@@ -129,17 +200,23 @@ def render_report(summary: list[dict], room: list[dict]) -> str:
             for metric in metrics:
                 r = keyed[(prior, control, cat, seen, metric)]
                 cells.append(f"{r['value']:.4f} [{r['ci_low']:.4f}, {r['ci_high']:.4f}]")
-            table.append([prior, control or "-", seen, keyed[(prior, control, cat, seen, metrics[0])]["n"], *cells])
-        lines += [tabulate(table, headers=["prior", "control", "split", "n", *metrics], tablefmt="github"), ""]
+            first = keyed[(prior, control, cat, seen, metrics[0])]
+            seeds = first.get("n_training_seeds") or 1
+            table.append([prior, control or "-", seen, first["n"], seeds, *cells])
+        lines += [tabulate(table, headers=["prior", "control", "split", "n", "training seeds", *metrics],
+                           tablefmt="github"), ""]
+    lines += comparison_table(comparisons or [])
     if room:
         lines += headroom_table(room)
     return "\n".join(lines)
 
 
-def write_outputs(run_dir: Path, rows: list[dict], summary: list[dict], config: dict) -> None:
+def write_outputs(run_dir: Path, rows: list[dict], summary: list[dict], config: dict, pairs=None) -> None:
     room = headroom(rows)
+    comparisons = compare(rows, pairs if pairs is not None else default_comparisons(config.get("priors", [])))
     with open(run_dir / "rows.jsonl", "w") as handle:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
-    atomic_write_json(run_dir / "summary.json", {"config": config, "summary": summary, "headroom": room})
-    (run_dir / "report.md").write_text(render_report(summary, room))
+    atomic_write_json(run_dir / "summary.json", {"config": config, "summary": summary, "headroom": room,
+                                                 "comparisons": comparisons})
+    (run_dir / "report.md").write_text(render_report(summary, room, comparisons))

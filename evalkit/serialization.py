@@ -17,6 +17,7 @@ from evalkit.errors import ConfigMismatchError, WeightsNotFoundError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+DIFFUSERS_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 PICKLE_NAMES = ("pytorch_model.bin", "diffusion_pytorch_model.bin", "model.pt", "model.ckpt")
 
 
@@ -39,10 +40,11 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def save_pretrained(directory: str | os.PathLike, config: dict, state_dict: dict, metadata: dict | None = None,
-                    dtype=None) -> Path:
+                    dtype=None, weights_name: str = WEIGHTS_NAME) -> Path:
     """Write ``config.json`` and ``model.safetensors`` (contiguous CPU tensors) into ``directory``.
 
     ``dtype`` (e.g. ``torch.float16``) casts floating tensors to halve shipped files; loaders cast back.
+    ``weights_name`` is ``diffusion_pytorch_model.safetensors`` for models in diffusers' layout.
     """
     from safetensors.torch import save as save_bytes
 
@@ -50,7 +52,7 @@ def save_pretrained(directory: str | os.PathLike, config: dict, state_dict: dict
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-    atomic_write_bytes(directory / WEIGHTS_NAME, save_bytes(tensors, metadata={k: str(v) for k, v in (metadata or {}).items()}))
+    atomic_write_bytes(directory / weights_name, save_bytes(tensors, metadata={k: str(v) for k, v in (metadata or {}).items()}))
     atomic_write_json(directory / CONFIG_NAME, config)
     return directory
 
@@ -72,7 +74,7 @@ def load_config(directory: str | os.PathLike) -> dict:
 def load_state_dict(directory: str | os.PathLike, allow_pickle: bool = False) -> dict:
     """Tensors of ``directory``: safetensors, or a pickle file only when ``allow_pickle`` is set."""
     directory = Path(directory)
-    named = [directory / n for n in (WEIGHTS_NAME, "diffusion_pytorch_model.safetensors") if (directory / n).is_file()]
+    named = [directory / n for n in (WEIGHTS_NAME, DIFFUSERS_WEIGHTS_NAME) if (directory / n).is_file()]
     safetensors_files = named[:1] or sorted(p for p in directory.glob("*.safetensors") if not p.name.startswith("trainer_state"))
     if safetensors_files:
         from safetensors.torch import load_file

@@ -106,10 +106,14 @@ class WorldCLIP(nn.Module):
     def text_width(self) -> int:
         return int(self.model_cfg["text_cfg"]["width"])
 
+    @property
+    def context_length(self) -> int:
+        return int(self.model_cfg["text_cfg"]["context_length"])
+
     @classmethod
-    def tiny(cls) -> "WorldCLIP":
+    def tiny(cls, embed_dim: int = 16) -> "WorldCLIP":
         cfg = base_model_config()
-        cfg["embed_dim"] = 16
+        cfg["embed_dim"] = embed_dim
         cfg["vision_cfg"] = {**cfg["vision_cfg"], **TINY_VISION}
         cfg["text_cfg"].update(width=32, layers=1, heads=2)
         return cls(cfg)

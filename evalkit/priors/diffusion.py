@@ -1,0 +1,105 @@
+"""``diffusion``: a DALL-E 2 / Karlo-style diffusion prior — diffusers' ``PriorTransformer`` with its time token.
+
+Trained by ``evalkit train-baseline --prior diffusion`` on a 1000-step linear DDPM schedule to predict the
+clean (standardised) image embedding (``prediction_type="sample"``, as unCLIP priors do), with the text
+conditioning replaced by the empty prompt's encoding 10 % of the time so classifier-free guidance works.
+Sampling: DDIM over the same schedule (deterministic given each image's seeded start noise), 25 steps,
+guidance 4.0 by default; the result is de-standardised with the model's ``clip_mean`` / ``clip_std``
+(``post_process_latents``), exactly as the public Karlo / Kandinsky prior pipelines do.
+
+Beyond the defaults, ``rerank=n`` draws n samples per image and keeps the one closest (cosine) to the
+prompt's text embedding — DALL-E 2's best-of-n.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, PriorTransformer
+
+from evalkit.contracts import per_image_randn
+from evalkit.priors.trained import DiffusersLayoutMixin, TrainedPrior
+
+NUM_TRAIN_TIMESTEPS = 1000
+#: offset between the seeds of the best-of-n candidates of one image
+RERANK_SEED_STRIDE = 7_919
+
+
+def train_scheduler() -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule="linear", prediction_type="sample",
+                         clip_sample=False)
+
+
+class DiffusionPriorTransformer(DiffusersLayoutMixin, PriorTransformer):
+    """diffusers' ``PriorTransformer`` saved and loaded through evalkit's safe loaders."""
+
+    @classmethod
+    def from_config(cls, config=None, **kwargs):
+        model = super().from_config(config, **kwargs)
+        with torch.no_grad():  # identity standardisation until training sets the statistics (diffusers: zeros)
+            model.clip_std.fill_(1.0)
+        model.clip_mean.requires_grad_(False)  # standardisation statistics, set from the training data
+        model.clip_std.requires_grad_(False)
+        return model
+
+
+class DiffusionPrior(TrainedPrior):
+    name = "diffusion"
+    kind = "diffusion"
+    model_class = DiffusionPriorTransformer
+
+    def __init__(self, path=None, training_seed: int = 0, model=None, clip=None, allow_pickle: bool = False,
+                 num_inference_steps: int = 25, guidance_scale: float = 4.0, rerank: int = 1, empty_encoding=None):
+        super().__init__(path, training_seed, model, clip, allow_pickle)
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        if rerank < 1:
+            raise ValueError(f"rerank must be >= 1, got {rerank}")
+        self.num_inference_steps = num_inference_steps
+        self.guidance_scale = guidance_scale
+        self.rerank = rerank
+        self._empty = empty_encoding
+
+    def empty_encoding(self):
+        """The unconditional branch: the text encoder's encoding of the empty prompt (as in training)."""
+        if self._empty is None:
+            if self.clip is None:
+                from evalkit.embedded.clip import load_world_clip
+
+                self.clip = load_world_clip()
+            self._empty = self.clip.encode_text([""])
+        return self._empty
+
+    def sample(self, encoding, seeds) -> torch.Tensor:
+        if self.rerank == 1:
+            return self._sample(encoding, seeds)
+        candidates = torch.stack([self._sample(encoding, [s + k * RERANK_SEED_STRIDE for s in seeds])
+                                  for k in range(self.rerank)], dim=1)  # (N, n, D)
+        score = (F.normalize(candidates, dim=-1) * F.normalize(encoding.text_embeds.float(), dim=-1)[:, None]).sum(-1)
+        return candidates[torch.arange(len(seeds)), score.argmax(1)]
+
+    def _sample(self, encoding, seeds) -> torch.Tensor:
+        model = self.model
+        n = len(seeds)
+        scheduler = DDIMScheduler.from_config(train_scheduler().config)
+        scheduler.set_timesteps(self.num_inference_steps)
+        latents = per_image_randn(seeds, (model.config["embedding_dim"],))
+        text, hidden, mask = encoding.text_embeds.float(), encoding.text_hidden.float(), encoding.attention_mask
+        guided = self.guidance_scale != 1.0
+        if guided:  # batched classifier-free guidance: [unconditional; conditional]
+            empty = self.empty_encoding()
+            text = torch.cat([empty.text_embeds.float().expand(n, -1), text])
+            hidden = torch.cat([empty.text_hidden.float().expand(n, -1, -1), hidden])
+            mask = torch.cat([empty.attention_mask.expand(n, -1), mask])
+        for t in scheduler.timesteps:
+            model_in = torch.cat([latents, latents]) if guided else latents
+            out = model(model_in, t, proj_embedding=text, encoder_hidden_states=hidden, attention_mask=mask).predicted_image_embedding
+            if guided:
+                uncond, cond = out.chunk(2)
+                out = uncond + self.guidance_scale * (cond - uncond)
+            latents = scheduler.step(out, t, latents).prev_sample
+        return model.post_process_latents(latents)
+
+
+class DiffusionXLPrior(DiffusionPrior):
+    name = "diffusion-xl"

@@ -1,0 +1,163 @@
+"""What the trained priors share: loading a weights folder, reading text encodings, the contract.
+
+A trained prior is a network in diffusers' layout (``config.json`` + ``diffusion_pytorch_model.safetensors``)
+plus a small wrapper that turns a :class:`~evalkit.contracts.Batch` into its inputs. Shipped priors of the
+synthetic world live in ``priors/<name>/seed-<k>/`` (written by ``evalkit train-baseline --ship``); any
+other folder in the same layout loads with ``path=DIR`` (CLI: ``--prior-path``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from evalkit.contracts import Batch, Prior
+from evalkit.errors import ConfigMismatchError, EvalkitError, WeightsNotFoundError
+from evalkit.paths import REPO_ROOT
+from evalkit.serialization import (CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, check_state_dict, load_config,
+                                   load_state_dict, save_pretrained)
+
+SHIPPED_ROOT = REPO_ROOT / "priors"
+EMBEDDING_SPACE = "synth-clip"
+TRAIN_HINT = "Train it with `evalkit train-baseline --prior {kind} --ship` (or restore priors/ from git)."
+
+
+class DiffusersLayoutMixin:
+    """``save_pretrained`` / ``from_pretrained`` for a diffusers ``ModelMixin`` through evalkit's safe loaders.
+
+    Weights are read with safetensors (pickle only with ``allow_pickle``), every tensor's name and shape is
+    checked against the model built from ``config.json`` (a mismatch lists the keys), and fp16 files are
+    cast back to float32.
+    """
+
+    def save_pretrained(self, directory, metadata: dict | None = None, dtype=None, **_ignored) -> Path:
+        config = {"_class_name": self.public_class_name, **{k: v for k, v in dict(self.config).items()
+                                                               if not k.startswith("_")}}
+        return save_pretrained(directory, config, self.state_dict(), metadata, dtype, weights_name=DIFFUSERS_WEIGHTS_NAME)
+
+    @classmethod
+    def from_pretrained(cls, directory, allow_pickle: bool = False, **_ignored):
+        directory = Path(directory)
+        raw = load_config(directory)
+        known = set(cls._init_params())
+        unknown = sorted(k for k in raw if not k.startswith("_") and k not in known)
+        if unknown:
+            raise ConfigMismatchError(f"{directory / CONFIG_NAME} has keys {unknown} that {cls.__name__} does not take")
+        model = cls.from_config({k: v for k, v in raw.items() if not k.startswith("_")})
+        state = load_state_dict(directory, allow_pickle=allow_pickle)
+        check_state_dict(model.state_dict(), state, str(directory))
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        return model.eval()
+
+    @classmethod
+    def _init_params(cls) -> list[str]:
+        """The config keys: the named parameters of the first ``__init__`` in the MRO that declares any."""
+        import inspect
+
+        for klass in cls.__mro__:
+            if "__init__" in vars(klass):
+                params = [p for p in inspect.signature(klass.__init__).parameters.values()
+                          if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+                if params:
+                    return [p.name for p in params]
+        return []
+
+    public_class_name: ClassVar[str] = "PriorTransformer"
+
+
+def check_config(expected: dict, found: dict, where: str) -> None:
+    """Raise :class:`ConfigMismatchError` listing every architecture key whose value differs."""
+    keys = sorted(set(expected) | set(found))
+    diff = [f"{k}: requested {expected.get(k)!r}, found {found.get(k)!r}" for k in keys
+            if not k.startswith("_") and expected.get(k) != found.get(k)]
+    if diff:
+        raise ConfigMismatchError(f"{where} was built for another architecture:\n  " + "\n  ".join(diff))
+
+
+class TrainedPrior(Prior):
+    """A prior whose network is loaded from a weights folder; subclasses set ``model_class`` and ``kind``."""
+
+    kind: ClassVar[str] = ""  # eclipse | projection | diffusion: what train-baseline trains
+    variant: ClassVar[str] = ""  # shipped folder name (default: the registry name)
+    model_class: ClassVar[type]
+    embedding_space = EMBEDDING_SPACE
+    normalisation = "raw"
+    text_encoders = (EMBEDDING_SPACE,)
+
+    def __init__(self, path: str | Path | None = None, training_seed: int = 0, model=None, clip=None,
+                 allow_pickle: bool = False):
+        if model is None:
+            directory = Path(path) if path is not None else self.shipped_dir(training_seed)
+            if not (directory / CONFIG_NAME).is_file():
+                hint = TRAIN_HINT.format(kind=self.kind)
+                raise WeightsNotFoundError(f"prior {self.name!r}: no weights at {directory} (expected {CONFIG_NAME} + "
+                                           f"{DIFFUSERS_WEIGHTS_NAME}). {hint}")
+            model = self.model_class.from_pretrained(directory, allow_pickle=allow_pickle)
+            self.path = directory
+        else:
+            self.path = None
+        self.model = model.eval()
+        self.clip = clip
+        self.training_seed = training_seed
+        self.embedding_dim = self.output_dim(model)
+
+    @classmethod
+    def shipped_dir(cls, training_seed: int = 0) -> Path:
+        return SHIPPED_ROOT / (cls.variant or cls.name) / f"seed-{training_seed}"
+
+    @staticmethod
+    def output_dim(model) -> int:
+        config = model.config
+        return int(config.get("clip_embed_dim") or config["embedding_dim"])
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        params = self.model.parameters()
+        return sum(p.numel() for p in params if p.requires_grad or not trainable_only)
+
+    def text_encoding(self, batch: Batch):
+        encoding = batch.text.get(self.embedding_space)
+        if encoding is None:
+            if self.clip is None:
+                from evalkit.embedded.clip import load_world_clip
+
+                self.clip = load_world_clip()
+            encoding = self.clip.encode_text(batch.prompts)
+        if encoding.text_hidden is None:
+            raise EvalkitError(f"prior {self.name!r} reads per-token text hidden states, which the "
+                               f"{self.embedding_space!r} encoding of this batch lacks")
+        width = encoding.text_hidden.shape[-1]
+        expected = self.model.config["embedding_dim"]
+        if width != expected or encoding.text_embeds.shape[-1] != expected:
+            raise ConfigMismatchError(
+                f"prior {self.name!r} takes {expected}-d text embeddings and hidden states, but the "
+                f"{self.embedding_space!r} encoder gives {encoding.text_embeds.shape[-1]}-d / {width}-d")
+        return encoding
+
+    @torch.inference_mode()
+    def predict(self, batch: Batch) -> torch.Tensor:
+        return self.sample(self.text_encoding(batch), batch.seeds).float()
+
+    def sample(self, encoding, seeds) -> torch.Tensor:
+        raise NotImplementedError
+
+    @classmethod
+    def tiny(cls):
+        """A random-init tiny instance (contract tests)."""
+        from evalkit.embedded.clip import WorldCLIP
+
+        torch.manual_seed(0)
+        clip = WorldCLIP.tiny(embed_dim=32).eval()  # priors read hidden states as wide as the embedding
+        model = cls.build_model(cls.size_config("tiny", clip.embedding_dim, clip.context_length))
+        return cls(model=model, clip=clip)
+
+    @classmethod
+    def size_config(cls, size: str, embedding_dim: int, num_embeddings: int) -> dict:
+        from evalkit.priors.sizes import size_config
+
+        return size_config(cls.kind, size, embedding_dim, num_embeddings)
+
+    @classmethod
+    def build_model(cls, config: dict):
+        return cls.model_class.from_config(config)

@@ -1,0 +1,431 @@
+"""``evalkit train-baseline --prior eclipse|projection|diffusion``: the priors of the synthetic world.
+
+Data. The world CLIP is frozen, so its outputs are computed once into an **embedding cache**
+(``<cache>/prior-cache/<key>/``, keyed by the pair count, data seed and the CLIP weights): for every
+distinct caption (and its attribute-swapped twin, and the empty prompt) the pooled text embedding,
+per-token hidden states and mask; for every training pair the raw image embedding of its render and the
+indices of its caption and swapped caption. All runs on the same data share the cache; training then
+never touches a renderer or a text encoder (``benchmarks/speed/prior_training_cache.py`` measures the gain).
+
+Objectives (all targets are the *raw* CLIP image embedding the decoders consume):
+
+- ``eclipse``: MSE(prediction, image embedding) + λ · L_CLS, where L_CLS is the text→image InfoNCE of the
+  batch's predictions: logits[i, j] = cos(text_i, prediction_j) / τ, target j = i. Pairs in a batch that
+  share a caption are not counted as each other's negatives. λ = 0.2 (the paper's); τ = 0.1, chosen by
+  the sweep recorded in ``results/priors/tau-sweep`` on the dev split (the paper does not state τ).
+  ``--hard-negatives`` adds an image→text term whose candidates are the batch's captions *and* their
+  attribute-swapped twins — random in-batch negatives almost never contain the binding negative.
+- ``projection``: the same network, λ = 0.
+- ``diffusion``: diffusers' PriorTransformer (time token) on a 1000-step linear DDPM schedule, predicting
+  the clean standardised embedding; the text conditioning is replaced by the empty prompt's encoding with
+  probability 0.1 (classifier-free guidance).
+
+Schedule. AdamW, linear warm-up, then ``CosineAnnealingWarmRestarts`` (the paper's scheduler) with one
+cycle over the run by default. The paper trains 33 M-parameter priors at lr 5e-5 and batch 1,024 for
+~60k steps; our priors are ~100× smaller and train for a few thousand steps, where 5e-5 barely moves
+them, so the default lr is 1e-3 (and 5e-4 for sizes with ≥ 4 layers), batch 256.
+
+Every random draw of a step (batch, noise, timesteps, dropout) is a function of (seed, step), so a
+resumed run continues exactly as the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from evalkit.contracts import content_hash
+from evalkit.errors import ConfigMismatchError, EvalkitError
+from evalkit.priors.sizes import KINDS, SIZES
+from evalkit.serialization import atomic_write_json
+from evalkit.train.common import (JsonlLogger, Stopwatch, check_finite, finish, load_checkpoint, save_checkpoint,
+                                  set_seed, ship)
+
+#: settings a resumed run may change
+RESUMABLE_KEYS = ("checkpoint_every", "eval_every")
+DEFAULT_LAMBDA = 0.2
+DEFAULT_TAU = 0.1
+
+
+@dataclass
+class PriorTrainConfig:
+    prior: str = "eclipse"  # eclipse | projection | diffusion
+    size: str = "small"  # see evalkit.priors.sizes.SIZES
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float | None = None  # None: 1e-3, or 5e-4 for models with >= 4 layers
+    warmup_steps: int = 100
+    restart_period: int | None = None  # CosineAnnealingWarmRestarts T_0 (None: one cycle over the run)
+    min_lr_ratio: float = 0.05  # eta_min = lr × this
+    weight_decay: float = 0.01
+    lam: float | None = None  # contrastive weight λ (None: 0.2 for eclipse, 0 otherwise)
+    tau: float = DEFAULT_TAU
+    hard_negatives: bool = False  # eclipse: swapped captions as extra negatives
+    cond_drop_prob: float = 0.1  # diffusion: empty-prompt conditioning (classifier-free guidance)
+    num_pairs: int = 50000  # training pairs (train split, all three categories)
+    dev_pairs: int = 1000  # held-out pairs (dev split) for the periodic evaluation
+    data_seed: int = 0  # which pairs (shared by all priors: same data, same cache)
+    seed: int = 0  # initialisation and batch order (the "training seed")
+    checkpoint_every: int = 500
+    eval_every: int = 500
+    tiny: bool = False  # a tiny random CLIP (tests)
+
+    def __post_init__(self):
+        if self.prior not in KINDS:
+            from evalkit.errors import UnknownNameError
+
+            raise UnknownNameError("prior kind", self.prior, list(KINDS))
+        if self.size not in SIZES:
+            from evalkit.errors import UnknownNameError
+
+            raise UnknownNameError("size", self.size, list(SIZES))
+        if self.lam is None:
+            self.lam = DEFAULT_LAMBDA if self.prior == "eclipse" else 0.0
+        if self.prior == "projection" and self.lam != 0:
+            raise ValueError("the projection prior is the eclipse network with λ = 0; use --prior eclipse for λ > 0")
+        if self.prior != "eclipse" and self.hard_negatives:
+            raise ValueError("--hard-negatives applies to the eclipse prior's contrastive term")
+        if self.lr is None:
+            self.lr = 5e-4 if SIZES[self.size][0] >= 4 else 1e-3
+        for name in ("steps", "batch_size", "num_pairs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @classmethod
+    def quick(cls, prior: str = "eclipse", **overrides) -> "PriorTrainConfig":
+        base = dict(prior=prior, size="tiny", steps=6, batch_size=8, num_pairs=64, dev_pairs=16, warmup_steps=2,
+                    checkpoint_every=3, eval_every=3, tiny=True)
+        return cls(**{**base, **overrides})
+
+    def shipped_name(self) -> str:
+        """The registry name this run ships under: eclipse, eclipse-large, eclipse-hn, projection, diffusion, ..."""
+        name = self.prior + ("-hn" if self.hard_negatives else "")
+        return name if self.size == "small" else f"{name}-{self.size}"
+
+
+# --------------------------------------------------------------------------- the embedding cache
+
+
+def clip_for(config: PriorTrainConfig, clip_dir=None):
+    from evalkit.embedded.clip import WorldCLIP, load_world_clip
+
+    if config.tiny:
+        torch.manual_seed(1234)
+        clip = WorldCLIP.tiny(embed_dim=32).eval()
+        for p in clip.parameters():
+            p.requires_grad_(False)
+        return clip
+    return load_world_clip(str(clip_dir) if clip_dir else None)
+
+
+def clip_fingerprint(clip) -> str:
+    """A hash of the CLIP's weights: the cache is valid only for the CLIP that wrote it."""
+    state = clip.state_dict()
+    digest = [f"{k}:{tuple(v.shape)}:{float(v.float().sum()):.6e}:{float(v.float().abs().sum()):.6e}" for k, v in sorted(state.items())]
+    return content_hash(digest)
+
+
+def cache_dir(config: PriorTrainConfig, clip) -> Path:
+    from evalkit.paths import cache_root
+
+    key = content_hash({"num_pairs": config.num_pairs, "dev_pairs": config.dev_pairs, "data_seed": config.data_seed,
+                        "clip": clip_fingerprint(clip), "format": 1})
+    return cache_root() / "prior-cache" / key
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@torch.inference_mode()
+def encode_pairs(clip, captions: list[str], scenes, prompt_index: dict[str, int], batch_size: int = 1000,
+                 progress: bool = True, desc: str = "encode images") -> dict[str, torch.Tensor]:
+    """Image embeddings of the pairs' renders and the indices of their captions and swapped captions."""
+    from evalkit.world import render
+
+    embeds = []
+    for start in tqdm(range(0, len(scenes), batch_size), desc=desc, disable=not progress):
+        embeds.append(clip.encode_image(_to_tensor(render(scenes[start:start + batch_size]))).float())
+    return {"image_embeds": torch.cat(embeds),
+            "caption": torch.tensor([prompt_index[c] for c in captions]),
+            "swapped": torch.tensor([prompt_index[s.swapped_caption] for s in scenes])}
+
+
+@torch.inference_mode()
+def encode_prompts(clip, prompts: list[str], batch_size: int = 1000) -> dict[str, torch.Tensor]:
+    out = {"text_embeds": [], "text_hidden": [], "attention_mask": []}
+    for start in range(0, len(prompts), batch_size):
+        encoding = clip.encode_text(prompts[start:start + batch_size])
+        out["text_embeds"].append(encoding.text_embeds.float())
+        out["text_hidden"].append(encoding.text_hidden.float())
+        out["attention_mask"].append(encoding.attention_mask.bool())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def build_cache(config: PriorTrainConfig, clip, progress: bool = True) -> dict:
+    """Render, encode and store the training/dev data once; later runs load it in a second."""
+    from safetensors.torch import load_file, save_file
+
+    from evalkit.world import sample_pairs
+
+    directory = cache_dir(config, clip)
+    if (directory / "complete").is_file():
+        tensors = load_file(str(directory / "cache.safetensors"))
+        meta = json.loads((directory / "meta.json").read_text())
+        return {**tensors, "prompts": meta["prompts"], "dir": directory}
+    train_captions, train_scenes = sample_pairs("all", config.num_pairs, config.data_seed, split="train")
+    dev_captions, dev_scenes = sample_pairs("all", config.dev_pairs, config.data_seed, split="dev")
+    prompts = sorted({*train_captions, *dev_captions, *(s.swapped_caption for s in train_scenes + dev_scenes)})
+    prompts = [""] + prompts  # index 0: the empty prompt (the unconditional branch of guidance)
+    index = {p: i for i, p in enumerate(prompts)}
+    tensors = {f"prompt.{k}": v for k, v in encode_prompts(clip, prompts).items()}
+    tensors["prompt.attention_mask"] = tensors["prompt.attention_mask"].to(torch.uint8)
+    for split, captions, scenes in (("train", train_captions, train_scenes), ("dev", dev_captions, dev_scenes)):
+        for k, v in encode_pairs(clip, captions, scenes, index, progress=progress, desc=f"encode {split} renders").items():
+            tensors[f"{split}.{k}"] = v
+    # written into a private folder and renamed: concurrent builders never see (or leave) a partial cache
+    staging = directory.with_name(f"{directory.name}.{os.getpid()}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging / "cache.safetensors"))
+    atomic_write_json(staging / "meta.json", {"prompts": prompts, "num_pairs": config.num_pairs,
+                                               "dev_pairs": config.dev_pairs, "data_seed": config.data_seed})
+    (staging / "complete").write_text("ok\n")
+    try:
+        staging.rename(directory)
+    except OSError:  # another process finished first: its cache is identical
+        shutil.rmtree(staging, ignore_errors=True)
+    return {**tensors, "prompts": prompts, "dir": directory}
+
+
+class Data:
+    """Batches from the cache: text encodings gathered by caption index."""
+
+    def __init__(self, cache: dict):
+        self.text = cache["prompt.text_embeds"]
+        self.hidden = cache["prompt.text_hidden"]
+        self.mask = cache["prompt.attention_mask"].bool()
+        self.splits = {s: (cache[f"{s}.image_embeds"], cache[f"{s}.caption"].long(), cache[f"{s}.swapped"].long())
+                       for s in ("train", "dev")}
+
+    def batch(self, split: str, idx) -> dict[str, torch.Tensor]:
+        images, caption, swapped = self.splits[split]
+        idx = torch.as_tensor(idx)
+        c, s = caption[idx], swapped[idx]
+        return {"image": images[idx], "caption": c, "text": self.text[c], "hidden": self.hidden[c], "mask": self.mask[c],
+                "swapped_text": self.text[s]}
+
+    def empty(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.text[:1].expand(n, -1), self.hidden[:1].expand(n, -1, -1), self.mask[:1].expand(n, -1)
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def info_nce(queries: torch.Tensor, keys: torch.Tensor, tau: float, same: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of cos(query_i, key_j) / τ with target j = i; ``same[i, j]`` marks pairs not to use as negatives."""
+    logits = F.normalize(queries, dim=-1) @ F.normalize(keys, dim=-1).T / tau
+    if same is not None:
+        eye = torch.eye(len(queries), logits.shape[1], dtype=torch.bool)
+        logits = logits.masked_fill(same & ~eye, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(len(queries)))
+
+
+def eclipse_loss(model, batch: dict, noise: torch.Tensor, config: PriorTrainConfig) -> tuple[torch.Tensor, dict]:
+    pred = model(noise, batch["text"], batch["hidden"], batch["mask"])
+    mse = F.mse_loss(pred, batch["image"])
+    parts = {"mse": mse.item()}
+    loss = mse
+    if config.lam > 0:
+        same = batch["caption"][:, None] == batch["caption"][None, :]
+        cls = info_nce(batch["text"], pred, config.tau, same)  # text → image: each text picks its prediction
+        if config.hard_negatives:
+            # image → text over the batch's captions and their swapped twins (a swapped twin is never a positive)
+            keys = torch.cat([batch["text"], batch["swapped_text"]])
+            same_hn = torch.cat([same, torch.zeros_like(same)], dim=1)
+            cls = cls + info_nce(pred, keys, config.tau, same_hn)
+        loss = loss + config.lam * cls
+        parts["cls"] = cls.item()
+    return loss, parts
+
+
+def diffusion_loss(model, batch: dict, noise: torch.Tensor, timesteps: torch.Tensor, drop: torch.Tensor,
+                   data: Data, scheduler) -> tuple[torch.Tensor, dict]:
+    x0 = (batch["image"] - model.clip_mean) / model.clip_std
+    noisy = scheduler.add_noise(x0, noise, timesteps)
+    empty_text, empty_hidden, empty_mask = data.empty(len(x0))
+    text = torch.where(drop[:, None], empty_text, batch["text"])
+    hidden = torch.where(drop[:, None, None], empty_hidden, batch["hidden"])
+    mask = torch.where(drop[:, None], empty_mask, batch["mask"])
+    pred = model(noisy, timesteps, proj_embedding=text, encoder_hidden_states=hidden, attention_mask=mask).predicted_image_embedding
+    loss = F.mse_loss(pred, x0)
+    return loss, {"mse": loss.item()}
+
+
+# --------------------------------------------------------------------------- model and evaluation
+
+
+def prior_class(config: PriorTrainConfig):
+    from evalkit.priors.diffusion import DiffusionPrior
+    from evalkit.priors.eclipse import EclipsePrior
+    from evalkit.priors.projection import ProjectionPrior
+
+    return {"eclipse": EclipsePrior, "projection": ProjectionPrior, "diffusion": DiffusionPrior}[config.prior]
+
+
+def build_model(config: PriorTrainConfig, clip):
+    cls = prior_class(config)
+    return cls.build_model(cls.size_config(config.size, clip.embedding_dim, clip.context_length))
+
+
+@torch.inference_mode()
+def evaluate(model, config: PriorTrainConfig, data: Data, clip, limit: int = 500) -> dict:
+    """Held-out (dev) pairs: cosine of the prediction to the pair's image embedding, and its MSE."""
+    from evalkit.contracts import TextEncoding
+
+    cls = prior_class(config)
+    images, _, _ = data.splits["dev"]
+    idx = torch.arange(min(limit, len(images)))
+    batch = data.batch("dev", idx)
+    prior = cls(model=model, clip=clip) if config.prior != "diffusion" else \
+        cls(model=model, clip=clip, empty_encoding=TextEncoding("synth-clip", *[t[:1] for t in data.empty(1)]))
+    encoding = TextEncoding("synth-clip", batch["text"], batch["hidden"], batch["mask"])
+    pred = prior.sample(encoding, [10_000 + int(i) for i in idx]).float()
+    model.train()
+    return {"dev_cos": round(F.cosine_similarity(pred, batch["image"]).mean().item(), 4),
+            "dev_mse": round(F.mse_loss(pred, batch["image"]).item(), 5)}
+
+
+def make_scheduler(optimizer, config: PriorTrainConfig):
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=max(1, config.warmup_steps))
+    period = config.restart_period or max(1, config.steps - config.warmup_steps + 1)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=period, eta_min=config.lr * config.min_lr_ratio)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[max(1, config.warmup_steps)])
+
+
+def _check_resumable(out_dir: Path, config: PriorTrainConfig) -> None:
+    saved = json.loads((out_dir / "train_config.json").read_text())
+    asked = dataclasses.asdict(config)
+    diff = [f"{k}: run has {saved.get(k)!r}, asked {asked[k]!r}" for k in asked
+            if k not in RESUMABLE_KEYS and saved.get(k) != asked[k]]
+    if diff:
+        raise ConfigMismatchError(f"cannot resume {out_dir} with another configuration:\n  " + "\n  ".join(diff))
+
+
+def train_prior(out_dir: str | Path, config: PriorTrainConfig, resume: bool = False, progress: bool = True,
+                stop_at: int | None = None, clip_dir=None) -> Path:
+    """Train into ``out_dir``; returns ``out_dir/final`` (or the checkpoint folder when ``stop_at`` stops early)."""
+    from evalkit.priors.diffusion import train_scheduler
+    from evalkit.priors.trained import check_config
+
+    out_dir = Path(out_dir)
+    checkpoint_dir = out_dir / "checkpoint"
+    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
+        raise FileExistsError(f"{out_dir} already holds a training run; pass --resume to continue it or pick another --out")
+    if resume and (out_dir / "train_config.json").is_file():
+        _check_resumable(out_dir, config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "train_config.json", dataclasses.asdict(config))
+    clip = clip_for(config, clip_dir)
+    clock = Stopwatch()
+    cache = build_cache(config, clip, progress)
+    cache_s = clock()
+    data = Data(cache)
+    set_seed(config.seed)
+    model = build_model(config, clip)
+    if config.prior == "diffusion":
+        images = data.splits["train"][0]
+        model.clip_mean.data.copy_(images.mean(0, keepdim=True))
+        model.clip_std.data.copy_(images.std(0, keepdim=True).clamp_min(1e-6))
+    model.train()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trainable if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in trainable if not (p.ndim >= 2 and "embedding" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    scheduler = make_scheduler(optimizer, config)
+    logger = JsonlLogger(out_dir / "log.jsonl")
+    start_step, elapsed_before = 0, 0.0
+    if resume and checkpoint_dir.exists():
+        from evalkit.serialization import load_config
+
+        check_config(dict(model.config), load_config(checkpoint_dir), str(checkpoint_dir))
+        state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler)
+        start_step, elapsed_before = state["step"], float(state["extra"].get("elapsed", 0.0))
+        logger.truncate_after(start_step)
+    noise_schedule = train_scheduler()
+    n = len(data.splits["train"][0])
+    dim = data.splits["train"][0].shape[1]
+    end = min(config.steps, stop_at) if stop_at else config.steps
+    bar = tqdm(range(start_step, end), initial=start_step, total=config.steps, desc=f"train {config.shipped_name()}",
+               disable=not progress)
+    last_eval: dict = {}
+    clock = Stopwatch()
+    for step in bar:
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([config.seed, step]).generate_state(1)[0]))
+        idx = torch.randperm(n, generator=g)[: config.batch_size]
+        batch = data.batch("train", idx)
+        noise = torch.randn(len(idx), dim, generator=g)
+        if config.prior == "diffusion":
+            timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(idx),), generator=g)
+            drop = torch.rand(len(idx), generator=g) < config.cond_drop_prob
+            loss, parts = diffusion_loss(model, batch, noise, timesteps, drop, data, noise_schedule)
+        else:
+            loss, parts = eclipse_loss(model, batch, noise, config)
+        check_finite(loss, step, checkpoint_dir)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        row = {"step": step + 1, "loss": round(loss.item(), 5), **{k: round(v, 5) for k, v in parts.items()},
+               "grad_norm": round(float(grad_norm), 4), "lr": scheduler.get_last_lr()[0],
+               "elapsed": round(elapsed_before + clock(), 1)}
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+            last_eval = evaluate(model, config, data, clip)
+            row.update({f"eval/{k}": v for k, v in last_eval.items()})
+        logger.log(row)
+        bar.set_postfix(loss=f"{row['loss']:.4f}")
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 in (config.steps, end):
+            save_checkpoint(checkpoint_dir, model, optimizer, scheduler, step + 1, extra={"elapsed": row["elapsed"]})
+    if end < config.steps:
+        return checkpoint_dir
+    model.eval()
+    record = {"config": dataclasses.asdict(config), "final_metrics": last_eval or evaluate(model, config, data, clip),
+              "wall_time_s": round(elapsed_before + clock(), 1), "cache_s": round(cache_s, 1),
+              "torch_threads": torch.get_num_threads(), "shipped_name": config.shipped_name(),
+              "num_parameters": sum(p.numel() for p in model.parameters()),
+              "num_trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    return finish(out_dir, model, record)
+
+
+def ship_prior(run_dir: str | Path, dest: str | Path | None = None) -> Path:
+    """Copy a run's final prior to ``priors/<name>/seed-<seed>/`` (fp16, with its training record)."""
+    from evalkit.priors.trained import SHIPPED_ROOT
+
+    run_dir = Path(run_dir)
+    config = PriorTrainConfig(**json.loads((run_dir / "train_config.json").read_text()))
+    if not (run_dir / "final").is_dir():
+        raise EvalkitError(f"{run_dir} has no final/ weights: the run has not finished (resume it with --resume)")
+    dest = Path(dest) if dest is not None else SHIPPED_ROOT / config.shipped_name() / f"seed-{config.seed}"
+    return ship(prior_class(config).model_class, run_dir, dest)
+
+
+def describe(prior: str, size: str, embedding_dim: int, num_embeddings: int) -> dict:
+    """Parameter count and fp32 / fp16 size of a prior architecture, without training it."""
+    cfg = PriorTrainConfig(prior=prior, size=size)
+    cls = prior_class(cfg)
+    model = cls.build_model(cls.size_config(size, embedding_dim, num_embeddings))
+    params = sum(p.numel() for p in model.parameters())
+    return {"prior": prior, "size": size, "embedding_dim": embedding_dim, "num_embeddings": num_embeddings,
+            "parameters": params, "fp32_mb": round(params * 4 / 1e6, 1), "fp16_mb": round(params * 2 / 1e6, 1),
+            "config": {k: v for k, v in dict(model.config).items() if not k.startswith("_")}}

@@ -1,0 +1,214 @@
+"""The trained priors: ECLIPSE checkpoint layout, masking, losses, train-baseline (resume, NaN, mismatches)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from evalkit.contracts import Batch, TextEncoding
+from evalkit.errors import ConfigMismatchError, WeightsNotFoundError
+from evalkit.priors.diffusion import DiffusionPrior, DiffusionPriorTransformer
+from evalkit.priors.eclipse import EclipsePrior, EclipsePriorTransformer
+from evalkit.priors.projection import ProjectionPrior
+from evalkit.train.common import TrainingDivergedError
+from evalkit.train.priors import PriorTrainConfig, describe, info_nce, ship_prior, train_prior
+
+
+def small_eclipse(**overrides) -> EclipsePriorTransformer:
+    torch.manual_seed(0)
+    config = dict(num_attention_heads=2, attention_head_dim=8, num_layers=2, embedding_dim=12, num_embeddings=5)
+    return EclipsePriorTransformer(**{**config, **overrides}).eval()
+
+
+def test_parameter_names_are_diffusers_prior_transformer_without_time():
+    from diffusers import PriorTransformer
+
+    ours = small_eclipse()
+    theirs = PriorTransformer(num_attention_heads=2, attention_head_dim=8, num_layers=2, embedding_dim=12,
+                              num_embeddings=5, additional_embeddings=4)
+    expected = {k: v.shape for k, v in theirs.state_dict().items() if not k.startswith("time_")}
+    expected["positional_embedding"] = torch.Size([1, 5 + 3, 16])  # one token fewer: no time token
+    assert {k: v.shape for k, v in ours.state_dict().items()} == expected
+
+
+def test_public_eclipse_layout_loads(tmp_path):
+    """A checkpoint in the ECLIPSE-Community layout (config.json + diffusion_pytorch_model.safetensors)."""
+    from safetensors.torch import save_file
+
+    model = small_eclipse()
+    config = {"_class_name": "PriorTransformer", "_diffusers_version": "0.22.0", "added_emb_type": "prd",
+              "additional_embeddings": 3, "attention_head_dim": 8, "clip_embed_dim": None, "dropout": 0.0,
+              "embedding_dim": 12, "embedding_proj_dim": None, "embedding_proj_norm_type": None,
+              "encoder_hid_proj_type": "linear", "norm_in_type": None, "num_attention_heads": 2,
+              "num_embeddings": 5, "num_layers": 2}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "diffusion_pytorch_model.safetensors"))
+    loaded = EclipsePriorTransformer.from_pretrained(tmp_path)
+    x, text, hidden = torch.randn(2, 12), torch.randn(2, 12), torch.randn(2, 5, 12)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    torch.testing.assert_close(loaded(x, text, hidden, mask), model(x, text, hidden, mask))
+    # a pickle-only folder is refused by default
+    (tmp_path / "diffusion_pytorch_model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "diffusion_pytorch_model.bin")
+    with pytest.raises(WeightsNotFoundError, match="pickle"):
+        EclipsePriorTransformer.from_pretrained(tmp_path)
+    assert EclipsePriorTransformer.from_pretrained(tmp_path, allow_pickle=True) is not None
+
+
+def test_config_keys_and_shapes_checked(tmp_path):
+    model = small_eclipse()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["_class_name"] == "PriorTransformer" and config["additional_embeddings"] == 3
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_layers": 3}))
+    with pytest.raises(ConfigMismatchError, match="transformer_blocks.2"):
+        EclipsePriorTransformer.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "time_embed_dim": 7}))
+    with pytest.raises(ConfigMismatchError, match="time_embed_dim"):
+        EclipsePriorTransformer.from_pretrained(tmp_path)
+
+
+def test_padding_tokens_are_masked_and_attention_is_causal():
+    model = small_eclipse()
+    x, text, hidden = torch.randn(1, 12), torch.randn(1, 12), torch.randn(1, 5, 12)
+    mask = torch.tensor([[1, 1, 0, 0, 0]], dtype=torch.bool)
+    out = model(x, text, hidden, mask)
+    changed = hidden.clone()
+    changed[:, 2:] += 5.0  # padding positions
+    torch.testing.assert_close(model(x, text, changed, mask), out)
+    changed = hidden.clone()
+    changed[:, 1] += 5.0  # a real token
+    assert not torch.allclose(model(x, text, changed, mask), out)
+    # the input noise matters (it is a token the prd token attends to)
+    assert not torch.allclose(model(torch.randn(1, 12), text, hidden, mask), out)
+
+
+def test_paper_sizes_match_the_paper():
+    assert describe("eclipse", "paper", 768, 77)["parameters"] == 33_143_040  # paper: 33.1 M
+    info = describe("eclipse", "paper", 1280, 77)
+    assert info["parameters"] == 34_193_152  # paper: 34.2 M; public 1280-d checkpoint: 137 MB in fp32
+    assert abs(info["fp32_mb"] - 137) < 1
+
+
+def test_info_nce_matches_naive_reference():
+    torch.manual_seed(0)
+    q, k = torch.randn(5, 4), torch.randn(5, 4)
+    same = torch.zeros(5, 5, dtype=torch.bool)
+    same[0, 3] = same[3, 0] = True  # items 0 and 3 share a caption
+    expected = []
+    for i in range(5):
+        logits = torch.stack([F.cosine_similarity(q[i], k[j], dim=0) / 0.1 for j in range(5) if j == i or not same[i, j]])
+        target = [j for j in range(5) if j == i or not same[i, j]].index(i)
+        expected.append(-torch.log_softmax(logits, 0)[target])
+    torch.testing.assert_close(info_nce(q, k, 0.1, same), torch.stack(expected).mean())
+
+
+def test_config_validation():
+    assert PriorTrainConfig(prior="eclipse").lam == 0.2 and PriorTrainConfig(prior="projection").lam == 0.0
+    with pytest.raises(ValueError, match="λ = 0"):
+        PriorTrainConfig(prior="projection", lam=0.2)
+    with pytest.raises(ValueError, match="hard-negatives"):
+        PriorTrainConfig(prior="diffusion", hard_negatives=True)
+    with pytest.raises(KeyError, match="Did you mean 'eclipse'"):
+        PriorTrainConfig(prior="eclipes")
+    assert PriorTrainConfig(prior="eclipse", hard_negatives=True, size="large").shipped_name() == "eclipse-hn-large"
+
+
+@pytest.fixture(scope="module")
+def cache_env(tmp_path_factory):
+    """One embedding cache for the module's quick runs, outside the user's cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EVALKIT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.mark.parametrize("kind", ["eclipse", "projection", "diffusion"])
+def test_train_baseline_quick_trains_ships_and_loads(kind, tmp_path, cache_env):
+    from evalkit.train.priors import clip_for
+
+    config = PriorTrainConfig.quick(kind, hard_negatives=(kind == "eclipse"))
+    final = train_prior(tmp_path / "run", config, progress=False)
+    record = json.loads((final / "training_record.json").read_text())
+    assert record["num_parameters"] > 0 and record["final_metrics"]["dev_cos"] == record["final_metrics"]["dev_cos"]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, config.steps + 1))
+    assert ("cls" in rows[-1]) == (kind == "eclipse")
+    dest = ship_prior(tmp_path / "run", tmp_path / "shipped")
+    cls = {"eclipse": EclipsePrior, "projection": ProjectionPrior, "diffusion": DiffusionPrior}[kind]
+    prior = cls(path=dest, clip=clip_for(config))
+    out = prior.predict(Batch.from_prompts(["a red circle and a blue square"] * 2, [1, 2]))
+    assert out.shape == (2, prior.embedding_dim) and torch.isfinite(out).all()
+
+
+def test_resume_continues_exactly(tmp_path, cache_env):
+    config = PriorTrainConfig.quick("eclipse")
+    straight = train_prior(tmp_path / "a", config, progress=False)
+    train_prior(tmp_path / "b", config, progress=False, stop_at=3)
+    resumed = train_prior(tmp_path / "b", config, resume=True, progress=False)
+    a = EclipsePriorTransformer.from_pretrained(straight).state_dict()
+    b = EclipsePriorTransformer.from_pretrained(resumed).state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)
+    with pytest.raises(FileExistsError):
+        train_prior(tmp_path / "a", config, progress=False)
+    with pytest.raises(ConfigMismatchError, match="lam"):
+        train_prior(tmp_path / "a", PriorTrainConfig.quick("eclipse", lam=0.5), resume=True, progress=False)
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, cache_env, monkeypatch):
+    import evalkit.train.priors as trainer
+
+    real = trainer.eclipse_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        loss, parts = real(*args, **kwargs)
+        calls["n"] += 1
+        return (loss * float("nan"), parts) if calls["n"] == 5 else (loss, parts)
+
+    monkeypatch.setattr(trainer, "eclipse_loss", poisoned)
+    with pytest.raises(TrainingDivergedError, match="checkpoint"):
+        train_prior(tmp_path / "run", PriorTrainConfig.quick("eclipse"), progress=False)
+    state = json.loads((tmp_path / "run" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 3  # the last good checkpoint (every 3 steps) is kept
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_diffusion_prior_guidance_and_rerank():
+    prior = DiffusionPrior.tiny()
+    prior.num_inference_steps = 3
+    batch = Batch.from_prompts(["a red circle and a blue square", "a green star"], [5, 6])
+    encoding = prior.text_encoding(batch)
+    guided = prior.sample(encoding, [5, 6])
+    prior.guidance_scale = 1.0
+    assert not torch.allclose(prior.sample(encoding, [5, 6]), guided)
+    prior.guidance_scale, prior.rerank = 4.0, 3
+    best = prior.sample(encoding, [5, 6])
+    prior.rerank = 1
+    candidates = [prior.sample(encoding, [5 + k * 7_919, 6 + k * 7_919]) for k in range(3)]
+    text = F.normalize(encoding.text_embeds, dim=-1)
+    for i in range(2):
+        scores = [float(F.normalize(c[i], dim=0) @ text[i]) for c in candidates]
+        torch.testing.assert_close(best[i], candidates[max(range(3), key=scores.__getitem__)][i])
+
+
+def test_missing_weights_name_the_folder_and_command(tmp_path):
+    with pytest.raises(WeightsNotFoundError, match="train-baseline --prior eclipse"):
+        EclipsePrior(path=tmp_path / "nowhere")
+
+
+def test_prior_rejects_mismatched_text_width():
+    prior = EclipsePrior.tiny()
+    batch = Batch.from_prompts(["a red circle"], [1])
+    batch.text["synth-clip"] = TextEncoding("synth-clip", torch.randn(1, 7), torch.randn(1, 20, 7), torch.ones(1, 20, dtype=torch.bool))
+    with pytest.raises(ConfigMismatchError, match="32-d"):
+        prior.predict(batch)
+
+
+def test_diffusion_statistics_are_not_trained():
+    model = DiffusionPriorTransformer.from_config({"num_attention_heads": 2, "attention_head_dim": 8, "num_layers": 1,
+                                                   "embedding_dim": 12, "num_embeddings": 5})
+    assert not model.clip_mean.requires_grad and not model.clip_std.requires_grad
