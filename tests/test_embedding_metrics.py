@@ -83,3 +83,25 @@ def test_controls_change_prompts():
     assert all(a.prompt != b.prompt for a, b in zip(items, randomised))
     shuffled = control_items(items, "shuffled")
     assert all(sorted(a.prompt.split()) == sorted(b.prompt.split()) for a, b in zip(items, shuffled))
+
+
+def test_paired_comparison_and_seed_spread():
+    from evalkit.eval_prior import compare, default_comparisons
+
+    rows = []
+    for item in range(40):
+        for seed in (42, 43):
+            for training_seed in (0, 1, 2):
+                base = {"control": "", "item_id": f"i{item}", "seed": seed, "category": "color", "seen": item % 4 != 0,
+                        "training_seed": training_seed}
+                a = 0.05 + 0.01 * ((item * 7) % 5)
+                rows.append({**base, "prior": "projection", "margin": a, "binding": float(a > 0.06)})
+                rows.append({**base, "prior": "eclipse", "margin": a + 0.02 + 0.001 * training_seed, "binding": 1.0})
+    assert default_comparisons(["oracle", "eclipse", "projection"]) == [("projection", "eclipse")]
+    out = compare(rows, [("projection", "eclipse")])
+    margin = next(c for c in out if c["metric"] == "margin" and c["seen"] == "all")
+    assert abs(margin["difference"] - 0.021) < 1e-9 and margin["ci_low"] > 0.02 and margin["n"] == 80
+    assert {c["seen"] for c in out} == {"all", "seen", "unseen"}
+    summary = summarize([r for r in rows if r["prior"] == "eclipse"], metrics=("margin",), n_boot=50)
+    spread = next(s for s in summary if s["seen"] == "all")
+    assert spread["n_training_seeds"] == 3 and abs(spread["seed_sd"] - 0.001) < 1e-9

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -63,9 +64,14 @@ def build_open_clip(model_cfg: dict):
     import open_clip
 
     register_open_clip_config()
-    model, _, _ = open_clip.create_model_and_transforms(
-        MODEL_NAME, pretrained=None, **_overrides(model_cfg)
-    )
+    # open_clip warns that no pretrained weights were loaded: expected here (ours load right after)
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        model, _, _ = open_clip.create_model_and_transforms(MODEL_NAME, pretrained=None, **_overrides(model_cfg))
+    finally:
+        logger.setLevel(level)
     return model
 
 
