@@ -214,6 +214,8 @@ def train_baseline(prior, size, out, resume, quick, stop_at, ship, describe, emb
 @click.option("--seed", default=42, show_default=True, help="seed of each prompt's first image")
 @click.option("--num-inference-steps", type=int, help="decoder steps (default: the decoder's)")
 @click.option("--guidance-scale", type=float, help="decoder classifier-free guidance (default: the decoder's)")
+@click.option("--prior-num-inference-steps", type=int, help="diffusion priors: sampling steps (default 25)")
+@click.option("--prior-guidance-scale", type=float, help="diffusion priors: classifier-free guidance (default 4.0)")
 @click.option("--batch-size", default=64, show_default=True, help="images per decoder call")
 @click.option("--limit", type=int, help="only the first N prompts of each suite")
 @click.option("--out", default="evalkit-runs", show_default=True, type=click.Path(file_okay=False),

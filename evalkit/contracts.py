@@ -281,6 +281,8 @@ class RunConfig:
     seed: int = 42  # image i of a prompt uses seed + i (T2I-CompBench)
     num_inference_steps: int | None = None  # decoder steps (default: the decoder's)
     guidance_scale: float | None = None  # decoder CFG scale (default: the decoder's)
+    prior_num_inference_steps: int | None = None  # diffusion priors: sampling steps (default: the prior's)
+    prior_guidance_scale: float | None = None  # diffusion priors: CFG scale (default: the prior's)
     batch_size: int = 64  # images per decoder call
     limit: int | None = None  # first N prompts of each suite (None: all)
     out: str = "evalkit-runs"  # parent folder of run folders

@@ -8,6 +8,7 @@ from the summary, and the headroom check when ``oracle`` and ``text`` are both p
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,14 @@ def prior_instances(name: str, clip, training_seeds=(0,), path=None, **options):
     if isinstance(PRIORS.get(name), type) and issubclass(PRIORS.get(name), TrainedPrior):
         if path is not None:
             return [(None, make_prior(name, clip, path=path, **options))]
-        return [(seed, make_prior(name, clip, training_seed=seed, **options)) for seed in training_seeds]
+        cls = PRIORS.get(name)
+        available = [seed for seed in training_seeds if (cls.shipped_dir(seed) / "config.json").is_file()]
+        if not available:  # nothing shipped: the loader's error names the folder and the training command
+            available = list(training_seeds[:1])
+        elif len(available) < len(training_seeds):
+            missing = sorted(set(training_seeds) - set(available))
+            warnings.warn(f"prior {name!r}: training seeds {missing} are not shipped; evaluating {available}")
+        return [(seed, make_prior(name, clip, training_seed=seed, **options)) for seed in available]
     return [(None, make_prior(name, clip, **options))]
 
 

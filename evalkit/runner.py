@@ -153,6 +153,19 @@ def _git_hash() -> str | None:
         return None
 
 
+def text_encoders(priors: dict, decoder) -> dict:
+    """One text encoder per embedding space the priors read (shared by all priors of the run)."""
+    encoders = {}
+    clip = getattr(decoder, "clip", None) or next((getattr(p, "clip", None) for p in priors.values() if getattr(p, "clip", None)), None)
+    if clip is not None:
+        encoders[clip.embedding_space] = clip
+    for prior in priors.values():
+        for space in prior.text_encoders:
+            if space not in encoders and hasattr(prior, "text_encoder"):
+                encoders[space] = prior.text_encoder()
+    return encoders
+
+
 def resolve(config: RunConfig):
     """Names → objects, with every name and the embedding contract checked before any work."""
     from evalkit.priors import load_prior
@@ -165,7 +178,8 @@ def resolve(config: RunConfig):
     SCORERS.check(config.scorers)
     decoder_cls = DECODERS.get(config.decoder)
     decoder = decoder_cls.from_pretrained() if hasattr(decoder_cls, "from_pretrained") else decoder_cls()
-    priors = {name: load_prior(name) for name in config.priors}
+    options = {"num_inference_steps": config.prior_num_inference_steps, "guidance_scale": config.prior_guidance_scale}
+    priors = {name: load_prior(name, **options) for name in config.priors}
     for prior in priors.values():
         check_embedding_contract(prior, decoder)
     scorers = {name: SCORERS.get(name)() for name in config.scorers}
@@ -191,10 +205,7 @@ def run(config: RunConfig, progress: bool = True) -> Path:
         scorer=",".join(config.scorers), scorer_version=",".join(scorers[s].version for s in config.scorers),
     )
     run_dir = new_run_dir(config.out, "-".join(config.priors) + "_" + "-".join(config.suites))
-    encoders = {}
-    clip = getattr(decoder, "clip", None) or next((getattr(p, "clip", None) for p in priors.values() if getattr(p, "clip", None)), None)
-    if clip is not None:
-        encoders[clip.embedding_space] = clip
+    encoders = text_encoders(priors, decoder)
     started = time.time()
     rows, timings = [], {}
     for suite in suites:

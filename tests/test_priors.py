@@ -212,3 +212,12 @@ def test_diffusion_statistics_are_not_trained():
     model = DiffusionPriorTransformer.from_config({"num_attention_heads": 2, "attention_head_dim": 8, "num_layers": 1,
                                                    "embedding_dim": 12, "num_embeddings": 5})
     assert not model.clip_mean.requires_grad and not model.clip_std.requires_grad
+
+
+def test_runner_gets_the_text_encoder_from_trained_priors():
+    from evalkit.registry import DECODERS
+    from evalkit.runner import text_encoders
+
+    prior = EclipsePrior.tiny()
+    encoders = text_encoders({"eclipse": prior}, DECODERS.get("dummy").tiny())
+    assert encoders == {"synth-clip": prior.clip}

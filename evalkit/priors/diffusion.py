@@ -63,11 +63,7 @@ class DiffusionPrior(TrainedPrior):
     def empty_encoding(self):
         """The unconditional branch: the text encoder's encoding of the empty prompt (as in training)."""
         if self._empty is None:
-            if self.clip is None:
-                from evalkit.embedded.clip import load_world_clip
-
-                self.clip = load_world_clip()
-            self._empty = self.clip.encode_text([""])
+            self._empty = self.text_encoder().encode_text([""])
         return self._empty
 
     def sample(self, encoding, seeds) -> torch.Tensor:

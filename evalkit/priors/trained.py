@@ -116,14 +116,18 @@ class TrainedPrior(Prior):
         params = self.model.parameters()
         return sum(p.numel() for p in params if p.requires_grad or not trainable_only)
 
+    def text_encoder(self):
+        """The encoder of the prior's space (the world CLIP, loaded once, unless one was given)."""
+        if self.clip is None:
+            from evalkit.embedded.clip import load_world_clip
+
+            self.clip = load_world_clip()
+        return self.clip
+
     def text_encoding(self, batch: Batch):
         encoding = batch.text.get(self.embedding_space)
         if encoding is None:
-            if self.clip is None:
-                from evalkit.embedded.clip import load_world_clip
-
-                self.clip = load_world_clip()
-            encoding = self.clip.encode_text(batch.prompts)
+            encoding = self.text_encoder().encode_text(batch.prompts)
         if encoding.text_hidden is None:
             raise EvalkitError(f"prior {self.name!r} reads per-token text hidden states, which the "
                                f"{self.embedding_space!r} encoding of this batch lacks")

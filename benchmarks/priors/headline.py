@@ -1,0 +1,62 @@
+"""The parameter-versus-binding table of the embedding-level evaluation (from an eval-prior ``summary.json``).
+
+    python -m evalkit.bootstrap python benchmarks/priors/headline.py RUN_DIR/summary.json [--metric binding]
+
+Rows: priors with their parameter counts (read from the shipped training records); columns: each
+category's value on seen / unseen val items (mean over training seeds, and the seed-to-seed standard
+deviation when there are several).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def parameters(prior: str) -> str:
+    from evalkit.registry import PRIORS
+
+    cls = PRIORS.get(prior)
+    shipped = getattr(cls, "shipped_dir", None)
+    if shipped is None:
+        return "0"
+    record = shipped(0) / "training_record.json"
+    return f"{json.loads(record.read_text())['num_parameters']:,}" if record.is_file() else "?"
+
+
+def table(summary: list[dict], metric: str, priors: list[str]) -> str:
+    from tabulate import tabulate
+
+    keyed = {(r["prior"], r["category"], r["seen"]): r for r in summary if r["metric"] == metric and not r["control"]}
+    categories = sorted({r["category"] for r in summary})
+    rows = []
+    for prior in priors:
+        first = next((keyed[k] for k in keyed if k[0] == prior), None)
+        if first is None:
+            continue
+        cells = [prior, parameters(prior), first.get("n_training_seeds") or 1]
+        for category in categories:
+            for split in ("seen", "unseen"):
+                r = keyed.get((prior, category, split))
+                if r is None:
+                    cells.append("-")
+                    continue
+                spread = f" ±{r['seed_sd']:.3f}" if r.get("seed_sd") else ""
+                cells.append(f"{r['value']:.3f}{spread}")
+        rows.append(cells)
+    headers = ["prior", "parameters", "training seeds"] + [f"{c} {s}" for c in categories for s in ("seen", "unseen")]
+    return tabulate(rows, headers=headers, tablefmt="github")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("summary")
+    parser.add_argument("--metric", default="binding")
+    args = parser.parse_args()
+    data = json.loads(Path(args.summary).read_text())
+    print(table(data["summary"], args.metric, data["config"]["priors"]))
+
+
+if __name__ == "__main__":
+    main()
