@@ -25,13 +25,10 @@ import torch.nn.functional as F
 
 from evalkit.contracts import Batch, PromptItem, Prior
 from evalkit.stats import bootstrap
+from evalkit.world.tensors import render_tensor
 
 METRICS = ("margin", "binding", "cos_true", "recall1")
 CONTROLS = ("random", "shuffled", "swapped")
-
-
-def _to_tensor(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 @torch.inference_mode()
@@ -42,8 +39,6 @@ def reference_embeddings(suite, clip, split: str, seeds: tuple[int, ...], batch_
 
 @functools.lru_cache(maxsize=8)
 def _reference_embeddings(name, version, split, seeds, clip_id, suite, clip, batch_size):
-    from evalkit.world import render
-
     items = suite.items(split)
     pairs = [(item, seed) for item in items for seed in seeds]
     true, swapped = [], []
@@ -51,8 +46,8 @@ def _reference_embeddings(name, version, split, seeds, clip_id, suite, clip, bat
         chunk = pairs[start:start + batch_size]
         scenes = [suite.ground_truth(i, s) for i, s in chunk]
         swapped_scenes = [suite.swapped_ground_truth(i, s) for i, s in chunk]
-        true.append(clip.encode_image(_to_tensor(render(scenes))))
-        swapped.append(clip.encode_image(_to_tensor(render(swapped_scenes))))
+        true.append(clip.encode_image(render_tensor(scenes)))
+        swapped.append(clip.encode_image(render_tensor(swapped_scenes)))
     return F.normalize(torch.cat(true), dim=-1), F.normalize(torch.cat(swapped), dim=-1)
 
 

@@ -24,9 +24,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from evalkit.train.priors import (Data, PriorTrainConfig, _to_tensor, build_cache, build_model, clip_for,
-                                      eclipse_loss)
-    from evalkit.world import render, sample_pairs
+    from evalkit.train.priors import Data, PriorTrainConfig, build_cache, build_model, clip_for, eclipse_loss
+    from evalkit.world import sample_pairs
+    from evalkit.world.tensors import render_tensor
 
     config = PriorTrainConfig(prior="eclipse", batch_size=args.batch_size)
     clip = clip_for(config)
@@ -47,7 +47,7 @@ def main() -> None:
     def on_the_fly(i):
         captions, scenes = sample_pairs("all", args.batch_size, seed=10_000 + i, split="train")
         with torch.no_grad():
-            image = clip.encode_image(_to_tensor(render(scenes)))
+            image = clip.encode_image(render_tensor(scenes))
             enc = clip.encode_text(captions)
             swapped = clip.encode_text([s.swapped_caption for s in scenes]).text_embeds
         ids = {c: k for k, c in enumerate(captions)}

@@ -22,16 +22,11 @@ import functools
 import torch
 
 from evalkit.contracts import Batch, Prior
+from evalkit.world.tensors import render_tensor
 
 #: added to an item's seed to draw an independent render of the same caption
 INDEPENDENT_SEED_OFFSET = 1_000_003
 STATS_PAIRS = 1024
-
-
-def _render_tensor(scenes) -> torch.Tensor:
-    from evalkit.world import render
-
-    return torch.from_numpy(render(scenes)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 @functools.lru_cache(maxsize=4)
@@ -41,7 +36,7 @@ def _image_stats(clip) -> tuple[torch.Tensor, float]:
 
     _, scenes = sample_pairs("all", STATS_PAIRS, seed=12345, split="train")
     with torch.inference_mode():
-        embeds = clip.encode_image(_render_tensor(scenes))
+        embeds = clip.encode_image(render_tensor(scenes))
     return embeds.mean(0), embeds.norm(dim=-1).mean().item()
 
 
@@ -89,7 +84,7 @@ class OraclePrior(_WorldPrior):
             except ValueError as error:
                 raise EvalkitError("the oracle prior renders its prompt, so it needs captions of the synthetic "
                                    f"world: {error}") from None
-            embeds = self.clip.encode_image(_render_tensor(scenes)).float()
+            embeds = self.clip.encode_image(render_tensor(scenes)).float()
             total = embeds if total is None else total + embeds
         return total / self.samples
 

@@ -142,19 +142,15 @@ def cache_dir(config: PriorTrainConfig, clip) -> Path:
     return cache_root() / "prior-cache" / key
 
 
-def _to_tensor(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
-
-
 @torch.inference_mode()
 def encode_pairs(clip, captions: list[str], scenes, prompt_index: dict[str, int], batch_size: int = 1000,
                  progress: bool = True, desc: str = "encode images") -> dict[str, torch.Tensor]:
     """Image embeddings of the pairs' renders and the indices of their captions and swapped captions."""
-    from evalkit.world import render
+    from evalkit.world.tensors import render_tensor
 
     embeds = []
     for start in tqdm(range(0, len(scenes), batch_size), desc=desc, disable=not progress):
-        embeds.append(clip.encode_image(_to_tensor(render(scenes[start:start + batch_size]))).float())
+        embeds.append(clip.encode_image(render_tensor(scenes[start:start + batch_size])).float())
     return {"image_embeds": torch.cat(embeds),
             "caption": torch.tensor([prompt_index[c] for c in captions]),
             "swapped": torch.tensor([prompt_index[s.swapped_caption] for s in scenes])}

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from evalkit.serialization import atomic_write_json
 from evalkit.train.common import (JsonlLogger, Stopwatch, check_finite, finish, load_checkpoint, save_checkpoint,
                                   set_seed, ship)
+from evalkit.world.tensors import images_to_tensor
 
 
 @dataclass
@@ -61,10 +62,6 @@ def build_model(config: CLIPTrainConfig):
 
     model = WorldCLIP.tiny() if config.tiny else WorldCLIP()
     return model
-
-
-def to_float(images_uint8: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def combo_index() -> dict[tuple[str, str], int]:
@@ -183,7 +180,7 @@ def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = Fals
     for step in bar:
         idx = np.random.default_rng([config.seed, step]).choice(n, size=config.batch_size, replace=False)
         both = np.concatenate([idx, idx + n]) if config.hard_negatives else idx
-        loss = clip_loss(model, to_float(pool["images"][both]), all_ids[both], all_mask[both], heads,
+        loss = clip_loss(model, images_to_tensor(pool["images"][both]), all_ids[both], all_mask[both], heads,
                          image_targets[both], text_targets[both] if config.text_aux else None, config.aux_weight)
         check_finite(loss, step, checkpoint_dir)
         optimizer.zero_grad(set_to_none=True)

@@ -38,6 +38,7 @@ from evalkit.errors import ConfigMismatchError
 from evalkit.serialization import atomic_write_json
 from evalkit.train.common import (JsonlLogger, Stopwatch, check_finite, finish, load_checkpoint, save_checkpoint,
                                   set_seed, ship)
+from evalkit.world.tensors import images_to_tensor
 
 CACHE_DIR_NAME = "cache"
 
@@ -110,10 +111,6 @@ def weights_hash(module: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def to_float(images_uint8: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float().div_(255.0)
-
-
 def training_renders(num_pairs: int, seed: int) -> np.ndarray:
     from evalkit.world import render, sample_pairs
 
@@ -123,7 +120,7 @@ def training_renders(num_pairs: int, seed: int) -> np.ndarray:
 
 @torch.inference_mode()
 def embed_images(clip, images_uint8: np.ndarray, batch_size: int) -> torch.Tensor:
-    out = [clip.encode_image(to_float(images_uint8[i:i + batch_size])).float() for i in range(0, len(images_uint8), batch_size)]
+    out = [clip.encode_image(images_to_tensor(images_uint8[i:i + batch_size])).float() for i in range(0, len(images_uint8), batch_size)]
     return torch.cat(out) if out else torch.empty(0, clip.embedding_dim)
 
 
@@ -319,7 +316,7 @@ def train_decoder(out_dir: str | Path, config: DecoderTrainConfig, resume: bool 
     for step in bar:
         # the batch order and all noise are functions of (seed, step): a resumed run draws the same
         idx = np.random.default_rng([config.seed, step]).choice(n, size=min(config.batch_size, n), replace=False)
-        loss = diffusion_loss(decoder, scheduler, to_float(images[idx]), embeds[idx], step_generator(config.seed, step),
+        loss = diffusion_loss(decoder, scheduler, images_to_tensor(images[idx]), embeds[idx], step_generator(config.seed, step),
                               config.cond_drop_prob, config.snr_gamma)
         check_finite(loss, step, checkpoint_dir)
         optimizer.zero_grad(set_to_none=True)
