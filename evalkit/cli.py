@@ -258,6 +258,14 @@ def eval_prior(priors, suites_, split, num_seeds, controls, training_seeds, prio
     prior_names, suite_names = _names(priors), _names(suites_)
     control_names = _names(controls)
     PRIORS.check(prior_names)
+    from evalkit.priors.trained import TrainedPrior
+
+    if any(isinstance(PRIORS.get(p), type) and issubclass(PRIORS.get(p), TrainedPrior) for p in prior_names):
+        # every comparison of trained priors carries its ceiling and floor
+        calibration = [p for p in ("oracle", "none") if p not in prior_names]
+        if calibration:
+            click.echo(f"adding the calibration rows {', '.join(calibration)}", err=True)
+        prior_names = calibration + prior_names
     SUITES.check(suite_names)
     for control in control_names:
         if control not in ("random", "shuffled", "swapped"):

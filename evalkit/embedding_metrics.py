@@ -7,7 +7,8 @@ attributes exchanged):
 - ``cos_true``: cosine to the true render's embedding;
 - ``margin``: cos to the true render − cos to the swapped render (continuous binding margin);
 - ``binding``: 1 when the margin is positive (binding accuracy);
-- ``recall1``: the true render is the nearest of all val renders of the category at that seed.
+- ``recall1``: the true render is the nearest of all val renders of the category at that seed;
+- ``rank``: text→image retrieval rank of the true render among those renders (1 = nearest; lower is better).
 
 Controls that must collapse: ``random`` (another prompt's prediction), ``shuffled`` (the prompt's
 words shuffled) and ``swapped`` (the prediction for the swapped prompt, which should have a
@@ -27,7 +28,7 @@ from evalkit.contracts import Batch, PromptItem, Prior
 from evalkit.stats import bootstrap
 from evalkit.world.tensors import render_tensor
 
-METRICS = ("margin", "binding", "cos_true", "recall1")
+METRICS = ("margin", "binding", "cos_true", "recall1", "rank")
 CONTROLS = ("random", "shuffled", "swapped")
 
 
@@ -100,8 +101,10 @@ def embedding_rows(prior: Prior, suite, clip, split: str = "val", seeds=tuple(ra
     n_items, n_seeds = len(items), len(seeds)
     grid_pred = predicted.view(n_items, n_seeds, -1).transpose(0, 1)
     grid_true = true.view(n_items, n_seeds, -1).transpose(0, 1)
-    nearest = torch.einsum("sid,sjd->sij", grid_pred, grid_true).argmax(-1)  # (seeds, items)
-    recall = (nearest == torch.arange(n_items)).transpose(0, 1).reshape(-1).float()
+    sims = torch.einsum("sid,sjd->sij", grid_pred, grid_true)  # (seeds, items, items)
+    recall = (sims.argmax(-1) == torch.arange(n_items)).transpose(0, 1).reshape(-1).float()
+    own = sims.diagonal(dim1=1, dim2=2)  # (seeds, items)
+    rank = (1 + (sims > own[..., None]).sum(-1)).transpose(0, 1).reshape(-1).float()
     name = prior_name or getattr(prior, "name", type(prior).__name__)
     rows = []
     for k, (item, seed) in enumerate((i, s) for i in items for s in seeds):
@@ -109,7 +112,8 @@ def embedding_rows(prior: Prior, suite, clip, split: str = "val", seeds=tuple(ra
         rows.append({"prior": name, "control": control or "", "item_id": item.item_id, "prompt": item.prompt,
                      "seed": seed, "category": item.category, "seen": item.seen,
                      "cos_true": float(cos_true[k]), "cos_swapped": float(cos_swapped[k]),
-                     "margin": margin, "binding": float(margin > 0), "recall1": float(recall[k])})
+                     "margin": margin, "binding": float(margin > 0), "recall1": float(recall[k]),
+                     "rank": float(rank[k])})
     return rows
 
 

@@ -38,6 +38,7 @@ def test_own_render_is_perfect_and_swap_control_is_negative():
     rows = embedding_rows(own, suite, model, seeds=(42, 43))
     assert len(rows) == 24
     assert all(abs(r["cos_true"] - 1) < 1e-4 for r in rows)
+    assert all(1 <= r["rank"] <= 12 and (r["recall1"] == 0 or r["rank"] == 1) for r in rows)
     assert all(r["binding"] == 1.0 for r in rows if r["cos_swapped"] < 1 - 1e-4)
     swapped = embedding_rows(own, suite, model, seeds=(42, 43), control="swapped")
     assert all(abs(r["cos_swapped"] - 1) < 1e-4 for r in swapped)  # the swapped prompt predicts the swapped render
