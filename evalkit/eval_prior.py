@@ -161,7 +161,7 @@ def comparison_table(comparisons: list[dict]) -> list[str]:
     if not comparisons:
         return []
     table = [[f"{c['b']} − {c['a']}", c["category"], c["seen"], c["metric"],
-              f"{c['difference']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]", f"{c['z']:.1f}", f"{c['p_value']:.3f}"]
+              f"{c['difference']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]", f"{c['z']:.1f}", "< 0.001" if c["p_value"] < 0.001 else f"{c['p_value']:.3f}"]
              for c in comparisons]
     return ["## Paired comparisons", "",
             "Same prompts and seeds; each item averaged over the training seeds; 95 % CI and p from a bootstrap "

@@ -1,6 +1,7 @@
 """The parameter-versus-binding table of the embedding-level evaluation (from an eval-prior ``summary.json``).
 
     python -m evalkit.bootstrap python benchmarks/priors/headline.py RUN_DIR/summary.json [--metric binding]
+    python -m evalkit.bootstrap python benchmarks/priors/headline.py --shipped     # the shipped priors
 
 Rows: priors with their parameter counts (read from the shipped training records); columns: each
 category's value on seen / unseen val items (mean over training seeds, and the seed-to-seed standard
@@ -49,11 +50,34 @@ def table(summary: list[dict], metric: str, priors: list[str]) -> str:
     return tabulate(rows, headers=headers, tablefmt="github")
 
 
+def shipped_table() -> str:
+    """Every shipped prior folder with its training record: size, parameters, steps, wall time, dev cosine."""
+    from tabulate import tabulate
+
+    from evalkit.priors.trained import SHIPPED_ROOT
+
+    rows = []
+    for record_path in sorted(SHIPPED_ROOT.glob("*/seed-*/training_record.json")):
+        record = json.loads(record_path.read_text())
+        config = record["config"]
+        size = sum(p.stat().st_size for p in record_path.parent.glob("*.safetensors"))
+        rows.append([record_path.parent.parent.name, config["seed"], config["size"], f"{record['num_parameters']:,}",
+                     config["steps"], config["batch_size"], config["lr"], config["lam"],
+                     config["tau"] if config["lam"] else "-", f"{record['wall_time_s'] / 60:.1f}",
+                     record["torch_threads"], f"{record['final_metrics']['dev_cos']:.4f}", f"{size / 1e6:.2f}"])
+    return tabulate(rows, headers=["prior", "seed", "size", "parameters", "steps", "batch", "lr", "λ", "τ", "train min",
+                                   "threads", "dev cos", "MB (fp16)"], tablefmt="github")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("summary")
+    parser.add_argument("summary", nargs="?", help="an eval-prior summary.json (omit with --shipped)")
     parser.add_argument("--metric", default="binding")
+    parser.add_argument("--shipped", action="store_true", help="print the table of shipped priors instead")
     args = parser.parse_args()
+    if args.shipped:
+        print(shipped_table())
+        return
     data = json.loads(Path(args.summary).read_text())
     print(table(data["summary"], args.metric, data["config"]["priors"]))
 
