@@ -81,6 +81,26 @@ def eval_priors(prior_names, suite_names, split: str = "val", seeds=tuple(range(
     return rows, summarize(rows)
 
 
+def items_by_split(rows: list[dict]) -> dict[tuple, dict]:
+    """Uncontrolled rows as {(prior, category, all|seen|unseen): {(item_id, seed): [rows, one per training seed]}}."""
+    out: dict[tuple, dict] = {}
+    for row in rows:
+        if row["control"]:
+            continue
+        splits = ("all", "seen" if row["seen"] else "unseen") if row["seen"] is not None else ("all",)
+        for split in splits:
+            out.setdefault((row["prior"], row["category"], split), {}).setdefault(
+                (row["item_id"], row["seed"]), []).append(row)
+    return out
+
+
+def _mean_row(group: list[dict]) -> dict:
+    """One item's rows over training seeds, numeric fields averaged."""
+    if len(group) == 1:
+        return group[0]
+    return {k: (float(np.mean([g[k] for g in group])) if isinstance(v, float) else v) for k, v in group[0].items()}
+
+
 def headroom(rows: list[dict], gate: str = "binding", metrics=("binding", "margin")) -> list[dict]:
     """Oracle vs text vs none per category and seen/unseen, paired on identical (prompt, seed) items.
 
@@ -89,13 +109,8 @@ def headroom(rows: list[dict], gate: str = "binding", metrics=("binding", "margi
     """
     from evalkit.stats import paired_bootstrap
 
-    index: dict[tuple, dict] = {}
-    for row in rows:
-        if row["control"]:
-            continue
-        splits = ("all", "seen" if row["seen"] else "unseen") if row["seen"] is not None else ("all",)
-        for split in splits:
-            index.setdefault((row["prior"], row["category"], split), {})[(row["item_id"], row["seed"])] = row
+    index = {key: {item: _mean_row(group) for item, group in items.items()}
+             for key, items in items_by_split(rows).items()}
     out = []
     for (prior, category, split), oracle in sorted(index.items()):
         if prior != "oracle":
@@ -130,14 +145,7 @@ def compare(rows: list[dict], pairs, metrics=("binding", "margin")) -> list[dict
     """Paired differences b − a on identical (prompt, seed) items (each item averaged over training seeds)."""
     from evalkit.stats import paired_bootstrap
 
-    per_item: dict[tuple, dict] = {}
-    for row in rows:
-        if row["control"]:
-            continue
-        splits = ("all", "seen" if row["seen"] else "unseen") if row["seen"] is not None else ("all",)
-        for split in splits:
-            per_item.setdefault((row["prior"], row["category"], split), {}).setdefault(
-                (row["item_id"], row["seed"]), []).append(row)
+    per_item = items_by_split(rows)
     out = []
     for a, b in pairs:
         for (prior, category, split), items_a in sorted(per_item.items()):

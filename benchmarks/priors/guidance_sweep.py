@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from evalkit.paths import REPO_ROOT
+from sweep_table import sweep_table  # this folder (run as a script)
 
 
 def main() -> None:
@@ -24,8 +25,6 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=4, help="renders per dev prompt")
     parser.add_argument("--out", default=str(REPO_ROOT / "results" / "priors" / "diffusion-guidance"))
     args = parser.parse_args()
-
-    from tabulate import tabulate
 
     from evalkit.embedding_metrics import summarize
     from evalkit.eval_prior import eval_priors
@@ -46,20 +45,11 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "summary.json", {"config": vars(args), "summary": summary})
-    keyed = {(r["prior"], r["category"], r["seen"], r["metric"]): r for r in summary}
-    table = []
-    for label, _ in settings:
-        for category in ("color", "shape", "texture"):
-            cells = [label, category]
-            for metric in ("margin", "binding", "cos_true"):
-                r = keyed[(label, category, "all", metric)]
-                cells.append(f"{r['value']:.4f} ± {r['stderr']:.4f}")
-            table.append(cells)
     text = [f"# Guidance sweep for the `{args.prior}` prior (dev split)", "",
             f"25 DDIM steps; training seeds {args.training_seeds} pooled; {args.seeds} renders per dev prompt; ± is the "
             "bootstrap standard error over prompts. Command: `python -m evalkit.bootstrap python "
             f"benchmarks/priors/guidance_sweep.py --scales {args.scales} --rerank {args.rerank}`.", "",
-            tabulate(table, headers=["setting", "category", "margin", "binding", "cos_true"], tablefmt="github"), ""]
+            sweep_table(summary, [label for label, _ in settings], "setting"), ""]
     (out / "README.md").write_text("\n".join(text))
     print("\n".join(text))
 

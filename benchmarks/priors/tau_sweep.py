@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from evalkit.paths import REPO_ROOT
+from sweep_table import sweep_table  # this folder (run as a script)
 
 
 def main() -> None:
@@ -24,8 +25,6 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=4, help="renders per dev prompt")
     parser.add_argument("--out", default=str(REPO_ROOT / "results" / "priors" / "tau-sweep"))
     args = parser.parse_args()
-
-    from tabulate import tabulate
 
     from evalkit.embedding_metrics import summarize
     from evalkit.eval_prior import eval_priors
@@ -50,20 +49,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "summary.json", {"config": {"taus": args.taus, "steps": args.steps, "seeds": args.seeds,
                                                         "split": "dev"}, "summary": summary})
-    keyed = {(r["prior"], r["category"], r["seen"], r["metric"]): r for r in summary}
-    table = []
-    for label, _ in variants:
-        for category in ("color", "shape", "texture"):
-            cells = [label, category]
-            for metric in ("margin", "binding", "cos_true"):
-                r = keyed[(label, category, "all", metric)]
-                cells.append(f"{r['value']:.4f} ± {r['stderr']:.4f}")
-            table.append(cells)
     text = ["# τ sweep for the eclipse prior (dev split)", "",
             f"λ = 0.2, {args.steps} steps, training seed 0, {args.seeds} renders per dev prompt; ± is the bootstrap "
             "standard error over prompts. Command: `python -m evalkit.bootstrap python benchmarks/priors/tau_sweep.py "
             f"--runs RUNS --taus {args.taus} --steps {args.steps}`.", "",
-            tabulate(table, headers=["prior", "category", "margin", "binding", "cos_true"], tablefmt="github"), ""]
+            sweep_table(summary, [label for label, _ in variants], "prior"), ""]
     (out / "README.md").write_text("\n".join(text))
     print("\n".join(text))
 

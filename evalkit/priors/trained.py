@@ -8,6 +8,7 @@ other folder in the same layout loads with ``path=DIR`` (CLI: ``--prior-path``).
 
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 from typing import ClassVar
 
@@ -143,8 +144,9 @@ class TrainedPrior(Prior):
     def predict(self, batch: Batch) -> torch.Tensor:
         return self.sample(self.text_encoding(batch), batch.seeds).float()
 
+    @abc.abstractmethod
     def sample(self, encoding, seeds) -> torch.Tensor:
-        raise NotImplementedError
+        """``(N, D)`` image embeddings from a batch's text encoding and its per-image seeds."""
 
     @classmethod
     def tiny(cls):
