@@ -6,9 +6,9 @@ stay fast.
 
 from __future__ import annotations
 
-import sys
-
 import json
+import sys
+from pathlib import Path
 
 import click
 
@@ -130,6 +130,8 @@ def train_world_clip(out, resume, quick, ship, threads, **overrides):
 @click.option("--num-pairs", type=int, help="rendered training pairs")
 @click.option("--seed", type=int, help="training seed")
 @click.option("--stop-at", type=int, help="stop (with a checkpoint) at this step; resume later")
+@click.option("--init-from", type=click.Path(file_okay=False, exists=True),
+              help="start from these decoder weights (e.g. evalkit/embedded/weights/decoder) with a fresh optimizer")
 @click.option("--ship", is_flag=True, help="copy the final weights (fp16) to the shipped folder")
 @click.option("--threads", type=int, help="torch CPU threads")
 def train_world_decoder(out, resume, quick, clip_dir, stop_at, ship, threads, **overrides):
@@ -218,16 +220,62 @@ def train_baseline(prior, size, out, resume, quick, stop_at, ship, describe, emb
 @click.option("--prior-guidance-scale", type=float, help="diffusion priors: classifier-free guidance (default 4.0)")
 @click.option("--batch-size", default=64, show_default=True, help="images per decoder call")
 @click.option("--limit", type=int, help="only the first N prompts of each suite")
+@click.option("--tag", default="", help="a label stored in every result row (e.g. a branch name)")
+@click.option("--cache/--no-cache", default=True, show_default=True,
+              help="reuse embeddings, images and scores of earlier runs (content-addressed) and store new ones")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="work cache folder (default: <evalkit cache>/work)")
 @click.option("--out", default="evalkit-runs", show_default=True, type=click.Path(file_okay=False),
               help="parent folder; each run gets its own new folder inside")
 def run_command(priors, suites_, scorers, **options):
     """Generate images for suites with one or more priors through a shared decoder, and score them."""
+    from evalkit.report.run_report import summary_markdown
     from evalkit.runner import RunConfig, run
 
     config = RunConfig(priors=_names(priors), suites=_names(suites_), scorers=_names(scorers), **options)
     run_dir = run(config)
-    click.echo((run_dir / "report.md").read_text())
-    click.echo(f"wrote {run_dir}")
+    click.echo(summary_markdown([run_dir]))
+    click.echo(f"wrote {run_dir} (report: {run_dir / 'report.html'})")
+
+
+@cli.command("report")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", type=click.Path(file_okay=False),
+              help="folder for the report (default: a new folder under evalkit-runs/); never a run's own folder")
+@click.option("--compare", "comparisons", default="", help="paired comparisons A:B (B − A), comma-separated "
+              "(default: eclipse against each other trained prior)")
+def report_command(run_dirs, out, comparisons):
+    """Re-render tables, plot, grids and the report of one or more finished runs from their saved rows."""
+    from evalkit.report.run_report import summary_markdown, write_report
+    from evalkit.runs import new_run_dir
+
+    pairs = None
+    if comparisons:
+        pairs = []
+        for spec in _names(comparisons):
+            a, sep, b = spec.partition(":")
+            if not sep:
+                raise click.BadParameter(f"{spec!r}: expected A:B", param_hint="--compare")
+            pairs.append((a, b))
+    if out and any((Path(out) / name).exists() for name in ("results.json", "run.json", "report.md")):
+        raise click.UsageError(f"{out} already holds a run or a report (never overwritten); pick another --out")
+    target = Path(out) if out else new_run_dir("evalkit-runs", "report")
+    path = write_report(run_dirs, target, pairs)
+    click.echo(summary_markdown(run_dirs))
+    click.echo(f"wrote {path} and {path.with_suffix('.html')}")
+
+
+@cli.command("compare")
+@click.argument("base", type=click.Path(exists=True))
+@click.argument("new", type=click.Path(exists=True))
+@click.option("--z", "z", default=3.0, show_default=True,
+              help="flag a change beyond this many combined standard errors")
+def compare_command(base, new, z):
+    """Regression report NEW vs BASE (run folders or results.json); exit 1 on a regression, 2 if incomparable."""
+    from evalkit.compare import compare_runs
+
+    text, failed = compare_runs(base, new, z)
+    click.echo(text)
+    sys.exit(1 if failed else 0)
 
 
 @cli.command("eval-prior")
@@ -299,6 +347,25 @@ def eval_prior(priors, suites_, split, num_seeds, controls, training_seeds, prio
 
 def _names(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@cli.command("smoke")
+@click.option("--out", default="evalkit-runs", show_default=True, type=click.Path(file_okay=False),
+              help="parent folder of the smoke run")
+@click.option("--update-golden", is_flag=True, help="keep this run as the new golden in results/golden/smoke/")
+def smoke_command(out, update_golden):
+    """Run the smoke protocol on the embedded default (≈1 min) and compare it with the golden; exit 1 on a regression."""
+    from evalkit.smoke import compare_with_golden, run_smoke
+    from evalkit.smoke import update_golden as keep
+
+    run_dir = run_smoke(out)
+    if update_golden:
+        click.echo(f"golden updated: {keep(run_dir)}")
+        return
+    text, failed = compare_with_golden(run_dir)
+    click.echo(text)
+    click.echo(f"smoke run: {run_dir} (report: {run_dir / 'report.html'})")
+    sys.exit(1 if failed else 0)
 
 
 @cli.command("check-world")

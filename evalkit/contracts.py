@@ -125,6 +125,11 @@ class Batch:
     def prompts(self) -> list[str]:
         return [item.prompt for item in self.items]
 
+    def subset(self, indices: Sequence[int]) -> "Batch":
+        """The entries at ``indices`` (text encodings are not carried over: the runner fills them per batch)."""
+        return Batch([self.items[i] for i in indices], [self.seeds[i] for i in indices],
+                     None if self.scenes is None else [self.scenes[i] for i in indices])
+
     @classmethod
     def from_prompts(cls, prompts: Sequence[str], seeds: Sequence[int] | None = None, category: str = "") -> "Batch":
         items = [PromptItem(p, category, "val", f"adhoc-{i}") for i, p in enumerate(prompts)]
@@ -163,6 +168,8 @@ class Prior(EmbeddingSpec, abc.ABC):
     name: ClassVar[str] = ""
     #: embedding spaces whose text encodings the prior reads from ``batch.text`` (empty: none)
     text_encoders: tuple[str, ...] = ()
+    #: the output is a function of (weights, settings, prompt, seed): runs may cache it (False: never cached)
+    seeded: ClassVar[bool] = True
 
     @abc.abstractmethod
     def predict(self, batch: Batch) -> "torch.Tensor":
@@ -170,6 +177,10 @@ class Prior(EmbeddingSpec, abc.ABC):
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return 0
+
+    def training_data(self) -> str:
+        """What the prior was trained on, for the parameter-versus-composition table ("" when untrained)."""
+        return ""
 
 
 @dataclass(frozen=True)
@@ -185,9 +196,15 @@ class Protocol:
     dtype: str = "float32"
     scorer: str = ""
     scorer_version: str = ""
+    decoder_version: str = ""  # fingerprint of the decoder's weights and settings (a retrained decoder is another protocol)
 
     def seeds(self) -> list[int]:
         return [self.seed + i for i in range(self.images_per_prompt)]
+
+    def decoding(self) -> dict:
+        """The fields that determine an image given its embedding, prompt and seed."""
+        return {"decoder": self.decoder, "decoder_version": self.decoder_version, "steps": self.num_inference_steps,
+                "guidance_scale": self.guidance_scale, "resolution": self.resolution, "dtype": self.dtype}
 
     def hash(self) -> str:
         return content_hash(self)
@@ -286,7 +303,9 @@ class RunConfig:
     batch_size: int = 64  # images per decoder call
     limit: int | None = None  # first N prompts of each suite (None: all)
     out: str = "evalkit-runs"  # parent folder of run folders
-
+    tag: str = ""  # a label stored in every result row (e.g. a branch or experiment name)
+    cache: bool = True  # reuse and store embeddings, images and scores in the work cache
+    cache_dir: str | None = None  # default: <evalkit cache>/work
 
 
 @dataclass
@@ -308,20 +327,25 @@ class ResultRow:
     n: int
     protocol_hash: str
     tag: str = ""
-    num_parameters: int = 0
+    num_parameters: int = 0  # the prior's trainable parameters
     higher_is_better: bool = True
+    total_parameters: int = 0  # prior + the text encoder it reads + the decoder
+    prior_version: str = ""  # fingerprint of the prior's weights and settings
 
 
 @dataclass
 class SampleRow:
-    """One generated image (the schema of ``samples.jsonl``)."""
+    """One scored image (the schema of ``samples.jsonl``: one row per prior × item × seed × scorer)."""
 
     prior: str
+    suite: str
+    scorer: str
     item_id: str
     prompt: str
     seed: int
     category: str
     seen: bool | None
-    image_path: str
+    image_path: str  # relative to the run folder ("" when images are not kept)
     score: float
-    questions: list[dict] = field(default_factory=list)  # [{"question": str, "p": float}]
+    questions: list[dict] = field(default_factory=list)  # [{"question": str, "p": float}]: why an image scored low
+    details: dict = field(default_factory=dict)  # anything else the scorer reports (e.g. per-object readings)

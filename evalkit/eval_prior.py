@@ -83,15 +83,9 @@ def eval_priors(prior_names, suite_names, split: str = "val", seeds=tuple(range(
 
 def items_by_split(rows: list[dict]) -> dict[tuple, dict]:
     """Uncontrolled rows as {(prior, category, all|seen|unseen): {(item_id, seed): [rows, one per training seed]}}."""
-    out: dict[tuple, dict] = {}
-    for row in rows:
-        if row["control"]:
-            continue
-        splits = ("all", "seen" if row["seen"] else "unseen") if row["seen"] is not None else ("all",)
-        for split in splits:
-            out.setdefault((row["prior"], row["category"], split), {}).setdefault(
-                (row["item_id"], row["seed"]), []).append(row)
-    return out
+    from evalkit.paired import group_items
+
+    return group_items((row for row in rows if not row["control"]), ("category",))
 
 
 def _mean_row(group: list[dict]) -> dict:
@@ -137,45 +131,22 @@ def headroom(rows: list[dict], gate: str = "binding", metrics=("binding", "margi
 
 def default_comparisons(prior_names) -> list[tuple[str, str]]:
     """ECLIPSE against every other trained prior named (b − a with a the other prior)."""
-    trained = [p for p in prior_names if p not in ("oracle", "text", "none", "dummy")]
-    return [(other, "eclipse") for other in trained if other != "eclipse"] if "eclipse" in trained else []
+    from evalkit.paired import default_pairs
+
+    return default_pairs(prior_names) if "eclipse" in prior_names else []
 
 
 def compare(rows: list[dict], pairs, metrics=("binding", "margin")) -> list[dict]:
     """Paired differences b − a on identical (prompt, seed) items (each item averaged over training seeds)."""
-    from evalkit.stats import paired_bootstrap
+    from evalkit.paired import paired_differences
 
-    per_item = items_by_split(rows)
-    out = []
-    for a, b in pairs:
-        for (prior, category, split), items_a in sorted(per_item.items()):
-            if prior != a or (b, category, split) not in per_item:
-                continue
-            items_b = per_item[(b, category, split)]
-            keys = sorted(set(items_a) & set(items_b))
-            for metric in metrics:
-                va = [float(np.mean([r[metric] for r in items_a[k]])) for k in keys]
-                vb = [float(np.mean([r[metric] for r in items_b[k]])) for k in keys]
-                cmp = paired_bootstrap(va, vb, clusters=[k[0] for k in keys])
-                out.append({"a": a, "b": b, "category": category, "seen": split, "metric": metric,
-                            "difference": cmp.difference, "ci_low": cmp.ci_low, "ci_high": cmp.ci_high,
-                            "p_value": cmp.p_value, "z": cmp.z, "n": cmp.n})
-    return out
+    return paired_differences([row for row in rows if not row["control"]], pairs, metrics, ("category",))
 
 
 def comparison_table(comparisons: list[dict]) -> list[str]:
-    from tabulate import tabulate
+    from evalkit.paired import comparison_table as table
 
-    if not comparisons:
-        return []
-    table = [[f"{c['b']} − {c['a']}", c["category"], c["seen"], c["metric"],
-              f"{c['difference']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]", f"{c['z']:.1f}", "< 0.001" if c["p_value"] < 0.001 else f"{c['p_value']:.3f}"]
-             for c in comparisons]
-    return ["## Paired comparisons", "",
-            "Same prompts and seeds; each item averaged over the training seeds; 95 % CI and p from a bootstrap "
-            "over prompts.", "",
-            tabulate(table, headers=["difference", "category", "split", "metric", "value [95% CI]", "z", "p"],
-                     tablefmt="github"), ""]
+    return table(comparisons, ("category",), "each item averaged over the training seeds")
 
 
 def headroom_table(room: list[dict]) -> list[str]:

@@ -8,6 +8,7 @@ priors and seeds; each image's randomness comes from its own seed.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -16,16 +17,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from evalkit.contracts import Batch, Protocol, ResultRow, RunConfig, check_embedding_contract
+from evalkit.cache import WorkCache, fingerprint, image_sha256, png_bytes, work_key
+from evalkit.contracts import Batch, Protocol, ResultRow, RunConfig, SampleRow, check_embedding_contract
 from evalkit.errors import EvalkitError
+from evalkit.report.grid import to_uint8
 from evalkit.stats import bootstrap
 
-
-def _save_png(image: torch.Tensor, path: Path) -> None:
-    from PIL import Image
-
-    array = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    Image.fromarray(array).save(path)
+#: the version of the results.json layout (docs/results.md)
+RESULTS_SCHEMA = "evalkit.results/2"
 
 
 class TextCache:
@@ -52,67 +51,139 @@ class TextCache:
             batch.text[space] = TextEncoding(space, stack(0), stack(1), stack(2))
 
 
+ITEM_FIELDS = ("item_id", "prompt", "category", "seen", "seed")
+
+
+def _check_embeddings(prior_name: str, embeds: torch.Tensor, batch: Batch, dim: int) -> None:
+    if embeds.shape != (len(batch), dim):
+        raise EvalkitError(f"prior {prior_name!r} returned {tuple(embeds.shape)} embeddings; expected ({len(batch)}, {dim})")
+    bad = (~torch.isfinite(embeds)).any(dim=1).nonzero().flatten().tolist()
+    if bad:
+        raise EvalkitError(f"prior {prior_name!r} returned NaN/inf embeddings for {len(bad)} image(s), the first for "
+                           f"prompt {batch.prompts[bad[0]]!r} (seed {batch.seeds[bad[0]]}); nothing of it was cached")
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    import shutil
+
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copyfile(source, dest)
+
+
 @torch.inference_mode()
 def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, run_dir: Path | None = None,
              split: str = "val", limit: int | None = None, batch_size: int = 64, text_encoders: dict | None = None,
-             progress: bool = True, items: list | None = None) -> tuple[list[dict], dict]:
+             progress: bool = True, items: list | None = None, cache: WorkCache | None = None) -> tuple[list[dict], dict]:
     """Generate and score ``suite`` for every prior; returns (per-image rows, timings per stage).
 
-    ``items``: score these items of the suite instead of the first ``limit`` of ``split``.
+    ``items``: score these items of the suite instead of the first ``limit`` of ``split``. ``cache``:
+    embeddings, images and scores found there are reused and new ones stored (keys: :mod:`evalkit.cache`);
+    images are scored as the 8-bit pictures that are saved, so a cached and a fresh run give the same rows.
     """
     for prior in priors.values():
         check_embedding_contract(prior, decoder)
     items = list(items) if items is not None else suite.items(split)[:limit]
     pairs = [(item, seed) for item in items for seed in protocol.seeds()]
     texts = TextCache(text_encoders or {})
-    timings = {"text": 0.0, "prior": 0.0, "decoder": 0.0, "scorer": 0.0}
+    cache = cache if cache is not None else WorkCache(None)
+    timings = {"text": 0.0, "prior": 0.0, "decoder": 0.0, "scorer": 0.0, "io": 0.0}
+    decoding = {**protocol.decoding(), "decoder_fingerprint": fingerprint(decoder) if cache.enabled else ""}
+    scorer_ids = {name: fingerprint(scorer) if cache.enabled else "" for name, scorer in scorers.items()}
     rows: list[dict] = []
     for prior_name, prior in priors.items():
+        store = cache if getattr(prior, "seeded", True) else WorkCache(None)  # unseeded work is never cached
+        prior_id = fingerprint(prior) if store.enabled else ""
         image_dir = None
         if run_dir is not None:
             image_dir = Path(run_dir) / "images" / prior_name / suite.name
             image_dir.mkdir(parents=True, exist_ok=True)
         bar = tqdm(total=len(pairs), desc=f"{prior_name} · {suite.name}", unit="img", disable=not progress)
+        reused = 0
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start:start + batch_size]
             batch = Batch([p[0] for p in chunk], [p[1] for p in chunk],
                           scenes=[suite.ground_truth(i, s) for i, s in chunk])
+            embedding_keys = [work_key("embedding", prior=prior_id, prompt=item.prompt, seed=seed) for item, seed in chunk]
+            image_keys = [work_key("image", embedding=key, **decoding) for key in embedding_keys]
             t0 = time.perf_counter()
-            texts.fill(batch, prior.text_encoders)
-            t1 = time.perf_counter()
-            embeds = prior.predict(batch)
-            if embeds.shape != (len(batch), decoder.embedding_dim) or not torch.isfinite(embeds).all():
-                raise EvalkitError(f"prior {prior_name!r} returned {tuple(embeds.shape)} embeddings"
-                                   f"{'' if torch.isfinite(embeds).all() else ' with NaN/inf values'}; expected "
-                                   f"({len(batch)}, {decoder.embedding_dim}) finite values")
-            t2 = time.perf_counter()
-            images = decoder.decode(embeds, batch, protocol)
-            t3 = time.perf_counter()
-            scored = {name: scorer.update(images, batch) for name, scorer in scorers.items()}
-            t4 = time.perf_counter()
+            images = [store.get_image(key) for key in image_keys]
+            todo = [j for j, image in enumerate(images) if image is None]
+            timings["io"] += time.perf_counter() - t0
+            if todo:
+                embeds = {j: store.get_embedding(embedding_keys[j]) for j in todo}
+                missing = [j for j in todo if embeds[j] is None]
+                if missing:
+                    sub = batch.subset(missing)
+                    t0 = time.perf_counter()
+                    texts.fill(sub, prior.text_encoders)
+                    t1 = time.perf_counter()
+                    predicted = prior.predict(sub).float()
+                    t2 = time.perf_counter()
+                    _check_embeddings(prior_name, predicted, sub, decoder.embedding_dim)
+                    for j, row in zip(missing, predicted.numpy()):
+                        embeds[j] = row
+                        store.put_embedding(embedding_keys[j], row)
+                    timings["text"] += t1 - t0
+                    timings["prior"] += t2 - t1
+                t0 = time.perf_counter()
+                decoded = to_uint8(decoder.decode(torch.from_numpy(np.stack([embeds[j] for j in todo])),
+                                                  batch.subset(todo), protocol))
+                t1 = time.perf_counter()
+                for j, image in zip(todo, decoded):
+                    images[j] = image
+                    store.put_image(image_keys[j], image)
+                timings["decoder"] += t1 - t0
+                timings["io"] += time.perf_counter() - t1
+            reused += len(chunk) - len(todo)
+            shas = [image_sha256(image) for image in images]
+            scored: dict[str, list] = {}
+            for name, scorer in scorers.items():
+                keys = [work_key("score", image=image_keys[j], scorer=scorer_ids[name], suite=suite.name,
+                                 item=item.to_dict(), seed=seed) for j, (item, seed) in enumerate(chunk)]
+                got = [store.get_score(key, sha) for key, sha in zip(keys, shas)]
+                need = [j for j, row in enumerate(got) if row is None]
+                if need:
+                    t0 = time.perf_counter()
+                    pixels = torch.from_numpy(np.stack([images[j] for j in need])).permute(0, 3, 1, 2).float() / 255.0
+                    new = scorer.score(pixels, batch.subset(need))
+                    timings["scorer"] += time.perf_counter() - t0
+                    if len(new) != len(need):
+                        raise EvalkitError(f"scorer {name!r} returned {len(new)} rows for {len(need)} images")
+                    for j, row in zip(need, new):
+                        row = {k: v for k, v in row.items() if k not in ITEM_FIELDS}
+                        got[j] = row
+                        store.put_score(keys[j], shas[j], row)
+                scored[name] = got
+            t0 = time.perf_counter()
             for k, (item, seed) in enumerate(chunk):
                 path = ""
                 if image_dir is not None:
                     path = str(Path("images") / prior_name / suite.name / f"{item.item_id}_{seed}.png")
-                    _save_png(images[k], Path(run_dir) / path)
+                    if store.enabled:
+                        _link_or_copy(store.image_path(image_keys[k]), Path(run_dir) / path)
+                    else:
+                        (Path(run_dir) / path).write_bytes(png_bytes(images[k]))
                 for scorer_name, scorer_rows in scored.items():
                     row = dict(scorer_rows[k])
-                    rows.append({"prior": prior_name, "suite": suite.name, "scorer": scorer_name, "item_id": item.item_id,
-                                 "prompt": item.prompt, "seed": seed, "category": item.category, "seen": item.seen,
-                                 "image_path": path, "score": float(row.pop("score")),
-                                 "questions": row.pop("questions", []),
-                                 **{k2: v for k2, v in row.items() if k2 not in ("item_id", "prompt", "category", "seen", "seed")}})
-            for key, dt in zip(timings, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-                timings[key] += dt
+                    sample = SampleRow(prior=prior_name, suite=suite.name, scorer=scorer_name, item_id=item.item_id,
+                                       prompt=item.prompt, seed=seed, category=item.category, seen=item.seen,
+                                       image_path=path, score=float(row.pop("score")),
+                                       questions=row.pop("questions", []), details=row)
+                    rows.append(asdict(sample))
+            timings["io"] += time.perf_counter() - t0
             bar.update(len(chunk))
-            bar.set_postfix(img_per_s=f"{bar.n / max(bar.format_dict['elapsed'], 1e-9):.1f}")
+            bar.set_postfix(img_per_s=f"{bar.n / max(bar.format_dict['elapsed'], 1e-9):.1f}", cached=reused)
         bar.close()
     return rows, timings
 
 
 def aggregate(rows: list[dict], suite_versions: dict, protocol: Protocol, num_parameters: dict, n_boot: int = 2000,
-              split: str = "val") -> list[ResultRow]:
+              split: str = "val", priors_info: dict | None = None, tag: str = "",
+              higher_is_better: dict | None = None) -> list[ResultRow]:
     """Result rows per (prior, suite, scorer, category, seen ∈ all/seen/unseen), bootstrap CI over prompts."""
+    priors_info, higher_is_better = priors_info or {}, higher_is_better or {}
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         label = "seen" if row["seen"] else ("unseen" if row["seen"] is False else None)
@@ -122,10 +193,13 @@ def aggregate(rows: list[dict], suite_versions: dict, protocol: Protocol, num_pa
     out = []
     for (prior, suite, scorer, category, seen), members in sorted(groups.items(), key=lambda kv: kv[0]):
         est = bootstrap([m["score"] for m in members], [m["item_id"] for m in members], n_boot=n_boot)
+        info = priors_info.get(prior, {})
         out.append(ResultRow(prior=prior, decoder=protocol.decoder, suite=suite, suite_version=suite_versions[suite],
                              category=category, split=split, seen=seen, metric=scorer, value=est.value,
                              stderr=est.stderr, ci_low=est.ci_low, ci_high=est.ci_high, n=est.n,
-                             protocol_hash=protocol.hash(), num_parameters=num_parameters.get(prior, 0)))
+                             protocol_hash=protocol.hash(), tag=tag, num_parameters=num_parameters.get(prior, 0),
+                             higher_is_better=higher_is_better.get(scorer, True),
+                             total_parameters=info.get("total_parameters", 0), prior_version=info.get("version", "")))
     return out
 
 
@@ -187,15 +261,60 @@ def resolve(config: RunConfig):
     return priors, decoder, scorers, suites
 
 
+def check_config(config: RunConfig) -> None:
+    """Numeric flags, before anything is loaded or written."""
+    problems = []
+    if config.images_per_prompt < 1:
+        problems.append(f"--images-per-prompt must be ≥ 1 (got {config.images_per_prompt})")
+    if config.batch_size < 1:
+        problems.append(f"--batch-size must be ≥ 1 (got {config.batch_size})")
+    if config.limit is not None and config.limit < 1:
+        problems.append(f"--limit must be ≥ 1 (got {config.limit})")
+    for flag, value in (("--num-inference-steps", config.num_inference_steps),
+                        ("--prior-num-inference-steps", config.prior_num_inference_steps)):
+        if value is not None and value < 1:
+            problems.append(f"{flag} must be ≥ 1 (got {value})")
+    for flag, value in (("--guidance-scale", config.guidance_scale), ("--prior-guidance-scale", config.prior_guidance_scale)):
+        if value is not None and not (value >= 0 and value < float("inf")):
+            problems.append(f"{flag} must be a finite number ≥ 0 (got {value})")
+    if len(set(config.priors)) != len(config.priors) or len(set(config.suites)) != len(config.suites):
+        problems.append("a prior or suite is named twice")
+    if not config.priors or not config.suites or not config.scorers:
+        problems.append("name at least one prior, one suite and one scorer")
+    if problems:
+        raise EvalkitError("; ".join(problems))
+
+
+def prior_info(prior, encoders: dict, decoder) -> dict:
+    """Parameter counts (trainable: the prior; total: prior + the text encoders it reads + the decoder), data, version."""
+    text = 0
+    for space in prior.text_encoders:
+        encoder = encoders.get(space)
+        count = getattr(encoder, "num_text_parameters", None)
+        text += int(count()) if callable(count) else 0
+    trainable = prior.num_parameters(trainable_only=True)
+    return {"class": f"{type(prior).__module__}.{type(prior).__qualname__}", "trainable_parameters": trainable,
+            "total_parameters": prior.num_parameters() + text + decoder.num_parameters(), "text_encoder_parameters": text,
+            "decoder_parameters": decoder.num_parameters(), "data": prior.training_data(),
+            "version": fingerprint(prior, code=False)}
+
+
 def run(config: RunConfig, progress: bool = True) -> Path:
-    """Run the protocol of ``config`` and write ``<out>/<run-id>/`` (results.json, samples.jsonl, images, report.md)."""
+    """Run the protocol of ``config`` and write ``<out>/<run-id>/``.
+
+    The folder holds ``run.json`` (config and protocol, written first), the images, then — written
+    atomically at the end — ``samples.jsonl``, ``results.json``, ``report.md`` and ``report.html``. A
+    folder without ``results.json`` is an unfinished run; starting the same command again reuses its
+    finished work from the cache.
+    """
     import datetime as _dt
 
+    from evalkit.cache import default_root
+    from evalkit.report.run_report import write_report
     from evalkit.runs import new_run_dir
-    from evalkit.serialization import atomic_write_json
+    from evalkit.serialization import atomic_write_json, atomic_write_text
 
-    if config.images_per_prompt < 1 or config.batch_size < 1 or (config.limit is not None and config.limit < 1):
-        raise EvalkitError("--images-per-prompt, --batch-size and --limit must be positive")
+    check_config(config)
     priors, decoder, scorers, suites = resolve(config)
     protocol = Protocol(
         decoder=config.decoder,
@@ -203,48 +322,35 @@ def run(config: RunConfig, progress: bool = True) -> Path:
         guidance_scale=config.guidance_scale if config.guidance_scale is not None else decoder.default_guidance_scale,
         resolution=decoder.resolution, images_per_prompt=config.images_per_prompt, seed=config.seed,
         scorer=",".join(config.scorers), scorer_version=",".join(scorers[s].version for s in config.scorers),
+        decoder_version=fingerprint(decoder, code=False),
     )
+    versions = {s.name: s.version(config.split) for s in suites}
+    cache = WorkCache((config.cache_dir or default_root()) if config.cache else None)
     run_dir = new_run_dir(config.out, "-".join(config.priors) + "_" + "-".join(config.suites))
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    atomic_write_json(run_dir / "run.json", {"config": asdict(config), "protocol": asdict(protocol),
+                                             "protocol_hash": protocol.hash(), "started": started})
     encoders = text_encoders(priors, decoder)
-    started = time.time()
+    clock = time.time()
     rows, timings = [], {}
     for suite in suites:
         suite_rows, suite_timings = evaluate(priors, decoder, suite, scorers, protocol, run_dir, config.split,
-                                             config.limit, config.batch_size, encoders, progress)
+                                             config.limit, config.batch_size, encoders, progress, cache=cache)
         rows += suite_rows
         for key, value in suite_timings.items():
             timings[key] = timings.get(key, 0.0) + value
-    versions = {s.name: s.version(config.split) for s in suites}
-    num_parameters = {name: p.num_parameters() for name, p in priors.items()}
-    results = aggregate(rows, versions, protocol, num_parameters, split=config.split)
-    with open(run_dir / "samples.jsonl", "w") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
+    info = {name: prior_info(p, encoders, decoder) for name, p in priors.items()}
+    results = aggregate(rows, versions, protocol, {n: i["trainable_parameters"] for n, i in info.items()},
+                        split=config.split, priors_info=info, tag=config.tag,
+                        higher_is_better={n: s.higher_is_better for n, s in scorers.items()})
+    atomic_write_text(run_dir / "samples.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     atomic_write_json(run_dir / "results.json", {
-        "schema": "evalkit.results/1", "config": asdict(config), "protocol": asdict(protocol),
-        "protocol_hash": protocol.hash(), "suite_versions": versions, "rows": [asdict(r) for r in results],
-        "timings_s": {k: round(v, 3) for k, v in timings.items()}, "wall_time_s": round(time.time() - started, 2),
-        "package_versions": _package_versions(), "git_hash": _git_hash(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "schema": RESULTS_SCHEMA, "config": asdict(config), "protocol": asdict(protocol),
+        "protocol_hash": protocol.hash(), "suite_versions": versions, "priors": info,
+        "rows": [asdict(r) for r in results], "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "wall_time_s": round(time.time() - clock, 2), "images": len({(r["prior"], r["item_id"], r["seed"]) for r in rows}),
+        "cache": cache.stats(), "package_versions": _package_versions(), "git_hash": _git_hash(),
+        "started": started, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     })
-    (run_dir / "report.md").write_text(render_run_report(results, rows, protocol))
+    write_report([run_dir], run_dir)
     return run_dir
-
-
-def render_run_report(results: list[ResultRow], rows: list[dict], protocol: Protocol) -> str:
-    from tabulate import tabulate
-
-    lines = ["# evalkit run", "", f"Protocol `{protocol.hash()}`: decoder {protocol.decoder}, "
-             f"{protocol.num_inference_steps} steps, guidance {protocol.guidance_scale}, "
-             f"{protocol.images_per_prompt} images per prompt from seed {protocol.seed}, scorer {protocol.scorer}.", ""]
-    table = [[r.prior, r.suite, r.category, r.seen, r.metric, f"{r.value:.4f}", f"[{r.ci_low:.4f}, {r.ci_high:.4f}]", r.n]
-             for r in results]
-    lines += [tabulate(table, headers=["prior", "suite", "category", "split", "scorer", "score", "95% CI", "n"],
-                       tablefmt="github"), ""]
-    worst = sorted(rows, key=lambda r: r["score"])[:8]
-    if worst and worst[0]["image_path"]:
-        lines += ["## Lowest-scored images", ""]
-        for r in worst:
-            qs = ", ".join(f"{q['question']} {q['p']:.2f}" for q in r["questions"])
-            lines += [f"- ![]({r['image_path']}) `{r['prior']}` seed {r['seed']}: *{r['prompt']}* → {r['score']:.2f} ({qs})"]
-    return "\n".join(lines) + "\n"

@@ -19,7 +19,7 @@ def test_evaluate_rows_images_and_batch_independence(tmp_path):
     priors = {"a": DummyPrior(), "b": DummyPrior(DummyPriorConfig(seed=1))}
     rows, timings = evaluate(priors, DummyDecoder(), suite, {"dummy": DummyScorer()}, PROTOCOL, tmp_path,
                              limit=3, batch_size=4, progress=False)
-    assert len(rows) == 2 * 3 * 2 and set(timings) == {"text", "prior", "decoder", "scorer"}
+    assert len(rows) == 2 * 3 * 2 and set(timings) == {"text", "prior", "decoder", "scorer", "io"}
     assert all((tmp_path / r["image_path"]).is_file() for r in rows)
     assert {r["seed"] for r in rows} == {42, 43}
     # the same run with another batch size gives the same scores (each image from its own seed)

@@ -116,6 +116,10 @@ class WorldCLIP(nn.Module):
     def context_length(self) -> int:
         return int(self.model_cfg["text_cfg"]["context_length"])
 
+    def num_text_parameters(self) -> int:
+        """Parameters of the text tower (everything but ``visual``): what a prior's text encoder costs."""
+        return sum(p.numel() for name, p in self.model.named_parameters() if not name.startswith("visual."))
+
     @classmethod
     def tiny(cls, embed_dim: int = 16) -> "WorldCLIP":
         cfg = base_model_config()

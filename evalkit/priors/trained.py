@@ -117,6 +117,16 @@ class TrainedPrior(Prior):
         params = self.model.parameters()
         return sum(p.numel() for p in params if p.requires_grad or not trainable_only)
 
+    def training_data(self) -> str:
+        """From the weights folder's ``training_record.json`` (e.g. "50k synth pairs")."""
+        import json
+
+        record = (self.path / "training_record.json") if self.path is not None else None
+        if record is None or not record.is_file():
+            return ""
+        pairs = json.loads(record.read_text()).get("config", {}).get("num_pairs")
+        return f"{pairs / 1000:g}k synth pairs" if pairs else ""
+
     def text_encoder(self):
         """The encoder of the prior's space (the world CLIP, loaded once, unless one was given)."""
         if self.clip is None:

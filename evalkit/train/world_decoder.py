@@ -68,6 +68,7 @@ class DecoderTrainConfig:
     embed_batch_size: int = 512
     tiny: bool = False  # tiny decoder and a random tiny CLIP (tests)
     decoder: dict = field(default_factory=dict)  # SynthDecoderConfig overrides (architecture, schedule)
+    init_from: str | None = None  # start from these decoder weights (e.g. the shipped ones) with a fresh optimizer
 
     @classmethod
     def quick(cls) -> "DecoderTrainConfig":
@@ -96,8 +97,18 @@ def build_clip(config: DecoderTrainConfig, clip_dir: str | Path | None):
 
 
 def build_decoder(config: DecoderTrainConfig, embedding_dim: int):
+    """A fresh decoder, or (``config.init_from``) one holding those weights in float32, on their architecture."""
     from evalkit.decoders.synth import SynthDecoder
 
+    if config.init_from:
+        if config.decoder:
+            raise ConfigMismatchError("--init-from takes the architecture of its weights; drop the decoder overrides "
+                                      f"({', '.join(sorted(config.decoder))})")
+        decoder = SynthDecoder.from_pretrained(config.init_from).float()
+        if decoder.config.embedding_dim != embedding_dim:
+            raise ConfigMismatchError(f"{config.init_from} decodes {decoder.config.embedding_dim}-d embeddings but the "
+                                      f"CLIP gives {embedding_dim}-d ones")
+        return decoder.train()
     base = dataclasses.asdict(SynthDecoder.tiny_config()) if config.tiny else {}
     decoder_config = SynthDecoder.config_from_dict({**base, **config.decoder, "embedding_dim": embedding_dim})
     return SynthDecoder(decoder_config)

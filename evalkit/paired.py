@@ -1,0 +1,82 @@
+"""Paired comparisons of priors on identical (prompt, seed) items, for any per-item rows.
+
+Both row kinds use it: ``evalkit eval-prior`` rows (embedding-level metrics, possibly several
+training seeds per item) and ``evalkit run`` sample rows (one score per scorer and image). A
+comparison b − a takes the items both priors have, averages each item over its rows (training
+seeds), and bootstraps over prompts (:func:`evalkit.stats.paired_bootstrap`).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+CALIBRATION = ("oracle", "text", "none", "dummy")
+
+
+def group_items(rows: Iterable[dict], group: Sequence[str] = ("category",)) -> dict[tuple, dict]:
+    """``{(prior, *group values, all|seen|unseen): {(item_id, seed): [rows]}}``."""
+    out: dict[tuple, dict] = {}
+    for row in rows:
+        splits = ("all", "seen" if row["seen"] else "unseen") if row.get("seen") is not None else ("all",)
+        head = (row["prior"], *(row[g] for g in group))
+        for split in splits:
+            out.setdefault((*head, split), {}).setdefault((row["item_id"], row["seed"]), []).append(row)
+    return out
+
+
+def default_pairs(prior_names: Sequence[str]) -> list[tuple[str, str]]:
+    """``eclipse`` against every other non-calibration prior (as b − a, a the other prior); without
+    eclipse, the first non-calibration prior against each later one."""
+    trained = [p for p in prior_names if p not in CALIBRATION]
+    if "eclipse" in trained:
+        return [(other, "eclipse") for other in trained if other != "eclipse"]
+    return [(trained[0], other) for other in trained[1:]]
+
+
+def paired_differences(rows: Iterable[dict], pairs: Sequence[tuple[str, str]], metrics: Sequence[str],
+                       group: Sequence[str] = ("category",), n_boot: int = 2000) -> list[dict]:
+    """One dict per (pair, group, split, metric): b − a with its 95 % CI, p, z and n (paired items)."""
+    from evalkit.stats import paired_bootstrap
+
+    per_item = group_items(rows, group)
+    out = []
+    for a, b in pairs:
+        for key, items_a in sorted(per_item.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
+            if key[0] != a or (b, *key[1:]) not in per_item:
+                continue
+            items_b = per_item[(b, *key[1:])]
+            keys = sorted(set(items_a) & set(items_b))
+            if not keys:
+                continue
+            for metric in metrics:
+                va = [float(np.mean([r[metric] for r in items_a[k]])) for k in keys]
+                vb = [float(np.mean([r[metric] for r in items_b[k]])) for k in keys]
+                cmp = paired_bootstrap(va, vb, clusters=[k[0] for k in keys], n_boot=n_boot)
+                out.append({"a": a, "b": b, **dict(zip(group, key[1:-1])), "seen": key[-1], "metric": metric,
+                            "difference": cmp.difference, "ci_low": cmp.ci_low, "ci_high": cmp.ci_high,
+                            "p_value": cmp.p_value, "z": cmp.z, "n": cmp.n})
+    return out
+
+
+def comparison_rows(comparisons: list[dict], group: Sequence[str] = ("category",)) -> tuple[list[str], list[list]]:
+    """(headers, rows) of a comparison table."""
+    rows = [[f"{c['b']} − {c['a']}", *(c[g] for g in group), c["seen"], c["metric"],
+             f"{c['difference']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]", f"{c['z']:.1f}",
+             "< 0.001" if c["p_value"] < 0.001 else f"{c['p_value']:.3f}"] for c in comparisons]
+    return ["difference", *group, "split", "metric", "value [95% CI]", "z", "p"], rows
+
+
+def comparison_note(note: str = "") -> str:
+    return "Same prompts and seeds" + (f"; {note}" if note else "") + "; 95 % CI and p from a bootstrap over prompts."
+
+
+def comparison_table(comparisons: list[dict], group: Sequence[str] = ("category",), note: str = "") -> list[str]:
+    """Markdown lines: a heading and one row per comparison."""
+    from tabulate import tabulate
+
+    if not comparisons:
+        return []
+    headers, rows = comparison_rows(comparisons, group)
+    return ["## Paired comparisons", "", comparison_note(note), "", tabulate(rows, headers=headers, tablefmt="github"), ""]
