@@ -207,6 +207,8 @@ def train_baseline(prior, size, out, resume, quick, stop_at, ship, describe, emb
 
 
 @cli.command("run")
+@click.option("--preset", type=click.Choice(["smoke", "demo", "paper"]),
+              help="a named protocol (evalkit/presets.py); flags given explicitly override it")
 @click.option("--prior", "priors", default="oracle", show_default=True, help="comma-separated prior names")
 @click.option("--decoder", default="synth", show_default=True, help="decoder name")
 @click.option("--suite", "suites_", default="synth-color", show_default=True, help="comma-separated suite names")
@@ -226,12 +228,22 @@ def train_baseline(prior, size, out, resume, quick, stop_at, ship, describe, emb
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="work cache folder (default: <evalkit cache>/work)")
 @click.option("--out", default="evalkit-runs", show_default=True, type=click.Path(file_okay=False),
               help="parent folder; each run gets its own new folder inside")
-def run_command(priors, suites_, scorers, **options):
+@click.pass_context
+def run_command(ctx, preset, priors, suites_, scorers, **options):
     """Generate images for suites with one or more priors through a shared decoder, and score them."""
+    from click.core import ParameterSource
+
+    from evalkit.presets import PRESETS
     from evalkit.report.run_report import summary_markdown
     from evalkit.runner import RunConfig, run
 
-    config = RunConfig(priors=_names(priors), suites=_names(suites_), scorers=_names(scorers), **options)
+    fields = dict(priors=_names(priors), suites=_names(suites_), scorers=_names(scorers), **options)
+    if preset:
+        given = {"priors": "priors", "suites": "suites_", "scorers": "scorers"}
+        for key, value in PRESETS[preset].items():
+            if ctx.get_parameter_source(given.get(key, key)) != ParameterSource.COMMANDLINE:
+                fields[key] = value
+    config = RunConfig(**fields)
     run_dir = run(config)
     click.echo(summary_markdown([run_dir]))
     click.echo(f"wrote {run_dir} (report: {run_dir / 'report.html'})")
@@ -355,8 +367,8 @@ def _names(value: str) -> list[str]:
 @click.option("--update-golden", is_flag=True, help="keep this run as the new golden in results/golden/smoke/")
 def smoke_command(out, update_golden):
     """Run the smoke protocol on the embedded default (≈1 min) and compare it with the golden; exit 1 on a regression."""
-    from evalkit.smoke import compare_with_golden, run_smoke
-    from evalkit.smoke import update_golden as keep
+    from evalkit.presets import compare_with_golden, run_smoke
+    from evalkit.presets import update_golden as keep
 
     run_dir = run_smoke(out)
     if update_golden:

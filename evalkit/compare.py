@@ -6,6 +6,11 @@ dtype, scorer and version): anything else is refused, because a difference would
 protocol, not the prior. A change is flagged only beyond the stored uncertainty: the difference, in
 the direction of "better" (``higher_is_better``), divided by the combined standard error
 √(se_base² + se_new²); below −z it is a regression, above +z an improvement.
+
+A row whose images all scored alike stores a standard error of 0, which would make a one-image flip
+(e.g. a float difference between two CPUs) infinitely significant; such a row's error is taken as
+the binomial error of its mean with half a pseudo-image, √(p′(1 − p′)/n), p′ = (value·n + ½)/(n + 1)
+(scores lie in [0, 1]).
 """
 
 from __future__ import annotations
@@ -34,6 +39,15 @@ class Change:
     status: str  # "regression" | "improvement" | "same"
 
 
+def stderr_floor(row: dict) -> float:
+    """The row's stored standard error; when that is 0, the binomial error of its mean (module docstring)."""
+    if row["stderr"] > 0:
+        return float(row["stderr"])
+    n = max(int(row.get("n", 0)), 1)
+    p = (min(max(row["value"], 0.0), 1.0) * n + 0.5) / (n + 1)
+    return math.sqrt(p * (1 - p) / n)
+
+
 def _protocol_difference(a: dict, b: dict) -> list[str]:
     return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
@@ -56,7 +70,7 @@ def compare_results(base: dict, new: dict, z: float = DEFAULT_Z) -> tuple[list[C
         ra, rb = a[key], b[key]
         sign = 1.0 if rb.get("higher_is_better", True) else -1.0
         diff = sign * (rb["value"] - ra["value"])
-        stderr = math.sqrt(ra["stderr"] ** 2 + rb["stderr"] ** 2)
+        stderr = math.sqrt(stderr_floor(ra) ** 2 + stderr_floor(rb) ** 2)
         if stderr > 0:
             score = diff / stderr
         else:  # no uncertainty stored (e.g. every image scored 1): any change is beyond it

@@ -2,8 +2,9 @@
 
 It always renders each synthetic suite's first val items next to their attribute-swapped
 counterparts, and, when the world's CLIP weights are present, runs the embedding-level
-evaluation of the calibration priors (oracle, text, none) with the headroom check.
-Everything lands in a new run folder with a ``report.md``.
+evaluation of the calibration priors (oracle, text, none) with the headroom check, then the main
+job — ``evalkit run --preset demo`` (every shipped prior through the synth decoder, scored) — with its
+HTML report. Everything lands in a new run folder with a ``report.md``.
 """
 
 from __future__ import annotations
@@ -51,41 +52,23 @@ def run_demo(out: str | Path, per_category: int = 8, num_seeds: int = 2, calibra
     from evalkit.decoders.synth import SHIPPED_DIR as DECODER_DIR
 
     if calibration and (DECODER_DIR / "config.json").is_file():
-        lines += decode_section(run_dir, per_category, progress)
+        lines += main_job_section(run_dir, progress)
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")
     return run_dir
 
 
-def decode_section(run_dir: Path, per_category: int, progress: bool) -> list[str]:
-    """Images from the calibration priors through the synth decoder, scored by the analytic scorer."""
-    import numpy as np
-    from PIL import Image
-    from tabulate import tabulate
+def main_job_section(run_dir: Path, progress: bool) -> list[str]:
+    """``evalkit run --preset demo`` into ``run_dir/run/``: every prior through the synth decoder, scored."""
+    from evalkit.presets import PRESETS
+    from evalkit.report.run_report import summary_markdown
+    from evalkit.runner import RunConfig, run
 
-    from evalkit.contracts import Protocol, RunConfig
-    from evalkit.report.grid import save_image_grid
-    from evalkit.runner import evaluate, resolve
-
-    config = RunConfig(priors=["oracle", "text", "none"], decoder="synth", suites=list(SUITES), scorers=["analytic"])
-    priors, decoder, scorers, suites = resolve(config)
-    protocol = Protocol("synth", decoder.default_num_inference_steps, decoder.default_guidance_scale,
-                        decoder.resolution, images_per_prompt=1)
-    clip = priors["text"].clip
-    lines = [f"## Decoded images (synth decoder, {protocol.num_inference_steps} DDIM steps, guidance "
-             f"{protocol.guidance_scale}; analytic scorer: share of noun phrases realised)", ""]
-    table = []
-    for suite in suites:
-        items = suite.items("val")[:per_category]
-        rows, _ = evaluate(priors, decoder, suite, scorers, protocol, run_dir, items=items,
-                           text_encoders={clip.embedding_space: clip}, progress=progress)
-        images = np.stack([np.asarray(Image.open(run_dir / r["image_path"])) for r in rows])
-        titles = [f"{r['prior']}: {r['prompt']} → {r['score']:.1f}" for r in rows]
-        save_image_grid(run_dir / f"decoded-{suite.name}.png", images, titles, columns=len(items))
-        for prior in priors:
-            scores = [r["score"] for r in rows if r["prior"] == prior]
-            table.append([suite.name, prior, len(scores), f"{sum(scores) / len(scores):.3f}"])
-        lines += [f"![{suite.name}](decoded-{suite.name}.png)", ""]
-    lines += [tabulate(table, headers=["suite", "prior", "images", "analytic score"], tablefmt="github"), "",
-              "Rows: oracle (the item's own render embedding), text (the caption's CLIP text embedding), "
-              "none (the mean image embedding). Few images: a picture, not a measurement.", ""]
-    return lines
+    config = RunConfig(**{**PRESETS["demo"], "out": str(run_dir / "run")})
+    job = run(config, progress=progress)
+    relative = job.relative_to(run_dir)
+    return [f"## The main job: `evalkit run --preset demo`", "",
+            f"{len(config.priors)} priors × {len(config.suites)} suites × {config.limit} val prompts × "
+            f"{config.images_per_prompt} seeds through the synth decoder, scored by the analytic scorer. "
+            f"Full report with image grids, paired comparisons and the worst images: [{relative}/report.html]"
+            f"({relative}/report.html) ([markdown]({relative}/report.md)).", "",
+            summary_markdown([job]).replace("## ", "### "), ""]

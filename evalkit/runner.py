@@ -242,6 +242,7 @@ def text_encoders(priors: dict, decoder) -> dict:
 
 def resolve(config: RunConfig):
     """Names → objects, with every name and the embedding contract checked before any work."""
+    from evalkit.decoders import load_decoder
     from evalkit.priors import load_prior
     from evalkit.registry import DECODERS, PRIORS, SCORERS, SUITES
     from evalkit.suites import load_suite
@@ -250,8 +251,7 @@ def resolve(config: RunConfig):
     DECODERS.check([config.decoder])
     SUITES.check(config.suites)
     SCORERS.check(config.scorers)
-    decoder_cls = DECODERS.get(config.decoder)
-    decoder = decoder_cls.from_pretrained() if hasattr(decoder_cls, "from_pretrained") else decoder_cls()
+    decoder = load_decoder(config.decoder)
     options = {"num_inference_steps": config.prior_num_inference_steps, "guidance_scale": config.prior_guidance_scale}
     priors = {name: load_prior(name, **options) for name in config.priors}
     for prior in priors.values():

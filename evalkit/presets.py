@@ -1,9 +1,13 @@
-"""The smoke protocol and its golden: a one-minute ``evalkit run`` on the embedded default that CI
-repeats and compares with the result kept in ``results/golden/smoke/`` (``evalkit compare``).
+"""Named run presets (``evalkit run --preset NAME``), the smoke protocol and its golden.
 
-``evalkit smoke`` runs it and prints the comparison; ``evalkit smoke --update-golden`` replaces the
-golden (after a deliberate change: a retrained decoder is another protocol, so the comparison
-refuses until the golden is regenerated).
+- ``smoke``: 72 images in well under a minute; CI repeats it and compares it with the result kept in
+  ``results/golden/smoke/`` (``evalkit compare``). ``evalkit smoke`` runs it and prints the comparison;
+  ``evalkit smoke --update-golden`` replaces the golden after a deliberate change (a retrained decoder
+  is another protocol, so the comparison refuses until the golden is regenerated).
+- ``demo``: the main job of ``evalkit demo``: the calibration priors and the trained prior ladder on
+  the three synthetic suites, 8 prompts × 2 seeds each.
+- ``paper``: the full protocol (every val prompt, 10 images per prompt, as T2I-CompBench) over the
+  calibration priors and every shipped trained prior.
 """
 
 from __future__ import annotations
@@ -15,9 +19,16 @@ from evalkit.contracts import RunConfig
 from evalkit.paths import REPO_ROOT
 
 GOLDEN_DIR = REPO_ROOT / "results" / "golden" / "smoke"
-#: 3 priors × 3 suites × 4 prompts × 2 seeds = 72 images at 10 decoder steps
-SMOKE = dict(priors=["oracle", "eclipse", "none"], suites=["synth-color", "synth-shape", "synth-texture"],
-             scorers=["analytic"], limit=4, images_per_prompt=2, num_inference_steps=10)
+SYNTH_SUITES = ["synth-color", "synth-shape", "synth-texture"]
+LADDER = ["oracle", "eclipse", "projection", "diffusion", "eclipse-hn", "eclipse-large", "diffusion-xl", "none"]
+PRESETS = {
+    # 3 priors × 3 suites × 4 prompts × 2 seeds = 72 images at 10 decoder steps
+    "smoke": dict(priors=["oracle", "eclipse", "none"], suites=SYNTH_SUITES, scorers=["analytic"], limit=4,
+                  images_per_prompt=2, num_inference_steps=10),
+    "demo": dict(priors=LADDER, suites=SYNTH_SUITES, scorers=["analytic"], limit=8, images_per_prompt=2),
+    "paper": dict(priors=LADDER, suites=SYNTH_SUITES, scorers=["analytic"], limit=None, images_per_prompt=10),
+}
+SMOKE = PRESETS["smoke"]
 
 
 def smoke_config(out: str | Path, cache: bool = False, **overrides) -> RunConfig:

@@ -1,0 +1,225 @@
+"""`evalkit run` end to end on the dummy plugins: cache and resume, results schema, report, compare."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from evalkit.cache import WorkCache, fingerprint, work_key
+from evalkit.cli import cli
+from evalkit.compare import ProtocolMismatchError, compare_results
+from evalkit.contracts import Protocol, RunConfig
+from evalkit.decoders.dummy import DummyDecoder
+from evalkit.errors import EvalkitError
+from evalkit.priors.dummy import DummyPrior, DummyPriorConfig
+from evalkit.report.run_report import load_run, write_report
+from evalkit.runner import evaluate, run
+from evalkit.scorers.dummy import DummyScorer
+from evalkit.suites import load_suite
+
+PROTOCOL = Protocol(decoder="dummy", num_inference_steps=1, guidance_scale=1.0, resolution=16, images_per_prompt=2)
+
+
+def config(tmp_path, **overrides) -> RunConfig:
+    base = dict(priors=["dummy"], decoder="dummy", suites=["synth-color", "synth-shape"], scorers=["dummy"], limit=3,
+                images_per_prompt=2, out=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"))
+    return RunConfig(**{**base, **overrides})
+
+
+class CountingPrior(DummyPrior):
+    calls = 0
+
+    def predict(self, batch):
+        CountingPrior.calls += len(batch)
+        return super().predict(batch)
+
+
+def test_cache_reuses_everything_and_gives_identical_rows(tmp_path):
+    suite = load_suite("synth-color")
+    cache = WorkCache(tmp_path / "cache")
+    CountingPrior.calls = 0
+    cold, _ = evaluate({"p": CountingPrior()}, DummyDecoder(), suite, {"dummy": DummyScorer()}, PROTOCOL, tmp_path / "a",
+                       limit=3, batch_size=4, progress=False, cache=cache)
+    assert CountingPrior.calls == 6 and cache.misses == {"embedding": 6, "image": 6, "score": 6}
+    warm_cache = WorkCache(tmp_path / "cache")
+    warm, timings = evaluate({"p": CountingPrior()}, DummyDecoder(), suite, {"dummy": DummyScorer()}, PROTOCOL,
+                             tmp_path / "b", limit=3, batch_size=5, progress=False, cache=warm_cache)
+    assert CountingPrior.calls == 6, "a warm run must not call the prior"
+    assert warm_cache.hits == {"embedding": 0, "image": 6, "score": 6} and timings["decoder"] == 0
+    assert warm == [{**r, "image_path": r["image_path"]} for r in cold]
+    assert all((tmp_path / "b" / r["image_path"]).read_bytes() == (tmp_path / "a" / r["image_path"]).read_bytes() for r in warm)
+    # anything that determines the work changes the keys: another protocol decodes again (from cached embeddings)
+    other = Protocol(decoder="dummy", num_inference_steps=2, guidance_scale=1.0, resolution=16, images_per_prompt=2)
+    third = WorkCache(tmp_path / "cache")
+    evaluate({"p": CountingPrior()}, DummyDecoder(), suite, {"dummy": DummyScorer()}, other, None, limit=3,
+             progress=False, cache=third)
+    assert CountingPrior.calls == 6 and third.hits["embedding"] == 6 and third.misses["image"] == 6
+
+
+def test_prior_weights_and_settings_change_the_fingerprint():
+    assert fingerprint(DummyPrior()) == fingerprint(DummyPrior())
+    assert fingerprint(DummyPrior()) != fingerprint(DummyPrior(DummyPriorConfig(seed=1)))
+    changed = DummyPrior()
+    with torch.no_grad():
+        changed.proj.bias.add_(1e-3)
+    assert fingerprint(changed) != fingerprint(DummyPrior())
+    assert work_key("embedding", prior="a", prompt="x", seed=1) != work_key("embedding", prior="a", prompt="x", seed=2)
+
+
+def test_unseeded_prior_is_never_cached(tmp_path):
+    class Unseeded(DummyPrior):
+        seeded = False
+
+    cache = WorkCache(tmp_path / "cache")
+    evaluate({"u": Unseeded()}, DummyDecoder(), load_suite("synth-color"), {"dummy": DummyScorer()}, PROTOCOL, None,
+             limit=2, progress=False, cache=cache)
+    assert not (tmp_path / "cache").exists() and sum(cache.misses.values()) == 0
+
+
+def test_corrupted_cache_entries_are_recomputed(tmp_path):
+    suite = load_suite("synth-color")
+    args = ({"p": DummyPrior()}, DummyDecoder(), suite, {"dummy": DummyScorer()}, PROTOCOL)
+    first, _ = evaluate(*args, None, limit=2, progress=False, cache=WorkCache(tmp_path / "cache"))
+    images = sorted((tmp_path / "cache" / "image").rglob("*.png"))
+    scores = sorted((tmp_path / "cache" / "score").rglob("*.json"))
+    images[0].write_bytes(images[0].read_bytes()[:20])  # truncated PNG
+    scores[1].write_text("{not json")  # damaged score entry
+    cache = WorkCache(tmp_path / "cache")
+    with pytest.warns(UserWarning, match="unreadable"):
+        again, _ = evaluate(*args, None, limit=2, progress=False, cache=cache)
+    assert [r["score"] for r in again] == [r["score"] for r in first]
+    assert cache.misses["image"] == 1 and cache.misses["score"] >= 1
+
+
+def test_run_writes_schema_report_and_resumes_after_a_crash(tmp_path):
+    cfg = config(tmp_path)
+    reference = run(config(tmp_path, cache=False, out=str(tmp_path / "reference")), progress=False)
+
+    class Boom(RuntimeError):
+        pass
+
+    original = DummyDecoder.decode
+    calls = {"n": 0}
+
+    def failing(self, embeds, batch, protocol):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second suite: the first one is finished and cached
+            raise Boom("killed")
+        return original(self, embeds, batch, protocol)
+
+    DummyDecoder.decode = failing
+    try:
+        with pytest.raises(Boom):
+            run(cfg, progress=False)
+    finally:
+        DummyDecoder.decode = original
+    unfinished = [d for d in (tmp_path / "runs").iterdir()]
+    assert len(unfinished) == 1 and (unfinished[0] / "run.json").is_file() and not (unfinished[0] / "results.json").exists()
+    with pytest.raises(EvalkitError, match="unfinished"):
+        load_run(unfinished[0])
+
+    resumed = run(cfg, progress=False)
+    assert resumed != unfinished[0]  # a new folder: the unfinished one is left as it was
+    results = json.loads((resumed / "results.json").read_text())
+    assert results["cache"]["hits"]["image"] == 6 and results["cache"]["misses"]["image"] == 6
+    ref = json.loads((reference / "results.json").read_text())
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "tag"} for r in rows]
+    assert strip(results["rows"]) == strip(ref["rows"])
+    assert (resumed / "samples.jsonl").read_text() == (reference / "samples.jsonl").read_text()
+    row = results["rows"][0]
+    for key in ("prior", "decoder", "suite", "suite_version", "category", "seen", "metric", "value", "stderr", "ci_low",
+                "ci_high", "n", "protocol_hash", "num_parameters", "total_parameters", "higher_is_better"):
+        assert key in row
+    assert results["schema"] == "evalkit.results/2" and results["protocol"]["decoder_version"]
+    assert set(results["timings_s"]) >= {"prior", "decoder", "scorer"} and results["priors"]["dummy"]["trainable_parameters"] > 0
+    report = (resumed / "report.md").read_text()
+    assert "Parameters versus composition" in report and "Lowest-scored images" in report
+    html = (resumed / "report.html").read_text()
+    assert html.startswith("<!doctype html>") and "<table>" in html and "grid-synth-color.png" in html
+    assert (resumed / "grid-synth-color.png").is_file()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(images_per_prompt=0), "--images-per-prompt"),
+    (dict(num_inference_steps=-1), "--num-inference-steps"),
+    (dict(guidance_scale=float("nan")), "--guidance-scale"),
+    (dict(priors=["dummy", "dummy"]), "named twice"),
+])
+def test_bad_numeric_flags_fail_before_anything_is_written(tmp_path, overrides, message):
+    with pytest.raises(EvalkitError, match=message):
+        run(config(tmp_path, **overrides), progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+def _results(tmp_path, name, **overrides) -> Path:
+    return run(config(tmp_path, out=str(tmp_path / name), **overrides), progress=False)
+
+
+def test_compare_passes_noise_fails_a_real_drop_and_refuses_other_protocols(tmp_path):
+    base = _results(tmp_path, "base")
+    runner = CliRunner()
+    same = runner.invoke(cli, ["compare", str(base), str(base)])
+    assert same.exit_code == 0 and "no regression" in same.output
+
+    data = json.loads((base / "results.json").read_text())
+    noisy = json.loads(json.dumps(data))
+    for row in noisy["rows"]:  # moves inside the stored uncertainty
+        row["value"] -= 0.5 * row["stderr"]
+    changes, _, _ = compare_results(data, noisy)
+    assert changes and all(c.status == "same" for c in changes)
+
+    dropped = json.loads(json.dumps(data))
+    target = next(r for r in dropped["rows"] if r["stderr"] > 0)
+    target["value"] -= 10 * target["stderr"] + 0.05
+    (tmp_path / "dropped").mkdir()
+    (tmp_path / "dropped" / "results.json").write_text(json.dumps(dropped))
+    result = runner.invoke(cli, ["compare", str(base), str(tmp_path / "dropped")])
+    assert result.exit_code == 1 and "REGRESSION" in result.output
+
+    lower_better = json.loads(json.dumps(dropped))  # the same drop is an improvement when lower is better
+    for row in lower_better["rows"]:
+        row["higher_is_better"] = False
+    changes, _, _ = compare_results(data, lower_better)
+    assert {c.status for c in changes} == {"same", "improvement"}
+
+    other = _results(tmp_path, "other", images_per_prompt=3)
+    refused = runner.invoke(cli, ["compare", str(base), str(other)])
+    assert refused.exit_code == 2 and "different protocols" in refused.output and "images_per_prompt" in refused.output
+    with pytest.raises(ProtocolMismatchError):
+        compare_results(data, json.loads((other / "results.json").read_text()))
+
+
+def test_report_merges_runs_of_one_protocol_and_refuses_mixed_ones(tmp_path):
+    import shutil
+
+    a = _results(tmp_path, "a")
+    twin = tmp_path / "twin"  # the same run under another prior name, as if run on another day
+    shutil.copytree(a, twin)
+    results = json.loads((twin / "results.json").read_text())
+    results["priors"] = {"dummy-b": results["priors"]["dummy"]}
+    for row in results["rows"]:
+        row["prior"] = "dummy-b"
+    (twin / "results.json").write_text(json.dumps(results))
+    (twin / "samples.jsonl").write_text((twin / "samples.jsonl").read_text().replace('"prior": "dummy"', '"prior": "dummy-b"'))
+    out = write_report([a, twin], tmp_path / "report", pairs=[("dummy", "dummy-b")])
+    text = out.read_text()
+    assert text.startswith("# evalkit run report") and "dummy-b − dummy" in text and "+0.0000" in text
+    assert re.search(r"\(\.\./a/[^/)]+/images/", text)  # images stay in their run folders
+    result = CliRunner().invoke(cli, ["report", str(a), "--out", str(a)])
+    assert result.exit_code != 0 and "never overwritten" in result.output
+    other = _results(tmp_path, "other", images_per_prompt=1)
+    mixed = CliRunner().invoke(cli, ["report", str(a), str(other), "--out", str(tmp_path / "mixed")])
+    assert mixed.exit_code == 2 and "different protocols" in mixed.output
+
+
+def test_compare_floors_a_zero_stderr_so_one_flip_is_noise_and_a_collapse_is_not():
+    row = dict(prior="p", suite="s", suite_version="v", category="c", seen="all", metric="m", stderr=0.0, n=16,
+               higher_is_better=True)
+    base = {"protocol_hash": "h", "protocol": {}, "rows": [{**row, "value": 1.0}]}
+    one_flip = {"protocol_hash": "h", "protocol": {}, "rows": [{**row, "value": 15 / 16, "stderr": 0.06}]}
+    collapse = {"protocol_hash": "h", "protocol": {}, "rows": [{**row, "value": 0.5, "stderr": 0.12}]}
+    assert compare_results(base, one_flip)[0][0].status == "same"
+    assert compare_results(base, collapse)[0][0].status == "regression"
