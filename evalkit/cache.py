@@ -124,6 +124,7 @@ class WorkCache:
         self.root = Path(root) if root is not None else None
         self.hits = {"embedding": 0, "image": 0, "score": 0}
         self.misses = {"embedding": 0, "image": 0, "score": 0}
+        self.stored = {"embedding": 0, "image": 0, "score": 0}  # entries computed and written by this run
 
     @property
     def enabled(self) -> bool:
@@ -136,6 +137,7 @@ class WorkCache:
         from evalkit.serialization import atomic_write_bytes
 
         atomic_write_bytes(path, data)
+        self.stored[path.parent.parent.name] += 1
 
     def _discard(self, path: Path, error: Exception) -> None:
         warnings.warn(f"cache entry {path} is unreadable ({type(error).__name__}: {error}); recomputing it")
@@ -218,7 +220,7 @@ class WorkCache:
 
     def stats(self) -> dict:
         return {"enabled": self.enabled, "root": str(self.root) if self.root else None,
-                "hits": dict(self.hits), "misses": dict(self.misses)}
+                "hits": dict(self.hits), "misses": dict(self.misses), "stored": dict(self.stored)}
 
 
 def png_bytes(image: np.ndarray) -> bytes:

@@ -39,3 +39,11 @@ class PromptFileError(EvalkitError, ValueError):
 
 class ConfigMismatchError(EvalkitError, ValueError):
     """A checkpoint whose config or tensors do not match the requested architecture."""
+
+
+class CorruptFileError(EvalkitError, ValueError):
+    """A file evalkit wrote or reads that is truncated, damaged or edited by hand (named in the message)."""
+
+
+class WriteError(EvalkitError, OSError):
+    """A file could not be written (full disk, no permission); nothing partial is left behind."""

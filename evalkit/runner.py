@@ -7,6 +7,7 @@ priors and seeds; each image's randomness comes from its own seed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -23,7 +24,7 @@ from evalkit.errors import EvalkitError
 from evalkit.report.grid import to_uint8
 from evalkit.stats import bootstrap
 
-#: the version of the results.json layout (docs/results.md)
+#: the version of the results.json layout (docs/runs.md)
 RESULTS_SCHEMA = "evalkit.results/2"
 
 
@@ -100,7 +101,7 @@ def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, ru
             image_dir = Path(run_dir) / "images" / prior_name / suite.name
             image_dir.mkdir(parents=True, exist_ok=True)
         bar = tqdm(total=len(pairs), desc=f"{prior_name} · {suite.name}", unit="img", disable=not progress)
-        reused = 0
+        reused = 0  # images of chunks found whole in the cache
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start:start + batch_size]
             batch = Batch([p[0] for p in chunk], [p[1] for p in chunk],
@@ -109,52 +110,51 @@ def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, ru
             image_keys = [work_key("image", embedding=key, **decoding) for key in embedding_keys]
             t0 = time.perf_counter()
             images = [store.get_image(key) for key in image_keys]
-            todo = [j for j, image in enumerate(images) if image is None]
             timings["io"] += time.perf_counter() - t0
-            if todo:
-                embeds = {j: store.get_embedding(embedding_keys[j]) for j in todo}
-                missing = [j for j in todo if embeds[j] is None]
-                if missing:
-                    sub = batch.subset(missing)
+            # each stage runs on the whole chunk when anything in it is missing: batches are then exactly
+            # those of an uninterrupted run, so a resumed run gives the same bits (float kernels depend on
+            # the batch shape)
+            if any(image is None for image in images):
+                embeds = [store.get_embedding(key) for key in embedding_keys]
+                if any(e is None for e in embeds):
                     t0 = time.perf_counter()
-                    texts.fill(sub, prior.text_encoders)
+                    texts.fill(batch, prior.text_encoders)
                     t1 = time.perf_counter()
-                    predicted = prior.predict(sub).float()
+                    predicted = prior.predict(batch).float()
                     t2 = time.perf_counter()
-                    _check_embeddings(prior_name, predicted, sub, decoder.embedding_dim)
-                    for j, row in zip(missing, predicted.numpy()):
-                        embeds[j] = row
-                        store.put_embedding(embedding_keys[j], row)
+                    _check_embeddings(prior_name, predicted, batch, decoder.embedding_dim)
+                    embeds = list(predicted.numpy())
+                    for key, row in zip(embedding_keys, embeds):
+                        store.put_embedding(key, row)
                     timings["text"] += t1 - t0
                     timings["prior"] += t2 - t1
                 t0 = time.perf_counter()
-                decoded = to_uint8(decoder.decode(torch.from_numpy(np.stack([embeds[j] for j in todo])),
-                                                  batch.subset(todo), protocol))
+                images = list(to_uint8(decoder.decode(torch.from_numpy(np.stack(embeds)), batch, protocol)))
                 t1 = time.perf_counter()
-                for j, image in zip(todo, decoded):
-                    images[j] = image
-                    store.put_image(image_keys[j], image)
+                for key, image in zip(image_keys, images):
+                    store.put_image(key, image)
                 timings["decoder"] += t1 - t0
                 timings["io"] += time.perf_counter() - t1
-            reused += len(chunk) - len(todo)
+            else:
+                reused += len(chunk)
             shas = [image_sha256(image) for image in images]
             scored: dict[str, list] = {}
             for name, scorer in scorers.items():
                 keys = [work_key("score", image=image_keys[j], scorer=scorer_ids[name], suite=suite.name,
                                  item=item.to_dict(), seed=seed) for j, (item, seed) in enumerate(chunk)]
                 got = [store.get_score(key, sha) for key, sha in zip(keys, shas)]
-                need = [j for j, row in enumerate(got) if row is None]
-                if need:
+                if any(row is None for row in got):
                     t0 = time.perf_counter()
-                    pixels = torch.from_numpy(np.stack([images[j] for j in need])).permute(0, 3, 1, 2).float() / 255.0
-                    new = scorer.score(pixels, batch.subset(need))
+                    # one memory layout whatever the images' source (decoder or cache): float reductions
+                    # in scorers then give the same bits
+                    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().float() / 255.0
+                    new = scorer.score(pixels, batch)
                     timings["scorer"] += time.perf_counter() - t0
-                    if len(new) != len(need):
-                        raise EvalkitError(f"scorer {name!r} returned {len(new)} rows for {len(need)} images")
-                    for j, row in zip(need, new):
-                        row = {k: v for k, v in row.items() if k not in ITEM_FIELDS}
-                        got[j] = row
-                        store.put_score(keys[j], shas[j], row)
+                    if len(new) != len(chunk):
+                        raise EvalkitError(f"scorer {name!r} returned {len(new)} rows for {len(chunk)} images")
+                    got = [{k: v for k, v in row.items() if k not in ITEM_FIELDS} for row in new]
+                    for key, sha, row in zip(keys, shas, got):
+                        store.put_score(key, sha, row)
                 scored[name] = got
             t0 = time.perf_counter()
             for k, (item, seed) in enumerate(chunk):
@@ -285,6 +285,19 @@ def check_config(config: RunConfig) -> None:
         raise EvalkitError("; ".join(problems))
 
 
+@torch.inference_mode()
+def preflight(priors: dict, decoder, suite, split: str, protocol: Protocol, encoders: dict) -> None:
+    """Each prior on the suite's first item, before anything is written: shape and finite values."""
+    items = suite.items(split)[:1]
+    if not items:
+        raise EvalkitError(f"suite {suite.name!r} has no {split} prompts")
+    seed = protocol.seeds()[0]
+    batch = Batch(items, [seed], scenes=[suite.ground_truth(items[0], seed)])
+    TextCache(encoders).fill(batch, sorted({s for p in priors.values() for s in p.text_encoders}))
+    for name, prior in priors.items():
+        _check_embeddings(name, prior.predict(batch).float(), batch, decoder.embedding_dim)
+
+
 def prior_info(prior, encoders: dict, decoder) -> dict:
     """Parameter counts (trainable: the prior; total: prior + the text encoders it reads + the decoder), data, version."""
     text = 0
@@ -312,7 +325,7 @@ def run(config: RunConfig, progress: bool = True) -> Path:
     from evalkit.cache import default_root
     from evalkit.report.run_report import write_report
     from evalkit.runs import new_run_dir
-    from evalkit.serialization import atomic_write_json, atomic_write_text
+    from evalkit.serialization import atomic_write_json, atomic_write_text, seal
 
     check_config(config)
     priors, decoder, scorers, suites = resolve(config)
@@ -325,12 +338,13 @@ def run(config: RunConfig, progress: bool = True) -> Path:
         decoder_version=fingerprint(decoder, code=False),
     )
     versions = {s.name: s.version(config.split) for s in suites}
+    encoders = text_encoders(priors, decoder)
+    preflight(priors, decoder, suites[0], config.split, protocol, encoders)
     cache = WorkCache((config.cache_dir or default_root()) if config.cache else None)
     run_dir = new_run_dir(config.out, "-".join(config.priors) + "_" + "-".join(config.suites))
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     atomic_write_json(run_dir / "run.json", {"config": asdict(config), "protocol": asdict(protocol),
                                              "protocol_hash": protocol.hash(), "started": started})
-    encoders = text_encoders(priors, decoder)
     clock = time.time()
     rows, timings = [], {}
     for suite in suites:
@@ -343,14 +357,21 @@ def run(config: RunConfig, progress: bool = True) -> Path:
     results = aggregate(rows, versions, protocol, {n: i["trainable_parameters"] for n, i in info.items()},
                         split=config.split, priors_info=info, tag=config.tag,
                         higher_is_better={n: s.higher_is_better for n, s in scorers.items()})
-    atomic_write_text(run_dir / "samples.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
-    atomic_write_json(run_dir / "results.json", {
+    samples_text = "".join(json.dumps(row) + "\n" for row in rows)
+    atomic_write_text(run_dir / "samples.jsonl", samples_text)
+    payload = {
         "schema": RESULTS_SCHEMA, "config": asdict(config), "protocol": asdict(protocol),
         "protocol_hash": protocol.hash(), "suite_versions": versions, "priors": info,
         "rows": [asdict(r) for r in results], "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "wall_time_s": round(time.time() - clock, 2), "images": len({(r["prior"], r["item_id"], r["seed"]) for r in rows}),
         "cache": cache.stats(), "package_versions": _package_versions(), "git_hash": _git_hash(),
         "started": started, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    })
+        "samples_sha256": hashlib.sha256(samples_text.encode("utf-8")).hexdigest(),
+    }
+    try:
+        atomic_write_json(run_dir / "results.json", seal(payload))
+    except OSError:
+        (run_dir / "samples.jsonl").unlink(missing_ok=True)  # no half-finished set of result files
+        raise
     write_report([run_dir], run_dir)
     return run_dir

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from evalkit.errors import ConfigMismatchError, WeightsNotFoundError
+from evalkit.errors import ConfigMismatchError, CorruptFileError, WeightsNotFoundError, WriteError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -24,15 +24,29 @@ PICKLE_NAMES = ("pytorch_model.bin", "diffusion_pytorch_model.bin", "model.pt", 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename: never a half-written file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
+    except OSError as error:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise WriteError(f"could not write {path}: {error.strerror or error}; nothing was written there") from error
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def seal(payload: dict) -> dict:
+    """``payload`` with a ``checksum`` of its content: a results file edited by hand is detected on load."""
+    from evalkit.contracts import content_hash
+
+    body = {k: v for k, v in payload.items() if k != "checksum"}
+    return {**body, "checksum": content_hash(body, length=64)}
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -72,7 +86,13 @@ def load_config(directory: str | os.PathLike) -> dict:
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise WeightsNotFoundError(f"no {CONFIG_NAME} in {directory}")
-    return json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CorruptFileError(f"{path} is not valid JSON ({error}); restore or re-save the weights folder") from None
+    if not isinstance(config, dict):
+        raise CorruptFileError(f"{path} holds a JSON {type(config).__name__}, not a config object")
+    return config
 
 
 def load_state_dict(directory: str | os.PathLike, allow_pickle: bool = False) -> dict:
@@ -81,11 +101,16 @@ def load_state_dict(directory: str | os.PathLike, allow_pickle: bool = False) ->
     named = [directory / n for n in (WEIGHTS_NAME, DIFFUSERS_WEIGHTS_NAME) if (directory / n).is_file()]
     safetensors_files = named[:1] or sorted(p for p in directory.glob("*.safetensors") if not p.name.startswith("trainer_state"))
     if safetensors_files:
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         state: dict = {}
         for path in safetensors_files:
-            state.update(load_file(str(path)))
+            try:
+                state.update(load_file(str(path)))
+            except (SafetensorError, OSError, ValueError) as error:
+                raise CorruptFileError(f"{path} is truncated or damaged ({error}); restore it (git checkout, or "
+                                       "re-download / retrain the weights)") from None
         return state
     pickles = [directory / n for n in PICKLE_NAMES if (directory / n).is_file()]
     if pickles and not allow_pickle:

@@ -18,6 +18,7 @@ from evalkit.priors.dummy import DummyPrior, DummyPriorConfig
 from evalkit.report.run_report import load_run, write_report
 from evalkit.runner import evaluate, run
 from evalkit.scorers.dummy import DummyScorer
+from evalkit.serialization import seal
 from evalkit.suites import load_suite
 
 PROTOCOL = Protocol(decoder="dummy", num_inference_steps=1, guidance_scale=1.0, resolution=16, images_per_prompt=2)
@@ -175,7 +176,7 @@ def test_compare_passes_noise_fails_a_real_drop_and_refuses_other_protocols(tmp_
     target = next(r for r in dropped["rows"] if r["stderr"] > 0)
     target["value"] -= 10 * target["stderr"] + 0.05
     (tmp_path / "dropped").mkdir()
-    (tmp_path / "dropped" / "results.json").write_text(json.dumps(dropped))
+    (tmp_path / "dropped" / "results.json").write_text(json.dumps(seal(dropped)))  # as a run that measured it
     result = runner.invoke(cli, ["compare", str(base), str(tmp_path / "dropped")])
     assert result.exit_code == 1 and "REGRESSION" in result.output
 
@@ -202,8 +203,11 @@ def test_report_merges_runs_of_one_protocol_and_refuses_mixed_ones(tmp_path):
     results["priors"] = {"dummy-b": results["priors"]["dummy"]}
     for row in results["rows"]:
         row["prior"] = "dummy-b"
-    (twin / "results.json").write_text(json.dumps(results))
-    (twin / "samples.jsonl").write_text((twin / "samples.jsonl").read_text().replace('"prior": "dummy"', '"prior": "dummy-b"'))
+    (twin / "results.json").write_text(json.dumps(seal(results)))
+    samples = (twin / "samples.jsonl").read_text().replace('"prior": "dummy"', '"prior": "dummy-b"')
+    (twin / "samples.jsonl").write_text(samples)
+    results["samples_sha256"] = __import__("hashlib").sha256(samples.encode()).hexdigest()
+    (twin / "results.json").write_text(json.dumps(seal(results)))
     out = write_report([a, twin], tmp_path / "report", pairs=[("dummy", "dummy-b")])
     text = out.read_text()
     assert text.startswith("# evalkit run report") and "dummy-b − dummy" in text and "+0.0000" in text

@@ -43,4 +43,4 @@ def save_image_grid(path: str | Path, images: np.ndarray, titles: Sequence[str] 
 def to_uint8(images) -> np.ndarray:
     """(N, 3, H, W) float in [0, 1] (torch or numpy) → (N, H, W, 3) uint8."""
     array = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
-    return (np.clip(array, 0, 1).transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)
+    return np.ascontiguousarray((np.clip(array, 0, 1).transpose(0, 2, 3, 1) * 255).round().astype(np.uint8))

@@ -9,6 +9,7 @@ of one protocol together (e.g. priors run on different days) into a new folder.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import os
@@ -18,8 +19,9 @@ from typing import Sequence
 
 import numpy as np
 
-from evalkit.errors import EvalkitError
+from evalkit.errors import CorruptFileError, EvalkitError
 from evalkit.paired import CALIBRATION, comparison_note, comparison_rows, default_pairs, paired_differences
+from evalkit.serialization import seal
 
 #: categories in the paper's column order; others follow alphabetically
 CATEGORY_ORDER = ("color", "shape", "texture")
@@ -48,20 +50,27 @@ def load_run(path: str | os.PathLike) -> RunData:
         raise EvalkitError(f"{path} is not a finished evalkit run: no results.json{hint}")
     try:
         results = json.loads(results_path.read_text())
-    except json.JSONDecodeError as error:
-        raise EvalkitError(f"{results_path} is not valid JSON ({error}); was it edited by hand?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CorruptFileError(f"{results_path} is not valid JSON ({error}); was it edited by hand?") from None
     for key in ("protocol", "protocol_hash", "rows"):
         if key not in results:
-            raise EvalkitError(f"{results_path} has no {key!r}: not an evalkit results file, or edited by hand")
+            raise CorruptFileError(f"{results_path} has no {key!r}: not an evalkit results file, or edited by hand")
+    if "checksum" in results and seal(results)["checksum"] != results["checksum"]:
+        raise CorruptFileError(f"{results_path} does not match its checksum: it was edited after the run wrote it. "
+                               "Re-run the command (finished work comes from the cache) instead of editing results.")
     samples = []
     samples_path = path / "samples.jsonl"
     if samples_path.is_file():
-        for number, line in enumerate(samples_path.read_text().splitlines(), 1):
+        text = samples_path.read_text()
+        expected = results.get("samples_sha256")
+        if expected and hashlib.sha256(text.encode("utf-8")).hexdigest() != expected:
+            raise CorruptFileError(f"{samples_path} does not match the hash recorded in results.json (truncated or edited)")
+        for number, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
                     samples.append(json.loads(line))
                 except json.JSONDecodeError:
-                    raise EvalkitError(f"{samples_path}, line {number}: not valid JSON") from None
+                    raise CorruptFileError(f"{samples_path}, line {number}: not valid JSON") from None
     return RunData(path, results, samples)
 
 
