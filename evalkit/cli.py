@@ -222,6 +222,10 @@ def train_baseline(prior, size, out, resume, quick, stop_at, ship, describe, emb
 @click.option("--prior-guidance-scale", type=float, help="diffusion priors: classifier-free guidance (default 4.0)")
 @click.option("--batch-size", default=64, show_default=True, help="images per decoder call")
 @click.option("--limit", type=int, help="only the first N prompts of each suite")
+@click.option("--prior-path", "prior_paths", multiple=True, metavar="NAME=DIR",
+              help="load trained prior NAME from a weights folder instead of its shipped seed 0 (repeatable)")
+@click.option("--allow-pickle", is_flag=True, help="accept pickle checkpoints (.bin/.pt) in --prior-path folders "
+              "(read with weights_only=True); refused by default")
 @click.option("--tag", default="", help="a label stored in every result row (e.g. a branch name)")
 @click.option("--cache/--no-cache", default=True, show_default=True,
               help="reuse embeddings, images and scores of earlier runs (content-addressed) and store new ones")
@@ -237,6 +241,7 @@ def run_command(ctx, preset, priors, suites_, scorers, **options):
     from evalkit.report.run_report import summary_markdown
     from evalkit.runner import RunConfig, run
 
+    options["prior_paths"] = _prior_paths(options.pop("prior_paths"), _names(priors))
     fields = dict(priors=_names(priors), suites=_names(suites_), scorers=_names(scorers), **options)
     if preset:
         given = {"priors": "priors", "suites": "suites_", "scorers": "scorers"}
@@ -330,12 +335,7 @@ def eval_prior(priors, suites_, split, num_seeds, controls, training_seeds, prio
     for control in control_names:
         if control not in ("random", "shuffled", "swapped"):
             raise click.BadParameter(f"unknown control {control!r}", param_hint="--controls")
-    paths = {}
-    for spec in prior_paths:
-        name, sep, directory = spec.partition("=")
-        if not sep or name not in prior_names:
-            raise click.BadParameter(f"{spec!r}: expected NAME=DIR with NAME one of --prior", param_hint="--prior-path")
-        paths[name] = directory
+    paths = _prior_paths(prior_paths, prior_names)
     pairs = []
     for spec in _names(comparisons):
         a, sep, b = spec.partition(":")
@@ -357,8 +357,33 @@ def eval_prior(priors, suites_, split, num_seeds, controls, training_seeds, prio
     click.echo(f"wrote {run_dir}")
 
 
+def _prior_paths(specs, prior_names) -> dict:
+    """``--prior-path NAME=DIR`` flags as {name: dir}, NAME one of the named priors."""
+    paths = {}
+    for spec in specs:
+        name, sep, directory = spec.partition("=")
+        if not sep or name not in prior_names:
+            raise click.BadParameter(f"{spec!r}: expected NAME=DIR with NAME one of --prior", param_hint="--prior-path")
+        paths[name] = directory
+    return paths
+
+
 def _names(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@cli.command("export")
+@click.option("--format", "format_", type=click.Choice(["t2i-compbench"]), default="t2i-compbench", show_default=True,
+              help="folder format to write")
+@click.option("--scorer", help="which scorer's rows to carry in the manifest (default: the first)")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=click.Path())
+def export_command(format_, scorer, run_dir, out):
+    """Write a run's images in T2I-CompBench's format (OUT/<prior>/<category>/samples/{prompt}_{index:06d}.png)."""
+    from evalkit.export import export_t2i_compbench
+
+    path = export_t2i_compbench(run_dir, out, scorer)
+    click.echo(f"exported to {path}: score with their scripts, e.g. BLIP_vqa.py --out_dir {path}/<prior>/<category>")
 
 
 @cli.command("smoke")

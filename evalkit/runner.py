@@ -253,7 +253,14 @@ def resolve(config: RunConfig):
     SCORERS.check(config.scorers)
     decoder = load_decoder(config.decoder)
     options = {"num_inference_steps": config.prior_num_inference_steps, "guidance_scale": config.prior_guidance_scale}
-    priors = {name: load_prior(name, **options) for name in config.priors}
+    unknown = sorted(set(config.prior_paths) - set(config.priors))
+    if unknown:
+        raise EvalkitError(f"--prior-path names {unknown}, which are not among --prior {config.priors}")
+    priors = {}
+    for name in config.priors:
+        path = config.prior_paths.get(name)
+        extra = {"path": path, "allow_pickle": config.allow_pickle} if path else {}
+        priors[name] = load_prior(name, **options, **extra)
     for prior in priors.values():
         check_embedding_contract(prior, decoder)
     scorers = {name: SCORERS.get(name)() for name in config.scorers}

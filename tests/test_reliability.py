@@ -227,3 +227,22 @@ def test_a_failed_write_leaves_no_partial_results(tmp_path, monkeypatch):
     [run_dir] = list((tmp_path / "runs").iterdir())
     assert not (run_dir / "results.json").exists() and not (run_dir / "samples.jsonl").exists()
     assert not list(run_dir.glob(".*.tmp")), "no temporary file is left behind"
+
+
+def test_prior_path_loads_a_folder_and_refuses_pickle_unless_allowed(tmp_path):
+    from evalkit.priors.eclipse import EclipsePrior
+
+    folder = tmp_path / "eclipse"
+    prior = EclipsePrior()
+    torch.save(prior.model.state_dict(), tmp_path / "state.bin")
+    (folder).mkdir()
+    (folder / "config.json").write_text((prior.path / "config.json").read_text())
+    (tmp_path / "state.bin").rename(folder / "diffusion_pytorch_model.bin")
+    args = ["run", "--prior", "eclipse", "--prior-path", f"eclipse={folder}", "--limit", "1", "--images-per-prompt", "1",
+            "--num-inference-steps", "2", "--out", str(tmp_path / "runs"), "--no-cache"]
+    refused = CliRunner().invoke(cli, args)
+    assert refused.exit_code == 2 and "pickle" in refused.output and not (tmp_path / "runs").exists()
+    allowed = CliRunner().invoke(cli, args + ["--allow-pickle"])
+    assert allowed.exit_code == 0, allowed.output
+    wrong = CliRunner().invoke(cli, ["run", "--prior", "oracle", "--prior-path", f"oracle={folder}", "--out", str(tmp_path / "x")])
+    assert wrong.exit_code == 2 and "trained priors only" in wrong.output

@@ -227,3 +227,30 @@ def test_compare_floors_a_zero_stderr_so_one_flip_is_noise_and_a_collapse_is_not
     collapse = {"protocol_hash": "h", "protocol": {}, "rows": [{**row, "value": 0.5, "stderr": 0.12}]}
     assert compare_results(base, one_flip)[0][0].status == "same"
     assert compare_results(base, collapse)[0][0].status == "regression"
+
+
+def test_export_t2i_compbench_layout_and_refusals(tmp_path):
+    from evalkit.export import export_t2i_compbench
+
+    run_dir = _results(tmp_path, "runs")
+    out = export_t2i_compbench(run_dir, tmp_path / "export")
+    samples = sorted((out / "dummy" / "color" / "samples").iterdir())
+    assert len(samples) == 6 and all(re.fullmatch(r"[^_]+_\d{6}\.png", p.name) for p in samples)
+    # their scorer's reading of a file name gives back the prompt
+    manifest = json.loads((out / "dummy" / "color" / "manifest.json").read_text())
+    for entry in manifest["images"]:
+        assert entry["file"].split("_")[0] == entry["prompt"] and int(entry["file"].split("_")[-1][:-4]) == entry["index"]
+    result = CliRunner().invoke(cli, ["export", str(run_dir), str(out)])
+    assert result.exit_code == 2 and "never overwrite" in result.output
+
+    lines = (run_dir / "samples.jsonl").read_text().splitlines()  # a prompt that their format cannot hold
+    rows = [json.loads(line) for line in lines]
+    rows[0]["prompt"] = "a red_cube and a blue ball"
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    (run_dir / "samples.jsonl").write_text(text)
+    results = json.loads((run_dir / "results.json").read_text())
+    results["samples_sha256"] = __import__("hashlib").sha256(text.encode()).hexdigest()
+    (run_dir / "results.json").write_text(json.dumps(seal(results)))
+    result = CliRunner().invoke(cli, ["export", str(run_dir), str(tmp_path / "export2")])
+    assert result.exit_code == 2 and "'a red_cube and a blue ball'" in result.output
+    assert not (tmp_path / "export2").exists() and not list(tmp_path.glob(".export2*"))
