@@ -86,7 +86,7 @@ def suites_fetch(name, prompts_dir, force, base_url):
 
 @cli.group(cls=EvalkitGroup)
 def train_world():
-    """Train the embedded stack of the synthetic world (clip, decoder)."""
+    """Train the embedded stack of the synthetic world (clip, decoder, scorer)."""
 
 
 @train_world.command("clip")
@@ -143,6 +143,28 @@ def train_world_decoder(out, resume, quick, clip_dir, stop_at, ship, threads, **
     click.echo(f"decoder saved to {final}")
     if ship:
         click.echo(f"shipped to {ship_decoder(out)}")
+
+
+@train_world.command("scorer")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="run folder (refused if it holds another run)")
+@click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
+@click.option("--quick", is_flag=True, help="a seconds-long configuration with a tiny model (tests)")
+@click.option("--steps", type=int, help="optimizer steps")
+@click.option("--batch-size", type=int, help="(image, question) pairs per step")
+@click.option("--lr", type=float, help="peak learning rate")
+@click.option("--num-scenes", type=int, help="rendered training scenes")
+@click.option("--seed", type=int, help="training seed")
+@click.option("--ship", is_flag=True, help="copy the final weights (fp16) to the shipped folder")
+@click.option("--threads", type=int, help="torch CPU threads")
+def train_world_scorer(out, resume, quick, ship, threads, **overrides):
+    """Train the embedded binding scorer ("{noun phrase}?" → P(yes)) on world renders with hard negatives."""
+    from evalkit.train.world_scorer import ScorerTrainConfig, ship_scorer, train_scorer
+
+    config = _train_config(ScorerTrainConfig, quick, threads, overrides)
+    final = train_scorer(out, config, resume=resume)
+    click.echo(f"scorer saved to {final}")
+    if ship:
+        click.echo(f"shipped to {ship_scorer(out)}")
 
 
 def _train_config(config_cls, quick: bool, threads: int | None, overrides: dict):

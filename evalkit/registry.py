@@ -104,6 +104,7 @@ PRIORS.register("diffusion-xl", "evalkit.priors.diffusion:DiffusionXLPrior", "di
 DECODERS.register("dummy", "evalkit.decoders.dummy:DummyDecoder", "template decoder: embeddings to colour blobs, per-image seeded noise")
 DECODERS.register("synth", "evalkit.decoders.synth:SynthDecoder", "embedded 32×32 pixel diffusion decoder conditioned on the world CLIP's image embedding (unCLIP / Kandinsky 2.2 style)")
 SCORERS.register("analytic", "evalkit.scorers.analytic:AnalyticScorer", "HRS-style analytic scorer for the synthetic world: segment, read hue / mask geometry / pattern")
+SCORERS.register("binding", "evalkit.scorers.binding:BindingScorer", "embedded VQA model of the synthetic world: P(yes) per noun phrase, product per image (B-VQA style)")
 SCORERS.register("dummy", "evalkit.scorers.dummy:DummyScorer", "template scorer: mean brightness as a stand-in probability per noun phrase")
 
 for _family in ("color", "shape", "texture"):

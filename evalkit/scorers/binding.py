@@ -1,0 +1,153 @@
+"""The embedded binding scorer: a small VQA model of the synthetic world answering "{noun phrase}?".
+
+It is B-VQA in miniature, trained by project code on world renders (``evalkit train-world
+scorer``): for an image and a noun phrase ("a red striped circle") it gives P(yes) — some object in
+the image has every attribute the phrase names. Per image, the score is the product of its
+phrases' probabilities (:mod:`evalkit.scorers.bvqa`), and every question is kept in the row.
+
+The network: a CNN trunk over the image; the phrase, as a multi-hot vector over the world's
+attribute words (:func:`evalkit.scorers.analytic.parse_phrase`), sets FiLM scales and shifts of the
+last two conv stages; a 1×1 conv gives a match logit per location and the image's logit is the
+maximum over locations ("is there a place where such an object is"). Training uses hard negatives:
+the attribute-swapped phrase, one attribute changed to another value, and shapes absent from the
+image; labels come from the scene's ground truth, so distractors count.
+
+Words outside the world's vocabulary are ignored and reported in the question's ``unknown`` field.
+Weights: ``evalkit/embedded/weights/scorer/`` (config.json + model.safetensors, fp16).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from evalkit.contracts import Batch, Scorer
+from evalkit.errors import WeightsNotFoundError
+from evalkit.paths import REPO_ROOT
+from evalkit.serialization import CONFIG_NAME, PretrainedMixin
+
+SHIPPED_DIR = REPO_ROOT / "evalkit" / "embedded" / "weights" / "scorer"
+TRAIN_HINT = "Train it with `evalkit train-world scorer --out DIR --ship` (or restore the shipped weights from git)."
+
+
+def world_vocabulary() -> list[str]:
+    from evalkit.world.attributes import COLORS, SHAPES, SIZE_WORDS, TEXTURES
+
+    return [*COLORS, *TEXTURES, *SHAPES, *SIZE_WORDS]
+
+
+@dataclass
+class BindingVQAConfig:
+    widths: tuple[int, ...] = (32, 64, 96)  # 32×32, 16×16, 8×8
+    vocabulary: list[str] = field(default_factory=world_vocabulary)
+    text_hidden: int = 64
+
+
+def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.GroupNorm(8, c_out), nn.GELU())
+
+
+class BindingVQA(PretrainedMixin, nn.Module):
+    config_class = BindingVQAConfig
+    weights_hint = TRAIN_HINT
+
+    def __init__(self, config: BindingVQAConfig | None = None):
+        super().__init__()
+        self.config = config or BindingVQAConfig()
+        self.config.widths = tuple(self.config.widths)
+        w1, w2, w3 = self.config.widths
+        self.index = {word: i for i, word in enumerate(self.config.vocabulary)}
+        self.stem = nn.Sequential(_block(3, w1, 1), _block(w1, w2, 2))
+        self.stage2 = _block(w2, w2, 1)
+        self.stage3 = nn.Sequential(_block(w2, w3, 2), _block(w3, w3, 1))
+        self.text = nn.Sequential(nn.Linear(len(self.config.vocabulary), self.config.text_hidden), nn.GELU(),
+                                  nn.Linear(self.config.text_hidden, 2 * (w2 + w3)))
+        self.head = nn.Sequential(nn.Conv2d(w3, w3, 1), nn.GELU(), nn.Conv2d(w3, 1, 1))
+        self.register_buffer("image_mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1), persistent=False)
+
+    def encode_phrases(self, phrases: Sequence[str]) -> tuple[torch.Tensor, list[tuple[str, ...]]]:
+        """Multi-hot (N, V) of the phrases' world words, and the unknown words of each."""
+        from evalkit.scorers.analytic import parse_phrase
+
+        hot = torch.zeros(len(phrases), len(self.index))
+        unknown = []
+        for i, phrase in enumerate(phrases):
+            fields, extra = parse_phrase(phrase)
+            for _, word in fields:
+                hot[i, self.index[word]] = 1.0
+            unknown.append(extra)
+        return hot, unknown
+
+    def forward(self, images: torch.Tensor, phrase_hot: torch.Tensor) -> torch.Tensor:
+        """Logits (N,) that image i contains an object fitting phrase i; images (N, 3, 32, 32) in [0, 1]."""
+        w2 = self.config.widths[1]
+        film = self.text(phrase_hot.to(images.dtype))
+        g2, b2, g3, b3 = torch.split(film, [w2, w2, self.config.widths[2], self.config.widths[2]], dim=1)
+        x = self.stem(images - self.image_mean)
+        x = self.stage2(x) * (1 + g2[:, :, None, None]) + b2[:, :, None, None]
+        x = self.stage3(x) * (1 + g3[:, :, None, None]) + b3[:, :, None, None]
+        return self.head(x).flatten(1).amax(dim=1)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class BindingScorer(Scorer):
+    """``binding``: the embedded VQA model's P(yes) per noun phrase, product per image (B-VQA style)."""
+
+    name = "binding"
+    version = "1"
+
+    def __init__(self, path: str | Path | None = None, model: BindingVQA | None = None, mode: str = "full",
+                 batch_size: int = 1024):
+        super().__init__()
+        if model is None:
+            directory = Path(path) if path is not None else SHIPPED_DIR
+            if not (directory / CONFIG_NAME).is_file():
+                raise WeightsNotFoundError(f"the embedded binding scorer: no weights at {directory}. {TRAIN_HINT}")
+            model = BindingVQA.from_pretrained(directory).float()
+        self.model = model.eval()
+        self.mode = mode
+        self.batch_size = batch_size
+
+    @classmethod
+    def tiny(cls) -> "BindingScorer":
+        torch.manual_seed(0)
+        return cls(model=BindingVQA(BindingVQAConfig(widths=(8, 8, 8), text_hidden=8)))
+
+    @torch.inference_mode()
+    def probabilities(self, images: torch.Tensor, phrases: Sequence[str], image_index: Sequence[int]) -> torch.Tensor:
+        """P(yes) for each (images[image_index[k]], phrases[k]), in batches."""
+        hot, _ = self.model.encode_phrases(phrases)
+        index = torch.as_tensor(list(image_index), dtype=torch.long)
+        out = []
+        for start in range(0, len(phrases), self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            out.append(torch.sigmoid(self.model(images[index[sl]].float(), hot[sl])))
+        return torch.cat(out) if out else torch.empty(0)
+
+    def score(self, images: torch.Tensor, batch: Batch) -> list[dict]:
+        from evalkit.scorers.analytic import noun_phrases
+        from evalkit.scorers.bvqa import image_scores
+
+        per_image = [noun_phrases(item) for item in batch.items]
+        flat = [p for phrases in per_image for p in phrases]
+        owner = [i for i, phrases in enumerate(per_image) for _ in phrases]
+        probs = self.probabilities(images, [f"{p}" for p in flat], owner).tolist()
+        _, unknown = self.model.encode_phrases(flat)
+        rows, k = [], 0
+        for phrases in per_image:
+            questions = []
+            for phrase in phrases:
+                q = {"question": f"{phrase}?", "p": round(float(probs[k]), 6)}
+                if unknown[k]:
+                    q["unknown"] = list(unknown[k])
+                questions.append(q)
+                k += 1
+            score = float(image_scores([[q["p"] for q in questions]], self.mode)[0]) if questions else 1.0
+            rows.append({"score": score, "questions": questions})
+        return rows

@@ -1,0 +1,215 @@
+"""``evalkit train-world scorer``: the embedded binding scorer (a VQA model of the world), trained on renders.
+
+Each training image (a render of the train split, all categories) is asked questions drawn from
+its ground truth, half of them true and half false, of five kinds:
+
+- ``caption``: one of the caption's own noun phrases (true);
+- ``object``: any object of the scene, distractors included, described by a random subset of its
+  attributes (shape always; true);
+- ``swapped``: a noun phrase of the attribute-swapped caption (false unless the scene happens to
+  hold such an object);
+- ``wrong``: an object's description with one attribute changed to another value;
+- ``absent``: a shape that is not in the image.
+
+The label of every question is computed from the scene (some object satisfies the phrase), never
+assumed from its kind. Evaluation: accuracy per kind on dev/val renders (seen and unseen
+combinations) and agreement with the analytic scorer on val renders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from evalkit.train.common import JsonlLogger, Stopwatch, check_finite, finish, load_checkpoint, save_checkpoint, set_seed, ship
+from evalkit.world.tensors import images_to_tensor
+
+KINDS = ("caption", "object", "swapped", "wrong", "absent")
+
+
+@dataclass
+class ScorerTrainConfig:
+    steps: int = 3000
+    batch_size: int = 256  # (image, question) pairs per step
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    num_scenes: int = 40000
+    seed: int = 0
+    eval_every: int = 500
+    eval_scenes: int = 600
+    checkpoint_every: int = 500
+    tiny: bool = False
+
+    @classmethod
+    def quick(cls) -> "ScorerTrainConfig":
+        return cls(steps=6, batch_size=16, num_scenes=64, eval_every=3, eval_scenes=16, checkpoint_every=3, warmup_steps=2,
+                   tiny=True)
+
+
+# --------------------------------------------------------------------------- questions
+
+
+def _describe(obj, families, rng) -> "ObjectSpec":
+    from evalkit.world.grammar import ObjectSpec
+
+    values = {"shape": obj.shape}
+    for family in families:
+        if family == "size":
+            if obj.size_class in ("big", "small"):
+                values["size"] = obj.size_class
+        else:
+            values[family] = getattr(obj, family)
+    return ObjectSpec(**values)
+
+
+def _random_families(rng) -> list[str]:
+    families = [f for f in ("color", "texture", "size") if rng.random() < 0.5]
+    return families or [("color", "texture")[int(rng.random() * 2)]]
+
+
+def question(scene, kind: str, rng) -> tuple[str, bool]:
+    """A (phrase, label) of ``kind`` about ``scene``; the label is the scene's truth."""
+    from evalkit.world.attributes import COLORS, SHAPES, SIZE_WORDS, TEXTURES
+    from evalkit.world.grammar import parse_caption
+
+    if kind == "caption":
+        phrase = scene.noun_phrases[int(rng.random() * 2)]
+    elif kind == "swapped":
+        phrase = parse_caption(scene.swapped_caption).noun_phrases[int(rng.random() * 2)]
+    elif kind == "absent":
+        present = {o.shape for o in scene.objects}
+        shape = [s for s in SHAPES if s not in present][int(rng.random() * (len(SHAPES) - len(present)))]
+        obj = scene.objects[int(rng.random() * len(scene.objects))]
+        phrase = dataclasses.replace(_describe(obj, _random_families(rng), rng), shape=shape).phrase()
+    else:
+        obj = scene.objects[int(rng.random() * len(scene.objects))]
+        spec = _describe(obj, _random_families(rng), rng)
+        if kind == "wrong":
+            family = [f for f in ("shape", "color", "texture", "size") if spec.get(f) is not None][
+                int(rng.random() * sum(spec.get(f) is not None for f in ("shape", "color", "texture", "size")))]
+            options = {"shape": SHAPES, "color": tuple(COLORS), "texture": TEXTURES, "size": SIZE_WORDS}[family]
+            others = [v for v in options if v != spec.get(family)]
+            spec = spec.replace(**{family: others[int(rng.random() * len(others))]})
+        phrase = spec.phrase()
+    return phrase, label_of(scene, phrase)
+
+
+def label_of(scene, phrase: str) -> bool:
+    from evalkit.scorers.analytic import parse_phrase
+    from evalkit.world.grammar import ObjectSpec
+
+    fields, _ = parse_phrase(phrase)
+    spec = ObjectSpec(**dict(fields))
+    return any(obj.satisfies(spec) for obj in scene.objects)
+
+
+def draw_questions(scenes, n: int, rng) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
+    """``n`` questions about random scenes, balanced true/false: (scene index, phrase, label, kind)."""
+    idx, phrases, labels, kinds = [], [], [], []
+    want_true = n // 2
+    trues = falses = 0
+    while len(phrases) < n:
+        i = int(rng.integers(len(scenes)))
+        kind = KINDS[int(rng.integers(len(KINDS)))]
+        phrase, label = question(scenes[i], kind, rng)
+        if (label and trues >= want_true) or (not label and falses >= n - want_true):
+            continue
+        trues, falses = trues + label, falses + (not label)
+        idx.append(i), phrases.append(phrase), labels.append(label), kinds.append(kind)
+    return np.array(idx), phrases, np.array(labels, dtype=np.float32), kinds
+
+
+# --------------------------------------------------------------------------- training
+
+
+def build_model(config: ScorerTrainConfig):
+    from evalkit.scorers.binding import BindingVQA, BindingVQAConfig
+
+    return BindingVQA(BindingVQAConfig(widths=(8, 8, 8), text_hidden=8) if config.tiny else BindingVQAConfig())
+
+
+@torch.inference_mode()
+def evaluate(model, config: ScorerTrainConfig, split: str = "dev") -> dict:
+    """Accuracy per question kind (and seen/unseen on val) on renders of ``split``."""
+    from evalkit.world import render, sample_pairs
+
+    _, scenes = sample_pairs("all", config.eval_scenes, seed=config.seed + 7, split=split)
+    images = images_to_tensor(render(scenes))
+    rng = np.random.default_rng([config.seed, 99])
+    metrics = {}
+    for kind in KINDS:
+        pairs = [question(scene, kind, rng) for scene in scenes]
+        hot, _ = model.encode_phrases([p for p, _ in pairs])
+        logits = torch.cat([model(images[s:s + 512], hot[s:s + 512]) for s in range(0, len(scenes), 512)])
+        labels = torch.tensor([float(label) for _, label in pairs])
+        metrics[f"acc_{kind}"] = round(((logits > 0).float() == labels).float().mean().item(), 4)
+        metrics[f"true_share_{kind}"] = round(labels.mean().item(), 3)
+    metrics["acc_mean"] = round(float(np.mean([metrics[f"acc_{k}"] for k in KINDS])), 4)
+    return metrics
+
+
+def train_scorer(out_dir: str | Path, config: ScorerTrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    from evalkit.world import render, sample_pairs
+
+    out_dir = Path(out_dir)
+    checkpoint_dir = out_dir / "checkpoint"
+    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
+        raise FileExistsError(f"{out_dir} already holds a training run; pass --resume to continue it or pick another --out")
+    clock = Stopwatch()
+    set_seed(config.seed)
+    model = build_model(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps)
+                                                  * 0.5 * (1 + np.cos(np.pi * min(s, config.steps) / config.steps)))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    logger = JsonlLogger(out_dir / "log.jsonl")
+    start, elapsed_before = 0, 0.0
+    if resume and checkpoint_dir.exists():
+        state = load_checkpoint(checkpoint_dir, model, optimizer, schedule)
+        start, elapsed_before = state["step"], float(state["extra"].get("elapsed", 0.0))
+        logger.truncate_after(start)
+    _, scenes = sample_pairs("all", config.num_scenes, seed=config.seed, split="train")
+    images = render(scenes)
+    last: dict = {}
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train scorer", disable=not progress)
+    model.train()
+    for step in bar:
+        rng = np.random.default_rng([config.seed, step])
+        idx, phrases, labels, _ = draw_questions(scenes, config.batch_size, rng)
+        hot, _ = model.encode_phrases(phrases)
+        logits = model(images_to_tensor(images[idx]), hot)
+        loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(labels))
+        check_finite(loss, step, checkpoint_dir)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        row = {"step": step + 1, "loss": round(loss.item(), 5), "elapsed": round(elapsed_before + clock(), 1)}
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+            model.eval()
+            last = evaluate(model, config, "dev")
+            model.train()
+            row.update({f"dev/{k}": v for k, v in last.items()})
+        logger.log(row)
+        bar.set_postfix(loss=f"{row['loss']:.4f}")
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            save_checkpoint(checkpoint_dir, model, optimizer, schedule, step + 1, extra={"elapsed": row["elapsed"]})
+    bar.close()
+    model.eval()
+    record = {"config": dataclasses.asdict(config), "dev": last or evaluate(model, config, "dev"),
+              "val": evaluate(model, config, "val"), "num_parameters": model.num_parameters(),
+              "wall_time_s": round(elapsed_before + clock(), 1), "torch_threads": torch.get_num_threads()}
+    return finish(out_dir, model, record)
+
+
+def ship_scorer(run_dir: str | Path, dest: str | Path | None = None, dtype: torch.dtype | None = torch.float16) -> Path:
+    from evalkit.scorers.binding import SHIPPED_DIR, BindingVQA
+
+    return ship(BindingVQA, run_dir, dest if dest is not None else SHIPPED_DIR, dtype)
