@@ -60,8 +60,13 @@ def load_run(path: str | os.PathLike) -> RunData:
                                "Re-run the command (finished work comes from the cache) instead of editing results.")
     samples = []
     samples_path = path / "samples.jsonl"
+    if not samples_path.is_file() and (path / "samples.jsonl.gz").is_file():  # kept compressed in results/
+        samples_path = path / "samples.jsonl.gz"
     if samples_path.is_file():
-        text = samples_path.read_text()
+        import gzip
+
+        text = gzip.decompress(samples_path.read_bytes()).decode("utf-8") if samples_path.suffix == ".gz" \
+            else samples_path.read_text()
         expected = results.get("samples_sha256")
         if expected and hashlib.sha256(text.encode("utf-8")).hexdigest() != expected:
             raise CorruptFileError(f"{samples_path} does not match the hash recorded in results.json (truncated or edited)")
@@ -180,7 +185,7 @@ def _merged(runs: Sequence[RunData]) -> tuple[dict, dict, list[dict], list[dict]
     return runs[0].results["protocol"], priors, rows, samples
 
 
-def _prior_order(priors: dict, rows: list[dict]) -> list[str]:
+def prior_order(priors: dict, rows: list[dict]) -> list[str]:
     names = list(priors) or sorted({r["prior"] for r in rows})
     trained = sorted((n for n in names if n not in CALIBRATION), key=lambda n: (priors.get(n, {}).get("total_parameters", 0), n))
     return [n for n in ("oracle", "text") if n in names] + trained + [n for n in ("none", "dummy") if n in names]
@@ -264,20 +269,48 @@ def plot_parameters(rows: list[dict], priors: dict, metric: str, path: Path) -> 
     return path
 
 
-def grid_images(samples: list[dict], order: list[str], out_dir: Path, prompts_per_suite: int = GRID_PROMPTS) -> list[Image]:
+def grid_selection(samples: list[dict], prompts_per_suite: int = GRID_PROMPTS) -> dict[str, tuple[int, list[str], dict]]:
+    """Per suite: (seed, item ids, {(prior, item): sample}) of the side-by-side grid — the first prompts
+    at the first seed, scored by the first scorer."""
+    first_scorer = min((s["scorer"] for s in samples), default=None)
+    chosen = [s for s in samples if s["scorer"] == first_scorer and s.get("image_path")]
+    out = {}
+    for suite in sorted({s["suite"] for s in chosen}):
+        in_suite = [s for s in chosen if s["suite"] == suite]
+        seed = min(s["seed"] for s in in_suite)
+        index = {(s["prior"], s["item_id"]): s for s in in_suite if s["seed"] == seed}
+        items = sorted({s["item_id"] for s in in_suite if s["seed"] == seed})[:prompts_per_suite]
+        out[suite] = (seed, items, index)
+    return out
+
+
+def worst_selection(samples: list[dict], order: list[str], per_prior: int = WORST_PER_PRIOR) -> dict[str, list[dict]]:
+    """Per prior: its lowest-scored images (ties broken by item and seed)."""
+    out = {}
+    for prior in order:
+        mine = sorted((s for s in samples if s["prior"] == prior and s.get("image_path")),
+                      key=lambda s: (s["score"], s["item_id"], s["seed"], s["scorer"]))[:per_prior]
+        if mine:
+            out[prior] = mine
+    return out
+
+
+def report_images(samples: list[dict], order: list[str]) -> set[str]:
+    """The image paths a report shows (to keep a report's images without the whole run)."""
+    paths = {s["image_path"] for rows in worst_selection(samples, order).values() for s in rows}
+    for _, items, index in grid_selection(samples).values():
+        paths |= {s["image_path"] for (prior, item), s in index.items() if item in items}
+    return paths
+
+
+def grid_images(samples: list[dict], order: list[str], out_dir: Path) -> list[Image]:
     """Per suite: the first prompts at the first seed, one row per prompt, one column per prior."""
     from PIL import Image as PILImage
 
     from evalkit.report.grid import save_image_grid
 
     blocks = []
-    first_scorer = min((s["scorer"] for s in samples), default=None)
-    chosen = [s for s in samples if s["scorer"] == first_scorer and s.get("image_path")]
-    for suite in sorted({s["suite"] for s in chosen}):
-        in_suite = [s for s in chosen if s["suite"] == suite]
-        seed = min(s["seed"] for s in in_suite)
-        index = {(s["prior"], s["item_id"]): s for s in in_suite if s["seed"] == seed}
-        items = sorted({s["item_id"] for s in in_suite if s["seed"] == seed})[:prompts_per_suite]
+    for suite, (seed, items, index) in grid_selection(samples).items():
         columns = [p for p in order if any((p, i) in index for i in items)]
         images, titles = [], []
         for item in items:
@@ -297,17 +330,14 @@ def grid_images(samples: list[dict], order: list[str], out_dir: Path, prompts_pe
     return blocks
 
 
-def worst_images(samples: list[dict], order: list[str], out_dir: Path, per_prior: int = WORST_PER_PRIOR) -> list:
+def worst_images(samples: list[dict], order: list[str], out_dir: Path) -> list:
     blocks = []
-    for prior in order:
-        mine = sorted((s for s in samples if s["prior"] == prior and s.get("image_path")),
-                      key=lambda s: (s["score"], s["item_id"], s["seed"]))[:per_prior]
-        if not mine:
-            continue
+    for prior, rows in worst_selection(samples, order).items():
         entries = []
-        for s in mine:
+        for s in rows:
             questions = ", ".join(f"{q['question']} {q['p']:.2f}" for q in s.get("questions", []))
-            caption = f"`{prior}` {s['suite']} seed {s['seed']}: *{s['prompt']}* → {s['score']:.2f}" + (f" ({questions})" if questions else "")
+            caption = (f"`{prior}` {s['suite']} seed {s['seed']} ({s['scorer']}): *{s['prompt']}* → {s['score']:.2f}"
+                       + (f" ({questions})" if questions else ""))
             entries.append((os.path.relpath(s["image_path"], out_dir), caption))
         blocks += [("h3", prior), Gallery(entries)]
     return blocks
@@ -315,7 +345,7 @@ def worst_images(samples: list[dict], order: list[str], out_dir: Path, per_prior
 
 def report_blocks(runs: Sequence[RunData], out_dir: Path, pairs: Sequence[tuple[str, str]] | None = None) -> list:
     protocol, priors, rows, samples = _merged(runs)
-    order = _prior_order(priors, rows)
+    order = prior_order(priors, rows)
     blocks: list = [("h1", "evalkit run report"),
                     ("p", f"Protocol `{runs[0].results['protocol_hash']}`: decoder {protocol['decoder']}, "
                           f"{protocol['num_inference_steps']} steps, guidance {protocol['guidance_scale']}, "
@@ -365,7 +395,7 @@ def summary_markdown(run_dirs: Sequence[str | os.PathLike]) -> str:
     """The score tables and the parameter table of runs, as markdown (what the CLI prints)."""
     runs = [load_run(d) for d in run_dirs]
     _, priors, rows, _ = _merged(runs)
-    order = _prior_order(priors, rows)
+    order = prior_order(priors, rows)
     blocks = score_tables(rows, order)
     metrics = sorted({r["metric"] for r in rows})
     if metrics:
