@@ -246,6 +246,8 @@ def train_baseline(prior, size, out, resume, quick, stop_at, ship, describe, emb
 @click.option("--limit", type=int, help="only the first N prompts of each suite")
 @click.option("--prior-path", "prior_paths", multiple=True, metavar="NAME=DIR",
               help="load trained prior NAME from a weights folder instead of its shipped seed 0 (repeatable)")
+@click.option("--scorer-path", "scorer_paths", multiple=True, metavar="NAME=DIR",
+              help="load scorer NAME (e.g. blip-vqa) from a weights folder (repeatable)")
 @click.option("--allow-pickle", is_flag=True, help="accept pickle checkpoints (.bin/.pt) in --prior-path folders "
               "(read with weights_only=True); refused by default")
 @click.option("--tag", default="", help="a label stored in every result row (e.g. a branch name)")
@@ -264,6 +266,7 @@ def run_command(ctx, preset, priors, suites_, scorers, **options):
     from evalkit.runner import RunConfig, run
 
     options["prior_paths"] = _prior_paths(options.pop("prior_paths"), _names(priors))
+    options["scorer_paths"] = _prior_paths(options.pop("scorer_paths"), _names(scorers), "--scorer-path")
     fields = dict(priors=_names(priors), suites=_names(suites_), scorers=_names(scorers), **options)
     if preset:
         given = {"priors": "priors", "suites": "suites_", "scorers": "scorers"}
@@ -379,13 +382,13 @@ def eval_prior(priors, suites_, split, num_seeds, controls, training_seeds, prio
     click.echo(f"wrote {run_dir}")
 
 
-def _prior_paths(specs, prior_names) -> dict:
-    """``--prior-path NAME=DIR`` flags as {name: dir}, NAME one of the named priors."""
+def _prior_paths(specs, names, flag: str = "--prior-path") -> dict:
+    """``NAME=DIR`` flags as {name: dir}, NAME one of ``names`` (the priors, or the scorers)."""
     paths = {}
     for spec in specs:
         name, sep, directory = spec.partition("=")
-        if not sep or name not in prior_names:
-            raise click.BadParameter(f"{spec!r}: expected NAME=DIR with NAME one of --prior", param_hint="--prior-path")
+        if not sep or name not in names:
+            raise click.BadParameter(f"{spec!r}: expected NAME=DIR with NAME one of {', '.join(names)}", param_hint=flag)
         paths[name] = directory
     return paths
 

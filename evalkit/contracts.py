@@ -304,6 +304,7 @@ class RunConfig:
     limit: int | None = None  # first N prompts of each suite (None: all)
     out: str = "evalkit-runs"  # parent folder of run folders
     prior_paths: dict = field(default_factory=dict)  # prior name -> weights folder (instead of the shipped one)
+    scorer_paths: dict = field(default_factory=dict)  # scorer name -> weights folder (e.g. a local BLIP-VQA)
     allow_pickle: bool = False  # accept pickle checkpoints in those folders (weights_only=True)
     tag: str = ""  # a label stored in every result row (e.g. a branch or experiment name)
     cache: bool = True  # reuse and store embeddings, images and scores in the work cache

@@ -105,6 +105,8 @@ DECODERS.register("dummy", "evalkit.decoders.dummy:DummyDecoder", "template deco
 DECODERS.register("synth", "evalkit.decoders.synth:SynthDecoder", "embedded 32×32 pixel diffusion decoder conditioned on the world CLIP's image embedding (unCLIP / Kandinsky 2.2 style)")
 SCORERS.register("analytic", "evalkit.scorers.analytic:AnalyticScorer", "HRS-style analytic scorer for the synthetic world: segment, read hue / mask geometry / pattern")
 SCORERS.register("binding", "evalkit.scorers.binding:BindingScorer", "embedded VQA model of the synthetic world: P(yes) per noun phrase, product per image (B-VQA style)")
+SCORERS.register("blip-vqa", "evalkit.scorers.blip_vqa:BlipVQAScorer", "T2I-CompBench B-VQA on BLIP-VQA (local Salesforce/blip-vqa-base via $EVALKIT_BLIP_VQA_DIR or --scorer-path): P(yes) per noun phrase, product per image")
+SCORERS.register("clipscore", "evalkit.scorers.clipscore:CLIPScoreScorer", "CLIPScore: image–prompt cosine in the world CLIP (score = cosine clipped to [0, 1]; torchmetrics max(100·cos, 0) per row)")
 SCORERS.register("dummy", "evalkit.scorers.dummy:DummyScorer", "template scorer: mean brightness as a stand-in probability per noun phrase")
 
 for _family in ("color", "shape", "texture"):

@@ -8,6 +8,7 @@ priors and seeds; each image's randomness comes from its own seed.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import time
@@ -263,7 +264,15 @@ def resolve(config: RunConfig):
         priors[name] = load_prior(name, **options, **extra)
     for prior in priors.values():
         check_embedding_contract(prior, decoder)
-    scorers = {name: SCORERS.get(name)() for name in config.scorers}
+    scorers = {}
+    for name in config.scorers:
+        cls, path, kwargs = SCORERS.get(name), config.scorer_paths.get(name), {}
+        if path is not None:
+            params = inspect.signature(cls).parameters
+            if "path" not in params:
+                raise EvalkitError(f"scorer {name!r} loads no weights folder; --scorer-path does not apply to it")
+            kwargs = {"path": path, **({"allow_pickle": config.allow_pickle} if "allow_pickle" in params else {})}
+        scorers[name] = cls(**kwargs)
     suites = [load_suite(name) for name in config.suites]
     return priors, decoder, scorers, suites
 

