@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--preset", default="paper")
     parser.add_argument("--limit", type=int, help="prompts per suite (default: the preset's)")
     parser.add_argument("--images-per-prompt", type=int, help="seeds per prompt (default: the preset's)")
-    parser.add_argument("--scorers", default="analytic,binding")
+    parser.add_argument("--scorers", default="binding,analytic")
     parser.add_argument("--out", default="evalkit-runs")
     args = parser.parse_args()
 

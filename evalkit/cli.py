@@ -234,7 +234,7 @@ def train_baseline(prior, size, out, resume, quick, stop_at, ship, describe, emb
 @click.option("--prior", "priors", default="oracle", show_default=True, help="comma-separated prior names")
 @click.option("--decoder", default="synth", show_default=True, help="decoder name")
 @click.option("--suite", "suites_", default="synth-color", show_default=True, help="comma-separated suite names")
-@click.option("--scorer", "scorers", default="analytic", show_default=True, help="comma-separated scorer names")
+@click.option("--scorer", "scorers", default="binding,analytic", show_default=True, help="comma-separated scorer names")
 @click.option("--split", default="val", show_default=True, help="train | dev | val")
 @click.option("--images-per-prompt", default=10, show_default=True, help="images per prompt (seeds seed … seed+n−1)")
 @click.option("--seed", default=42, show_default=True, help="seed of each prompt's first image")

@@ -292,7 +292,7 @@ class RunConfig:
     priors: list[str] = field(default_factory=lambda: ["oracle"])  # prior names
     decoder: str = "synth"  # decoder name
     suites: list[str] = field(default_factory=lambda: ["synth-color"])  # suite names
-    scorers: list[str] = field(default_factory=lambda: ["analytic"])  # scorer names
+    scorers: list[str] = field(default_factory=lambda: ["binding", "analytic"])  # scorer names
     split: str = "val"  # train | dev | val
     images_per_prompt: int = 10  # seeds seed, seed+1, ...
     seed: int = 42  # image i of a prompt uses seed + i (T2I-CompBench)

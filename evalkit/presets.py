@@ -20,13 +20,15 @@ from evalkit.paths import REPO_ROOT
 
 GOLDEN_DIR = REPO_ROOT / "results" / "golden" / "smoke"
 SYNTH_SUITES = ["synth-color", "synth-shape", "synth-texture"]
+#: B-VQA style (the embedded binding scorer) and HRS style (the analytic scorer), side by side
+SCORERS = ["binding", "analytic"]
 LADDER = ["oracle", "eclipse", "projection", "diffusion", "eclipse-hn", "eclipse-large", "diffusion-xl", "none"]
 PRESETS = {
     # 3 priors × 3 suites × 4 prompts × 2 seeds = 72 images at 10 decoder steps
-    "smoke": dict(priors=["oracle", "eclipse", "none"], suites=SYNTH_SUITES, scorers=["analytic"], limit=4,
+    "smoke": dict(priors=["oracle", "eclipse", "none"], suites=SYNTH_SUITES, scorers=SCORERS, limit=4,
                   images_per_prompt=2, num_inference_steps=10),
-    "demo": dict(priors=LADDER, suites=SYNTH_SUITES, scorers=["analytic"], limit=8, images_per_prompt=2),
-    "paper": dict(priors=LADDER, suites=SYNTH_SUITES, scorers=["analytic"], limit=None, images_per_prompt=10),
+    "demo": dict(priors=LADDER, suites=SYNTH_SUITES, scorers=SCORERS, limit=8, images_per_prompt=2),
+    "paper": dict(priors=LADDER, suites=SYNTH_SUITES, scorers=SCORERS, limit=None, images_per_prompt=10),
 }
 SMOKE = PRESETS["smoke"]
 

@@ -56,7 +56,7 @@ def weights_hint(directory: str | os.PathLike | None = None) -> str:
     target = directory or "DIR"
     return (f"Download {REPO_ID} on a machine with network access: "
             f"`huggingface-cli download {REPO_ID} --local-dir {target}`, copy the folder here, then set "
-            f"{ENV_DIR}={target} or pass --scorer-path {target}.")
+            f"{ENV_DIR}={target} or pass --scorer-path blip-vqa={target}.")
 
 
 def resolve_directory(path: str | os.PathLike | None = None) -> Path:
