@@ -169,6 +169,7 @@ def test_malicious_pickle_is_never_executed(tmp_path):
     (["--num-inference-steps", "-3"], "--num-inference-steps"),
     (["--prior", "dummy"], "cannot feed decoder 'synth'"),
     (["--prior", "nan-prior", "--decoder", "dummy", "--scorer", "dummy"], "'nan-prior' returned NaN/inf"),
+    (["--prior", "eclipse", "--prior-path", "eclipse=/nonexistent/weights"], "no weights at /nonexistent/weights"),
 ])
 def test_bad_input_exits_nonzero_before_anything_is_written(tmp_path, args, message):
     class NanPrior(DummyPrior):
