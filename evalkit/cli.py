@@ -411,6 +411,21 @@ def export_command(format_, scorer, run_dir, out):
     click.echo(f"exported to {path}: score with their scripts, e.g. BLIP_vqa.py --out_dir {path}/<prior>/<category>")
 
 
+@cli.command("fid")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--reference", "n_reference", default=2000, show_default=True, help="world renders in the reference set")
+def fid_command(run_dir, n_reference):
+    """FID / KID of each prior's images in a run against world renders (world-CLIP features; Inception is offline)."""
+    from tabulate import tabulate
+
+    from evalkit.metrics.fid import run_distances
+
+    rows = run_distances(run_dir, n_reference)
+    if not rows:
+        raise click.UsageError(f"{run_dir} has no images of synthetic suites to compare with world renders")
+    click.echo(tabulate(rows, headers="keys", tablefmt="github"))
+
+
 @cli.command("smoke")
 @click.option("--out", default="evalkit-runs", show_default=True, type=click.Path(file_okay=False),
               help="parent folder of the smoke run")

@@ -271,3 +271,18 @@ def test_run_with_a_local_blip_vqa_folder(tmp_path):
     bad = CliRunner().invoke(cli, ["run", "--prior", "dummy", "--decoder", "dummy", "--scorer", "dummy",
                                    "--scorer-path", f"dummy={tmp_path}", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "does not apply" in bad.output
+
+
+def test_fid_of_a_run_names_its_feature_network(tmp_path):
+    import warnings
+
+    from evalkit.metrics.fid import run_distances
+
+    run_dir = _results(tmp_path, "runs")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 6 images in 128-d features: rank-deficient, as the warning says
+        rows = run_distances(run_dir, n_reference=40)
+    assert {(r["prior"], r["suite"]) for r in rows} == {("dummy", "synth-color"), ("dummy", "synth-shape")}
+    for r in rows:
+        assert r["fid"] > 0 and r["fid"] == pytest.approx(r["fid_torchmetrics"], rel=1e-3)
+        assert "synth-clip" in r["feature_network"] and r["images"] == 6

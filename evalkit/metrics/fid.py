@@ -429,3 +429,36 @@ def kid(real: Any, fake: Any, extractor: Extractor = DEFAULT_EXTRACTOR, batch_si
         mean, std = metric.compute()
     return DistanceResult("kid", float(value), float(mean), ext.description, ext.fingerprint, len(r.features),
                           len(f.features), kid_std=float(std))
+
+
+def run_distances(run_dir: str | os.PathLike, n_reference: int = 2000, extractor: Extractor = DEFAULT_EXTRACTOR) -> list[dict]:
+    """FID and KID of each (prior, suite) image set of a finished run against renders of the suite's category.
+
+    Only synthetic suites have a reference (their world renders, val split). One row per set, with both
+    implementations' values and the feature network named.
+    """
+    from PIL import Image
+
+    from evalkit.report.run_report import load_run
+
+    run = load_run(run_dir)
+    sets: dict[tuple[str, str, str], list[str]] = {}
+    seen = set()
+    for s in run.samples:
+        key = (s["prior"], s["suite"], s["category"])
+        if s.get("image_path") and (key, s["image_path"]) not in seen:
+            seen.add((key, s["image_path"]))
+            sets.setdefault(key, []).append(s["image_path"])
+    rows = []
+    for (prior, suite, category), paths in sorted(sets.items()):
+        if not suite.startswith("synth-"):
+            continue
+        images = np.stack([np.asarray(Image.open(Path(run.path) / p).convert("RGB")) for p in paths])
+        reference = reference_stats(category, n_reference, split="val", extractor=extractor)
+        distance = fid(reference, images, extractor)
+        kernel = kid(reference, images, extractor)
+        rows.append({"prior": prior, "suite": suite, "images": len(paths), "fid": round(distance.value, 3),
+                     "fid_torchmetrics": round(distance.torchmetrics_value, 3), "kid": round(kernel.value, 4),
+                     "kid_torchmetrics": round(kernel.torchmetrics_value, 4), "feature_network": distance.feature_network,
+                     "reference": f"{n_reference} val renders of {category}"})
+    return rows
