@@ -370,6 +370,35 @@ def train_decoder(out_dir: str | Path, config: DecoderTrainConfig, resume: bool 
     return finish(out_dir, final_model, record)
 
 
+def final_from_checkpoint(run_dir: str | Path) -> Path:
+    """The EMA weights of a run's last checkpoint as ``run_dir/final`` (a run stopped before its last step).
+
+    The training record says at which step and learning rate the weights were taken.
+    """
+    import json
+
+    from evalkit.decoders.synth import SynthDecoder
+
+    run_dir = Path(run_dir)
+    config = DecoderTrainConfig(**json.loads((run_dir / "train_config.json").read_text()))
+    base = SynthDecoder.from_pretrained(config.init_from).float() if config.init_from else None
+    decoder = base if base is not None else build_decoder(config, 128)
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=config.lr)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
+    state = load_checkpoint(run_dir / "checkpoint", decoder, optimizer, lr_scheduler)
+    if "ema" in state["extra"]:
+        decoder.load_state_dict({**decoder.state_dict(), **state["extra"]["ema"]})
+    decoder.eval()
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    evals = [row for row in log if "eval/recon_cos" in row and row["step"] <= state["step"]]
+    record = {"config": dataclasses.asdict(config), "decoder_config": dataclasses.asdict(decoder.config),
+              "stopped_at_step": state["step"], "lr_at_stop": lr_scheduler.get_last_lr()[0],
+              "final_metrics": {k[5:]: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {},
+              "weights": "ema" if "ema" in state["extra"] else "last", "wall_time_s": state["extra"].get("elapsed"),
+              "num_parameters": decoder.num_parameters()}
+    return finish(run_dir, decoder, record)
+
+
 def ship_decoder(run_dir: str | Path, dest: str | Path | None = None, dtype: torch.dtype | None = torch.float16) -> Path:
     """Copy a run's final decoder to ``dest`` (default: ``evalkit/embedded/weights/decoder``) as fp16."""
     from evalkit.decoders.synth import SHIPPED_DIR, SynthDecoder
