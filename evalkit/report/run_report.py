@@ -23,6 +23,8 @@ from evalkit.errors import CorruptFileError, EvalkitError
 from evalkit.paired import CALIBRATION, comparison_note, comparison_rows, default_pairs, paired_differences
 from evalkit.serialization import seal
 
+#: the metric of the parameter table and plot: B-VQA style first, as the paper's table
+HEADLINE_METRICS = ("binding", "blip-vqa", "analytic")
 #: categories in the paper's column order; others follow alphabetically
 CATEGORY_ORDER = ("color", "shape", "texture")
 GRID_PROMPTS = 6  # prompts per suite in the side-by-side grids
@@ -343,6 +345,11 @@ def worst_images(samples: list[dict], order: list[str], out_dir: Path) -> list:
     return blocks
 
 
+def headline_metric(rows: list[dict]) -> str | None:
+    metrics = sorted({r["metric"] for r in rows})
+    return next((m for m in HEADLINE_METRICS if m in metrics), metrics[0] if metrics else None)
+
+
 def report_blocks(runs: Sequence[RunData], out_dir: Path, pairs: Sequence[tuple[str, str]] | None = None) -> list:
     protocol, priors, rows, samples = _merged(runs)
     order = prior_order(priors, rows)
@@ -353,13 +360,13 @@ def report_blocks(runs: Sequence[RunData], out_dir: Path, pairs: Sequence[tuple[
                           f"{protocol['scorer']} (version {protocol['scorer_version']}). Runs: "
                           + ", ".join(f"`{run.path.name}`" for run in runs) + ".")]
     blocks += score_tables(rows, order)
-    metrics = sorted({r["metric"] for r in rows})
-    if metrics:
+    metric = headline_metric(rows)
+    if metric:
         blocks += [("h2", "Parameters versus composition"),
                    ("p", "Trainable: the prior's own parameters. Total: prior + the text encoder it reads + the decoder. "
-                         f"Scores: {metrics[0]}, all val prompts."),
-                   parameter_table(rows, priors, order, metrics[0])]
-        plot = plot_parameters(rows, priors, metrics[0], out_dir / "parameters.png")
+                         f"Scores: {metric}, all val prompts."),
+                   parameter_table(rows, priors, order, metric)]
+        plot = plot_parameters(rows, priors, metric, out_dir / "parameters.png")
         if plot is not None:
             blocks.append(Image(plot.name, "score against prior parameters"))
     names = [p for p in order if p in {r["prior"] for r in rows}]
@@ -397,9 +404,9 @@ def summary_markdown(run_dirs: Sequence[str | os.PathLike]) -> str:
     _, priors, rows, _ = _merged(runs)
     order = prior_order(priors, rows)
     blocks = score_tables(rows, order)
-    metrics = sorted({r["metric"] for r in rows})
-    if metrics:
-        blocks += [("h2", "Parameters versus composition"), parameter_table(rows, priors, order, metrics[0])]
+    metric = headline_metric(rows)
+    if metric:
+        blocks += [("h2", f"Parameters versus composition ({metric})"), parameter_table(rows, priors, order, metric)]
     return to_markdown(blocks)
 
 
