@@ -233,6 +233,7 @@ def train_baseline(prior, size, out, resume, quick, stop_at, ship, describe, emb
               help="a named protocol (evalkit/presets.py); flags given explicitly override it")
 @click.option("--prior", "priors", default="oracle", show_default=True, help="comma-separated prior names")
 @click.option("--decoder", default="synth", show_default=True, help="decoder name")
+@click.option("--decoder-path", type=click.Path(), help="load the decoder from this folder (e.g. a local karlo-v1-alpha)")
 @click.option("--suite", "suites_", default="synth-color", show_default=True, help="comma-separated suite names")
 @click.option("--scorer", "scorers", default="binding,analytic", show_default=True, help="comma-separated scorer names")
 @click.option("--split", default="val", show_default=True, help="train | dev | val")

@@ -291,6 +291,7 @@ class RunConfig:
 
     priors: list[str] = field(default_factory=lambda: ["oracle"])  # prior names
     decoder: str = "synth"  # decoder name
+    decoder_path: str | None = None  # decoder weights folder (default: its shipped weights or environment variable)
     suites: list[str] = field(default_factory=lambda: ["synth-color"])  # suite names
     scorers: list[str] = field(default_factory=lambda: ["binding", "analytic"])  # scorer names
     split: str = "val"  # train | dev | val

@@ -101,6 +101,7 @@ PRIORS.register("eclipse-hn", "evalkit.priors.eclipse:EclipseHardNegativePrior",
 PRIORS.register("projection", "evalkit.priors.projection:ProjectionPrior", "the ECLIPSE network trained with the projection (MSE) loss alone (λ = 0)")
 PRIORS.register("diffusion", "evalkit.priors.diffusion:DiffusionPrior", "diffusion prior: diffusers PriorTransformer, 1000-step linear DDPM, 25 DDIM steps, CFG 4.0")
 PRIORS.register("diffusion-xl", "evalkit.priors.diffusion:DiffusionXLPrior", "diffusion prior, ≥ 10× larger (size ladder)")
+DECODERS.register("karlo", "evalkit.decoders.karlo:KarloDecoder", "Karlo (unCLIP, kakaobrain/karlo-v1-alpha) decoder: raw CLIP ViT-L/14 image embeddings + prompt → 64×64 → 256×256 (local folder via --decoder-path or $EVALKIT_KARLO_DIR)")
 DECODERS.register("kandinsky22", "evalkit.decoders.kandinsky:Kandinsky22Decoder", "Kandinsky 2.2 decoder (local kandinsky-community/kandinsky-2-2-decoder via --decoder-path or $EVALKIT_KANDINSKY22_DIR): raw 1280-d CLIP ViT-bigG/14 image embeddings → 512×512, DDPM 50 steps, CFG 4.0")
 DECODERS.register("dummy", "evalkit.decoders.dummy:DummyDecoder", "template decoder: embeddings to colour blobs, per-image seeded noise")
 DECODERS.register("synth", "evalkit.decoders.synth:SynthDecoder", "embedded 32×32 pixel diffusion decoder conditioned on the world CLIP's image embedding (unCLIP / Kandinsky 2.2 style)")

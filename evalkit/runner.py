@@ -252,7 +252,7 @@ def resolve(config: RunConfig):
     DECODERS.check([config.decoder])
     SUITES.check(config.suites)
     SCORERS.check(config.scorers)
-    decoder = load_decoder(config.decoder)
+    decoder = load_decoder(config.decoder, config.decoder_path)
     options = {"num_inference_steps": config.prior_num_inference_steps, "guidance_scale": config.prior_guidance_scale}
     unknown = sorted(set(config.prior_paths) - set(config.priors))
     if unknown:

@@ -247,3 +247,9 @@ def test_prior_path_loads_a_folder_and_refuses_pickle_unless_allowed(tmp_path):
     assert allowed.exit_code == 0, allowed.output
     wrong = CliRunner().invoke(cli, ["run", "--prior", "oracle", "--prior-path", f"oracle={folder}", "--out", str(tmp_path / "x")])
     assert wrong.exit_code == 2 and "trained priors only" in wrong.output
+
+
+def test_missing_real_decoder_folder_is_named(tmp_path):
+    result = CliRunner().invoke(cli, ["run", "--decoder", "kandinsky22", "--decoder-path", str(tmp_path / "k22"),
+                                      "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and str(tmp_path / "k22") in result.output and not (tmp_path / "runs").exists()
