@@ -455,7 +455,9 @@ def smoke_command(out, update_golden):
 @click.option("--steps", "steps_sweep", default="10,25,50", show_default=True, help="DDIM step counts to compare")
 @click.option("--parts", default="clip,headroom,decoder", show_default=True,
               help="which measurements to (re)run; the others are read back from --out")
-def check_world_command(out, clip_seeds, prior_seeds, decoder_prompts, steps_sweep, parts):
+@click.option("--decoder-dir", type=click.Path(exists=True, file_okay=False),
+              help="check these decoder weights instead of the shipped ones (e.g. a training run's final/)")
+def check_world_command(out, clip_seeds, prior_seeds, decoder_prompts, steps_sweep, parts, decoder_dir):
     """Measure the embedded stack's quality bars: CLIP binding/retrieval, headroom, decoder fidelity."""
     from evalkit.embedded.check import PARTS, check_world
 
@@ -463,7 +465,8 @@ def check_world_command(out, clip_seeds, prior_seeds, decoder_prompts, steps_swe
     for part in chosen:
         if part not in PARTS:
             raise click.BadParameter(f"unknown part {part!r}; choose from {', '.join(PARTS)}", param_hint="--parts")
-    check_world(out, clip_seeds, prior_seeds, decoder_prompts, tuple(int(s) for s in _names(steps_sweep)), chosen)
+    check_world(out, clip_seeds, prior_seeds, decoder_prompts, tuple(int(s) for s in _names(steps_sweep)), chosen,
+                decoder_dir)
     click.echo(open(f"{out}/README.md").read())
 
 

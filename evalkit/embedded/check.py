@@ -40,7 +40,7 @@ def check_headroom(clip, seeds: int, out_dir: Path) -> list[dict]:
     return room
 
 
-def check_decoder(clip, prompts: int, steps_sweep, out_dir: Path) -> list[dict]:
+def check_decoder(clip, prompts: int, steps_sweep, out_dir: Path, decoder_dir: str | Path | None = None) -> list[dict]:
     from evalkit.contracts import Protocol
     from evalkit.decoders.synth import SynthDecoder
     from evalkit.priors.calibration import OraclePrior
@@ -51,7 +51,7 @@ def check_decoder(clip, prompts: int, steps_sweep, out_dir: Path) -> list[dict]:
 
     from evalkit.scorers.binding import SHIPPED_DIR as SCORER_DIR, BindingScorer
 
-    decoder = SynthDecoder.from_pretrained()
+    decoder = SynthDecoder.from_pretrained(decoder_dir)
     oracle = OraclePrior(clip)
     scorers = {"analytic": AnalyticScorer()}
     if (SCORER_DIR / "config.json").is_file():
@@ -133,7 +133,7 @@ PARTS = ("clip", "headroom", "decoder")
 
 
 def check_world(out_dir: str | Path, clip_seeds: int = 10, prior_seeds: int = 10, decoder_prompts: int = 48,
-                steps_sweep=(10, 25, 50), parts=PARTS) -> dict:
+                steps_sweep=(10, 25, 50), parts=PARTS, decoder_dir: str | Path | None = None) -> dict:
     from evalkit.decoders.synth import SHIPPED_DIR as DECODER_DIR
     from evalkit.embedded.clip import load_world_clip
 
@@ -151,7 +151,7 @@ def check_world(out_dir: str | Path, clip_seeds: int = 10, prior_seeds: int = 10
     elif (out_dir / "headroom" / "summary.json").is_file():
         report["headroom"] = json.loads((out_dir / "headroom" / "summary.json").read_text())["headroom"]
     if "decoder" in parts and (DECODER_DIR / "config.json").is_file():
-        report["decoder"] = check_decoder(clip, decoder_prompts, steps_sweep, out_dir)
+        report["decoder"] = check_decoder(clip, decoder_prompts, steps_sweep, out_dir, decoder_dir)
     lines = ["# Embedded stack: quality bars", "", "Regenerate with `evalkit check-world`.", ""]
     if "clip" in report:
         lines += [f"## CLIP (val, {clip_seeds} renders per prompt)", ""]
