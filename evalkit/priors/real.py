@@ -1,0 +1,447 @@
+"""Priors that load the public text-to-image prior checkpoints from local folders (no hub access).
+
+Two kinds, told apart by their weights (both configs say ``"_class_name": "PriorTransformer"``):
+
+* ECLIPSE (time-free, one forward pass): no ``time_embedding.*`` tensors, 77 + 3 positional tokens.
+  :class:`EclipseCheckpointPrior` loads it into :class:`~evalkit.priors.eclipse.EclipsePriorTransformer`
+  and samples as :class:`~evalkit.priors.eclipse.EclipsePrior` does (per-image seeded input noise).
+* diffusion (Karlo / Kandinsky 2.2): diffusers' ``PriorTransformer`` with ``time_embedding.*``, 77 + 4
+  tokens. :class:`DiffusionCheckpointPrior` samples as the public pipelines do: ``UnCLIPScheduler`` from the
+  checkpoint's scheduler folder, classifier-free guidance against the empty prompt, ``post_process_latents``
+  (``clip_mean`` / ``clip_std``). The scheduler's variance noise of image i comes from seed i alone.
+
+Supported folder layout (``path``)::
+
+    ROOT/prior/config.json + diffusion_pytorch_model.safetensors   (or the two files directly in ROOT)
+    ROOT/text_encoder/  (transformers CLIPTextModelWithProjection)   optional: see text_encoder_path
+    ROOT/tokenizer/     (CLIPTokenizer, four-file form)
+    ROOT/scheduler/ or ROOT/prior_scheduler/                         (diffusion priors only)
+
+The ECLIPSE-Community repos ship only the prior weights (in ROOT directly); their text encoder is the one
+of the decoder's original prior: pass ``text_encoder_path`` (a folder holding ``text_encoder/`` +
+``tokenizer/``, e.g. a local kandinsky-2-2-prior or karlo-v1-alpha copy).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import torch
+
+from evalkit.contracts import Batch, Prior, TextEncoding, seeded_generators
+from evalkit.errors import ConfigMismatchError, CorruptFileError, EvalkitError, WeightsNotFoundError
+from evalkit.priors.diffusion import DiffusionPrior, DiffusionPriorTransformer
+from evalkit.priors.eclipse import EclipsePrior, EclipsePriorTransformer
+from evalkit.serialization import CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, PICKLE_NAMES, load_state_dict
+
+SPACE_L14 = "clip-vit-l-14"
+SPACE_BIGG14 = "clip-vit-bigg-14"
+
+KNOWN_CHECKPOINTS: list[dict[str, Any]] = [
+    dict(name="eclipse-kandinsky22", repo_id="ECLIPSE-Community/ECLIPSE_KandinskyV22_Prior", kind="eclipse",
+         layout="config.json + diffusion_pytorch_model.safetensors at the repo root (prior only); text encoder "
+                "and tokenizer from kandinsky-community/kandinsky-2-2-prior (text_encoder/, tokenizer/)",
+         embedding_dim=1280, embedding_space=SPACE_BIGG14, parameters=None, pairs_with="kandinsky22",
+         training_data="5M image-text pairs",
+         note="parameter count not verified offline; the ECLIPSE authors report ~33-34 M"),
+    dict(name="eclipse-karlo", repo_id="ECLIPSE-Community/ECLIPSE_Karlo_Prior", kind="eclipse",
+         layout="config.json + diffusion_pytorch_model.safetensors at the repo root (prior only); text encoder "
+                "and tokenizer from kakaobrain/karlo-v1-alpha (text_encoder/, tokenizer/)",
+         embedding_dim=768, embedding_space=SPACE_L14, parameters=None, pairs_with="karlo",
+         training_data="5M image-text pairs",
+         note="parameter count not verified offline; the ECLIPSE authors report ~33 M"),
+    dict(name="kandinsky22-prior", repo_id="kandinsky-community/kandinsky-2-2-prior", kind="diffusion",
+         layout="prior/, scheduler/ (UnCLIPScheduler), text_encoder/ (CLIP ViT-bigG/14, projection 1280), "
+                "tokenizer/ (+ image_encoder/, image_processor/, unused here)",
+         embedding_dim=1280, embedding_space=SPACE_BIGG14, parameters=None, pairs_with="kandinsky22",
+         training_data="", note="parameter count not verified offline (~1 B reported)"),
+    dict(name="karlo-prior", repo_id="kakaobrain/karlo-v1-alpha", kind="diffusion",
+         layout="prior/, prior_scheduler/ (UnCLIPScheduler), text_encoder/ (CLIP ViT-L/14, projection 768), "
+                "tokenizer/ (+ the decoder's folders, unused here); may ship .bin (pickle) weights",
+         embedding_dim=768, embedding_space=SPACE_L14, parameters=None, pairs_with="karlo",
+         training_data="", note="parameter count not verified offline (~1 B reported)"),
+]
+
+
+def known_checkpoint(name: str) -> dict[str, Any]:
+    for entry in KNOWN_CHECKPOINTS:
+        if entry["name"] == name:
+            return entry
+    raise KeyError(f"no known checkpoint {name!r}; known: {', '.join(e['name'] for e in KNOWN_CHECKPOINTS)}")
+
+
+# --------------------------------------------------------------------------- text encoder
+
+
+def _use_safetensors(directory: Path, allow_pickle: bool) -> bool:
+    """True when ``directory`` holds safetensors; refuse pickle-only folders unless ``allow_pickle``."""
+    if any(directory.glob("*.safetensors")) or any(directory.glob("*.safetensors.index.json")):
+        return True
+    pickles = [p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".ckpt")]
+    if not pickles:
+        raise WeightsNotFoundError(f"no weights (*.safetensors) in {directory}")
+    if not allow_pickle:
+        raise WeightsNotFoundError(
+            f"{directory} holds only pickle weights ({pickles[0]}); pickle can run arbitrary code, so it is refused "
+            "by default. Convert to safetensors, or pass allow_pickle=True (CLI: --allow-pickle) if you trust the file.")
+    return False
+
+
+class HFTextEncoder:
+    """A transformers ``CLIPTextModelWithProjection`` + ``CLIPTokenizer`` as an evalkit text encoder.
+
+    ``encode_text`` pads to the tokenizer's ``model_max_length`` and runs the encoder on the ids alone,
+    as the public prior pipelines do: ``text_embeds`` (projected pooled output), ``last_hidden_state`` and
+    the tokenizer's attention mask as bool.
+    """
+
+    def __init__(self, text_encoder, tokenizer, embedding_space: str):
+        self.model = text_encoder.eval()
+        self.tokenizer = tokenizer
+        self.embedding_space = embedding_space
+        self.embedding_dim = int(text_encoder.config.projection_dim)
+        self.hidden_size = int(text_encoder.config.hidden_size)
+        self.context_length = int(tokenizer.model_max_length)
+
+    @classmethod
+    def from_pretrained(cls, root: str | os.PathLike | None = None, embedding_space: str = SPACE_L14,
+                        text_encoder_path: str | os.PathLike | None = None,
+                        tokenizer_path: str | os.PathLike | None = None, allow_pickle: bool = False) -> "HFTextEncoder":
+        """Load ``root/text_encoder`` and ``root/tokenizer`` (or the two folders given explicitly)."""
+        from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+        if root is None and (text_encoder_path is None or tokenizer_path is None):
+            raise ValueError("give root, or both text_encoder_path and tokenizer_path")
+        encoder_dir = Path(text_encoder_path) if text_encoder_path is not None else Path(root) / "text_encoder"
+        tokenizer_dir = Path(tokenizer_path) if tokenizer_path is not None else Path(root) / "tokenizer"
+        for folder, what in ((encoder_dir, CONFIG_NAME), (tokenizer_dir, "vocab.json")):
+            if not (folder / what).is_file() and not (what == "vocab.json" and (folder / "tokenizer.json").is_file()):
+                raise WeightsNotFoundError(f"text encoder: expected {folder / what}, which does not exist (a "
+                                           "transformers CLIPTextModelWithProjection folder and a CLIPTokenizer folder)")
+        use_safetensors = _use_safetensors(encoder_dir, allow_pickle)
+        try:
+            model = CLIPTextModelWithProjection.from_pretrained(encoder_dir, local_files_only=True,
+                                                                use_safetensors=use_safetensors)
+            tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        except (OSError, ValueError, RuntimeError, KeyError) as error:
+            raise CorruptFileError(f"text encoder: could not load {encoder_dir} / {tokenizer_dir} "
+                                   f"({type(error).__name__}: {error})") from error
+        return cls(model.float(), tokenizer, embedding_space)
+
+    @torch.inference_mode()
+    def encode_text(self, prompts: Sequence[str]) -> TextEncoding:
+        tokens = self.tokenizer(list(prompts), padding="max_length", max_length=self.context_length,
+                                truncation=True, return_tensors="pt")
+        out = self.model(tokens.input_ids)
+        return TextEncoding(self.embedding_space, out.text_embeds.float(), out.last_hidden_state.float(),
+                            tokens.attention_mask.bool())
+
+    def num_text_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+# --------------------------------------------------------------------------- checkpoint folders
+
+
+def _weight_names(directory: Path, allow_pickle: bool) -> list[str]:
+    """Tensor names of a prior folder, read from safetensors headers (pickle: loaded only if allowed)."""
+    files = sorted(directory.glob("*.safetensors"))
+    if files:
+        from safetensors import SafetensorError, safe_open
+
+        names: list[str] = []
+        for path in files:
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    names += list(handle.keys())
+            except (SafetensorError, OSError, ValueError) as error:
+                raise CorruptFileError(f"{path} is truncated or damaged ({error})") from None
+        return names
+    return list(load_state_dict(directory, allow_pickle=allow_pickle))
+
+
+def prior_directory(path: str | os.PathLike, what: str, hint: str = "") -> Path:
+    """``path/prior`` when present, else ``path`` itself; it must hold ``config.json``."""
+    root = Path(path)
+    if not root.is_dir():
+        raise WeightsNotFoundError(f"{what}: expected a checkpoint folder at {root}, which does not exist. {hint}".strip())
+    for candidate in (root / "prior", root):
+        if (candidate / CONFIG_NAME).is_file():
+            return candidate
+    raise WeightsNotFoundError(f"{what}: no prior in {root} (expected {root / 'prior' / CONFIG_NAME} or "
+                               f"{root / CONFIG_NAME} with {DIFFUSERS_WEIGHTS_NAME}). {hint}".strip())
+
+
+def checkpoint_kind(directory: str | os.PathLike, allow_pickle: bool = False) -> str:
+    """``"diffusion"`` when the prior has ``time_embedding.*`` weights, else ``"eclipse"``."""
+    names = _weight_names(Path(directory), allow_pickle)
+    return "diffusion" if any(n.startswith("time_embedding.") for n in names) else "eclipse"
+
+
+def _require_kind(directory: Path, expected: str, allow_pickle: bool, what: str) -> None:
+    found = checkpoint_kind(directory, allow_pickle)
+    if found == expected:
+        return
+    if found == "diffusion":
+        raise ConfigMismatchError(
+            f"{what}: {directory} holds a diffusion PriorTransformer (it has time_embedding.* weights and a time "
+            "token), not a time-free ECLIPSE prior; load it with DiffusionCheckpointPrior (e.g. karlo-prior / "
+            "kandinsky22-prior)")
+    raise ConfigMismatchError(
+        f"{what}: {directory} holds a time-free ECLIPSE prior (no time_embedding.* weights), not a diffusion "
+        "PriorTransformer; load it with EclipseCheckpointPrior (e.g. eclipse-karlo / eclipse-kandinsky22)")
+
+
+def _env_path(variable: str) -> Path | None:
+    value = os.environ.get(variable, "").strip() if variable else ""
+    return Path(value) if value else None
+
+
+class _CheckpointMixin:
+    """What both checkpoint priors share: resolving folders, the text encoder and the declared space."""
+
+    checkpoint: ClassVar[str] = ""  # a KNOWN_CHECKPOINTS name (subclasses for the public checkpoints)
+    env_var: ClassVar[str] = ""  # where the checkpoint folder is read from when no path is given
+    text_encoder_env: ClassVar[str] = ""  # where a separate text-encoder folder is read from
+
+    @classmethod
+    def _hint(cls) -> str:
+        if not cls.checkpoint:
+            return ""
+        repo = known_checkpoint(cls.checkpoint)["repo_id"]
+        where = f" (or set {cls.env_var})" if cls.env_var else ""
+        return (f"Download {repo} on a machine with network access (`huggingface-cli download {repo} --local-dir DIR`), "
+                f"copy it here and pass --prior-path {cls.checkpoint}=DIR{where}.")
+
+    @classmethod
+    def _root(cls, path) -> Path:
+        if path is None:
+            path = _env_path(cls.env_var)
+        if path is None:
+            raise WeightsNotFoundError(f"prior {cls.name or cls.__name__!r} needs a checkpoint folder: pass path=DIR"
+                                       + (f" or set {cls.env_var}" if cls.env_var else "") + f". {cls._hint()}".rstrip())
+        return Path(path)
+
+    def _text_encoder(self, root: Path, text_encoder_path, embedding_space: str, allow_pickle: bool) -> HFTextEncoder:
+        candidates = [Path(text_encoder_path)] if text_encoder_path is not None else []
+        candidates += [root] + ([p] if (p := _env_path(self.text_encoder_env)) else [])
+        for candidate in candidates:
+            if (candidate / "text_encoder").is_dir() or text_encoder_path is not None:
+                return HFTextEncoder.from_pretrained(candidate, embedding_space, allow_pickle=allow_pickle)
+        source = ""
+        if self.checkpoint:
+            entry = known_checkpoint(self.checkpoint)
+            source = f" ({entry['layout']})"
+        raise WeightsNotFoundError(
+            f"prior {self.name or type(self).__name__!r}: no text_encoder/ + tokenizer/ in {root}; pass "
+            "text_encoder_path=DIR (a folder holding text_encoder/ and tokenizer/)"
+            + (f" or set {self.text_encoder_env}" if self.text_encoder_env else "") + source)
+
+    def _finish(self, embedding_space: str) -> None:
+        self.embedding_space = embedding_space
+        self.text_encoders = (embedding_space,)
+        if self.clip.embedding_space != embedding_space:
+            raise ConfigMismatchError(f"text encoder space {self.clip.embedding_space!r} is not {embedding_space!r}")
+
+    @classmethod
+    def tiny(cls, **kwargs):
+        """A random-init tiny instance loaded from a tiny checkpoint in the public layout (contract tests)."""
+        import tempfile
+
+        folder = tempfile.TemporaryDirectory(prefix="evalkit-tiny-prior-")
+        kind = "diffusion" if issubclass(cls, DiffusionPrior) else "eclipse"
+        prior = cls(tiny_checkpoint(folder.name, kind), **kwargs)
+        prior._tiny_folder = folder  # removed with the instance
+        return prior
+
+    def training_data(self) -> str:
+        return known_checkpoint(self.checkpoint)["training_data"] if self.checkpoint else ""
+
+
+class EclipseCheckpointPrior(_CheckpointMixin, EclipsePrior):
+    """A public ECLIPSE prior (time-free ``PriorTransformer``) from a local folder; see the module doc."""
+
+    name = "eclipse-checkpoint"
+    default_space: ClassVar[str] = SPACE_L14
+
+    def __init__(self, path: str | os.PathLike | None = None, text_encoder_path: str | os.PathLike | None = None,
+                 embedding_space: str | None = None, allow_pickle: bool = False):
+        root = self._root(path)
+        directory = prior_directory(root, f"prior {self.name!r}", self._hint())
+        _require_kind(directory, "eclipse", allow_pickle, f"prior {self.name!r}")
+        space = embedding_space or self.default_space
+        encoder = self._text_encoder(root, text_encoder_path, space, allow_pickle)
+        super().__init__(path=directory, clip=encoder, allow_pickle=allow_pickle)
+        self.root = root
+        self._finish(space)
+
+
+class DiffusionCheckpointPrior(_CheckpointMixin, DiffusionPrior):
+    """A public diffusion prior (Karlo / Kandinsky 2.2) from a local folder, sampled as its pipeline does.
+
+    Differences from :class:`~evalkit.priors.diffusion.DiffusionPrior` (which it reuses for loading,
+    guidance batching, the empty-prompt branch and best-of-n): the checkpoint's own ``UnCLIPScheduler``
+    (``prediction_type="sample"``, stochastic ``fixed_small_log`` steps) replaces DDIM, and each step's
+    variance noise for image i is drawn from image i's own generator.
+    """
+
+    name = "diffusion-checkpoint"
+    default_space: ClassVar[str] = SPACE_L14
+    SCHEDULER_FOLDERS: ClassVar[tuple[str, ...]] = ("prior_scheduler", "scheduler")
+
+    def __init__(self, path: str | os.PathLike | None = None, text_encoder_path: str | os.PathLike | None = None,
+                 embedding_space: str | None = None, allow_pickle: bool = False, num_inference_steps: int = 25,
+                 guidance_scale: float = 4.0, rerank: int = 1):
+        from diffusers import UnCLIPScheduler
+
+        root = self._root(path)
+        directory = prior_directory(root, f"prior {self.name!r}", self._hint())
+        _require_kind(directory, "diffusion", allow_pickle, f"prior {self.name!r}")
+        folder = next((root / f for f in self.SCHEDULER_FOLDERS if (root / f / "scheduler_config.json").is_file()), None)
+        if folder is None:
+            raise WeightsNotFoundError(f"prior {self.name!r}: no scheduler in {root} (expected "
+                                       + " or ".join(str(root / f / 'scheduler_config.json') for f in self.SCHEDULER_FOLDERS) + ")")
+        try:
+            self.scheduler_config = dict(UnCLIPScheduler.load_config(folder))
+        except (OSError, ValueError, json.JSONDecodeError) as error:
+            raise CorruptFileError(f"could not read {folder / 'scheduler_config.json'} ({error})") from None
+        space = embedding_space or self.default_space
+        encoder = self._text_encoder(root, text_encoder_path, space, allow_pickle)
+        super().__init__(path=directory, clip=encoder, allow_pickle=allow_pickle,
+                         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, rerank=rerank)
+        self.root = root
+        self._finish(space)
+
+    def _sample(self, encoding: TextEncoding, seeds) -> torch.Tensor:
+        from diffusers import UnCLIPScheduler
+
+        model = self.model
+        n = len(seeds)
+        scheduler = UnCLIPScheduler.from_config(self.scheduler_config)
+        scheduler.set_timesteps(self.num_inference_steps)
+        generators = seeded_generators(seeds)
+        dim = model.config["embedding_dim"]
+        latents = torch.stack([torch.randn((dim,), generator=g) for g in generators]) * scheduler.init_noise_sigma
+        text, hidden, mask = encoding.text_embeds.float(), encoding.text_hidden.float(), encoding.attention_mask
+        guided = self.guidance_scale > 1.0  # as the pipelines: guidance only above 1
+        if guided:
+            empty = self.empty_encoding()
+            text = torch.cat([empty.text_embeds.float().expand(n, -1), text])
+            hidden = torch.cat([empty.text_hidden.float().expand(n, -1, -1), hidden])
+            mask = torch.cat([empty.attention_mask.expand(n, -1), mask])
+        timesteps = scheduler.timesteps
+        for i, t in enumerate(timesteps):
+            model_in = torch.cat([latents, latents]) if guided else latents
+            out = model(model_in, timestep=t, proj_embedding=text, encoder_hidden_states=hidden,
+                        attention_mask=mask).predicted_image_embedding
+            if guided:
+                uncond, cond = out.chunk(2)
+                out = uncond + self.guidance_scale * (cond - uncond)
+            prev = None if i + 1 == len(timesteps) else timesteps[i + 1]
+            latents = scheduler.step(out, timestep=t, sample=latents, generator=generators,
+                                     prev_timestep=prev).prev_sample
+        return model.post_process_latents(latents)
+
+
+# --------------------------------------------------------------------------- the public checkpoints
+
+
+class EclipseKandinskyV22Prior(EclipseCheckpointPrior):
+    """ECLIPSE-Community/ECLIPSE_KandinskyV22_Prior (text encoder from a kandinsky-2-2-prior folder)."""
+
+    name = "eclipse-kandinsky22"
+    checkpoint = "eclipse-kandinsky22"
+    default_space = SPACE_BIGG14
+    env_var = "EVALKIT_ECLIPSE_KANDINSKY22_PRIOR_DIR"
+    text_encoder_env = "EVALKIT_KANDINSKY22_PRIOR_DIR"
+
+
+class EclipseKarloPrior(EclipseCheckpointPrior):
+    """ECLIPSE-Community/ECLIPSE_Karlo_Prior (text encoder from a karlo-v1-alpha folder)."""
+
+    name = "eclipse-karlo"
+    checkpoint = "eclipse-karlo"
+    default_space = SPACE_L14
+    env_var = "EVALKIT_ECLIPSE_KARLO_PRIOR_DIR"
+    text_encoder_env = "EVALKIT_KARLO_DIR"
+
+
+class Kandinsky22Prior(DiffusionCheckpointPrior):
+    """kandinsky-community/kandinsky-2-2-prior: 25 UnCLIP steps, guidance 4.0 (its pipeline's defaults)."""
+
+    name = "kandinsky22-prior"
+    checkpoint = "kandinsky22-prior"
+    default_space = SPACE_BIGG14
+    env_var = "EVALKIT_KANDINSKY22_PRIOR_DIR"
+
+
+class KarloPrior(DiffusionCheckpointPrior):
+    """The prior of kakaobrain/karlo-v1-alpha: 25 UnCLIP steps, guidance 4.0 (UnCLIPPipeline's defaults)."""
+
+    name = "karlo-prior"
+    checkpoint = "karlo-prior"
+    default_space = SPACE_L14
+    env_var = "EVALKIT_KARLO_DIR"
+
+
+# --------------------------------------------------------------------------- tiny checkpoints (tests, examples)
+
+TINY_MAX_LENGTH = 16
+TINY_VOCAB_MERGES = 486  # 512 byte tokens + 486 merges + 2 specials = 1,000 tokens
+
+
+def _save_tokenizer_four_files(tokenizer, directory: Path) -> None:
+    """Save a ``CLIPTokenizer`` in the public repos' four-file form (vocab.json, merges.txt, two JSON configs)."""
+    tokenizer.save_pretrained(directory)
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (directory / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False), encoding="utf-8")
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    specials = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token, "unk_token": tokenizer.unk_token,
+                "pad_token": tokenizer.pad_token}
+    (directory / "special_tokens_map.json").write_text(json.dumps(specials), encoding="utf-8")
+    (directory / "tokenizer.json").unlink(missing_ok=True)
+
+
+def tiny_checkpoint(directory: str | os.PathLike, kind: str = "eclipse", embedding_dim: int = 32,
+                    seed: int = 0) -> Path:
+    """Write a tiny random checkpoint in the public layout: ``prior/``, ``text_encoder/``, ``tokenizer/``
+    (and ``scheduler/`` for ``kind="diffusion"``). Returns ``directory``."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from evalkit.decoders.karlo import clip_tokenizer
+
+    if kind not in ("eclipse", "diffusion"):
+        raise ValueError(f"kind must be 'eclipse' or 'diffusion', got {kind!r}")
+    root = Path(directory)
+    torch.manual_seed(seed)
+    tokenizer = clip_tokenizer(TINY_VOCAB_MERGES, model_max_length=TINY_MAX_LENGTH)
+    vocab = len(tokenizer)
+    encoder = CLIPTextModelWithProjection(CLIPTextConfig(
+        vocab_size=vocab, hidden_size=embedding_dim, intermediate_size=2 * embedding_dim, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=TINY_MAX_LENGTH, projection_dim=embedding_dim,
+        bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1))
+    encoder.save_pretrained(root / "text_encoder")
+    _save_tokenizer_four_files(tokenizer, root / "tokenizer")
+    common = dict(num_attention_heads=2, attention_head_dim=8, num_layers=1, embedding_dim=embedding_dim,
+                  num_embeddings=TINY_MAX_LENGTH)
+    if kind == "eclipse":
+        model = EclipsePriorTransformer(**common, additional_embeddings=3)
+        with torch.no_grad():
+            model.prd_embedding.normal_()
+            model.positional_embedding.normal_(std=0.02)
+    else:
+        from diffusers import UnCLIPScheduler
+
+        model = DiffusionPriorTransformer.from_config(dict(common, additional_embeddings=4))
+        with torch.no_grad():
+            model.clip_mean.normal_()
+            model.clip_std.uniform_(0.5, 1.5)
+            model.prd_embedding.normal_()
+        UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="sample", num_train_timesteps=1000,
+                        clip_sample=True, clip_sample_range=5.0).save_pretrained(root / "scheduler")
+    model.save_pretrained(root / "prior")
+    return root
