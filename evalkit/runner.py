@@ -91,10 +91,14 @@ def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, ru
     texts = TextCache(text_encoders or {})
     cache = cache if cache is not None else WorkCache(None)
     timings = {"text": 0.0, "prior": 0.0, "decoder": 0.0, "scorer": 0.0, "io": 0.0}
-    decoding = {**protocol.decoding(), "decoder_fingerprint": fingerprint(decoder) if cache.enabled else ""}
     scorer_ids = {name: fingerprint(scorer) if cache.enabled else "" for name, scorer in scorers.items()}
     rows: list[dict] = []
     for prior_name, prior in priors.items():
+        if hasattr(decoder, "set_negative_embedding"):  # Kandinsky 2.2: guidance against the prior's empty prompt
+            empty = Batch.from_prompts([""], [protocol.seed])
+            texts.fill(empty, prior.text_encoders)
+            decoder.set_negative_embedding(prior.predict(empty).float()[0])
+        decoding = {**protocol.decoding(), "decoder_fingerprint": fingerprint(decoder) if cache.enabled else ""}
         store = cache if getattr(prior, "seeded", True) else WorkCache(None)  # unseeded work is never cached
         prior_id = fingerprint(prior) if store.enabled else ""
         image_dir = None

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from evalkit.cache import WorkCache, fingerprint, work_key
 from evalkit.cli import cli
 from evalkit.compare import ProtocolMismatchError, compare_results
-from evalkit.contracts import Protocol, RunConfig
+from evalkit.contracts import Batch, Protocol, RunConfig
 from evalkit.decoders.dummy import DummyDecoder
 from evalkit.errors import EvalkitError
 from evalkit.priors.dummy import DummyPrior, DummyPriorConfig
@@ -286,3 +286,20 @@ def test_fid_of_a_run_names_its_feature_network(tmp_path):
     for r in rows:
         assert r["fid"] > 0 and r["fid"] == pytest.approx(r["fid_torchmetrics"], rel=1e-3)
         assert "synth-clip" in r["feature_network"] and r["images"] == 6
+
+
+def test_kandinsky_decoder_guides_against_each_priors_empty_prompt(tmp_path):
+    from evalkit.decoders.kandinsky import Kandinsky22Decoder
+
+    decoder = Kandinsky22Decoder.tiny()
+
+    class Prior16(DummyPrior):
+        embedding_space = decoder.embedding_space
+
+    priors = {"a": Prior16(DummyPriorConfig(embedding_dim=decoder.embedding_dim)),
+              "b": Prior16(DummyPriorConfig(embedding_dim=decoder.embedding_dim, seed=3))}
+    protocol = Protocol(decoder="kandinsky22", num_inference_steps=2, guidance_scale=4.0, resolution=decoder.resolution,
+                        images_per_prompt=1)
+    evaluate(priors, decoder, load_suite("synth-color"), {"dummy": DummyScorer()}, protocol, None, limit=1, progress=False)
+    empty = Batch.from_prompts([""], [42])
+    assert torch.allclose(decoder.negative_image_embeds, priors["b"].predict(empty)[0])  # the last prior's
