@@ -412,6 +412,27 @@ def export_command(format_, scorer, run_dir, out):
     click.echo(f"exported to {path}: score with their scripts, e.g. BLIP_vqa.py --out_dir {path}/<prior>/<category>")
 
 
+@cli.command("import")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--suite", required=True, help="the suite whose prompts the images were made from (one category)")
+@click.option("--prior", default="imported", show_default=True, help="name the images' model gets in the run")
+@click.option("--scorer", "scorers", default="", help="evalkit scorers to run, comma-separated (may be empty with a vqa_result.json)")
+@click.option("--split", default="val", show_default=True, help="train | dev | val")
+@click.option("--vqa-result", type=click.Path(exists=True, dir_okay=False),
+              help="T2I-CompBench B-VQA output (default: FOLDER/annotation_blip/vqa_result.json when present)")
+@click.option("--out", default="evalkit-runs", show_default=True, type=click.Path(file_okay=False),
+              help="parent folder of the new run folder")
+@click.option("--prompts-dir", type=click.Path(file_okay=False), help="local copy of third-party prompt files")
+@click.option("--tag", default="", help="a label stored in every result row")
+def import_command(folder, suite, prior, scorers, split, vqa_result, out, prompts_dir, tag):
+    """Score a T2I-CompBench out_dir (FOLDER/samples/{prompt}_{index}.png) into a new run folder."""
+    from evalkit.importer import import_t2i_compbench
+
+    path = import_t2i_compbench(folder, suite, out, prior=prior, scorers=_names(scorers), split=split,
+                                vqa_result=vqa_result, tag=tag, prompts_dir=prompts_dir)
+    click.echo(f"imported into {path} (report: {path / 'report.md'})")
+
+
 @cli.command("fid")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--reference", "n_reference", default=2000, show_default=True, help="world renders in the reference set")

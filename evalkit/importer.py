@@ -1,0 +1,297 @@
+"""``evalkit import``: a folder of images in T2I-CompBench's format, scored into an evalkit run folder.
+
+The folder is one T2I-CompBench ``--out_dir`` (one category) holding ``samples/{prompt}_{index}.png``.
+As their scorers do, files are ordered by the integer after the last ``_`` and the prompt is the file
+name before the first ``_``. Each prompt is matched to the suite's item with exactly that text (after
+stripping), and the k-th image of a prompt, in index order, gets seed ``42 + k``. A ``manifest.json``
+beside ``samples/`` (written by ``evalkit export``) gives each file's item and seed instead. When
+``annotation_blip/vqa_result.json`` (their B-VQA output) is present, its per-image answers are kept as
+rows of the scorer ``t2i-compbench-bvqa``.
+
+The result is an ordinary run folder (``run.json``, ``images/``, ``samples.jsonl``, sealed
+``results.json``, report) whose protocol names the decoder ``imported`` with ``decoder_version``
+``imported``: two imports are comparable when they share the suite version, the scorers (and their
+versions) and the number of images per prompt, whatever produced the images. Everything is checked
+before the run folder is created: a bad input leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from evalkit.errors import EvalkitError
+
+#: the scorer name of rows read from T2I-CompBench's own B-VQA output
+BVQA_SCORER = "t2i-compbench-bvqa"
+DECODER = "imported"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+FIRST_SEED = 42
+_INDEX = re.compile(r"^\d+$")
+
+
+@dataclass(frozen=True)
+class ImportedImage:
+    """One file of ``samples/`` and the (item, seed) it stands for."""
+
+    file: Path
+    index: int  # the integer after the last "_" (their sort key and question_id order)
+    item: object  # PromptItem
+    seed: int
+
+
+def _shown(values: Sequence[str]) -> str:
+    values = list(values)
+    return "; ".join(repr(v) for v in values[:5]) + (f" (+{len(values) - 5} more)" if len(values) > 5 else "")
+
+
+def list_samples(folder: Path) -> list[tuple[int, str, Path]]:
+    """(index, prompt, path) of every image in ``folder/samples``, in T2I-CompBench's order (by index)."""
+    samples = folder / "samples"
+    if not samples.is_dir():
+        raise EvalkitError(f"{folder} has no samples/ folder: pass a T2I-CompBench out_dir "
+                           "(the folder holding samples/{prompt}_{index}.png)")
+    entries, bad = [], []
+    for path in samples.iterdir():
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        stem, suffix = os.path.splitext(path.name)
+        index = stem.rsplit("_", 1)[-1] if "_" in stem else ""
+        if suffix.lower() not in IMAGE_SUFFIXES or not _INDEX.match(index):
+            bad.append(path.name)
+            continue
+        entries.append((int(index), stem.split("_", 1)[0], path))
+    if bad:
+        raise EvalkitError(f"{len(bad)} file(s) in {samples} are not named {{prompt}}_{{index}}.png (an image whose "
+                           f"name ends in _<integer>): {_shown(sorted(bad))}. Nothing was imported.")
+    if not entries:
+        raise EvalkitError(f"{samples} holds no images. Nothing was imported.")
+    entries.sort(key=lambda e: e[0])
+    indices = [e[0] for e in entries]
+    if len(set(indices)) != len(indices):
+        dup = sorted({i for i in indices if indices.count(i) > 1})
+        raise EvalkitError(f"{samples}: index {dup[0]} is used by more than one file; indices must be unique")
+    return entries
+
+
+def _match_by_manifest(entries, manifest_path: Path, suite, items: list) -> list[ImportedImage]:
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        listed = {m["file"]: m for m in manifest["images"]}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise EvalkitError(f"{manifest_path} is not an evalkit export manifest ({error}); delete it to match "
+                           "images by prompt instead") from None
+    by_id = {item.item_id: item for item in items}
+    out, problems = [], []
+    for index, _prompt, path in entries:
+        entry = listed.get(path.name)
+        if entry is None:
+            problems.append(f"{path.name}: not in the manifest")
+        elif entry.get("suite", suite.name) != suite.name:
+            problems.append(f"{path.name}: exported from suite {entry['suite']!r}, not {suite.name!r}")
+        elif entry.get("item_id") not in by_id:
+            problems.append(f"{path.name}: item {entry.get('item_id')!r} is not in the suite")
+        else:
+            out.append(ImportedImage(path, index, by_id[entry["item_id"]], int(entry["seed"])))
+    if problems:
+        raise EvalkitError(f"{manifest_path} does not fit {suite.name!r}: {_shown(problems)}. Nothing was imported.")
+    return out
+
+
+def _match_by_prompt(entries, suite, items: list, split: str) -> list[ImportedImage]:
+    by_prompt: dict[str, object] = {}
+    for item in items:
+        by_prompt.setdefault(item.prompt.strip(), item)  # a repeated prompt: its first item
+    unknown = sorted({prompt for _, prompt, _ in entries if prompt.strip() not in by_prompt})
+    if unknown:
+        raise EvalkitError(f"{len(unknown)} prompt(s) in the file names are not prompts of suite {suite.name!r} "
+                           f"({split} split; matched exactly, case-sensitive): {_shown(unknown)}. Nothing was imported.")
+    counts: dict[str, int] = {}
+    out = []
+    for index, prompt, path in entries:
+        item = by_prompt[prompt.strip()]
+        k = counts.get(item.item_id, 0)
+        counts[item.item_id] = k + 1
+        out.append(ImportedImage(path, index, item, FIRST_SEED + k))
+    return out
+
+
+def read_vqa_result(path: Path, entries) -> dict[int, float]:
+    """Index → their B-VQA score, from ``vqa_result.json`` (answers in the sorted order of ``samples/``)."""
+    try:
+        answers = json.loads(Path(path).read_text())
+        values = [float(a["answer"]) for a in answers]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise EvalkitError(f"{path} is not a T2I-CompBench vqa_result.json (a list of "
+                           f"{{'question_id', 'answer'}}): {error}") from None
+    if len(values) != len(entries):
+        raise EvalkitError(f"{path} has {len(values)} answers but samples/ holds {len(entries)} images; "
+                           "it must come from scoring exactly these files")
+    bad = [v for v in values if not (0.0 <= v <= 1.0)]
+    if bad:
+        raise EvalkitError(f"{path}: answers must be probabilities in [0, 1], e.g. got {bad[0]}")
+    return {index: value for (index, _, _), value in zip(entries, values)}
+
+
+def _read_image(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError) as error:
+        raise EvalkitError(f"cannot read image {path}: {error}") from None
+
+
+def _score(scorer, name: str, images: list[np.ndarray], batch, batch_size: int) -> list[dict]:
+    """One row per image; images of one size are scored together, in chunks of ``batch_size``."""
+    import torch
+
+    rows: list[dict | None] = [None] * len(images)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, image in enumerate(images):
+        by_shape.setdefault(image.shape, []).append(i)
+    for indices in by_shape.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            pixels = torch.from_numpy(np.stack([images[i] for i in chunk])).permute(0, 3, 1, 2).contiguous().float() / 255.0
+            with torch.inference_mode():
+                new = scorer.score(pixels, batch.subset(chunk))
+            if len(new) != len(chunk):
+                raise EvalkitError(f"scorer {name!r} returned {len(new)} rows for {len(chunk)} images")
+            for i, row in zip(chunk, new):
+                rows[i] = row
+    return rows  # type: ignore[return-value]
+
+
+def import_t2i_compbench(folder: str | os.PathLike, suite_name: str, out: str | os.PathLike, prior: str = "imported",
+                         scorers: Sequence[str] = ("analytic",), split: str = "val",
+                         vqa_result: str | os.PathLike | None = None, batch_size: int = 64, tag: str = "",
+                         prompts_dir: str | None = None) -> Path:
+    """Score the images of a T2I-CompBench ``out_dir`` as ``prior`` on ``suite_name``; returns the new run folder.
+
+    ``scorers``: evalkit scorers to run on the images (may be empty when ``vqa_result`` rows are all
+    that is wanted). ``vqa_result``: their B-VQA output (default: ``annotation_blip/vqa_result.json``
+    in ``folder`` when present).
+    """
+    from evalkit.contracts import Batch, Protocol, SampleRow
+    from evalkit.registry import SCORERS, SUITES
+    from evalkit.report.run_report import write_report
+    from evalkit.runner import ITEM_FIELDS, RESULTS_SCHEMA, _git_hash, _package_versions, aggregate
+    from evalkit.runs import new_run_dir
+    from evalkit.serialization import atomic_write_json, atomic_write_text, seal
+    from evalkit.suites import load_suite
+
+    folder, scorers = Path(folder), list(scorers)
+    if not folder.is_dir():
+        raise EvalkitError(f"{folder} is not a folder")
+    if len(set(scorers)) != len(scorers) or BVQA_SCORER in scorers:
+        raise EvalkitError(f"name each scorer once ({BVQA_SCORER!r} comes from vqa_result.json, not from --scorer)")
+    if not prior or any(c in prior for c in "/\\\x00") or prior.startswith("."):
+        raise EvalkitError(f"--prior must be a plain name (got {prior!r})")
+    SUITES.check([suite_name])
+    SCORERS.check(scorers)
+    suite = load_suite(suite_name, prompts_dir=prompts_dir)
+    items = suite.items(split)
+
+    # ---- everything checked before anything is written
+    entries = list_samples(folder)
+    manifest = folder / "manifest.json"
+    images = (_match_by_manifest(entries, manifest, suite, items) if manifest.is_file()
+              else _match_by_prompt(entries, suite, items, split))
+    pairs = [(im.item.item_id, im.seed) for im in images]
+    if len(set(pairs)) != len(pairs):
+        dup = next(p for p in pairs if pairs.count(p) > 1)
+        raise EvalkitError(f"two images stand for item {dup[0]!r} with seed {dup[1]}; each (item, seed) once")
+    order = {item.item_id: k for k, item in enumerate(items)}
+    images.sort(key=lambda im: (order[im.item.item_id], im.seed))  # the runner's order: suite order, then seed
+    vqa_path = Path(vqa_result) if vqa_result is not None else folder / "annotation_blip" / "vqa_result.json"
+    if vqa_result is not None and not vqa_path.is_file():
+        raise EvalkitError(f"{vqa_path} does not exist")
+    bvqa = read_vqa_result(vqa_path, entries) if vqa_path.is_file() else None
+    if not scorers and bvqa is None:
+        raise EvalkitError("nothing to score: name a scorer, or import a folder with annotation_blip/vqa_result.json")
+    pixels = [_read_image(im.file) for im in images]
+    loaded = {name: SCORERS.get(name)() for name in scorers}
+
+    clock = time.time()
+    batch = Batch([im.item for im in images], [im.seed for im in images],
+                  scenes=[suite.ground_truth(im.item, im.seed) for im in images])
+    t0 = time.perf_counter()
+    scored = {name: _score(scorer, name, pixels, batch, batch_size) for name, scorer in loaded.items()}
+    timings = {"scorer": time.perf_counter() - t0}
+
+    per_prompt: dict[str, int] = {}
+    for im in images:
+        per_prompt[im.item.item_id] = per_prompt.get(im.item.item_id, 0) + 1
+    metric_names = scorers + ([BVQA_SCORER] if bvqa is not None else [])
+    protocol = Protocol(decoder=DECODER, num_inference_steps=0, guidance_scale=0.0, resolution=0,
+                        images_per_prompt=max(per_prompt.values()), seed=FIRST_SEED, scorer=",".join(metric_names),
+                        scorer_version=",".join([loaded[n].version for n in scorers] + (["external"] if bvqa else [])),
+                        decoder_version=DECODER)
+    config = {"source": str(folder.resolve()), "format": "t2i-compbench", "priors": [prior], "decoder": DECODER,
+              "suites": [suite_name], "scorers": metric_names, "split": split, "tag": tag,
+              "matched_by": "manifest" if manifest.is_file() else "prompt",
+              "vqa_result": str(vqa_path) if bvqa is not None else None}
+
+    run_dir = new_run_dir(out, f"{prior}_{suite_name}")
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    atomic_write_json(run_dir / "run.json", {"config": config, "protocol": asdict(protocol),
+                                             "protocol_hash": protocol.hash(), "started": started})
+    t0 = time.perf_counter()
+    image_dir = run_dir / "images" / prior / suite.name
+    image_dir.mkdir(parents=True)
+    rows: list[dict] = []
+    for k, im in enumerate(images):
+        rel = Path("images") / prior / suite.name / f"{im.item.item_id}_{im.seed}.png"
+        if im.file.suffix.lower() == ".png":
+            shutil.copyfile(im.file, run_dir / rel)
+        else:
+            from evalkit.cache import png_bytes
+
+            (run_dir / rel).write_bytes(png_bytes(pixels[k]))
+        base = dict(prior=prior, suite=suite.name, item_id=im.item.item_id, prompt=im.item.prompt, seed=im.seed,
+                    category=im.item.category, seen=im.item.seen, image_path=str(rel))
+        for name in scorers:
+            row = {key: value for key, value in scored[name][k].items() if key not in ITEM_FIELDS}
+            rows.append(asdict(SampleRow(scorer=name, score=float(row.pop("score")),
+                                         questions=row.pop("questions", []), details=row, **base)))
+        if bvqa is not None:
+            rows.append(asdict(SampleRow(scorer=BVQA_SCORER, score=bvqa[im.index], questions=[],
+                                         details={"source_file": im.file.name}, **base)))
+    timings["io"] = time.perf_counter() - t0
+
+    info = {prior: {"class": DECODER, "trainable_parameters": 0, "total_parameters": 0, "text_encoder_parameters": 0,
+                    "decoder_parameters": 0, "data": "", "version": "", "source": str(folder.resolve())}}
+    versions = {suite.name: suite.version(split)}
+    higher = {name: scorer.higher_is_better for name, scorer in loaded.items()}
+    results = aggregate(rows, versions, protocol, {prior: 0}, split=split, priors_info=info, tag=tag,
+                        higher_is_better={**higher, BVQA_SCORER: True})
+    samples_text = "".join(json.dumps(row) + "\n" for row in rows)
+    atomic_write_text(run_dir / "samples.jsonl", samples_text)
+    payload = {
+        "schema": RESULTS_SCHEMA, "config": config, "protocol": asdict(protocol), "protocol_hash": protocol.hash(),
+        "suite_versions": versions, "priors": info, "rows": [asdict(r) for r in results],
+        "timings_s": {key: round(value, 3) for key, value in timings.items()},
+        "wall_time_s": round(time.time() - clock, 2), "images": len(images), "cache": {},
+        "package_versions": _package_versions(), "git_hash": _git_hash(), "started": started,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "samples_sha256": hashlib.sha256(samples_text.encode("utf-8")).hexdigest(),
+    }
+    try:
+        atomic_write_json(run_dir / "results.json", seal(payload))
+    except OSError:
+        (run_dir / "samples.jsonl").unlink(missing_ok=True)
+        raise
+    write_report([run_dir], run_dir)
+    return run_dir
