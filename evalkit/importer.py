@@ -187,7 +187,7 @@ def import_t2i_compbench(folder: str | os.PathLike, suite_name: str, out: str | 
     from evalkit.contracts import Batch, Protocol, SampleRow
     from evalkit.registry import SCORERS, SUITES
     from evalkit.report.run_report import write_report
-    from evalkit.runner import ITEM_FIELDS, RESULTS_SCHEMA, _git_hash, _package_versions, aggregate
+    from evalkit.runner import ITEM_FIELDS, aggregate, write_results
     from evalkit.runs import new_run_dir
     from evalkit.serialization import atomic_write_json, atomic_write_text, seal
     from evalkit.suites import load_suite
@@ -277,21 +277,7 @@ def import_t2i_compbench(folder: str | os.PathLike, suite_name: str, out: str | 
     higher = {name: scorer.higher_is_better for name, scorer in loaded.items()}
     results = aggregate(rows, versions, protocol, {prior: 0}, split=split, priors_info=info, tag=tag,
                         higher_is_better={**higher, BVQA_SCORER: True})
-    samples_text = "".join(json.dumps(row) + "\n" for row in rows)
-    atomic_write_text(run_dir / "samples.jsonl", samples_text)
-    payload = {
-        "schema": RESULTS_SCHEMA, "config": config, "protocol": asdict(protocol), "protocol_hash": protocol.hash(),
-        "suite_versions": versions, "priors": info, "rows": [asdict(r) for r in results],
-        "timings_s": {key: round(value, 3) for key, value in timings.items()},
-        "wall_time_s": round(time.time() - clock, 2), "images": len(images), "cache": {},
-        "package_versions": _package_versions(), "git_hash": _git_hash(), "started": started,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "samples_sha256": hashlib.sha256(samples_text.encode("utf-8")).hexdigest(),
-    }
-    try:
-        atomic_write_json(run_dir / "results.json", seal(payload))
-    except OSError:
-        (run_dir / "samples.jsonl").unlink(missing_ok=True)
-        raise
+    write_results(run_dir, rows, results, config=config, protocol=protocol, versions=versions, priors_info=info,
+                  timings=timings, wall_time_s=time.time() - clock, cache_stats={}, started=started)
     write_report([run_dir], run_dir)
     return run_dir

@@ -332,6 +332,32 @@ def prior_info(prior, encoders: dict, decoder) -> dict:
             "version": fingerprint(prior, code=False)}
 
 
+def write_results(run_dir: Path, rows: list[dict], results: list[ResultRow], *, config: dict, protocol: Protocol,
+                  versions: dict, priors_info: dict, timings: dict, wall_time_s: float, cache_stats: dict,
+                  started: str) -> None:
+    """``samples.jsonl`` then the sealed ``results.json`` (with the samples' sha256): both or neither."""
+    import datetime as _dt
+
+    from evalkit.serialization import atomic_write_json, atomic_write_text, seal
+
+    samples_text = "".join(json.dumps(row) + "\n" for row in rows)
+    atomic_write_text(run_dir / "samples.jsonl", samples_text)
+    payload = {
+        "schema": RESULTS_SCHEMA, "config": config, "protocol": asdict(protocol), "protocol_hash": protocol.hash(),
+        "suite_versions": versions, "priors": priors_info, "rows": [asdict(r) for r in results],
+        "timings_s": {k: round(v, 3) for k, v in timings.items()}, "wall_time_s": round(wall_time_s, 2),
+        "images": len({(r["prior"], r["item_id"], r["seed"]) for r in rows}), "cache": cache_stats,
+        "package_versions": _package_versions(), "git_hash": _git_hash(), "started": started,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "samples_sha256": hashlib.sha256(samples_text.encode("utf-8")).hexdigest(),
+    }
+    try:
+        atomic_write_json(run_dir / "results.json", seal(payload))
+    except OSError:
+        (run_dir / "samples.jsonl").unlink(missing_ok=True)  # no half-finished set of result files
+        raise
+
+
 def run(config: RunConfig, progress: bool = True) -> Path:
     """Run the protocol of ``config`` and write ``<out>/<run-id>/``.
 
@@ -377,21 +403,7 @@ def run(config: RunConfig, progress: bool = True) -> Path:
     results = aggregate(rows, versions, protocol, {n: i["trainable_parameters"] for n, i in info.items()},
                         split=config.split, priors_info=info, tag=config.tag,
                         higher_is_better={n: s.higher_is_better for n, s in scorers.items()})
-    samples_text = "".join(json.dumps(row) + "\n" for row in rows)
-    atomic_write_text(run_dir / "samples.jsonl", samples_text)
-    payload = {
-        "schema": RESULTS_SCHEMA, "config": asdict(config), "protocol": asdict(protocol),
-        "protocol_hash": protocol.hash(), "suite_versions": versions, "priors": info,
-        "rows": [asdict(r) for r in results], "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "wall_time_s": round(time.time() - clock, 2), "images": len({(r["prior"], r["item_id"], r["seed"]) for r in rows}),
-        "cache": cache.stats(), "package_versions": _package_versions(), "git_hash": _git_hash(),
-        "started": started, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "samples_sha256": hashlib.sha256(samples_text.encode("utf-8")).hexdigest(),
-    }
-    try:
-        atomic_write_json(run_dir / "results.json", seal(payload))
-    except OSError:
-        (run_dir / "samples.jsonl").unlink(missing_ok=True)  # no half-finished set of result files
-        raise
+    write_results(run_dir, rows, results, config=asdict(config), protocol=protocol, versions=versions, priors_info=info,
+                  timings=timings, wall_time_s=time.time() - clock, cache_stats=cache.stats(), started=started)
     write_report([run_dir], run_dir)
     return run_dir
