@@ -18,7 +18,6 @@ before the run folder is created: a bad input leaves nothing behind.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
@@ -189,7 +188,7 @@ def import_t2i_compbench(folder: str | os.PathLike, suite_name: str, out: str | 
     from evalkit.report.run_report import write_report
     from evalkit.runner import ITEM_FIELDS, aggregate, write_results
     from evalkit.runs import new_run_dir
-    from evalkit.serialization import atomic_write_json, atomic_write_text, seal
+    from evalkit.serialization import atomic_write_json
     from evalkit.suites import load_suite
 
     folder, scorers = Path(folder), list(scorers)
