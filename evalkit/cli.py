@@ -496,11 +496,11 @@ def check_world_command(out, clip_seeds, prior_seeds, decoder_prompts, steps_swe
               help="parent folder; the demo writes a new run folder inside it")
 @click.option("--per-category", default=8, show_default=True, help="renders per category in the grid")
 def demo(out, per_category):
-    """The main job on the embedded default (grows as the embedded stack lands)."""
+    """The main job on the embedded default: the world, the calibration priors, and `evalkit run --preset demo`."""
     from evalkit.demo import run_demo
 
     run_dir = run_demo(out, per_category=per_category)
-    click.echo(f"wrote {run_dir}")
+    click.echo(f"wrote {run_dir}: open {run_dir / 'report.md'} (the main job's own report.html is linked from it)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -68,7 +68,7 @@ def main_job_section(run_dir: Path, progress: bool) -> list[str]:
     relative = job.relative_to(run_dir)
     return [f"## The main job: `evalkit run --preset demo`", "",
             f"{len(config.priors)} priors × {len(config.suites)} suites × {config.limit} val prompts × "
-            f"{config.images_per_prompt} seeds through the synth decoder, scored by the analytic scorer. "
+            f"{config.images_per_prompt} seeds through the synth decoder, scored by {' and '.join(config.scorers)}. "
             f"Full report with image grids, paired comparisons and the worst images: [{relative}/report.html]"
             f"({relative}/report.html) ([markdown]({relative}/report.md)).", "",
             summary_markdown([job]).replace("## ", "### "), ""]
