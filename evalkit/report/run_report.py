@@ -248,18 +248,26 @@ def plot_parameters(rows: list[dict], priors: dict, metric: str, path: Path) -> 
     if not any(priors.get(r["prior"], {}).get("trainable_parameters", 0) > 0 for r in chosen):
         return None
     fig, axes = plt.subplots(1, len(categories), figsize=(4.2 * len(categories), 3.4), squeeze=False)
+    from matplotlib.ticker import NullFormatter
+
     for ax, category in zip(axes[0], categories):
+        same_size: dict[int, int] = {}
         for r in (r for r in chosen if r["category"] == category):
             params = priors.get(r["prior"], {}).get("trainable_parameters", 0)
             if params > 0:
-                ax.errorbar([params], [r["value"]], yerr=[[r["value"] - r["ci_low"]], [r["ci_high"] - r["value"]]],
+                k = same_size[params] = same_size.get(params, -1) + 1  # priors of one size: spread apart
+                x = params * (1.06 ** k)
+                ax.errorbar([x], [r["value"]], yerr=[[r["value"] - r["ci_low"]], [r["ci_high"] - r["value"]]],
                             fmt="o", capsize=3)
-                ax.annotate(r["prior"], (params, r["value"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+                ax.annotate(r["prior"], (x, r["value"]), textcoords="offset points", xytext=(6, 9 * k - 4), fontsize=8)
             else:
                 ax.axhline(r["value"], ls="--", lw=0.8, color="grey")
                 ax.annotate(r["prior"], (0.01, r["value"]), xycoords=("axes fraction", "data"), fontsize=7,
                             color="grey", va="bottom")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        lo, hi = ax.get_xlim()
+        ax.set_xlim(lo / 1.5, hi * 2.5)  # room for the labels
         ax.set_title(category)
         ax.set_xlabel("prior parameters (trainable)")
         ax.set_ylabel(metric)
