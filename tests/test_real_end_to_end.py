@@ -46,3 +46,27 @@ def test_eclipse_karlo_blip_on_t2i_compbench_then_export_and_import(tmp_path, mo
     again = sorted((s["item_id"], s["seed"], round(s["score"], 6))
                    for s in map(json.loads, (import_dir / "samples.jsonl").read_text().splitlines()))
     assert again == sorted((s["item_id"], s["seed"], round(s["score"], 6)) for s in samples)
+
+
+def test_eclipse_kandinsky_prior_into_the_kandinsky_decoder(tmp_path):
+    from evalkit.decoders.kandinsky import Kandinsky22Decoder
+    from evalkit.priors.real import tiny_checkpoint
+
+    decoder = Kandinsky22Decoder.tiny()
+    decoder.save_pretrained(tmp_path / "k22")
+    tiny_checkpoint(tmp_path / "prior", kind="eclipse", embedding_dim=decoder.embedding_dim)
+    result = CliRunner().invoke(cli, [
+        "run", "--prior", "eclipse-kandinsky22", "--prior-path", f"eclipse-kandinsky22={tmp_path / 'prior'}",
+        "--decoder", "kandinsky22", "--decoder-path", str(tmp_path / "k22"), "--scorer", "dummy",
+        "--suite", "t2i-compbench-color", "--limit", "2", "--images-per-prompt", "1", "--num-inference-steps", "2",
+        "--out", str(tmp_path / "runs"), "--no-cache"])
+    assert result.exit_code == 0, result.output
+    [run_dir] = list((tmp_path / "runs").iterdir())
+    assert len((run_dir / "samples.jsonl").read_text().splitlines()) == 2
+    # a 32-d Karlo-space prior into the 16-d Kandinsky decoder is refused before anything is written
+    tiny_checkpoint(tmp_path / "karlo-prior", kind="eclipse", embedding_dim=32)
+    wrong = CliRunner().invoke(cli, [
+        "run", "--prior", "eclipse-karlo", "--prior-path", f"eclipse-karlo={tmp_path / 'karlo-prior'}",
+        "--decoder", "kandinsky22", "--decoder-path", str(tmp_path / "k22"), "--suite", "t2i-compbench-color",
+        "--scorer", "dummy", "--out", str(tmp_path / "wrong")])
+    assert wrong.exit_code == 2 and "cannot feed decoder 'kandinsky22'" in wrong.output and not (tmp_path / "wrong").exists()
