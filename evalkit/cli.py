@@ -235,7 +235,8 @@ def train_baseline(prior, size, out, resume, quick, stop_at, ship, describe, emb
 @click.option("--decoder", default="synth", show_default=True, help="decoder name")
 @click.option("--decoder-path", type=click.Path(), help="load the decoder from this folder (e.g. a local karlo-v1-alpha)")
 @click.option("--suite", "suites_", default="synth-color", show_default=True, help="comma-separated suite names")
-@click.option("--scorer", "scorers", default="binding,analytic", show_default=True, help="comma-separated scorer names")
+@click.option("--scorer", "scorers", default="", help="comma-separated scorer names (default: the suites' own: "
+              "binding,analytic for synthetic suites, blip-vqa for T2I-CompBench)")
 @click.option("--split", default="val", show_default=True, help="train | dev | val")
 @click.option("--images-per-prompt", default=10, show_default=True, help="images per prompt (seeds seed … seed+n−1)")
 @click.option("--seed", default=42, show_default=True, help="seed of each prompt's first image")

@@ -70,6 +70,8 @@ class Suite(abc.ABC):
     name: str = ""
     category: str = ""
     splits: tuple[str, ...] = ("val",)
+    #: scorers ``evalkit run`` uses for this suite when ``--scorer`` is not given
+    default_scorers: tuple[str, ...] = ()
 
     @abc.abstractmethod
     def load_items(self, split: str) -> list[PromptItem]:
@@ -293,7 +295,7 @@ class RunConfig:
     decoder: str = "synth"  # decoder name
     decoder_path: str | None = None  # decoder weights folder (default: its shipped weights or environment variable)
     suites: list[str] = field(default_factory=lambda: ["synth-color"])  # suite names
-    scorers: list[str] = field(default_factory=lambda: ["binding", "analytic"])  # scorer names
+    scorers: list[str] = field(default_factory=list)  # scorer names (empty: the suites' default scorers)
     split: str = "val"  # train | dev | val
     images_per_prompt: int = 10  # seeds seed, seed+1, ...
     seed: int = 42  # image i of a prompt uses seed + i (T2I-CompBench)

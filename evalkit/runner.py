@@ -255,6 +255,13 @@ def resolve(config: RunConfig):
     PRIORS.check(config.priors)
     DECODERS.check([config.decoder])
     SUITES.check(config.suites)
+    suites = [load_suite(name) for name in config.suites]
+    if not config.scorers:
+        defaults = {tuple(s.default_scorers) for s in suites}
+        if len(defaults) != 1 or not next(iter(defaults)):
+            raise EvalkitError("these suites have different (or no) default scorers "
+                               f"({', '.join(f'{s.name}: {list(s.default_scorers)}' for s in suites)}); name them with --scorer")
+        config.scorers = list(next(iter(defaults)))
     SCORERS.check(config.scorers)
     decoder = load_decoder(config.decoder, config.decoder_path)
     options = {"num_inference_steps": config.prior_num_inference_steps, "guidance_scale": config.prior_guidance_scale}
@@ -277,7 +284,6 @@ def resolve(config: RunConfig):
                 raise EvalkitError(f"scorer {name!r} loads no weights folder; --scorer-path does not apply to it")
             kwargs = {"path": path, **({"allow_pickle": config.allow_pickle} if "allow_pickle" in params else {})}
         scorers[name] = cls(**kwargs)
-    suites = [load_suite(name) for name in config.suites]
     return priors, decoder, scorers, suites
 
 
@@ -299,8 +305,8 @@ def check_config(config: RunConfig) -> None:
             problems.append(f"{flag} must be a finite number ≥ 0 (got {value})")
     if len(set(config.priors)) != len(config.priors) or len(set(config.suites)) != len(config.suites):
         problems.append("a prior or suite is named twice")
-    if not config.priors or not config.suites or not config.scorers:
-        problems.append("name at least one prior, one suite and one scorer")
+    if not config.priors or not config.suites:
+        problems.append("name at least one prior and one suite")
     if problems:
         raise EvalkitError("; ".join(problems))
 

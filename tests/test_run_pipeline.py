@@ -303,3 +303,19 @@ def test_kandinsky_decoder_guides_against_each_priors_empty_prompt(tmp_path):
     evaluate(priors, decoder, load_suite("synth-color"), {"dummy": DummyScorer()}, protocol, None, limit=1, progress=False)
     empty = Batch.from_prompts([""], [42])
     assert torch.allclose(decoder.negative_image_embeds, priors["b"].predict(empty)[0])  # the last prior's
+
+
+def test_default_scorers_come_from_the_suites(tmp_path, monkeypatch):
+    from evalkit.runner import resolve
+
+    config = RunConfig(priors=["dummy"], decoder="dummy", suites=["synth-color", "synth-shape"])
+    resolve(config)
+    assert config.scorers == ["binding", "analytic"]
+    mixed = RunConfig(priors=["dummy"], decoder="dummy", suites=["synth-color", "t2i-compbench-color"])
+    with pytest.raises(EvalkitError, match="--scorer"):
+        resolve(mixed)
+    monkeypatch.delenv("EVALKIT_BLIP_VQA_DIR", raising=False)
+    real = RunConfig(priors=["dummy"], decoder="dummy", suites=["t2i-compbench-color"])
+    with pytest.raises(EvalkitError, match="blip-vqa|BLIP"):  # the default for T2I-CompBench needs a local BLIP folder
+        resolve(real)
+    assert real.scorers == ["blip-vqa"]

@@ -26,6 +26,7 @@ class SynthSuite(Suite):
     """One binding category of the synthetic world."""
 
     splits = SPLITS
+    default_scorers = ("binding", "analytic")  # B-VQA style (embedded VQA model) and HRS style, side by side
 
     def __init__(self, category: str):
         if category not in CATEGORIES:

@@ -145,6 +145,7 @@ class T2ICompBenchSuite(Suite):
     """One T2I-CompBench attribute-binding category, read from the prompt directory."""
 
     splits = ("train", "val")
+    default_scorers = ("blip-vqa",)  # T2I-CompBench's own metric (a local BLIP-VQA folder)
 
     def __init__(
         self,
