@@ -244,7 +244,7 @@ def train_baseline(prior, size, out, resume, quick, stop_at, ship, describe, emb
 @click.option("--guidance-scale", type=float, help="decoder classifier-free guidance (default: the decoder's)")
 @click.option("--prior-num-inference-steps", type=int, help="diffusion priors: sampling steps (default 25)")
 @click.option("--prior-guidance-scale", type=float, help="diffusion priors: classifier-free guidance (default 4.0)")
-@click.option("--batch-size", default=64, show_default=True, help="images per decoder call")
+@click.option("--batch-size", default=16, show_default=True, help="images per decoder call (raise it on a GPU)")
 @click.option("--limit", type=int, help="only the first N prompts of each suite")
 @click.option("--prior-path", "prior_paths", multiple=True, metavar="NAME=DIR",
               help="load trained prior NAME from a weights folder instead of its shipped seed 0 (repeatable)")
