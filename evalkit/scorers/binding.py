@@ -128,14 +128,15 @@ class BindingScorer(Scorer):
 
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor, phrases: Sequence[str], image_index: Sequence[int]) -> torch.Tensor:
-        """P(yes) for each (images[image_index[k]], phrases[k]), in batches."""
+        """P(yes) for each (images[image_index[k]], phrases[k]): the CNN runs once per image, whatever the
+        number of its questions; each question is then a weighted sum over the word maps."""
         hot, _ = self.model.encode_phrases(phrases)
         index = torch.as_tensor(list(image_index), dtype=torch.long)
-        out = []
-        for start in range(0, len(phrases), self.batch_size):
-            sl = slice(start, start + self.batch_size)
-            out.append(self.model(images[index[sl]].float(), hot[sl]).exp())
-        return torch.cat(out) if out else torch.empty(0)
+        maps = torch.cat([self.model.word_logits(images[s:s + self.batch_size].float())
+                          for s in range(0, len(images), self.batch_size)]) if len(images) else None
+        if maps is None or not len(phrases):
+            return torch.empty(0)
+        return self.model.phrase_log_prob(maps[index], hot).exp()
 
     def score(self, images: torch.Tensor, batch: Batch) -> list[dict]:
         from evalkit.scorers.analytic import noun_phrases
