@@ -277,8 +277,11 @@ def run_command(ctx, preset, priors, suites_, scorers, **options):
                 fields[key] = value
     config = RunConfig(**fields)
     run_dir = run(config)
-    click.echo(summary_markdown([run_dir]))
-    click.echo(f"wrote {run_dir} (report: {run_dir / 'report.html'})")
+    from evalkit.distributed import world
+
+    if world()[0] == 0:  # under accelerate/torchrun, process 0 writes and reports
+        click.echo(summary_markdown([run_dir]))
+        click.echo(f"wrote {run_dir} (report: {run_dir / 'report.html'})")
 
 
 @cli.command("report")

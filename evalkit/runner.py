@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from evalkit import distributed
 from evalkit.cache import WorkCache, fingerprint, image_sha256, png_bytes, work_key
 from evalkit.contracts import Batch, Protocol, ResultRow, RunConfig, SampleRow, check_embedding_contract
 from evalkit.errors import EvalkitError
@@ -77,8 +78,12 @@ def _link_or_copy(source: Path, dest: Path) -> None:
 @torch.inference_mode()
 def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, run_dir: Path | None = None,
              split: str = "val", limit: int | None = None, batch_size: int = 64, text_encoders: dict | None = None,
-             progress: bool = True, items: list | None = None, cache: WorkCache | None = None) -> tuple[list[dict], dict]:
+             progress: bool = True, items: list | None = None, cache: WorkCache | None = None,
+             shard: tuple[int, int] = (0, 1)) -> tuple[list[dict], dict]:
     """Generate and score ``suite`` for every prior; returns (per-image rows, timings per stage).
+
+    ``shard=(rank, n)``: only batches ``c`` with ``c % n == rank`` (multi-process runs); rows then carry an
+    ``_order`` key that puts the gathered rows of all processes back in single-process order.
 
     ``items``: score these items of the suite instead of the first ``limit`` of ``split``. ``cache``:
     embeddings, images and scores found there are reused and new ones stored (keys: :mod:`evalkit.cache`);
@@ -105,9 +110,13 @@ def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, ru
         if run_dir is not None:
             image_dir = Path(run_dir) / "images" / prior_name / suite.name
             image_dir.mkdir(parents=True, exist_ok=True)
-        bar = tqdm(total=len(pairs), desc=f"{prior_name} · {suite.name}", unit="img", disable=not progress)
+        mine = sum(len(pairs[c:c + batch_size]) for i, c in enumerate(range(0, len(pairs), batch_size)) if i % shard[1] == shard[0])
+        bar = tqdm(total=mine, desc=f"{prior_name} · {suite.name}", unit="img", disable=not progress)
         reused = 0  # images of chunks found whole in the cache
-        for start in range(0, len(pairs), batch_size):
+        rank, shards = shard
+        for chunk_index, start in enumerate(range(0, len(pairs), batch_size)):
+            if chunk_index % shards != rank:
+                continue
             chunk = pairs[start:start + batch_size]
             batch = Batch([p[0] for p in chunk], [p[1] for p in chunk],
                           scenes=[suite.ground_truth(i, s) for i, s in chunk])
@@ -176,7 +185,8 @@ def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, ru
                                        prompt=item.prompt, seed=seed, category=item.category, seen=item.seen,
                                        image_path=path, score=float(row.pop("score")),
                                        questions=row.pop("questions", []), details=row)
-                    rows.append(asdict(sample))
+                    rows.append(asdict(sample) if shards == 1 else {
+                        **asdict(sample), "_order": (list(priors).index(prior_name), start + k, list(scorers).index(scorer_name))})
             timings["io"] += time.perf_counter() - t0
             bar.update(len(chunk))
             bar.set_postfix(img_per_s=f"{bar.n / max(bar.format_dict['elapsed'], 1e-9):.1f}", cached=reused)
@@ -393,18 +403,32 @@ def run(config: RunConfig, progress: bool = True) -> Path:
     encoders = text_encoders(priors, decoder)
     preflight(priors, decoder, suites[0], config.split, protocol, encoders)
     cache = WorkCache((config.cache_dir or default_root()) if config.cache else None)
-    run_dir = new_run_dir(config.out, "-".join(config.priors) + "_" + "-".join(config.suites))
-    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    atomic_write_json(run_dir / "run.json", {"config": asdict(config), "protocol": asdict(protocol),
-                                             "protocol_hash": protocol.hash(), "started": started})
+    rank, processes = distributed.world()  # > 1 under `accelerate launch` / `torchrun`: batches are shared out
+    run_dir, started = None, _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    if rank == 0:
+        run_dir = new_run_dir(config.out, "-".join(config.priors) + "_" + "-".join(config.suites))
+        atomic_write_json(run_dir / "run.json", {"config": asdict(config), "protocol": asdict(protocol),
+                                                 "protocol_hash": protocol.hash(), "started": started,
+                                                 "processes": processes})
+    run_dir = Path(distributed.broadcast(str(run_dir) if run_dir else None))
     clock = time.time()
     rows, timings = [], {}
-    for suite in suites:
+    for index, suite in enumerate(suites):
         suite_rows, suite_timings = evaluate(priors, decoder, suite, scorers, protocol, run_dir, config.split,
-                                             config.limit, config.batch_size, encoders, progress, cache=cache)
-        rows += suite_rows
+                                             config.limit, config.batch_size, encoders, progress and rank == 0,
+                                             cache=cache, shard=(rank, processes))
+        rows += [{**row, "_order": (index, *row["_order"])} for row in suite_rows] if processes > 1 else suite_rows
         for key, value in suite_timings.items():
             timings[key] = timings.get(key, 0.0) + value
+    if processes > 1:  # process 0 writes everything, from every process's rows, in single-process order
+        rows = sorted(distributed.gather(rows), key=lambda row: row["_order"])
+        rows = [{k: v for k, v in row.items() if k != "_order"} for row in rows]
+        gathered = distributed.gather([(timings, cache.stats())])
+        timings = {k: sum(t[k] for t, _ in gathered) for k in timings}
+        for part in ("hits", "misses", "stored"):
+            setattr(cache, part, {kind: sum(stats[part][kind] for _, stats in gathered) for kind in getattr(cache, part)})
+        if rank != 0:
+            return run_dir
     info = {name: prior_info(p, encoders, decoder) for name, p in priors.items()}
     results = aggregate(rows, versions, protocol, {n: i["trainable_parameters"] for n, i in info.items()},
                         split=config.split, priors_info=info, tag=config.tag,

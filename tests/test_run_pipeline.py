@@ -319,3 +319,28 @@ def test_default_scorers_come_from_the_suites(tmp_path, monkeypatch):
     with pytest.raises(EvalkitError, match="blip-vqa|BLIP"):  # the default for T2I-CompBench needs a local BLIP folder
         resolve(real)
     assert real.scorers == ["blip-vqa"]
+
+
+def test_two_process_torchrun_gives_the_single_process_results(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed beside this Python")
+    args = ["run", "--prior", "dummy", "--decoder", "dummy", "--scorer", "dummy", "--suite", "synth-color,synth-shape",
+            "--limit", "3", "--images-per-prompt", "2", "--batch-size", "4", "--no-cache"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    two = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "evalkit", *args, "--out",
+                          str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    single = run(config(tmp_path, suites=["synth-color", "synth-shape"], batch_size=4, cache=False,
+                        out=str(tmp_path / "one")), progress=False)
+    [multi] = list((tmp_path / "two").iterdir())
+    assert json.loads((multi / "run.json").read_text())["processes"] == 2
+    assert (multi / "samples.jsonl").read_text() == (single / "samples.jsonl").read_text()
+    strip = lambda d: [{k: v for k, v in r.items() if k != "tag"} for r in json.loads((d / "results.json").read_text())["rows"]]
+    assert strip(multi) == strip(single)
+    assert sorted(p.name for p in (multi / "images").rglob("*.png")) == sorted(p.name for p in (single / "images").rglob("*.png"))
