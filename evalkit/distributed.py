@@ -43,3 +43,14 @@ def gather(values: list) -> list:
 
     state()
     return gather_object(values)
+
+
+def finish() -> None:
+    """Wait for every process, then close the process group (a process that exits with it open can abort)."""
+    if world()[1] == 1:
+        return
+    import torch.distributed as dist
+
+    state().wait_for_everyone()
+    if dist.is_initialized():
+        dist.destroy_process_group()

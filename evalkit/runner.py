@@ -428,12 +428,17 @@ def run(config: RunConfig, progress: bool = True) -> Path:
         for part in ("hits", "misses", "stored"):
             setattr(cache, part, {kind: sum(stats[part][kind] for _, stats in gathered) for kind in getattr(cache, part)})
         if rank != 0:
+            distributed.finish()  # process 0 writes the folder; the others wait for it
             return run_dir
     info = {name: prior_info(p, encoders, decoder) for name, p in priors.items()}
     results = aggregate(rows, versions, protocol, {n: i["trainable_parameters"] for n, i in info.items()},
                         split=config.split, priors_info=info, tag=config.tag,
                         higher_is_better={n: s.higher_is_better for n, s in scorers.items()})
-    write_results(run_dir, rows, results, config=asdict(config), protocol=protocol, versions=versions, priors_info=info,
-                  timings=timings, wall_time_s=time.time() - clock, cache_stats=cache.stats(), started=started)
-    write_report([run_dir], run_dir)
+    try:
+        write_results(run_dir, rows, results, config=asdict(config), protocol=protocol, versions=versions,
+                      priors_info=info, timings=timings, wall_time_s=time.time() - clock, cache_stats=cache.stats(),
+                      started=started)
+        write_report([run_dir], run_dir)
+    finally:
+        distributed.finish()
     return run_dir
