@@ -86,13 +86,35 @@ def load_config(directory: str | os.PathLike) -> dict:
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise WeightsNotFoundError(f"no {CONFIG_NAME} in {directory}")
+    return read_json_object(path)
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A JSON object from ``path``; a damaged file is a :class:`CorruptFileError` naming it."""
+    path = Path(path)
     try:
-        config = json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CorruptFileError(f"{path} is not valid JSON ({error}); restore or re-save the weights folder") from None
-    if not isinstance(config, dict):
-        raise CorruptFileError(f"{path} holds a JSON {type(config).__name__}, not a config object")
-    return config
+        raise CorruptFileError(f"{path} is not valid JSON ({error}); restore or re-save it") from None
+    if not isinstance(value, dict):
+        raise CorruptFileError(f"{path} holds a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def weights_folder(path: str | os.PathLike | None, env_var: str, what: str, repo_id: str, hint) -> Path:
+    """A local weights folder: ``path``, else ``$env_var``; unless it exists, a :class:`WeightsNotFoundError`
+    naming it, with ``hint(folder or None)`` saying how to get the weights."""
+    if path is None:
+        value = os.environ.get(env_var, "").strip()
+        if not value:
+            raise WeightsNotFoundError(f"{what}: no weights folder given: pass a path or set {env_var} to a local "
+                                       f"copy of {repo_id}. {hint(None)}")
+        path = value
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise WeightsNotFoundError(f"{what}: expected a {repo_id} folder at {directory}, which does not exist. "
+                                   f"{hint(directory)}")
+    return directory
 
 
 def load_state_dict(directory: str | os.PathLike, allow_pickle: bool = False) -> dict:

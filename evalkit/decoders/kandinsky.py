@@ -40,7 +40,7 @@ from torch import nn
 from evalkit.contracts import Batch, Decoder, Protocol, per_image_randn, seeded_generators
 from evalkit.decoders.synth import sample_image_conditioned
 from evalkit.errors import ConfigMismatchError, CorruptFileError, EmbeddingContractError, WeightsNotFoundError
-from evalkit.serialization import PICKLE_NAMES, atomic_write_bytes, atomic_write_json
+from evalkit.serialization import PICKLE_NAMES, atomic_write_bytes, atomic_write_json, read_json_object, weights_folder
 
 REPO_ID = "kandinsky-community/kandinsky-2-2-decoder"
 ENV_DIR = "EVALKIT_KANDINSKY22_DIR"
@@ -149,15 +149,7 @@ def weights_hint(directory: Path | None = None) -> str:
 
 
 def _weights_directory(directory: str | os.PathLike | None) -> Path:
-    if directory is None:
-        value = os.environ.get(ENV_DIR)
-        if not value:
-            raise WeightsNotFoundError(f"kandinsky22: no weights folder given. {weights_hint()}")
-        directory = value
-    directory = Path(directory).expanduser()
-    if not directory.is_dir():
-        raise WeightsNotFoundError(f"kandinsky22: expected a {REPO_ID} folder at {directory}, which does not exist. "
-                                   f"{weights_hint(directory)}")
+    directory = weights_folder(directory, ENV_DIR, "kandinsky22", REPO_ID, weights_hint)
     for sub in SUBFOLDERS:
         if not (directory / sub).is_dir():
             raise WeightsNotFoundError(f"kandinsky22: {directory} is not a complete {REPO_ID} folder: it has no {sub}/ "
@@ -184,18 +176,6 @@ def _weights_format(folder: Path, allow_pickle: bool) -> dict:
         return {"use_safetensors": False}
     raise WeightsNotFoundError(f"kandinsky22: no weights in {folder} ({stem}.safetensors expected). "
                                f"{weights_hint(folder.parent)}")
-
-
-def _read_json(path: Path) -> dict:
-    import json
-
-    try:
-        value = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CorruptFileError(f"{path} is not valid JSON ({error}); restore or re-download it") from None
-    if not isinstance(value, dict):
-        raise CorruptFileError(f"{path} holds a JSON {type(value).__name__}, not an object")
-    return value
 
 
 def _scheduler_class(config: dict, where: str):
@@ -330,7 +310,7 @@ class Kandinsky22Decoder(Decoder, nn.Module):
         if not scheduler_path.is_file():
             raise WeightsNotFoundError(f"kandinsky22: no {SCHEDULER_CONFIG_NAME} in {scheduler_path.parent}. "
                                        f"{weights_hint(directory)}")
-        scheduler_config = _read_json(scheduler_path)
+        scheduler_config = read_json_object(scheduler_path)
         _scheduler_class(scheduler_config, str(scheduler_path))
         dtype = dtype or torch.float32
         components = {}
@@ -341,7 +321,7 @@ class Kandinsky22Decoder(Decoder, nn.Module):
             except (SafetensorError, OSError, ValueError, RuntimeError) as error:
                 raise CorruptFileError(f"kandinsky22: could not load {directory / sub} ({error}). Re-download it: "
                                        f"{weights_hint(directory)}") from None
-        settings = _read_json(directory / SETTINGS_NAME) if (directory / SETTINGS_NAME).is_file() else {}
+        settings = read_json_object(directory / SETTINGS_NAME) if (directory / SETTINGS_NAME).is_file() else {}
         decoder = cls(components["unet"], components["movq"], scheduler_config,
                       resolution=resolution or settings.get("resolution"))
         negative = directory / NEGATIVE_NAME

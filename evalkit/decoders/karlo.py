@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 from evalkit.contracts import Batch, Decoder, Protocol, seeded_generators
 from evalkit.errors import ConfigMismatchError, CorruptFileError, WeightsNotFoundError
-from evalkit.serialization import atomic_write_json
+from evalkit.serialization import atomic_write_json, weights_folder
 
 REPO_ID = "kakaobrain/karlo-v1-alpha"
 ENV_DIR = "EVALKIT_KARLO_DIR"
@@ -200,17 +200,7 @@ def _own_memory(module: nn.Module) -> None:
 
 def resolve_directory(directory: str | os.PathLike | None) -> Path:
     """The Karlo folder: ``directory``, else ``$EVALKIT_KARLO_DIR``; raises unless it exists."""
-    if directory is None:
-        value = os.environ.get(ENV_DIR)
-        if not value:
-            raise WeightsNotFoundError(f"karlo: no weights folder given: pass a path or set {ENV_DIR} to a local "
-                                       f"copy of {REPO_ID}. {weights_hint()}")
-        directory = value
-    path = Path(directory).expanduser()
-    if not path.is_dir():
-        raise WeightsNotFoundError(f"karlo: expected a {REPO_ID} folder at {path}, which does not exist. "
-                                   f"{weights_hint(path)}")
-    return path
+    return weights_folder(directory, ENV_DIR, "karlo", REPO_ID, weights_hint)
 
 
 class KarloDecoder(Decoder, nn.Module):

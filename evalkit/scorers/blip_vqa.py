@@ -39,6 +39,7 @@ from evalkit.contracts import Batch, PromptItem, Scorer
 from evalkit.errors import ConfigMismatchError, CorruptFileError, WeightsNotFoundError
 from evalkit.scorers import bvqa
 from evalkit.scorers import noun_phrases as noun_phrases_module
+from evalkit.serialization import weights_folder
 from evalkit.scorers.noun_phrases import split_noun_phrases, splitter_name
 
 ENV_DIR = "EVALKIT_BLIP_VQA_DIR"
@@ -61,17 +62,7 @@ def weights_hint(directory: str | os.PathLike | None = None) -> str:
 
 def resolve_directory(path: str | os.PathLike | None = None) -> Path:
     """The weights folder: ``path``, else ``$EVALKIT_BLIP_VQA_DIR``; raises if neither names a folder."""
-    if path is None:
-        value = os.environ.get(ENV_DIR)
-        if not value:
-            raise WeightsNotFoundError(f"blip-vqa: no weights folder given: pass a path or set {ENV_DIR} to a "
-                                       f"local copy of {REPO_ID}. {weights_hint()}")
-        path = value
-    directory = Path(path).expanduser()
-    if not directory.is_dir():
-        raise WeightsNotFoundError(f"blip-vqa: expected a weights folder at {directory}, which does not exist. "
-                                   f"{weights_hint(directory)}")
-    return directory
+    return weights_folder(path, ENV_DIR, "blip-vqa", REPO_ID, weights_hint)
 
 
 def check_folder(directory: Path, allow_pickle: bool = False) -> bool:
