@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--images-per-prompt", type=int, help="seeds per prompt (default: the preset's)")
     parser.add_argument("--scorers", default="binding,analytic")
     parser.add_argument("--out", default="evalkit-runs")
+    parser.add_argument("--cache-dir", help="work cache to use (a fresh folder measures a cold run; default: the user's cache)")
     args = parser.parse_args()
 
     import torch
@@ -55,6 +56,8 @@ def main() -> None:
     if dest.exists():
         raise SystemExit(f"{dest} exists; headline results are never overwritten (remove it or pick another --name)")
     fields = {**PRESETS[args.preset], "scorers": args.scorers.split(","), "out": args.out, "tag": f"headline-{args.name}"}
+    if args.cache_dir:
+        fields["cache_dir"] = args.cache_dir
     if args.limit:
         fields["limit"] = args.limit
     if args.images_per_prompt:
@@ -68,7 +71,7 @@ def main() -> None:
     timing = {"wall_time_s": round(wall, 1), "images": results["images"], "timings_s": results["timings_s"],
               "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
               "cache": results["cache"], "command": "python benchmarks/headline.py " + " ".join(
-                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "out")}
+                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k not in ("out", "cache_dir"))}
     (dest / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
     print(f"{results['images']} images in {wall / 60:.1f} min ({results['images'] / wall:.1f} images/s); kept in {dest}")
 

@@ -196,15 +196,23 @@ cli.add_command(train_world, "train-world")
 @click.option("--hard-negatives", is_flag=True, default=None, help="eclipse: swapped captions as extra negatives")
 @click.option("--num-pairs", type=int, help="training pairs (default 50,000)")
 @click.option("--seed", type=int, help="training seed (initialisation and batch order)")
+@click.option("--grad-accum-steps", type=int, help="micro-batches per optimizer step (default 1)")
+@click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]),
+              help="accelerate's mixed precision (default no; fp16 needs a GPU)")
 @click.option("--stop-at", type=int, help="stop (with a checkpoint) at this step; resume later")
 @click.option("--ship", is_flag=True, help="copy the final weights (fp16) to priors/<name>/seed-<seed>/")
 @click.option("--describe", is_flag=True, help="print the architecture's parameter count and size, then exit")
 @click.option("--embedding-dim", type=int, help="with --describe: the CLIP embedding dim (paper: 768 or 1280)")
 @click.option("--threads", type=int, help="torch CPU threads")
 def train_baseline(prior, size, out, resume, quick, stop_at, ship, describe, embedding_dim, threads, **overrides):
-    """Train a prior of the synthetic world (ECLIPSE, projection-only or diffusion) from an embedding cache."""
+    """Train a prior of the synthetic world (ECLIPSE, projection-only or diffusion) from an embedding cache.
+
+    Several processes or GPUs: `torchrun --nproc-per-node N -m evalkit train-baseline ...` (or
+    `accelerate launch -m evalkit train-baseline ...`) trains with DDP on the same global batch.
+    """
     import torch
 
+    from evalkit.distributed import world
     from evalkit.train.priors import PriorTrainConfig, describe as describe_prior, ship_prior, train_prior
 
     if threads:
@@ -223,6 +231,8 @@ def train_baseline(prior, size, out, resume, quick, stop_at, ship, describe, emb
     config = (PriorTrainConfig.quick(prior, **overrides) if quick
               else PriorTrainConfig(prior=prior, size=size, **overrides))
     final = train_prior(out, config, resume=resume, stop_at=stop_at)
+    if world()[0] != 0:
+        return
     click.echo(f"prior saved to {final}")
     if ship and stop_at is None:
         click.echo(f"shipped to {ship_prior(out)}")

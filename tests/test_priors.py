@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,9 +166,9 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, cache_env, monkeypat
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
-        loss, parts = real(*args, **kwargs)
+        loss, report, parts = real(*args, **kwargs)
         calls["n"] += 1
-        return (loss * float("nan"), parts) if calls["n"] == 5 else (loss, parts)
+        return (loss * float("nan"), report * float("nan"), parts) if calls["n"] == 5 else (loss, report, parts)
 
     monkeypatch.setattr(trainer, "eclipse_loss", poisoned)
     with pytest.raises(TrainingDivergedError, match="checkpoint"):
@@ -221,3 +222,59 @@ def test_runner_gets_the_text_encoder_from_trained_priors():
     prior = EclipsePrior.tiny()
     encoders = text_encoders({"eclipse": prior}, DECODERS.get("dummy").tiny())
     assert encoders == {"synth-clip": prior.clip}
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_two_process_training_matches_one_process_and_resumes(tmp_path, cache_env):
+    """torchrun on 2 CPU processes (gloo, DDP): stopped at step 3 and resumed, the loss curve and the final
+    weights equal the single-process run's within float tolerance (the contrastive term sees the whole batch)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed beside this Python")
+    config = PriorTrainConfig.quick("eclipse", hard_negatives=True)
+    single = train_prior(tmp_path / "one", config, progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    base = [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "evalkit", "train-baseline", "--prior", "eclipse",
+            "--quick", "--hard-negatives", "--out", str(tmp_path / "two")]
+    for extra in (["--stop-at", "3"], ["--resume"]):
+        done = subprocess.run(base + extra, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert "prior saved to" in done.stdout and done.stdout.count("prior saved to") == 1  # process 0 alone reports
+    one, two = _log(tmp_path / "one"), _log(tmp_path / "two")
+    assert [r["step"] for r in two] == list(range(1, config.steps + 1))
+    for a, b in zip(one, two):
+        for key in ("loss", "mse", "cls", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (a["step"], key)
+    record = json.loads((tmp_path / "two" / "final" / "training_record.json").read_text())
+    assert record["processes"] == 2
+    a = EclipsePriorTransformer.from_pretrained(single).state_dict()
+    b = EclipsePriorTransformer.from_pretrained(tmp_path / "two" / "final").state_dict()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("kind", ["projection", "diffusion"])
+def test_gradient_accumulation_equals_the_whole_batch(kind, tmp_path, cache_env):
+    """With a per-pair loss (MSE), 4 micro-batches of 2 give the gradient of the batch of 8."""
+    whole = train_prior(tmp_path / "whole", PriorTrainConfig.quick(kind), progress=False)
+    accumulated = train_prior(tmp_path / "acc", PriorTrainConfig.quick(kind, grad_accum_steps=4), progress=False)
+    for a, b in zip(_log(tmp_path / "whole"), _log(tmp_path / "acc")):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4, abs=1e-6)
+    model_class = PriorTrainConfig.quick(kind)
+    from evalkit.train.priors import prior_class
+
+    cls = prior_class(model_class).model_class
+    a, b = cls.from_pretrained(whole).state_dict(), cls.from_pretrained(accumulated).state_dict()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+    with pytest.raises(ValueError, match="divisible"):
+        train_prior(tmp_path / "bad", PriorTrainConfig.quick(kind, grad_accum_steps=3), progress=False)

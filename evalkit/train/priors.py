@@ -77,6 +77,8 @@ class PriorTrainConfig:
     seed: int = 0  # initialisation and batch order (the "training seed")
     checkpoint_every: int = 500
     eval_every: int = 500
+    grad_accum_steps: int = 1  # micro-batches per step (each process's share of the batch split this many times)
+    mixed_precision: str = "no"  # no | fp16 | bf16 (accelerate's autocast; fp16 needs a GPU)
     tiny: bool = False  # a tiny random CLIP (tests)
 
     def __post_init__(self):
@@ -96,7 +98,9 @@ class PriorTrainConfig:
             raise ValueError("--hard-negatives applies to the eclipse prior's contrastive term")
         if self.lr is None:
             self.lr = 5e-4 if SIZES[self.size][0] >= 4 else 1e-3
-        for name in ("steps", "batch_size", "num_pairs"):
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        for name in ("steps", "batch_size", "num_pairs", "grad_accum_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -236,35 +240,56 @@ def info_nce(queries: torch.Tensor, keys: torch.Tensor, tau: float, same: torch.
     return F.cross_entropy(logits, torch.arange(len(queries)))
 
 
-def eclipse_loss(model, batch: dict, noise: torch.Tensor, config: PriorTrainConfig) -> tuple[torch.Tensor, dict]:
+def gather_with_grad(tensor: torch.Tensor, accelerator) -> torch.Tensor:
+    """Every process's ``tensor`` concatenated in rank order; only this process's part carries gradients."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return tensor
+    parts = list(accelerator.gather(tensor.detach().contiguous()).chunk(accelerator.num_processes))
+    parts[accelerator.process_index] = tensor
+    return torch.cat(parts)
+
+
+def eclipse_loss(model, batch: dict, noise: torch.Tensor, config: PriorTrainConfig,
+                 accelerator=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(loss to back-propagate, loss to report, its parts) for this process's share of the batch.
+
+    Under several processes the contrastive term is computed over the whole batch (every process's
+    predictions gathered), exactly as one process would; each process's gradient reaches only its own
+    predictions, so that term is weighted by the number of processes before DDP averages the gradients.
+    """
     pred = model(noise, batch["text"], batch["hidden"], batch["mask"])
-    mse = F.mse_loss(pred, batch["image"])
-    parts = {"mse": mse.item()}
-    loss = mse
+    mse = F.mse_loss(pred.float(), batch["image"])
+    parts = {"mse": mse.detach()}
+    loss = report = mse
     if config.lam > 0:
-        same = batch["caption"][:, None] == batch["caption"][None, :]
-        cls = info_nce(batch["text"], pred, config.tau, same)  # text → image: each text picks its prediction
+        gather = lambda t: gather_with_grad(t, accelerator)  # noqa: E731
+        caption, text, preds = gather(batch["caption"]), gather(batch["text"]), gather(pred.float())
+        same = caption[:, None] == caption[None, :]
+        cls = info_nce(text, preds, config.tau, same)  # text → image: each text picks its prediction
         if config.hard_negatives:
             # image → text over the batch's captions and their swapped twins (a swapped twin is never a positive)
-            keys = torch.cat([batch["text"], batch["swapped_text"]])
+            keys = torch.cat([text, gather(batch["swapped_text"])])
             same_hn = torch.cat([same, torch.zeros_like(same)], dim=1)
-            cls = cls + info_nce(pred, keys, config.tau, same_hn)
-        loss = loss + config.lam * cls
-        parts["cls"] = cls.item()
-    return loss, parts
+            cls = cls + info_nce(preds, keys, config.tau, same_hn)
+        processes = accelerator.num_processes if accelerator is not None else 1
+        loss = mse + config.lam * processes * cls
+        report = mse + config.lam * cls.detach()
+        parts["cls"] = cls.detach()
+    return loss, report.detach(), parts
 
 
 def diffusion_loss(model, batch: dict, noise: torch.Tensor, timesteps: torch.Tensor, drop: torch.Tensor,
-                   data: Data, scheduler) -> tuple[torch.Tensor, dict]:
-    x0 = (batch["image"] - model.clip_mean) / model.clip_std
+                   data: Data, scheduler) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    stats = getattr(model, "module", model)  # under DDP the statistics live on the wrapped module
+    x0 = (batch["image"] - stats.clip_mean) / stats.clip_std
     noisy = scheduler.add_noise(x0, noise, timesteps)
-    empty_text, empty_hidden, empty_mask = data.empty(len(x0))
+    empty_text, empty_hidden, empty_mask = (t.to(x0.device) for t in data.empty(len(x0)))
     text = torch.where(drop[:, None], empty_text, batch["text"])
     hidden = torch.where(drop[:, None, None], empty_hidden, batch["hidden"])
     mask = torch.where(drop[:, None], empty_mask, batch["mask"])
     pred = model(noisy, timesteps, proj_embedding=text, encoder_hidden_states=hidden, attention_mask=mask).predicted_image_embedding
-    loss = F.mse_loss(pred, x0)
-    return loss, {"mse": loss.item()}
+    loss = F.mse_loss(pred.float(), x0)
+    return loss, loss.detach(), {"mse": loss.detach()}
 
 
 # --------------------------------------------------------------------------- model and evaluation
@@ -289,6 +314,11 @@ def evaluate(model, config: PriorTrainConfig, data: Data, clip, limit: int = 500
     from evalkit.contracts import TextEncoding
 
     cls = prior_class(config)
+    trained = model
+    if next(model.parameters()).device.type != "cpu":  # the priors sample on the CPU
+        import copy
+
+        model = copy.deepcopy(model).float().cpu()
     images, _, _ = data.splits["dev"]
     idx = torch.arange(min(limit, len(images)))
     batch = data.batch("dev", idx)
@@ -296,7 +326,7 @@ def evaluate(model, config: PriorTrainConfig, data: Data, clip, limit: int = 500
         cls(model=model, clip=clip, empty_encoding=TextEncoding("synth-clip", *[t[:1] for t in data.empty(1)]))
     encoding = TextEncoding("synth-clip", batch["text"], batch["hidden"], batch["mask"])
     pred = prior.sample(encoding, [10_000 + int(i) for i in idx]).float()
-    model.train()
+    trained.train()
     return {"dev_cos": round(F.cosine_similarity(pred, batch["image"]).mean().item(), 4),
             "dev_mse": round(F.mse_loss(pred, batch["image"]).item(), 5)}
 
@@ -311,29 +341,53 @@ def make_scheduler(optimizer, config: PriorTrainConfig):
 def _check_resumable(out_dir: Path, config: PriorTrainConfig) -> None:
     saved = json.loads((out_dir / "train_config.json").read_text())
     asked = dataclasses.asdict(config)
-    diff = [f"{k}: run has {saved.get(k)!r}, asked {asked[k]!r}" for k in asked
-            if k not in RESUMABLE_KEYS and saved.get(k) != asked[k]]
+    defaults = {f.name: f.default for f in dataclasses.fields(PriorTrainConfig)}
+    diff = [f"{k}: run has {saved.get(k, defaults[k])!r}, asked {asked[k]!r}" for k in asked
+            if k not in RESUMABLE_KEYS and saved.get(k, defaults[k]) != asked[k]]
     if diff:
         raise ConfigMismatchError(f"cannot resume {out_dir} with another configuration:\n  " + "\n  ".join(diff))
 
 
+def _accelerator(config: PriorTrainConfig):
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision,
+                              gradient_accumulation_steps=config.grad_accum_steps)
+    share = accelerator.num_processes * config.grad_accum_steps
+    if config.batch_size % share:
+        raise ValueError(f"--batch-size {config.batch_size} must be divisible by processes × --grad-accum-steps "
+                         f"= {accelerator.num_processes} × {config.grad_accum_steps}")
+    return accelerator
+
+
 def train_prior(out_dir: str | Path, config: PriorTrainConfig, resume: bool = False, progress: bool = True,
                 stop_at: int | None = None, clip_dir=None) -> Path:
-    """Train into ``out_dir``; returns ``out_dir/final`` (or the checkpoint folder when ``stop_at`` stops early)."""
+    """Train into ``out_dir``; returns ``out_dir/final`` (or the checkpoint folder when ``stop_at`` stops early).
+
+    Runs under accelerate: launched with ``torchrun`` / ``accelerate launch`` on N processes, every step's
+    batch (the same global batch as one process draws) is split into N equal shares (DDP averages the
+    gradients), each share into ``grad_accum_steps`` micro-batches; process 0 evaluates, logs and checkpoints.
+    """
+    from evalkit.distributed import finish as finish_processes
     from evalkit.priors.diffusion import train_scheduler
     from evalkit.priors.trained import check_config
 
     out_dir = Path(out_dir)
     checkpoint_dir = out_dir / "checkpoint"
+    accelerator = _accelerator(config)
+    main = accelerator.is_main_process
     if out_dir.exists() and any(out_dir.iterdir()) and not resume:
         raise FileExistsError(f"{out_dir} already holds a training run; pass --resume to continue it or pick another --out")
     if resume and (out_dir / "train_config.json").is_file():
         _check_resumable(out_dir, config)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "train_config.json", dataclasses.asdict(config))
+    accelerator.wait_for_everyone()  # every process has checked the folder before process 0 writes into it
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / "train_config.json", dataclasses.asdict(config))
     clip = clip_for(config, clip_dir)
     clock = Stopwatch()
-    cache = build_cache(config, clip, progress)
+    with accelerator.main_process_first():  # one process builds the embedding cache, the others read it
+        cache = build_cache(config, clip, progress and main)
     cache_s = clock()
     data = Data(cache)
     set_seed(config.seed)
@@ -348,7 +402,7 @@ def train_prior(out_dir: str | Path, config: PriorTrainConfig, resume: bool = Fa
     no_decay = [p for n, p in trainable if not (p.ndim >= 2 and "embedding" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
-    scheduler = make_scheduler(optimizer, config)
+    scheduler = make_scheduler(optimizer, config)  # stepped once per optimizer step, by us (not prepared)
     logger = JsonlLogger(out_dir / "log.jsonl")
     start_step, elapsed_before = 0, 0.0
     if resume and checkpoint_dir.exists():
@@ -357,51 +411,79 @@ def train_prior(out_dir: str | Path, config: PriorTrainConfig, resume: bool = Fa
         check_config(dict(model.config), load_config(checkpoint_dir), str(checkpoint_dir))
         state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler)
         start_step, elapsed_before = state["step"], float(state["extra"].get("elapsed", 0.0))
-        logger.truncate_after(start_step)
+        accelerator.wait_for_everyone()
+        if main:
+            logger.truncate_after(start_step)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw = accelerator.unwrap_model(model)
+    device, rank, processes = accelerator.device, accelerator.process_index, accelerator.num_processes
     noise_schedule = train_scheduler()
     n = len(data.splits["train"][0])
     dim = data.splits["train"][0].shape[1]
+    micro = config.batch_size // (processes * config.grad_accum_steps)
     end = min(config.steps, stop_at) if stop_at else config.steps
     bar = tqdm(range(start_step, end), initial=start_step, total=config.steps, desc=f"train {config.shipped_name()}",
-               disable=not progress)
+               disable=not (progress and main))
     last_eval: dict = {}
     clock = Stopwatch()
     for step in bar:
+        # the global batch and all of its random draws depend on (seed, step) only: any process count, any resume
         g = torch.Generator().manual_seed(int(np.random.SeedSequence([config.seed, step]).generate_state(1)[0]))
         idx = torch.randperm(n, generator=g)[: config.batch_size]
-        batch = data.batch("train", idx)
         noise = torch.randn(len(idx), dim, generator=g)
         if config.prior == "diffusion":
             timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(idx),), generator=g)
             drop = torch.rand(len(idx), generator=g) < config.cond_drop_prob
-            loss, parts = diffusion_loss(model, batch, noise, timesteps, drop, data, noise_schedule)
-        else:
-            loss, parts = eclipse_loss(model, batch, noise, config)
-        check_finite(loss, step, checkpoint_dir)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        reported = []
+        for k in range(config.grad_accum_steps):
+            # micro-batch k of the step is a contiguous chunk of the batch; process r takes its r-th share
+            share = slice((k * processes + rank) * micro, (k * processes + rank + 1) * micro)
+            batch = {key: v.to(device) for key, v in data.batch("train", idx[share]).items()}
+            with accelerator.accumulate(model):
+                if config.prior == "diffusion":
+                    loss, report, parts = diffusion_loss(model, batch, noise[share].to(device), timesteps[share].to(device),
+                                                         drop[share].to(device), data, noise_schedule)
+                else:
+                    loss, report, parts = eclipse_loss(model, batch, noise[share].to(device), config, accelerator)
+                # the reported numbers are the whole micro-batch's (mean over processes), identical on every process
+                values = accelerator.reduce(torch.stack([report, *parts.values()]).float(), reduction="mean")
+                reported.append(values.cpu())
+                check_finite(values[0], step, checkpoint_dir)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        row = {"step": step + 1, "loss": round(loss.item(), 5), **{k: round(v, 5) for k, v in parts.items()},
+        mean = torch.stack(reported).mean(0).tolist()
+        row = {"step": step + 1, "loss": round(mean[0], 5), **{key: round(v, 5) for key, v in zip(parts, mean[1:])},
                "grad_norm": round(float(grad_norm), 4), "lr": scheduler.get_last_lr()[0],
                "elapsed": round(elapsed_before + clock(), 1)}
-        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-            last_eval = evaluate(model, config, data, clip)
-            row.update({f"eval/{k}": v for k, v in last_eval.items()})
-        logger.log(row)
-        bar.set_postfix(loss=f"{row['loss']:.4f}")
+        if main:
+            if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+                last_eval = evaluate(raw, config, data, clip)
+                row.update({f"eval/{key}": v for key, v in last_eval.items()})
+            logger.log(row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 in (config.steps, end):
+                save_checkpoint(checkpoint_dir, raw, optimizer, scheduler, step + 1, extra={"elapsed": row["elapsed"]})
         if (step + 1) % config.checkpoint_every == 0 or step + 1 in (config.steps, end):
-            save_checkpoint(checkpoint_dir, model, optimizer, scheduler, step + 1, extra={"elapsed": row["elapsed"]})
+            accelerator.wait_for_everyone()  # the checkpoint is complete before any process goes on (or resumes)
     if end < config.steps:
+        finish_processes()
         return checkpoint_dir
-    model.eval()
-    record = {"config": dataclasses.asdict(config), "final_metrics": last_eval or evaluate(model, config, data, clip),
-              "wall_time_s": round(elapsed_before + clock(), 1), "cache_s": round(cache_s, 1),
-              "torch_threads": torch.get_num_threads(), "shipped_name": config.shipped_name(),
-              "num_parameters": sum(p.numel() for p in model.parameters()),
-              "num_trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-    return finish(out_dir, model, record)
+    final = out_dir / "final"
+    if main:
+        raw.eval()
+        record = {"config": dataclasses.asdict(config), "final_metrics": last_eval or evaluate(raw, config, data, clip),
+                  "wall_time_s": round(elapsed_before + clock(), 1), "cache_s": round(cache_s, 1),
+                  "torch_threads": torch.get_num_threads(), "processes": processes, "device": str(device),
+                  "shipped_name": config.shipped_name(),
+                  "num_parameters": sum(p.numel() for p in raw.parameters()),
+                  "num_trainable_parameters": sum(p.numel() for p in raw.parameters() if p.requires_grad)}
+        final = finish(out_dir, raw, record)
+    finish_processes()
+    return final
 
 
 def ship_prior(run_dir: str | Path, dest: str | Path | None = None) -> Path:
