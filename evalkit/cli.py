@@ -266,6 +266,10 @@ def train_baseline(prior, size, out, resume, quick, stop_at, ship, describe, emb
 @click.option("--cache/--no-cache", default=True, show_default=True,
               help="reuse embeddings, images and scores of earlier runs (content-addressed) and store new ones")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="work cache folder (default: <evalkit cache>/work)")
+@click.option("--random-init", type=click.Choice(["real", "tiny"]), is_flag=False, flag_value="real", default=None,
+              help="build the priors and the decoder at their public architectures (real; tiny: test sizes) with "
+                   "random weights, without any weights folder: images are noise, for speed and memory "
+                   "measurements only (bare --random-init = real; no work cache)")
 @click.option("--out", default="evalkit-runs", show_default=True, type=click.Path(file_okay=False),
               help="parent folder; each run gets its own new folder inside")
 @click.pass_context

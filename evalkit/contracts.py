@@ -199,6 +199,7 @@ class Protocol:
     scorer: str = ""
     scorer_version: str = ""
     decoder_version: str = ""  # fingerprint of the decoder's weights and settings (a retrained decoder is another protocol)
+    random_init: str = ""  # "real" | "tiny": every model had random weights (--random-init; speed runs); "": loaded weights
 
     def seeds(self) -> list[int]:
         return [self.seed + i for i in range(self.images_per_prompt)]
@@ -209,7 +210,10 @@ class Protocol:
                 "guidance_scale": self.guidance_scale, "resolution": self.resolution, "dtype": self.dtype}
 
     def hash(self) -> str:
-        return content_hash(self)
+        fields = dataclasses.asdict(self)
+        if not fields["random_init"]:  # loaded weights: the hash protocols had before the field existed
+            del fields["random_init"]
+        return content_hash(fields)
 
 
 class Decoder(EmbeddingSpec, abc.ABC):
@@ -312,6 +316,7 @@ class RunConfig:
     tag: str = ""  # a label stored in every result row (e.g. a branch or experiment name)
     cache: bool = True  # reuse and store embeddings, images and scores in the work cache
     cache_dir: str | None = None  # default: <evalkit cache>/work
+    random_init: str | None = None  # "real" | "tiny": random weights at that architecture, no files (speed runs)
 
 
 @dataclass

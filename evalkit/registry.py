@@ -77,11 +77,34 @@ class Registry:
             return obj
         return target
 
+    def random_builder(self, name: str, size: str):
+        """``random_init`` of plugin ``name`` (its architecture with random weights: ``size`` real | tiny);
+        an :class:`EvalkitError` naming the plugins of this kind that have one."""
+        from evalkit.errors import EvalkitError
+
+        if size not in RANDOM_INIT_SIZES:
+            raise EvalkitError(f"--random-init must be one of {', '.join(RANDOM_INIT_SIZES)} (got {size!r})")
+        builder = getattr(self.get(name), "random_init", None)
+        if callable(builder):
+            return builder
+        supported = []
+        for other in self.names():
+            try:
+                if callable(getattr(self.get(other), "random_init", None)):
+                    supported.append(other)
+            except Exception:  # a plugin that does not even import is not one to suggest
+                continue
+        raise EvalkitError(f"{self.kind} {name!r} has no random-weight build, so --random-init does not apply to it; "
+                           f"{self.kind}s that have one: {', '.join(supported) or '(none)'}")
+
     def check(self, names: list[str]) -> None:
         """Raise for the first unknown name, before any work starts."""
         for name in names:
             self.entry(name)
 
+
+#: sizes of ``random_init`` builds (``--random-init``): the public architecture, or the tests' tiny one
+RANDOM_INIT_SIZES = ("real", "tiny")
 
 PRIORS = Registry("prior", "evalkit.priors")
 DECODERS = Registry("decoder", "evalkit.decoders")

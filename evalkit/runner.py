@@ -273,7 +273,11 @@ def resolve(config: RunConfig):
                                f"({', '.join(f'{s.name}: {list(s.default_scorers)}' for s in suites)}); name them with --scorer")
         config.scorers = list(next(iter(defaults)))
     SCORERS.check(config.scorers)
-    decoder = load_decoder(config.decoder, config.decoder_path)
+    if config.random_init is not None:  # every plugin must have a random build before the first (large) one is made
+        DECODERS.random_builder(config.decoder, config.random_init)
+        for name in config.priors:
+            PRIORS.random_builder(name, config.random_init)
+    decoder = load_decoder(config.decoder, config.decoder_path, random_init=config.random_init)
     options = {"num_inference_steps": config.prior_num_inference_steps, "guidance_scale": config.prior_guidance_scale}
     unknown = sorted(set(config.prior_paths) - set(config.priors))
     if unknown:
@@ -282,7 +286,7 @@ def resolve(config: RunConfig):
     for name in config.priors:
         path = config.prior_paths.get(name)
         extra = {"path": path, "allow_pickle": config.allow_pickle} if path else {}
-        priors[name] = load_prior(name, **options, **extra)
+        priors[name] = load_prior(name, **options, **extra, random_init=config.random_init)
     for prior in priors.values():
         check_embedding_contract(prior, decoder)
     scorers = {}
@@ -317,6 +321,16 @@ def check_config(config: RunConfig) -> None:
         problems.append("a prior or suite is named twice")
     if not config.priors or not config.suites:
         problems.append("name at least one prior and one suite")
+    if config.random_init is not None:
+        from evalkit.registry import RANDOM_INIT_SIZES
+
+        if config.random_init not in RANDOM_INIT_SIZES:
+            problems.append(f"--random-init must be real or tiny (got {config.random_init!r})")
+        loaded = [flag for flag, value in (("--decoder-path", config.decoder_path), ("--prior-path", config.prior_paths))
+                  if value]
+        if loaded:
+            problems.append(f"--random-init builds every prior and the decoder with random weights; it cannot be "
+                            f"combined with {' or '.join(loaded)} (drop one of them)")
     if problems:
         raise EvalkitError("; ".join(problems))
 
@@ -397,12 +411,13 @@ def run(config: RunConfig, progress: bool = True) -> Path:
         guidance_scale=config.guidance_scale if config.guidance_scale is not None else decoder.default_guidance_scale,
         resolution=decoder.resolution, images_per_prompt=config.images_per_prompt, seed=config.seed,
         scorer=",".join(config.scorers), scorer_version=",".join(scorers[s].version for s in config.scorers),
-        decoder_version=fingerprint(decoder, code=False),
+        decoder_version=fingerprint(decoder, code=False), random_init=config.random_init or "",
     )
     versions = {s.name: s.version(config.split) for s in suites}
     encoders = text_encoders(priors, decoder)
     preflight(priors, decoder, suites[0], config.split, protocol, encoders)
-    cache = WorkCache((config.cache_dir or default_root()) if config.cache else None)
+    # random weights: nothing worth keeping, and a speed run must not time cache hits
+    cache = WorkCache((config.cache_dir or default_root()) if config.cache and not config.random_init else None)
     rank, processes = distributed.world()  # > 1 under `accelerate launch` / `torchrun`: batches are shared out
     run_dir, started = None, _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     if rank == 0:

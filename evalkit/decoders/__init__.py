@@ -7,10 +7,21 @@ import inspect
 from evalkit.registry import DECODERS
 
 
-def load_decoder(name: str, path=None):
+def load_decoder(name: str, path=None, random_init: str | None = None):
     """The decoder registered as ``name``: from ``path``, else its default (shipped) weights, else built
-    from its default config when it has no weights to load."""
+    from its default config when it has no weights to load.
+
+    ``random_init="real"`` / ``"tiny"``: the decoder's ``random_init(size=...)`` instead (its public
+    architecture with random weights; images are noise, for speed and memory measurements).
+    """
     cls = DECODERS.get(name)
+    if random_init is not None:
+        if path is not None:
+            from evalkit.errors import EvalkitError
+
+            raise EvalkitError("--random-init builds the decoder with random weights; it cannot be combined with "
+                               "--decoder-path (drop one of them)")
+        return DECODERS.random_builder(name, random_init)(size=random_init)
     loader = getattr(cls, "from_pretrained", None)
     if path is not None:
         return loader(path)

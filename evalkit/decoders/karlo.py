@@ -496,7 +496,9 @@ class KarloDecoder(Decoder, nn.Module):
         size = self.super_res_first.config.sample_size
         sample = self._noise(generators, (channels, size, size)) * scheduler.init_noise_sigma
         antialias = {"antialias": True} if "antialias" in inspect.signature(F.interpolate).parameters else {}
-        upscaled = F.interpolate(image_small, size=[size, size], mode="bicubic", align_corners=False, **antialias)
+        # in float32: the CPU has no half-precision antialiased bicubic kernel (float32 inputs are unchanged)
+        upscaled = F.interpolate(image_small.float(), size=[size, size], mode="bicubic", align_corners=False,
+                                 **antialias).to(image_small.dtype)
         for i, t in enumerate(timesteps):
             unet = self.super_res_last if i == len(timesteps) - 1 else self.super_res_first
             out = unet(sample=torch.cat([sample, upscaled], dim=1), timestep=t).sample

@@ -20,6 +20,10 @@ Supported folder layout (``path``)::
 The ECLIPSE-Community repos ship only the prior weights (in ROOT directly); their text encoder is the one
 of the decoder's original prior: pass ``text_encoder_path`` (a folder holding ``text_encoder/`` +
 ``tokenizer/``, e.g. a local kandinsky-2-2-prior or karlo-v1-alpha copy).
+
+Without any folder, ``random_init(size="real")`` builds a public checkpoint's architecture (prior, text
+encoder, tokenizer, scheduler) with random weights, for speed and memory benchmarks (CLI: ``evalkit run
+--random-init``); ``device="meta"`` builds it without memory (parameter counts).
 """
 
 from __future__ import annotations
@@ -35,34 +39,63 @@ from evalkit.contracts import Batch, Prior, TextEncoding, seeded_generators
 from evalkit.errors import ConfigMismatchError, CorruptFileError, EvalkitError, WeightsNotFoundError
 from evalkit.priors.diffusion import DiffusionPrior, DiffusionPriorTransformer
 from evalkit.priors.eclipse import EclipsePrior, EclipsePriorTransformer
+from evalkit.decoders.karlo import REAL_TEXT_ENCODER_CONFIG
+from evalkit.priors.sizes import size_config
 from evalkit.serialization import CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, PICKLE_NAMES, load_state_dict
 
 SPACE_L14 = "clip-vit-l-14"
 SPACE_BIGG14 = "clip-vit-bigg-14"
 
+# Public architectures, for random_init (keys not listed have the constructors' default values). Checked
+# against the public config.json / scheduler_config.json files (docs/real-priors.md names the sources).
+#: ECLIPSE-Community/ECLIPSE_{Karlo,KandinskyV22}_Prior: the paper size (10 layers, 16 heads x 32), 77 + 3 tokens
+ECLIPSE_PRIOR_CONFIG_768 = size_config("eclipse", "paper", 768, 77)
+ECLIPSE_PRIOR_CONFIG_1280 = size_config("eclipse", "paper", 1280, 77)
+#: kakaobrain/karlo-v1-alpha prior/ and kandinsky-community/kandinsky-2-2-prior prior/ (diffusers PriorTransformer)
+KARLO_PRIOR_CONFIG: dict[str, Any] = dict(num_attention_heads=32, attention_head_dim=64, num_layers=20,
+                                          embedding_dim=768, num_embeddings=77, additional_embeddings=4, dropout=0.0)
+KANDINSKY22_PRIOR_CONFIG: dict[str, Any] = dict(KARLO_PRIOR_CONFIG, embedding_dim=1280)
+#: their UnCLIPScheduler configs (karlo-v1-alpha prior_scheduler/, kandinsky-2-2-prior scheduler/)
+KARLO_PRIOR_SCHEDULER_CONFIG: dict[str, Any] = dict(variance_type="fixed_small_log", prediction_type="sample",
+                                                    num_train_timesteps=1000, clip_sample=True, clip_sample_range=5.0)
+KANDINSKY22_PRIOR_SCHEDULER_CONFIG: dict[str, Any] = dict(KARLO_PRIOR_SCHEDULER_CONFIG, clip_sample_range=10.0)
+#: kandinsky-2-2-prior text_encoder/: OpenCLIP ViT-bigG/14's text tower with its 1280-d projection
+#: (token ids as the offline CLIP tokenizer numbers them, as in evalkit.decoders.karlo.REAL_TEXT_ENCODER_CONFIG)
+BIGG_TEXT_ENCODER_CONFIG: dict[str, Any] = dict(
+    vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+    max_position_embeddings=77, projection_dim=1280, hidden_act="gelu", bos_token_id=49406, eos_token_id=49407,
+    pad_token_id=49407,
+)
+
 KNOWN_CHECKPOINTS: list[dict[str, Any]] = [
     dict(name="eclipse-kandinsky22", repo_id="ECLIPSE-Community/ECLIPSE_KandinskyV22_Prior", kind="eclipse",
          layout="config.json + diffusion_pytorch_model.safetensors at the repo root (prior only); text encoder "
                 "and tokenizer from kandinsky-community/kandinsky-2-2-prior (text_encoder/, tokenizer/)",
-         embedding_dim=1280, embedding_space=SPACE_BIGG14, parameters=None, pairs_with="kandinsky22",
-         training_data="5M image-text pairs",
-         note="parameter count not verified offline; the ECLIPSE authors report ~33-34 M"),
+         embedding_dim=1280, embedding_space=SPACE_BIGG14, parameters=34_193_152, text_encoder_parameters=694_659_840,
+         pairs_with="kandinsky22", training_data="5M image-text pairs",
+         note="counts from the public config.json (and kandinsky-2-2-prior's text_encoder/config.json) built with "
+              "random weights on the meta device; they match the paper's 34.2 M and the 137 MB fp32 file"),
     dict(name="eclipse-karlo", repo_id="ECLIPSE-Community/ECLIPSE_Karlo_Prior", kind="eclipse",
          layout="config.json + diffusion_pytorch_model.safetensors at the repo root (prior only); text encoder "
                 "and tokenizer from kakaobrain/karlo-v1-alpha (text_encoder/, tokenizer/)",
-         embedding_dim=768, embedding_space=SPACE_L14, parameters=None, pairs_with="karlo",
-         training_data="5M image-text pairs",
-         note="parameter count not verified offline; the ECLIPSE authors report ~33 M"),
+         embedding_dim=768, embedding_space=SPACE_L14, parameters=33_143_040, text_encoder_parameters=123_650_304,
+         pairs_with="karlo", training_data="5M image-text pairs",
+         note="counts from the public config.json (and karlo-v1-alpha's text_encoder/config.json) built with "
+              "random weights on the meta device; they match the paper's 33.1 M and the 133 MB fp32 file"),
     dict(name="kandinsky22-prior", repo_id="kandinsky-community/kandinsky-2-2-prior", kind="diffusion",
          layout="prior/, scheduler/ (UnCLIPScheduler), text_encoder/ (CLIP ViT-bigG/14, projection 1280), "
                 "tokenizer/ (+ image_encoder/, image_processor/, unused here)",
-         embedding_dim=1280, embedding_space=SPACE_BIGG14, parameters=None, pairs_with="kandinsky22",
-         training_data="", note="parameter count not verified offline (~1 B reported)"),
+         embedding_dim=1280, embedding_space=SPACE_BIGG14, parameters=1_026_225_920,
+         text_encoder_parameters=694_659_840, pairs_with="kandinsky22", training_data="",
+         note="counts from the public prior/ and text_encoder/ config.json built with random weights on the meta "
+              "device; they match the 4.1 GB and 2.78 GB fp32 files"),
     dict(name="karlo-prior", repo_id="kakaobrain/karlo-v1-alpha", kind="diffusion",
          layout="prior/, prior_scheduler/ (UnCLIPScheduler), text_encoder/ (CLIP ViT-L/14, projection 768), "
                 "tokenizer/ (+ the decoder's folders, unused here); may ship .bin (pickle) weights",
-         embedding_dim=768, embedding_space=SPACE_L14, parameters=None, pairs_with="karlo",
-         training_data="", note="parameter count not verified offline (~1 B reported)"),
+         embedding_dim=768, embedding_space=SPACE_L14, parameters=1_022_030_080, text_encoder_parameters=123_650_304,
+         pairs_with="karlo", training_data="",
+         note="counts from the public prior/ and text_encoder/ config.json built with random weights on the meta "
+              "device; they match the 4.09 GB and 495 MB fp32 files"),
 ]
 
 
@@ -206,6 +239,12 @@ class _CheckpointMixin:
     checkpoint: ClassVar[str] = ""  # a KNOWN_CHECKPOINTS name (subclasses for the public checkpoints)
     env_var: ClassVar[str] = ""  # where the checkpoint folder is read from when no path is given
     text_encoder_env: ClassVar[str] = ""  # where a separate text-encoder folder is read from
+    # what random_init builds (None: no public architecture known, e.g. the generic base classes)
+    prior_config: ClassVar[dict | None] = None  # the public prior's config.json (real size)
+    text_encoder_config: ClassVar[dict | None] = None  # its text encoder's CLIPTextConfig (real size)
+    prior_scheduler_config: ClassVar[dict | None] = None  # diffusion priors: the public UnCLIPScheduler config
+    tiny_embedding_dim: ClassVar[int] = 32  # size="tiny": the embedding width of the paired decoder's tiny build
+    random_weights: dict | None = None  # set by random_init: {"size", "seed"}
 
     @classmethod
     def _hint(cls) -> str:
@@ -247,6 +286,49 @@ class _CheckpointMixin:
             raise ConfigMismatchError(f"text encoder space {self.clip.embedding_space!r} is not {embedding_space!r}")
 
     @classmethod
+    def random_init(cls, size: str = "real", device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                    seed: int = 0, **settings):
+        """The public checkpoint's architecture with random weights, built in memory (no files).
+
+        ``size="real"``: the public prior config, its text encoder (CLIP ViT-L/14 or ViT-bigG/14 text tower)
+        with the 49,408-token CLIP tokenizer and, for diffusion priors, the public ``UnCLIPScheduler`` config.
+        ``size="tiny"``: the same path at tiny widths (1 layer, 16 tokens, :attr:`tiny_embedding_dim` wide, so
+        it feeds the paired decoder's tiny build). For speed and memory benchmarks: the embeddings are noise.
+        ``device="meta"`` builds without memory (parameter counts only); like the folder-loaded priors, a
+        built prior computes on the CPU. ``settings``: the sampling options
+        of the constructor (diffusion priors: ``num_inference_steps``, ``guidance_scale``, ``rerank``).
+        The text encoder is built first from ``seed``, so priors of one embedding space get the same one.
+        """
+        from evalkit.decoders.karlo import clip_tokenizer
+
+        if size not in ("real", "tiny"):
+            raise ValueError(f"size must be 'real' or 'tiny', not {size!r}")
+        if cls.prior_config is None or cls.text_encoder_config is None:
+            raise EvalkitError(f"{cls.__name__} has no public architecture to build; random_init applies to the "
+                               f"public-checkpoint priors ({', '.join(e['name'] for e in KNOWN_CHECKPOINTS)})")
+        kind = "diffusion" if issubclass(cls, DiffusionPrior) else "eclipse"
+        if size == "real":
+            tokenizer = clip_tokenizer(None, int(cls.text_encoder_config["max_position_embeddings"]))
+            text_config, prior_config = cls.text_encoder_config, cls.prior_config
+        else:
+            tokenizer = clip_tokenizer(TINY_VOCAB_MERGES, model_max_length=TINY_MAX_LENGTH)
+            text_config = _tiny_text_config(len(tokenizer), cls.tiny_embedding_dim)
+            prior_config = size_config(kind, "tiny", cls.tiny_embedding_dim, TINY_MAX_LENGTH)
+        with torch.random.fork_rng(devices=[]), torch.device(device or "cpu"):  # the global RNG is left as it was
+            torch.manual_seed(seed)
+            text_model, model = _random_models(kind, text_config, prior_config)
+        if dtype is not None:
+            text_model, model = text_model.to(dtype), model.to(dtype)
+        prior = cls._assemble(model, HFTextEncoder(text_model, tokenizer, cls.default_space), **settings)
+        prior.random_weights = {"size": size, "seed": int(seed)}
+        return prior
+
+    @classmethod
+    def _assemble(cls, model, encoder: HFTextEncoder, **settings):
+        """An instance around built components (no folder); subclasses add their own state."""
+        raise NotImplementedError
+
+    @classmethod
     def tiny(cls, **kwargs):
         """A random-init tiny instance loaded from a tiny checkpoint in the public layout (contract tests)."""
         import tempfile
@@ -258,6 +340,8 @@ class _CheckpointMixin:
         return prior
 
     def training_data(self) -> str:
+        if self.random_weights:
+            return "none (random weights)"
         return known_checkpoint(self.checkpoint)["training_data"] if self.checkpoint else ""
 
 
@@ -277,6 +361,16 @@ class EclipseCheckpointPrior(_CheckpointMixin, EclipsePrior):
         super().__init__(path=directory, clip=encoder, allow_pickle=allow_pickle)
         self.root = root
         self._finish(space)
+
+    @classmethod
+    def _assemble(cls, model, encoder: HFTextEncoder, **settings):
+        if settings:
+            raise TypeError(f"{cls.__name__}.random_init takes no settings {sorted(settings)}")
+        prior = cls.__new__(cls)
+        EclipsePrior.__init__(prior, model=model, clip=encoder)
+        prior.root = None
+        prior._finish(cls.default_space)
+        return prior
 
 
 class DiffusionCheckpointPrior(_CheckpointMixin, DiffusionPrior):
@@ -314,6 +408,17 @@ class DiffusionCheckpointPrior(_CheckpointMixin, DiffusionPrior):
                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, rerank=rerank)
         self.root = root
         self._finish(space)
+
+    @classmethod
+    def _assemble(cls, model, encoder: HFTextEncoder, num_inference_steps: int = 25, guidance_scale: float = 4.0,
+                  rerank: int = 1):
+        prior = cls.__new__(cls)
+        DiffusionPrior.__init__(prior, model=model, clip=encoder, num_inference_steps=num_inference_steps,
+                                guidance_scale=guidance_scale, rerank=rerank)
+        prior.scheduler_config = dict(cls.prior_scheduler_config)
+        prior.root = None
+        prior._finish(cls.default_space)
+        return prior
 
     def _sample(self, encoding: TextEncoding, seeds) -> torch.Tensor:
         from diffusers import UnCLIPScheduler
@@ -357,6 +462,9 @@ class EclipseKandinskyV22Prior(EclipseCheckpointPrior):
     default_space = SPACE_BIGG14
     env_var = "EVALKIT_ECLIPSE_KANDINSKY22_PRIOR_DIR"
     text_encoder_env = "EVALKIT_KANDINSKY22_PRIOR_DIR"
+    prior_config = ECLIPSE_PRIOR_CONFIG_1280
+    text_encoder_config = BIGG_TEXT_ENCODER_CONFIG
+    tiny_embedding_dim = 16  # Kandinsky22Decoder.tiny()
 
 
 class EclipseKarloPrior(EclipseCheckpointPrior):
@@ -367,6 +475,8 @@ class EclipseKarloPrior(EclipseCheckpointPrior):
     default_space = SPACE_L14
     env_var = "EVALKIT_ECLIPSE_KARLO_PRIOR_DIR"
     text_encoder_env = "EVALKIT_KARLO_DIR"
+    prior_config = ECLIPSE_PRIOR_CONFIG_768
+    text_encoder_config = REAL_TEXT_ENCODER_CONFIG
 
 
 class Kandinsky22Prior(DiffusionCheckpointPrior):
@@ -376,6 +486,10 @@ class Kandinsky22Prior(DiffusionCheckpointPrior):
     checkpoint = "kandinsky22-prior"
     default_space = SPACE_BIGG14
     env_var = "EVALKIT_KANDINSKY22_PRIOR_DIR"
+    prior_config = KANDINSKY22_PRIOR_CONFIG
+    text_encoder_config = BIGG_TEXT_ENCODER_CONFIG
+    prior_scheduler_config = KANDINSKY22_PRIOR_SCHEDULER_CONFIG
+    tiny_embedding_dim = 16  # Kandinsky22Decoder.tiny()
 
 
 class KarloPrior(DiffusionCheckpointPrior):
@@ -385,6 +499,9 @@ class KarloPrior(DiffusionCheckpointPrior):
     checkpoint = "karlo-prior"
     default_space = SPACE_L14
     env_var = "EVALKIT_KARLO_DIR"
+    prior_config = KARLO_PRIOR_CONFIG
+    text_encoder_config = REAL_TEXT_ENCODER_CONFIG
+    prior_scheduler_config = KARLO_PRIOR_SCHEDULER_CONFIG
 
 
 # --------------------------------------------------------------------------- tiny checkpoints (tests, examples)
@@ -406,12 +523,39 @@ def _save_tokenizer_four_files(tokenizer, directory: Path) -> None:
     (directory / "tokenizer.json").unlink(missing_ok=True)
 
 
+def _tiny_text_config(vocab_size: int, width: int) -> dict[str, Any]:
+    """The tiny text encoder of tests: one layer, :data:`TINY_MAX_LENGTH` tokens, ``width`` wide."""
+    return dict(vocab_size=vocab_size, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1,
+                num_attention_heads=2, max_position_embeddings=TINY_MAX_LENGTH, projection_dim=width,
+                bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
+
+
+def _random_models(kind: str, text_config: dict, prior_config: dict):
+    """``(CLIPTextModelWithProjection, prior network)`` with random weights, in that order from the current RNG.
+
+    diffusers leaves the learned tokens and the standardisation statistics at zero / one; they get values.
+    """
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    encoder = CLIPTextModelWithProjection(CLIPTextConfig(**text_config))
+    if kind == "eclipse":
+        model = EclipsePriorTransformer.from_config(prior_config)
+        with torch.no_grad():
+            model.prd_embedding.normal_()
+            model.positional_embedding.normal_(std=0.02)
+    else:
+        model = DiffusionPriorTransformer.from_config(prior_config)
+        with torch.no_grad():
+            model.clip_mean.normal_()
+            model.clip_std.uniform_(0.5, 1.5)
+            model.prd_embedding.normal_()
+    return encoder, model
+
+
 def tiny_checkpoint(directory: str | os.PathLike, kind: str = "eclipse", embedding_dim: int = 32,
                     seed: int = 0) -> Path:
     """Write a tiny random checkpoint in the public layout: ``prior/``, ``text_encoder/``, ``tokenizer/``
     (and ``scheduler/`` for ``kind="diffusion"``). Returns ``directory``."""
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
-
     from evalkit.decoders.karlo import clip_tokenizer
 
     if kind not in ("eclipse", "diffusion"):
@@ -419,29 +563,13 @@ def tiny_checkpoint(directory: str | os.PathLike, kind: str = "eclipse", embeddi
     root = Path(directory)
     torch.manual_seed(seed)
     tokenizer = clip_tokenizer(TINY_VOCAB_MERGES, model_max_length=TINY_MAX_LENGTH)
-    vocab = len(tokenizer)
-    encoder = CLIPTextModelWithProjection(CLIPTextConfig(
-        vocab_size=vocab, hidden_size=embedding_dim, intermediate_size=2 * embedding_dim, num_hidden_layers=1,
-        num_attention_heads=2, max_position_embeddings=TINY_MAX_LENGTH, projection_dim=embedding_dim,
-        bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1))
+    encoder, model = _random_models(kind, _tiny_text_config(len(tokenizer), embedding_dim),
+                                    size_config(kind, "tiny", embedding_dim, TINY_MAX_LENGTH))
     encoder.save_pretrained(root / "text_encoder")
     _save_tokenizer_four_files(tokenizer, root / "tokenizer")
-    common = dict(num_attention_heads=2, attention_head_dim=8, num_layers=1, embedding_dim=embedding_dim,
-                  num_embeddings=TINY_MAX_LENGTH)
-    if kind == "eclipse":
-        model = EclipsePriorTransformer(**common, additional_embeddings=3)
-        with torch.no_grad():
-            model.prd_embedding.normal_()
-            model.positional_embedding.normal_(std=0.02)
-    else:
+    if kind == "diffusion":
         from diffusers import UnCLIPScheduler
 
-        model = DiffusionPriorTransformer.from_config(dict(common, additional_embeddings=4))
-        with torch.no_grad():
-            model.clip_mean.normal_()
-            model.clip_std.uniform_(0.5, 1.5)
-            model.prd_embedding.normal_()
-        UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="sample", num_train_timesteps=1000,
-                        clip_sample=True, clip_sample_range=5.0).save_pretrained(root / "scheduler")
+        UnCLIPScheduler(**KARLO_PRIOR_SCHEDULER_CONFIG).save_pretrained(root / "scheduler")
     model.save_pretrained(root / "prior")
     return root

@@ -367,6 +367,10 @@ def report_blocks(runs: Sequence[RunData], out_dir: Path, pairs: Sequence[tuple[
                           f"{protocol['images_per_prompt']} images per prompt from seed {protocol['seed']}, scorer "
                           f"{protocol['scorer']} (version {protocol['scorer_version']}). Runs: "
                           + ", ".join(f"`{run.path.name}`" for run in runs) + ".")]
+    if protocol.get("random_init"):
+        blocks.append(("p", f"**Random weights** (`--random-init {protocol['random_init']}`): the priors, text encoders "
+                            "and decoder were built at their architectures with random weights; the images are noise "
+                            "and the scores mean nothing. For speed and memory measurements only."))
     blocks += score_tables(rows, order)
     metric = headline_metric(rows)
     if metric:
