@@ -208,7 +208,7 @@ def train_baseline(prior, size, out, resume, quick, stop_at, ship, describe, emb
     """Train a prior of the synthetic world (ECLIPSE, projection-only or diffusion) from an embedding cache.
 
     Several processes or GPUs: `torchrun --nproc-per-node N -m evalkit train-baseline ...` (or
-    `accelerate launch -m evalkit train-baseline ...`) trains with DDP on the same global batch.
+    `accelerate launch --multi_gpu --num_processes N -m evalkit train-baseline ...`) trains with DDP on the same global batch.
     """
     import torch
 

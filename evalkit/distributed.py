@@ -1,4 +1,4 @@
-"""Multi-process runs: ``accelerate launch -m evalkit run ...`` or ``torchrun --nproc-per-node N -m evalkit run ...``.
+"""Multi-process runs: ``torchrun --nproc-per-node N -m evalkit run ...`` or ``accelerate launch --multi_gpu --num_processes N -m evalkit run ...``.
 
 Both launchers set ``RANK`` / ``WORLD_SIZE``; then :func:`state` brings up accelerate's
 ``PartialState`` (gloo on CPU, NCCL on GPUs). The runner gives batch *c* to process ``c mod N`` (whole

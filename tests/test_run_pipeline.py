@@ -321,19 +321,24 @@ def test_default_scorers_come_from_the_suites(tmp_path, monkeypatch):
     assert real.scorers == ["blip-vqa"]
 
 
-def test_two_process_torchrun_gives_the_single_process_results(tmp_path):
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_processes_give_the_single_process_results(launcher, tmp_path):
     import os
     import shutil
     import subprocess
     import sys
 
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    if torchrun is None:
-        pytest.skip("torchrun is not installed beside this Python")
+    executable = shutil.which(launcher, path=os.path.dirname(sys.executable))
+    if executable is None:
+        pytest.skip(f"{launcher} is not installed beside this Python")
+    # accelerate's --multi_gpu launcher starts torchrun-style processes; without CUDA they use gloo on the CPU
+    launch = ([executable, "--standalone", "--nproc-per-node", "2"] if launcher == "torchrun" else
+              [executable, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no"])
     args = ["run", "--prior", "dummy", "--decoder", "dummy", "--scorer", "dummy", "--suite", "synth-color,synth-shape",
             "--limit", "3", "--images-per-prompt", "2", "--batch-size", "4", "--no-cache"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    two = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "evalkit", *args, "--out",
+    two = subprocess.run([*launch, "-m", "evalkit", *args, "--out",
                           str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     single = run(config(tmp_path, suites=["synth-color", "synth-shape"], batch_size=4, cache=False,
