@@ -11,6 +11,7 @@ import hashlib
 import inspect
 import json
 import os
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -362,9 +363,30 @@ def prior_info(prior, encoders: dict, decoder) -> dict:
             "version": fingerprint(prior, code=False)}
 
 
+def unknown_words(suites, split: str, limit: int | None, encoders: dict) -> dict:
+    """Per suite and closed-vocabulary text encoder (one with ``unknown_words(prompt)``, e.g. the world CLIP):
+    how many prompts hold words outside its vocabulary, and which words (with their prompt counts)."""
+    from collections import Counter
+
+    found: dict = {}
+    for suite in suites:
+        prompts = [item.prompt for item in suite.items(split)[:limit]]
+        for space, encoder in encoders.items():
+            finder = getattr(encoder, "unknown_words", None)
+            if finder is None:
+                continue
+            per_prompt = [sorted({w.lower() for w in finder(p)}) for p in prompts]
+            words = Counter(w for ws in per_prompt for w in ws)
+            if words:
+                found.setdefault(suite.name, {})[space] = {
+                    "prompts": len(prompts), "with_unknown_words": sum(1 for ws in per_prompt if ws),
+                    "words": dict(sorted(words.items(), key=lambda kv: (-kv[1], kv[0])))}
+    return found
+
+
 def write_results(run_dir: Path, rows: list[dict], results: list[ResultRow], *, config: dict, protocol: Protocol,
                   versions: dict, priors_info: dict, timings: dict, wall_time_s: float, cache_stats: dict,
-                  started: str) -> None:
+                  started: str, unknown_words: dict | None = None) -> None:
     """``samples.jsonl`` then the sealed ``results.json`` (with the samples' sha256): both or neither."""
     import datetime as _dt
 
@@ -381,6 +403,8 @@ def write_results(run_dir: Path, rows: list[dict], results: list[ResultRow], *, 
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "samples_sha256": hashlib.sha256(samples_text.encode("utf-8")).hexdigest(),
     }
+    if unknown_words:  # prompt words a closed-vocabulary text encoder could not read (see unknown_words())
+        payload["unknown_words"] = unknown_words
     try:
         atomic_write_json(run_dir / "results.json", seal(payload))
     except OSError:
@@ -416,6 +440,12 @@ def run(config: RunConfig, progress: bool = True) -> Path:
     versions = {s.name: s.version(config.split) for s in suites}
     encoders = text_encoders(priors, decoder)
     preflight(priors, decoder, suites[0], config.split, protocol, encoders)
+    unknown = unknown_words(suites, config.split, config.limit, encoders)
+    if progress and distributed.world()[0] == 0:
+        from evalkit.report.run_report import unknown_words_summary
+
+        for line in unknown_words_summary(unknown):
+            print(f"note: {line}", file=sys.stderr)
     # random weights: nothing worth keeping, and a speed run must not time cache hits
     cache = WorkCache((config.cache_dir or default_root()) if config.cache and not config.random_init else None)
     rank, processes = distributed.world()  # > 1 under `accelerate launch` / `torchrun`: batches are shared out
@@ -452,7 +482,7 @@ def run(config: RunConfig, progress: bool = True) -> Path:
     try:
         write_results(run_dir, rows, results, config=asdict(config), protocol=protocol, versions=versions,
                       priors_info=info, timings=timings, wall_time_s=time.time() - clock, cache_stats=cache.stats(),
-                      started=started)
+                      started=started, unknown_words=unknown)
         write_report([run_dir], run_dir)
     finally:
         distributed.finish()

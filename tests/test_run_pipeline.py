@@ -349,3 +349,22 @@ def test_two_processes_give_the_single_process_results(launcher, tmp_path):
     strip = lambda d: [{k: v for k, v in r.items() if k != "tag"} for r in json.loads((d / "results.json").read_text())["rows"]]
     assert strip(multi) == strip(single)
     assert sorted(p.name for p in (multi / "images").rglob("*.png")) == sorted(p.name for p in (single / "images").rglob("*.png"))
+
+
+def test_prompt_words_outside_the_world_vocabulary_are_reported(tmp_path, prompts_dir):
+    """T2I-CompBench prompts through the embedded stack: the run says which words its CLIP could not read."""
+    run_dir = run(config(tmp_path, priors=["eclipse"], decoder="synth", suites=["t2i-compbench-color"], scorers=["dummy"],
+                         limit=6, images_per_prompt=1, num_inference_steps=2, cache=False), progress=False)
+    found = json.loads((run_dir / "results.json").read_text())["unknown_words"]["t2i-compbench-color"]["synth-clip"]
+    from evalkit.embedded.clip import world_words
+
+    prompts = [item.prompt for item in load_suite("t2i-compbench-color").items("val")[:6]]
+    outside = {w.lower() for p in prompts for w in p.split()} - set(world_words())
+    assert found["prompts"] == 6 and found["with_unknown_words"] >= 1 and found["words"]
+    assert set(found["words"]) <= outside  # every reported word is foreign to the world (a few may share BPE pieces)
+    assert sum(found["words"].values()) >= found["with_unknown_words"]
+    report = (run_dir / "report.md").read_text()
+    assert "**Vocabulary.** t2i-compbench-color:" in report and max(found["words"], key=found["words"].get) in report
+    synth = run(config(tmp_path, priors=["eclipse"], decoder="synth", suites=["synth-color"], scorers=["dummy"],
+                       limit=3, images_per_prompt=1, num_inference_steps=2, cache=False), progress=False)
+    assert "unknown_words" not in json.loads((synth / "results.json").read_text())

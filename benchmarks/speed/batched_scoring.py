@@ -1,5 +1,9 @@
 """P6: batched scoring ÷ scoring each image's questions one by one (target ≥ 5×), for the embedded binding
-scorer (the B-VQA-style default) and the analytic scorer, on the same world renders:
+scorer (the B-VQA-style default) and the analytic scorer, on the same world renders.
+
+For the binding scorer it also prints the ceiling of that ratio on this machine: the one-question-at-a-time
+time per image ÷ the least time any batched implementation could take — the CNN's FLOPs per image (counted by
+``torch.utils.flop_counter``) at the float32 matmul peak measured in the same run:
 
     python -m evalkit.bootstrap python benchmarks/speed/batched_scoring.py [--images 512] [--threads 2]
 """
@@ -46,6 +50,28 @@ def main() -> None:
         same = all(abs(a["p"] - b["p"]) < 1e-4 for row, qs in zip(batched, single) for a, b in zip(row["questions"], qs))
         print(f"  {scorer.name:>8}: batched {args.images / batched_s:8.0f} img/s, one question at a time "
               f"{args.images / single_s:6.0f} img/s, ratio {single_s / batched_s:5.1f}x, same answers: {same}")
+        if isinstance(scorer, BindingScorer):
+            from torch.utils.flop_counter import FlopCounterMode
+
+            with FlopCounterMode(display=False) as counter:
+                scorer.score(images, batch)
+            flops = counter.get_total_flops() / args.images
+            peak = matmul_peak()
+            print(f"  {'':>8}  {flops / 1e6:.1f} MFLOP per image; batched {flops * args.images / batched_s / 1e9:.0f} "
+                  f"GFLOP/s of a {peak / 1e9:.0f} GFLOP/s matmul peak; ceiling of the ratio here "
+                  f"{(single_s / args.images) / (flops / peak):.1f}x")
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """The best float32 FLOP/s of an n×n matmul on this machine (the same yardstick as P8)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - start))
+    return best
 
 
 if __name__ == "__main__":

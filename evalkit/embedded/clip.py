@@ -147,6 +147,10 @@ class WorldCLIP(nn.Module):
         ids, mask = self.tokenizer(list(prompts))
         return self.encode_tokens(ids.to(self.image_mean.device), mask.to(self.image_mean.device))
 
+    def unknown_words(self, prompt: str) -> list[str]:
+        """Words of ``prompt`` outside the world's vocabulary (encoded as ``unk``; the run reports them)."""
+        return self.tokenizer.unknown_words(prompt)
+
     @property
     def logit_scale(self) -> torch.Tensor:
         return self.model.logit_scale

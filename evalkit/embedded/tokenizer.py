@@ -44,6 +44,11 @@ class CompactTokenizer:
         ids = sorted({i for word in words for i in bpe.encode(word)})
         return cls(ids, context_length)
 
+    def unknown_words(self, prompt: str) -> list[str]:
+        """The words of ``prompt`` with a piece outside the vocabulary (each is encoded as ``unk``)."""
+        bpe = bpe_tokenizer()
+        return [word for word in prompt.split() if any(i not in self._compact for i in bpe.encode(word))]
+
     def encode_words(self, prompt: str) -> list[int]:
         bpe = bpe_tokenizer()
         out = []

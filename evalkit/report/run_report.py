@@ -358,6 +358,20 @@ def headline_metric(rows: list[dict]) -> str | None:
     return next((m for m in HEADLINE_METRICS if m in metrics), metrics[0] if metrics else None)
 
 
+def unknown_words_summary(found: dict, top: int = 8) -> list[str]:
+    """One line per suite and encoder, e.g. ``t2i-compbench-color: 212 of 300 prompts ... (bench ×3, ...)``."""
+    lines = []
+    for suite, spaces in found.items():
+        for space, entry in spaces.items():
+            ranked = sorted(entry["words"].items(), key=lambda kv: (-kv[1], kv[0]))  # JSON may reorder keys
+            words = ", ".join(f"{w} ×{n}" for w, n in ranked[:top])
+            more = len(entry["words"]) - top
+            lines.append(f"{suite}: {entry['with_unknown_words']} of {entry['prompts']} prompts have words outside "
+                         f"the {space} text encoder's vocabulary, encoded as <unk> ({words}"
+                         + (f", and {more} more" if more > 0 else "") + ")")
+    return lines
+
+
 def report_blocks(runs: Sequence[RunData], out_dir: Path, pairs: Sequence[tuple[str, str]] | None = None) -> list:
     protocol, priors, rows, samples = _merged(runs)
     order = prior_order(priors, rows)
@@ -367,6 +381,9 @@ def report_blocks(runs: Sequence[RunData], out_dir: Path, pairs: Sequence[tuple[
                           f"{protocol['images_per_prompt']} images per prompt from seed {protocol['seed']}, scorer "
                           f"{protocol['scorer']} (version {protocol['scorer_version']}). Runs: "
                           + ", ".join(f"`{run.path.name}`" for run in runs) + ".")]
+    for run in runs:
+        for line in unknown_words_summary(run.results.get("unknown_words", {})):
+            blocks.append(("p", f"**Vocabulary.** {line}."))
     if protocol.get("random_init"):
         blocks.append(("p", f"**Random weights** (`--random-init {protocol['random_init']}`): the priors, text encoders "
                             "and decoder were built at their architectures with random weights; the images are noise "
