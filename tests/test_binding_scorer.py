@@ -48,3 +48,18 @@ def test_quick_training_ships_a_scorer_that_keeps_every_question(tmp_path):
 def test_missing_weights_name_the_folder(tmp_path):
     with pytest.raises(WeightsNotFoundError, match=str(tmp_path)):
         BindingScorer(path=tmp_path)
+
+
+def test_folded_batch_norm_gives_the_model_s_answers():
+    """The scorer's inference trunk (batch norm folded into the convolutions) computes the trained model."""
+    import torch
+
+    from evalkit.scorers.binding import BindingScorer
+
+    scorer = BindingScorer()
+    images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        reference = scorer.model.word_logits(images)
+        folded = scorer.word_logits(images)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in scorer._trunk.modules())
+    torch.testing.assert_close(folded, reference, rtol=1e-4, atol=1e-4)
