@@ -53,6 +53,8 @@ def main() -> None:
         if isinstance(scorer, BindingScorer):
             from torch.utils.flop_counter import FlopCounterMode
 
+            from peak import matmul_peak  # benchmarks/speed/peak.py (this script's folder is on sys.path)
+
             with FlopCounterMode(display=False) as counter:
                 scorer.score(images, batch)
             flops = counter.get_total_flops() / args.images
@@ -60,18 +62,6 @@ def main() -> None:
             print(f"  {'':>8}  {flops / 1e6:.1f} MFLOP per image; batched {flops * args.images / batched_s / 1e9:.0f} "
                   f"GFLOP/s of a {peak / 1e9:.0f} GFLOP/s matmul peak; ceiling of the ratio here "
                   f"{(single_s / args.images) / (flops / peak):.1f}x")
-
-
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    """The best float32 FLOP/s of an n×n matmul on this machine (the same yardstick as P8)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = 0.0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = max(best, 2 * n ** 3 / (time.perf_counter() - start))
-    return best
 
 
 if __name__ == "__main__":
