@@ -103,6 +103,12 @@ def train_world():
 @click.option("--aux-weight", type=float, help="weight of the auxiliary combination losses (0: pure contrastive)")
 @click.option("--hard-negatives/--no-hard-negatives", default=None, help="add each pair's attribute-swapped twin to the batch")
 @click.option("--text-aux/--no-text-aux", default=None, help="auxiliary combination head on the text side too")
+@click.option("--multi-positive/--no-multi-positive", default=None,
+              help="captions true of a render are not its negatives (the world knows which captions a scene satisfies)")
+@click.option("--init-from", type=click.Path(file_okay=False, exists=True),
+              help="start from these CLIP weights (e.g. evalkit/embedded/weights/clip) with a fresh optimizer")
+@click.option("--freeze-image-tower/--no-freeze-image-tower", default=None,
+              help="train the text tower only: image embeddings, and the decoder trained on them, stay valid")
 @click.option("--ship", is_flag=True, help="copy the final weights (fp16) to the shipped folder")
 @click.option("--threads", type=int, help="torch CPU threads")
 def train_world_clip(out, resume, quick, ship, threads, **overrides):
@@ -132,11 +138,32 @@ def train_world_clip(out, resume, quick, ship, threads, **overrides):
 @click.option("--stop-at", type=int, help="stop (with a checkpoint) at this step; resume later")
 @click.option("--init-from", type=click.Path(file_okay=False, exists=True),
               help="start from these decoder weights (e.g. evalkit/embedded/weights/decoder) with a fresh optimizer")
+@click.option("--mixed-precision", type=click.Choice(["no", "bf16"]),
+              help="bf16: forward pass under torch.autocast (faster on CPUs with bf16 units; weights stay float32)")
+@click.option("--decoder-config", "decoder_config",
+              help='architecture overrides of a new decoder as JSON, e.g. \'{"block_out_channels": [32, 64, 128]}\'')
+@click.option("--condition-mlp", type=int,
+              help="hidden width of a residual MLP on the embedding before the UNet (may be added to --init-from weights)")
 @click.option("--ship", is_flag=True, help="copy the final weights (fp16) to the shipped folder")
 @click.option("--threads", type=int, help="torch CPU threads")
-def train_world_decoder(out, resume, quick, clip_dir, stop_at, ship, threads, **overrides):
+def train_world_decoder(out, resume, quick, clip_dir, stop_at, ship, threads, decoder_config, condition_mlp, **overrides):
     """Train the embedding-conditioned pixel diffusion decoder on CLIP embeddings of world renders."""
+    import json
+
     from evalkit.train.world_decoder import DecoderTrainConfig, ship_decoder, train_decoder
+
+    architecture = {}
+    if decoder_config:
+        try:
+            architecture = json.loads(decoder_config)
+        except json.JSONDecodeError as error:
+            raise click.BadParameter(f"not JSON: {error}", param_hint="--decoder-config") from None
+        if not isinstance(architecture, dict):
+            raise click.BadParameter("a JSON object of SynthDecoderConfig fields", param_hint="--decoder-config")
+    if condition_mlp is not None:
+        architecture["condition_mlp"] = condition_mlp
+    if architecture:
+        overrides["decoder"] = architecture
 
     config = _train_config(DecoderTrainConfig, quick, threads, overrides)
     final = train_decoder(out, config, resume=resume, clip_dir=clip_dir, stop_at=stop_at)
@@ -496,7 +523,9 @@ def smoke_command(out, update_golden):
               help="which measurements to (re)run; the others are read back from --out")
 @click.option("--decoder-dir", type=click.Path(exists=True, file_okay=False),
               help="check these decoder weights instead of the shipped ones (e.g. a training run's final/)")
-def check_world_command(out, clip_seeds, prior_seeds, decoder_prompts, steps_sweep, parts, decoder_dir):
+@click.option("--clip-dir", type=click.Path(exists=True, file_okay=False),
+              help="check these CLIP weights instead of the shipped ones (e.g. a training run's final/)")
+def check_world_command(out, clip_seeds, prior_seeds, decoder_prompts, steps_sweep, parts, decoder_dir, clip_dir):
     """Measure the embedded stack's quality bars: CLIP binding/retrieval, headroom, decoder fidelity."""
     from evalkit.embedded.check import PARTS, check_world
 
@@ -505,7 +534,7 @@ def check_world_command(out, clip_seeds, prior_seeds, decoder_prompts, steps_swe
         if part not in PARTS:
             raise click.BadParameter(f"unknown part {part!r}; choose from {', '.join(PARTS)}", param_hint="--parts")
     check_world(out, clip_seeds, prior_seeds, decoder_prompts, tuple(int(s) for s in _names(steps_sweep)), chosen,
-                decoder_dir)
+                decoder_dir, clip_dir)
     click.echo(open(f"{out}/README.md").read())
 
 

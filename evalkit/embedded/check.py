@@ -59,8 +59,7 @@ def check_decoder(clip, prompts: int, steps_sweep, out_dir: Path, decoder_dir: s
     results = []
     for name in SUITES:
         suite = load_suite(name)
-        items = suite.items("val")
-        subset = [i for i in items if i.seen][: prompts - prompts // 3] + [i for i in items if not i.seen][: prompts // 3]
+        subset = oracle_subset(suite, "val", prompts)
 
         scorer = AnalyticScorer()
         truth = scorer.score(torch.from_numpy(render([suite.ground_truth(i, 42) for i in subset])).permute(0, 3, 1, 2).float() / 255,
@@ -74,14 +73,24 @@ def check_decoder(clip, prompts: int, steps_sweep, out_dir: Path, decoder_dir: s
                 binding = [r for r in rows if r["seen"] is seen and r["scorer"] == "binding"]
                 results.append({"suite": name, "steps": steps, "seen": seen, "n": len(chosen),
                                 "decoded_score": sum(r["score"] for r in chosen) / max(len(chosen), 1),
-                                "decoded_binding": (sum(q["p"] > 0.5 for r in binding for q in r["questions"])
-                                                    / max(sum(len(r["questions"]) for r in binding), 1)) if binding else None,
+                                "decoded_binding": realised_share(binding) if binding else None,
                                 "render_score": sum(t["score"] for t, i in zip(truth, subset) if i.seen is seen)
                                 / max(sum(1 for i in subset if i.seen is seen), 1),
                                 "decoder_s_per_image": timings["decoder"] / max(len(rows), 1)})
         save_decoded_grid(out_dir / f"decoded-{name}.png", suite, subset[:8], oracle, decoder, clip)
     atomic_write_json(out_dir / "decoder.json", {"prompts_per_suite": prompts, "results": results})
     return results
+
+
+def realised_share(rows: list[dict]) -> float:
+    """Share of noun-phrase questions a VQA-style scorer answers yes (p > 0.5) over its sample rows."""
+    return sum(q["p"] > 0.5 for r in rows for q in r["questions"]) / max(sum(len(r["questions"]) for r in rows), 1)
+
+
+def oracle_subset(suite, split: str, prompts: int) -> list:
+    """The first ``prompts`` items of a split, two thirds seen and one third unseen combinations."""
+    items = suite.items(split)
+    return [i for i in items if i.seen][: prompts - prompts // 3] + [i for i in items if not i.seen][: prompts // 3]
 
 
 def save_decoded_grid(path: Path, suite, items, oracle, decoder, clip) -> Path:
@@ -133,13 +142,14 @@ PARTS = ("clip", "headroom", "decoder")
 
 
 def check_world(out_dir: str | Path, clip_seeds: int = 10, prior_seeds: int = 10, decoder_prompts: int = 48,
-                steps_sweep=(10, 25, 50), parts=PARTS, decoder_dir: str | Path | None = None) -> dict:
+                steps_sweep=(10, 25, 50), parts=PARTS, decoder_dir: str | Path | None = None,
+                clip_dir: str | Path | None = None) -> dict:
     from evalkit.decoders.synth import SHIPPED_DIR as DECODER_DIR
     from evalkit.embedded.clip import load_world_clip
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    clip = load_world_clip()
+    clip = load_world_clip(str(clip_dir) if clip_dir else None)
     report: dict = {}
     if "clip" in parts:
         report["clip"] = check_clip(clip, clip_seeds)
@@ -152,7 +162,8 @@ def check_world(out_dir: str | Path, clip_seeds: int = 10, prior_seeds: int = 10
         report["headroom"] = json.loads((out_dir / "headroom" / "summary.json").read_text())["headroom"]
     if "decoder" in parts and (DECODER_DIR / "config.json").is_file():
         report["decoder"] = check_decoder(clip, decoder_prompts, steps_sweep, out_dir, decoder_dir)
-    lines = ["# Embedded stack: quality bars", "", "Regenerate with `evalkit check-world`.", ""]
+    lines = ["# Embedded stack: quality bars", "", "Regenerate with `evalkit check-world`"
+             + (f" (CLIP: `{clip_dir}`)" if clip_dir else "") + ".", ""]
     if "clip" in report:
         lines += [f"## CLIP (val, {clip_seeds} renders per prompt)", ""]
         lines += clip_table(report["clip"])

@@ -14,6 +14,10 @@ render) to the batch, making every twin a hard negative on both sides; ``text_au
 auxiliary head on the text side. Both teach the *text* embedding to bind, after which the ``text``
 calibration prior alone matches the oracle at the embedding level (measured: binding accuracy
 0.98 vs 0.997) and the world leaves priors no headroom.
+
+``multi_positive`` stops treating captions that are true of a render as its negatives (captions leave
+most of a scene open, so a batch holds several); ``init_from`` + ``freeze_image_tower`` retrain the text
+tower of a shipped CLIP alone, so image embeddings — and the decoder trained on them — stay valid.
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ class CLIPTrainConfig:
     aux_weight: float = 10.0  # weight of the auxiliary (attribute, shape) combination losses
     hard_negatives: bool = False  # add each pair's attribute-swapped twin to the batch (teaches text-side binding)
     text_aux: bool = False  # auxiliary head on the text embedding too (teaches text-side binding)
+    multi_positive: bool = False  # captions true of a render (the world knows) are not its negatives
+    init_from: str | None = None  # start from these CLIP weights (fresh optimizer)
+    freeze_image_tower: bool = False  # train the text tower only: image embeddings (and any decoder on them) stay valid
     tiny: bool = False
 
     @classmethod
@@ -60,8 +67,50 @@ class CLIPTrainConfig:
 def build_model(config: CLIPTrainConfig):
     from evalkit.embedded.clip import WorldCLIP
 
-    model = WorldCLIP.tiny() if config.tiny else WorldCLIP()
+    if config.init_from:
+        model = WorldCLIP.from_pretrained(config.init_from)
+    else:
+        model = WorldCLIP.tiny() if config.tiny else WorldCLIP()
+    if config.freeze_image_tower:
+        for name, p in model.model.named_parameters():
+            p.requires_grad_(not name.startswith("visual."))
     return model
+
+
+def scene_codes(scenes, vocab: dict) -> torch.Tensor:
+    """(scenes, objects, 4) attribute ids per object (shape, colour, texture, size class); -2 pads."""
+    code = lambda value: vocab.setdefault(value, len(vocab))
+    out = torch.full((len(scenes), max(len(s.objects) for s in scenes), 4), -2)
+    for row, scene in enumerate(scenes):
+        for k, obj in enumerate(scene.objects):
+            out[row, k] = torch.tensor([code(obj.shape), code(obj.color), code(obj.texture), code(obj.size_class)])
+    return out
+
+
+def caption_codes(texts, vocab: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(captions, phrases, 4) attribute ids each phrase asks for (-1: not mentioned), and which phrases exist."""
+    from evalkit.world import parse_caption
+
+    code = lambda value: -1 if value is None else vocab.setdefault(value, len(vocab))
+    specs = [parse_caption(t) for t in texts]
+    width = max(len(spec.objects) for spec in specs)
+    out, valid = torch.full((len(specs), width, 4), -1), torch.zeros(len(specs), width, dtype=torch.bool)
+    for row, spec in enumerate(specs):
+        for j, phrase in enumerate(spec.objects):
+            out[row, j] = torch.tensor([code(phrase.shape), code(phrase.color), code(phrase.texture), code(phrase.size)])
+            valid[row, j] = True
+    return out, valid
+
+
+def satisfies(scene_code: torch.Tensor, caption_code: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(scenes, captions) bool: every phrase of the caption is realised by one object of the scene.
+
+    The vectorised form of ``all(any(obj.satisfies(phrase) ...))`` over codes from the same vocabulary.
+    """
+    objects = scene_code[:, None, None]  # (S, 1, 1, K, 4)
+    phrases = caption_code[None, :, :, None]  # (1, C, J, 1, 4)
+    realised = ((phrases == -1) | (phrases == objects)).all(-1).any(-1)  # (S, C, J)
+    return (realised | ~valid[None]).all(-1)
 
 
 def combo_index() -> dict[tuple[str, str], int]:
@@ -103,9 +152,13 @@ def training_pool(num_pairs: int, seed: int):
     swapped_scenes = [sample_scene(scene.swapped_caption, scene.seed) for scene in scenes]
     index = combo_index()
     texts = list(captions) + [s.caption for s in swapped_scenes]
+    vocab: dict = {}
+    caption_code, caption_valid = caption_codes(texts, vocab)
     return {"texts": texts, "images": np.concatenate([render(scenes), render(swapped_scenes)]),
             "image_targets": scene_targets(list(scenes) + swapped_scenes, index),
-            "text_targets": caption_targets(texts, index), "num_pairs": len(captions)}
+            "text_targets": caption_targets(texts, index), "num_pairs": len(captions),
+            "scene_code": scene_codes(list(scenes) + swapped_scenes, vocab), "caption_code": caption_code,
+            "caption_valid": caption_valid}
 
 
 class AuxHeads(torch.nn.Module):
@@ -115,26 +168,36 @@ class AuxHeads(torch.nn.Module):
         self.text = torch.nn.Linear(dim, num_combos)
 
 
-def clip_loss(model, images, ids, mask, heads=None, image_targets=None, text_targets=None, aux_weight=0.0):
-    image_raw = model.encode_image(images)
+def clip_loss(model, images, ids, mask, heads=None, image_targets=None, text_targets=None, aux_weight=0.0,
+              positives=None, image_raw=None):
+    """InfoNCE (+ auxiliary heads); ``image_raw``: precomputed embeddings of ``images`` (a frozen image tower)."""
+    if image_raw is None:
+        image_raw = model.encode_image(images)
     text_raw = model.encode_tokens(ids, mask).text_embeds
-    loss = contrastive_loss(model, F.normalize(image_raw, dim=-1), F.normalize(text_raw, dim=-1), ids)
+    loss = contrastive_loss(model, F.normalize(image_raw, dim=-1), F.normalize(text_raw, dim=-1), ids, positives)
     if heads is not None and aux_weight > 0:
-        aux = F.binary_cross_entropy_with_logits(heads.image(image_raw), image_targets)
+        aux = F.binary_cross_entropy_with_logits(heads.image(image_raw), image_targets) if image_raw.requires_grad else 0.0
         if text_targets is not None:
             aux = aux + F.binary_cross_entropy_with_logits(heads.text(text_raw), text_targets)
         loss = loss + aux_weight * aux
     return loss
 
 
-def contrastive_loss(model, image_embeds, text_embeds, ids):
+def contrastive_loss(model, image_embeds, text_embeds, ids, positives=None):
+    """Symmetric InfoNCE over the batch's pairs.
+
+    Rows sharing a caption are never negatives of each other; ``positives`` (images × captions, bool)
+    removes more: captions true of an image (and so images a caption is true of) are not negatives.
+    """
     scale = model.logit_scale.exp().clamp(max=100.0)
     logits = scale * image_embeds @ text_embeds.T
-    # rows sharing a caption are not negatives of each other
-    same = (ids.unsqueeze(1) == ids.unsqueeze(0)).all(-1)
-    logits = logits.masked_fill(same & ~torch.eye(len(ids), dtype=torch.bool), float("-inf"))
+    ignore = (ids.unsqueeze(1) == ids.unsqueeze(0)).all(-1)
+    if positives is not None:
+        ignore = ignore | positives
+    ignore = ignore & ~torch.eye(len(ids), dtype=torch.bool)
     target = torch.arange(len(ids))
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    return 0.5 * (F.cross_entropy(logits.masked_fill(ignore, float("-inf")), target)
+                  + F.cross_entropy(logits.T.masked_fill(ignore.T, float("-inf")), target))
 
 
 def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = False, progress: bool = True,
@@ -151,7 +214,8 @@ def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = Fals
     set_seed(config.seed)
     model = build_model(config)
     heads = AuxHeads(model.embedding_dim, len(combo_index()))
-    trainable = list(model.named_parameters()) + [(f"aux.{n}", p) for n, p in heads.named_parameters()]
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    trainable += [(f"aux.{n}", p) for n, p in heads.named_parameters()]
     decay = [p for n, p in trainable if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in trainable if not (p.ndim >= 2 and "embedding" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
@@ -170,6 +234,12 @@ def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = Fals
     all_ids, all_mask = model.tokenizer(pool["texts"])
     image_targets, text_targets = torch.from_numpy(pool["image_targets"]), torch.from_numpy(pool["text_targets"])
     n = pool["num_pairs"]
+    frozen_images = None
+    if config.freeze_image_tower:  # the image tower is fixed: embed the pool once
+        model.eval()
+        with torch.inference_mode():
+            frozen_images = torch.cat([model.encode_image(images_to_tensor(pool["images"][i:i + 512]))
+                                       for i in range(0, len(pool["images"]), 512)]).clone()
     clock = Stopwatch()
     # the batch order is a function of (seed, step): a resumed run draws the same batches
     end = min(config.steps, stop_at) if stop_at else config.steps
@@ -180,8 +250,12 @@ def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = Fals
     for step in bar:
         idx = np.random.default_rng([config.seed, step]).choice(n, size=config.batch_size, replace=False)
         both = np.concatenate([idx, idx + n]) if config.hard_negatives else idx
-        loss = clip_loss(model, images_to_tensor(pool["images"][both]), all_ids[both], all_mask[both], heads,
-                         image_targets[both], text_targets[both] if config.text_aux else None, config.aux_weight)
+        positives = (satisfies(pool["scene_code"][both], pool["caption_code"][both], pool["caption_valid"][both])
+                     if config.multi_positive else None)
+        loss = clip_loss(model, None if frozen_images is not None else images_to_tensor(pool["images"][both]),
+                         all_ids[both], all_mask[both], heads, image_targets[both],
+                         text_targets[both] if config.text_aux else None, config.aux_weight, positives,
+                         image_raw=frozen_images[both] if frozen_images is not None else None)
         check_finite(loss, step, checkpoint_dir)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

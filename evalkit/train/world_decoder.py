@@ -69,6 +69,7 @@ class DecoderTrainConfig:
     tiny: bool = False  # tiny decoder and a random tiny CLIP (tests)
     decoder: dict = field(default_factory=dict)  # SynthDecoderConfig overrides (architecture, schedule)
     init_from: str | None = None  # start from these decoder weights (e.g. the shipped ones) with a fresh optimizer
+    mixed_precision: str = "no"  # "no" | "bf16": the forward pass under torch.autocast (weights and optimizer stay float32)
 
     @classmethod
     def quick(cls) -> "DecoderTrainConfig":
@@ -96,18 +97,31 @@ def build_clip(config: DecoderTrainConfig, clip_dir: str | Path | None):
     return clip
 
 
+#: decoder overrides that ``init_from`` accepts: modules added on top of the given weights
+ADDITIVE_OVERRIDES = frozenset({"condition_mlp"})
+
+
 def build_decoder(config: DecoderTrainConfig, embedding_dim: int):
     """A fresh decoder, or (``config.init_from``) one holding those weights in float32, on their architecture."""
     from evalkit.decoders.synth import SynthDecoder
 
     if config.init_from:
-        if config.decoder:
-            raise ConfigMismatchError("--init-from takes the architecture of its weights; drop the decoder overrides "
-                                      f"({', '.join(sorted(config.decoder))})")
+        other = sorted(set(config.decoder) - ADDITIVE_OVERRIDES)
+        if other:
+            raise ConfigMismatchError("--init-from takes the architecture of its weights; it can only add "
+                                      f"{', '.join(sorted(ADDITIVE_OVERRIDES))}, not change {', '.join(other)}")
         decoder = SynthDecoder.from_pretrained(config.init_from).float()
         if decoder.config.embedding_dim != embedding_dim:
             raise ConfigMismatchError(f"{config.init_from} decodes {decoder.config.embedding_dim}-d embeddings but the "
                                       f"CLIP gives {embedding_dim}-d ones")
+        if config.decoder:  # a module added on top of the given weights (it starts as the identity)
+            grown = SynthDecoder(dataclasses.replace(decoder.config, **config.decoder))
+            missing, unexpected = grown.load_state_dict(decoder.state_dict(), strict=False)
+            new = tuple(f"{name}." for name in config.decoder)
+            if unexpected or any(not k.startswith(new) for k in missing):
+                raise ConfigMismatchError(f"{config.init_from}: weights do not fit the grown decoder "
+                                          f"(missing {missing[:4]}, unexpected {unexpected[:4]})")
+            decoder = grown
         return decoder.train()
     base = dataclasses.asdict(SynthDecoder.tiny_config()) if config.tiny else {}
     decoder_config = SynthDecoder.config_from_dict({**base, **config.decoder, "embedding_dim": embedding_dim})
@@ -172,7 +186,7 @@ def diffusion_loss(decoder, scheduler, images: torch.Tensor, embeds: torch.Tenso
     keep = (torch.rand(n, generator=generator) >= cond_drop_prob).float().unsqueeze(1)
     noisy = scheduler.add_noise(x0, noise, timesteps)
     pred = decoder(noisy, timesteps, embeds * keep)
-    per_image = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+    per_image = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
     if snr_gamma:
         alphas = scheduler.alphas_cumprod[timesteps]
         snr = alphas / (1.0 - alphas)
@@ -277,6 +291,8 @@ def train_decoder(out_dir: str | Path, config: DecoderTrainConfig, resume: bool 
     checkpoint_dir = out_dir / "checkpoint"
     if out_dir.exists() and any(out_dir.iterdir()) and not resume:
         raise FileExistsError(f"{out_dir} already holds a training run; pass --resume to continue it or pick another --out")
+    if config.mixed_precision not in ("no", "bf16"):
+        raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {config.mixed_precision!r}")
     if resume:
         _check_resume_config(out_dir, config)
     clock = Stopwatch()
@@ -327,8 +343,9 @@ def train_decoder(out_dir: str | Path, config: DecoderTrainConfig, resume: bool 
     for step in bar:
         # the batch order and all noise are functions of (seed, step): a resumed run draws the same
         idx = np.random.default_rng([config.seed, step]).choice(n, size=min(config.batch_size, n), replace=False)
-        loss = diffusion_loss(decoder, scheduler, images_to_tensor(images[idx]), embeds[idx], step_generator(config.seed, step),
-                              config.cond_drop_prob, config.snr_gamma)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.mixed_precision == "bf16"):
+            loss = diffusion_loss(decoder, scheduler, images_to_tensor(images[idx]), embeds[idx],
+                                  step_generator(config.seed, step), config.cond_drop_prob, config.snr_gamma)
         check_finite(loss, step, checkpoint_dir)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
