@@ -40,7 +40,7 @@ def embed(clip, scenes, batch: int = 1000) -> torch.Tensor:
 def probe(clip, split: str, train_scenes: int, epochs: int, hidden: int) -> dict:
     from evalkit.suites import load_suite
     from evalkit.train.world_clip import combo_index, scene_targets
-    from evalkit.world import sample_pairs
+    from evalkit.world import parse_caption, sample_pairs
 
     index = combo_index()
     _, scenes = sample_pairs("all", train_scenes, seed=7, split="train")
@@ -66,7 +66,7 @@ def probe(clip, split: str, train_scenes: int, epochs: int, hidden: int) -> dict
                 present = torch.sigmoid(head((embed(clip, [suite.ground_truth(i, 42) for i in items]) - mean) / std)) > 0.5
             hits = [all(present[k, index[(value, phrase.shape)]]
                         for value in (phrase.color, phrase.texture, phrase.size) if value is not None)
-                    for k, item in enumerate(items) for phrase in item.spec.objects]
+                    for k, item in enumerate(items) for phrase in parse_caption(item.prompt).objects]
             out[f"{label}/{name}"] = round(sum(hits) / len(hits), 4)
     return out
 
@@ -123,7 +123,11 @@ def sampler(decoder, clip, split: str, prompts: int, grid) -> list[dict]:
 def readme(summary: dict) -> str:
     from tabulate import tabulate
 
-    lines = ["# Synth decoder diagnostics", "", f"`{summary['command']}`", ""]
+    lines = ["# Synth decoder diagnostics", "", f"`{summary['command']}`", "",
+             f"Decoder: {summary['decoder']}. Prompts: the {summary['split']} split"
+             + (f", {summary['prompts']} per suite (two thirds seen combinations) in the sampler grid" if "sampler" in summary else "")
+             + ("; the probes read every prompt of the split" if "probe" in summary else "")
+             + "; one render per prompt (seed 42).", ""]
     if "probe" in summary:
         p = summary["probe"]
         labels = sorted({k.split("/")[0] for k in p})
@@ -163,7 +167,7 @@ def main() -> None:
     parts = set(args.parts.split(","))
     clip, decoder = load_world_clip(), SynthDecoder.from_pretrained(args.decoder_dir)
     summary = {"command": "python benchmarks/world/decoder_diagnostics.py " + " ".join(sys.argv[1:]),
-               "decoder": args.decoder_dir or "shipped", "split": args.split}
+               "decoder": args.decoder_dir or "shipped", "split": args.split, "prompts": args.prompts}
     if "probe" in parts:
         summary["probe"] = probe(clip, args.split, args.train_scenes, epochs=30, hidden=512)
         print(summary["probe"], flush=True)
