@@ -318,3 +318,17 @@ def test_cli_decoder_config_sets_the_architecture_and_rejects_bad_json(tmp_path)
     assert result.exit_code == 2 and "not JSON" in result.output
     result = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "bad2"), "--decoder-config", '{"widths": [12, 24]}'])
     assert result.exit_code != 0 and "widths" in result.output
+
+
+def test_final_from_checkpoint_takes_the_ema_weights_of_a_stopped_run(quick_run, tmp_path):
+    _, base = quick_run
+    config = dataclasses.replace(DecoderTrainConfig.quick(), init_from=str(base), decoder={"condition_mlp": 8})
+    stopped = train_decoder(tmp_path / "run", config, progress=False, stop_at=4)
+    final = world_decoder.final_from_checkpoint(tmp_path / "run")
+    model = SynthDecoder.from_pretrained(final)
+    holder = world_decoder.build_decoder(config, 16)
+    shadow = world_decoder.load_checkpoint(stopped, holder)["extra"]["ema"]
+    assert model.config.condition_mlp == 8 and any(k.startswith("condition_mlp.") for k in shadow)
+    for key, value in shadow.items():
+        torch.testing.assert_close(model.state_dict()[key], value)
+    assert json.loads((final / "training_record.json").read_text())["stopped_at_step"] == 4

@@ -394,12 +394,10 @@ def final_from_checkpoint(run_dir: str | Path) -> Path:
     """
     import json
 
-    from evalkit.decoders.synth import SynthDecoder
-
     run_dir = Path(run_dir)
     config = DecoderTrainConfig(**json.loads((run_dir / "train_config.json").read_text()))
-    base = SynthDecoder.from_pretrained(config.init_from).float() if config.init_from else None
-    decoder = base if base is not None else build_decoder(config, 128)
+    embedding_dim = json.loads((run_dir / "checkpoint" / "config.json").read_text())["embedding_dim"]
+    decoder = build_decoder(config, embedding_dim)  # the architecture the run trained (weights replaced below)
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=config.lr)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     state = load_checkpoint(run_dir / "checkpoint", decoder, optimizer, lr_scheduler)
