@@ -33,3 +33,15 @@ def test_tokenizer_matches_open_clip_bpe_pieces():
     bpe = SimpleTokenizer().encode("a checkered circle")
     ids, _ = tokenizer(["a checkered circle"])
     assert [tokenizer.bpe_ids[i - 2] for i in ids[0, 1:1 + len(bpe)].tolist()] == bpe
+
+
+def test_retrieval_metrics_nest():
+    """Own caption ⊂ a true caption ⊂ the words of a true caption: each retrieval rate bounds the previous one."""
+    from evalkit.embedded.clip_eval import evaluate_clip
+
+    torch.manual_seed(0)
+    metrics = evaluate_clip(WorldCLIP.tiny().eval(), seeds=1, categories=("color",))
+    for split in ("seen", "unseen"):
+        own, true, words = (metrics[f"color/{split}/{m}"] for m in ("i2t_top1", "i2t_top1_true", "i2t_top1_words"))
+        assert 0 <= own <= true <= words <= 1
+    assert metrics["mean/seen/i2t_top1_words"] == metrics["color/seen/i2t_top1_words"]

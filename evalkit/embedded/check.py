@@ -108,7 +108,8 @@ def save_decoded_grid(path: Path, suite, items, oracle, decoder, clip) -> Path:
     return save_image_grid(path, images, titles, columns=len(items))
 
 
-CLIP_METRICS = ("i2t_top1", "i2t_top1_true", "caption_binding", "image_binding", "text_image_binding", "paired_cos")
+CLIP_METRICS = ("i2t_top1", "i2t_top1_true", "i2t_top1_words", "caption_binding", "image_binding", "text_image_binding",
+                "paired_cos")
 
 
 def clip_table(metrics: dict) -> list[str]:
@@ -162,6 +163,8 @@ def check_world(out_dir: str | Path, clip_seeds: int = 10, prior_seeds: int = 10
         report["headroom"] = json.loads((out_dir / "headroom" / "summary.json").read_text())["headroom"]
     if "decoder" in parts and (DECODER_DIR / "config.json").is_file():
         report["decoder"] = check_decoder(clip, decoder_prompts, steps_sweep, out_dir, decoder_dir)
+    elif (out_dir / "decoder.json").is_file():
+        report["decoder"] = json.loads((out_dir / "decoder.json").read_text())["results"]
     lines = ["# Embedded stack: quality bars", "", "Regenerate with `evalkit check-world`"
              + (f" (CLIP: `{clip_dir}`)" if clip_dir else "") + ".", ""]
     if "clip" in report:
