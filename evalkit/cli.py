@@ -105,6 +105,8 @@ def train_world():
 @click.option("--text-aux/--no-text-aux", default=None, help="auxiliary combination head on the text side too")
 @click.option("--multi-positive/--no-multi-positive", default=None,
               help="captions true of a render are not its negatives (the world knows which captions a scene satisfies)")
+@click.option("--order-blind/--no-order-blind", default=None,
+              help="captions with the same words as a render's caption (its swapped twin) are not its negatives")
 @click.option("--init-from", type=click.Path(file_okay=False, exists=True),
               help="start from these CLIP weights (e.g. evalkit/embedded/weights/clip) with a fresh optimizer")
 @click.option("--freeze-image-tower/--no-freeze-image-tower", default=None,

@@ -98,3 +98,16 @@ def test_text_tower_only_training_keeps_the_image_tower(tmp_path):
     visual = [k for k in before if k.startswith("model.visual.")]
     assert visual and all(torch.equal(before[k], after[k]) for k in visual)
     assert any(not torch.equal(before[k], after[k]) for k in before if k not in visual)
+
+
+def test_order_blind_positives_spare_the_swapped_twin():
+    from evalkit.train.world_clip import batch_positives, training_pool
+
+    pool = training_pool(16, seed=5)  # 16 captions, then their 16 swapped twins
+    rows = torch.arange(32)
+    blind = batch_positives(pool, rows, CLIPTrainConfig(order_blind=True))
+    assert all(blind[i, i + 16] and blind[i + 16, i] for i in range(16))  # each pair's twin has the same words
+    assert batch_positives(pool, rows, CLIPTrainConfig()) is None
+    true = batch_positives(pool, rows, CLIPTrainConfig(multi_positive=True))
+    both = batch_positives(pool, rows, CLIPTrainConfig(multi_positive=True, order_blind=True))
+    assert torch.equal(both, true | blind) and not torch.equal(true, both)

@@ -16,7 +16,8 @@ calibration prior alone matches the oracle at the embedding level (measured: bin
 0.98 vs 0.997) and the world leaves priors no headroom.
 
 ``multi_positive`` stops treating captions that are true of a render as its negatives (captions leave
-most of a scene open, so a batch holds several); ``init_from`` + ``freeze_image_tower`` retrain the text
+most of a scene open, so a batch holds several); ``order_blind`` neither treats a caption with the same
+words (the attribute-swapped twin) as one, so nothing teaches the pooled text embedding word order; ``init_from`` + ``freeze_image_tower`` retrain the text
 tower of a shipped CLIP alone, so image embeddings — and the decoder trained on them — stay valid.
 """
 
@@ -54,6 +55,7 @@ class CLIPTrainConfig:
     hard_negatives: bool = False  # add each pair's attribute-swapped twin to the batch (teaches text-side binding)
     text_aux: bool = False  # auxiliary head on the text embedding too (teaches text-side binding)
     multi_positive: bool = False  # captions true of a render (the world knows) are not its negatives
+    order_blind: bool = False  # captions with the words of the render's own caption (its swapped twin) are not negatives
     init_from: str | None = None  # start from these CLIP weights (fresh optimizer)
     freeze_image_tower: bool = False  # train the text tower only: image embeddings (and any decoder on them) stay valid
     tiny: bool = False
@@ -154,11 +156,13 @@ def training_pool(num_pairs: int, seed: int):
     texts = list(captions) + [s.caption for s in swapped_scenes]
     vocab: dict = {}
     caption_code, caption_valid = caption_codes(texts, vocab)
+    bags: dict = {}
+    words = torch.tensor([bags.setdefault(" ".join(sorted(t.split())), len(bags)) for t in texts])
     return {"texts": texts, "images": np.concatenate([render(scenes), render(swapped_scenes)]),
             "image_targets": scene_targets(list(scenes) + swapped_scenes, index),
             "text_targets": caption_targets(texts, index), "num_pairs": len(captions),
             "scene_code": scene_codes(list(scenes) + swapped_scenes, vocab), "caption_code": caption_code,
-            "caption_valid": caption_valid}
+            "caption_valid": caption_valid, "words": words}
 
 
 class AuxHeads(torch.nn.Module):
@@ -166,6 +170,18 @@ class AuxHeads(torch.nn.Module):
         super().__init__()
         self.image = torch.nn.Linear(dim, num_combos)
         self.text = torch.nn.Linear(dim, num_combos)
+
+
+def batch_positives(pool: dict, rows, config: CLIPTrainConfig) -> torch.Tensor | None:
+    """(images × captions) pairs of the batch that are not negatives besides the diagonal, or None."""
+    positives = None
+    if config.multi_positive:
+        positives = satisfies(pool["scene_code"][rows], pool["caption_code"][rows], pool["caption_valid"][rows])
+    if config.order_blind:
+        words = pool["words"][rows]
+        same = words.unsqueeze(1) == words.unsqueeze(0)
+        positives = same if positives is None else positives | same
+    return positives
 
 
 def clip_loss(model, images, ids, mask, heads=None, image_targets=None, text_targets=None, aux_weight=0.0,
@@ -250,8 +266,7 @@ def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = Fals
     for step in bar:
         idx = np.random.default_rng([config.seed, step]).choice(n, size=config.batch_size, replace=False)
         both = np.concatenate([idx, idx + n]) if config.hard_negatives else idx
-        positives = (satisfies(pool["scene_code"][both], pool["caption_code"][both], pool["caption_valid"][both])
-                     if config.multi_positive else None)
+        positives = batch_positives(pool, both, config)
         loss = clip_loss(model, None if frozen_images is not None else images_to_tensor(pool["images"][both]),
                          all_ids[both], all_mask[both], heads, image_targets[both],
                          text_targets[both] if config.text_aux else None, config.aux_weight, positives,
