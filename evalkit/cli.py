@@ -144,11 +144,9 @@ def train_world_clip(out, resume, quick, ship, threads, **overrides):
               help="bf16: forward pass under torch.autocast (faster on CPUs with bf16 units; weights stay float32)")
 @click.option("--decoder-config", "decoder_config",
               help='architecture overrides of a new decoder as JSON, e.g. \'{"block_out_channels": [32, 64, 128]}\'')
-@click.option("--condition-mlp", type=int,
-              help="hidden width of a residual MLP on the embedding before the UNet (may be added to --init-from weights)")
 @click.option("--ship", is_flag=True, help="copy the final weights (fp16) to the shipped folder")
 @click.option("--threads", type=int, help="torch CPU threads")
-def train_world_decoder(out, resume, quick, clip_dir, stop_at, ship, threads, decoder_config, condition_mlp, **overrides):
+def train_world_decoder(out, resume, quick, clip_dir, stop_at, ship, threads, decoder_config, **overrides):
     """Train the embedding-conditioned pixel diffusion decoder on CLIP embeddings of world renders."""
     import json
 
@@ -162,8 +160,6 @@ def train_world_decoder(out, resume, quick, clip_dir, stop_at, ship, threads, de
             raise click.BadParameter(f"not JSON: {error}", param_hint="--decoder-config") from None
         if not isinstance(architecture, dict):
             raise click.BadParameter("a JSON object of SynthDecoderConfig fields", param_hint="--decoder-config")
-    if condition_mlp is not None:
-        architecture["condition_mlp"] = condition_mlp
     if architecture:
         overrides["decoder"] = architecture
 

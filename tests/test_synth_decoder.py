@@ -242,55 +242,6 @@ def test_nan_loss_stops_training(tmp_path, monkeypatch):
         train_decoder(tmp_path / "run", DecoderTrainConfig.quick(), progress=False)
 
 
-def test_condition_mlp_starts_as_the_identity_and_trains_from_given_weights(quick_run, tmp_path):
-    """A conditioning MLP grown on trained weights leaves the decoder unchanged until trained, then trains and reloads."""
-    _, final = quick_run
-    base = SynthDecoder.from_pretrained(final)
-    config = dataclasses.replace(DecoderTrainConfig.quick(), init_from=str(final), decoder={"condition_mlp": 24})
-    grown = world_decoder.build_decoder(config, 16).eval()
-    assert grown.num_parameters() - base.num_parameters() == 16 * 24 + 24 + 24 * 16 + 16
-    batch, e = Batch.from_prompts(["x"] * 3, [1, 2, 3]), embeds(3)
-    assert torch.equal(grown.decode(e, batch, protocol(2, 2.0)), base.decode(e, batch, protocol(2, 2.0)))
-    with pytest.raises(ConfigMismatchError, match="only add condition_mlp"):
-        world_decoder.build_decoder(dataclasses.replace(config, decoder={"layers_per_block": 2}), 16)
-
-    trained = SynthDecoder.from_pretrained(train_decoder(tmp_path / "run", config, progress=False))
-    assert trained.config.condition_mlp == 24
-    assert trained.condition_mlp[2].weight.abs().sum() > 0  # the zero-initialised output layer learned
-    images = trained.decode(e, batch, protocol(2, 2.0))
-    assert torch.isfinite(images).all() and not torch.equal(images, base.decode(e, batch, protocol(2, 2.0)))
-
-
-def test_condition_mlp_sees_raw_zeros_as_the_unconditional_input(decoder):
-    """Guidance drops the raw embedding: the UNet's unconditional branch gets the MLP's image of zeros."""
-    torch.manual_seed(1)
-    model = SynthDecoder(dataclasses.replace(decoder.config, condition_mlp=8)).eval()
-    torch.nn.init.normal_(model.condition_mlp[2].weight)
-    calls, restore = count_unet_calls(model)
-    try:
-        model.decode(embeds(2), Batch.from_prompts(["x"] * 2, [1, 2]), protocol(1, 3.0))
-    finally:
-        restore()
-    (_, _, cond), = calls
-    with torch.no_grad():
-        expected = torch.cat([model.condition(torch.zeros(2, 16)), model.condition(embeds(2))])
-    torch.testing.assert_close(cond, expected)
-
-
-def test_cli_grows_a_condition_mlp_on_given_weights(quick_run, tmp_path):
-    from click.testing import CliRunner
-
-    from evalkit.cli import cli
-
-    _, final = quick_run
-    result = CliRunner().invoke(cli, ["train-world", "decoder", "--quick", "--out", str(tmp_path / "run"),
-                                      "--init-from", str(final), "--condition-mlp", "12", "--steps", "2"])
-    assert result.exit_code == 0, result.output
-    config = json.loads((tmp_path / "run" / "final" / "config.json").read_text())
-    assert config["condition_mlp"] == 12
-    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["decoder"] == {"condition_mlp": 12}
-
-
 def test_bf16_autocast_training_runs_and_keeps_float32_weights(tmp_path):
     config = dataclasses.replace(DecoderTrainConfig.quick(), mixed_precision="bf16", steps=3, eval_every=3)
     final = train_decoder(tmp_path / "run", config, progress=False)
@@ -322,13 +273,13 @@ def test_cli_decoder_config_sets_the_architecture_and_rejects_bad_json(tmp_path)
 
 def test_final_from_checkpoint_takes_the_ema_weights_of_a_stopped_run(quick_run, tmp_path):
     _, base = quick_run
-    config = dataclasses.replace(DecoderTrainConfig.quick(), init_from=str(base), decoder={"condition_mlp": 8})
+    config = dataclasses.replace(DecoderTrainConfig.quick(), init_from=str(base))
     stopped = train_decoder(tmp_path / "run", config, progress=False, stop_at=4)
     final = world_decoder.final_from_checkpoint(tmp_path / "run")
     model = SynthDecoder.from_pretrained(final)
     holder = world_decoder.build_decoder(config, 16)
     shadow = world_decoder.load_checkpoint(stopped, holder)["extra"]["ema"]
-    assert model.config.condition_mlp == 8 and any(k.startswith("condition_mlp.") for k in shadow)
+    assert shadow.keys() <= model.state_dict().keys()
     for key, value in shadow.items():
         torch.testing.assert_close(model.state_dict()[key], value)
     assert json.loads((final / "training_record.json").read_text())["stopped_at_step"] == 4

@@ -66,11 +66,6 @@ class SynthDecoderConfig:
     guidance_scale: float = 3.0
     max_batch: int = 256  # images per UNet call while decoding (memory bound; results do not depend on it)
     extra_unet_kwargs: dict = field(default_factory=dict)  # any other UNet2DConditionModel keyword
-    # hidden width of a residual MLP applied to the image embedding before the UNet (0: none). The UNet's
-    # own conditioning is linear in the embedding (image_proj, addition embedding); the MLP lets it read
-    # attributes the CLIP stores non-linearly. Its output layer starts at zero, so adding it to trained
-    # weights leaves the decoder unchanged until it is trained.
-    condition_mlp: int = 0
 
     def unet_kwargs(self) -> dict:
         kwargs = dict(
@@ -139,12 +134,6 @@ class SynthDecoder(PretrainedMixin, Decoder, nn.Module):
         self.default_num_inference_steps = self.config.num_inference_steps
         self.default_guidance_scale = self.config.guidance_scale
         self.unet = UNet2DConditionModel(**self.config.unet_kwargs())
-        self.condition_mlp = None
-        if self.config.condition_mlp:
-            d, h = self.config.embedding_dim, self.config.condition_mlp
-            self.condition_mlp = nn.Sequential(nn.Linear(d, h), nn.SiLU(), nn.Linear(h, d))
-            nn.init.zeros_(self.condition_mlp[2].weight)
-            nn.init.zeros_(self.condition_mlp[2].bias)
         self.eval()  # a decoder; the trainer switches to train mode itself
 
     @staticmethod
@@ -172,19 +161,9 @@ class SynthDecoder(PretrainedMixin, Decoder, nn.Module):
 
         return DDIMScheduler(**self.config.scheduler_config(), set_alpha_to_one=True)
 
-    def condition(self, image_embeds: torch.Tensor) -> torch.Tensor:
-        """What the UNet is conditioned on: the embedding, plus the residual MLP's output when there is one.
-
-        Classifier-free guidance drops the *raw* embedding to zeros, in training and sampling alike.
-        """
-        if self.condition_mlp is None:
-            return image_embeds
-        return image_embeds + self.condition_mlp(image_embeds)
-
     def forward(self, sample: torch.Tensor, timesteps: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
         """The noise prediction (training)."""
-        return self.unet(sample, timesteps, encoder_hidden_states=None,
-                         added_cond_kwargs={"image_embeds": self.condition(image_embeds)}).sample
+        return self.unet(sample, timesteps, encoder_hidden_states=None, added_cond_kwargs={"image_embeds": image_embeds}).sample
 
     @property
     def device(self) -> torch.device:
@@ -215,8 +194,7 @@ class SynthDecoder(PretrainedMixin, Decoder, nn.Module):
             for start in range(0, n, self.config.max_batch):
                 stop = min(n, start + self.config.max_batch)
                 embeds = image_embeds[start:stop].to(device=device, dtype=dtype)
-                x0 = sample_image_conditioned(self.unet, self.sampling_scheduler(), self.condition(embeds),
-                                              self.condition(torch.zeros_like(embeds)),
+                x0 = sample_image_conditioned(self.unet, self.sampling_scheduler(), embeds, torch.zeros_like(embeds),
                                               noise[start:stop].to(device=device, dtype=dtype), steps, protocol.guidance_scale)
                 chunks.append(x0.float())
         finally:

@@ -97,31 +97,18 @@ def build_clip(config: DecoderTrainConfig, clip_dir: str | Path | None):
     return clip
 
 
-#: decoder overrides that ``init_from`` accepts: modules added on top of the given weights
-ADDITIVE_OVERRIDES = frozenset({"condition_mlp"})
-
-
 def build_decoder(config: DecoderTrainConfig, embedding_dim: int):
     """A fresh decoder, or (``config.init_from``) one holding those weights in float32, on their architecture."""
     from evalkit.decoders.synth import SynthDecoder
 
     if config.init_from:
-        other = sorted(set(config.decoder) - ADDITIVE_OVERRIDES)
-        if other:
-            raise ConfigMismatchError("--init-from takes the architecture of its weights; it can only add "
-                                      f"{', '.join(sorted(ADDITIVE_OVERRIDES))}, not change {', '.join(other)}")
+        if config.decoder:
+            raise ConfigMismatchError("--init-from takes the architecture of its weights; drop the decoder overrides "
+                                      f"({', '.join(sorted(config.decoder))})")
         decoder = SynthDecoder.from_pretrained(config.init_from).float()
         if decoder.config.embedding_dim != embedding_dim:
             raise ConfigMismatchError(f"{config.init_from} decodes {decoder.config.embedding_dim}-d embeddings but the "
                                       f"CLIP gives {embedding_dim}-d ones")
-        if config.decoder:  # a module added on top of the given weights (it starts as the identity)
-            grown = SynthDecoder(dataclasses.replace(decoder.config, **config.decoder))
-            missing, unexpected = grown.load_state_dict(decoder.state_dict(), strict=False)
-            new = tuple(f"{name}." for name in config.decoder)
-            if unexpected or any(not k.startswith(new) for k in missing):
-                raise ConfigMismatchError(f"{config.init_from}: weights do not fit the grown decoder "
-                                          f"(missing {missing[:4]}, unexpected {unexpected[:4]})")
-            decoder = grown
         return decoder.train()
     base = dataclasses.asdict(SynthDecoder.tiny_config()) if config.tiny else {}
     decoder_config = SynthDecoder.config_from_dict({**base, **config.decoder, "embedding_dim": embedding_dim})
