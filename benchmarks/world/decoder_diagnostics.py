@@ -27,14 +27,15 @@ import torch.nn.functional as F
 
 from evalkit.paths import REPO_ROOT
 
-SUITES = ("synth-color", "synth-shape", "synth-texture")
+from evalkit.embedded.check import SUITES
+from evalkit.train.world_decoder import embed_images
 
 
-def embed(clip, scenes, batch: int = 1000) -> torch.Tensor:
-    from evalkit.world.tensors import render_tensor
+def embed(clip, scenes) -> torch.Tensor:
+    """CLIP image embeddings of rendered scenes."""
+    from evalkit.world import render
 
-    with torch.inference_mode():
-        return torch.cat([clip.encode_image(render_tensor(scenes[i:i + batch])).float() for i in range(0, len(scenes), batch)])
+    return embed_images(clip, render(scenes), 1000)
 
 
 def probe(clip, split: str, train_scenes: int, epochs: int, hidden: int) -> dict:
@@ -80,7 +81,7 @@ def heldout(decoder, clip, renders: int) -> dict:
     out = {}
     for label, seed in (("training pool", record_pool.seed), ("fresh pool", 999)):
         images = training_renders(record_pool.num_pairs, seed)[:renders]
-        x, e = images_to_tensor(images), embed_images(clip, images)
+        x, e = images_to_tensor(images), embed_images(clip, images, 512)
         losses = []
         with torch.inference_mode():
             for rep in range(2):
@@ -89,12 +90,6 @@ def heldout(decoder, clip, renders: int) -> dict:
                     losses.append(diffusion_loss(decoder, scheduler, x[i:i + 256], e[i:i + 256], generator, 0.0, 5.0).item())
         out[label] = round(sum(losses) / len(losses), 6)
     return out
-
-
-def embed_images(clip, images):
-    from evalkit.train.world_decoder import embed_images as embed_uint8
-
-    return embed_uint8(clip, images, 512)
 
 
 def sampler(decoder, clip, split: str, prompts: int, grid) -> list[dict]:

@@ -252,10 +252,10 @@ def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = Fals
     n = pool["num_pairs"]
     frozen_images = None
     if config.freeze_image_tower:  # the image tower is fixed: embed the pool once
+        from evalkit.train.world_decoder import embed_images
+
         model.eval()
-        with torch.inference_mode():
-            frozen_images = torch.cat([model.encode_image(images_to_tensor(pool["images"][i:i + 512]))
-                                       for i in range(0, len(pool["images"]), 512)]).clone()
+        frozen_images = embed_images(model, pool["images"], 512)
     clock = Stopwatch()
     # the batch order is a function of (seed, step): a resumed run draws the same batches
     end = min(config.steps, stop_at) if stop_at else config.steps
