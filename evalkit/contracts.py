@@ -223,6 +223,7 @@ class Decoder(EmbeddingSpec, abc.ABC):
     resolution: int = 0
     default_num_inference_steps: int = 25
     default_guidance_scale: float = 1.0
+    compute_dtype: str = "float32"  # what the decoder computes in; recorded as the protocol's dtype
 
     @abc.abstractmethod
     def decode(self, image_embeds: "torch.Tensor", batch: Batch, protocol: Protocol) -> "torch.Tensor":

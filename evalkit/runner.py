@@ -434,7 +434,7 @@ def run(config: RunConfig, progress: bool = True) -> Path:
         num_inference_steps=config.num_inference_steps or decoder.default_num_inference_steps,
         guidance_scale=config.guidance_scale if config.guidance_scale is not None else decoder.default_guidance_scale,
         resolution=decoder.resolution, images_per_prompt=config.images_per_prompt, seed=config.seed,
-        scorer=",".join(config.scorers), scorer_version=",".join(scorers[s].version for s in config.scorers),
+        dtype=decoder.compute_dtype, scorer=",".join(config.scorers), scorer_version=",".join(scorers[s].version for s in config.scorers),
         decoder_version=fingerprint(decoder, code=False), random_init=config.random_init or "",
     )
     versions = {s.name: s.version(config.split) for s in suites}

@@ -148,6 +148,7 @@ def test_tiny_random_init_run_end_to_end(prompts, tmp_path, decoder, priors):
     [run_dir] = list((tmp_path / "runs").iterdir())
     results = json.loads((run_dir / "results.json").read_text())
     assert results["config"]["random_init"] == "tiny" and results["protocol"]["random_init"] == "tiny"
+    assert results["protocol"]["dtype"] == "float32"  # what the decoder computed in
     assert set(results["priors"]) == set(priors.split(","))
     assert all(info["data"] == "none (random weights)" for info in results["priors"].values())
     assert len((run_dir / "samples.jsonl").read_text().splitlines()) == 2

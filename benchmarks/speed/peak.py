@@ -1,4 +1,4 @@
-"""The yardstick of the FLOP-based speed benchmarks (P6, P8): the machine's float32 matmul peak, measured."""
+"""The yardstick of the FLOP-based speed benchmarks (P6, P8): the machine's matmul peak, measured."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import time
 import torch
 
 
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    """The best float32 FLOP/s of an n×n ``torch.mm`` on this machine, after one warm-up product."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """The best FLOP/s of an n×n ``torch.mm`` in ``dtype`` on this machine, after one warm-up product."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     best = 0.0
     for _ in range(repeats):

@@ -380,6 +380,10 @@ class Kandinsky22Decoder(Decoder, nn.Module):
         return int(resolution)
 
     @property
+    def compute_dtype(self) -> str:
+        return str(self.unet.dtype).removeprefix("torch.")
+
+    @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 

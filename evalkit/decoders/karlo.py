@@ -429,6 +429,10 @@ class KarloDecoder(Decoder, nn.Module):
         return next(self.decoder.parameters()).dtype
 
     @property
+    def compute_dtype(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+    @property
     def config(self) -> dict:
         """Settings and component configs (part of the decoder's fingerprint)."""
         def public(config) -> dict:  # drop bookkeeping keys such as _use_default_values, _diffusers_version
