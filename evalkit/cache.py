@@ -78,11 +78,16 @@ def weights_fingerprint(plugin) -> str:
     return _tensor_digest(modules) if modules else ""
 
 
-def _settings(plugin) -> dict:
+#: settings that choose a numeric path (how a decoder computes), not what it computes: left out of the
+#: protocol's ``decoder_version`` (``fingerprint(..., numeric=False)``), kept in every cache key
+NUMERIC_SETTINGS = frozenset({"compute_dtype", "sampling_dtype"})
+
+
+def _settings(plugin, numeric: bool = True) -> dict:
     """The plugin's JSON-able scalar settings (options such as steps, guidance, training seed)."""
     out = {}
     for name, value in sorted(vars(plugin).items()):
-        if name.startswith("_") or name == "training":
+        if name.startswith("_") or name == "training" or (not numeric and name in NUMERIC_SETTINGS):
             continue
         if isinstance(value, (bool, int, float, str)) or value is None:
             out[name] = value
@@ -96,13 +101,18 @@ def _settings(plugin) -> dict:
             out["config"] = json.loads(json.dumps(config, default=lambda o: o.__dict__ if hasattr(o, "__dict__") else str(o)))
         except (TypeError, ValueError):
             out["config"] = str(config)
+        if not numeric and isinstance(out["config"], dict):
+            out["config"] = {k: v for k, v in out["config"].items() if k not in NUMERIC_SETTINGS}
     return out
 
 
-def fingerprint(plugin, code: bool = True) -> str:
+def fingerprint(plugin, code: bool = True, numeric: bool = True) -> str:
     """Identity of a prior, decoder or scorer: class, settings, weights and (``code``) its source.
 
-    A plugin may define ``fingerprint()`` itself (e.g. to hash a weights file instead of its tensors).
+    ``numeric=False`` leaves out the settings that only choose a numeric path (:data:`NUMERIC_SETTINGS`,
+    e.g. the synth decoder's bfloat16 sampling): the protocol's ``decoder_version``, under which a float32
+    and a bfloat16 decode of the same weights are one protocol. A plugin may define ``fingerprint()``
+    itself (e.g. to hash a weights file instead of its tensors).
     """
     own = getattr(plugin, "fingerprint", None)
     if callable(own):
@@ -110,7 +120,7 @@ def fingerprint(plugin, code: bool = True) -> str:
     from evalkit import __version__
 
     parts = {"class": f"{type(plugin).__module__}.{type(plugin).__qualname__}", "name": getattr(plugin, "name", ""),
-             "version": getattr(plugin, "version", ""), "settings": _settings(plugin),
+             "version": getattr(plugin, "version", ""), "settings": _settings(plugin, numeric),
              "weights": weights_fingerprint(plugin)}
     if code:
         parts.update(source=_source_digest(plugin), evalkit=__version__)

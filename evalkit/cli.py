@@ -280,6 +280,9 @@ def train_baseline(prior, size, out, resume, quick, stop_at, ship, describe, emb
 @click.option("--prior-num-inference-steps", type=int, help="diffusion priors: sampling steps (default 25)")
 @click.option("--prior-guidance-scale", type=float, help="diffusion priors: classifier-free guidance (default 4.0)")
 @click.option("--batch-size", default=16, show_default=True, help="images per decoder call (raise it on a GPU)")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]),
+              help="what the decoder computes in (default: its own; synth: bfloat16 sampling, float32 on CPUs "
+                   "without bf16 units); recorded with the run, not part of the protocol")
 @click.option("--limit", type=int, help="only the first N prompts of each suite")
 @click.option("--prior-path", "prior_paths", multiple=True, metavar="NAME=DIR",
               help="load trained prior NAME from a weights folder instead of its shipped seed 0 (repeatable)")
@@ -353,13 +356,16 @@ def report_command(run_dirs, out, comparisons):
 @cli.command("compare")
 @click.argument("base", type=click.Path(exists=True))
 @click.argument("new", type=click.Path(exists=True))
-@click.option("--z", "z", default=3.0, show_default=True,
-              help="flag a change beyond this many combined standard errors")
-def compare_command(base, new, z):
-    """Regression report NEW vs BASE (run folders or results.json); exit 1 on a regression, 2 if incomparable."""
-    from evalkit.compare import compare_runs
+@click.option("--z", "z", default="3", show_default=True,
+              help="flag a change beyond this many standard errors (a finite positive number)")
+@click.option("--min-prompts", default=8, show_default=True, type=click.IntRange(min=1),
+              help="rows with fewer prompts are reported, not gated")
+def compare_command(base, new, z, min_prompts):
+    """Regression report NEW vs BASE (run folders or results.json); exit 1 on a regression or a missing row,
+    2 if incomparable (other protocol, suite version or prompt set)."""
+    from evalkit.compare import check_z, compare_runs
 
-    text, failed = compare_runs(base, new, z)
+    text, failed = compare_runs(base, new, check_z(z), min_prompts)
     click.echo(text)
     sys.exit(1 if failed else 0)
 

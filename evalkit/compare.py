@@ -1,32 +1,48 @@
 """``evalkit compare BASE NEW``: a regression report between two runs, like with like only.
 
-Rows are matched on (prior, suite, suite version, category, seen/unseen split, metric) and the two
-runs must share the protocol hash (decoder and its weights, steps, guidance, resolution, seeds,
-dtype, scorer and version): anything else is refused, because a difference would then measure the
-protocol, not the prior. A change is flagged only beyond the stored uncertainty: the difference, in
-the direction of "better" (``higher_is_better``), divided by the combined standard error
-√(se_base² + se_new²); below −z it is a regression, above +z an improvement.
+**Like with like.** Rows are matched on (prior, suite, suite version, category, seen/unseen split,
+metric). The runs must share the protocol hash (decoder and its weights, steps, guidance, resolution,
+seeds, scorer and version) and, per suite, the prompt set (``--limit 8`` is not ``--limit 4``):
+anything else is refused (:class:`ProtocolMismatchError`, exit 2), because a difference would then
+measure the protocol, not the prior. Where the runs ran — device, CPU model and kernel-choosing
+instruction sets, threads, library versions, the decoder's compute dtype — is *not* part of the
+protocol: a difference there is printed as a note, and the statistics below are what makes the
+result hold across machines.
 
-A row whose images all scored alike stores a standard error of 0, which would make a one-image flip
-(e.g. a float difference between two CPUs) infinitely significant; such a row's error is taken as
-the binomial error of its mean with half a pseudo-image, √(p′(1 − p′)/n), p′ = (value·n + ½)/(n + 1)
-(scores lie in [0, 1]).
+**The test of a row.** The difference new − base in the direction of "better"
+(``higher_is_better``), divided by its standard error:
+
+- *paired* when both runs hold the per-image scores of the row's (prompt, seed) items
+  (``samples.jsonl``; always so for the golden): the mean of the per-image differences, its error
+  from a bootstrap over prompts (:func:`evalkit.stats.paired_bootstrap`), floored at half a
+  pseudo-image differing by the whole score range, √½ / n. Identical images give z = 0; a one-image
+  flip gives |z| ≈ 1 whatever n; a real drop shared by many images stands out sharply.
+- *unpaired* otherwise: √(se_base² + se_new²), each row's error the larger of its stored bootstrap
+  error and the binomial error of its mean with half a pseudo-image (:func:`evalkit.stats.binomial_floor`),
+  so a saturated row (every image 1) is never infinitely certain.
+
+Below −z it is a regression, above +z an improvement. A row with fewer than ``min_prompts`` prompts
+(e.g. the unseen split of a small run) is reported with its z but not gated: a bootstrap over a
+handful of prompts knows nothing of its own error. Rows of base missing from new fail the comparison.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from evalkit.errors import EvalkitError
 from evalkit.report.run_report import load_run
+from evalkit.stats import binomial_floor, paired_bootstrap
 
 DEFAULT_Z = 3.0
+#: rows with fewer prompts than this are reported, not gated
+MIN_PROMPTS = 8
 KEY_FIELDS = ("prior", "suite", "suite_version", "category", "seen", "metric")
 
 
 class ProtocolMismatchError(EvalkitError):
-    """Two runs that cannot be compared (different protocols or suite versions)."""
+    """Two runs that cannot be compared (different protocols, suite versions or prompt sets)."""
 
 
 @dataclass
@@ -36,24 +52,120 @@ class Change:
     new: float
     stderr: float
     z: float
-    status: str  # "regression" | "improvement" | "same"
+    status: str  # "regression" | "improvement" | "same" | "ungated"
+    n_prompts: int = 0
+    n_images: int = 0
+    paired: bool = False
+
+    @property
+    def difference(self) -> float:
+        return self.new - self.base
 
 
-def stderr_floor(row: dict) -> float:
-    """The row's stored standard error; when that is 0, the binomial error of its mean (module docstring)."""
-    if row["stderr"] > 0:
-        return float(row["stderr"])
-    n = max(int(row.get("n", 0)), 1)
-    p = (min(max(row["value"], 0.0), 1.0) * n + 0.5) / (n + 1)
-    return math.sqrt(p * (1 - p) / n)
+@dataclass
+class Comparison:
+    """What :func:`compare_results` found; ``failed`` is what the exit code says."""
+
+    changes: list[Change]
+    only_base: list[tuple]
+    only_new: list[tuple]
+    notes: list[str] = field(default_factory=list)
+    z: float = DEFAULT_Z
+    min_prompts: int = MIN_PROMPTS
+
+    def by_status(self, status: str) -> list[Change]:
+        return [c for c in self.changes if c.status == status]
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.by_status("regression") or self.only_base)
+
+
+def check_z(z) -> float:
+    """``--z`` as a finite positive number, or a clear error."""
+    try:
+        value = float(z)
+    except (TypeError, ValueError):
+        raise EvalkitError(f"--z must be a finite positive number (got {z!r})") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise EvalkitError(f"--z must be a finite positive number (got {z!r})")
+    return value
+
+
+def row_stderr(row: dict) -> float:
+    """An aggregate row's standard error: its stored bootstrap error, floored (module docstring)."""
+    stored = float(row.get("stderr") or 0.0)
+    stored = stored if math.isfinite(stored) else 0.0
+    return max(stored, binomial_floor(row["value"], int(row.get("n", 0))))
+
+
+def row_prompts(row: dict, protocol: dict) -> int:
+    """Prompts behind a row: recorded by runs since ``n_prompts`` exists, else images / images per prompt."""
+    if row.get("n_prompts"):
+        return int(row["n_prompts"])
+    return int(row.get("n", 0)) // max(int(protocol.get("images_per_prompt") or 1), 1)
 
 
 def _protocol_difference(a: dict, b: dict) -> list[str]:
     return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
-def compare_results(base: dict, new: dict, z: float = DEFAULT_Z) -> tuple[list[Change], list[tuple], list[tuple]]:
-    """(changes on shared rows, rows only in base, rows only in new); raises on a protocol mismatch."""
+def _prompt_sets(results: dict, samples: list[dict] | None) -> dict | None:
+    """{suite: (prompts, hash of item ids)}, from results.json or else the samples; None when unknown."""
+    recorded = results.get("prompt_subsets")
+    if recorded:
+        return {suite: (entry["prompts"], entry["items_sha256"]) for suite, entry in recorded.items()}
+    if samples:
+        from evalkit.runner import prompt_subsets
+
+        return {suite: (e["prompts"], e["items_sha256"]) for suite, e in prompt_subsets(samples).items()}
+    return None
+
+
+def check_prompt_sets(base: dict, new: dict, base_samples=None, new_samples=None) -> list[str]:
+    """Raise unless each shared suite was run on the same prompts; notes when that cannot be checked."""
+    a, b = _prompt_sets(base, base_samples), _prompt_sets(new, new_samples)
+    if a is None or b is None:
+        return ["prompt sets not recorded by " + " and ".join(n for n, s in (("base", a), ("new", b)) if s is None)
+                + ": assumed equal"]
+    problems = []
+    for suite in sorted(set(a) & set(b)):
+        if a[suite] != b[suite]:
+            limits = [(r.get("config") or {}).get("limit") for r in (base, new)]
+            limit = f" (--limit {limits[0]} vs {limits[1]})" if limits[0] != limits[1] else ""
+            problems.append(f"{suite}: base scored {a[suite][0]} prompts, new {b[suite][0]}"
+                            + (" (other prompts)" if a[suite][0] == b[suite][0] else "") + limit)
+    if problems:
+        raise ProtocolMismatchError("the runs scored other prompt sets (" + "; ".join(problems) + "); compare runs "
+                                    "of the same prompts, or regenerate the base with the new prompt set")
+    return []
+
+
+def _per_image(samples: list[dict] | None) -> dict:
+    """{(prior, suite, metric, category, seen): {(item_id, seed): score}} for all / seen / unseen."""
+    out: dict = {}
+    for s in samples or []:
+        splits = ("all",) + (("seen" if s["seen"] else "unseen",) if s.get("seen") is not None else ())
+        for split in splits:
+            out.setdefault((s["prior"], s["suite"], s["scorer"], s["category"], split), {})[(s["item_id"], s["seed"])] = \
+                float(s["score"])
+    return out
+
+
+def _environment_notes(base: dict, new: dict) -> list[str]:
+    from evalkit.environment import differences
+
+    notes = differences(base.get("environment"), new.get("environment"))
+    da, db = base["protocol"].get("dtype"), new["protocol"].get("dtype")
+    if da != db and not any(n.startswith("decoder_dtype") for n in notes):
+        notes.append(f"decoder_dtype: {da} → {db}")
+    return notes
+
+
+def compare_results(base: dict, new: dict, z: float = DEFAULT_Z, base_samples: list[dict] | None = None,
+                    new_samples: list[dict] | None = None, min_prompts: int = MIN_PROMPTS) -> Comparison:
+    """Compare two ``results.json`` payloads (and, when given, their samples); raises on a mismatch."""
+    z = check_z(z)
     if base["protocol_hash"] != new["protocol_hash"]:
         diff = _protocol_difference(base["protocol"], new["protocol"])
         raise ProtocolMismatchError("the runs used different protocols (" + ("; ".join(diff) or "hash differs")
@@ -62,49 +174,90 @@ def compare_results(base: dict, new: dict, z: float = DEFAULT_Z) -> tuple[list[C
     a, b = index(base["rows"]), index(new["rows"])
     shared = sorted(set(a) & set(b))
     if not shared:
-        versions = sorted({(k[1], k[2]) for k in a}), sorted({(k[1], k[2]) for k in b})
-        raise ProtocolMismatchError(f"no rows in common (suites and versions: base {versions[0]}, new {versions[1]}); "
-                                    "a changed suite version means a changed prompt list")
+        va, vb = ({(k[1], k[2]) for k in rows} for rows in (a, b))
+        if va & vb:
+            pa, pb = sorted({k[0] for k in a}), sorted({k[0] for k in b})
+            reason = (f"the runs share suite versions {sorted(va & vb)} but no prior: base has {pa}, new has {pb} "
+                      "(rows are matched by prior name)")
+        else:
+            reason = (f"suites and versions: base {sorted(va)}, new {sorted(vb)}; a changed suite version means a "
+                      "changed prompt list")
+        raise ProtocolMismatchError(f"no rows in common ({reason})")
+    notes = check_prompt_sets(base, new, base_samples, new_samples) + _environment_notes(base, new)
+    images_a, images_b = _per_image(base_samples), _per_image(new_samples)
     changes = []
     for key in shared:
         ra, rb = a[key], b[key]
         sign = 1.0 if rb.get("higher_is_better", True) else -1.0
-        diff = sign * (rb["value"] - ra["value"])
-        stderr = math.sqrt(stderr_floor(ra) ** 2 + stderr_floor(rb) ** 2)
-        if stderr > 0:
+        sample_key = (key[0], key[1], key[5], key[3], key[4])
+        pa, pb = images_a.get(sample_key), images_b.get(sample_key)
+        paired = bool(pa) and pa.keys() == (pb or {}).keys()
+        if paired:
+            items = sorted(pa)
+            cmp = paired_bootstrap([sign * pa[k] for k in items], [sign * pb[k] for k in items],
+                                   clusters=[k[0] for k in items], score_range=1.0)
+            stderr, score, n_prompts, n_images = cmp.stderr, cmp.z, cmp.n_clusters, cmp.n
+        else:
+            diff = sign * (rb["value"] - ra["value"])
+            stderr = math.sqrt(row_stderr(ra) ** 2 + row_stderr(rb) ** 2)
             score = diff / stderr
-        else:  # no uncertainty stored (e.g. every image scored 1): any change is beyond it
-            score = 0.0 if diff == 0 else math.copysign(math.inf, diff)
-        status = "regression" if score < -z else ("improvement" if score > z else "same")
-        changes.append(Change(key, ra["value"], rb["value"], stderr, score, status))
-    return changes, sorted(set(a) - set(b)), sorted(set(b) - set(a))
+            n_prompts = min(row_prompts(ra, base["protocol"]), row_prompts(rb, new["protocol"]))
+            n_images = min(int(ra.get("n", 0)), int(rb.get("n", 0)))
+        if n_prompts < min_prompts:
+            status = "ungated"
+        else:
+            status = "regression" if score < -z else ("improvement" if score > z else "same")
+        changes.append(Change(key, ra["value"], rb["value"], stderr, score, status, n_prompts, n_images, paired))
+    only_new = sorted(set(b) - set(a))
+    if only_new:
+        notes.append(f"{len(only_new)} row(s) only in new (not compared)")
+    return Comparison(changes, sorted(set(a) - set(b)), only_new, notes, z, min_prompts)
 
 
-def render(changes: list[Change], only_base: list[tuple], only_new: list[tuple], z: float, base_name: str,
-           new_name: str) -> str:
+STATUS_LABEL = {"regression": "REGRESSION", "improvement": "improved", "same": "", "ungated": "not gated"}
+
+
+def headline(comparison: Comparison) -> str:
+    """One line whose first word agrees with the exit code: **FAIL** (exit 1) or **pass** (exit 0)."""
+    c = comparison
+    counts = [f"{len(c.by_status('regression'))} regression(s)"]
+    if c.only_base:
+        counts.append(f"{len(c.only_base)} row(s) of base missing from new")
+    counts += [f"{len(c.by_status('improvement'))} improvement(s)", f"{len(c.by_status('same'))} within noise"]
+    ungated = len(c.by_status("ungated"))
+    if ungated:
+        counts.append(f"{ungated} not gated (fewer than {c.min_prompts} prompts)")
+    return ("**FAIL**: " if c.failed else "**pass**: ") + ", ".join(counts)
+
+
+def render(comparison: Comparison, base_name: str, new_name: str) -> str:
     from tabulate import tabulate
 
-    regressions = [c for c in changes if c.status == "regression"]
-    improvements = [c for c in changes if c.status == "improvement"]
-    verdict = (f"**{len(regressions)} regression(s)**" if regressions else "**no regression**") + \
-        f", {len(improvements)} improvement(s), {len(changes) - len(regressions) - len(improvements)} within noise"
-    lines = ["# evalkit compare", "", f"Base `{base_name}` → new `{new_name}`: {verdict} "
-             f"(a change counts beyond {z:g} combined standard errors).", ""]
-    table = [[*c.key[:2], c.key[3], c.key[4], c.key[5], f"{c.base:.4f}", f"{c.new:.4f}", f"{c.new - c.base:+.4f}",
-              f"{c.z:+.1f}" if math.isfinite(c.z) else ("+inf" if c.z > 0 else "-inf"),
-              {"regression": "REGRESSION", "improvement": "improved", "same": ""}[c.status]]
-             for c in sorted(changes, key=lambda c: (c.status != "regression", c.key))]
-    lines += [tabulate(table, headers=["prior", "suite", "category", "split", "metric", "base", "new", "Δ", "z", ""],
-                       tablefmt="github"), ""]
-    for label, keys in (("only in base (missing from new)", only_base), ("only in new", only_new)):
+    from evalkit.paired import format_z
+
+    c = comparison
+    lines = ["# evalkit compare", "", f"Base `{base_name}` → new `{new_name}`: {headline(c)}.", "",
+             f"A gated row (at least {c.min_prompts} prompts) changes when its difference passes {c.z:g} standard "
+             "errors: paired per-image differences where both runs kept their images' scores (bootstrap over "
+             "prompts, floored at √½/n), else the rows' floored errors combined.", ""]
+    if c.notes:
+        lines += ["Notes (not failures):", ""] + [f"- {note}" for note in c.notes] + [""]
+    order = {"regression": 0, "improvement": 1, "same": 2, "ungated": 3}
+    table = [[*ch.key[:2], ch.key[3], ch.key[4], ch.key[5], ch.n_prompts, ch.n_images, f"{ch.base:.4f}", f"{ch.new:.4f}",
+              f"{ch.difference:+.4f}", "paired" if ch.paired else "unpaired", f"{ch.stderr:.4f}", format_z(ch.z),
+              STATUS_LABEL[ch.status]]
+             for ch in sorted(c.changes, key=lambda ch: (order[ch.status], ch.key))]
+    lines += [tabulate(table, headers=["prior", "suite", "category", "split", "metric", "prompts", "images", "base", "new",
+                                       "Δ", "test", "stderr", "z", ""], tablefmt="github", disable_numparse=True), ""]
+    for label, keys in (("of base missing from new (a failure)", c.only_base), ("only in new", c.only_new)):
         if keys:
             lines += [f"Rows {label}: " + ", ".join(f"{k[0]}/{k[1]}/{k[3]}/{k[4]}/{k[5]}" for k in keys), ""]
     return "\n".join(lines)
 
 
-def compare_runs(base_dir, new_dir, z: float = DEFAULT_Z) -> tuple[str, bool]:
+def compare_runs(base_dir, new_dir, z: float = DEFAULT_Z, min_prompts: int = MIN_PROMPTS) -> tuple[str, bool]:
     """(markdown report, True when a regression or a missing row was found)."""
+    z = check_z(z)
     base, new = load_run(base_dir), load_run(new_dir)
-    changes, only_base, only_new = compare_results(base.results, new.results, z)
-    text = render(changes, only_base, only_new, z, str(base.path), str(new.path))
-    return text, any(c.status == "regression" for c in changes) or bool(only_base)
+    comparison = compare_results(base.results, new.results, z, base.samples, new.samples, min_prompts)
+    return render(comparison, str(base.path), str(new.path)), comparison.failed

@@ -187,7 +187,12 @@ class Prior(EmbeddingSpec, abc.ABC):
 
 @dataclass(frozen=True)
 class Protocol:
-    """The generation protocol: everything besides the prior that determines an image and its score."""
+    """The generation protocol: everything besides the prior that determines an image and its score.
+
+    ``dtype`` records what the decoder computed in; it is the numeric path, not the protocol, so it is
+    left out of :meth:`hash`: a float32 and a bfloat16 decode of one decoder compare (``evalkit compare``
+    notes the difference with the rest of the run's environment) while the work cache keeps them apart
+    (:meth:`decoding`)."""
 
     decoder: str
     num_inference_steps: int
@@ -211,6 +216,7 @@ class Protocol:
 
     def hash(self) -> str:
         fields = dataclasses.asdict(self)
+        del fields["dtype"]  # the numeric path (class docstring)
         if not fields["random_init"]:  # loaded weights: the hash protocols had before the field existed
             del fields["random_init"]
         return content_hash(fields)
@@ -224,6 +230,13 @@ class Decoder(EmbeddingSpec, abc.ABC):
     default_num_inference_steps: int = 25
     default_guidance_scale: float = 1.0
     compute_dtype: str = "float32"  # what the decoder computes in; recorded as the protocol's dtype
+    #: what ``--dtype`` may choose (``load_decoder(..., dtype=)`` passes :meth:`dtype_options` to ``from_pretrained``)
+    supported_dtypes: ClassVar[tuple[str, ...]] = ("float32",)
+
+    @classmethod
+    def dtype_options(cls, dtype: str) -> dict:
+        """``from_pretrained`` keywords that make the decoder compute in ``dtype`` (one of :attr:`supported_dtypes`)."""
+        return {}
 
     @abc.abstractmethod
     def decode(self, image_embeds: "torch.Tensor", batch: Batch, protocol: Protocol) -> "torch.Tensor":
@@ -239,6 +252,9 @@ class Scorer(abc.ABC):
     name: ClassVar[str] = ""
     version: str = "1"
     higher_is_better: bool = True
+    #: "images": ``score(images, batch)``; "embeddings": ``score_embeddings(image_embeds, batch)`` on the
+    #: prior's output, before (and without) decoding
+    reads: ClassVar[str] = "images"
 
     def __init__(self) -> None:
         self.rows: list[dict] = []
@@ -318,6 +334,7 @@ class RunConfig:
     cache: bool = True  # reuse and store embeddings, images and scores in the work cache
     cache_dir: str | None = None  # default: <evalkit cache>/work
     random_init: str | None = None  # "real" | "tiny": random weights at that architecture, no files (speed runs)
+    dtype: str | None = None  # the decoder's compute dtype (one of its supported_dtypes; None: its default)
 
 
 @dataclass
@@ -336,13 +353,14 @@ class ResultRow:
     stderr: float
     ci_low: float
     ci_high: float
-    n: int
+    n: int  # images
     protocol_hash: str
     tag: str = ""
     num_parameters: int = 0  # the prior's trainable parameters
     higher_is_better: bool = True
     total_parameters: int = 0  # prior + the text encoder it reads + the decoder
     prior_version: str = ""  # fingerprint of the prior's weights and settings
+    n_prompts: int = 0  # prompts behind the row (the bootstrap's clusters)
 
 
 @dataclass

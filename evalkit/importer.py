@@ -186,6 +186,7 @@ def import_t2i_compbench(folder: str | os.PathLike, suite_name: str, out: str | 
     from evalkit.contracts import Batch, Protocol, SampleRow
     from evalkit.registry import SCORERS, SUITES
     from evalkit.report.run_report import write_report
+    from evalkit.environment import describe as describe_environment
     from evalkit.runner import ITEM_FIELDS, aggregate, write_results
     from evalkit.runs import new_run_dir
     from evalkit.serialization import atomic_write_json
@@ -277,6 +278,8 @@ def import_t2i_compbench(folder: str | os.PathLike, suite_name: str, out: str | 
     results = aggregate(rows, versions, protocol, {prior: 0}, split=split, priors_info=info, tag=tag,
                         higher_is_better={**higher, BVQA_SCORER: True})
     write_results(run_dir, rows, results, config=config, protocol=protocol, versions=versions, priors_info=info,
-                  timings=timings, wall_time_s=time.time() - clock, cache_stats={}, started=started)
+                  timings=timings, wall_time_s=time.time() - clock, cache_stats={}, started=started,
+                  environment={**describe_environment(None), "device": None, "decoder_dtype": None,
+                               "note": "images made elsewhere; this machine scored them"})
     write_report([run_dir], run_dir)
     return run_dir

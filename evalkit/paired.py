@@ -8,6 +8,7 @@ seeds), and bootstraps over prompts (:func:`evalkit.stats.paired_bootstrap`).
 
 from __future__ import annotations
 
+import math
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -36,8 +37,9 @@ def default_pairs(prior_names: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def paired_differences(rows: Iterable[dict], pairs: Sequence[tuple[str, str]], metrics: Sequence[str],
-                       group: Sequence[str] = ("category",), n_boot: int = 2000) -> list[dict]:
-    """One dict per (pair, group, split, metric): b − a with its 95 % CI, p, z and n (paired items)."""
+                       group: Sequence[str] = ("category",), n_boot: int = 2000, score_range: float = 0.0) -> list[dict]:
+    """One dict per (pair, group, split, metric): b − a with its 95 % CI, p, z, n (paired items) and
+    n_prompts. ``score_range``: 1 for per-image scores in [0, 1] (floors the error, :func:`evalkit.stats.paired_floor`)."""
     from evalkit.stats import paired_bootstrap
 
     per_item = group_items(rows, group)
@@ -53,23 +55,35 @@ def paired_differences(rows: Iterable[dict], pairs: Sequence[tuple[str, str]], m
             for metric in metrics:
                 va = [float(np.mean([r[metric] for r in items_a[k]])) for k in keys]
                 vb = [float(np.mean([r[metric] for r in items_b[k]])) for k in keys]
-                cmp = paired_bootstrap(va, vb, clusters=[k[0] for k in keys], n_boot=n_boot)
+                cmp = paired_bootstrap(va, vb, clusters=[k[0] for k in keys], n_boot=n_boot, score_range=score_range)
                 out.append({"a": a, "b": b, **dict(zip(group, key[1:-1])), "seen": key[-1], "metric": metric,
-                            "difference": cmp.difference, "ci_low": cmp.ci_low, "ci_high": cmp.ci_high,
-                            "p_value": cmp.p_value, "z": cmp.z, "n": cmp.n})
+                            "difference": cmp.difference, "stderr": cmp.stderr, "ci_low": cmp.ci_low,
+                            "ci_high": cmp.ci_high, "p_value": cmp.p_value, "z": cmp.z, "n": cmp.n,
+                            "n_prompts": cmp.n_clusters})
     return out
 
 
 def comparison_rows(comparisons: list[dict], group: Sequence[str] = ("category",)) -> tuple[list[str], list[list]]:
     """(headers, rows) of a comparison table."""
-    rows = [[f"{c['b']} − {c['a']}", *(c[g] for g in group), c["seen"], c["metric"],
-             f"{c['difference']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]", f"{c['z']:.1f}",
-             "< 0.001" if c["p_value"] < 0.001 else f"{c['p_value']:.3f}"] for c in comparisons]
-    return ["difference", *group, "split", "metric", "value [95% CI]", "z", "p"], rows
+    rows = [[f"{c['b']} − {c['a']}", *(c[g] for g in group), c["seen"], c["metric"], c.get("n_prompts", "–"), c["n"],
+             f"{c['difference']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]", format_z(c["z"]),
+             format_p(c["p_value"])] for c in comparisons]
+    return ["difference", *group, "split", "metric", "prompts", "images", "value [95% CI]", "z", "p"], rows
 
 
-def comparison_note(note: str = "") -> str:
-    return "Same prompts and seeds" + (f"; {note}" if note else "") + "; 95 % CI and p from a bootstrap over prompts."
+def format_z(z: float) -> str:
+    return f"{z:+.1f}" if math.isfinite(z) else ("+inf" if z > 0 else "-inf")
+
+
+def format_p(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def comparison_note(note: str = "", floored: bool = True) -> str:
+    floor = " (floored at half a pseudo-image differing by the whole score range)" if floored else ""
+    return ("Same prompts and seeds" + (f"; {note}" if note else "") + "; one procedure for every number: the "
+            f"standard error of the mean difference from a bootstrap over prompts{floor}, z = difference / error, "
+            "95 % CI = difference ± 1.96 errors, two-sided normal p.")
 
 
 def comparison_table(comparisons: list[dict], group: Sequence[str] = ("category",), note: str = "") -> list[str]:
@@ -79,4 +93,4 @@ def comparison_table(comparisons: list[dict], group: Sequence[str] = ("category"
     if not comparisons:
         return []
     headers, rows = comparison_rows(comparisons, group)
-    return ["## Paired comparisons", "", comparison_note(note), "", tabulate(rows, headers=headers, tablefmt="github"), ""]
+    return ["## Paired comparisons", "", comparison_note(note, floored=False), "", tabulate(rows, headers=headers, tablefmt="github"), ""]

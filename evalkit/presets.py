@@ -1,9 +1,16 @@
 """Named run presets (``evalkit run --preset NAME``), the smoke protocol and its golden.
 
-- ``smoke``: 72 images in well under a minute; CI repeats it and compares it with the result kept in
-  ``results/golden/smoke/`` (``evalkit compare``). ``evalkit smoke`` runs it and prints the comparison;
-  ``evalkit smoke --update-golden`` replaces the golden after a deliberate change (a retrained decoder
-  is another protocol, so the comparison refuses until the golden is regenerated).
+- ``smoke``: the regression gate's protocol — oracle and ECLIPSE on the three synthetic suites, 40 prompts
+  × 2 seeds each (480 images, under two minutes on 2 cores), decoded in float32, scored by the binding,
+  analytic and embedding-cosine scorers (the last reads the prior's embedding: no decoder noise at all): float32 sampling gives
+  the same 8-bit images to within a few levels on any CPU (bfloat16 autocast does not: oneDNN picks
+  other kernels per instruction set), so the paired test against the golden keeps its power on every
+  machine. Sized so that it catches a drop of 0.05 in every category (docs/runs.md, "The gate's power").
+  CI repeats it and compares it with the result kept in ``results/golden/smoke/`` (``evalkit compare``).
+  ``evalkit smoke`` runs it and prints the comparison; ``evalkit smoke --update-golden`` replaces the
+  golden after a deliberate change (a retrained decoder is another protocol, so the comparison refuses
+  until the golden is regenerated). The ``none`` row is left out: its score is 0 by construction, so
+  it holds nothing to gate and would cost a third of the time.
 - ``demo``: the main job of ``evalkit demo``: the calibration priors and the trained prior ladder on
   the three synthetic suites, 8 prompts × 2 seeds each.
 - ``paper``: the full protocol (every val prompt, 10 images per prompt, as T2I-CompBench) over the
@@ -24,9 +31,10 @@ SYNTH_SUITES = ["synth-color", "synth-shape", "synth-texture"]
 SCORERS = ["binding", "analytic"]
 LADDER = ["oracle", "eclipse", "projection", "diffusion", "eclipse-hn", "eclipse-large", "diffusion-xl", "none"]
 PRESETS = {
-    # 3 priors × 3 suites × 4 prompts × 2 seeds = 72 images at 10 decoder steps
-    "smoke": dict(priors=["oracle", "eclipse", "none"], suites=SYNTH_SUITES, scorers=SCORERS, limit=4,
-                  images_per_prompt=2, num_inference_steps=10),
+    # 2 priors × 3 suites × 40 prompts × 2 seeds = 480 images at 10 decoder steps, float32 sampling
+    # (+ the embedding-level row: the prior's embedding against the true render's, no decoding)
+    "smoke": dict(priors=["oracle", "eclipse"], suites=SYNTH_SUITES, scorers=SCORERS + ["embedding-cosine"], limit=40,
+                  images_per_prompt=2, num_inference_steps=10, dtype="float32"),
     "demo": dict(priors=LADDER, suites=SYNTH_SUITES, scorers=SCORERS, limit=8, images_per_prompt=2),
     "paper": dict(priors=LADDER, suites=SYNTH_SUITES, scorers=SCORERS, limit=None, images_per_prompt=10),
 }
@@ -38,20 +46,36 @@ def smoke_config(out: str | Path, cache: bool = False, **overrides) -> RunConfig
     return RunConfig(**{**SMOKE, "out": str(out), "cache": cache, "tag": "smoke", **overrides})
 
 
-def run_smoke(out: str | Path, cache: bool = False, progress: bool = True) -> Path:
+def run_smoke(out: str | Path, cache: bool = False, progress: bool = True, inject=None, **overrides) -> Path:
+    """The smoke protocol into a new folder under ``out``; ``overrides``: RunConfig fields (e.g. another
+    ``dtype``: the same protocol on another numeric path); ``inject``: a fault (:mod:`evalkit.faults`)."""
     from evalkit.runner import run
 
-    return run(smoke_config(out, cache), progress=progress)
+    return run(smoke_config(out, cache, **overrides), progress=progress, inject=inject)
 
 
 def compare_with_golden(run_dir: str | Path, golden: str | Path = GOLDEN_DIR) -> tuple[str, bool]:
     """(markdown regression report, failed) of ``run_dir`` against the golden."""
     from evalkit.compare import compare_runs
+
+    return compare_runs(_golden(golden), run_dir)
+
+
+def _golden(golden: str | Path = GOLDEN_DIR) -> Path:
     from evalkit.errors import EvalkitError
 
     if not (Path(golden) / "results.json").is_file():
         raise EvalkitError(f"no golden at {golden}; create it with `evalkit smoke --update-golden`")
-    return compare_runs(golden, run_dir)
+    return Path(golden)
+
+
+def gate_against_golden(run_dir: str | Path, golden: str | Path = GOLDEN_DIR):
+    """The :class:`evalkit.compare.Comparison` of ``run_dir`` against the golden (rows, z, statuses)."""
+    from evalkit.compare import compare_results
+    from evalkit.report.run_report import load_run
+
+    base, new = load_run(_golden(golden)), load_run(run_dir)
+    return compare_results(base.results, new.results, base_samples=base.samples, new_samples=new.samples)
 
 
 def update_golden(run_dir: str | Path, golden: str | Path = GOLDEN_DIR) -> Path:

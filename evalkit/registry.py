@@ -136,6 +136,7 @@ SCORERS.register("analytic", "evalkit.scorers.analytic:AnalyticScorer", "HRS-sty
 SCORERS.register("binding", "evalkit.scorers.binding:BindingScorer", "embedded VQA model of the synthetic world: P(yes) per noun phrase, product per image (B-VQA style)")
 SCORERS.register("blip-vqa", "evalkit.scorers.blip_vqa:BlipVQAScorer", "T2I-CompBench B-VQA on BLIP-VQA (local Salesforce/blip-vqa-base via $EVALKIT_BLIP_VQA_DIR or --scorer-path): P(yes) per noun phrase, product per image")
 SCORERS.register("clipscore", "evalkit.scorers.clipscore:CLIPScoreScorer", "CLIPScore: image–prompt cosine in the world CLIP (score = cosine clipped to [0, 1]; torchmetrics max(100·cos, 0) per row)")
+SCORERS.register("embedding-cosine", "evalkit.scorers.embedding:EmbeddingCosineScorer", "embedding level, no decoding: (1 + cosine) / 2 between the prior's embedding and the world CLIP's embedding of the item's own render (synthetic suites)")
 SCORERS.register("dummy", "evalkit.scorers.dummy:DummyScorer", "template scorer: mean brightness as a stand-in probability per noun phrase")
 
 for _family in ("color", "shape", "texture"):

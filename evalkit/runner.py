@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from evalkit import distributed
 from evalkit.cache import WorkCache, fingerprint, image_sha256, png_bytes, work_key
 from evalkit.contracts import Batch, Protocol, ResultRow, RunConfig, SampleRow, check_embedding_contract
+from evalkit.environment import describe as describe_environment
 from evalkit.errors import EvalkitError
 from evalkit.report.grid import to_uint8
 from evalkit.stats import bootstrap
@@ -98,6 +99,7 @@ def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, ru
     cache = cache if cache is not None else WorkCache(None)
     timings = {"text": 0.0, "prior": 0.0, "decoder": 0.0, "scorer": 0.0, "io": 0.0}
     scorer_ids = {name: fingerprint(scorer) if cache.enabled else "" for name, scorer in scorers.items()}
+    reads_embeddings = {name for name, scorer in scorers.items() if getattr(scorer, "reads", "images") == "embeddings"}
     rows: list[dict] = []
     for prior_name, prior in priors.items():
         if hasattr(decoder, "set_negative_embedding"):  # Kandinsky 2.2: guidance against the prior's empty prompt
@@ -129,7 +131,8 @@ def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, ru
             # each stage runs on the whole chunk when anything in it is missing: batches are then exactly
             # those of an uninterrupted run, so a resumed run gives the same bits (float kernels depend on
             # the batch shape)
-            if any(image is None for image in images):
+            embeds = None
+            if any(image is None for image in images) or reads_embeddings:
                 embeds = [store.get_embedding(key) for key in embedding_keys]
                 if any(e is None for e in embeds):
                     t0 = time.perf_counter()
@@ -143,6 +146,7 @@ def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, ru
                         store.put_embedding(key, row)
                     timings["text"] += t1 - t0
                     timings["prior"] += t2 - t1
+            if any(image is None for image in images):
                 t0 = time.perf_counter()
                 images = list(to_uint8(decoder.decode(torch.from_numpy(np.stack(embeds)), batch, protocol)))
                 t1 = time.perf_counter()
@@ -155,20 +159,28 @@ def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, ru
             shas = [image_sha256(image) for image in images]
             scored: dict[str, list] = {}
             for name, scorer in scorers.items():
-                keys = [work_key("score", image=image_keys[j], scorer=scorer_ids[name], suite=suite.name,
-                                 item=item.to_dict(), seed=seed) for j, (item, seed) in enumerate(chunk)]
-                got = [store.get_score(key, sha) for key, sha in zip(keys, shas)]
+                on_embeddings = name in reads_embeddings
+                keys = [work_key("score", **({"embedding": embedding_keys[j]} if on_embeddings else {"image": image_keys[j]}),
+                                 scorer=scorer_ids[name], suite=suite.name, item=item.to_dict(), seed=seed)
+                        for j, (item, seed) in enumerate(chunk)]
+                # a cached score is checked against what it was computed on: the image, or the embedding
+                checks = [hashlib.sha256(np.ascontiguousarray(e, dtype=np.float32).tobytes()).hexdigest() for e in embeds] \
+                    if on_embeddings else shas
+                got = [store.get_score(key, sha) for key, sha in zip(keys, checks)]
                 if any(row is None for row in got):
                     t0 = time.perf_counter()
-                    # one memory layout whatever the images' source (decoder or cache): float reductions
-                    # in scorers then give the same bits
-                    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().float() / 255.0
-                    new = scorer.score(pixels, batch)
+                    if on_embeddings:
+                        new = scorer.score_embeddings(torch.from_numpy(np.stack(embeds)), batch)
+                    else:
+                        # one memory layout whatever the images' source (decoder or cache): float reductions
+                        # in scorers then give the same bits
+                        pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().float() / 255.0
+                        new = scorer.score(pixels, batch)
                     timings["scorer"] += time.perf_counter() - t0
                     if len(new) != len(chunk):
                         raise EvalkitError(f"scorer {name!r} returned {len(new)} rows for {len(chunk)} images")
                     got = [{k: v for k, v in row.items() if k not in ITEM_FIELDS} for row in new]
-                    for key, sha, row in zip(keys, shas, got):
+                    for key, sha, row in zip(keys, checks, got):
                         store.put_score(key, sha, row)
                 scored[name] = got
             t0 = time.perf_counter()
@@ -212,7 +224,7 @@ def aggregate(rows: list[dict], suite_versions: dict, protocol: Protocol, num_pa
         info = priors_info.get(prior, {})
         out.append(ResultRow(prior=prior, decoder=protocol.decoder, suite=suite, suite_version=suite_versions[suite],
                              category=category, split=split, seen=seen, metric=scorer, value=est.value,
-                             stderr=est.stderr, ci_low=est.ci_low, ci_high=est.ci_high, n=est.n,
+                             stderr=est.stderr, ci_low=est.ci_low, ci_high=est.ci_high, n=est.n, n_prompts=est.n_clusters,
                              protocol_hash=protocol.hash(), tag=tag, num_parameters=num_parameters.get(prior, 0),
                              higher_is_better=higher_is_better.get(scorer, True),
                              total_parameters=info.get("total_parameters", 0), prior_version=info.get("version", "")))
@@ -278,7 +290,7 @@ def resolve(config: RunConfig):
         DECODERS.random_builder(config.decoder, config.random_init)
         for name in config.priors:
             PRIORS.random_builder(name, config.random_init)
-    decoder = load_decoder(config.decoder, config.decoder_path, random_init=config.random_init)
+    decoder = load_decoder(config.decoder, config.decoder_path, random_init=config.random_init, dtype=config.dtype)
     options = {"num_inference_steps": config.prior_num_inference_steps, "guidance_scale": config.prior_guidance_scale}
     unknown = sorted(set(config.prior_paths) - set(config.priors))
     if unknown:
@@ -384,9 +396,20 @@ def unknown_words(suites, split: str, limit: int | None, encoders: dict) -> dict
     return found
 
 
+def prompt_subsets(rows: list[dict]) -> dict:
+    """Per suite: how many prompts the run scored and a hash of their item ids. Two runs of one suite
+    version compare only when these match (``--limit 8`` against ``--limit 4`` is another prompt set)."""
+    from evalkit.contracts import content_hash
+
+    items: dict[str, set] = {}
+    for row in rows:
+        items.setdefault(row["suite"], set()).add(row["item_id"])
+    return {suite: {"prompts": len(ids), "items_sha256": content_hash(sorted(ids))} for suite, ids in sorted(items.items())}
+
+
 def write_results(run_dir: Path, rows: list[dict], results: list[ResultRow], *, config: dict, protocol: Protocol,
                   versions: dict, priors_info: dict, timings: dict, wall_time_s: float, cache_stats: dict,
-                  started: str, unknown_words: dict | None = None) -> None:
+                  started: str, unknown_words: dict | None = None, environment: dict | None = None) -> None:
     """``samples.jsonl`` then the sealed ``results.json`` (with the samples' sha256): both or neither."""
     import datetime as _dt
 
@@ -396,7 +419,8 @@ def write_results(run_dir: Path, rows: list[dict], results: list[ResultRow], *, 
     atomic_write_text(run_dir / "samples.jsonl", samples_text)
     payload = {
         "schema": RESULTS_SCHEMA, "config": config, "protocol": asdict(protocol), "protocol_hash": protocol.hash(),
-        "suite_versions": versions, "priors": priors_info, "rows": [asdict(r) for r in results],
+        "suite_versions": versions, "prompt_subsets": prompt_subsets(rows), "priors": priors_info,
+        "rows": [asdict(r) for r in results], "environment": environment or {},
         "timings_s": {k: round(v, 3) for k, v in timings.items()}, "wall_time_s": round(wall_time_s, 2),
         "images": len({(r["prior"], r["item_id"], r["seed"]) for r in rows}), "cache": cache_stats,
         "package_versions": _package_versions(), "git_hash": _git_hash(), "started": started,
@@ -412,8 +436,11 @@ def write_results(run_dir: Path, rows: list[dict], results: list[ResultRow], *, 
         raise
 
 
-def run(config: RunConfig, progress: bool = True) -> Path:
+def run(config: RunConfig, progress: bool = True, inject=None) -> Path:
     """Run the protocol of ``config`` and write ``<out>/<run-id>/``.
+
+    ``inject(priors, decoder, scorers)``: called on the resolved plugins before any work, to change them in
+    place — the fault injection of the regression gate's tests (:mod:`evalkit.faults`); None in every real run.
 
     The folder holds ``run.json`` (config and protocol, written first), the images, then — written
     atomically at the end — ``samples.jsonl``, ``results.json``, ``report.md`` and ``report.html``. A
@@ -429,13 +456,15 @@ def run(config: RunConfig, progress: bool = True) -> Path:
 
     check_config(config)
     priors, decoder, scorers, suites = resolve(config)
+    if inject is not None:
+        inject(priors, decoder, scorers)
     protocol = Protocol(
         decoder=config.decoder,
         num_inference_steps=config.num_inference_steps or decoder.default_num_inference_steps,
         guidance_scale=config.guidance_scale if config.guidance_scale is not None else decoder.default_guidance_scale,
         resolution=decoder.resolution, images_per_prompt=config.images_per_prompt, seed=config.seed,
         dtype=decoder.compute_dtype, scorer=",".join(config.scorers), scorer_version=",".join(scorers[s].version for s in config.scorers),
-        decoder_version=fingerprint(decoder, code=False), random_init=config.random_init or "",
+        decoder_version=fingerprint(decoder, code=False, numeric=False), random_init=config.random_init or "",
     )
     versions = {s.name: s.version(config.split) for s in suites}
     encoders = text_encoders(priors, decoder)
@@ -482,7 +511,8 @@ def run(config: RunConfig, progress: bool = True) -> Path:
     try:
         write_results(run_dir, rows, results, config=asdict(config), protocol=protocol, versions=versions,
                       priors_info=info, timings=timings, wall_time_s=time.time() - clock, cache_stats=cache.stats(),
-                      started=started, unknown_words=unknown)
+                      started=started, unknown_words=unknown,
+                      environment=describe_environment(decoder, processes))
         write_report([run_dir], run_dir)
     finally:
         distributed.finish()

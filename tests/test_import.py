@@ -103,4 +103,4 @@ def test_two_imports_compare(exported, tmp_path):
     a = import_t2i_compbench(folder, "synth-color", tmp_path / "a", scorers=["dummy"])
     b = import_t2i_compbench(folder, "synth-color", tmp_path / "b", scorers=["dummy"])
     text, failed = compare_runs(a, b)
-    assert not failed and "no regression" in text
+    assert not failed and "**pass**: 0 regression(s)" in text

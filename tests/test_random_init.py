@@ -195,7 +195,7 @@ def test_protocol_records_random_init_and_compare_refuses_to_mix():
     from evalkit.contracts import Protocol
 
     golden = json.loads((REPO / "results" / "golden" / "smoke" / "results.json").read_text())
-    assert Protocol(**golden["protocol"]).hash() == golden["protocol_hash"]  # loaded weights: hashes as before the field
+    assert Protocol(**golden["protocol"]).hash() == golden["protocol_hash"]  # loaded weights: no random_init in the hash
     loaded = Protocol("karlo", 25, 7.5, 256)
     noise = dataclasses.replace(loaded, random_init="tiny")
     assert len({loaded.hash(), noise.hash(), dataclasses.replace(loaded, random_init="real").hash()}) == 3

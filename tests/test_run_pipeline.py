@@ -163,27 +163,28 @@ def test_compare_passes_noise_fails_a_real_drop_and_refuses_other_protocols(tmp_
     base = _results(tmp_path, "base")
     runner = CliRunner()
     same = runner.invoke(cli, ["compare", str(base), str(base)])
-    assert same.exit_code == 0 and "no regression" in same.output
+    assert same.exit_code == 0 and "**pass**: 0 regression(s)" in same.output
 
     data = json.loads((base / "results.json").read_text())
     noisy = json.loads(json.dumps(data))
     for row in noisy["rows"]:  # moves inside the stored uncertainty
         row["value"] -= 0.5 * row["stderr"]
-    changes, _, _ = compare_results(data, noisy)
-    assert changes and all(c.status == "same" for c in changes)
+    changes = compare_results(data, noisy).changes  # no samples given: the unpaired test of the rows
+    assert changes and all(c.status in ("same", "ungated") for c in changes) and not all(c.paired for c in changes)
 
     dropped = json.loads(json.dumps(data))
     target = next(r for r in dropped["rows"] if r["stderr"] > 0)
-    target["value"] -= 10 * target["stderr"] + 0.05
+    target["value"] = 0.0  # a collapse; with 6 images it lies beyond 1.5 floored errors (not 3)
     (tmp_path / "dropped").mkdir()
     (tmp_path / "dropped" / "results.json").write_text(json.dumps(seal(dropped)))  # as a run that measured it
-    result = runner.invoke(cli, ["compare", str(base), str(tmp_path / "dropped")])
-    assert result.exit_code == 1 and "REGRESSION" in result.output
+    result = runner.invoke(cli, ["compare", str(base), str(tmp_path / "dropped"), "--min-prompts", "1",
+                                 "--z", "1.5"])
+    assert result.exit_code == 1 and "REGRESSION" in result.output and "**FAIL**" in result.output
 
     lower_better = json.loads(json.dumps(dropped))  # the same drop is an improvement when lower is better
     for row in lower_better["rows"]:
         row["higher_is_better"] = False
-    changes, _, _ = compare_results(data, lower_better)
+    changes = compare_results(data, lower_better, z=1.5, min_prompts=1).changes
     assert {c.status for c in changes} == {"same", "improvement"}
 
     other = _results(tmp_path, "other", images_per_prompt=3)
@@ -225,8 +226,8 @@ def test_compare_floors_a_zero_stderr_so_one_flip_is_noise_and_a_collapse_is_not
     base = {"protocol_hash": "h", "protocol": {}, "rows": [{**row, "value": 1.0}]}
     one_flip = {"protocol_hash": "h", "protocol": {}, "rows": [{**row, "value": 15 / 16, "stderr": 0.06}]}
     collapse = {"protocol_hash": "h", "protocol": {}, "rows": [{**row, "value": 0.5, "stderr": 0.12}]}
-    assert compare_results(base, one_flip)[0][0].status == "same"
-    assert compare_results(base, collapse)[0][0].status == "regression"
+    assert compare_results(base, one_flip, min_prompts=1).changes[0].status == "same"
+    assert compare_results(base, collapse, min_prompts=1).changes[0].status == "regression"
 
 
 def test_export_t2i_compbench_layout_and_refusals(tmp_path):

@@ -127,6 +127,11 @@ class SynthDecoder(PretrainedMixin, Decoder, nn.Module):
     default_num_inference_steps = 25
     default_guidance_scale = 3.0
     weights_hint = TRAIN_HINT
+    supported_dtypes = SAMPLING_DTYPES
+
+    @classmethod
+    def dtype_options(cls, dtype: str) -> dict:
+        return {"sampling_dtype": dtype}
 
     def __init__(self, config: SynthDecoderConfig | None = None):
         from diffusers import UNet2DConditionModel

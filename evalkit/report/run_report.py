@@ -112,7 +112,7 @@ def to_markdown(blocks: list) -> str:
             kind, text = block
             out.append({"h1": "# ", "h2": "## ", "h3": "### "}.get(kind, "") + text)
         elif isinstance(block, Table):
-            out.append(tabulate(block.rows, headers=block.headers, tablefmt="github"))
+            out.append(tabulate(block.rows, headers=block.headers, tablefmt="github", disable_numparse=True))
         elif isinstance(block, Image):
             out.append(f"![{block.alt}]({block.path})")
         elif isinstance(block, Gallery):
@@ -193,8 +193,18 @@ def prior_order(priors: dict, rows: list[dict]) -> list[str]:
     return [n for n in ("oracle", "text") if n in names] + trained + [n for n in ("none", "dummy") if n in names]
 
 
+def _counts(rows: list[dict], prior: str) -> str:
+    """``prompts × images per prompt`` (or ``prompts / images``) behind a prior's "all" rows."""
+    mine = [r for r in rows if r["prior"] == prior and r["seen"] == "all"]
+    images = max((int(r["n"]) for r in mine), default=0)
+    prompts = max((int(r.get("n_prompts") or 0) for r in mine), default=0)
+    if not prompts:
+        return f"{images} images"
+    return f"{prompts} × {images // prompts}" if images % prompts == 0 else f"{prompts} / {images}"
+
+
 def score_tables(rows: list[dict], order: list[str]) -> list:
-    """Per scorer: priors × categories (all prompts, with 95 % CI), then seen / unseen."""
+    """Per scorer: priors × categories (the run's prompts, with 95 % CI), then seen / unseen."""
     blocks = []
     for metric in sorted({r["metric"] for r in rows}):
         chosen = [r for r in rows if r["metric"] == metric]
@@ -209,18 +219,58 @@ def score_tables(rows: list[dict], order: list[str]) -> list:
                 r = index.get((prior, category, "all"))
                 cells.append(f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if r else "–")
                 parts = [index.get((prior, category, s)) for s in ("seen", "unseen")]
-                split_cells.append(" / ".join(f"{p['value']:.3f}" if p else "–" for p in parts))
-            n = max((index[k]["n"] for k in index if k[0] == prior and k[2] == "all"), default=0)
-            main.append([prior, *cells, n])
+                split_cells.append(" / ".join(f"{p['value']:.3f} ({_prompts(p)})" if p else "–" for p in parts))
+            main.append([prior, *cells, _counts(chosen, prior)])
             split.append([prior, *split_cells])
         arrow = "higher is better" if chosen[0].get("higher_is_better", True) else "lower is better"
         blocks += [("h2", f"Scores: {metric}"),
-                   ("p", f"Mean per-image score over all val prompts with a 95 % bootstrap CI over prompts ({arrow}); "
-                         "n = images per category."),
-                   Table(["prior", *categories, "n"], main),
-                   ("p", "Seen / unseen attribute–object combinations:"),
+                   ("p", f"Mean per-image score over the val prompts this run scored, with a 95 % bootstrap CI over "
+                         f"prompts ({arrow}); the last column: prompts × images per prompt, per category."),
+                   Table(["prior", *categories, "prompts × images"], main),
+                   ("p", "Seen / unseen attribute–object combinations (prompts in brackets):"),
                    Table(["prior", *categories], split)]
     return blocks
+
+
+def _prompts(row: dict) -> str:
+    return f"{row['n_prompts']}" if row.get("n_prompts") else f"{row['n']} img"
+
+
+def verdicts(comparisons: list[dict], rows: list[dict], metric: str | None) -> list[str]:
+    """One line per suite: which trained prior leads on ``metric``, by how much over the next, and whether
+    that lead is resolved (|z| ≥ 1.96, paired) at this run's number of prompts."""
+    if metric is None:
+        return []
+    lines = []
+    by_suite: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["metric"] == metric and r["seen"] == "all" and r["prior"] not in CALIBRATION:
+            by_suite.setdefault(r["suite"], []).append(r)
+    for suite, members in sorted(by_suite.items()):
+        ranked = sorted(members, key=lambda r: -r["value"] if r.get("higher_is_better", True) else r["value"])
+        lead = ranked[0]
+        n = (f"{lead['n_prompts']} prompts, " if lead.get("n_prompts") else "") + f"{lead['n']} images"
+        if len(ranked) == 1:
+            oracle = next((r for r in rows if r["prior"] == "oracle" and r["suite"] == suite and r["metric"] == metric
+                           and r["seen"] == "all"), None)
+            ref = f"; the oracle {oracle['value']:.3f}" if oracle else ""
+            lines.append(f"**{suite}**: {lead['prior']} {lead['value']:.3f}, the only trained prior{ref} ({n}).")
+            continue
+        second = ranked[1]
+        pair = next((c for c in comparisons if c["metric"] == metric and c.get("suite") == suite and c["seen"] == "all"
+                     and {c["a"], c["b"]} == {lead["prior"], second["prior"]}), None)
+        gap = abs(lead["value"] - second["value"])
+        if pair is None:
+            status = "not compared paired"
+        else:
+            sign = 1.0 if pair["b"] == lead["prior"] else -1.0
+            low, high = sorted((sign * pair["ci_low"], sign * pair["ci_high"]))
+            resolved = abs(pair["z"]) >= 1.96
+            status = (f"{'resolved' if resolved else 'not resolved at this n'} (paired z {abs(pair['z']):.1f}, "
+                      f"95 % CI of the lead {low:+.3f} to {high:+.3f})")
+        lines.append(f"**{suite}**: {lead['prior']} leads with {lead['value']:.3f}, {gap:.3f} ahead of "
+                     f"{second['prior']} ({second['value']:.3f}) — {status}; {n}.")
+    return lines
 
 
 def parameter_table(rows: list[dict], priors: dict, order: list[str], metric: str) -> Table:
@@ -247,43 +297,67 @@ def plot_parameters(rows: list[dict], priors: dict, metric: str, path: Path) -> 
     categories = _order_categories(r["category"] for r in chosen)
     if not any(priors.get(r["prior"], {}).get("trainable_parameters", 0) > 0 for r in chosen):
         return None
-    fig, axes = plt.subplots(1, len(categories), figsize=(4.2 * len(categories), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(categories), figsize=(5.6 * len(categories), 4.6), squeeze=False)
     from matplotlib.ticker import NullFormatter
 
     for ax, category in zip(axes[0], categories):
-        same_size: dict[int, int] = {}
+        points = []
         for r in (r for r in chosen if r["category"] == category):
             params = priors.get(r["prior"], {}).get("trainable_parameters", 0)
             if params > 0:
-                k = same_size[params] = same_size.get(params, -1) + 1  # priors of one size: spread apart
-                x = params * (1.06 ** k)
-                ax.errorbar([x], [r["value"]], yerr=[[r["value"] - r["ci_low"]], [r["ci_high"] - r["value"]]],
-                            fmt="o", capsize=3)
-                ax.annotate(r["prior"], (x, r["value"]), textcoords="offset points", xytext=(6, 9 * k - 4), fontsize=8)
+                points.append((params, r))
+                ax.errorbar([params], [r["value"]], yerr=[[r["value"] - r["ci_low"]], [r["ci_high"] - r["value"]]],
+                            fmt="o", capsize=3, alpha=0.85)
             else:
                 ax.axhline(r["value"], ls="--", lw=0.8, color="grey")
-                ax.annotate(r["prior"], (0.01, r["value"]), xycoords=("axes fraction", "data"), fontsize=7,
+                ax.annotate(r["prior"], (0.01, r["value"]), xycoords=("axes fraction", "data"), fontsize=9,
                             color="grey", va="bottom")
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
         lo, hi = ax.get_xlim()
-        ax.set_xlim(lo / 1.5, hi * 2.5)  # room for the labels
+        ax.set_xlim(lo / 1.5, hi * 4)  # room for the labels on the right
+        low, high = ax.get_ylim()
+        for x, y, name in _spread_labels(points, (high - low) * 0.07):
+            params, row = next((p, r) for p, r in points if r["prior"] == name)
+            ax.annotate(name, (params, row["value"]), xytext=(x, y), textcoords="data", fontsize=9, va="center",
+                        arrowprops=dict(arrowstyle="-", lw=0.5, color="0.4"))
         ax.set_title(category)
         ax.set_xlabel("prior parameters (trainable)")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=150)
     plt.close(fig)
     return path
 
 
+def _spread_labels(points: list[tuple[int, dict]], gap: float, span: float = 0.5) -> list[tuple[float, float, str]]:
+    """(label x, label height, prior) for each point. Points within ``span`` decades of each other share a
+    label column right of the rightmost of them; there the labels go in value order, at least ``gap``
+    apart, centred on the points' own values, so labels of priors of one or a similar size never overlap."""
+    import math
+
+    out, ordered = [], sorted(points, key=lambda pr: pr[0])
+    while ordered:
+        first = math.log10(ordered[0][0])
+        group = [pr for pr in ordered if math.log10(pr[0]) - first < span]
+        ordered = ordered[len(group):]
+        x = max(p for p, _ in group) * 1.35
+        values = sorted((r["value"], r["prior"]) for _, r in group)
+        heights = [values[0][0]]
+        for value, _ in values[1:]:
+            heights.append(max(value, heights[-1] + gap))
+        shift = (sum(v for v, _ in values) - sum(heights)) / len(values)
+        out += [(x, height + shift, name) for (value, name), height in zip(values, heights)]
+    return out
+
+
 def grid_selection(samples: list[dict], prompts_per_suite: int = GRID_PROMPTS) -> dict[str, tuple[int, list[str], dict]]:
     """Per suite: (seed, item ids, {(prior, item): sample}) of the side-by-side grid — the first prompts
-    at the first seed, scored by the first scorer."""
-    first_scorer = min((s["scorer"] for s in samples), default=None)
-    chosen = [s for s in samples if s["scorer"] == first_scorer and s.get("image_path")]
+    at the first seed, scored by the headline scorer (:func:`headline_metric`)."""
+    scorer = headline_metric([{"metric": s["scorer"]} for s in samples])
+    chosen = [s for s in samples if s["scorer"] == scorer and s.get("image_path")]
     out = {}
     for suite in sorted({s["suite"] for s in chosen}):
         in_suite = [s for s in chosen if s["suite"] == suite]
@@ -331,12 +405,14 @@ def grid_images(samples: list[dict], order: list[str], out_dir: Path) -> list[Im
                 with PILImage.open(sample["image_path"]) as picture:
                     images.append(np.asarray(picture.convert("RGB")))
                 head = f"{sample['prompt']}\n" if prior == columns[0] else ""
-                titles.append(f"{head}{prior}: {sample['score']:.2f}")
+                titles.append(f"{head}{prior}\n{sample['scorer']} {sample['score']:.2f}")
         if len(images) != len(items) * len(columns) or not images:
             continue  # images missing from disk: no misleading partial grid
-        path = save_image_grid(out_dir / f"grid-{suite}.png", np.stack(images), titles, columns=len(columns), scale=4,
-                               wrap=22, lines=4)
-        blocks += [("h3", f"{suite}: seed {seed}, one column per prior"), Image(path.name, f"grid {suite}")]
+        scorer = next(iter(index.values()))["scorer"]
+        path = save_image_grid(out_dir / f"grid-{suite}.png", np.stack(images), titles, columns=len(columns), scale=5,
+                               wrap=20, lines=6, fontsize=10)
+        blocks += [("h3", f"{suite}: seed {seed}, one column per prior; under each image its {scorer} score"),
+                   Image(path.name, f"grid {suite}")]
     return blocks
 
 
@@ -379,8 +455,9 @@ def report_blocks(runs: Sequence[RunData], out_dir: Path, pairs: Sequence[tuple[
                     ("p", f"Protocol `{runs[0].results['protocol_hash']}`: decoder {protocol['decoder']}, "
                           f"{protocol['num_inference_steps']} steps, guidance {protocol['guidance_scale']}, "
                           f"{protocol['images_per_prompt']} images per prompt from seed {protocol['seed']}, scorer "
-                          f"{protocol['scorer']} (version {protocol['scorer_version']}). Runs: "
-                          + ", ".join(f"`{run.path.name}`" for run in runs) + ".")]
+                          f"{protocol['scorer']} (version {protocol['scorer_version']}); decoded in {protocol.get('dtype')}. "
+                          "Runs: " + ", ".join(f"`{run.path.name}`" + _where(run.results.get("environment")) for run in runs)
+                          + ".")]
     for run in runs:
         for line in unknown_words_summary(run.results.get("unknown_words", {})):
             blocks.append(("p", f"**Vocabulary.** {line}."))
@@ -393,17 +470,23 @@ def report_blocks(runs: Sequence[RunData], out_dir: Path, pairs: Sequence[tuple[
     if metric:
         blocks += [("h2", "Parameters versus composition"),
                    ("p", "Trainable: the prior's own parameters. Total: prior + the text encoder it reads + the decoder. "
-                         f"Scores: {metric}, all val prompts."),
+                         f"Scores: {metric}, every prompt the run scored."),
                    parameter_table(rows, priors, order, metric)]
         plot = plot_parameters(rows, priors, metric, out_dir / "parameters.png")
         if plot is not None:
             blocks.append(Image(plot.name, "score against prior parameters"))
     names = [p for p in order if p in {r["prior"] for r in rows}]
-    comparisons = []
-    for scorer in sorted({s["scorer"] for s in samples}):
-        mine = [s for s in samples if s["scorer"] == scorer]
-        for c in paired_differences(mine, list(pairs) if pairs is not None else default_pairs(names), ["score"], ("suite",)):
-            comparisons.append({**c, "metric": scorer})
+    chosen_pairs = list(pairs) if pairs is not None else default_pairs(names)
+    comparisons, leaders = _paired(samples, chosen_pairs), []
+    if metric:  # the verdicts compare each suite's leader with the next prior, asked for or not
+        ranked = _leading_pairs(rows, metric)
+        extra = [p for p in ranked if p not in chosen_pairs and p[::-1] not in chosen_pairs]
+        leaders = _paired([s for s in samples if s["scorer"] == metric], extra)
+    lines = verdicts(comparisons + leaders, rows, metric)
+    if lines:
+        blocks += [("h2", f"Verdicts ({metric})"), ("p", "Per suite: the leading trained prior, its lead over the next "
+                   "one and whether the paired test resolves it (|z| ≥ 1.96) at this number of prompts.")]
+        blocks += [("p", line) for line in lines]
     if comparisons:
         blocks += [("h2", "Paired comparisons"), ("p", comparison_note("b − a per image score")),
                    Table(*comparison_rows(comparisons, ("suite",)))]
@@ -418,6 +501,35 @@ def report_blocks(runs: Sequence[RunData], out_dir: Path, pairs: Sequence[tuple[
                 _cache_summary(run.results.get("cache"))] for run in runs]
     blocks += [("h2", "Runs"), Table(["run", "images", "wall s", "stage s", "cache"], timings)]
     return blocks
+
+
+def _where(environment: dict | None) -> str:
+    if not environment:
+        return ""
+    device = environment.get("gpu") or environment.get("cpu_model") or environment.get("device")
+    return f" ({device}, {environment.get('threads')} threads, {environment.get('decoder_dtype')})"
+
+
+def _paired(samples: list[dict], pairs: list[tuple[str, str]]) -> list[dict]:
+    """Paired per-image differences per scorer and suite (scores in [0, 1]: floored errors)."""
+    out = []
+    for scorer in sorted({s["scorer"] for s in samples}):
+        mine = [s for s in samples if s["scorer"] == scorer]
+        for c in paired_differences(mine, pairs, ["score"], ("suite",), score_range=1.0):
+            out.append({**c, "metric": scorer})
+    return out
+
+
+def _leading_pairs(rows: list[dict], metric: str) -> list[tuple[str, str]]:
+    """(second, leader) per suite among the trained priors on ``metric``."""
+    out = []
+    for suite in sorted({r["suite"] for r in rows}):
+        members = [r for r in rows if r["suite"] == suite and r["metric"] == metric and r["seen"] == "all"
+                   and r["prior"] not in CALIBRATION]
+        ranked = sorted(members, key=lambda r: -r["value"] if r.get("higher_is_better", True) else r["value"])
+        if len(ranked) > 1 and (ranked[1]["prior"], ranked[0]["prior"]) not in out:
+            out.append((ranked[1]["prior"], ranked[0]["prior"]))
+    return out
 
 
 def _cache_summary(cache: dict | None) -> str:
