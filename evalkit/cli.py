@@ -502,7 +502,8 @@ def fid_command(run_dir, n_reference):
               help="parent folder of the smoke run")
 @click.option("--update-golden", is_flag=True, help="keep this run as the new golden in results/golden/smoke/")
 def smoke_command(out, update_golden):
-    """Run the smoke protocol on the embedded default (≈1 min) and compare it with the golden; exit 1 on a regression."""
+    """Run the smoke protocol on the embedded default (under 2 min) and compare it with the golden; exit 1 on a
+    regression or a missing row (docs/runs.md, "The CI gate")."""
     from evalkit.presets import compare_with_golden, run_smoke
     from evalkit.presets import update_golden as keep
 

@@ -266,8 +266,14 @@ class Scorer(abc.ABC):
     def score(self, images: "torch.Tensor", batch: Batch) -> list[dict]:
         """One row per image: at least ``{"score": float}``; B-VQA scorers add ``questions``."""
 
-    def update(self, images: "torch.Tensor", batch: Batch) -> list[dict]:
-        rows = self.score(images, batch)
+    def score_embeddings(self, image_embeds: "torch.Tensor", batch: Batch) -> list[dict]:
+        """Scorers that read the prior's output (``reads = "embeddings"``): one row per embedding."""
+        raise NotImplementedError(f"scorer {self.name!r} reads images")
+
+    def update(self, inputs: "torch.Tensor", batch: Batch) -> list[dict]:
+        """Score a batch — images, or the prior's embeddings for a scorer with ``reads = "embeddings"`` —
+        and keep its rows."""
+        rows = (self.score_embeddings if self.reads == "embeddings" else self.score)(inputs, batch)
         if len(rows) != len(batch):
             raise RuntimeError(f"scorer {self.name!r} returned {len(rows)} rows for {len(batch)} images")
         for row, item, seed in zip(rows, batch.items, batch.seeds):

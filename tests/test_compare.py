@@ -157,3 +157,42 @@ def test_decoder_dtype_is_the_numeric_path_not_the_protocol():
     p = Protocol("synth", 10, 2.0, 32, dtype="float32")
     q = Protocol("synth", 10, 2.0, 32, dtype="bfloat16")
     assert p.hash() == q.hash() and p.decoding() != q.decoding()
+
+
+def test_reports_show_prompts_and_images(tmp_path):
+    a = _dummy(tmp_path, "a", limit=6)
+    text = (a / "report.md").read_text()
+    assert "prompts × images" in text and "| 6 × 2 " in text
+    assert "over the val prompts this run scored" in text and "all val prompts" not in text
+
+
+def test_verdicts_name_the_leader_and_whether_the_paired_test_resolves_it():
+    from evalkit.report.run_report import verdicts
+
+    rows = [{**ROW, "prior": p, "suite": "s", "value": v, "n": 200, "n_prompts": 100} for p, v in (("a", 0.50), ("b", 0.52))]
+    close = [{"a": "a", "b": "b", "metric": "binding", "suite": "s", "seen": "all", "difference": 0.02, "z": 1.1,
+              "ci_low": -0.016, "ci_high": 0.056}]
+    line = verdicts(close, rows, "binding")[0]
+    assert line.startswith("**s**: b leads with 0.520, 0.020 ahead of a (0.500)") and "not resolved at this n" in line
+    assert "100 prompts, 200 images" in line
+    far = [{**close[0], "z": 4.0, "ci_low": 0.01, "ci_high": 0.03}]
+    assert "— resolved (paired z 4.0" in verdicts(far, rows, "binding")[0]
+
+
+def test_the_parameter_plot_is_legible_and_labels_of_one_size_do_not_collide(tmp_path):
+    from PIL import Image
+
+    from evalkit.report.run_report import _spread_labels, plot_parameters
+
+    names = {"eclipse": 134720, "projection": 134720, "eclipse-hn": 134720, "diffusion": 143104, "diffusion-xl": 1957760}
+    rows = [{"prior": n, "metric": "binding", "seen": "all", "category": "color", "value": 0.40 + 0.001 * k,
+             "ci_low": 0.35, "ci_high": 0.45} for k, n in enumerate(names)]
+    priors = {n: {"trainable_parameters": p} for n, p in names.items()}
+    path = plot_parameters(rows, priors, "binding", tmp_path / "parameters.png")
+    width, height = Image.open(path).size
+    assert width >= 800 and height >= 600
+    points = [(priors[r["prior"]]["trainable_parameters"], r) for r in rows]
+    labels = _spread_labels(points, gap=0.03)
+    close = sorted(y for x, y, n in labels if n != "diffusion-xl")  # four priors within 0.03 decades
+    assert len(close) == 4 and min(b - a for a, b in zip(close, close[1:])) >= 0.03 - 1e-12
+    assert sum(close) / 4 == pytest.approx(sum(r["value"] for r in rows if r["prior"] != "diffusion-xl") / 4)

@@ -81,7 +81,10 @@ def test_scorer_contract(name, tmp_path):
 
 
 def check_scorer(scorer, tmp_path=None):
-    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert scorer.reads in ("images", "embeddings")
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 3, 16, 16, generator=generator) if scorer.reads == "images" else \
+        torch.randn(4, scorer.embedding_dim, generator=generator)
     b = batch(4)
     rows = scorer.update(images, b)
     assert len(rows) == 4 and len(scorer.rows) == 4

@@ -47,7 +47,10 @@ def main() -> None:
     print(f"evalkit run, {images} images ({args.priors} × {args.suites} × {args.limit} prompts × "
           f"{args.images_per_prompt} seeds), {torch.get_num_threads()} thread(s)")
     print(f"  cold: {times['cold']:.1f} s   warm: {times['warm']:.2f} s   warm / cold: {100 * times['warm'] / times['cold']:.1f} %")
-    print(f"  smoke protocol (uncached, 72 images): {smoke:.1f} s")
+    from evalkit.presets import SMOKE
+
+    smoke_images = len(SMOKE["priors"]) * len(SMOKE["suites"]) * SMOKE["limit"] * SMOKE["images_per_prompt"]
+    print(f"  smoke protocol (uncached, {smoke_images} images): {smoke:.1f} s")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,15 @@ class EmbeddingCosineScorer(Scorer):
         from evalkit.priors.calibration import OraclePrior
 
         self.oracle = OraclePrior(clip)
-        self.embedding_space = self.oracle.embedding_space
+        self.embedding_space, self.embedding_dim = self.oracle.embedding_space, self.oracle.embedding_dim
+
+    @classmethod
+    def tiny(cls) -> "EmbeddingCosineScorer":
+        """Against a tiny random world CLIP (16-d) for tests."""
+        from evalkit.embedded.clip import WorldCLIP
+
+        torch.manual_seed(0)
+        return cls(WorldCLIP.tiny().eval())
 
     def score(self, images: torch.Tensor, batch: Batch) -> list[dict]:
         raise EvalkitError("the embedding-cosine scorer reads the prior's embeddings (score_embeddings), not images")
