@@ -16,7 +16,7 @@ the worst case for the gate). Ladders:
 "Caught" means the gate flagged a row of the ECLIPSE prior in that category — the binding, analytic
 or embedding-cosine row of any split; the table gives the binding row's drop, its z and the rows flagged.
 
-    python benchmarks/gate_power.py --ladders bias,blend,noise,steps --out results/gate-power
+    python benchmarks/gate_power.py --out results/gate-power
     python benchmarks/gate_power.py --ladders bias --dtype bfloat16 --out results/gate-power/bf16
 
 Writes ``power.json`` and ``README.md`` into ``--out`` (never overwriting: a new folder is refused if it
@@ -115,7 +115,7 @@ def summary(results: list[dict]) -> list[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ladders", default="bias,blend,noise,steps")
+    parser.add_argument("--ladders", default="bias,noise,blend,scale,steps")
     parser.add_argument("--dtype", default=None, help="decode on another numeric path than the smoke's (e.g. bfloat16)")
     parser.add_argument("--out", default=None, help="folder for power.json and README.md")
     args = parser.parse_args(argv)

@@ -15,7 +15,8 @@ result hold across machines.
 - *paired* when both runs hold the per-image scores of the row's (prompt, seed) items
   (``samples.jsonl``; always so for the golden): the mean of the per-image differences, its error
   from a bootstrap over prompts (:func:`evalkit.stats.paired_bootstrap`), floored at half a
-  pseudo-image differing by the whole score range, √½ / n. Identical images give z = 0; a one-image
+  pseudo-image differing by the scorer's resolution r (``Scorer.score_resolution``: 1, the whole score
+  range, for scores that flip; 0.01 for the continuous embedding-cosine), r·√½ / n. Identical images give z = 0; a one-image
   flip gives |z| ≈ 1 whatever n; a real drop shared by many images stands out sharply.
 - *unpaired* otherwise: √(se_base² + se_new²), each row's error the larger of its stored bootstrap
   error and the binomial error of its mean with half a pseudo-image (:func:`evalkit.stats.binomial_floor`),
@@ -195,7 +196,7 @@ def compare_results(base: dict, new: dict, z: float = DEFAULT_Z, base_samples: l
         if paired:
             items = sorted(pa)
             cmp = paired_bootstrap([sign * pa[k] for k in items], [sign * pb[k] for k in items],
-                                   clusters=[k[0] for k in items], score_range=1.0)
+                                   clusters=[k[0] for k in items], score_range=max(float(ra.get("score_resolution", 1.0)), float(rb.get("score_resolution", 1.0))))
             stderr, score, n_prompts, n_images = cmp.stderr, cmp.z, cmp.n_clusters, cmp.n
         else:
             diff = sign * (rb["value"] - ra["value"])
@@ -239,7 +240,7 @@ def render(comparison: Comparison, base_name: str, new_name: str) -> str:
     lines = ["# evalkit compare", "", f"Base `{base_name}` → new `{new_name}`: {headline(c)}.", "",
              f"A gated row (at least {c.min_prompts} prompts) changes when its difference passes {c.z:g} standard "
              "errors: paired per-image differences where both runs kept their images' scores (bootstrap over "
-             "prompts, floored at √½/n), else the rows' floored errors combined.", ""]
+             "prompts, floored at r·√½/n for a scorer of resolution r), else the rows' floored errors combined.", ""]
     if c.notes:
         lines += ["Notes (not failures):", ""] + [f"- {note}" for note in c.notes] + [""]
     order = {"regression": 0, "improvement": 1, "same": 2, "ungated": 3}

@@ -255,6 +255,10 @@ class Scorer(abc.ABC):
     #: "images": ``score(images, batch)``; "embeddings": ``score_embeddings(image_embeds, batch)`` on the
     #: prior's output, before (and without) decoding
     reads: ClassVar[str] = "images"
+    #: the smallest change of one image's score that means something: 1 for scores that flip (a P(yes)
+    #: product, a share of phrases); smaller for continuous ones. It sets the floor of a paired test's error
+    #: (:func:`evalkit.stats.paired_floor`): half a pseudo-image differing by this much
+    score_resolution: ClassVar[float] = 1.0
 
     def __init__(self) -> None:
         self.rows: list[dict] = []
@@ -367,6 +371,7 @@ class ResultRow:
     total_parameters: int = 0  # prior + the text encoder it reads + the decoder
     prior_version: str = ""  # fingerprint of the prior's weights and settings
     n_prompts: int = 0  # prompts behind the row (the bootstrap's clusters)
+    score_resolution: float = 1.0  # the scorer's (Scorer.score_resolution): floors paired tests of the row
 
 
 @dataclass

@@ -80,7 +80,7 @@ def format_p(p: float) -> str:
 
 
 def comparison_note(note: str = "", floored: bool = True) -> str:
-    floor = " (floored at half a pseudo-image differing by the whole score range)" if floored else ""
+    floor = " (floored at half a pseudo-image differing by the scorer's resolution: 1 for scores that flip)" if floored else ""
     return ("Same prompts and seeds" + (f"; {note}" if note else "") + "; one procedure for every number: the "
             f"standard error of the mean difference from a bootstrap over prompts{floor}, z = difference / error, "
             "95 % CI = difference ± 1.96 errors, two-sided normal p.")

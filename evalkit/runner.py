@@ -209,9 +209,9 @@ def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, ru
 
 def aggregate(rows: list[dict], suite_versions: dict, protocol: Protocol, num_parameters: dict, n_boot: int = 2000,
               split: str = "val", priors_info: dict | None = None, tag: str = "",
-              higher_is_better: dict | None = None) -> list[ResultRow]:
+              higher_is_better: dict | None = None, score_resolution: dict | None = None) -> list[ResultRow]:
     """Result rows per (prior, suite, scorer, category, seen ∈ all/seen/unseen), bootstrap CI over prompts."""
-    priors_info, higher_is_better = priors_info or {}, higher_is_better or {}
+    priors_info, higher_is_better, score_resolution = priors_info or {}, higher_is_better or {}, score_resolution or {}
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         label = "seen" if row["seen"] else ("unseen" if row["seen"] is False else None)
@@ -227,6 +227,7 @@ def aggregate(rows: list[dict], suite_versions: dict, protocol: Protocol, num_pa
                              stderr=est.stderr, ci_low=est.ci_low, ci_high=est.ci_high, n=est.n, n_prompts=est.n_clusters,
                              protocol_hash=protocol.hash(), tag=tag, num_parameters=num_parameters.get(prior, 0),
                              higher_is_better=higher_is_better.get(scorer, True),
+                             score_resolution=float(score_resolution.get(scorer, 1.0)),
                              total_parameters=info.get("total_parameters", 0), prior_version=info.get("version", "")))
     return out
 
@@ -507,7 +508,8 @@ def run(config: RunConfig, progress: bool = True, inject=None) -> Path:
     info = {name: prior_info(p, encoders, decoder) for name, p in priors.items()}
     results = aggregate(rows, versions, protocol, {n: i["trainable_parameters"] for n, i in info.items()},
                         split=config.split, priors_info=info, tag=config.tag,
-                        higher_is_better={n: s.higher_is_better for n, s in scorers.items()})
+                        higher_is_better={n: s.higher_is_better for n, s in scorers.items()},
+                        score_resolution={n: getattr(s, "score_resolution", 1.0) for n, s in scorers.items()})
     try:
         write_results(run_dir, rows, results, config=asdict(config), protocol=protocol, versions=versions,
                       priors_info=info, timings=timings, wall_time_s=time.time() - clock, cache_stats=cache.stats(),

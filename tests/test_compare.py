@@ -196,3 +196,17 @@ def test_the_parameter_plot_is_legible_and_labels_of_one_size_do_not_collide(tmp
     close = sorted(y for x, y, n in labels if n != "diffusion-xl")  # four priors within 0.03 decades
     assert len(close) == 4 and min(b - a for a, b in zip(close, close[1:])) >= 0.03 - 1e-12
     assert sum(close) / 4 == pytest.approx(sum(r["value"] for r in rows if r["prior"] != "diffusion-xl") / 4)
+
+
+def test_dtype_chooses_the_decoders_numeric_path_and_refuses_what_it_cannot_do(tmp_path):
+    from evalkit.decoders import load_decoder
+    from evalkit.errors import EvalkitError
+
+    assert load_decoder("synth", dtype="float32").compute_dtype == "float32"
+    assert load_decoder("synth", dtype="bfloat16").compute_dtype == "bfloat16"
+    with pytest.raises(EvalkitError, match="computes in float32 or bfloat16; --dtype float16"):
+        load_decoder("synth", dtype="float16")
+    result = CliRunner().invoke(cli, ["run", "--decoder", "dummy", "--prior", "dummy", "--scorer", "dummy",
+                                      "--dtype", "bfloat16", "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and "decoder 'dummy' computes in float32" in result.output
+    assert not (tmp_path / "runs").exists()

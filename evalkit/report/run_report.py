@@ -281,8 +281,9 @@ def parameter_table(rows: list[dict], priors: dict, order: list[str], metric: st
     for prior in order:
         info = priors.get(prior, {})
         table.append([prior, f"{info.get('trainable_parameters', 0):,}", f"{info.get('total_parameters', 0):,}",
-                      info.get("data") or "–", *(f"{chosen[(prior, c)]:.3f}" if (prior, c) in chosen else "–" for c in categories)])
-    return Table(["prior", "trainable params", "total params", "training data", *categories], table)
+                      info.get("data") or "–", *(f"{chosen[(prior, c)]:.3f}" if (prior, c) in chosen else "–" for c in categories),
+                      _counts([r for r in rows if r["metric"] == metric], prior)])
+    return Table(["prior", "trainable params", "total params", "training data", *categories, "prompts × images"], table)
 
 
 def plot_parameters(rows: list[dict], priors: dict, metric: str, path: Path) -> Path | None:
@@ -477,11 +478,12 @@ def report_blocks(runs: Sequence[RunData], out_dir: Path, pairs: Sequence[tuple[
             blocks.append(Image(plot.name, "score against prior parameters"))
     names = [p for p in order if p in {r["prior"] for r in rows}]
     chosen_pairs = list(pairs) if pairs is not None else default_pairs(names)
-    comparisons, leaders = _paired(samples, chosen_pairs), []
+    resolution = {r["metric"]: float(r.get("score_resolution", 1.0)) for r in rows}
+    comparisons, leaders = _paired(samples, chosen_pairs, resolution), []
     if metric:  # the verdicts compare each suite's leader with the next prior, asked for or not
         ranked = _leading_pairs(rows, metric)
         extra = [p for p in ranked if p not in chosen_pairs and p[::-1] not in chosen_pairs]
-        leaders = _paired([s for s in samples if s["scorer"] == metric], extra)
+        leaders = _paired([s for s in samples if s["scorer"] == metric], extra, resolution)
     lines = verdicts(comparisons + leaders, rows, metric)
     if lines:
         blocks += [("h2", f"Verdicts ({metric})"), ("p", "Per suite: the leading trained prior, its lead over the next "
@@ -510,12 +512,13 @@ def _where(environment: dict | None) -> str:
     return f" ({device}, {environment.get('threads')} threads, {environment.get('decoder_dtype')})"
 
 
-def _paired(samples: list[dict], pairs: list[tuple[str, str]]) -> list[dict]:
-    """Paired per-image differences per scorer and suite (scores in [0, 1]: floored errors)."""
+def _paired(samples: list[dict], pairs: list[tuple[str, str]], resolution: dict | None = None) -> list[dict]:
+    """Paired per-image differences per scorer and suite, errors floored at each scorer's resolution."""
     out = []
     for scorer in sorted({s["scorer"] for s in samples}):
         mine = [s for s in samples if s["scorer"] == scorer]
-        for c in paired_differences(mine, pairs, ["score"], ("suite",), score_range=1.0):
+        floor = (resolution or {}).get(scorer, 1.0)
+        for c in paired_differences(mine, pairs, ["score"], ("suite",), score_range=floor):
             out.append({**c, "metric": scorer})
     return out
 

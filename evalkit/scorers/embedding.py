@@ -21,6 +21,7 @@ class EmbeddingCosineScorer(Scorer):
     name = "embedding-cosine"
     version = "1"
     reads = "embeddings"
+    score_resolution = 0.01  # a cosine change of 0.02 for one image; float noise across CPUs is ~1e-7
 
     def __init__(self, clip=None):
         super().__init__()
