@@ -12,9 +12,15 @@ Every key comes from :func:`work_key` — a hash of *everything* that determines
 So a re-run (or an interrupted run started again) recomputes only what changed, and two runs that
 share work share it. Unseeded work (a prior that declares ``seeded = False``) is never cached.
 
-Entries are written to a private temporary file and renamed (a killed run leaves no half-written
-entry), and read defensively: an entry that fails to load or whose content hash does not match is
-reported, deleted and recomputed.
+Every entry is stored with the sha256 of its bytes (a sidecar ``<entry>.sha256``, written before the
+entry) and checked against it on every read: an entry whose bytes do not match (edited, bit rot, swapped
+for another valid file), that fails to load for any reason, or whose score was computed on another image,
+is reported, deleted and recomputed. An entry without a recorded hash (written by an older evalkit) is
+not trusted either: it is recomputed. Files are written to a temporary name and renamed (a killed run
+leaves no half-written entry, only a ``.tmp`` file that :mod:`evalkit.cache_admin` removes), with the
+permissions a plain ``open()`` gives, so a cache can be shared between users. Run folders get copies of
+the cached images, never links. ``evalkit cache info|verify|prune|clear`` manage the cache
+(:mod:`evalkit.cache_admin`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import inspect
 import io
 import json
 import os
+import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -51,11 +59,23 @@ def _tensor_digest(modules) -> str:
     return digest.hexdigest()[:KEY_LENGTH]
 
 
+#: top-level packages whose classes are not hashed into a plugin's code digest (with the standard library
+#: and builtins): frameworks a plugin builds on, whose versions are recorded with each run instead
+FRAMEWORKS = frozenset({"torch", "diffusers", "transformers", "open_clip", "numpy"})
+
+
+def _hashes_source(cls) -> bool:
+    top = (cls.__module__ or "").split(".")[0]
+    return not (top in sys.stdlib_module_names or top == "builtins" or top in FRAMEWORKS)
+
+
 def _source_digest(obj) -> str:
-    """Hash of the source files of ``obj``'s class and its bases inside evalkit (code changes invalidate)."""
+    """Hash of the source files of ``obj``'s class and of every base outside the standard library and the
+    big frameworks (:data:`FRAMEWORKS`): evalkit's own, a third-party package's, a test module's. A code
+    edit in any of them invalidates the plugin's cached outputs."""
     digest = hashlib.sha256()
     for cls in type(obj).__mro__:
-        if not cls.__module__.startswith("evalkit"):
+        if not _hashes_source(cls):
             continue
         try:
             digest.update(Path(inspect.getsourcefile(cls)).read_bytes())
@@ -65,7 +85,11 @@ def _source_digest(obj) -> str:
 
 
 def weights_fingerprint(plugin) -> str:
-    """Hash of the weights a plugin holds: itself if it is a module, and its module-valued attributes."""
+    """Hash of the weights a plugin holds: itself if it is a module, and its module-valued attributes.
+
+    Attributes whose name starts with ``_`` are derived state (e.g. the binding scorer's fused copy of its
+    trunk, built on first use) and are left out: a plugin's fingerprint is the same before and after use.
+    """
     import torch
 
     modules = []
@@ -73,7 +97,7 @@ def weights_fingerprint(plugin) -> str:
         modules.append(("", plugin))
     else:
         for name, value in sorted(vars(plugin).items()):
-            if isinstance(value, torch.nn.Module):
+            if isinstance(value, torch.nn.Module) and not name.startswith("_"):
                 modules.append((name, value))
     return _tensor_digest(modules) if modules else ""
 
@@ -127,14 +151,92 @@ def fingerprint(plugin, code: bool = True, numeric: bool = True) -> str:
     return content_hash(parts, length=KEY_LENGTH)
 
 
+#: kind of entry → file suffix, under ``<root>/<kind>/<key[:2]>/<key><suffix>``
+KINDS = {"embedding": ".npy", "image": ".png", "score": ".json"}
+#: the sidecar holding the sha256 (hex) of an entry's bytes
+HASH_SUFFIX = ".sha256"
+#: an entry's last use is refreshed (its access time) at most this often, so pruning by age sees it in use
+TOUCH_EVERY_S = 3600
+
+
+def hash_path(path: Path) -> Path:
+    return path.with_name(path.name + HASH_SUFFIX)
+
+
+def bytes_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class UnverifiedEntry(ValueError):
+    """A cache entry without a recorded hash (written by an older evalkit)."""
+
+
+def read_entry(path: Path) -> bytes | None:
+    """The bytes of the entry at ``path``, checked against its recorded sha256; None when there is none.
+
+    Raises :class:`UnverifiedEntry` without a recorded hash, ValueError when the bytes do not match it.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        recorded = hash_path(path).read_text().strip()
+    except FileNotFoundError:
+        raise UnverifiedEntry("it has no recorded sha256") from None
+    if bytes_sha256(data) != recorded:
+        raise ValueError("its content does not match its recorded sha256 (changed after it was written)")
+    return data
+
+
+def decode_embedding(data: bytes) -> np.ndarray:
+    value = np.load(io.BytesIO(data), allow_pickle=False)
+    if value.dtype != np.float32 or value.ndim != 1 or not np.isfinite(value).all():
+        raise ValueError(f"expected a finite float32 vector, found {value.dtype} {value.shape}")
+    return value
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        value = np.asarray(image.convert("RGB"))
+    if value.ndim != 3 or value.shape[2] != 3 or value.dtype != np.uint8:
+        raise ValueError(f"expected a (H, W, 3) uint8 image, found {value.dtype} {value.shape}")
+    return value
+
+
+def decode_score(data: bytes) -> dict:
+    """A score entry: ``{"image_sha256": str, "row": {"score": number, ...}}``."""
+    entry = json.loads(data)
+    if not isinstance(entry, dict) or not isinstance(entry.get("image_sha256"), str) \
+            or not isinstance(entry.get("row"), dict) or not isinstance(entry["row"].get("score"), (int, float)):
+        raise ValueError("not a score entry")
+    return entry
+
+
+DECODERS = {"embedding": decode_embedding, "image": decode_image, "score": decode_score}
+
+
+def remove_entry(path: Path) -> None:
+    """Delete an entry and its recorded hash (what is already gone is fine)."""
+    for file in (path, hash_path(path)):
+        try:
+            file.unlink()
+        except FileNotFoundError:
+            pass
+
+
 class WorkCache:
-    """Files under ``root``: ``embedding/ab/<key>.npy``, ``image/ab/<key>.png``, ``score/ab/<key>.json``."""
+    """Files under ``root``: ``embedding/ab/<key>.npy``, ``image/ab/<key>.png``, ``score/ab/<key>.json``,
+    each with its ``.sha256``."""
 
     def __init__(self, root: str | os.PathLike | None):
         self.root = Path(root) if root is not None else None
         self.hits = {"embedding": 0, "image": 0, "score": 0}
         self.misses = {"embedding": 0, "image": 0, "score": 0}
         self.stored = {"embedding": 0, "image": 0, "score": 0}  # entries computed and written by this run
+        self._warned_unverified = False
 
     @property
     def enabled(self) -> bool:
@@ -144,37 +246,63 @@ class WorkCache:
         return self.root / kind / key[:2] / f"{key}{suffix}"
 
     def _write(self, path: Path, data: bytes) -> None:
+        """Store ``data`` at ``path`` with its sha256: the hash first, so an entry never exists without it."""
         from evalkit.serialization import atomic_write_bytes
 
+        atomic_write_bytes(hash_path(path), bytes_sha256(data).encode())
         atomic_write_bytes(path, data)
         self.stored[path.parent.parent.name] += 1
 
     def _discard(self, path: Path, error: Exception) -> None:
-        warnings.warn(f"cache entry {path} is unreadable ({type(error).__name__}: {error}); recomputing it")
+        if isinstance(error, UnverifiedEntry):
+            if not self._warned_unverified:  # a cache of an older evalkit: said once, not per entry
+                self._warned_unverified = True
+                warnings.warn(f"cache entries without a recorded sha256 (written by an older evalkit, e.g. {path}) "
+                              "are not trusted; recomputing them")
+        else:
+            warnings.warn(f"cache entry {path} is unreadable or was altered ({type(error).__name__}: {error}); "
+                          "deleted, recomputing it")
         try:
-            path.unlink()
+            remove_entry(path)
         except OSError:
             pass
+
+    def _touch(self, path: Path) -> None:
+        """Record a use (access time), for ``evalkit cache prune``; a read-only shared cache is fine."""
+        try:
+            stat = path.stat()
+            now = time.time()
+            if now - stat.st_atime > TOUCH_EVERY_S:
+                os.utime(path, (now, stat.st_mtime))
+        except OSError:
+            pass
+
+    def _get(self, kind: str, key: str, check=None):
+        """The decoded, verified entry, or None (missing; or bad: reported and deleted). Whatever goes wrong
+        while reading or decoding an entry, it is discarded, never trusted and never raised."""
+        if not self.enabled:
+            return None
+        path = self.path(kind, key, KINDS[kind])
+        value = None
+        try:
+            data = read_entry(path)
+            if data is not None:
+                value = DECODERS[kind](data)
+                if check is not None:
+                    value = check(value)
+                self._touch(path)
+        except Exception as error:  # noqa: BLE001 - any failure means the entry cannot be trusted
+            self._discard(path, error)
+            value = None
+        self._count(kind, value is not None)
+        return value
 
     def _count(self, kind: str, hit: bool):
         (self.hits if hit else self.misses)[kind] += 1
 
     # embeddings: float32 vectors as .npy (no pickle)
     def get_embedding(self, key: str) -> np.ndarray | None:
-        if not self.enabled:
-            return None
-        path = self.path("embedding", key, ".npy")
-        value = None
-        if path.is_file():
-            try:
-                value = np.load(path, allow_pickle=False)
-                if value.dtype != np.float32 or value.ndim != 1 or not np.isfinite(value).all():
-                    raise ValueError(f"expected a finite float32 vector, found {value.dtype} {value.shape}")
-            except (OSError, ValueError, EOFError) as error:
-                self._discard(path, error)
-                value = None
-        self._count("embedding", value is not None)
-        return value
+        return self._get("embedding", key)
 
     def put_embedding(self, key: str, value: np.ndarray) -> None:
         if self.enabled:
@@ -187,20 +315,7 @@ class WorkCache:
         return self.path("image", key, ".png")
 
     def get_image(self, key: str) -> np.ndarray | None:
-        if not self.enabled:
-            return None
-        from PIL import Image
-
-        path = self.image_path(key)
-        value = None
-        if path.is_file():
-            try:
-                with Image.open(path) as image:
-                    value = np.asarray(image.convert("RGB"))
-            except (OSError, ValueError, SyntaxError) as error:
-                self._discard(path, error)
-        self._count("image", value is not None)
-        return value
+        return self._get("image", key)
 
     def put_image(self, key: str, value: np.ndarray) -> None:
         if self.enabled:
@@ -208,20 +323,12 @@ class WorkCache:
 
     # scores: one scorer's row for one image, with the sha256 of the image it scored
     def get_score(self, key: str, image_sha: str) -> dict | None:
-        if not self.enabled:
-            return None
-        path = self.path("score", key, ".json")
-        value = None
-        if path.is_file():
-            try:
-                entry = json.loads(path.read_text())
-                if entry.get("image_sha256") != image_sha:
-                    raise ValueError("it was computed on another image than the cached one")
-                value = entry["row"]
-            except (OSError, ValueError, KeyError, TypeError) as error:
-                self._discard(path, error)
-        self._count("score", value is not None)
-        return value
+        def computed_on(entry: dict) -> dict:
+            if entry["image_sha256"] != image_sha:
+                raise ValueError("it was computed on another image than the cached one")
+            return entry["row"]
+
+        return self._get("score", key, computed_on)
 
     def put_score(self, key: str, image_sha: str, row: dict) -> None:
         if self.enabled:

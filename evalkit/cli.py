@@ -16,8 +16,13 @@ from evalkit import __version__
 from evalkit.errors import EvalkitError
 
 
+#: the exit code of a command stopped by Ctrl-C (128 + SIGINT, the shell's convention)
+INTERRUPTED_EXIT_CODE = 130
+
+
 class EvalkitGroup(click.Group):
-    """Turns :class:`EvalkitError` into a one-line message and exit code 2 (nothing written)."""
+    """Turns :class:`EvalkitError` into a one-line message and exit code 2 (nothing written), and Ctrl-C
+    into one line saying how to resume, with exit code 130."""
 
     def invoke(self, ctx):
         try:
@@ -25,6 +30,10 @@ class EvalkitGroup(click.Group):
         except EvalkitError as error:
             click.echo(f"Error: {error}", err=True)
             ctx.exit(error.exit_code)
+        except (KeyboardInterrupt, click.exceptions.Abort):
+            click.echo("interrupted: finished work is kept in the work cache; run the same command again to resume",
+                       err=True)
+            ctx.exit(INTERRUPTED_EXIT_CODE)
 
 
 @click.group(cls=EvalkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -84,7 +93,18 @@ def suites_fetch(name, prompts_dir, force, base_url):
     click.echo(f"{name}: prompt files verified in {path}")
 
 
-@cli.group(cls=EvalkitGroup)
+class TrainerGroup(EvalkitGroup):
+    """Also a trainer's refusal to write into a folder holding another run: one line and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except FileExistsError as error:
+            click.echo(f"Error: {error}", err=True)
+            ctx.exit(2)
+
+
+@cli.group(cls=TrainerGroup)
 def train_world():
     """Train the embedded stack of the synthetic world (clip, decoder, scorer)."""
 
@@ -288,8 +308,9 @@ def train_baseline(prior, size, out, resume, quick, stop_at, ship, describe, emb
               help="load trained prior NAME from a weights folder instead of its shipped seed 0 (repeatable)")
 @click.option("--scorer-path", "scorer_paths", multiple=True, metavar="NAME=DIR",
               help="load scorer NAME (e.g. blip-vqa) from a weights folder (repeatable)")
-@click.option("--allow-pickle", is_flag=True, help="accept pickle checkpoints (.bin/.pt) in --prior-path folders "
-              "(read with weights_only=True); refused by default")
+@click.option("--allow-pickle", is_flag=True, help="accept pickle checkpoints (.bin/.pt) in --prior-path, "
+              "--decoder-path and --scorer-path folders (read with weights_only=True: plain tensors only, no code "
+              "runs); refused by default")
 @click.option("--tag", default="", help="a label stored in every result row (e.g. a branch name)")
 @click.option("--cache/--no-cache", default=True, show_default=True,
               help="reuse embeddings, images and scores of earlier runs (content-addressed) and store new ones")
@@ -329,13 +350,13 @@ def run_command(ctx, preset, priors, suites_, scorers, **options):
 @cli.command("report")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", type=click.Path(file_okay=False),
-              help="folder for the report (default: a new folder under evalkit-runs/); never a run's own folder")
+              help="a new (or empty) folder for the report (default: a new folder under evalkit-runs/); "
+                   "existing files are never overwritten")
 @click.option("--compare", "comparisons", default="", help="paired comparisons A:B (B − A), comma-separated "
               "(default: eclipse against each other trained prior)")
 def report_command(run_dirs, out, comparisons):
     """Re-render tables, plot, grids and the report of one or more finished runs from their saved rows."""
     from evalkit.report.run_report import summary_markdown, write_report
-    from evalkit.runs import new_run_dir
 
     pairs = None
     if comparisons:
@@ -345,10 +366,8 @@ def report_command(run_dirs, out, comparisons):
             if not sep:
                 raise click.BadParameter(f"{spec!r}: expected A:B", param_hint="--compare")
             pairs.append((a, b))
-    if out and any((Path(out) / name).exists() for name in ("results.json", "run.json", "report.md")):
-        raise click.UsageError(f"{out} already holds a run or a report (never overwritten); pick another --out")
-    target = Path(out) if out else new_run_dir("evalkit-runs", "report")
-    path = write_report(run_dirs, target, pairs)
+    # --out: a new or empty folder, created atomically once everything read is checked (never overwritten)
+    path = write_report(run_dirs, out or None, pairs, fresh=True, parent="evalkit-runs")
     click.echo(summary_markdown(run_dirs))
     click.echo(f"wrote {path} and {path.with_suffix('.html')}")
 
@@ -553,6 +572,83 @@ def demo(out, per_category):
 
     run_dir = run_demo(out, per_category=per_category)
     click.echo(f"wrote {run_dir}: open {run_dir / 'report.md'} (the main job's own report.html is linked from it)")
+
+
+@cli.group("cache", cls=EvalkitGroup)
+def cache_group():
+    """Inspect, check and trim the work cache of `evalkit run` (see docs/runs.md)."""
+
+
+def _cache_dir_option(command):
+    return click.option("--cache-dir", type=click.Path(file_okay=False),
+                        help="work cache folder (default: <evalkit cache>/work, as for `evalkit run`)")(command)
+
+
+def _cache_root(cache_dir) -> Path:
+    from evalkit.cache import default_root
+
+    return Path(cache_dir) if cache_dir else default_root()
+
+
+@cache_group.command("info")
+@_cache_dir_option
+def cache_info(cache_dir):
+    """Size and entries of the cache, by kind and by last use."""
+    from evalkit.cache_admin import format_size, info
+
+    report = info(_cache_root(cache_dir))
+    click.echo(f"work cache {report['root']}: {report['entries']} entries, {format_size(report['bytes'])}")
+    for title, part in (("by kind", report["by_kind"]), ("by last use", report["by_age"])):
+        click.echo(f"  {title}:")
+        for label, counts in part.items():
+            click.echo(f"    {label}: {counts['entries']} entries, {format_size(counts['bytes'])}")
+    if report["leftovers"]:
+        click.echo(f"  {report['leftovers']} left-over temporary file(s) (removed by verify, prune and clear)")
+
+
+@cache_group.command("verify")
+@_cache_dir_option
+def cache_verify(cache_dir):
+    """Re-hash and decode every entry; drop (and print) the bad ones."""
+    from evalkit.cache_admin import verify
+
+    checked, dropped = verify(_cache_root(cache_dir))
+    for path, reason in dropped:
+        click.echo(f"dropped {path}: {reason}")
+    click.echo(f"{checked} entries checked, {len(dropped)} dropped")
+
+
+@cache_group.command("prune")
+@click.option("--older-than", help="remove entries unused for this long: 7d, 12h, 30m, 2w")
+@click.option("--max-size", help="then remove the least recently used until the cache fits: 2G, 500M")
+@_cache_dir_option
+def cache_prune(older_than, max_size, cache_dir):
+    """Remove entries by age and/or down to a size, least recently used first."""
+    from evalkit.cache_admin import format_size, parse_duration, parse_size, prune
+
+    if older_than is None and max_size is None:
+        raise EvalkitError("give --older-than DURATION (e.g. 7d) and/or --max-size SIZE (e.g. 2G)")
+    removed, kept = prune(_cache_root(cache_dir), None if older_than is None else parse_duration(older_than),
+                          None if max_size is None else parse_size(max_size))
+    click.echo(f"{len(removed)} entries removed ({format_size(sum(e.size for e in removed))} freed); "
+               f"{len(kept)} remain ({format_size(sum(e.size for e in kept))})")
+
+
+@cache_group.command("clear")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@_cache_dir_option
+def cache_clear(yes, cache_dir):
+    """Remove every entry of the cache."""
+    from evalkit.cache_admin import clear, entries, format_size
+
+    root = _cache_root(cache_dir)
+    if not yes:
+        found = entries(root)
+        if not click.confirm(f"remove the {len(found)} entries ({format_size(sum(e.size for e in found))}) of {root}?"):
+            click.echo("nothing removed")
+            click.get_current_context().exit(1)
+    removed = clear(root)
+    click.echo(f"{len(removed)} entries removed ({format_size(sum(e.size for e in removed))} freed)")
 
 
 def main(argv: list[str] | None = None) -> None:

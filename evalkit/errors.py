@@ -47,3 +47,11 @@ class CorruptFileError(EvalkitError, ValueError):
 
 class WriteError(EvalkitError, OSError):
     """A file could not be written (full disk, no permission); nothing partial is left behind."""
+
+
+class SettingError(EvalkitError, ValueError):
+    """An option or setting whose value cannot work (the message names it and what would)."""
+
+
+class RunExistsError(EvalkitError, FileExistsError):
+    """An output folder that already holds a run: pass --resume to continue it, or pick another folder."""

@@ -67,7 +67,8 @@ def eval_priors(prior_names, suite_names, split: str = "val", seeds=tuple(range(
     SUITES.check(list(suite_names))
     clip = clip if clip is not None else load_world_clip()
     paths, options = paths or {}, options or {}
-    instances = {name: prior_instances(name, clip, training_seeds, paths.get(name), **options) for name in prior_names}
+    instances = {name: prior_instances(name, clip, training_seeds, paths.get(name), among=prior_names, **options)
+                 for name in prior_names}
     rows: list[dict] = []
     # the oracle renders its prompt: a word-shuffled prompt is no caption of the world
     jobs = [(s, p, t, prior, c) for s in suite_names for p in prior_names for t, prior in instances[p]

@@ -7,7 +7,9 @@ cannot be written in that format: it is refused, with every offending prompt nam
 is written. The export goes to ``OUT/<prior>/<category>/samples/`` (one of their ``--out_dir`` per
 prior and category), with a ``manifest.json`` beside each ``samples/`` mapping each index back to
 the run's item and seed. It is written into a temporary folder and renamed into place: a failure
-leaves nothing behind, and an existing ``OUT`` is never written into.
+leaves nothing behind, and an existing ``OUT`` is never written into. The run folder is checked
+first (:func:`evalkit.report.run_report.load_run`: checksum, samples, plain names), and so is every
+image: it must lie inside the run folder and be a PNG that decodes completely.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from evalkit.errors import EvalkitError, WriteError
-from evalkit.report.run_report import load_run
+from evalkit.report.run_report import check_image, load_run
 from evalkit.serialization import atomic_write_json
 
 FORBIDDEN = ("_", "/", "\\", "\x00")
@@ -50,6 +52,9 @@ def export_t2i_compbench(run_dir: str | os.PathLike, out: str | os.PathLike, sco
     missing = [s["image_path"] for s in samples if not s["image_path"] or not (run.path / s["image_path"]).is_file()]
     if missing:
         raise EvalkitError(f"{len(missing)} image(s) of the run are missing, e.g. {missing[0]!r}; nothing was exported")
+    # every image is checked before anything is written: inside the run folder (symlinks followed), a PNG
+    # that decodes completely; the copy is made from the checked file
+    sources = {s["image_path"]: check_image(run.path, s["image_path"], formats=("PNG",)) for s in samples}
     groups: dict[tuple[str, str], list[dict]] = {}
     for s in samples:
         groups.setdefault((s["prior"], s["category"]), []).append(s)
@@ -62,7 +67,7 @@ def export_t2i_compbench(run_dir: str | os.PathLike, out: str | os.PathLike, sco
             manifest = []
             for index, s in enumerate(sorted(rows, key=lambda r: (r["item_id"], r["seed"]))):
                 name = f"{s['prompt']}_{index:06d}.png"
-                shutil.copyfile(run.path / s["image_path"], folder / "samples" / name)
+                shutil.copyfile(sources[s["image_path"]], folder / "samples" / name)
                 manifest.append({"index": index, "file": name, "item_id": s["item_id"], "prompt": s["prompt"],
                                  "seed": s["seed"], "suite": s["suite"], "score": s["score"], "scorer": s["scorer"]})
             atomic_write_json(folder / "manifest.json", {"run": str(run.path), "prior": prior, "category": category,

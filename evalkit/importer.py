@@ -188,13 +188,14 @@ def import_t2i_compbench(folder: str | os.PathLike, suite_name: str, out: str | 
     from evalkit.report.run_report import write_report
     from evalkit.environment import describe as describe_environment
     from evalkit.runner import ITEM_FIELDS, aggregate, write_results
-    from evalkit.runs import new_run_dir
+    from evalkit.runs import check_parent, new_run_dir
     from evalkit.serialization import atomic_write_json
     from evalkit.suites import load_suite
 
     folder, scorers = Path(folder), list(scorers)
     if not folder.is_dir():
         raise EvalkitError(f"{folder} is not a folder")
+    check_parent(out)  # a finished run folder is never written into
     if len(set(scorers)) != len(scorers) or BVQA_SCORER in scorers:
         raise EvalkitError(f"name each scorer once ({BVQA_SCORER!r} comes from vqa_result.json, not from --scorer)")
     if not prior or any(c in prior for c in "/\\\x00") or prior.startswith("."):

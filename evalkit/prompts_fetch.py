@@ -11,9 +11,11 @@ already present and correct. A partial or wrong download never sits under the fi
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import os
+import stat
 import tempfile
 import urllib.error
 import urllib.parse
@@ -42,9 +44,55 @@ class FileSpec:
     size: int
 
 
+#: the most a prompt file may hold (the real ones are tens of kilobytes): a bigger file is not read
+MAX_PROMPT_FILE_BYTES = 10 * 1024 * 1024
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_regular_file(path: str | os.PathLike, limit: int = MAX_PROMPT_FILE_BYTES) -> bytes:
+    """The bytes of ``path``, which must be a regular file (after symlinks) of at most ``limit`` bytes.
+
+    A device (``/dev/zero``), FIFO, socket or folder is refused without reading from it (opened
+    non-blocking, checked on the open descriptor), and at most ``limit + 1`` bytes are ever read.
+    Raises :class:`OSError` naming the path.
+    """
+    path = os.fspath(path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, f"{_kind(info.st_mode)}, not a regular file: refused", path)
+        if info.st_size > limit:
+            raise OSError(errno.EFBIG, f"{info.st_size} bytes, more than the {limit} a prompt file may hold", path)
+        chunks, n = [], 0
+        while n <= limit:
+            chunk = os.read(fd, min(_CHUNK, limit + 1 - n))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            n += len(chunk)
+        if n > limit:  # it grew while being read
+            raise OSError(errno.EFBIG, f"more than the {limit} bytes a prompt file may hold", path)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a regular file, read in chunks (a device or FIFO is refused, as by :func:`read_regular_file`)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, f"{_kind(info.st_mode)}, not a regular file: refused", os.fspath(path))
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()

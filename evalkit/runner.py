@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
 import sys
 import time
 from dataclasses import asdict
@@ -24,8 +23,9 @@ from evalkit import distributed
 from evalkit.cache import WorkCache, fingerprint, image_sha256, png_bytes, work_key
 from evalkit.contracts import Batch, Protocol, ResultRow, RunConfig, SampleRow, check_embedding_contract
 from evalkit.environment import describe as describe_environment
-from evalkit.errors import EvalkitError
+from evalkit.errors import EvalkitError, WriteError
 from evalkit.report.grid import to_uint8
+from evalkit.serialization import atomic_write_bytes
 from evalkit.stats import bootstrap
 
 #: the version of the results.json layout (docs/runs.md)
@@ -68,13 +68,15 @@ def _check_embeddings(prior_name: str, embeds: torch.Tensor, batch: Batch, dim: 
                            f"prompt {batch.prompts[bad[0]]!r} (seed {batch.seeds[bad[0]]}); nothing of it was cached")
 
 
-def _link_or_copy(source: Path, dest: Path) -> None:
-    import shutil
-
+def _copy_from_cache(source: Path, dest: Path, image: np.ndarray) -> None:
+    """A copy, never a link: a run folder shares no file with the cache (editing one leaves the other).
+    Written atomically (a full disk is a WriteError naming the file, never a partial PNG); an entry pruned
+    meanwhile by another process is written from ``image``, the pixels it held."""
     try:
-        os.link(source, dest)
-    except OSError:
-        shutil.copyfile(source, dest)
+        data = source.read_bytes()
+    except FileNotFoundError:
+        data = png_bytes(image)
+    atomic_write_bytes(dest, data)
 
 
 @torch.inference_mode()
@@ -108,7 +110,10 @@ def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, ru
             decoder.set_negative_embedding(prior.predict(empty).float()[0])
         decoding = {**protocol.decoding(), "decoder_fingerprint": fingerprint(decoder) if cache.enabled else ""}
         store = cache if getattr(prior, "seeded", True) else WorkCache(None)  # unseeded work is never cached
-        prior_id = fingerprint(prior) if store.enabled else ""
+        # the prior and the text encoders whose encodings it reads (the run's, shared by every prior)
+        prior_id = work_key("prior", prior=fingerprint(prior), text=[fingerprint(texts.encoders[space]) for space in
+                                                                     prior.text_encoders if space in texts.encoders]) \
+            if store.enabled else ""
         image_dir = None
         if run_dir is not None:
             image_dir = Path(run_dir) / "images" / prior_name / suite.name
@@ -189,9 +194,9 @@ def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, ru
                 if image_dir is not None:
                     path = str(Path("images") / prior_name / suite.name / f"{item.item_id}_{seed}.png")
                     if store.enabled:
-                        _link_or_copy(store.image_path(image_keys[k]), Path(run_dir) / path)
-                    else:
-                        (Path(run_dir) / path).write_bytes(png_bytes(images[k]))
+                        _copy_from_cache(store.image_path(image_keys[k]), Path(run_dir) / path, images[k])
+                    else:  # atomic: a full disk is a WriteError naming the file, never a 0-byte PNG
+                        atomic_write_bytes(Path(run_dir) / path, png_bytes(images[k]))
                 for scorer_name, scorer_rows in scored.items():
                     row = dict(scorer_rows[k])
                     sample = SampleRow(prior=prior_name, suite=suite.name, scorer=scorer_name, item_id=item.item_id,
@@ -291,7 +296,8 @@ def resolve(config: RunConfig):
         DECODERS.random_builder(config.decoder, config.random_init)
         for name in config.priors:
             PRIORS.random_builder(name, config.random_init)
-    decoder = load_decoder(config.decoder, config.decoder_path, random_init=config.random_init, dtype=config.dtype)
+    decoder = load_decoder(config.decoder, config.decoder_path, random_init=config.random_init, dtype=config.dtype,
+                           allow_pickle=config.allow_pickle)
     options = {"num_inference_steps": config.prior_num_inference_steps, "guidance_scale": config.prior_guidance_scale}
     unknown = sorted(set(config.prior_paths) - set(config.priors))
     if unknown:
@@ -300,7 +306,7 @@ def resolve(config: RunConfig):
     for name in config.priors:
         path = config.prior_paths.get(name)
         extra = {"path": path, "allow_pickle": config.allow_pickle} if path else {}
-        priors[name] = load_prior(name, **options, **extra, random_init=config.random_init)
+        priors[name] = load_prior(name, **options, **extra, random_init=config.random_init, among=config.priors)
     for prior in priors.values():
         check_embedding_contract(prior, decoder)
     scorers = {}
@@ -515,7 +521,12 @@ def run(config: RunConfig, progress: bool = True, inject=None) -> Path:
                       priors_info=info, timings=timings, wall_time_s=time.time() - clock, cache_stats=cache.stats(),
                       started=started, unknown_words=unknown,
                       environment=describe_environment(decoder, processes))
-        write_report([run_dir], run_dir)
+        try:
+            write_report([run_dir], run_dir)
+        except WriteError as error:  # the results are written and sealed: only the report is missing
+            raise WriteError(f"{error}. The run itself finished: results.json and samples.jsonl in {run_dir} are "
+                             f"complete and valid; `evalkit report {run_dir}` renders its report again "
+                             "(into a new folder)") from error
     finally:
         distributed.finish()
     return run_dir

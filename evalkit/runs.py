@@ -8,10 +8,24 @@ from pathlib import Path
 
 from evalkit.errors import EvalkitError
 
+#: the files that make a folder a run folder (unfinished: run.json; finished: results.json)
+RUN_MARKERS = ("run.json", "results.json")
+
+
+def check_parent(parent: str | os.PathLike) -> Path:
+    """Refuse an output parent that is itself a run folder: a new run would land inside a finished one."""
+    parent = Path(parent)
+    found = [name for name in RUN_MARKERS if (parent / name).exists()]
+    if found:
+        raise EvalkitError(f"--out {parent} is itself a run folder (it holds {found[0]}); --out names the parent "
+                           "folder each new run gets its own folder in, and a run folder is never written into: "
+                           "pick another --out (e.g. the folder that holds it). Nothing was written.")
+    return parent
+
 
 def new_run_dir(parent: str | os.PathLike, label: str) -> Path:
     """Create and return a fresh ``<parent>/<UTC time>-<label>[-k]`` folder (atomic ``mkdir``)."""
-    parent = Path(parent)
+    parent = check_parent(parent)
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:

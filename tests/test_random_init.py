@@ -113,7 +113,8 @@ def test_tiny_builds_pair_with_the_tiny_decoders_and_share_a_text_encoder():
     for decoder_name, prior_names in (("karlo", ("eclipse-karlo", "karlo-prior")),
                                       ("kandinsky22", ("eclipse-kandinsky22", "kandinsky22-prior"))):
         decoder = load_decoder(decoder_name, random_init="tiny")
-        priors = [load_prior(n, random_init="tiny", num_inference_steps=2, guidance_scale=None) for n in prior_names]
+        priors = [load_prior(n, random_init="tiny", num_inference_steps=2, guidance_scale=None, among=prior_names)
+                  for n in prior_names]
         for prior in priors:
             check_embedding_contract(prior, decoder)
             out = prior.predict(batch)

@@ -158,8 +158,10 @@ def test_malicious_pickle_is_never_executed(tmp_path):
     with pytest.raises(WeightsNotFoundError, match="allow_pickle"):
         load_state_dict(tmp_path)
     assert not marker.exists()
-    with pytest.raises(pickle.UnpicklingError):  # opted in: still loaded with weights_only=True
+    # opted in: still loaded with weights_only=True, and refused in one line that never suggests otherwise
+    with pytest.raises(CorruptFileError, match="not a plain tensor checkpoint") as refused:
         load_state_dict(tmp_path, allow_pickle=True)
+    assert "weights_only=False" not in str(refused.value)
     assert not marker.exists()
 
 

@@ -175,8 +175,16 @@ def test_compare_passes_noise_fails_a_real_drop_and_refuses_other_protocols(tmp_
     dropped = json.loads(json.dumps(data))
     target = next(r for r in dropped["rows"] if r["stderr"] > 0)
     target["value"] = 0.0  # a collapse; with 6 images it lies beyond 1.5 floored errors (not 3)
-    (tmp_path / "dropped").mkdir()
-    (tmp_path / "dropped" / "results.json").write_text(json.dumps(seal(dropped)))  # as a run that measured it
+    (tmp_path / "dropped").mkdir()  # as a run that measured it: its samples (required) hold the drop too
+    samples = [json.loads(line) for line in (base / "samples.jsonl").read_text().splitlines()]
+    for s in samples:
+        if (s["prior"], s["suite"], s["category"], s["scorer"]) == (target["prior"], target["suite"],
+                                                                     target["category"], target["metric"]):
+            s["score"] = 0.0
+    text = "".join(json.dumps(s) + "\n" for s in samples)
+    (tmp_path / "dropped" / "samples.jsonl").write_text(text)
+    dropped["samples_sha256"] = __import__("hashlib").sha256(text.encode()).hexdigest()
+    (tmp_path / "dropped" / "results.json").write_text(json.dumps(seal(dropped)))
     result = runner.invoke(cli, ["compare", str(base), str(tmp_path / "dropped"), "--min-prompts", "1",
                                  "--z", "1.5"])
     assert result.exit_code == 1 and "REGRESSION" in result.output and "**FAIL**" in result.output

@@ -7,9 +7,13 @@ import inspect
 from evalkit.registry import DECODERS
 
 
-def load_decoder(name: str, path=None, random_init: str | None = None, dtype: str | None = None):
+def load_decoder(name: str, path=None, random_init: str | None = None, dtype: str | None = None,
+                 allow_pickle: bool = False):
     """The decoder registered as ``name``: from ``path``, else its default (shipped) weights, else built
     from its default config when it has no weights to load.
+
+    ``allow_pickle``: accept pickle checkpoints in the folder (CLI ``--allow-pickle``; read with
+    ``torch.load(weights_only=True)``), passed to the decoder's ``from_pretrained``.
 
     ``random_init="real"`` / ``"tiny"``: the decoder's ``random_init(size=...)`` instead (its public
     architecture with random weights; images are noise, for speed and memory measurements).
@@ -32,9 +36,19 @@ def load_decoder(name: str, path=None, random_init: str | None = None, dtype: st
                                "--decoder-path (drop one of them)")
         return DECODERS.random_builder(name, random_init)(size=random_init)
     loader = getattr(cls, "from_pretrained", None)
+    if loader is not None and allow_pickle:
+        parameters = inspect.signature(loader).parameters
+        if "allow_pickle" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            options = {**options, "allow_pickle": True}
+        elif path is not None:
+            raise EvalkitError(f"decoder {name!r} reads no pickle checkpoints; --allow-pickle does not apply to "
+                               "its --decoder-path (convert the folder to safetensors)")
     if path is not None:
+        if loader is None:
+            raise EvalkitError(f"decoder {name!r} loads no weights folder; --decoder-path does not apply to it")
         return loader(path, **options)
     directory = inspect.signature(loader).parameters.get("directory") if loader is not None else None
     if directory is not None and directory.default is not inspect.Parameter.empty:
         return loader(**options)
+    options.pop("allow_pickle", None)
     return cls(**options)

@@ -28,14 +28,17 @@ import torch
 from torch import nn
 
 from evalkit.contracts import Batch, Decoder, Protocol, per_image_randn
-from evalkit.errors import WeightsNotFoundError
+from evalkit.errors import ConfigMismatchError, WeightsNotFoundError
 from evalkit.paths import REPO_ROOT
-from evalkit.serialization import CONFIG_NAME, PretrainedMixin, check_state_dict, load_config, load_state_dict
+from evalkit.serialization import CONFIG_NAME, PretrainedMixin
 
 SHIPPED_DIR = REPO_ROOT / "evalkit" / "embedded" / "weights" / "decoder"
 TRAIN_HINT = "Train it with `evalkit train-world decoder` (or restore the shipped weights from git)."
 EMBEDDING_SPACE = "synth-clip"
 SAMPLING_DTYPES = ("float32", "bfloat16")
+#: settings of a loaded config that must be at least 1 (sizes of what decoding allocates, step counts)
+POSITIVE_SETTINGS = ("resolution", "channels", "num_train_timesteps", "num_inference_steps", "max_batch")
+MAX_RESOLUTION = 1024
 
 
 @dataclass
@@ -224,7 +227,7 @@ class SynthDecoder(PretrainedMixin, Decoder, nn.Module):
     # ------------------------------------------------------------------ weights
 
     @classmethod
-    def config_from_dict(cls, raw: dict, where: str = ""):
+    def _config_from_dict(cls, raw: dict, where: str = ""):
         config = super().config_from_dict(raw, where)
         for f in dataclasses.fields(config):  # JSON gives lists back; the dataclass holds tuples
             value = getattr(config, f.name)
@@ -238,10 +241,16 @@ class SynthDecoder(PretrainedMixin, Decoder, nn.Module):
         directory = Path(directory) if directory is not None else SHIPPED_DIR
         if not (directory / CONFIG_NAME).is_file():
             raise WeightsNotFoundError(f"the synthetic world's decoder: no weights at {directory} (no {CONFIG_NAME}). {TRAIN_HINT}")
-        raw = load_config(directory)
-        raw.update(overrides)
-        model = cls(cls.config_from_dict(raw, str(directory / CONFIG_NAME)))
-        state = load_state_dict(directory, allow_pickle=allow_pickle)
-        check_state_dict(model.state_dict(), state, str(directory))
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-        return model.eval()
+        # config types, a meta build checked against the file's tensor shapes, then the real build
+        return cls.load_folder(directory, allow_pickle, overrides)
+
+    @classmethod
+    def config_from_dict(cls, raw: dict, where: str = ""):
+        config = cls._config_from_dict(raw, where)
+        small = [f"{name} = {getattr(config, name)!r}" for name in POSITIVE_SETTINGS if getattr(config, name) < 1]
+        if small:
+            raise ConfigMismatchError(f"{where or 'decoder config'}: {', '.join(small)} must be at least 1")
+        if config.resolution > MAX_RESOLUTION:
+            raise ConfigMismatchError(f"{where or 'decoder config'}: resolution = {config.resolution} is beyond "
+                                      f"{MAX_RESOLUTION} (the synthetic world renders 32×32)")
+        return config

@@ -22,9 +22,9 @@ from torch import nn
 
 from evalkit.contracts import TextEncoding
 from evalkit.embedded.tokenizer import CompactTokenizer
-from evalkit.errors import WeightsNotFoundError
+from evalkit.errors import ConfigMismatchError, WeightsNotFoundError
 from evalkit.paths import REPO_ROOT
-from evalkit.serialization import check_state_dict, load_config, load_state_dict, save_pretrained
+from evalkit.serialization import CONFIG_NAME, check_config_values, load_config, load_pretrained, save_pretrained
 
 MODEL_NAME = "evalkit-world-clip"
 EMBEDDING_SPACE = "synth-clip"
@@ -68,8 +68,11 @@ def build_open_clip(model_cfg: dict):
     logger = logging.getLogger()
     level = logger.level
     logger.setLevel(logging.ERROR)
+    # on the meta device (a config checked before anything real is allocated) open_clip must not move it to the CPU
+    device = "meta" if torch.empty(0).device.type == "meta" else "cpu"
     try:
-        model, _, _ = open_clip.create_model_and_transforms(MODEL_NAME, pretrained=None, **_overrides(model_cfg))
+        model, _, _ = open_clip.create_model_and_transforms(MODEL_NAME, pretrained=None, device=device,
+                                                            **_overrides(model_cfg))
     finally:
         logger.setLevel(level)
     return model
@@ -171,11 +174,14 @@ class WorldCLIP(nn.Module):
         if not (directory / "config.json").is_file():
             raise WeightsNotFoundError(f"the synthetic world's CLIP: no weights at {directory}. {TRAIN_HINT}")
         config = load_config(directory)
-        model = cls(config["model_cfg"], config["bpe_ids"])
-        state = load_state_dict(directory, allow_pickle=allow_pickle)
-        check_state_dict(model.state_dict(), state, str(directory))
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-        return model.eval()
+        where = str(directory / CONFIG_NAME)
+        raw = {key: config.get(key) for key in ("model_cfg", "bpe_ids")}
+        check_config_values(raw, {"model_cfg": dict, "bpe_ids": list[int]}, where)
+        if not all(isinstance(raw["model_cfg"].get(tower), dict) for tower in ("text_cfg", "vision_cfg")):
+            raise ConfigMismatchError(f"{where}: model_cfg must hold text_cfg and vision_cfg objects (open_clip's layout)")
+        # built on the meta device and checked against the file's tensor shapes before the real build
+        return load_pretrained(directory, lambda r: cls(r["model_cfg"], r["bpe_ids"]), raw, "the world CLIP",
+                               allow_pickle=allow_pickle)
 
 
 @functools.lru_cache(maxsize=2)

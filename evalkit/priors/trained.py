@@ -17,8 +17,8 @@ import torch
 from evalkit.contracts import Batch, Prior
 from evalkit.errors import ConfigMismatchError, EvalkitError, WeightsNotFoundError
 from evalkit.paths import REPO_ROOT
-from evalkit.serialization import (CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, check_state_dict, load_config,
-                                   load_state_dict, save_pretrained)
+from evalkit.serialization import (CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, config_hints, load_config, load_pretrained,
+                                   save_pretrained)
 
 SHIPPED_ROOT = REPO_ROOT / "priors"
 EMBEDDING_SPACE = "synth-clip"
@@ -29,8 +29,8 @@ class DiffusersLayoutMixin:
     """``save_pretrained`` / ``from_pretrained`` for a diffusers ``ModelMixin`` through evalkit's safe loaders.
 
     Weights are read with safetensors (pickle only with ``allow_pickle``), every tensor's name and shape is
-    checked against the model built from ``config.json`` (a mismatch lists the keys), and fp16 files are
-    cast back to float32.
+    checked against the model built from ``config.json`` on the meta device before anything real is allocated
+    (a mismatch names the config key and lists the tensors), and fp16 files are cast back to float32.
     """
 
     def save_pretrained(self, directory, metadata: dict | None = None, dtype=None, **_ignored) -> Path:
@@ -40,21 +40,22 @@ class DiffusersLayoutMixin:
 
     @classmethod
     def from_pretrained(cls, directory, allow_pickle: bool = False, **_ignored):
+        """Through :func:`~evalkit.serialization.load_pretrained`: the config's keys and value types are
+        checked, the model is built on the meta device and compared with the weights file's tensor shapes,
+        and only then built for real and loaded (fp16 tensors are cast to float32)."""
         directory = Path(directory)
         raw = load_config(directory)
         known = set(cls._init_params())
         unknown = sorted(k for k in raw if not k.startswith("_") and k not in known)
         if unknown:
             raise ConfigMismatchError(f"{directory / CONFIG_NAME} has keys {unknown} that {cls.__name__} does not take")
-        model = cls.from_config({k: v for k, v in raw.items() if not k.startswith("_")})
-        state = load_state_dict(directory, allow_pickle=allow_pickle)
-        check_state_dict(model.state_dict(), state, str(directory))
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-        return model.eval()
+        config = {k: v for k, v in raw.items() if not k.startswith("_")}
+        return load_pretrained(directory, cls.from_config, config, cls.__name__, allow_pickle=allow_pickle,
+                               hints=config_hints(cls._init_function()))
 
     @classmethod
-    def _init_params(cls) -> list[str]:
-        """The config keys: the named parameters of the first ``__init__`` in the MRO that declares any."""
+    def _init_function(cls):
+        """The first ``__init__`` in the MRO that declares named parameters: its parameters are the config keys."""
         import inspect
 
         for klass in cls.__mro__:
@@ -62,8 +63,19 @@ class DiffusersLayoutMixin:
                 params = [p for p in inspect.signature(klass.__init__).parameters.values()
                           if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
                 if params:
-                    return [p.name for p in params]
-        return []
+                    return klass.__init__
+        return None
+
+    @classmethod
+    def _init_params(cls) -> list[str]:
+        """The config keys: the named parameters of the first ``__init__`` in the MRO that declares any."""
+        import inspect
+
+        init = cls._init_function()
+        if init is None:
+            return []
+        return [p.name for p in inspect.signature(init).parameters.values()
+                if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
     public_class_name: ClassVar[str] = "PriorTransformer"
 
@@ -100,7 +112,7 @@ class TrainedPrior(Prior):
         else:
             self.path = None
         self.model = model.eval()
-        self.clip = clip
+        self._clip = clip  # the text encoder of the prior's space: read by the run, not part of the prior's identity
         self.training_seed = training_seed
         self.embedding_dim = self.output_dim(model)
 
@@ -127,13 +139,20 @@ class TrainedPrior(Prior):
         pairs = json.loads(record.read_text()).get("config", {}).get("num_pairs")
         return f"{pairs / 1000:g}k synth pairs" if pairs else ""
 
+    @property
+    def clip(self):
+        """The text encoder given or loaded so far (None until :meth:`text_encoder` loads it). Kept private:
+        whether a run loaded it through this prior must not change the prior's fingerprint; the run's
+        work-cache keys carry the text encoder's own fingerprint instead."""
+        return self._clip
+
     def text_encoder(self):
         """The encoder of the prior's space (the world CLIP, loaded once, unless one was given)."""
-        if self.clip is None:
+        if self._clip is None:
             from evalkit.embedded.clip import load_world_clip
 
-            self.clip = load_world_clip()
-        return self.clip
+            self._clip = load_world_clip()
+        return self._clip
 
     def text_encoding(self, batch: Batch):
         encoding = batch.text.get(self.embedding_space)

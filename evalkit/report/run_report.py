@@ -40,8 +40,42 @@ class RunData:
     samples: list[dict] = field(default_factory=list)
 
 
+#: sample fields that name things (report and export make folder and file names of them): plain names only
+SAMPLE_NAME_FIELDS = ("prior", "suite", "scorer", "item_id", "category")
+ROW_NAME_FIELDS = ("prior", "suite", "metric", "category")
+
+
+def is_plain_name(value) -> bool:
+    """A non-empty name without path separators, NUL or a leading dot (so never ``.`` or ``..``)."""
+    return isinstance(value, str) and bool(value) and not value.startswith(".") \
+        and not any(c in value for c in "/\\\x00")
+
+
+def _inside_path(image_path) -> bool:
+    """``image_path`` is, as written, a relative path below the run folder (no ``..``, not absolute)."""
+    if not isinstance(image_path, str) or "\x00" in image_path:
+        return False
+    parts = image_path.replace("\\", "/").split("/")
+    return not image_path.startswith(("/", "\\")) and ":" not in parts[0] and all(p not in ("", ".", "..") for p in parts)
+
+
+def _plain_names(row: dict, fields: Sequence[str], where: str) -> None:
+    for name in fields:
+        if name not in row:
+            raise CorruptFileError(f"{where}: no {name!r}; not a row evalkit wrote, or edited by hand")
+        if not is_plain_name(row[name]):
+            raise CorruptFileError(f"{where}: {name} {row[name]!r} is not a plain name (no path separators, no '..', "
+                                   "no leading dot); this run folder was not written by evalkit, or was edited: refused")
+
+
 def load_run(path: str | os.PathLike) -> RunData:
-    """Read ``results.json`` and ``samples.jsonl`` of a run folder (clear errors for unfinished or edited runs)."""
+    """Read ``results.json`` and ``samples.jsonl`` of a run folder (clear errors for unfinished or edited runs).
+
+    Both files are required (``samples.jsonl.gz``, as kept in ``results/``, stands for ``samples.jsonl``):
+    ``results.json`` must carry its checksum and the samples' sha256, and every name in them must be a
+    plain name and every image path a relative path inside the run folder. A bare ``results.json`` path
+    stands for its folder, so its samples must lie beside it.
+    """
     path = Path(path)
     results_path = path / "results.json"
     if path.is_file() and path.name == "results.json":
@@ -54,31 +88,96 @@ def load_run(path: str | os.PathLike) -> RunData:
         results = json.loads(results_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CorruptFileError(f"{results_path} is not valid JSON ({error}); was it edited by hand?") from None
+    if not isinstance(results, dict):
+        raise CorruptFileError(f"{results_path} holds a JSON {type(results).__name__}, not an evalkit results file")
     for key in ("protocol", "protocol_hash", "rows"):
         if key not in results:
             raise CorruptFileError(f"{results_path} has no {key!r}: not an evalkit results file, or edited by hand")
-    if "checksum" in results and seal(results)["checksum"] != results["checksum"]:
+    if "checksum" not in results:
+        raise CorruptFileError(f"{results_path} has no checksum: evalkit seals every results.json it writes, so this "
+                               "one was edited by hand or not written by evalkit; refused. Re-run the command "
+                               "(finished work comes from the cache) instead of editing results.")
+    if seal(results)["checksum"] != results["checksum"]:
         raise CorruptFileError(f"{results_path} does not match its checksum: it was edited after the run wrote it. "
                                "Re-run the command (finished work comes from the cache) instead of editing results.")
-    samples = []
+    if not isinstance(results["rows"], list) or not all(isinstance(r, dict) for r in results["rows"]):
+        raise CorruptFileError(f"{results_path}: 'rows' is not a list of result rows")
+    for number, row in enumerate(results["rows"]):
+        _plain_names(row, ROW_NAME_FIELDS, f"{results_path}, row {number}")
     samples_path = path / "samples.jsonl"
     if not samples_path.is_file() and (path / "samples.jsonl.gz").is_file():  # kept compressed in results/
         samples_path = path / "samples.jsonl.gz"
-    if samples_path.is_file():
-        import gzip
+    if not samples_path.is_file():
+        raise CorruptFileError(f"{path} has results.json but no samples.jsonl (nor samples.jsonl.gz): report, compare "
+                               "and export all need the per-image rows beside results.json; copy the whole run "
+                               "folder, not results.json alone")
+    expected = results.get("samples_sha256")
+    if not expected:
+        raise CorruptFileError(f"{results_path} records no samples_sha256, so {samples_path.name} cannot be checked; "
+                               "not a results file evalkit wrote")
+    import gzip
 
-        text = gzip.decompress(samples_path.read_bytes()).decode("utf-8") if samples_path.suffix == ".gz" \
-            else samples_path.read_text()
-        expected = results.get("samples_sha256")
-        if expected and hashlib.sha256(text.encode("utf-8")).hexdigest() != expected:
-            raise CorruptFileError(f"{samples_path} does not match the hash recorded in results.json (truncated or edited)")
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    samples.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise CorruptFileError(f"{samples_path}, line {number}: not valid JSON") from None
+    try:
+        raw = samples_path.read_bytes()
+        text = (gzip.decompress(raw) if samples_path.suffix == ".gz" else raw).decode("utf-8")
+    except (OSError, EOFError, UnicodeDecodeError) as error:
+        raise CorruptFileError(f"{samples_path} cannot be read ({error}): truncated or damaged") from None
+    if hashlib.sha256(text.encode("utf-8")).hexdigest() != expected:
+        raise CorruptFileError(f"{samples_path} does not match the hash recorded in results.json (truncated or edited)")
+    samples = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                sample = json.loads(line)
+            except json.JSONDecodeError:
+                raise CorruptFileError(f"{samples_path}, line {number}: not valid JSON") from None
+            if not isinstance(sample, dict):
+                raise CorruptFileError(f"{samples_path}, line {number}: not a sample row")
+            _plain_names(sample, SAMPLE_NAME_FIELDS, f"{samples_path}, line {number}")
+            image = sample.get("image_path")
+            if image and not _inside_path(image):
+                raise CorruptFileError(f"{samples_path}, line {number}: image_path {image!r} is not a relative path "
+                                       "inside the run folder; refused")
+            samples.append(sample)
     return RunData(path, results, samples)
+
+
+def check_image(run_path: str | os.PathLike, image_path: str | os.PathLike, formats: Sequence[str] | None = None) -> Path:
+    """The file of an image of a run, after checking it: it resolves (symlinks followed) inside the run
+    folder, is a regular file and decodes completely (in one of ``formats``, e.g. ``("PNG",)``, when given).
+    Raises :class:`CorruptFileError` naming the file."""
+    from PIL import Image as PILImage
+
+    root = Path(run_path).resolve()
+    shown = Path(run_path) / image_path
+    target = (root / image_path).resolve()
+    if target != root and root not in target.parents:
+        raise CorruptFileError(f"image {shown} resolves to {target}, outside the run folder {run_path}: refused")
+    if not target.is_file():
+        raise CorruptFileError(f"image {shown} is missing or not a regular file")
+    try:
+        with PILImage.open(target) as picture:
+            found = picture.format
+            picture.load()
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, zlib errors ... on damaged files
+        raise CorruptFileError(f"image {shown} is truncated or damaged ({error}); restore it, or run the command "
+                               "that made the run again (finished work comes from the cache)") from None
+    if formats and found not in formats:
+        raise CorruptFileError(f"image {shown} is a {found} file, not {' or '.join(formats)}")
+    return target
+
+
+def check_report_images(runs: Sequence[RunData], samples: list[dict], order: list[str]) -> None:
+    """Check every image a report of ``runs`` reads or links (see :func:`check_image`), before it writes
+    anything; images missing from disk are left out of the report as before (runs kept without images)."""
+    roots = sorted((str(run.path) for run in runs), key=len, reverse=True)
+    for image in sorted(report_images(samples, order)):
+        if not os.path.lexists(image):
+            continue
+        root = next((r for r in roots if image.startswith(r.rstrip(os.sep) + os.sep)), None)
+        if root is None:  # cannot happen for samples of _merged; refuse rather than read
+            raise CorruptFileError(f"image {image} lies outside the run folders of the report: refused")
+        check_image(root, os.path.relpath(image, root))
 
 
 # --------------------------------------------------------------------------- blocks
@@ -327,9 +426,14 @@ def plot_parameters(rows: list[dict], priors: dict, metric: str, path: Path) -> 
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
+    import io
+
+    from evalkit.serialization import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=150, format="png")
     plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())  # a full disk: WriteError, and no half-written PNG
     return path
 
 
@@ -410,11 +514,18 @@ def grid_images(samples: list[dict], order: list[str], out_dir: Path) -> list[Im
         if len(images) != len(items) * len(columns) or not images:
             continue  # images missing from disk: no misleading partial grid
         scorer = next(iter(index.values()))["scorer"]
-        path = save_image_grid(out_dir / f"grid-{suite}.png", np.stack(images), titles, columns=len(columns), scale=5,
-                               wrap=20, lines=6, fontsize=10)
+        path = _write_atomically(out_dir / f"grid-{suite}.png", lambda tmp: save_image_grid(
+            tmp, np.stack(images), titles, columns=len(columns), scale=5, wrap=20, lines=6, fontsize=10))
         blocks += [("h3", f"{suite}: seed {seed}, one column per prior; under each image its {scorer} score"),
                    Image(path.name, f"grid {suite}")]
     return blocks
+
+
+def _write_atomically(path: Path, write) -> Path:
+    """``write(temporary path)`` then a rename onto ``path`` (:func:`evalkit.serialization.atomic_write`)."""
+    from evalkit.serialization import atomic_write
+
+    return atomic_write(path, write, keep_suffix=True)
 
 
 def worst_images(samples: list[dict], order: list[str], out_dir: Path) -> list:
@@ -554,15 +665,118 @@ def summary_markdown(run_dirs: Sequence[str | os.PathLike]) -> str:
     return to_markdown(blocks)
 
 
-def write_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-                 pairs: Sequence[tuple[str, str]] | None = None) -> Path:
-    """Render ``report.md`` and ``report.html`` (plus ``parameters.png`` and grids) into ``out_dir``."""
+#: the files a report writes (besides ``grid-<suite>.png``)
+REPORT_FILES = ("report.md", "report.html", "parameters.png")
+
+
+def _report_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.name in REPORT_FILES or (p.name.startswith("grid-") and p.name.endswith(".png")))
+
+
+def _render(runs: Sequence[RunData], out_dir: Path, pairs) -> Path:
+    from evalkit.errors import WriteError
     from evalkit.serialization import atomic_write_text
 
+    try:
+        blocks = report_blocks(runs, out_dir, pairs)
+        atomic_write_text(out_dir / "report.md", to_markdown(blocks))
+        atomic_write_text(out_dir / "report.html", to_html(blocks, "evalkit report"))
+    except WriteError:
+        raise
+    except OSError as error:  # e.g. matplotlib on a full disk
+        raise WriteError(f"could not write the report in {out_dir}: {error.strerror or error}") from error
+    return out_dir / "report.md"
+
+
+def write_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None,
+                 pairs: Sequence[tuple[str, str]] | None = None, *, fresh: bool = False,
+                 parent: str | os.PathLike = "evalkit-runs") -> Path:
+    """Render ``report.md`` and ``report.html`` (plus ``parameters.png`` and grids) into ``out_dir``.
+
+    Everything read is checked first — the run folders (:func:`load_run`), that they share one
+    protocol, and every image the report uses (:func:`check_report_images`) — so a refused report
+    writes nothing. Existing report files are never overwritten.
+
+    ``fresh`` (``evalkit report``): ``out_dir`` (None: a new folder under ``parent``) must not exist or
+    be an empty folder; the report is rendered into a temporary folder beside it and renamed into place
+    (atomic: of two reports to one folder, one is refused, and a failure leaves no folder behind).
+    Otherwise (a run's report in its own folder) the files are written one by one, each atomically, and
+    a failure removes those already written.
+    """
+    from evalkit.errors import WriteError
+
     runs = [load_run(d) for d in run_dirs]
+    _, priors, rows, samples = _merged(runs)  # refuses runs of different protocols
+    check_report_images(runs, samples, prior_order(priors, rows))
+    if fresh:
+        return _write_fresh(runs, out_dir, pairs, parent)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    blocks = report_blocks(runs, out_dir, pairs)
-    atomic_write_text(out_dir / "report.md", to_markdown(blocks))
-    atomic_write_text(out_dir / "report.html", to_html(blocks, "evalkit report"))
+    existing = _report_files(out_dir)
+    if existing:
+        raise EvalkitError(f"{out_dir} already holds {existing[0].name}: existing files are never overwritten; "
+                           "render the report into a new folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise WriteError(f"cannot create the report folder {out_dir}: {error.strerror or error}") from error
+    try:
+        return _render(runs, out_dir, pairs)
+    except BaseException:
+        for path in _report_files(out_dir):  # none were there before: every one is this call's
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _write_fresh(runs: Sequence[RunData], out_dir, pairs, parent) -> Path:
+    import errno
+    import secrets
+    import shutil
+
+    from evalkit.errors import WriteError
+    from evalkit.runs import new_run_dir
+
+    created = None
+    if out_dir is None:
+        out_dir = created = new_run_dir(parent, "report")  # new and empty
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise EvalkitError(f"{out_dir} already exists and is not empty: a report goes into a new (or empty) folder "
+                           "and existing files are never overwritten; pick another --out")
+    staging = None
+    try:
+        try:
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            for _ in range(100):
+                candidate = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(4)}.tmp"
+                try:
+                    candidate.mkdir()
+                    staging = candidate
+                    break
+                except FileExistsError:
+                    continue
+            else:
+                raise EvalkitError(f"could not create a temporary folder beside {out_dir}")
+        except OSError as error:
+            raise WriteError(f"cannot create the report folder {out_dir}: {error.strerror or error}") from error
+        _render(runs, staging, pairs)  # beside out_dir: its relative links into the runs are those of out_dir
+        try:
+            os.rename(staging, out_dir)  # atomic; replaces nothing but an empty folder
+        except OSError as error:
+            if error.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                raise EvalkitError(f"{out_dir} was created or filled by another command while this report was "
+                                   "rendered; existing files are never overwritten, nothing was written") from None
+            raise WriteError(f"could not move the report into {out_dir}: {error.strerror or error}") from error
+        staging = None
+    except BaseException:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if created is not None:
+            try:
+                created.rmdir()
+            except OSError:
+                pass
+        raise
     return out_dir / "report.md"

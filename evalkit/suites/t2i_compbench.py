@@ -10,7 +10,8 @@ sha256 and size. The files are looked up in, in this order:
    puts them; ``<cache>`` is ``$EVALKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/evalkit``, else
    ``~/.cache/evalkit``.
 
-Every read checks the file's sha256; a missing, altered, empty or unreadable file raises
+Every read checks the file's sha256; a missing, altered, empty or unreadable file, or one that is
+not a regular file (a symlink to a device, a FIFO) or holds over 10 MB, raises
 :class:`~evalkit.errors.PromptFileError` saying which file and what to do.
 
 Splits: ``val`` = the 200 prompts of ``<category>_val_seen.txt`` (``seen=True``) followed by the
@@ -30,7 +31,7 @@ from typing import Any, Callable
 from evalkit.contracts import PromptItem, Suite
 from evalkit.paths import cache_root
 from evalkit.errors import PromptFileError
-from evalkit.prompts_fetch import DEFAULT_TIMEOUT, FileSpec, fetch_files
+from evalkit.prompts_fetch import DEFAULT_TIMEOUT, FileSpec, fetch_files, read_regular_file
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFINITION_PATH = REPO_ROOT / "benchmarks" / "suites" / "t2i-compbench.json"
@@ -46,7 +47,10 @@ Definition = dict[str, Any]
 
 @functools.lru_cache(maxsize=8)
 def _load_definition_file(path: str) -> str:
-    return Path(path).read_text(encoding="utf-8")
+    try:
+        return read_regular_file(path).decode("utf-8")
+    except OSError as e:
+        raise PromptFileError(f"cannot read suite definition {path}: {e.strerror or e}") from e
 
 
 def load_definition(definition: Definition | str | os.PathLike | None = None) -> Definition:
@@ -112,9 +116,9 @@ def read_prompt_file(path: Path, spec: FileSpec, *, origin: str = "", definition
             f"T2I-CompBench prompt file not found: {path}{where}. {_how_to_get(path.parent, origin, definition)}"
         )
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path)  # a device or FIFO is refused, and at most 10 MB are read
     except OSError as e:
-        raise PromptFileError(f"cannot read T2I-CompBench prompt file {path}{where}: {e}") from e
+        raise PromptFileError(f"cannot read T2I-CompBench prompt file {path}{where}: {e.strerror or e}") from e
     if not data:
         raise PromptFileError(
             f"T2I-CompBench prompt file {path} is empty (0 bytes; expected {spec.size} bytes, sha256 {spec.sha256}). "

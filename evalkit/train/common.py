@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from evalkit.errors import EvalkitError
+from evalkit.errors import EvalkitError, RunExistsError
 from evalkit.serialization import atomic_write_json
 
 TENSOR_MARK = "__tensor__"
@@ -97,6 +97,15 @@ class JsonlLogger:
         """Drop rows logged after ``step`` (work that a resume will redo)."""
         kept = [r for r in self.rows() if r.get("step", 0) <= step]
         self.path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+
+
+def refuse_existing_run(out_dir: Path, resume: bool) -> None:
+    """A :class:`RunExistsError` when ``out_dir`` holds files and this is not a ``--resume``: a new run never
+    writes over another."""
+    out_dir = Path(out_dir)
+    if not resume and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise RunExistsError(f"{out_dir} already holds a training run (or other files); pass --resume to continue "
+                             "it or pick another --out")
 
 
 def save_checkpoint(directory: Path, model, optimizer=None, scheduler=None, step: int = 0, extra: dict | None = None) -> None:

@@ -44,11 +44,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from evalkit.contracts import content_hash
-from evalkit.errors import ConfigMismatchError, EvalkitError
+from evalkit.errors import ConfigMismatchError, EvalkitError, SettingError
 from evalkit.priors.sizes import KINDS, SIZES
 from evalkit.serialization import atomic_write_json
-from evalkit.train.common import (JsonlLogger, Stopwatch, check_finite, finish, load_checkpoint, save_checkpoint,
-                                  set_seed, ship)
+from evalkit.train.common import (JsonlLogger, Stopwatch, check_finite, finish, load_checkpoint, refuse_existing_run,
+                                  save_checkpoint, set_seed, ship)
 
 #: settings a resumed run may change
 RESUMABLE_KEYS = ("checkpoint_every", "eval_every")
@@ -93,16 +93,17 @@ class PriorTrainConfig:
         if self.lam is None:
             self.lam = DEFAULT_LAMBDA if self.prior == "eclipse" else 0.0
         if self.prior == "projection" and self.lam != 0:
-            raise ValueError("the projection prior is the eclipse network with λ = 0; use --prior eclipse for λ > 0")
+            raise SettingError("the projection prior is the eclipse network with λ = 0; use --prior eclipse for λ > 0 "
+                               f"(got --lam {self.lam})")
         if self.prior != "eclipse" and self.hard_negatives:
-            raise ValueError("--hard-negatives applies to the eclipse prior's contrastive term")
+            raise SettingError(f"--hard-negatives applies to the eclipse prior's contrastive term, not to {self.prior}")
         if self.lr is None:
             self.lr = 5e-4 if SIZES[self.size][0] >= 4 else 1e-3
         if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+            raise SettingError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         for name in ("steps", "batch_size", "num_pairs", "grad_accum_steps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise SettingError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
 
     @classmethod
     def quick(cls, prior: str = "eclipse", **overrides) -> "PriorTrainConfig":
@@ -355,7 +356,7 @@ def _accelerator(config: PriorTrainConfig):
                               gradient_accumulation_steps=config.grad_accum_steps)
     share = accelerator.num_processes * config.grad_accum_steps
     if config.batch_size % share:
-        raise ValueError(f"--batch-size {config.batch_size} must be divisible by processes × --grad-accum-steps "
+        raise SettingError(f"--batch-size {config.batch_size} must be divisible by processes × --grad-accum-steps "
                          f"= {accelerator.num_processes} × {config.grad_accum_steps}")
     return accelerator
 
@@ -376,8 +377,7 @@ def train_prior(out_dir: str | Path, config: PriorTrainConfig, resume: bool = Fa
     checkpoint_dir = out_dir / "checkpoint"
     accelerator = _accelerator(config)
     main = accelerator.is_main_process
-    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
-        raise FileExistsError(f"{out_dir} already holds a training run; pass --resume to continue it or pick another --out")
+    refuse_existing_run(out_dir, resume)
     if resume and (out_dir / "train_config.json").is_file():
         _check_resumable(out_dir, config)
     accelerator.wait_for_everyone()  # every process has checked the folder before process 0 writes into it
