@@ -107,8 +107,13 @@ def row_prompts(row: dict, protocol: dict) -> int:
     return int(row.get("n", 0)) // max(int(protocol.get("images_per_prompt") or 1), 1)
 
 
+#: protocol fields recorded but not part of its hash (the numeric path: a note, not a mismatch)
+NUMERIC_PATH_FIELDS = ("dtype",)
+
+
 def _protocol_difference(a: dict, b: dict) -> list[str]:
-    return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and k not in NUMERIC_PATH_FIELDS]
 
 
 def _prompt_sets(results: dict, samples: list[dict] | None) -> dict | None:
