@@ -122,7 +122,7 @@ def _prompt_sets(results: dict, samples: list[dict] | None) -> dict | None:
     if recorded:
         return {suite: (entry["prompts"], entry["items_sha256"]) for suite, entry in recorded.items()}
     if samples:
-        from evalkit.runner import prompt_subsets
+        from evalkit.runs import prompt_subsets
 
         return {suite: (e["prompts"], e["items_sha256"]) for suite, e in prompt_subsets(samples).items()}
     return None

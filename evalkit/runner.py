@@ -25,6 +25,7 @@ from evalkit.contracts import Batch, Protocol, ResultRow, RunConfig, SampleRow, 
 from evalkit.environment import describe as describe_environment
 from evalkit.errors import EvalkitError, WriteError
 from evalkit.report.grid import to_uint8
+from evalkit.runs import prompt_subsets
 from evalkit.serialization import atomic_write_bytes
 from evalkit.stats import bootstrap
 
@@ -401,17 +402,6 @@ def unknown_words(suites, split: str, limit: int | None, encoders: dict) -> dict
                     "prompts": len(prompts), "with_unknown_words": sum(1 for ws in per_prompt if ws),
                     "words": dict(sorted(words.items(), key=lambda kv: (-kv[1], kv[0])))}
     return found
-
-
-def prompt_subsets(rows: list[dict]) -> dict:
-    """Per suite: how many prompts the run scored and a hash of their item ids. Two runs of one suite
-    version compare only when these match (``--limit 8`` against ``--limit 4`` is another prompt set)."""
-    from evalkit.contracts import content_hash
-
-    items: dict[str, set] = {}
-    for row in rows:
-        items.setdefault(row["suite"], set()).add(row["item_id"])
-    return {suite: {"prompts": len(ids), "items_sha256": content_hash(sorted(ids))} for suite, ids in sorted(items.items())}
 
 
 def write_results(run_dir: Path, rows: list[dict], results: list[ResultRow], *, config: dict, protocol: Protocol,

@@ -42,3 +42,14 @@ def new_run_dir(parent: str | os.PathLike, label: str) -> Path:
         except FileExistsError:
             continue
     raise EvalkitError(f"could not find a free run folder name in {parent}")
+
+
+def prompt_subsets(rows: list[dict]) -> dict:
+    """Per suite: how many prompts the run scored and a hash of their item ids. Two runs of one suite
+    version compare only when these match (``--limit 8`` against ``--limit 4`` is another prompt set)."""
+    from evalkit.contracts import content_hash
+
+    items: dict[str, set] = {}
+    for row in rows:
+        items.setdefault(row["suite"], set()).add(row["item_id"])
+    return {suite: {"prompts": len(ids), "items_sha256": content_hash(sorted(ids))} for suite, ids in sorted(items.items())}
