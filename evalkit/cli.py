@@ -48,11 +48,22 @@ def ls_command(kind):
     """List registered priors, decoders, scorers and suites (imports no torch)."""
     from evalkit.registry import REGISTRIES
 
+    from evalkit.registry import weights_status
+
     kinds = [kind] if kind else list(REGISTRIES)
     for name in kinds:
         click.echo(f"{name}:")
+        if name in ("priors", "decoders"):
+            click.echo(f"  {'NAME':<22} {'SPACE':<17} {'DIM':>5}  {'WEIGHTS':<44} DESCRIPTION")
         for entry in REGISTRIES[name].entries():
-            click.echo(f"  {entry.name:<24} {entry.description}")
+            if name in ("priors", "decoders"):
+                meta = entry.meta
+                defaults = (f"{meta['steps']} steps, CFG {meta['guidance']}, {meta['resolution']}; "
+                            if "steps" in meta else "")
+                click.echo(f"  {entry.name:<22} {meta.get('space', '?'):<17} {str(meta.get('dim', '?')):>5}  "
+                           f"{weights_status(entry):<44} {defaults}{entry.description}")
+            else:
+                click.echo(f"  {entry.name:<24} {entry.description}")
 
 
 @cli.group(cls=EvalkitGroup)
@@ -286,10 +297,25 @@ def train_baseline(prior, size, out, resume, quick, stop_at, ship, describe, emb
 @cli.command("run")
 @click.option("--preset", type=click.Choice(["smoke", "demo", "paper"]),
               help="a named protocol (evalkit/presets.py); flags given explicitly override it")
-@click.option("--prior", "priors", default="oracle", show_default=True, help="comma-separated prior names")
+@click.option("--prior", "priors", default="oracle", show_default=True,
+              help="comma-separated priors: a name (eclipse, projection and diffusion follow the decoder's space: "
+                   "eclipse beside karlo is eclipse-karlo), or LABEL=NAME to run a class under a label of your own "
+                   "(a second checkpoint: eclipse,mine=eclipse --prior-path mine=DIR)")
 @click.option("--decoder", default="synth", show_default=True, help="decoder name")
 @click.option("--decoder-path", type=click.Path(), help="load the decoder from this folder (e.g. a local karlo-v1-alpha)")
-@click.option("--suite", "suites_", default="synth-color", show_default=True, help="comma-separated suite names")
+@click.option("--suite", "suites_", default=None, help="comma-separated suite names [default: synth-color, "
+              "unless --prompts is given]")
+@click.option("--prompts", "prompt_files", multiple=True, type=click.Path(dir_okay=False),
+              help="your own prompts (a .txt file, one per line; or .jsonl / .csv with a prompt column): a suite "
+                   "named prompts-<file stem> (repeatable; needs --category)")
+@click.option("--category", help="the binding category of the --prompts prompts (color, shape, texture, ...)")
+@click.option("--prompts-dir", type=click.Path(file_okay=False),
+              help="local copy of the T2I-CompBench prompt files (default: $EVALKIT_PROMPTS_DIR or the fetched copy)")
+@click.option("--plugin", "plugins", multiple=True, metavar="[NAME=]module:Class",
+              help="register a Prior, Decoder, Scorer or Suite class for this run, without packaging (repeatable)")
+@click.option("--device", default="auto", show_default=True,
+              help="auto | cpu | cuda | cuda:N (auto: CUDA when present; under torchrun / accelerate each process "
+                   "uses its own GPU, cuda:$LOCAL_RANK)")
 @click.option("--scorer", "scorers", default="", help="comma-separated scorer names (default: the suites' own: "
               "binding,analytic for synthetic suites, blip-vqa for T2I-CompBench)")
 @click.option("--split", default="val", show_default=True, help="train | dev | val")
@@ -300,9 +326,17 @@ def train_baseline(prior, size, out, resume, quick, stop_at, ship, describe, emb
 @click.option("--prior-num-inference-steps", type=int, help="diffusion priors: sampling steps (default 25)")
 @click.option("--prior-guidance-scale", type=float, help="diffusion priors: classifier-free guidance (default 4.0)")
 @click.option("--batch-size", default=16, show_default=True, help="images per decoder call (raise it on a GPU)")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]),
-              help="what the decoder computes in (default: its own; synth: bfloat16 sampling, float32 on CPUs "
-                   "without bf16 units); recorded with the run, not part of the protocol")
+@click.option("--dtype", metavar="DTYPE|STAGE=DTYPE,...",
+              help="float32 | bfloat16 | float16 for every stage, or per stage: decoder=float16,prior=float32,"
+                   "scorer=float32 (default: each plugin's own; each declares what it supports); recorded with the "
+                   "run, not part of the protocol")
+@click.option("--resolution", type=int, help="output side for decoders that support several (kandinsky22: a "
+              "multiple of 64, default 512); recorded in the protocol")
+@click.option("--offload", is_flag=True, help="real decoders: model CPU offload, each component on the GPU only "
+              "while it runs (less GPU memory, slower)")
+@click.option("--attention", type=click.Choice(["sdpa", "eager"]),
+              help="real decoders: attention processors (default: as loaded, sdpa where torch has it)")
+@click.option("--vae-chunk-size", type=int, help="real decoders: decode at most N latents per VAE / MoVQ call")
 @click.option("--limit", type=int, help="only the first N prompts of each suite")
 @click.option("--prior-path", "prior_paths", multiple=True, metavar="NAME=DIR",
               help="load trained prior NAME from a weights folder instead of its shipped seed 0 (repeatable)")
@@ -330,14 +364,19 @@ def run_command(ctx, preset, priors, suites_, scorers, **options):
     from evalkit.report.run_report import summary_markdown
     from evalkit.runner import RunConfig, run
 
-    options["prior_paths"] = _prior_paths(options.pop("prior_paths"), _names(priors))
-    options["scorer_paths"] = _prior_paths(options.pop("scorer_paths"), _names(scorers), "--scorer-path")
+    if suites_ is None:
+        suites_ = "" if options["prompt_files"] or preset else "synth-color"
+    options["prompt_files"] = list(options["prompt_files"])
+    options["plugins"] = list(options["plugins"])
     fields = dict(priors=_names(priors), suites=_names(suites_), scorers=_names(scorers), **options)
     if preset:
         given = {"priors": "priors", "suites": "suites_", "scorers": "scorers"}
         for key, value in PRESETS[preset].items():
             if ctx.get_parameter_source(given.get(key, key)) != ParameterSource.COMMANDLINE:
                 fields[key] = value
+    # NAME=DIR flags are checked against the priors the run has (a preset's included) when they resolve
+    fields["prior_paths"] = _prior_paths(fields.pop("prior_paths"), None)
+    fields["scorer_paths"] = _prior_paths(fields.pop("scorer_paths"), fields["scorers"] or None, "--scorer-path")
     config = RunConfig(**fields)
     run_dir = run(config)
     from evalkit.distributed import world
@@ -452,12 +491,13 @@ def eval_prior(priors, suites_, split, num_seeds, controls, training_seeds, prio
 
 
 def _prior_paths(specs, names, flag: str = "--prior-path") -> dict:
-    """``NAME=DIR`` flags as {name: dir}, NAME one of ``names`` (the priors, or the scorers)."""
+    """``NAME=DIR`` flags as {name: dir}, NAME one of ``names`` (None: any; the run checks them)."""
     paths = {}
     for spec in specs:
         name, sep, directory = spec.partition("=")
-        if not sep or name not in names:
-            raise click.BadParameter(f"{spec!r}: expected NAME=DIR with NAME one of {', '.join(names)}", param_hint=flag)
+        if not sep or not name or not directory or (names is not None and name not in names):
+            expected = f" with NAME one of {', '.join(names)}" if names else ""
+            raise click.BadParameter(f"{spec!r}: expected NAME=DIR{expected}", param_hint=flag)
         paths[name] = directory
     return paths
 

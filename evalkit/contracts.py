@@ -146,7 +146,9 @@ def seeded_generators(seeds: Sequence[int], device: str = "cpu") -> list["torch.
 
 
 def per_image_randn(seeds: Sequence[int], shape: Sequence[int], device: str = "cpu", dtype=None) -> "torch.Tensor":
-    """Gaussian noise of ``(len(seeds), *shape)``, row i drawn from seed i alone."""
+    """Gaussian noise of ``(len(seeds), *shape)``, row i drawn from seed i alone. Plugins draw it on the CPU
+    (the default) and move it to their device: CUDA generators give other numbers than CPU ones, so noise drawn
+    on the device would make a GPU run start from other noise than a CPU run."""
     import torch
 
     rows = [torch.randn(tuple(shape), generator=g, device=device, dtype=dtype) for g in seeded_generators(seeds, device)]
@@ -154,6 +156,84 @@ def per_image_randn(seeds: Sequence[int], shape: Sequence[int], device: str = "c
 
 
 # --------------------------------------------------------------------------- plugins
+
+
+def _quiet_diffusers():
+    """A context in which diffusers logs errors only (restored after)."""
+    import contextlib
+
+    try:
+        from diffusers.utils import logging as diffusers_logging
+    except ImportError:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def quiet():
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()
+        try:
+            yield
+        finally:
+            diffusers_logging.set_verbosity(level)
+
+    return quiet()
+
+
+class Placeable:
+    """Where a plugin computes (``evalkit run --device / --dtype``; :mod:`evalkit.placement`).
+
+    The run loads every plugin on the CPU, then calls :meth:`to_placement`. The default moves every torch
+    module of :meth:`torch_modules` to the device and casts its floating weights to the dtype; a plugin whose
+    precision is not its weights' (the synth decoder samples under autocast) overrides it. Compute code makes
+    its tensors on the device of its own weights and returns results there or on the CPU (the run moves them).
+    """
+
+    #: what ``--dtype`` may choose for this plugin (torch names)
+    supported_dtypes: ClassVar[tuple[str, ...]] = ("float32",)
+
+    def torch_modules(self) -> list:
+        """Every ``torch.nn.Module`` the plugin computes with: itself when it is one, else its module-valued
+        attributes (private ones too) and the modules of attributes that are plugins themselves (a text
+        encoder held by a prior). No module is listed twice."""
+        import torch
+
+        found: list = []
+        seen: set[int] = set()
+
+        def visit(value, depth: int) -> None:
+            if id(value) in seen or depth > 2:
+                return
+            if isinstance(value, torch.nn.Module):
+                seen.add(id(value))
+                found.append(value)
+            elif isinstance(value, Placeable) and value is not self:
+                seen.add(id(value))
+                for module in value.torch_modules():
+                    if id(module) not in seen:
+                        seen.add(id(module))
+                        found.append(module)
+            elif isinstance(value, (list, tuple)) or (hasattr(value, "__dict__") and type(value).__module__.startswith("evalkit")
+                                                       and not isinstance(value, type)):
+                seen.add(id(value))
+                for item in (value if isinstance(value, (list, tuple)) else vars(value).values()):
+                    visit(item, depth + 1)
+
+        if isinstance(self, torch.nn.Module):
+            return [self]
+        seen.add(id(self))
+        for value in vars(self).values():
+            visit(value, 0)
+        return found
+
+    def to_placement(self, device: str, dtype: str | None = None) -> None:
+        """Move every module to ``device``; cast floating weights to ``dtype`` (None: keep their precision)."""
+        from evalkit.placement import torch_dtype
+
+        cast = torch_dtype(dtype) if dtype is not None else None
+        own = getattr(self, "torch_modules", None)  # placement.place also calls this on non-Placeable plugins
+        with _quiet_diffusers():  # its ModelMixin warns on every cast about modules to keep in float32 (none here)
+            for module in own() if callable(own) else Placeable.torch_modules(self):
+                module.to(device=device, dtype=cast) if cast is not None else module.to(device=device)
 
 
 class EmbeddingSpec:
@@ -164,7 +244,7 @@ class EmbeddingSpec:
     normalisation: Normalisation = "raw"
 
 
-class Prior(EmbeddingSpec, abc.ABC):
+class Prior(Placeable, EmbeddingSpec, abc.ABC):
     """Maps a batch of prompts to image embeddings of a declared space, dim and normalisation."""
 
     name: ClassVar[str] = ""
@@ -205,6 +285,8 @@ class Protocol:
     scorer_version: str = ""
     decoder_version: str = ""  # fingerprint of the decoder's weights and settings (a retrained decoder is another protocol)
     random_init: str = ""  # "real" | "tiny": every model had random weights (--random-init; speed runs); "": loaded weights
+    prior_dtype: str = "float32"  # what the priors computed in (the numeric path: not hashed, as dtype)
+    scorer_dtype: str = "float32"  # what the scorers computed in (idem)
 
     def seeds(self) -> list[int]:
         return [self.seed + i for i in range(self.images_per_prompt)]
@@ -216,13 +298,14 @@ class Protocol:
 
     def hash(self) -> str:
         fields = dataclasses.asdict(self)
-        del fields["dtype"]  # the numeric path (class docstring)
+        for name in ("dtype", "prior_dtype", "scorer_dtype"):  # the numeric path (class docstring)
+            del fields[name]
         if not fields["random_init"]:  # loaded weights: the hash protocols had before the field existed
             del fields["random_init"]
         return content_hash(fields)
 
 
-class Decoder(EmbeddingSpec, abc.ABC):
+class Decoder(Placeable, EmbeddingSpec, abc.ABC):
     """Turns image embeddings (plus prompts and per-image seeds) into images."""
 
     name: ClassVar[str] = ""
@@ -230,13 +313,9 @@ class Decoder(EmbeddingSpec, abc.ABC):
     default_num_inference_steps: int = 25
     default_guidance_scale: float = 1.0
     compute_dtype: str = "float32"  # what the decoder computes in; recorded as the protocol's dtype
-    #: what ``--dtype`` may choose (``load_decoder(..., dtype=)`` passes :meth:`dtype_options` to ``from_pretrained``)
-    supported_dtypes: ClassVar[tuple[str, ...]] = ("float32",)
-
-    @classmethod
-    def dtype_options(cls, dtype: str) -> dict:
-        """``from_pretrained`` keywords that make the decoder compute in ``dtype`` (one of :attr:`supported_dtypes`)."""
-        return {}
+    #: the output sides ``--resolution`` may choose (empty: only :attr:`resolution`); a decoder that has several
+    #: takes ``resolution=`` in its constructor / ``from_pretrained`` (``load_decoder(..., resolution=)``)
+    supported_resolutions: ClassVar[tuple[int, ...]] = ()
 
     @abc.abstractmethod
     def decode(self, image_embeds: "torch.Tensor", batch: Batch, protocol: Protocol) -> "torch.Tensor":
@@ -246,7 +325,7 @@ class Decoder(EmbeddingSpec, abc.ABC):
         return 0
 
 
-class Scorer(abc.ABC):
+class Scorer(Placeable, abc.ABC):
     """Per-image scores, torchmetrics style: ``update`` accumulates, ``compute`` aggregates."""
 
     name: ClassVar[str] = ""
@@ -269,6 +348,12 @@ class Scorer(abc.ABC):
     @abc.abstractmethod
     def score(self, images: "torch.Tensor", batch: Batch) -> list[dict]:
         """One row per image: at least ``{"score": float}``; B-VQA scorers add ``questions``."""
+
+    def not_applicable(self, item: PromptItem) -> str | None:
+        """Why this scorer's score of ``item`` would mean nothing (None: it applies). A scorer with a closed
+        vocabulary (the synthetic world's) says so for prompts with words outside it; the run then excludes the
+        item's rows from every mean, counts them and shows them in the report (``details.not_applicable``)."""
+        return None
 
     def score_embeddings(self, image_embeds: "torch.Tensor", batch: Batch) -> list[dict]:
         """Scorers that read the prior's output (``reads = "embeddings"``): one row per embedding."""
@@ -344,7 +429,16 @@ class RunConfig:
     cache: bool = True  # reuse and store embeddings, images and scores in the work cache
     cache_dir: str | None = None  # default: <evalkit cache>/work
     random_init: str | None = None  # "real" | "tiny": random weights at that architecture, no files (speed runs)
-    dtype: str | None = None  # the decoder's compute dtype (one of its supported_dtypes; None: its default)
+    dtype: str | None = None  # one dtype for every stage, or "decoder=bfloat16,prior=float32" (None: the plugins' own)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | meta (auto: CUDA when present; per process its LOCAL_RANK GPU)
+    resolution: int | None = None  # the decoder's output side (decoders with several; None: its default)
+    offload: bool = False  # real decoders: model CPU offload (each component on the GPU only while it runs)
+    attention: str | None = None  # real decoders: "sdpa" | "eager" attention processors (None: as loaded)
+    vae_chunk_size: int | None = None  # real decoders: at most this many latents per VAE / MoVQ decode
+    plugins: list[str] = field(default_factory=list)  # "[NAME=]module:Class" registered for this run
+    prompts_dir: str | None = None  # local copy of third-party prompt files (T2I-CompBench suites)
+    prompt_files: list[str] = field(default_factory=list)  # your own prompt lists, one suite each
+    category: str | None = None  # the binding category of the prompt_files' prompts
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Multi-process runs: ``torchrun --nproc-per-node N -m evalkit run ...`` or ``accelerate launch --multi_gpu --num_processes N -m evalkit run ...``.
 
-Both launchers set ``RANK`` / ``WORLD_SIZE``; then :func:`state` brings up accelerate's
-``PartialState`` (gloo on CPU, NCCL on GPUs). The runner gives batch *c* to process ``c mod N`` (whole
+Both launchers set ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``; each process computes on its own GPU
+(``cuda:$LOCAL_RANK``, :func:`evalkit.placement.resolve_device`) and :func:`state` brings up accelerate's
+``PartialState`` (NCCL on GPUs, gloo on the CPU). The runner gives batch *c* to process ``c mod N`` (whole
 batches, so every image is made in the same batch as in a single-process run), gathers the rows on
 process 0, which writes the run folder. Without those variables nothing here is imported or started.
 """
@@ -17,12 +18,27 @@ def world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+#: the run's device (:func:`configure`): NCCL between processes on GPUs, gloo on the CPU
+_DEVICE = {"type": None}
+
+
+def configure(device: str) -> None:
+    """Say where this process computes (``evalkit run --device``, resolved per LOCAL_RANK), before the process
+    group starts: its GPU becomes the current CUDA device and the group uses NCCL; on the CPU, gloo."""
+    _DEVICE["type"] = str(device).split(":")[0]
+    if _DEVICE["type"] == "cuda":
+        import torch
+
+        torch.cuda.set_device(torch.device(device))
+
+
 def state():
     """accelerate's process state (initialises the process group once)."""
     import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    on_cpu = _DEVICE["type"] != "cuda" if _DEVICE["type"] is not None else not torch.cuda.is_available()
+    return PartialState(cpu=on_cpu)
 
 
 def broadcast(value: Any) -> Any:

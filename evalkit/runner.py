@@ -24,10 +24,12 @@ from evalkit.cache import WorkCache, fingerprint, image_sha256, png_bytes, work_
 from evalkit.contracts import Batch, Protocol, ResultRow, RunConfig, SampleRow, check_embedding_contract
 from evalkit.environment import describe as describe_environment
 from evalkit.errors import EvalkitError, WriteError
+from evalkit.placement import numeric_path
 from evalkit.report.grid import to_uint8
 from evalkit.runs import prompt_subsets
 from evalkit.serialization import atomic_write_bytes
 from evalkit.stats import bootstrap
+from evalkit.text_encoders import text_encoders
 
 #: the version of the results.json layout (docs/runs.md)
 RESULTS_SCHEMA = "evalkit.results/2"
@@ -101,20 +103,24 @@ def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, ru
     texts = TextCache(text_encoders or {})
     cache = cache if cache is not None else WorkCache(None)
     timings = {"text": 0.0, "prior": 0.0, "decoder": 0.0, "scorer": 0.0, "io": 0.0}
-    scorer_ids = {name: fingerprint(scorer) if cache.enabled else "" for name, scorer in scorers.items()}
+    scorer_ids = {name: work_key("scorer", scorer=fingerprint(scorer), **numeric)
+                  if (numeric := numeric_path(getattr(scorer, "_placement", None))) else fingerprint(scorer)
+                  for name, scorer in scorers.items()} if cache.enabled else {name: "" for name in scorers}
     reads_embeddings = {name for name, scorer in scorers.items() if getattr(scorer, "reads", "images") == "embeddings"}
+    why_not = not_applicable(scorers, items)
     rows: list[dict] = []
     for prior_name, prior in priors.items():
         if hasattr(decoder, "set_negative_embedding"):  # Kandinsky 2.2: guidance against the prior's empty prompt
             empty = Batch.from_prompts([""], [protocol.seed])
             texts.fill(empty, prior.text_encoders)
-            decoder.set_negative_embedding(prior.predict(empty).float()[0])
-        decoding = {**protocol.decoding(), "decoder_fingerprint": fingerprint(decoder) if cache.enabled else ""}
+            decoder.set_negative_embedding(prior.predict(empty).float().cpu()[0])
+        decoding = {**protocol.decoding(), "decoder_fingerprint": fingerprint(decoder) if cache.enabled else "",
+                    **numeric_path(getattr(decoder, "_placement", None), dtype=False)}  # dtype: in the protocol
         store = cache if getattr(prior, "seeded", True) else WorkCache(None)  # unseeded work is never cached
         # the prior and the text encoders whose encodings it reads (the run's, shared by every prior)
         prior_id = work_key("prior", prior=fingerprint(prior), text=[fingerprint(texts.encoders[space]) for space in
-                                                                     prior.text_encoders if space in texts.encoders]) \
-            if store.enabled else ""
+                                                                     prior.text_encoders if space in texts.encoders],
+                            **numeric_path(getattr(prior, "_placement", None))) if store.enabled else ""
         image_dir = None
         if run_dir is not None:
             image_dir = Path(run_dir) / "images" / prior_name / suite.name
@@ -144,7 +150,7 @@ def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, ru
                     t0 = time.perf_counter()
                     texts.fill(batch, prior.text_encoders)
                     t1 = time.perf_counter()
-                    predicted = prior.predict(batch).float()
+                    predicted = prior.predict(batch).float().cpu()
                     t2 = time.perf_counter()
                     _check_embeddings(prior_name, predicted, batch, decoder.embedding_dim)
                     embeds = list(predicted.numpy())
@@ -173,7 +179,9 @@ def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, ru
                 checks = [hashlib.sha256(np.ascontiguousarray(e, dtype=np.float32).tobytes()).hexdigest() for e in embeds] \
                     if on_embeddings else shas
                 got = [store.get_score(key, sha) for key, sha in zip(keys, checks)]
-                if any(row is None for row in got):
+                if all(why_not[name].get(item.item_id) for item, _ in chunk):  # nothing to score
+                    got = [{"score": 0.0} for _ in chunk]
+                elif any(row is None for row in got):
                     t0 = time.perf_counter()
                     if on_embeddings:
                         new = scorer.score_embeddings(torch.from_numpy(np.stack(embeds)), batch)
@@ -200,6 +208,9 @@ def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, ru
                         atomic_write_bytes(Path(run_dir) / path, png_bytes(images[k]))
                 for scorer_name, scorer_rows in scored.items():
                     row = dict(scorer_rows[k])
+                    reason = why_not[scorer_name].get(item.item_id)
+                    if reason:  # counted and shown, never averaged (Scorer.not_applicable)
+                        row = {"score": 0.0, "not_applicable": reason}
                     sample = SampleRow(prior=prior_name, suite=suite.name, scorer=scorer_name, item_id=item.item_id,
                                        prompt=item.prompt, seed=seed, category=item.category, seen=item.seen,
                                        image_path=path, score=float(row.pop("score")),
@@ -213,13 +224,66 @@ def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, ru
     return rows, timings
 
 
+def not_applicable(scorers: dict, items) -> dict[str, dict[str, str]]:
+    """Per scorer, ``{item_id: reason}`` of the items its score would mean nothing for."""
+    out = {}
+    for name, scorer in scorers.items():
+        check = getattr(scorer, "not_applicable", None)
+        out[name] = {item.item_id: reason for item in items if callable(check) and (reason := check(item))}
+    return out
+
+
+def applicable(row: dict) -> bool:
+    """Whether a sample row holds a score (not one its scorer marked not applicable)."""
+    return not (row.get("details") or {}).get("not_applicable")
+
+
+def not_applicable_summary(rows: list[dict]) -> dict:
+    """``{suite: {scorer: {"prompts", "images", "reasons": {reason: prompts}}}}`` of the rows marked not applicable."""
+    from collections import Counter
+
+    out: dict = {}
+    for row in rows:
+        if applicable(row):
+            continue
+        entry = out.setdefault(row["suite"], {}).setdefault(row["scorer"], {"prompts": set(), "images": 0, "reasons": Counter()})
+        if row["item_id"] not in entry["prompts"]:
+            entry["reasons"][row["details"]["not_applicable"]] += 1
+        entry["prompts"].add(row["item_id"])
+        entry["images"] += 1
+    for suite in out.values():
+        for name, entry in suite.items():
+            suite[name] = {"prompts": len(entry["prompts"]), "images": entry["images"],
+                           "reasons": dict(entry["reasons"].most_common(10))}
+    return out
+
+
+def refuse_unscorable(suites, scorers: dict, split: str, limit: int | None) -> list[str]:
+    """Before anything is generated: a suite whose every prompt no scorer of the run can score is refused.
+    Returns a note per (suite, scorer) with prompts it will not score."""
+    notes = []
+    for suite in suites:
+        items = suite.items(split)[:limit]
+        why = not_applicable(scorers, items)
+        notes += [f"{suite.name}: {name} cannot score {len(found)} of {len(items)} prompts (e.g. "
+                  f"{next(iter(found.values()))}); they are counted, shown in the report and left out of its means"
+                  for name, found in why.items() if found]
+        if items and all(all(why[name].get(item.item_id) for name in scorers) for item in items):
+            first = next(iter(scorers))
+            example = why[first][items[0].item_id]
+            raise EvalkitError(f"no scorer of this run can score any prompt of {suite.name!r} ({', '.join(scorers)}); "
+                               f"e.g. {first} on {items[0].prompt!r}: {example}. Choose a scorer for these prompts "
+                               "(T2I-CompBench suites: --scorer blip-vqa)")
+    return notes
+
+
 def aggregate(rows: list[dict], suite_versions: dict, protocol: Protocol, num_parameters: dict, n_boot: int = 2000,
               split: str = "val", priors_info: dict | None = None, tag: str = "",
               higher_is_better: dict | None = None, score_resolution: dict | None = None) -> list[ResultRow]:
     """Result rows per (prior, suite, scorer, category, seen ∈ all/seen/unseen), bootstrap CI over prompts."""
     priors_info, higher_is_better, score_resolution = priors_info or {}, higher_is_better or {}, score_resolution or {}
     groups: dict[tuple, list[dict]] = {}
-    for row in rows:
+    for row in filter(applicable, rows):
         label = "seen" if row["seen"] else ("unseen" if row["seen"] is False else None)
         for seen in ("all", label):
             if seen:
@@ -262,30 +326,106 @@ def _git_hash() -> str | None:
         return None
 
 
-def text_encoders(priors: dict, decoder) -> dict:
-    """One text encoder per embedding space the priors read (shared by all priors of the run)."""
-    encoders = {}
-    clip = getattr(decoder, "clip", None) or next((getattr(p, "clip", None) for p in priors.values() if getattr(p, "clip", None)), None)
-    if clip is not None:
-        encoders[clip.embedding_space] = clip
-    for prior in priors.values():
-        for space in prior.text_encoders:
-            if space not in encoders and hasattr(prior, "text_encoder"):
-                encoders[space] = prior.text_encoder()
-    return encoders
+#: what a prior's label in a run may look like (it names folders of the run: images/<label>/...)
+LABEL_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}"
+
+
+def prior_specs(entries) -> list[tuple[str, str]]:
+    """``--prior`` entries → ``(label, registered name)``: ``eclipse`` is ``("eclipse", "eclipse")``;
+    ``mine=eclipse`` runs the ``eclipse`` class under the label ``mine`` (a second checkpoint beside the shipped
+    one: ``--prior eclipse,mine=eclipse --prior-path mine=DIR``)."""
+    import re
+
+    from evalkit.errors import SettingError
+
+    specs = []
+    for entry in entries:
+        label, sep, target = str(entry).partition("=")
+        label, target = label.strip(), (target.strip() if sep else label.strip())
+        if not label or not target:
+            raise SettingError(f"--prior {entry!r}: expected NAME or LABEL=NAME (e.g. mine=eclipse)")
+        if sep and not re.fullmatch(LABEL_PATTERN, label):
+            raise SettingError(f"--prior {entry!r}: a label is letters, digits, '.', '_', '+', '-' (at most 64, "
+                               "starting with a letter or digit)")
+        specs.append((label, target))
+    return specs
+
+
+def _resolve_priors(config: RunConfig) -> list[tuple[str, str]]:
+    """Labels and registered names of the run's priors, the method names resolved in the decoder's space
+    (``eclipse`` beside ``karlo`` is ``eclipse-karlo``) and every space checked from the registry's metadata:
+    nothing is loaded. ``config.priors`` is rewritten to what runs (recorded in run.json)."""
+    from evalkit.registry import PRIORS, resolve_prior
+
+    resolved = []
+    for label, target in prior_specs(config.priors):
+        PRIORS.check([target])
+        name = resolve_prior(target, config.decoder)
+        if name != target:
+            print(f"note: --prior {target} with decoder {config.decoder!r} is {name!r}", file=sys.stderr)
+            label = name if label == target else label
+        resolved.append((label, name))
+    labels = [label for label, _ in resolved]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise EvalkitError(f"prior {twice[0]!r} is named twice; to run a second checkpoint of one class beside it, "
+                           f"give it a label: --prior {twice[0]},mine={twice[0]} --prior-path mine=DIR")
+    unknown = sorted(set(config.prior_paths) - set(labels))
+    if unknown:
+        raise EvalkitError(f"--prior-path names {', '.join(unknown)}, which is not among the run's priors "
+                           f"({', '.join(labels)}); to load a folder under a name of its own, add it as LABEL=CLASS: "
+                           f"--prior {','.join(labels)},{unknown[0]}=eclipse --prior-path {unknown[0]}=DIR")
+    config.priors = [label if label == name else f"{label}={name}" for label, name in resolved]
+    return resolved
+
+
+def load_suites(config: RunConfig) -> list:
+    """The run's suites: the registered ones named by ``--suite`` and one per ``--prompts`` file."""
+    from evalkit.registry import SUITES
+    from evalkit.suites import load_suite
+
+    SUITES.check(config.suites)
+    suites = [load_suite(name, prompts_dir=config.prompts_dir) for name in config.suites]
+    if config.prompt_files:
+        from evalkit.suites.prompt_file import prompt_file_suite
+
+        if not config.category:
+            raise EvalkitError("--prompts needs --category (color, shape, texture, ...): the scorers ask their "
+                               "questions by category")
+        suites += [prompt_file_suite(path, config.category) for path in config.prompt_files]
+    names = [suite.name for suite in suites]
+    if len(set(names)) != len(names):
+        raise EvalkitError(f"two suites of the run are called {next(n for n in names if names.count(n) > 1)!r}")
+    return suites
 
 
 def resolve(config: RunConfig):
-    """Names → objects, with every name and the embedding contract checked before any work."""
+    """Names → objects, with every name and the embedding contract checked before any work.
+
+    Everything is loaded on the CPU in the precision of its files; :func:`place_plugins` then puts it where
+    the run computes."""
+    from evalkit.registry import register_plugin
+
+    added = []
+    try:
+        for spec in config.plugins:
+            registry, name, new = register_plugin(spec)
+            if new:
+                added.append((registry, name))
+        return _resolve(config)
+    finally:  # registered for this run only: a library caller's registries are left as they were
+        for registry, name in added:
+            registry.unregister(name)
+
+
+def _resolve(config: RunConfig):
     from evalkit.decoders import load_decoder
     from evalkit.priors import load_prior
-    from evalkit.registry import DECODERS, PRIORS, SCORERS, SUITES
-    from evalkit.suites import load_suite
+    from evalkit.registry import DECODERS, SCORERS
 
-    PRIORS.check(config.priors)
     DECODERS.check([config.decoder])
-    SUITES.check(config.suites)
-    suites = [load_suite(name) for name in config.suites]
+    resolved = _resolve_priors(config)
+    suites = load_suites(config)
     if not config.scorers:
         defaults = {tuple(s.default_scorers) for s in suites}
         if len(defaults) != 1 or not next(iter(defaults)):
@@ -293,21 +433,28 @@ def resolve(config: RunConfig):
                                f"({', '.join(f'{s.name}: {list(s.default_scorers)}' for s in suites)}); name them with --scorer")
         config.scorers = list(next(iter(defaults)))
     SCORERS.check(config.scorers)
+    stray = sorted(set(config.scorer_paths) - set(config.scorers))
+    if stray:
+        raise EvalkitError(f"--scorer-path names {', '.join(stray)}, which is not among the run's scorers "
+                           f"({', '.join(config.scorers)})")
+    names = [name for _, name in resolved]
     if config.random_init is not None:  # every plugin must have a random build before the first (large) one is made
+        from evalkit.registry import PRIORS
+
         DECODERS.random_builder(config.decoder, config.random_init)
-        for name in config.priors:
+        for name in names:
             PRIORS.random_builder(name, config.random_init)
-    decoder = load_decoder(config.decoder, config.decoder_path, random_init=config.random_init, dtype=config.dtype,
-                           allow_pickle=config.allow_pickle)
+    levers = {k: v for k, v in (("resolution", config.resolution), ("offload", config.offload or None),
+                                ("attention", config.attention), ("vae_chunk_size", config.vae_chunk_size))
+              if v is not None}
+    decoder = load_decoder(config.decoder, config.decoder_path, random_init=config.random_init,
+                           allow_pickle=config.allow_pickle, **levers)
     options = {"num_inference_steps": config.prior_num_inference_steps, "guidance_scale": config.prior_guidance_scale}
-    unknown = sorted(set(config.prior_paths) - set(config.priors))
-    if unknown:
-        raise EvalkitError(f"--prior-path names {unknown}, which are not among --prior {config.priors}")
     priors = {}
-    for name in config.priors:
-        path = config.prior_paths.get(name)
+    for label, name in resolved:
+        path = config.prior_paths.get(label)
         extra = {"path": path, "allow_pickle": config.allow_pickle} if path else {}
-        priors[name] = load_prior(name, **options, **extra, random_init=config.random_init, among=config.priors)
+        priors[label] = load_prior(name, **options, **extra, random_init=config.random_init, among=names)
     for prior in priors.values():
         check_embedding_contract(prior, decoder)
     scorers = {}
@@ -320,6 +467,46 @@ def resolve(config: RunConfig):
             kwargs = {"path": path, **({"allow_pickle": config.allow_pickle} if "allow_pickle" in params else {})}
         scorers[name] = cls(**kwargs)
     return priors, decoder, scorers, suites
+
+
+def _text_encoder_dtype(encoder, wanted: str | None) -> str | None:
+    """Text encoders are read by the priors: their stage's dtype where the encoder has it, else their own."""
+    return wanted if wanted in tuple(getattr(encoder, "supported_dtypes", ("float32",))) else None
+
+
+def _refuse_shared_conflicts(priors: dict, decoder, scorers: dict, encoders: dict, stages: dict) -> None:
+    """A module held by plugins of two stages (the world CLIP: a prior's text encoder and a scorer's image
+    encoder) cannot compute in two dtypes: such a --dtype is refused, naming both."""
+    from evalkit.errors import SettingError
+    from evalkit.placement import modules_of
+
+    owners: dict[int, tuple[str, str, str | None]] = {}
+    plugins = [("decoder", "", decoder, stages["decoder"])]
+    plugins += [("prior", n, p, stages["prior"]) for n, p in priors.items()]
+    plugins += [("scorer", n, s, stages["scorer"]) for n, s in scorers.items()]
+    plugins += [("prior", f"text encoder {space}", e, _text_encoder_dtype(e, stages["prior"])) for space, e in encoders.items()]
+    for role, name, plugin, dtype in plugins:
+        for module in modules_of(plugin):
+            first = owners.setdefault(id(module), (role, name, dtype))
+            if first[0] != role and first[2] != dtype:
+                raise SettingError(f"{first[0]} {first[1] or type(plugin).__name__!r} and {role} {name or role!r} share "
+                                   f"{type(module).__name__} weights, which cannot compute in {first[2] or 'their own dtype'} "
+                                   f"and {dtype or 'their own dtype'} at once; give the two stages one --dtype")
+
+
+def place_plugins(priors: dict, decoder, scorers: dict, encoders: dict, device: str, dtype: str | None) -> dict:
+    """Every plugin and text encoder of the run on ``device`` (``--dtype``: one dtype, or per stage); returns
+    the placements recorded with the run: ``{"device", "decoder", "priors", "scorers", "text_encoders"}``."""
+    from evalkit.placement import parse_dtypes, place
+
+    stages = parse_dtypes(dtype)
+    _refuse_shared_conflicts(priors, decoder, scorers, encoders, stages)
+    out = {"device": device, "decoder": place(decoder, device, stages["decoder"], "decoder", "")}
+    out["priors"] = {n: place(p, device, stages["prior"], "prior", n) for n, p in priors.items()}
+    out["scorers"] = {n: place(s, device, stages["scorer"], "scorer", n) for n, s in scorers.items()}
+    out["text_encoders"] = {space: place(encoder, device, _text_encoder_dtype(encoder, stages["prior"]), "text encoder",
+                                         space) for space, encoder in encoders.items()}
+    return out
 
 
 def check_config(config: RunConfig) -> None:
@@ -338,10 +525,14 @@ def check_config(config: RunConfig) -> None:
     for flag, value in (("--guidance-scale", config.guidance_scale), ("--prior-guidance-scale", config.prior_guidance_scale)):
         if value is not None and not (value >= 0 and value < float("inf")):
             problems.append(f"{flag} must be a finite number ≥ 0 (got {value})")
-    if len(set(config.priors)) != len(config.priors) or len(set(config.suites)) != len(config.suites):
-        problems.append("a prior or suite is named twice")
-    if not config.priors or not config.suites:
-        problems.append("name at least one prior and one suite")
+    if len(set(config.suites)) != len(config.suites):
+        problems.append("a suite is named twice")
+    if not config.priors or not (config.suites or config.prompt_files):
+        problems.append("name at least one prior and one suite (--suite, or your own prompts: --prompts FILE)")
+    if config.resolution is not None and config.resolution < 1:
+        problems.append(f"--resolution must be ≥ 1 (got {config.resolution})")
+    if config.vae_chunk_size is not None and config.vae_chunk_size < 1:
+        problems.append(f"--vae-chunk-size must be ≥ 1 (got {config.vae_chunk_size})")
     if config.random_init is not None:
         from evalkit.registry import RANDOM_INIT_SIZES
 
@@ -426,11 +617,20 @@ def write_results(run_dir: Path, rows: list[dict], results: list[ResultRow], *, 
     }
     if unknown_words:  # prompt words a closed-vocabulary text encoder could not read (see unknown_words())
         payload["unknown_words"] = unknown_words
+    skipped = not_applicable_summary(rows)
+    if skipped:  # items a scorer marked not applicable: excluded from every row above
+        payload["not_applicable"] = skipped
     try:
         atomic_write_json(run_dir / "results.json", seal(payload))
     except OSError:
         (run_dir / "samples.jsonl").unlink(missing_ok=True)  # no half-finished set of result files
         raise
+
+
+def _stage_dtype(placements: dict) -> str:
+    """One stage's dtype for the protocol: what its plugins with weights computed in (comma-joined if several)."""
+    dtypes = sorted({p["dtype"] for p in placements.values() if p["dtype"] != "none"})
+    return ",".join(dtypes) or "float32"
 
 
 def run(config: RunConfig, progress: bool = True, inject=None) -> Path:
@@ -451,33 +651,41 @@ def run(config: RunConfig, progress: bool = True, inject=None) -> Path:
     from evalkit.runs import new_run_dir
     from evalkit.serialization import atomic_write_json, atomic_write_text, seal
 
+    from evalkit.placement import resolve_device
+
     check_config(config)
+    device = resolve_device(config.device)  # before anything loads: a GPU that is not here is a clear error
     priors, decoder, scorers, suites = resolve(config)
     if inject is not None:
         inject(priors, decoder, scorers)
+    decoder_version = fingerprint(decoder, code=False, numeric=False)  # of the weights as loaded: any dtype, one protocol
+    encoders = text_encoders(priors, decoder)
+    placements = place_plugins(priors, decoder, scorers, encoders, device, config.dtype)
+    distributed.configure(device)
     protocol = Protocol(
         decoder=config.decoder,
         num_inference_steps=config.num_inference_steps or decoder.default_num_inference_steps,
         guidance_scale=config.guidance_scale if config.guidance_scale is not None else decoder.default_guidance_scale,
         resolution=decoder.resolution, images_per_prompt=config.images_per_prompt, seed=config.seed,
         dtype=decoder.compute_dtype, scorer=",".join(config.scorers), scorer_version=",".join(scorers[s].version for s in config.scorers),
-        decoder_version=fingerprint(decoder, code=False, numeric=False), random_init=config.random_init or "",
+        decoder_version=decoder_version, random_init=config.random_init or "",
+        prior_dtype=_stage_dtype(placements["priors"]), scorer_dtype=_stage_dtype(placements["scorers"]),
     )
     versions = {s.name: s.version(config.split) for s in suites}
-    encoders = text_encoders(priors, decoder)
+    unscored = refuse_unscorable(suites, scorers, config.split, config.limit)
     preflight(priors, decoder, suites[0], config.split, protocol, encoders)
     unknown = unknown_words(suites, config.split, config.limit, encoders)
     if progress and distributed.world()[0] == 0:
         from evalkit.report.run_report import unknown_words_summary
 
-        for line in unknown_words_summary(unknown):
+        for line in [*unknown_words_summary(unknown), *unscored]:
             print(f"note: {line}", file=sys.stderr)
     # random weights: nothing worth keeping, and a speed run must not time cache hits
     cache = WorkCache((config.cache_dir or default_root()) if config.cache and not config.random_init else None)
     rank, processes = distributed.world()  # > 1 under `accelerate launch` / `torchrun`: batches are shared out
     run_dir, started = None, _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     if rank == 0:
-        run_dir = new_run_dir(config.out, "-".join(config.priors) + "_" + "-".join(config.suites))
+        run_dir = new_run_dir(config.out, "-".join(priors) + "_" + "-".join(suite.name for suite in suites))
         atomic_write_json(run_dir / "run.json", {"config": asdict(config), "protocol": asdict(protocol),
                                                  "protocol_hash": protocol.hash(), "started": started,
                                                  "processes": processes})
@@ -510,7 +718,7 @@ def run(config: RunConfig, progress: bool = True, inject=None) -> Path:
         write_results(run_dir, rows, results, config=asdict(config), protocol=protocol, versions=versions,
                       priors_info=info, timings=timings, wall_time_s=time.time() - clock, cache_stats=cache.stats(),
                       started=started, unknown_words=unknown,
-                      environment=describe_environment(decoder, processes))
+                      environment={**describe_environment(decoder, processes), "placements": placements})
         try:
             write_report([run_dir], run_dir)
         except WriteError as error:  # the results are written and sealed: only the report is missing

@@ -201,11 +201,13 @@ def test_the_parameter_plot_is_legible_and_labels_of_one_size_do_not_collide(tmp
 def test_dtype_chooses_the_decoders_numeric_path_and_refuses_what_it_cannot_do(tmp_path):
     from evalkit.decoders import load_decoder
     from evalkit.errors import EvalkitError
+    from evalkit.placement import place
 
-    assert load_decoder("synth", dtype="float32").compute_dtype == "float32"
-    assert load_decoder("synth", dtype="bfloat16").compute_dtype == "bfloat16"
+    decoder = load_decoder("synth")  # the shipped config samples in bfloat16; placement chooses
+    assert place(decoder, "cpu", "float32", role="decoder")["dtype"] == decoder.compute_dtype == "float32"
+    assert place(decoder, "cpu", "bfloat16", role="decoder")["dtype"] == decoder.compute_dtype == "bfloat16"
     with pytest.raises(EvalkitError, match="computes in float32 or bfloat16; --dtype float16"):
-        load_decoder("synth", dtype="float16")
+        place(decoder, "cpu", "float16", role="decoder")
     result = CliRunner().invoke(cli, ["run", "--decoder", "dummy", "--prior", "dummy", "--scorer", "dummy",
                                       "--dtype", "bfloat16", "--out", str(tmp_path / "runs")])
     assert result.exit_code == 2 and "decoder 'dummy' computes in float32" in result.output

@@ -32,6 +32,32 @@ def test_doc_examples_run(page, tmp_path):
                 registry.unregister(name)
 
 
+def test_add_a_prior_ends_with_commands_that_run_its_example(tmp_path, monkeypatch):
+    """The page's `evalkit ...` commands, run as written from a folder holding its `# file:` example and the
+    checkout's priors/ (relative paths as a user in the checkout types them)."""
+    import shlex
+
+    from click.testing import CliRunner
+
+    from evalkit.cli import cli
+
+    text = (REPO / "docs" / "add-a-prior.md").read_text()
+    for block in python_blocks(text):
+        if block.startswith("# file: "):
+            name = block.splitlines()[0].removeprefix("# file: ").strip()
+            (tmp_path / name).write_text(block)
+    (tmp_path / "priors").symlink_to(REPO / "priors")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    commands = [line for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S) for line in block.splitlines()
+                if line.startswith("evalkit ")]
+    assert len(commands) >= 2
+    for command in commands:
+        result = CliRunner().invoke(cli, shlex.split(command)[1:] + ["--no-cache"])
+        assert result.exit_code == 0, f"{command}\n{result.output}"
+    assert len(list((tmp_path / "evalkit-runs").iterdir())) == len(commands)
+
+
 def test_every_extension_point_has_a_page():
     names = {p.name for p in PAGES}
     assert {"add-a-prior.md", "add-a-decoder.md", "add-a-scorer.md", "suites.md"} <= names

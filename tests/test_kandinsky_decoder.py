@@ -156,3 +156,64 @@ def test_passes_the_decoder_contract(tmp_path):
     from tests.test_contracts import check_decoder
 
     check_decoder(Kandinsky22Decoder.tiny(), tmp_path)
+
+
+# --------------------------------------------------------------------------- placement, resolution, memory levers
+
+
+def test_memory_levers_keep_the_images(decoder):
+    """Offload (execution device cpu) and MoVQ chunks change where and how much is computed at once, not the
+    images; eager attention changes the kernels: images within 1e-4."""
+    from diffusers.models.attention_processor import Attention, AttnAddedKVProcessor, AttnProcessor
+
+    from evalkit.placement import place
+
+    p, e, b = protocol(decoder), embeds(3), batch([31, 32, 33])
+    reference = decoder.decode(e, b, p)
+
+    offloaded = Kandinsky22Decoder.tiny(offload=True)
+    place(offloaded, "cpu", "float32", role="decoder")
+    assert [hook.model for hook in offloaded._offload_hooks] == [offloaded.unet, offloaded.movq]
+    assert torch.equal(offloaded.decode(e, b, p), reference)
+
+    for size, calls in ((1, [1, 1, 1]), (2, [2, 1]), (3, [3])):
+        chunked = Kandinsky22Decoder.tiny(vae_chunk_size=size)
+        seen, original = [], chunked.movq.decode
+        chunked.movq.decode = lambda x, **kw: (seen.append(x.shape[0]), original(x, **kw))[1]
+        out = chunked.decode(e, b, p)
+        assert seen == calls
+        # CPU convolution kernels block the batch differently: sums of other orders, ≤ ~3e-6 measured
+        torch.testing.assert_close(out, reference, rtol=0, atol=0 if calls == [3] else 1e-5)
+
+    eager = Kandinsky22Decoder.tiny(attention="eager")
+    processors = {type(m.processor) for model in (eager.unet, eager.movq) for m in model.modules() if isinstance(m, Attention)}
+    assert processors == {AttnAddedKVProcessor, AttnProcessor}  # UNet: added-KV attention; MoVQ: plain
+    torch.testing.assert_close(eager.decode(e, b, p), reference, rtol=0, atol=1e-4)
+    torch.testing.assert_close(Kandinsky22Decoder.tiny(attention="sdpa").decode(e, b, p), reference, rtol=0, atol=0)
+
+
+def test_offload_on_meta_moves_everything_and_levers_are_checked():
+    from evalkit.errors import SettingError
+    from evalkit.placement import place
+
+    decoder = Kandinsky22Decoder.tiny(offload=True)
+    place(decoder, "meta", "bfloat16", role="decoder")
+    assert not decoder._offload_hooks and {(t.device.type, t.dtype) for t in decoder.parameters()} == {("meta", torch.bfloat16)}
+    for bad, message in (({"attention": "flash"}, "attention must be one of sdpa, eager"),
+                         ({"vae_chunk_size": 0}, "vae_chunk_size must be a whole number ≥ 1"),
+                         ({"offload": "yes"}, "offload must be True or False")):
+        with pytest.raises(SettingError, match=message):
+            Kandinsky22Decoder.tiny(**bad)
+
+
+def test_resolution_is_chosen_at_load():
+    from evalkit.decoders import load_decoder
+    from evalkit.errors import SettingError
+
+    assert load_decoder("kandinsky22", random_init="tiny", resolution=32).resolution == 32
+    with pytest.raises(SettingError, match="multiple of 4"):
+        load_decoder("kandinsky22", random_init="tiny", resolution=18)
+    with pytest.raises(SettingError, match="side a multiple of 64 from 256 to 1024; --resolution 500"):
+        load_decoder("kandinsky22", random_init="real", resolution=500)  # refused before building 1.3 B weights
+    assert Kandinsky22Decoder.random_init(size="real", device="meta", resolution=768).resolution == 768
+    assert 512 in Kandinsky22Decoder.supported_resolutions and 1024 in Kandinsky22Decoder.supported_resolutions

@@ -152,3 +152,69 @@ def test_real_size_architecture_without_memory():
     assert out.shape == (2, 6, 64, 64)  # noise + learned variance
     upscaled = real.super_res_last(sample=torch.empty(1, 6, 256, 256, device="meta"), timestep=torch.tensor(0, device="meta"))
     assert upscaled.sample.shape == (1, 3, 256, 256)
+
+
+# --------------------------------------------------------------------------- placement, resolution, memory levers
+
+
+def test_memory_levers_keep_the_images(karlo):
+    """Offload (execution device cpu) changes where components wait, not the images; eager attention (UNets and
+    text encoder) changes the kernels: images within 1e-4."""
+    from diffusers.models.attention_processor import Attention, AttnAddedKVProcessor
+
+    from evalkit.placement import place
+
+    b, p, e = Batch.from_prompts(PROMPTS, seeds=[1, 2, 3]), protocol(karlo, guidance=4.0), embeds(3)
+    reference = karlo.decode(e, b, p)
+    offloaded = KarloDecoder.tiny(offload=True, max_batch=2)  # two chunks: the chain starts over
+    place(offloaded, "cpu", "float32", role="decoder")
+    assert [hook.model for hook in offloaded._offload_hooks] == [
+        offloaded.text_encoder, offloaded.text_proj, offloaded.decoder, offloaded.super_res_first, offloaded.super_res_last]
+    torch.testing.assert_close(offloaded.decode(e, b, p), reference, rtol=0, atol=1e-4)  # max_batch: batch kernels
+    unchunked = KarloDecoder.tiny(offload=True)
+    place(unchunked, "cpu", None, role="decoder")
+    assert torch.equal(unchunked.decode(e, b, p), reference)
+
+    eager = KarloDecoder.tiny(attention="eager")
+    assert {type(m.processor) for m in eager.decoder.modules() if isinstance(m, Attention)} == {AttnAddedKVProcessor}
+    assert eager.text_encoder.config._attn_implementation == "eager"
+    torch.testing.assert_close(eager.decode(e, b, p), reference, rtol=0, atol=1e-4)
+    assert torch.equal(KarloDecoder.tiny(attention="sdpa").decode(e, b, p), reference)
+
+
+def test_levers_and_resolutions_that_do_not_apply_are_clear_errors():
+    from evalkit.decoders import load_decoder
+    from evalkit.errors import SettingError
+
+    with pytest.raises(SettingError, match="'karlo' has no vae_chunk_size setting: it applies to kandinsky22"):
+        load_decoder("karlo", random_init="tiny", vae_chunk_size=2)  # pixel space: no VAE (max_batch bounds a call)
+    with pytest.raises(SettingError, match="attention must be one of sdpa, eager"):
+        load_decoder("karlo", random_init="tiny", attention="flash")
+    with pytest.raises(SettingError, match=r"renders 16×16 \(its decoder alone.*or 32×32.*--resolution 24"):
+        load_decoder("karlo", random_init="tiny", resolution=24)
+    with pytest.raises(SettingError, match="side 64 or 256; --resolution 128"):
+        load_decoder("karlo", random_init="real", resolution=128)
+    with pytest.raises(SettingError, match="resolution=16 means super_res=False"):
+        KarloDecoder.tiny(resolution=16, super_res=True)
+
+
+def test_resolution_chooses_the_super_resolution_stage(karlo, tmp_path):
+    from evalkit.decoders import load_decoder
+
+    small = load_decoder("karlo", random_init="tiny", resolution=16)
+    assert (small.resolution, small.super_res) == (16, False)
+    assert load_decoder("karlo", random_init="tiny", resolution=32).super_res
+    real = KarloDecoder.random_init("real", device="meta", resolution=64)
+    assert (real.resolution, real.super_res_first) == (64, None)
+    folder = karlo.save_pretrained(tmp_path / "karlo")
+    assert KarloDecoder.from_pretrained(folder, resolution=16).super_res is False
+    assert KarloDecoder.from_pretrained(folder, resolution=32).resolution == 32
+
+
+def test_half_precision_files_load_as_float32(tmp_path):
+    """Every component, the transformers text encoder too (transformers 5 would keep the files' dtype): the
+    stack loads in one precision, and placement casts it."""
+    half = KarloDecoder.tiny().to(torch.float16)
+    folder = half.save_pretrained(tmp_path / "half")
+    loaded = KarloDecoder.from_pretrained(folder)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32} and loaded.compute_dtype == "float32"

@@ -158,8 +158,8 @@ def test_tiny_random_init_run_end_to_end(prompts, tmp_path, decoder, priors):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--random-init", "--decoder", "synth", "--prior", "dummy"], "decoder 'synth' has no random-weight build"),
-    (["--random-init", "tiny", "--decoder", "karlo", "--prior", "dummy"], "prior 'dummy' has no random-weight build"),
+    (["--random-init", "--decoder", "synth", "--prior", "oracle"], "decoder 'synth' has no random-weight build"),
+    (["--random-init", "tiny", "--decoder", "karlo", "--prior", "l14-plain"], "prior 'l14-plain' has no random-weight build"),
     (["--random-init", "--decoder", "karlo", "--decoder-path", "DIR", "--prior", "eclipse-karlo"],
      "cannot be combined with --decoder-path"),
     (["--random-init", "tiny", "--decoder", "karlo", "--prior", "eclipse-karlo", "--prior-path", "eclipse-karlo=DIR"],
@@ -168,9 +168,16 @@ def test_tiny_random_init_run_end_to_end(prompts, tmp_path, decoder, priors):
 def test_refused_before_anything_is_written(tmp_path, monkeypatch, extra, message):
     from evalkit.decoders.karlo import KarloDecoder
 
+    from evalkit.registry import PRIORS
+
     monkeypatch.setattr(KarloDecoder, "random_init", classmethod(lambda cls, **_: pytest.fail("built a decoder")))
-    result = CliRunner().invoke(cli, ["run", *extra, "--suite", "synth-color", "--scorer", "dummy",
-                                      "--out", str(tmp_path / "runs")])
+    # a prior of Karlo's space without a random-weight build
+    PRIORS.register("l14-plain", "evalkit.priors.dummy:DummyPrior", space="clip-vit-l-14", dim=768)
+    try:
+        result = CliRunner().invoke(cli, ["run", *extra, "--suite", "synth-color", "--scorer", "dummy",
+                                          "--out", str(tmp_path / "runs")])
+    finally:
+        PRIORS.unregister("l14-plain")
     assert result.exit_code == 2 and message in result.output, result.output
     if "no random-weight build" in message:  # and it names the plugins that have one
         assert ("kandinsky22, karlo" if "decoder" in message else "eclipse-karlo") in result.output

@@ -301,3 +301,30 @@ def test_final_from_checkpoint_takes_the_ema_weights_of_a_stopped_run(quick_run,
     for key, value in shadow.items():
         torch.testing.assert_close(model.state_dict()[key], value)
     assert json.loads((final / "training_record.json").read_text())["stopped_at_step"] == 4
+
+
+def test_load_decoder_refuses_memory_levers_and_other_resolutions():
+    from evalkit.decoders import load_decoder
+    from evalkit.errors import SettingError
+
+    for lever, value in (("offload", True), ("attention", "sdpa"), ("vae_chunk_size", 4)):
+        with pytest.raises(SettingError, match=f"'synth' has no {lever} setting: it applies to .*kandinsky22"):
+            load_decoder("synth", **{lever: value})
+    with pytest.raises(SettingError, match="'synth' renders 32×32 only; --resolution 64 does not apply"):
+        load_decoder("synth", resolution=64)
+    assert load_decoder("synth", resolution=32).resolution == 32
+
+
+def test_placement_sets_the_sampling_dtype_and_keeps_float32_weights(decoder):
+    from evalkit.placement import place
+
+    copy = SynthDecoder.tiny()
+    copy.load_state_dict(decoder.state_dict())
+    assert place(copy, "cpu", "bfloat16", role="decoder")["dtype"] == "bfloat16"
+    assert (copy.config.sampling_dtype, copy.compute_dtype) == ("bfloat16", "bfloat16")
+    assert all(p.dtype == torch.float32 for p in copy.parameters())
+    e, b = embeds(2), Batch.from_prompts(["x"] * 2, [1, 2])
+    bf16 = copy.decode(e, b, protocol(2, 2.0))
+    place(copy, "cpu", "float32", role="decoder")
+    assert torch.equal(copy.decode(e, b, protocol(2, 2.0)), decoder.decode(e, b, protocol(2, 2.0)))
+    assert not torch.equal(bf16, decoder.decode(e, b, protocol(2, 2.0)))

@@ -29,6 +29,7 @@ class DummyDecoder(PretrainedMixin, Decoder, nn.Module):
     normalisation = "raw"
     default_num_inference_steps = 1
     default_guidance_scale = 1.0
+    supported_dtypes = ("float32",)  # what --dtype may choose (evalkit.placement.place casts the weights)
 
     def __init__(self, config: DummyDecoderConfig | None = None):
         nn.Module.__init__(self)
@@ -48,10 +49,11 @@ class DummyDecoder(PretrainedMixin, Decoder, nn.Module):
     @torch.inference_mode()
     def decode(self, image_embeds: torch.Tensor, batch: Batch, protocol: Protocol) -> torch.Tensor:
         n, r = image_embeds.shape[0], self.resolution
-        colours = torch.sigmoid(self.to_colour(image_embeds.float())).view(n, 3, 2, 2)
+        weight = self.to_colour.weight  # compute where the weights are (evalkit.placement.place put them)
+        colours = torch.sigmoid(self.to_colour(image_embeds.to(device=weight.device, dtype=weight.dtype))).view(n, 3, 2, 2)
         images = nn.functional.interpolate(colours, size=(r, r), mode="nearest")
-        noise = per_image_randn(batch.seeds, (3, r, r))
-        return (images + self.config.noise_scale * noise).clamp(0.0, 1.0)
+        noise = per_image_randn(batch.seeds, (3, r, r)).to(images.device)  # drawn on the CPU: the same on any device
+        return (images + self.config.noise_scale * noise).clamp(0.0, 1.0).to(image_embeds.device)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

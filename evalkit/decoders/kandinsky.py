@@ -39,7 +39,7 @@ from torch import nn
 
 from evalkit.contracts import Batch, Decoder, Protocol, per_image_randn, seeded_generators
 from evalkit.decoders.synth import sample_image_conditioned
-from evalkit.errors import ConfigMismatchError, CorruptFileError, EmbeddingContractError, WeightsNotFoundError
+from evalkit.errors import ConfigMismatchError, CorruptFileError, EmbeddingContractError, SettingError, WeightsNotFoundError
 from evalkit.serialization import PICKLE_NAMES, atomic_write_bytes, atomic_write_json, read_json_object, weights_folder
 
 REPO_ID = "kandinsky-community/kandinsky-2-2-decoder"
@@ -225,11 +225,28 @@ class Kandinsky22Decoder(Decoder, nn.Module):
     resolution = DEFAULT_RESOLUTION
     default_num_inference_steps = 50
     default_guidance_scale = 4.0
+    #: what it computes in: its weights' dtype (as the public pipeline's ``torch_dtype``), cast by :meth:`to_placement`
+    supported_dtypes = ("float32", "bfloat16", "float16")
+    #: square sides a load may choose: multiples of 64 (MoVQ ×8 × UNet ×8) from 256 to 1024 (the sides the public
+    #: model was trained at); ``decode`` itself renders any multiple of 64 a protocol asks for
+    supported_resolutions = tuple(range(256, 1025, 64))
+    #: model CPU offload order (diffusers' ``KandinskyV22Pipeline.model_cpu_offload_seq``)
+    offload_sequence = ("unet", "movq")
 
     def __init__(self, unet, movq, scheduler_config: dict | None = None, resolution: int | None = None,
-                 num_inference_steps: int | None = None, guidance_scale: float | None = None, max_batch: int = 16):
-        """Wrap loaded diffusers components; ``scheduler_config`` holds ``_class_name`` (default: the public DDPM one)."""
+                 num_inference_steps: int | None = None, guidance_scale: float | None = None, max_batch: int = 16,
+                 offload: bool = False, attention: str | None = None, vae_chunk_size: int | None = None):
+        """Wrap loaded diffusers components; ``scheduler_config`` holds ``_class_name`` (default: the public DDPM one).
+
+        Memory levers (off by default; images do not depend on ``offload`` and ``vae_chunk_size``): ``offload``:
+        model CPU offload once placed on a device (:meth:`to_placement`); ``attention``: ``"sdpa"`` | ``"eager"``
+        kernels in the UNet's and the MoVQ's attention (None: as loaded, i.e. sdpa); ``vae_chunk_size``: the MoVQ
+        decodes at most that many latents at a time.
+        """
+        from evalkit.decoders import check_levers
+
         nn.Module.__init__(self)
+        check_levers("kandinsky22", offload=offload, attention=attention, vae_chunk_size=vae_chunk_size)
         unet_config = unet.config
         if unet_config.get("encoder_hid_dim_type") != "image_proj" or unet_config.get("addition_embed_type") != "image":
             raise ConfigMismatchError(
@@ -258,6 +275,14 @@ class Kandinsky22Decoder(Decoder, nn.Module):
         # what determines an image besides the weights (read by the work cache's fingerprint)
         self.config = {"unet": _public_keys(unet_config), "movq": _public_keys(movq.config),
                        "scheduler": _public_keys(self.scheduler_config)}
+        # levers (private: they choose how, not what, it computes, so they stay out of the fingerprint)
+        self._offload, self._attention, self._vae_chunk_size = offload, attention, vae_chunk_size
+        self._offload_hooks: list = []
+        self._execution_device: torch.device | None = None
+        if attention is not None:
+            from evalkit.decoders import set_attention
+
+            set_attention("kandinsky22", attention, [unet, movq])
         self.eval()
 
     # ------------------------------------------------------------------ construction
@@ -265,11 +290,12 @@ class Kandinsky22Decoder(Decoder, nn.Module):
     @classmethod
     def random_init(cls, resolution: int | None = None, size: Literal["real", "tiny"] = "real",
                     device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                    seed: int = 0) -> "Kandinsky22Decoder":
+                    seed: int = 0, **settings) -> "Kandinsky22Decoder":
         """The public architecture (``size="real"``: UNet 1.25 B + MoVQ 68 M parameters) with random weights.
 
         For speed and memory benchmarks: images are noise. ``device="meta"`` builds it without memory (parameter
-        counts only); ``device="cuda"`` builds it on the GPU directly.
+        counts only); ``device="cuda"`` builds it on the GPU directly. ``settings``: the constructor's
+        (``max_batch``, ``offload``, ``attention``, ``vae_chunk_size``).
         """
         from diffusers import UNet2DConditionModel, VQModel
 
@@ -286,21 +312,25 @@ class Kandinsky22Decoder(Decoder, nn.Module):
         if dtype is not None:
             unet, movq = unet.to(dtype), movq.to(dtype)
         steps = None if size == "real" else TINY_STEPS
-        return cls(unet, movq, dict(SCHEDULER_CONFIG), resolution=resolution, num_inference_steps=steps)
+        return cls(unet, movq, dict(SCHEDULER_CONFIG), resolution=resolution, num_inference_steps=steps, **settings)
 
     @classmethod
-    def tiny(cls) -> "Kandinsky22Decoder":
-        """A ~1.6 M-parameter instance (random weights, 16-d embeddings, 16×16 images, 4 steps) for tests."""
-        return cls.random_init(size="tiny")
+    def tiny(cls, resolution: int | None = None, **settings) -> "Kandinsky22Decoder":
+        """A ~1.6 M-parameter instance (random weights, 16-d embeddings, 16×16 images, 4 steps) for tests.
+
+        ``resolution``: any multiple of 4 (default 16); ``settings``: the constructor's (levers, ``max_batch``)."""
+        return cls.random_init(resolution=resolution, size="tiny", **settings)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike | None = None, allow_pickle: bool = False,
-                        resolution: int | None = None, dtype: torch.dtype | None = None) -> "Kandinsky22Decoder":
+                        resolution: int | None = None, **settings) -> "Kandinsky22Decoder":
         """Load a local copy of the public ``kandinsky-2-2-decoder`` layout (``unet/``, ``movq/``, ``scheduler/``).
 
         ``directory`` defaults to ``$EVALKIT_KANDINSKY22_DIR``. Weights are read from safetensors; a folder with
         only pickle weights (``.bin``) is refused unless ``allow_pickle`` (then ``torch.load(weights_only=True)``).
-        ``resolution`` defaults to the one a ``save_pretrained`` folder records, else 512. ``dtype`` defaults to float32.
+        ``resolution`` defaults to the one a ``save_pretrained`` folder records, else 512. Weights are read as
+        float32 on the CPU (fp16 files are widened exactly); :func:`evalkit.placement.place` casts to what it
+        computes in. ``settings``: the constructor's (``max_batch``, ``offload``, ``attention``, ``vae_chunk_size``).
         """
         from diffusers import UNet2DConditionModel, VQModel
         from safetensors import SafetensorError
@@ -312,7 +342,7 @@ class Kandinsky22Decoder(Decoder, nn.Module):
                                        f"{weights_hint(directory)}")
         scheduler_config = read_json_object(scheduler_path)
         _scheduler_class(scheduler_config, str(scheduler_path))
-        dtype = dtype or torch.float32
+        dtype = torch.float32
         components = {}
         for sub, model_cls in (("unet", UNet2DConditionModel), ("movq", VQModel)):
             kwargs = _weights_format(directory / sub, allow_pickle)
@@ -321,9 +351,9 @@ class Kandinsky22Decoder(Decoder, nn.Module):
             except (SafetensorError, OSError, ValueError, RuntimeError) as error:
                 raise CorruptFileError(f"kandinsky22: could not load {directory / sub} ({error}). Re-download it: "
                                        f"{weights_hint(directory)}") from None
-        settings = read_json_object(directory / SETTINGS_NAME) if (directory / SETTINGS_NAME).is_file() else {}
+        saved = read_json_object(directory / SETTINGS_NAME) if (directory / SETTINGS_NAME).is_file() else {}
         decoder = cls(components["unet"], components["movq"], scheduler_config,
-                      resolution=resolution or settings.get("resolution"))
+                      resolution=resolution or saved.get("resolution"), **settings)
         negative = directory / NEGATIVE_NAME
         if negative.is_file():
             from safetensors.torch import load_file
@@ -375,7 +405,7 @@ class Kandinsky22Decoder(Decoder, nn.Module):
     def _checked_resolution(self, resolution: int) -> int:
         multiple = self.movq_scale_factor * self.unet_scale_factor
         if int(resolution) != resolution or resolution <= 0 or resolution % multiple:
-            raise ValueError(f"kandinsky22 renders square images whose side is a multiple of {multiple} (MoVQ ×"
+            raise SettingError(f"kandinsky22 renders square images whose side is a multiple of {multiple} (MoVQ ×"
                              f"{self.movq_scale_factor}, UNet ×{self.unet_scale_factor}); got {resolution}")
         return int(resolution)
 
@@ -385,7 +415,36 @@ class Kandinsky22Decoder(Decoder, nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        """Where it computes: the execution device under offload (the weights wait on the CPU), else the UNet's."""
+        return self._execution_device or next(self.unet.parameters()).device
+
+    def to_placement(self, device: str, dtype: str | None = None) -> None:
+        """Cast every weight to ``dtype`` (None: keep) and put UNet and MoVQ on ``device``; with ``offload`` the
+        weights stay on the CPU and each model moves to ``device`` only while it runs (the chain of diffusers'
+        ``enable_model_cpu_offload``: unet → movq). On ``meta`` offload does not apply (nothing computes there).
+
+        The MoVQ computes in the UNet's dtype, as in the public pipeline (``torch_dtype`` for all components);
+        a MoVQ whose config sets ``force_upcast`` stays float32 under float16 (diffusers' VAE convention)."""
+        from evalkit.decoders import install_offload, remove_offload
+        from evalkit.placement import torch_dtype
+
+        cast = torch_dtype(dtype) if dtype is not None else None
+        models = [self.unet, self.movq]
+        remove_offload(models)
+        self._offload_hooks, self._execution_device = [], None
+        offload = self._offload and torch.device(device).type != "meta"
+        target = "cpu" if offload else device
+        self.to(device=target, dtype=cast) if cast is not None else self.to(device=target)
+        if cast == torch.float16 and self.movq.config.get("force_upcast", False):
+            self.movq.to(dtype=torch.float32)
+        if offload:
+            self._offload_hooks = install_offload(models, device)
+            self._execution_device = torch.device(device)
+
+    def _offload_all(self) -> None:
+        """Send both models back to the CPU (diffusers' ``maybe_free_model_hooks``)."""
+        for hook in self._offload_hooks:
+            hook.offload()
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
@@ -418,6 +477,7 @@ class Kandinsky22Decoder(Decoder, nn.Module):
                 chunks.append(self._decode_chunk(image_embeds[start:start + len(seeds)].to(device=device, dtype=dtype),
                                                  seeds, shape, steps, protocol.guidance_scale))
         finally:
+            self._offload_all()
             self.train(was_training)
         images = torch.cat(chunks) if chunks else torch.empty((0, 3, resolution, resolution), device=device)
         return images.to(image_embeds.device)
@@ -433,5 +493,13 @@ class Kandinsky22Decoder(Decoder, nn.Module):
         negative = self.negative_image_embeds.to(device=device, dtype=dtype).expand_as(embeds)
         latents = sample_image_conditioned(self.unet, scheduler, embeds, negative, noise.to(device=device, dtype=dtype),
                                            steps, guidance_scale)
-        pixels = self.movq.decode(latents, force_not_quantize=True).sample
-        return (pixels.float() * 0.5 + 0.5).clamp(0.0, 1.0)
+        return (self._movq_decode(latents).float() * 0.5 + 0.5).clamp(0.0, 1.0)
+
+    def _movq_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents → pixels in [-1, 1], at most ``vae_chunk_size`` latents per MoVQ call (every row is decoded on its
+        own: no layer of the MoVQ mixes rows, so the chunks change the peak memory, not the images)."""
+        latents = latents.to(self.movq.dtype)  # a force_upcast MoVQ under float16 (to_placement)
+        size = self._vae_chunk_size or max(1, latents.shape[0])
+        parts = [self.movq.decode(latents[i:i + size], force_not_quantize=True).sample
+                 for i in range(0, latents.shape[0], size)]
+        return torch.cat(parts) if len(parts) != 1 else parts[0]

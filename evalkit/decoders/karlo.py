@@ -198,6 +198,34 @@ def _own_memory(module: nn.Module) -> None:
             tensor.data = tensor.data.clone(memory_format=torch.contiguous_format)
 
 
+def _sample_size(folder: Path) -> int | None:
+    """``sample_size`` of a component folder's ``config.json`` (None when it has none)."""
+    try:
+        return int(json.loads((folder / "config.json").read_text(encoding="utf-8"))["sample_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _super_res_for(resolution: int | None, super_res: bool | None, base: int | None, upscaled: int | None,
+                   what: str) -> bool:
+    """Whether a stack renders ``resolution``: its decoder's side (no super-resolution) or the super-resolution
+    side; a :class:`SettingError` for another side or one that contradicts ``super_res``."""
+    from evalkit.errors import SettingError
+
+    if resolution is None:
+        return True if super_res is None else super_res
+    sides = {base: False, upscaled: True}
+    sides.pop(None, None)
+    if resolution not in sides:
+        with_sr = f" or {upscaled}×{upscaled} (with super-resolution)" if upscaled else " only (no super-resolution found)"
+        raise SettingError(f"{what} renders {base}×{base} (its decoder alone, no super-resolution){with_sr}; "
+                           f"--resolution {resolution} is {'neither' if upscaled else 'not that'}")
+    if super_res is not None and super_res != sides[resolution]:
+        raise SettingError(f"{what}: resolution={resolution} means super_res={sides[resolution]}, but "
+                           f"super_res={super_res} was given")
+    return sides[resolution]
+
+
 def resolve_directory(directory: str | os.PathLike | None) -> Path:
     """The Karlo folder: ``directory``, else ``$EVALKIT_KARLO_DIR``; raises unless it exists."""
     return weights_folder(directory, ENV_DIR, "karlo", REPO_ID, weights_hint)
@@ -214,16 +242,27 @@ class KarloDecoder(Decoder, nn.Module):
     default_num_inference_steps = 25
     default_guidance_scale = 7.5  # the ECLIPSE paper's protocol (diffusers' UnCLIPPipeline defaults to 8.0)
     default_super_res_num_inference_steps = 7
+    #: what it computes in: its weights' dtype (as the public pipeline's ``torch_dtype``), cast by :meth:`to_placement`
+    supported_dtypes = ("float32", "bfloat16", "float16")
+    #: 64: the decoder UNet alone (no super-resolution components loaded); 256: with the 64 → 256 super-resolution
+    supported_resolutions = (64, 256)
+    #: model CPU offload order (diffusers' ``UnCLIPPipeline.model_cpu_offload_seq``)
+    offload_sequence = ("text_encoder", "text_proj", "decoder", "super_res_first", "super_res_last")
 
     def __init__(self, text_encoder, tokenizer, text_proj, decoder, decoder_scheduler, super_res_first=None,
                  super_res_last=None, super_res_scheduler=None, *, super_res_num_inference_steps: int | None = None,
-                 max_batch: int = 8):
+                 max_batch: int = 8, offload: bool = False, attention: str | None = None):
         """Wrap loaded components (see :meth:`from_pretrained`, :meth:`tiny`, :meth:`random_init`).
 
         Without ``super_res_first``/``super_res_last`` the decoder returns the 64×64 (tiny: 16×16) images.
-        ``max_batch`` bounds the images per UNet call; results do not depend on it.
+        ``max_batch`` bounds the images per UNet call; results do not depend on it. ``offload``: model CPU offload
+        once placed on a device (:meth:`to_placement`); ``attention``: ``"sdpa"`` | ``"eager"`` kernels in the
+        UNets' and the text encoder's attention (None: as loaded, i.e. sdpa).
         """
+        from evalkit.decoders import check_levers
+
         nn.Module.__init__(self)
+        check_levers("karlo", offload=offload, attention=attention)
         super_res = [super_res_first, super_res_last, super_res_scheduler]
         if any(m is None for m in super_res) and not all(m is None for m in super_res):
             raise ValueError("karlo: give super_res_first, super_res_last and super_res_scheduler together, or none")
@@ -241,6 +280,15 @@ class KarloDecoder(Decoder, nn.Module):
         self._check_components()
         self.embedding_dim = int(text_proj.config.clip_embeddings_dim)
         self.resolution = int(super_res_first.config.sample_size if self.super_res else decoder.config.sample_size)
+        # levers (private: they choose how, not what, it computes, so they stay out of the fingerprint)
+        self._offload, self._attention = offload, attention
+        self._offload_hooks: list = []
+        self._execution_device: torch.device | None = None
+        if attention is not None:
+            from evalkit.decoders import set_attention
+
+            set_attention("karlo", attention, [m for m in (decoder, super_res_first, super_res_last) if m is not None],
+                          [text_encoder])
         self.eval()
 
     def _check_components(self) -> None:
@@ -268,13 +316,19 @@ class KarloDecoder(Decoder, nn.Module):
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def tiny(cls, super_res: bool = True, seed: int = 0) -> "KarloDecoder":
-        """A tiny random stack (~0.63 M parameters, 16×16 → 32×32) for tests and examples; embedding dim 32."""
+    def tiny(cls, super_res: bool | None = None, seed: int = 0, resolution: int | None = None,
+             **settings) -> "KarloDecoder":
+        """A tiny random stack (~0.63 M parameters, 16×16 → 32×32) for tests and examples; embedding dim 32.
+
+        ``resolution`` 16 (no super-resolution) or 32; ``settings``: the constructor's (``max_batch``, levers).
+        """
         from diffusers import UNet2DConditionModel, UNet2DModel
         from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
         from diffusers.schedulers import UnCLIPScheduler
         from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
+        super_res = _super_res_for(resolution, super_res, TINY_DECODER_CONFIG["sample_size"],
+                                   TINY_SUPER_RES_CONFIG["sample_size"], "the tiny karlo stack")
         with torch.random.fork_rng(devices=[]):  # seeded init; the global RNG is left as it was
             torch.manual_seed(seed)
             parts = dict(
@@ -290,22 +344,26 @@ class KarloDecoder(Decoder, nn.Module):
                              super_res_scheduler=UnCLIPScheduler(**SUPER_RES_SCHEDULER_CONFIG))
             with torch.no_grad():  # zero-initialised by diffusers: give the guidance embedding a value
                 parts["text_proj"].learned_classifier_free_guidance_embeddings.normal_()
-        return cls(**parts)
+        return cls(**parts, **settings)
 
     @classmethod
-    def random_init(cls, size: str = "real", super_res: bool = True, device: str | torch.device | None = None,
-                    dtype: torch.dtype | None = None, seed: int = 0) -> "KarloDecoder":
+    def random_init(cls, size: str = "real", super_res: bool | None = None, device: str | torch.device | None = None,
+                    dtype: torch.dtype | None = None, seed: int = 0, resolution: int | None = None,
+                    **settings) -> "KarloDecoder":
         """karlo-v1-alpha's architecture with random weights (speed and memory benchmarks).
 
         ``size="real"``: the public configs (decoder UNet, two super-resolution UNets, text_proj, CLIP
         ViT-L/14 text tower and its 49,408-token tokenizer); ``size="tiny"``: :meth:`tiny`.
-        ``device="meta"`` builds without memory (parameter counts only).
+        ``device="meta"`` builds without memory (parameter counts only). ``resolution``: 64 or 256 (tiny: 16 or
+        32); ``settings``: the constructor's (``max_batch``, ``offload``, ``attention``).
         """
         if size == "tiny":
-            model = cls.tiny(super_res=super_res, seed=seed)
+            model = cls.tiny(super_res=super_res, seed=seed, resolution=resolution, **settings)
             return model.to(device=device, dtype=dtype) if device is not None or dtype is not None else model
         if size != "real":
             raise ValueError(f"karlo: unknown size {size!r}; use 'real' or 'tiny'")
+        super_res = _super_res_for(resolution, super_res, REAL_DECODER_CONFIG["sample_size"],
+                                   REAL_SUPER_RES_CONFIG["sample_size"], "karlo")
         from diffusers import UNet2DConditionModel, UNet2DModel
         from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
         from diffusers.schedulers import UnCLIPScheduler
@@ -324,19 +382,21 @@ class KarloDecoder(Decoder, nn.Module):
         parts.update(tokenizer=clip_tokenizer(None, 77), decoder_scheduler=UnCLIPScheduler(**DECODER_SCHEDULER_CONFIG))
         if super_res:
             parts["super_res_scheduler"] = UnCLIPScheduler(**SUPER_RES_SCHEDULER_CONFIG)
-        model = cls(**parts)
+        model = cls(**parts, **settings)
         return model.to(dtype=dtype) if dtype is not None else model
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike | None = None, allow_pickle: bool = False,
-                        super_res: bool = True, torch_dtype: torch.dtype | None = None, **settings) -> "KarloDecoder":
-        """Load a folder in the public karlo-v1-alpha layout (default: ``$EVALKIT_KARLO_DIR``).
+                        super_res: bool | None = None, resolution: int | None = None, **settings) -> "KarloDecoder":
+        """Load a folder in the public karlo-v1-alpha layout (default: ``$EVALKIT_KARLO_DIR``), on the CPU in float32.
 
-        Reads text_encoder, tokenizer, text_proj, decoder, decoder_scheduler and, with ``super_res``,
-        super_res_first, super_res_last, super_res_scheduler; prior folders are ignored. Safetensors
+        Reads text_encoder, tokenizer, text_proj, decoder, decoder_scheduler and, with ``super_res`` (default;
+        ``resolution=256``), super_res_first, super_res_last, super_res_scheduler; ``resolution=64`` (or
+        ``super_res=False``) loads the 64×64 decoder alone. Prior folders are ignored. Safetensors
         are preferred; a component stored only as pickle (``.bin``) loads only with ``allow_pickle``
-        (then through ``torch.load(weights_only=True)``). ``settings``: ``super_res_num_inference_steps``,
-        ``max_batch``.
+        (then through ``torch.load(weights_only=True)``). Every component is read as float32 (fp16 files are
+        widened exactly); :func:`evalkit.placement.place` casts to what it computes in. ``settings``:
+        ``super_res_num_inference_steps``, ``max_batch``, ``offload``, ``attention``.
         """
         from diffusers import UNet2DConditionModel, UNet2DModel
         from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
@@ -344,6 +404,8 @@ class KarloDecoder(Decoder, nn.Module):
         from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
         root = resolve_directory(directory)
+        sizes = [_sample_size(root / name) for name in ("decoder", "super_res_first")] if resolution else [None, None]
+        super_res = _super_res_for(resolution, super_res, *sizes, f"karlo at {root}")
         wanted = BASE_COMPONENTS + (SUPER_RES_COMPONENTS if super_res else ())
         missing = [name for name in wanted if not (root / name).is_dir()]
         if missing:
@@ -352,7 +414,6 @@ class KarloDecoder(Decoder, nn.Module):
                 + (" (or load with super_res=False)" if set(missing) <= set(SUPER_RES_COMPONENTS) else "")
                 + f". {weights_hint(root)}")
         install_diffusers_aliases()
-        dtype_kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
 
         def load(name: str, loader, **kwargs):
             folder = root / name
@@ -367,9 +428,12 @@ class KarloDecoder(Decoder, nn.Module):
         def weights(name: str, loader, library: str):
             use_safetensors, variant = _weights_format(root / name, allow_pickle)
             extra = {"variant": variant} if variant else {}
+            # float32 for all: diffusers reads into float32 by default, transformers (v5) in the file's dtype
             if library == "transformers":
-                extra["weights_only"] = True
-            return load(name, loader.from_pretrained, use_safetensors=use_safetensors, **extra, **dtype_kwargs)
+                extra.update(weights_only=True, dtype=torch.float32)
+            else:
+                extra["torch_dtype"] = torch.float32
+            return load(name, loader.from_pretrained, use_safetensors=use_safetensors, **extra)
 
         def scheduler(name: str):
             return load(name, lambda folder, **_: UnCLIPScheduler.from_config(UnCLIPScheduler.load_config(folder)))
@@ -422,11 +486,38 @@ class KarloDecoder(Decoder, nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.parameters()).device
+        """Where it computes: the execution device under offload (the weights wait on the CPU), else its weights'."""
+        return self._execution_device or next(self.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
         return next(self.decoder.parameters()).dtype
+
+    def _offloaded_models(self) -> list[nn.Module]:
+        return [m for m in (getattr(self, name) for name in self.offload_sequence) if m is not None]
+
+    def to_placement(self, device: str, dtype: str | None = None) -> None:
+        """Cast every weight to ``dtype`` (None: keep) and put the stack on ``device``; with ``offload`` the
+        weights stay on the CPU and each component moves to ``device`` only while it runs (the chain of
+        diffusers' ``enable_model_cpu_offload``). On ``meta`` offload does not apply (nothing computes there)."""
+        from evalkit.decoders import install_offload, remove_offload
+        from evalkit.placement import torch_dtype
+
+        cast = torch_dtype(dtype) if dtype is not None else None
+        models = self._offloaded_models()
+        remove_offload(models)
+        self._offload_hooks, self._execution_device = [], None
+        if self._offload and torch.device(device).type != "meta":
+            self.to(device="cpu", dtype=cast) if cast is not None else self.to(device="cpu")
+            self._offload_hooks = install_offload(models, device)
+            self._execution_device = torch.device(device)
+        else:
+            self.to(device=device, dtype=cast) if cast is not None else self.to(device=device)
+
+    def _offload_all(self) -> None:
+        """Send every offloaded component back to the CPU (diffusers' ``maybe_free_model_hooks``)."""
+        for hook in self._offload_hooks:
+            hook.offload()
 
     @property
     def compute_dtype(self) -> str:
@@ -526,7 +617,7 @@ class KarloDecoder(Decoder, nn.Module):
             raise ValueError(f"{n} embeddings for a batch of {len(batch)} images")
         if protocol.resolution and protocol.resolution != self.resolution:
             raise ValueError(f"karlo decoder renders {self.resolution}×{self.resolution}; the protocol asks for "
-                             f"{protocol.resolution} (load with super_res={not self.super_res} for the other size)")
+                             f"{protocol.resolution} (load it with resolution={protocol.resolution} for that size)")
         steps = protocol.num_inference_steps or self.default_num_inference_steps
         for label, value in (("decoder", steps), ("super-resolution", self.super_res_num_inference_steps)):
             if value < 2 and (label == "decoder" or self.super_res):
@@ -545,7 +636,9 @@ class KarloDecoder(Decoder, nn.Module):
                 if self.super_res:
                     x = self._super_resolve(x, gens)
                 chunks.append((x.float() * 0.5 + 0.5).clamp(0.0, 1.0))
+                self._offload_all()  # the text encoder starts the next chunk: nothing else stays on the device
         finally:
+            self._offload_all()
             self.train(was_training)
         if not chunks:
             return torch.empty((0, 3, self.resolution, self.resolution), device=image_embeds.device)

@@ -132,10 +132,6 @@ class SynthDecoder(PretrainedMixin, Decoder, nn.Module):
     weights_hint = TRAIN_HINT
     supported_dtypes = SAMPLING_DTYPES
 
-    @classmethod
-    def dtype_options(cls, dtype: str) -> dict:
-        return {"sampling_dtype": dtype}
-
     def __init__(self, config: SynthDecoderConfig | None = None):
         from diffusers import UNet2DConditionModel
 
@@ -184,6 +180,19 @@ class SynthDecoder(PretrainedMixin, Decoder, nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def to_placement(self, device: str, dtype: str | None = None) -> None:
+        """Move the UNet to ``device``; ``dtype`` sets what it samples in (``config.sampling_dtype``: bfloat16
+        runs the UNet under autocast). The weights stay float32 whatever the dtype, so a float32 placement of
+        any copy gives the images of float32 sampling (None: keep the config's, e.g. the shipped bfloat16)."""
+        from evalkit.errors import SettingError
+
+        if dtype is not None:
+            if dtype not in SAMPLING_DTYPES:
+                raise SettingError(f"synth decoder samples in {' or '.join(SAMPLING_DTYPES)}; not {dtype}")
+            self.config.sampling_dtype = dtype
+            self.compute_dtype = dtype
+        self.to(device=device)
 
     # ------------------------------------------------------------------ decoding
 

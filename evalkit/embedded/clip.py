@@ -94,6 +94,8 @@ def _overrides(model_cfg: dict) -> dict:
 
 class WorldCLIP(nn.Module):
     embedding_space = EMBEDDING_SPACE
+    #: placed by the run like a plugin (:func:`evalkit.placement.place`): every tower computes in these
+    supported_dtypes = ("float32", "bfloat16", "float16")
 
     def __init__(self, model_cfg: dict | None = None, bpe_ids: list[int] | None = None):
         super().__init__()
@@ -134,21 +136,27 @@ class WorldCLIP(nn.Module):
     # ------------------------------------------------------------------ encoders
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """Raw image embeddings ``(N, D)`` of images ``(N, 3, H, W)`` in [0, 1]."""
-        return self.model.encode_image((images.float() - self.image_mean) / self.image_std)
+        """Raw image embeddings ``(N, D)`` of images ``(N, 3, H, W)`` in [0, 1], on the weights' device and in
+        their precision (normalised in float32 first)."""
+        mean = self.image_mean
+        x = (images.to(mean.device).float() - mean.float()) / self.image_std.float()
+        return self.model.encode_image(x.to(mean.dtype))
 
     def encode_tokens(self, ids: torch.Tensor, mask: torch.Tensor) -> TextEncoding:
+        """The encoding of token ids, on the weights' device; embeddings and hidden states in float32."""
         m = self.model
+        device = self.image_mean.device
+        ids, mask = ids.to(device), mask.to(device)
         x = m.token_embedding(ids) + m.positional_embedding
         x = m.transformer(x, attn_mask=m.attn_mask)
         hidden = m.ln_final(x)
         pooled = hidden[torch.arange(ids.shape[0]), ids.argmax(dim=-1)]
         embeds = pooled @ m.text_projection if not isinstance(m.text_projection, nn.Linear) else m.text_projection(pooled)
-        return TextEncoding(EMBEDDING_SPACE, embeds, hidden, mask)
+        return TextEncoding(EMBEDDING_SPACE, embeds.float(), hidden.float(), mask)
 
     def encode_text(self, prompts: list[str]) -> TextEncoding:
-        ids, mask = self.tokenizer(list(prompts))
-        return self.encode_tokens(ids.to(self.image_mean.device), mask.to(self.image_mean.device))
+        ids, mask = self.tokenizer(list(prompts))  # on the CPU: encode_tokens moves them to the weights
+        return self.encode_tokens(ids, mask)
 
     def unknown_words(self, prompt: str) -> list[str]:
         """Words of ``prompt`` outside the world's vocabulary (encoded as ``unk``; the run reports them)."""

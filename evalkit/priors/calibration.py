@@ -29,20 +29,29 @@ INDEPENDENT_SEED_OFFSET = 1_000_003
 STATS_PAIRS = 1024
 
 
-@functools.lru_cache(maxsize=4)
 def _image_stats(clip) -> tuple[torch.Tensor, float]:
-    """Mean image embedding and mean norm over training renders of all categories."""
+    """Mean image embedding (float32, on the CLIP's device) and mean norm over training renders of all
+    categories, as the CLIP computes them where it is placed now (cached per device and precision)."""
+    tensors = (*clip.parameters(), *clip.buffers()) if isinstance(clip, torch.nn.Module) else ()
+    weight = next((t for t in tensors if t.is_floating_point()), None)
+    return _image_stats_at(clip, str(getattr(weight, "device", "")), str(getattr(weight, "dtype", "")))
+
+
+@functools.lru_cache(maxsize=4)
+def _image_stats_at(clip, device: str, dtype: str) -> tuple[torch.Tensor, float]:
     from evalkit.world import sample_pairs
 
     _, scenes = sample_pairs("all", STATS_PAIRS, seed=12345, split="train")
     with torch.inference_mode():
-        embeds = clip.encode_image(render_tensor(scenes))
+        embeds = clip.encode_image(render_tensor(scenes)).float()
     return embeds.mean(0), embeds.norm(dim=-1).mean().item()
 
 
 class _WorldPrior(Prior):
     embedding_space = "synth-clip"
     normalisation = "raw"
+    #: what the world CLIP computes in (these priors hold no other weights)
+    supported_dtypes = ("float32", "bfloat16", "float16")
 
     def __init__(self, clip=None):
         from evalkit.embedded.clip import load_world_clip

@@ -59,6 +59,14 @@ class DiffusionPrior(TrainedPrior):
         self.guidance_scale = guidance_scale
         self.rerank = rerank
         self._empty = empty_encoding
+        self._empty_given = empty_encoding is not None  # else derived from the text encoder on first use
+
+    def to_placement(self, device: str, dtype: str | None = None) -> None:
+        """The default placement; an empty-prompt encoding derived from the text encoder is dropped, to be
+        encoded again by the placed encoder (where and in the precision it now computes)."""
+        super().to_placement(device, dtype)
+        if not getattr(self, "_empty_given", False):
+            self._empty = None
 
     def empty_encoding(self):
         """The unconditional branch: the text encoder's encoding of the empty prompt (as in training)."""
@@ -66,35 +74,45 @@ class DiffusionPrior(TrainedPrior):
             self._empty = self.text_encoder().encode_text([""])
         return self._empty
 
+    def conditioning(self, encoding, n: int, guided: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The network's text inputs on its device and in its precision: ``[empty; prompts]`` when guided
+        (batched classifier-free guidance), the prompts alone otherwise."""
+        text, hidden, mask = self.model_inputs(encoding)
+        if guided:
+            empty = self.empty_encoding()  # cached where it was encoded: moved at use
+            text = torch.cat([empty.text_embeds.to(text).expand(n, -1), text])
+            hidden = torch.cat([empty.text_hidden.to(hidden).expand(n, -1, -1), hidden])
+            mask = torch.cat([empty.attention_mask.to(mask.device).expand(n, -1), mask])
+        return text, hidden, mask
+
     def sample(self, encoding, seeds) -> torch.Tensor:
         if self.rerank == 1:
             return self._sample(encoding, seeds)
         candidates = torch.stack([self._sample(encoding, [s + k * RERANK_SEED_STRIDE for s in seeds])
                                   for k in range(self.rerank)], dim=1)  # (N, n, D)
-        score = (F.normalize(candidates, dim=-1) * F.normalize(encoding.text_embeds.float(), dim=-1)[:, None]).sum(-1)
-        return candidates[torch.arange(len(seeds)), score.argmax(1)]
+        text = encoding.text_embeds.to(candidates.device, torch.float32)
+        score = (F.normalize(candidates, dim=-1) * F.normalize(text, dim=-1)[:, None]).sum(-1)
+        return candidates[torch.arange(len(seeds), device=candidates.device), score.argmax(1)]
 
     def _sample(self, encoding, seeds) -> torch.Tensor:
+        # the sampler's state (latents, the scheduler's arithmetic) stays in float32 whatever the network's dtype
         model = self.model
         n = len(seeds)
-        scheduler = DDIMScheduler.from_config(train_scheduler().config)
-        scheduler.set_timesteps(self.num_inference_steps)
-        latents = per_image_randn(seeds, (model.config["embedding_dim"],))
-        text, hidden, mask = encoding.text_embeds.float(), encoding.text_hidden.float(), encoding.attention_mask
         guided = self.guidance_scale != 1.0
-        if guided:  # batched classifier-free guidance: [unconditional; conditional]
-            empty = self.empty_encoding()
-            text = torch.cat([empty.text_embeds.float().expand(n, -1), text])
-            hidden = torch.cat([empty.text_hidden.float().expand(n, -1, -1), hidden])
-            mask = torch.cat([empty.attention_mask.expand(n, -1), mask])
+        text, hidden, mask = self.conditioning(encoding, n, guided)
+        scheduler = DDIMScheduler.from_config(train_scheduler().config)
+        scheduler.set_timesteps(self.num_inference_steps, device=text.device)
+        # drawn on the CPU from each image's seed, then moved: the same noise on any device
+        latents = per_image_randn(seeds, (model.config["embedding_dim"],)).to(text.device)
         for t in scheduler.timesteps:
-            model_in = torch.cat([latents, latents]) if guided else latents
-            out = model(model_in, t, proj_embedding=text, encoder_hidden_states=hidden, attention_mask=mask).predicted_image_embedding
+            model_in = (torch.cat([latents, latents]) if guided else latents).to(text.dtype)
+            out = model(model_in, t, proj_embedding=text, encoder_hidden_states=hidden,
+                        attention_mask=mask).predicted_image_embedding.float()
             if guided:
                 uncond, cond = out.chunk(2)
                 out = uncond + self.guidance_scale * (cond - uncond)
             latents = scheduler.step(out, t, latents).prev_sample
-        return model.post_process_latents(latents)
+        return model.post_process_latents(latents).float()
 
 
 class DiffusionXLPrior(DiffusionPrior):

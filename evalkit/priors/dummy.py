@@ -28,6 +28,7 @@ class DummyPrior(PretrainedMixin, Prior, nn.Module):
     config_class = DummyPriorConfig
     embedding_space = "dummy"
     normalisation = "raw"
+    supported_dtypes = ("float32", "bfloat16", "float16")
 
     def __init__(self, config: DummyPriorConfig | None = None):
         nn.Module.__init__(self)
@@ -52,7 +53,8 @@ class DummyPrior(PretrainedMixin, Prior, nn.Module):
 
     @torch.inference_mode()
     def predict(self, batch: Batch) -> torch.Tensor:
-        return self.proj(self.bag_of_words(batch.prompts)).float()
+        weight = self.proj.weight  # the counts are made on the CPU: they go to the weights' device and dtype
+        return self.proj(self.bag_of_words(batch.prompts).to(weight)).float()
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

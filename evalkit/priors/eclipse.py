@@ -116,8 +116,10 @@ class EclipsePrior(TrainedPrior):
     model_class = EclipsePriorTransformer
 
     def sample(self, encoding, seeds) -> torch.Tensor:
-        noise = per_image_randn(seeds, (self.model.config["embedding_dim"],))
-        return self.model(noise, encoding.text_embeds.float(), encoding.text_hidden.float(), encoding.attention_mask)
+        text, hidden, mask = self.model_inputs(encoding)
+        # drawn on the CPU from each image's seed, then moved: the same noise on any device
+        noise = per_image_randn(seeds, (self.model.config["embedding_dim"],)).to(text.device, text.dtype)
+        return self.model(noise, text, hidden, mask)
 
 
 class EclipseLargePrior(EclipsePrior):

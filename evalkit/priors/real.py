@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
-from evalkit.contracts import Batch, Prior, TextEncoding, seeded_generators
+from evalkit.contracts import Batch, Placeable, Prior, TextEncoding, seeded_generators
 from evalkit.errors import ConfigMismatchError, CorruptFileError, EvalkitError, WeightsNotFoundError
 from evalkit.priors.diffusion import DiffusionPrior, DiffusionPriorTransformer
 from evalkit.priors.eclipse import EclipsePrior, EclipsePriorTransformer
@@ -123,13 +123,15 @@ def _use_safetensors(directory: Path, allow_pickle: bool) -> bool:
     return False
 
 
-class HFTextEncoder:
+class HFTextEncoder(Placeable):
     """A transformers ``CLIPTextModelWithProjection`` + ``CLIPTokenizer`` as an evalkit text encoder.
 
     ``encode_text`` pads to the tokenizer's ``model_max_length`` and runs the encoder on the ids alone,
     as the public prior pipelines do: ``text_embeds`` (projected pooled output), ``last_hidden_state`` and
-    the tokenizer's attention mask as bool.
+    the tokenizer's attention mask as bool, all on the encoder's device (embeddings in float32).
     """
+
+    supported_dtypes = ("float32", "bfloat16", "float16")
 
     def __init__(self, text_encoder, tokenizer, embedding_space: str):
         self.model = text_encoder.eval()
@@ -168,9 +170,10 @@ class HFTextEncoder:
     def encode_text(self, prompts: Sequence[str]) -> TextEncoding:
         tokens = self.tokenizer(list(prompts), padding="max_length", max_length=self.context_length,
                                 truncation=True, return_tensors="pt")
-        out = self.model(tokens.input_ids)
+        device = self.model.device  # token ids are made on the CPU: they go to the weights
+        out = self.model(tokens.input_ids.to(device))
         return TextEncoding(self.embedding_space, out.text_embeds.float(), out.last_hidden_state.float(),
-                            tokens.attention_mask.bool())
+                            tokens.attention_mask.bool().to(device))
 
     def num_text_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
@@ -295,7 +298,7 @@ class _CheckpointMixin:
         ``size="tiny"``: the same path at tiny widths (1 layer, 16 tokens, :attr:`tiny_embedding_dim` wide, so
         it feeds the paired decoder's tiny build). For speed and memory benchmarks: the embeddings are noise.
         ``device="meta"`` builds without memory (parameter counts only); like the folder-loaded priors, a
-        built prior computes on the CPU. ``settings``: the sampling options
+        built prior then computes where :func:`evalkit.placement.place` puts it. ``settings``: the sampling options
         of the constructor (diffusion priors: ``num_inference_steps``, ``guidance_scale``, ``rerank``).
         The text encoder is built first from ``seed``, so priors of one embedding space get the same one.
         """
@@ -425,30 +428,29 @@ class DiffusionCheckpointPrior(_CheckpointMixin, DiffusionPrior):
 
         model = self.model
         n = len(seeds)
+        guided = self.guidance_scale > 1.0  # as the pipelines: guidance only above 1
+        text, hidden, mask = self.conditioning(encoding, n, guided)
+        device = text.device
         scheduler = UnCLIPScheduler.from_config(self.scheduler_config)
-        scheduler.set_timesteps(self.num_inference_steps)
+        scheduler.set_timesteps(self.num_inference_steps, device=device)
+        # CPU generators on any device, as the public pipelines: the start noise and each step's variance
+        # noise (diffusers' randn_tensor draws on a generator's own device, then moves) are device-independent
         generators = seeded_generators(seeds)
         dim = model.config["embedding_dim"]
-        latents = torch.stack([torch.randn((dim,), generator=g) for g in generators]) * scheduler.init_noise_sigma
-        text, hidden, mask = encoding.text_embeds.float(), encoding.text_hidden.float(), encoding.attention_mask
-        guided = self.guidance_scale > 1.0  # as the pipelines: guidance only above 1
-        if guided:
-            empty = self.empty_encoding()
-            text = torch.cat([empty.text_embeds.float().expand(n, -1), text])
-            hidden = torch.cat([empty.text_hidden.float().expand(n, -1, -1), hidden])
-            mask = torch.cat([empty.attention_mask.expand(n, -1), mask])
+        latents = torch.stack([torch.randn((dim,), generator=g) for g in generators]).to(device) * scheduler.init_noise_sigma
         timesteps = scheduler.timesteps
+        # the sampler's state (latents, the scheduler's arithmetic and noise) stays in float32
         for i, t in enumerate(timesteps):
-            model_in = torch.cat([latents, latents]) if guided else latents
+            model_in = (torch.cat([latents, latents]) if guided else latents).to(text.dtype)
             out = model(model_in, timestep=t, proj_embedding=text, encoder_hidden_states=hidden,
-                        attention_mask=mask).predicted_image_embedding
+                        attention_mask=mask).predicted_image_embedding.float()
             if guided:
                 uncond, cond = out.chunk(2)
                 out = uncond + self.guidance_scale * (cond - uncond)
             prev = None if i + 1 == len(timesteps) else timesteps[i + 1]
             latents = scheduler.step(out, timestep=t, sample=latents, generator=generators,
                                      prev_timestep=prev).prev_sample
-        return model.post_process_latents(latents)
+        return model.post_process_latents(latents).float()
 
 
 # --------------------------------------------------------------------------- the public checkpoints

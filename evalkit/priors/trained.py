@@ -80,6 +80,14 @@ class DiffusersLayoutMixin:
     public_class_name: ClassVar[str] = "PriorTransformer"
 
 
+def weights_placement(module) -> tuple[torch.device, torch.dtype]:
+    """Device and floating dtype of ``module``'s weights: where (and in what precision) its inputs go."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return torch.device("cpu"), torch.float32
+
+
 def check_config(expected: dict, found: dict, where: str) -> None:
     """Raise :class:`ConfigMismatchError` listing every architecture key whose value differs."""
     keys = sorted(set(expected) | set(found))
@@ -98,6 +106,8 @@ class TrainedPrior(Prior):
     embedding_space = EMBEDDING_SPACE
     normalisation = "raw"
     text_encoders = (EMBEDDING_SPACE,)
+    #: the prior network and the text encoder it holds compute in any of these (samplers stay in float32)
+    supported_dtypes = ("float32", "bfloat16", "float16")
 
     def __init__(self, path: str | Path | None = None, training_seed: int = 0, model=None, clip=None,
                  allow_pickle: bool = False):
@@ -168,6 +178,13 @@ class TrainedPrior(Prior):
                 f"prior {self.name!r} takes {expected}-d text embeddings and hidden states, but the "
                 f"{self.embedding_space!r} encoder gives {encoding.text_embeds.shape[-1]}-d / {width}-d")
         return encoding
+
+    def model_inputs(self, encoding) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(text_embeds, text_hidden, attention_mask)`` of ``encoding`` on the network's device, the
+        embeddings in its precision (encodings arrive in float32, from wherever the text encoder is)."""
+        device, dtype = weights_placement(self.model)
+        return (encoding.text_embeds.to(device, dtype), encoding.text_hidden.to(device, dtype),
+                encoding.attention_mask.to(device))
 
     @torch.inference_mode()
     def predict(self, batch: Batch) -> torch.Tensor:

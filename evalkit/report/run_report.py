@@ -138,7 +138,8 @@ def load_run(path: str | os.PathLike) -> RunData:
             if image and not _inside_path(image):
                 raise CorruptFileError(f"{samples_path}, line {number}: image_path {image!r} is not a relative path "
                                        "inside the run folder; refused")
-            samples.append(sample)
+            if not (sample.get("details") or {}).get("not_applicable"):  # a scorer's "not applicable": no score
+                samples.append(sample)
     return RunData(path, results, samples)
 
 
@@ -560,6 +561,17 @@ def unknown_words_summary(found: dict, top: int = 8) -> list[str]:
     return lines
 
 
+def not_applicable_lines(found: dict, top: int = 3) -> list[str]:
+    """One line per suite and scorer whose items it marked not applicable (left out of every mean)."""
+    lines = []
+    for suite, scorers in found.items():
+        for scorer, entry in scorers.items():
+            reasons = "; ".join(f"{reason} ({n})" for reason, n in list(entry["reasons"].items())[:top])
+            lines.append(f"{suite}: {scorer} cannot score {entry['prompts']} prompt(s) ({entry['images']} image rows), "
+                         f"left out of its means: {reasons}")
+    return lines
+
+
 def report_blocks(runs: Sequence[RunData], out_dir: Path, pairs: Sequence[tuple[str, str]] | None = None) -> list:
     protocol, priors, rows, samples = _merged(runs)
     order = prior_order(priors, rows)
@@ -573,6 +585,8 @@ def report_blocks(runs: Sequence[RunData], out_dir: Path, pairs: Sequence[tuple[
     for run in runs:
         for line in unknown_words_summary(run.results.get("unknown_words", {})):
             blocks.append(("p", f"**Vocabulary.** {line}."))
+        for line in not_applicable_lines(run.results.get("not_applicable", {})):
+            blocks.append(("p", f"**Not scored.** {line}."))
     if protocol.get("random_init"):
         blocks.append(("p", f"**Random weights** (`--random-init {protocol['random_init']}`): the priors, text encoders "
                             "and decoder were built at their architectures with random weights; the images are noise "

@@ -523,6 +523,13 @@ def noun_phrases(item) -> tuple[str, ...]:
     return tuple(p for p in parts if p)
 
 
+def unreadable(item) -> str | None:
+    """Why the world's phrase grammar cannot read ``item`` (its words outside the world's vocabulary), or None:
+    the ``not_applicable`` of every scorer of the synthetic world (a score of such a prompt means nothing)."""
+    words = sorted({w for phrase in noun_phrases(item) for w in parse_phrase(phrase)[1]})
+    return f"words outside the synthetic world's vocabulary ({', '.join(words)})" if words else None
+
+
 def _satisfies(obj: dict, fields: tuple[tuple[str, str], ...]) -> bool:
     return all(obj[family] == value for family, value in fields)
 
@@ -558,6 +565,8 @@ class AnalyticScorer(Scorer):
 
     name = "analytic"
     version = "1"
+    #: no torch modules: it reads the images on the CPU into numpy (float32 / float64) on any --device
+    supported_dtypes = ("float32",)
 
     def __init__(self, fg_chroma: float = FG_CHROMA, min_area: int = MIN_AREA, max_objects: int = MAX_OBJECTS,
                  noise_factor: float = NOISE_FACTOR):
@@ -570,6 +579,9 @@ class AnalyticScorer(Scorer):
     @classmethod
     def tiny(cls) -> "AnalyticScorer":
         return cls()
+
+    def not_applicable(self, item) -> str | None:
+        return unreadable(item)
 
     def detect(self, images: Any) -> Detections:
         return detect(images, self.fg_chroma, self.min_area, self.max_objects, self.noise_factor)

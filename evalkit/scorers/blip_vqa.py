@@ -117,9 +117,13 @@ class BlipVQAScorer(Scorer):
     name = "blip-vqa"
     version = "1"
     higher_is_better = True
+    #: BLIP's towers compute in any of these (the yes/no arithmetic reads the logits in float32 / float64)
+    supported_dtypes = ("float32", "bfloat16", "float16")
 
     def __init__(self, path: str | os.PathLike | None = None, mode: bvqa.Mode = "full", batch_size: int = 32,
-                 device: str = "cpu", allow_pickle: bool = False) -> None:
+                 device: str | None = None, allow_pickle: bool = False) -> None:
+        """``device``: where to put the model once loaded (None: the CPU); the run places scorers itself
+        (:func:`evalkit.placement.place`), and the scorer computes wherever its weights are."""
         super().__init__()
         if mode not in bvqa.MODES:
             raise ValueError(f"unknown B-VQA arithmetic mode {mode!r}; expected one of {', '.join(bvqa.MODES)}")
@@ -130,12 +134,23 @@ class BlipVQAScorer(Scorer):
         self.path = str(directory)
         self.mode = mode
         self.batch_size = int(batch_size)
-        self.device = str(device)
         self.allow_pickle = bool(allow_pickle)
         self.model, self.processor = self._load(directory, use_safetensors)
         self.yes_id, self.no_id = self._answer_ids(directory)
         self.bos_id = self._bos_id(directory)
         self._fingerprint: str | None = None
+        if device is not None:
+            self.to_placement(str(device))
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (inputs are made there)."""
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The precision of the model's weights (pixel values are cast to it)."""
+        return self.model.dtype
 
     # ------------------------------------------------------------------ loading
 
@@ -156,7 +171,7 @@ class BlipVQAScorer(Scorer):
             except (OSError, ValueError, TypeError, KeyError) as error:
                 raise CorruptFileError(f"blip-vqa: could not load the processor (image processor + tokenizer) in "
                                        f"{directory} ({error}). {weights_hint(directory)}") from None
-        model.eval().to(self.device)
+        model.eval()
         model.requires_grad_(False)
         return model, processor
 
@@ -253,7 +268,7 @@ class BlipVQAScorer(Scorer):
             raise ValueError(f"blip-vqa: expected float images in [0, 1], got dtype {images.dtype}")
         pixels = (images.detach().float().cpu().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
         processed = self.processor.image_processor(images=list(pixels), return_tensors="pt")
-        return processed["pixel_values"].to(self.device, torch.float32)
+        return processed["pixel_values"].to(self.device, self.dtype)
 
     def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
         embeds = []

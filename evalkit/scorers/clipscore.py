@@ -78,7 +78,7 @@ class TorchmetricsCLIPAdapter(nn.Module):
         self.config = SimpleNamespace(model_type="evalkit-clip-adapter")
 
     def get_image_features(self, pixel_values: torch.Tensor, **_: Any) -> torch.Tensor:
-        return self.clip.encode_image(pixel_values)
+        return self.clip.encode_image(pixel_values).float()  # features in float32 whatever the CLIP computes in
 
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                           **_: Any) -> torch.Tensor:
@@ -120,6 +120,8 @@ class CLIPScoreScorer(Scorer):
     name = "clipscore"
     version = "1"
     higher_is_better = True
+    #: what the default CLIP (the world's) computes in; an instance takes its own CLIP's declaration
+    supported_dtypes = ("float32", "bfloat16", "float16")
 
     def __init__(self, clip: Any | None = None, image_size: int | None = None) -> None:
         super().__init__()
@@ -131,6 +133,8 @@ class CLIPScoreScorer(Scorer):
             raise TypeError("CLIPScoreScorer needs a CLIP with encode_image and encode_text, "
                             f"got {type(clip).__name__}")
         self.clip = clip
+        # the CLIP's own declaration (the world CLIP: all three); one that declares nothing: float32 only
+        self.supported_dtypes = tuple(getattr(clip, "supported_dtypes", ("float32",)))
         self.embedding_space = str(getattr(clip, "embedding_space", type(clip).__name__))
         self.image_size = image_size if image_size is not None else clip_image_size(clip)
         self._adapter = TorchmetricsCLIPAdapter(clip)
@@ -169,6 +173,12 @@ class CLIPScoreScorer(Scorer):
         with torch.no_grad():
             values = [clip_score(x[i], prompts[i], model_name_or_path=self._torchmetrics_pair) for i in range(len(x))]
         return torch.stack([v.detach().float().cpu().reshape(()) for v in values]) if values else torch.empty(0)
+
+    def not_applicable(self, item) -> str | None:
+        """A CLIP with a closed vocabulary (the world's) cannot read a prompt with words outside it."""
+        finder = getattr(self.clip, "unknown_words", None)
+        words = sorted({w.lower() for w in finder(item.prompt)}) if callable(finder) else []
+        return f"words outside the {self.embedding_space} text encoder's vocabulary ({', '.join(words)})" if words else None
 
     def score(self, images: torch.Tensor, batch: Batch) -> list[dict]:
         prompts = batch.prompts

@@ -16,6 +16,8 @@ from evalkit.contracts import Batch, Scorer
 class DummyScorer(Scorer):
     name = "dummy"
     version = "1"
+    #: no weights: it reads the images in float32 wherever they are (placement moves nothing)
+    supported_dtypes = ("float32",)
 
     @classmethod
     def tiny(cls) -> "DummyScorer":

@@ -22,6 +22,8 @@ class EmbeddingCosineScorer(Scorer):
     version = "1"
     reads = "embeddings"
     score_resolution = 0.01  # a cosine change of 0.02 for one image; float noise across CPUs is ~1e-7
+    #: what the world CLIP (rendering the oracle's embeddings) computes in
+    supported_dtypes = ("float32", "bfloat16", "float16")
 
     def __init__(self, clip=None):
         super().__init__()
@@ -38,6 +40,12 @@ class EmbeddingCosineScorer(Scorer):
         torch.manual_seed(0)
         return cls(WorldCLIP.tiny().eval())
 
+    def not_applicable(self, item) -> str | None:
+        """The oracle renders the item's caption: captions of the synthetic world only."""
+        from evalkit.scorers.analytic import unreadable
+
+        return unreadable(item)
+
     def score(self, images: torch.Tensor, batch: Batch) -> list[dict]:
         raise EvalkitError("the embedding-cosine scorer reads the prior's embeddings (score_embeddings), not images")
 
@@ -47,5 +55,6 @@ class EmbeddingCosineScorer(Scorer):
             raise EvalkitError(f"embedding-cosine compares with {self.oracle.embedding_dim}-d world-CLIP embeddings; "
                                f"the prior gave {image_embeds.shape[-1]}-d ones")
         target = self.oracle.predict(batch).float()
-        cosine = torch.nn.functional.cosine_similarity(image_embeds.float(), target, dim=-1).clamp(-1.0, 1.0)
+        image_embeds = image_embeds.to(target.device, torch.float32)  # the prior's, from wherever it computed
+        cosine = torch.nn.functional.cosine_similarity(image_embeds, target, dim=-1).clamp(-1.0, 1.0)
         return [{"score": (1.0 + c) / 2.0, "cosine": c} for c in cosine.tolist()]
