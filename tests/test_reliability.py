@@ -252,6 +252,6 @@ def test_prior_path_loads_a_folder_and_refuses_pickle_unless_allowed(tmp_path):
 
 
 def test_missing_real_decoder_folder_is_named(tmp_path):
-    result = CliRunner().invoke(cli, ["run", "--decoder", "kandinsky22", "--decoder-path", str(tmp_path / "k22"),
-                                      "--out", str(tmp_path / "runs")])
+    result = CliRunner().invoke(cli, ["run", "--prior", "diffusion", "--decoder", "kandinsky22",
+                                      "--decoder-path", str(tmp_path / "k22"), "--out", str(tmp_path / "runs")])
     assert result.exit_code == 2 and str(tmp_path / "k22") in result.output and not (tmp_path / "runs").exists()
