@@ -1,6 +1,7 @@
 """The examples in docs/ are run as written: a page whose example breaks fails the suite."""
 
 import re
+import sys
 
 import pytest
 
@@ -56,6 +57,9 @@ def test_add_a_prior_ends_with_commands_that_run_its_example(tmp_path, monkeypat
         result = CliRunner().invoke(cli, shlex.split(command)[1:] + ["--no-cache"])
         assert result.exit_code == 0, f"{command}\n{result.output}"
     assert len(list((tmp_path / "evalkit-runs").iterdir())) == len(commands)
+    for block in python_blocks(text):  # the example's modules leave with the folder that held them
+        if block.startswith("# file: "):
+            sys.modules.pop(block.splitlines()[0].removeprefix("# file: ").strip().removesuffix(".py"), None)
 
 
 def test_every_extension_point_has_a_page():

@@ -113,7 +113,7 @@ def test_a_label_runs_a_second_checkpoint_beside_the_shipped_one_and_reports_mer
 
 
 def test_a_plugged_in_prior_gets_the_text_encodings_of_its_space(tmp_path, monkeypatch):
-    (tmp_path / "my_priors.py").write_text(textwrap.dedent('''
+    (tmp_path / "plugged_priors.py").write_text(textwrap.dedent('''
         import torch
         from evalkit.contracts import Prior
 
@@ -127,16 +127,16 @@ def test_a_plugged_in_prior_gets_the_text_encodings_of_its_space(tmp_path, monke
         '''))
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    result = invoke("run", "--plugin", "my_priors:TextAsImage", "--plugin", "mine=my_priors:TextAsImage",
+    result = invoke("run", "--plugin", "plugged_priors:TextAsImage", "--plugin", "mine=plugged_priors:TextAsImage",
                     "--prior", "text-as-image,mine", "--suite", "synth-color", "--limit", "2", "--scorer", "binding",
                     *FAST, "--out", tmp_path / "runs")
     assert result.exit_code == 0, result.output
     _, results = only_run(tmp_path / "runs")
     assert set(results["priors"]) == {"text-as-image", "mine"}
-    assert results["config"]["plugins"] == ["my_priors:TextAsImage", "mine=my_priors:TextAsImage"]
-    bad = invoke("run", "--plugin", "my_priors:Nope", "--out", tmp_path / "x")
+    assert results["config"]["plugins"] == ["plugged_priors:TextAsImage", "mine=plugged_priors:TextAsImage"]
+    bad = invoke("run", "--plugin", "plugged_priors:Nope", "--out", tmp_path / "x")
     assert bad.exit_code == 2 and "has no 'Nope'" in bad.output
-    clash = invoke("run", "--plugin", "eclipse=my_priors:TextAsImage", "--out", tmp_path / "x")
+    clash = invoke("run", "--plugin", "eclipse=plugged_priors:TextAsImage", "--out", tmp_path / "x")
     assert clash.exit_code == 2 and "already registered" in clash.output
 
 
