@@ -337,6 +337,10 @@ def train_baseline(prior, size, out, resume, quick, stop_at, ship, describe, emb
 @click.option("--attention", type=click.Choice(["sdpa", "eager"]),
               help="real decoders: attention processors (default: as loaded, sdpa where torch has it)")
 @click.option("--vae-chunk-size", type=int, help="real decoders: decode at most N latents per VAE / MoVQ call")
+@click.option("--negative", type=click.Choice(["empty-prompt", "zero-image"]),
+              help="kandinsky22's guidance negative: the prior's embedding of the empty prompt, or the zero-image "
+                   "embedding of the prior pipeline's image encoder (default: each prior's pipeline's own — "
+                   "zero-image for the Kandinsky priors, as the public pipelines); recorded in the protocol")
 @click.option("--limit", type=int, help="only the first N prompts of each suite")
 @click.option("--prior-path", "prior_paths", multiple=True, metavar="NAME=DIR",
               help="load trained prior NAME from a weights folder instead of its shipped seed 0 (repeatable)")

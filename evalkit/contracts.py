@@ -252,6 +252,9 @@ class Prior(Placeable, EmbeddingSpec, abc.ABC):
     text_encoders: tuple[str, ...] = ()
     #: the output is a function of (weights, settings, prompt, seed): runs may cache it (False: never cached)
     seeded: ClassVar[bool] = True
+    #: the guidance negative its pipeline gives a decoder that takes one (Kandinsky 2.2): "empty-prompt" (the
+    #: prior's embedding of ""), or "zero-image" (:meth:`zero_image_embedding`, the public Kandinsky pipelines')
+    negative: ClassVar[str] = "empty-prompt"
 
     @abc.abstractmethod
     def predict(self, batch: Batch) -> "torch.Tensor":
@@ -285,6 +288,7 @@ class Protocol:
     scorer_version: str = ""
     decoder_version: str = ""  # fingerprint of the decoder's weights and settings (a retrained decoder is another protocol)
     random_init: str = ""  # "real" | "tiny": every model had random weights (--random-init; speed runs); "": loaded weights
+    negative: str = ""  # --negative for decoders that take one: "empty-prompt" | "zero-image" ("": each prior's own)
     prior_dtype: str = "float32"  # what the priors computed in (the numeric path: not hashed, as dtype)
     scorer_dtype: str = "float32"  # what the scorers computed in (idem)
 
@@ -300,8 +304,9 @@ class Protocol:
         fields = dataclasses.asdict(self)
         for name in ("dtype", "prior_dtype", "scorer_dtype"):  # the numeric path (class docstring)
             del fields[name]
-        if not fields["random_init"]:  # loaded weights: the hash protocols had before the field existed
-            del fields["random_init"]
+        for name in ("random_init", "negative"):  # unset: the hash protocols had before the field existed
+            if not fields[name]:
+                del fields[name]
         return content_hash(fields)
 
 
@@ -313,6 +318,9 @@ class Decoder(Placeable, EmbeddingSpec, abc.ABC):
     default_num_inference_steps: int = 25
     default_guidance_scale: float = 1.0
     compute_dtype: str = "float32"  # what the decoder computes in; recorded as the protocol's dtype
+    #: decoders whose guidance takes a negative image embedding from the prior's pipeline (``decode(...,
+    #: negative_image_embeds=)``; Kandinsky 2.2): the run passes it explicitly (``--negative``)
+    takes_negative_image_embeds: ClassVar[bool] = False
     #: the output sides ``--resolution`` may choose (empty: only :attr:`resolution`); a decoder that has several
     #: takes ``resolution=`` in its constructor / ``from_pretrained`` (``load_decoder(..., resolution=)``)
     supported_resolutions: ClassVar[tuple[int, ...]] = ()
@@ -439,6 +447,7 @@ class RunConfig:
     prompts_dir: str | None = None  # local copy of third-party prompt files (T2I-CompBench suites)
     prompt_files: list[str] = field(default_factory=list)  # your own prompt lists, one suite each
     category: str | None = None  # the binding category of the prompt_files' prompts
+    negative: str | None = None  # decoders with a guidance negative: "empty-prompt" | "zero-image" (None: the prior's)
 
 
 @dataclass

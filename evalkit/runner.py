@@ -110,12 +110,13 @@ def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, ru
     why_not = not_applicable(scorers, items)
     rows: list[dict] = []
     for prior_name, prior in priors.items():
-        if hasattr(decoder, "set_negative_embedding"):  # Kandinsky 2.2: guidance against the prior's empty prompt
-            empty = Batch.from_prompts([""], [protocol.seed])
-            texts.fill(empty, prior.text_encoders)
-            decoder.set_negative_embedding(prior.predict(empty).float().cpu()[0])
+        negative = {}  # the decoder's guidance negative, from the prior's pipeline (Kandinsky 2.2), as an argument
+        if getattr(decoder, "takes_negative_image_embeds", False):
+            negative = {"negative_image_embeds": negative_embedding(prior_name, prior, texts, protocol)}
         decoding = {**protocol.decoding(), "decoder_fingerprint": fingerprint(decoder) if cache.enabled else "",
-                    **numeric_path(getattr(decoder, "_placement", None), dtype=False)}  # dtype: in the protocol
+                    **numeric_path(getattr(decoder, "_placement", None), dtype=False),  # dtype: in the protocol
+                    **({"negative": hashlib.sha256(negative["negative_image_embeds"].numpy().tobytes()).hexdigest()}
+                       if negative else {})}
         store = cache if getattr(prior, "seeded", True) else WorkCache(None)  # unseeded work is never cached
         # the prior and the text encoders whose encodings it reads (the run's, shared by every prior)
         prior_id = work_key("prior", prior=fingerprint(prior), text=[fingerprint(texts.encoders[space]) for space in
@@ -160,7 +161,7 @@ def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, ru
                     timings["prior"] += t2 - t1
             if any(image is None for image in images):
                 t0 = time.perf_counter()
-                images = list(to_uint8(decoder.decode(torch.from_numpy(np.stack(embeds)), batch, protocol)))
+                images = list(to_uint8(decoder.decode(torch.from_numpy(np.stack(embeds)), batch, protocol, **negative)))
                 t1 = time.perf_counter()
                 for key, image in zip(image_keys, images):
                     store.put_image(key, image)
@@ -222,6 +223,32 @@ def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, ru
             bar.set_postfix(img_per_s=f"{bar.n / max(bar.format_dict['elapsed'], 1e-9):.1f}", cached=reused)
         bar.close()
     return rows, timings
+
+
+#: ``--negative``: what a decoder that takes a guidance negative (Kandinsky 2.2) gets from each prior
+NEGATIVES = ("empty-prompt", "zero-image")
+
+
+def negative_mode(prior, protocol: Protocol) -> str:
+    """The run's ``--negative``, else the prior pipeline's own (random-weight builds: the empty prompt)."""
+    if getattr(prior, "random_weights", None) and not protocol.negative:
+        return "empty-prompt"  # no pipeline folder, so no image encoder; the images are noise anyway
+    return protocol.negative or getattr(prior, "negative", "empty-prompt")
+
+
+def negative_embedding(name: str, prior, texts: "TextCache", protocol: Protocol) -> torch.Tensor:
+    """``(D,)`` float32 on the CPU: the prior's embedding of the empty prompt, or the zero-image embedding of its
+    pipeline's image encoder (what the public Kandinsky 2.2 prior pipelines return without a negative prompt)."""
+    mode = negative_mode(prior, protocol)
+    if mode == "zero-image":
+        maker = getattr(prior, "zero_image_embedding", None)
+        if not callable(maker):
+            raise EvalkitError(f"prior {name!r} has no zero-image negative (its pipeline has no image encoder); "
+                               "run with --negative empty-prompt")
+        return maker().float().cpu()
+    empty = Batch.from_prompts([""], [protocol.seed])
+    texts.fill(empty, prior.text_encoders)
+    return prior.predict(empty).float().cpu()[0]
 
 
 def not_applicable(scorers: dict, items) -> dict[str, dict[str, str]]:
@@ -529,6 +556,8 @@ def check_config(config: RunConfig) -> None:
         problems.append("a suite is named twice")
     if not config.priors or not (config.suites or config.prompt_files):
         problems.append("name at least one prior and one suite (--suite, or your own prompts: --prompts FILE)")
+    if config.negative is not None and config.negative not in NEGATIVES:
+        problems.append(f"--negative must be one of {', '.join(NEGATIVES)} (got {config.negative!r})")
     if config.resolution is not None and config.resolution < 1:
         problems.append(f"--resolution must be ≥ 1 (got {config.resolution})")
     if config.vae_chunk_size is not None and config.vae_chunk_size < 1:
@@ -670,6 +699,7 @@ def run(config: RunConfig, progress: bool = True, inject=None) -> Path:
         dtype=decoder.compute_dtype, scorer=",".join(config.scorers), scorer_version=",".join(scorers[s].version for s in config.scorers),
         decoder_version=decoder_version, random_init=config.random_init or "",
         prior_dtype=_stage_dtype(placements["priors"]), scorer_dtype=_stage_dtype(placements["scorers"]),
+        negative=config.negative or "",
     )
     versions = {s.name: s.version(config.split) for s in suites}
     unscored = refuse_unscorable(suites, scorers, config.split, config.limit)
@@ -710,6 +740,9 @@ def run(config: RunConfig, progress: bool = True, inject=None) -> Path:
             distributed.finish()  # process 0 writes the folder; the others wait for it
             return run_dir
     info = {name: prior_info(p, encoders, decoder) for name, p in priors.items()}
+    if getattr(decoder, "takes_negative_image_embeds", False):
+        for name, p in priors.items():
+            info[name]["negative"] = negative_mode(p, protocol)
     results = aggregate(rows, versions, protocol, {n: i["trainable_parameters"] for n, i in info.items()},
                         split=config.split, priors_info=info, tag=config.tag,
                         higher_is_better={n: s.higher_is_better for n, s in scorers.items()},

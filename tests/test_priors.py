@@ -88,9 +88,9 @@ def test_padding_tokens_are_masked_and_attention_is_causal():
 
 
 def test_paper_sizes_match_the_paper():
-    assert describe("eclipse", "paper", 768, 77)["parameters"] == 33_143_040  # paper: 33.1 M
+    assert describe("eclipse", "paper", 768, 77)["parameters"] == 33_141_504  # paper: 33.1 M (trainable; + 1,536 frozen clip_mean/std)
     info = describe("eclipse", "paper", 1280, 77)
-    assert info["parameters"] == 34_193_152  # paper: 34.2 M; public 1280-d checkpoint: 137 MB in fp32
+    assert info["parameters"] == 34_190_592  # paper: 34.2 M (trainable; + 2,560 frozen); public 1280-d checkpoint: 137 MB in fp32
     assert abs(info["fp32_mb"] - 137) < 1
 
 

@@ -30,11 +30,12 @@ def prior_transformer(dim: int, heads: int, head_dim: int, layers: int, extra_to
                       tokens: int = 77) -> int:
     """diffusers' PriorTransformer layout: proj_in, embedding_proj, encoder_hidden_states_proj (dim → inner),
     positional and prd embeddings, self-attention blocks (LN, biased q/k/v/out, LN, GELU MLP ×4), norm_out,
-    proj_to_clip_embeddings, clip_mean/clip_std; the diffusion prior adds a two-layer time MLP (inner → inner)."""
+    proj_to_clip_embeddings; the diffusion prior adds a two-layer time MLP (inner → inner). Trainable parameters:
+    the frozen clip_mean/clip_std (2 × dim) are not counted (evalkit.priors.sizes.count_parameters)."""
     inner = heads * head_dim
     block = 2 * inner + 4 * (inner * inner + inner) + 2 * inner + (inner * 4 * inner + 4 * inner) + (4 * inner * inner + inner)
     total = 3 * (dim * inner + inner) + (tokens + extra_tokens) * inner + inner + layers * block
-    total += 2 * inner + (inner * dim + dim) + 2 * dim
+    total += 2 * inner + (inner * dim + dim)
     if time:
         total += 2 * (inner * inner + inner)
     return total
@@ -69,7 +70,8 @@ def test_real_size_priors_on_the_meta_device(name, prior_count, text_count, dim,
     from evalkit.registry import PRIORS
 
     prior = PRIORS.get(name).random_init("real", device="meta")
-    assert prior.num_parameters() == prior_count == known_checkpoint(name)["parameters"]
+    assert prior.num_parameters(trainable_only=True) == prior_count == known_checkpoint(name)["parameters"]
+    assert prior.num_parameters() == prior_count + 2 * dim  # + the frozen clip_mean / clip_std
     assert prior.clip.num_text_parameters() == text_count == known_checkpoint(name)["text_encoder_parameters"]
     assert (prior.embedding_dim, prior.embedding_space, prior.clip.context_length, len(prior.clip.tokenizer)) == (dim, space, 77, 49408)
     assert next(prior.model.parameters()).device.type == "meta"

@@ -23,7 +23,7 @@ def parameters(prior: str) -> str:
     if shipped is None:
         return "0"
     record = shipped(0) / "training_record.json"
-    return f"{json.loads(record.read_text())['num_parameters']:,}" if record.is_file() else "?"
+    return f"{json.loads(record.read_text())['num_trainable_parameters']:,}" if record.is_file() else "?"
 
 
 def table(summary: list[dict], metric: str, priors: list[str]) -> str:
@@ -61,7 +61,7 @@ def shipped_table() -> str:
         record = json.loads(record_path.read_text())
         config = record["config"]
         size = sum(p.stat().st_size for p in record_path.parent.glob("*.safetensors"))
-        rows.append([record_path.parent.parent.name, config["seed"], config["size"], f"{record['num_parameters']:,}",
+        rows.append([record_path.parent.parent.name, config["seed"], config["size"], f"{record['num_trainable_parameters']:,}",
                      config["steps"], config["batch_size"], config["lr"], config["lam"],
                      config["tau"] if config["lam"] else "-", f"{record['wall_time_s'] / 60:.1f}",
                      record["torch_threads"], f"{record['final_metrics']['dev_cos']:.4f}", f"{size / 1e6:.2f}"])

@@ -17,9 +17,10 @@ image i come from seed i alone (:func:`~evalkit.contracts.per_image_randn`), and
 per-step noise from a generator of that same seed, so an image never depends on its batch. With CPU
 generators ``[torch.Generator().manual_seed(s) for s in seeds]`` the public pipeline draws the same noise.
 
-The negative embedding defaults to zeros. The public pipeline uses the Kandinsky 2.2 prior's output for the
-empty prompt: whoever pairs this decoder with a prior should call :meth:`Kandinsky22Decoder.set_negative_embedding`
-with that embedding.
+The negative is an argument of :meth:`Kandinsky22Decoder.decode` (``negative_image_embeds``): ``evalkit run``
+passes what the prior's pipeline gives — for the Kandinsky priors the zero-image embedding of the prior
+pipeline's image encoder, as ``KandinskyV22PriorPipeline`` without a negative prompt (``--negative``). Without
+it, the folder's own (:attr:`Kandinsky22Decoder.negative_image_embeds`, zeros unless the folder holds one).
 
 Nothing is downloaded: :meth:`Kandinsky22Decoder.from_pretrained` reads a local copy of the public repository
 (``directory``, else ``$EVALKIT_KANDINSKY22_DIR``). :meth:`Kandinsky22Decoder.random_init` builds the real
@@ -224,6 +225,7 @@ class Kandinsky22Decoder(Decoder, nn.Module):
     normalisation = "raw"
     resolution = DEFAULT_RESOLUTION
     default_num_inference_steps = 50
+    takes_negative_image_embeds = True
     default_guidance_scale = 4.0
     #: what it computes in: its weights' dtype (as the public pipeline's ``torch_dtype``), cast by :meth:`to_placement`
     supported_dtypes = ("float32", "bfloat16", "float16")
@@ -452,8 +454,13 @@ class Kandinsky22Decoder(Decoder, nn.Module):
     # ------------------------------------------------------------------ decoding
 
     @torch.inference_mode()
-    def decode(self, image_embeds: torch.Tensor, batch: Batch, protocol: Protocol) -> torch.Tensor:
-        """Images ``(N, 3, R, R)`` in [0, 1], ``R`` = ``protocol.resolution`` (else :attr:`resolution`)."""
+    def decode(self, image_embeds: torch.Tensor, batch: Batch, protocol: Protocol,
+               negative_image_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Images ``(N, 3, R, R)`` in [0, 1], ``R`` = ``protocol.resolution`` (else :attr:`resolution`).
+
+        ``negative_image_embeds``: the guidance's negative, ``(D,)`` or ``(N, D)`` — what the prior's pipeline gives
+        (the run passes :meth:`evalkit.contracts.Prior.negative_image_embedding`); None: the folder's own
+        (:attr:`negative_image_embeds`, zeros unless the folder holds one)."""
         if image_embeds.ndim != 2 or image_embeds.shape[1] != self.embedding_dim:
             got = f"{image_embeds.shape[1]}-d embeddings" if image_embeds.ndim == 2 else f"shape {tuple(image_embeds.shape)}"
             raise EmbeddingContractError(
@@ -468,13 +475,20 @@ class Kandinsky22Decoder(Decoder, nn.Module):
         latent = resolution // self.movq_scale_factor
         shape = (self.latent_channels, latent, latent)
         device, dtype = self.device, self.unet.dtype
+        negative = self.negative_image_embeds if negative_image_embeds is None else negative_image_embeds
+        if negative.shape[-1] != self.embedding_dim or negative.ndim > 2 or (negative.ndim == 2 and negative.shape[0] != n):
+            raise EmbeddingContractError(f"kandinsky22: the negative image embedding must be ({self.embedding_dim},) or "
+                                         f"({n}, {self.embedding_dim}); got {tuple(negative.shape)}")
+        negative = negative.expand(n, -1) if negative.ndim == 1 else negative
         chunks = []
         was_training = self.training
         self.eval()
         try:
             for start in range(0, n, self.max_batch):
                 seeds = batch.seeds[start:start + self.max_batch]
-                chunks.append(self._decode_chunk(image_embeds[start:start + len(seeds)].to(device=device, dtype=dtype),
+                rows = slice(start, start + len(seeds))
+                chunks.append(self._decode_chunk(image_embeds[rows].to(device=device, dtype=dtype),
+                                                 negative[rows].to(device=device, dtype=dtype),
                                                  seeds, shape, steps, protocol.guidance_scale))
         finally:
             self._offload_all()
@@ -482,15 +496,14 @@ class Kandinsky22Decoder(Decoder, nn.Module):
         images = torch.cat(chunks) if chunks else torch.empty((0, 3, resolution, resolution), device=device)
         return images.to(image_embeds.device)
 
-    def _decode_chunk(self, embeds: torch.Tensor, seeds: Sequence[int], shape: tuple[int, int, int], steps: int,
-                      guidance_scale: float) -> torch.Tensor:
+    def _decode_chunk(self, embeds: torch.Tensor, negative: torch.Tensor, seeds: Sequence[int],
+                      shape: tuple[int, int, int], steps: int, guidance_scale: float) -> torch.Tensor:
         device, dtype = embeds.device, embeds.dtype
         noise = per_image_randn(seeds, shape)  # on CPU: the same latents on any device
         generators = seeded_generators(seeds)  # then the step noise, continuing each seed's stream
         for generator in generators:
             torch.randn(shape, generator=generator)
         scheduler = _PerImageNoise(self.make_scheduler(), generators)
-        negative = self.negative_image_embeds.to(device=device, dtype=dtype).expand_as(embeds)
         latents = sample_image_conditioned(self.unet, scheduler, embeds, negative, noise.to(device=device, dtype=dtype),
                                            steps, guidance_scale)
         return (self._movq_decode(latents).float() * 0.5 + 0.5).clamp(0.0, 1.0)

@@ -2,9 +2,10 @@
 
 The network is diffusers' ``PriorTransformer`` without its time embedding. Tokens, in order: the text
 encoder's per-token hidden states (linear-projected), the projected pooled text embedding, the projected
-input (Gaussian noise, drawn from each image's seed), and a learned "prd" token; a causal mask over all of
-them (padding tokens masked); the prediction is read at the prd token and projected to the CLIP image
-embedding (raw, unnormalised — what the decoders consume). No ``post_process_latents``.
+input (Gaussian noise, drawn from each image's seed), and a learned "prd" token; with the text's attention
+mask, a causal mask over all of them (padding tokens masked), without it no mask at all (as upstream);
+the prediction is read at the prd token and projected to the CLIP image embedding (raw, unnormalised —
+what the decoders consume). No ``post_process_latents``.
 
 Parameter names and config keys follow the public ECLIPSE-Community prior checkpoints
 (``config.json`` + ``diffusion_pytorch_model.safetensors``, ``additional_embeddings: 3``), so a real
@@ -95,12 +96,12 @@ class EclipsePriorTransformer(DiffusersLayoutMixin, ModelMixin, ConfigMixin):
             position = F.pad(position, (0, 0, 0, x.shape[1] - position.shape[1]))
         x = x + position[:, : x.shape[1]]
         length = x.shape[1]
-        mask = self.causal_attention_mask[:, :length, :length].to(x.dtype).expand(batch, -1, -1)
-        if attention_mask is not None:
+        mask = None  # as upstream (and diffusers' PriorTransformer): no text mask, no mask at all
+        if attention_mask is not None:  # the causal mask comes with the text's padding mask
             padding = (1 - attention_mask.to(x.dtype)) * MASK_VALUE
             padding = F.pad(padding, (0, length - padding.shape[1]), value=0.0)
-            mask = mask + padding[:, None, :]
-        mask = mask.repeat_interleave(self.config.num_attention_heads, dim=0)
+            mask = self.causal_attention_mask[:, :length, :length].to(x.dtype) + padding[:, None, :]
+            mask = mask.repeat_interleave(self.config.num_attention_heads, dim=0)
         if self.norm_in is not None:
             x = self.norm_in(x)
         for block in self.transformer_blocks:

@@ -67,36 +67,49 @@ BIGG_TEXT_ENCODER_CONFIG: dict[str, Any] = dict(
     pad_token_id=49407,
 )
 
+#: the public checkpoints. ``training_data`` is reported for a folder only when the sha256 of its weights file is
+#: ``weights_sha256`` (the hub's LFS oid of ``diffusion_pytorch_model.safetensors``): None until someone with the
+#: file records it (no hub access here), so until then a loaded folder's training data is "unknown"
 KNOWN_CHECKPOINTS: list[dict[str, Any]] = [
     dict(name="eclipse-kandinsky22", repo_id="ECLIPSE-Community/ECLIPSE_KandinskyV22_Prior", kind="eclipse",
          layout="config.json + diffusion_pytorch_model.safetensors at the repo root (prior only); text encoder "
                 "and tokenizer from kandinsky-community/kandinsky-2-2-prior (text_encoder/, tokenizer/)",
-         embedding_dim=1280, embedding_space=SPACE_BIGG14, parameters=34_193_152, text_encoder_parameters=694_659_840,
-         pairs_with="kandinsky22", training_data="5M image-text pairs",
-         note="counts from the public config.json (and kandinsky-2-2-prior's text_encoder/config.json) built with "
-              "random weights on the meta device; they match the paper's 34.2 M and the 137 MB fp32 file"),
+         embedding_dim=1280, embedding_space=SPACE_BIGG14, parameters=34_190_592, text_encoder_parameters=694_659_840,
+         pairs_with="kandinsky22", training_data="5M image-text pairs", weights_sha256=None,
+         note="trainable parameters (+ 2,560 frozen clip_mean/clip_std) of the public config.json (and kandinsky-2-2-prior's text_encoder/config.json) "
+              "built with random weights on the meta device; they match the paper's 34.2 M and the 137 MB fp32 file"),
     dict(name="eclipse-karlo", repo_id="ECLIPSE-Community/ECLIPSE_Karlo_Prior", kind="eclipse",
          layout="config.json + diffusion_pytorch_model.safetensors at the repo root (prior only); text encoder "
                 "and tokenizer from kakaobrain/karlo-v1-alpha (text_encoder/, tokenizer/)",
-         embedding_dim=768, embedding_space=SPACE_L14, parameters=33_143_040, text_encoder_parameters=123_650_304,
-         pairs_with="karlo", training_data="5M image-text pairs",
-         note="counts from the public config.json (and karlo-v1-alpha's text_encoder/config.json) built with "
-              "random weights on the meta device; they match the paper's 33.1 M and the 133 MB fp32 file"),
+         embedding_dim=768, embedding_space=SPACE_L14, parameters=33_141_504, text_encoder_parameters=123_650_304,
+         pairs_with="karlo", training_data="5M image-text pairs", weights_sha256=None,
+         note="trainable parameters (+ 1,536 frozen clip_mean/clip_std) of the public config.json (and karlo-v1-alpha's text_encoder/config.json) "
+              "built with random weights on the meta device; they match the paper's 33.1 M and the 133 MB fp32 file"),
     dict(name="kandinsky22-prior", repo_id="kandinsky-community/kandinsky-2-2-prior", kind="diffusion",
          layout="prior/, scheduler/ (UnCLIPScheduler), text_encoder/ (CLIP ViT-bigG/14, projection 1280), "
                 "tokenizer/ (+ image_encoder/, image_processor/, unused here)",
-         embedding_dim=1280, embedding_space=SPACE_BIGG14, parameters=1_026_225_920,
+         embedding_dim=1280, embedding_space=SPACE_BIGG14, parameters=1_026_223_360,
          text_encoder_parameters=694_659_840, pairs_with="kandinsky22", training_data="",
          note="counts from the public prior/ and text_encoder/ config.json built with random weights on the meta "
               "device; they match the 4.1 GB and 2.78 GB fp32 files"),
     dict(name="karlo-prior", repo_id="kakaobrain/karlo-v1-alpha", kind="diffusion",
          layout="prior/, prior_scheduler/ (UnCLIPScheduler), text_encoder/ (CLIP ViT-L/14, projection 768), "
                 "tokenizer/ (+ the decoder's folders, unused here); may ship .bin (pickle) weights",
-         embedding_dim=768, embedding_space=SPACE_L14, parameters=1_022_030_080, text_encoder_parameters=123_650_304,
+         embedding_dim=768, embedding_space=SPACE_L14, parameters=1_022_028_544, text_encoder_parameters=123_650_304,
          pairs_with="karlo", training_data="",
          note="counts from the public prior/ and text_encoder/ config.json built with random weights on the meta "
               "device; they match the 4.09 GB and 495 MB fp32 files"),
 ]
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def known_checkpoint(name: str) -> dict[str, Any]:
@@ -272,6 +285,7 @@ class _CheckpointMixin:
         candidates += [root] + ([p] if (p := _env_path(self.text_encoder_env)) else [])
         for candidate in candidates:
             if (candidate / "text_encoder").is_dir() or text_encoder_path is not None:
+                self._pipeline_root = candidate  # the prior pipeline's folder: its image_encoder/ too (Kandinsky 2.2)
                 return HFTextEncoder.from_pretrained(candidate, embedding_space, allow_pickle=allow_pickle)
         source = ""
         if self.checkpoint:
@@ -281,6 +295,30 @@ class _CheckpointMixin:
             f"prior {self.name or type(self).__name__!r}: no text_encoder/ + tokenizer/ in {root}; pass "
             "text_encoder_path=DIR (a folder holding text_encoder/ and tokenizer/)"
             + (f" or set {self.text_encoder_env}" if self.text_encoder_env else "") + source)
+
+    def zero_image_embedding(self) -> torch.Tensor:
+        """``(D,)``: the image embedding of an all-zero image by the prior pipeline's own image encoder, what
+        diffusers' ``KandinskyV22PriorPipeline`` (``get_zero_embed``) and ECLIPSE's Kandinsky prior pipeline give
+        the decoder as its negative when no negative prompt is set. Computed once, in float32 on the CPU."""
+        cached = getattr(self, "_zero_image", None)
+        if cached is not None:
+            return cached
+        root = getattr(self, "_pipeline_root", None)
+        folder = Path(root) / "image_encoder" if root is not None else None
+        if folder is None or not (folder / CONFIG_NAME).is_file():
+            where = f" in {root}" if root is not None else ""
+            raise WeightsNotFoundError(
+                f"prior {self.name!r}: the zero-image negative of Kandinsky 2.2 needs the prior pipeline's image "
+                f"encoder (kandinsky-2-2-prior's image_encoder/){where}; add it, or run with --negative empty-prompt")
+        from transformers import CLIPVisionModelWithProjection
+
+        allow_pickle = getattr(self, "allow_pickle", False)
+        encoder = CLIPVisionModelWithProjection.from_pretrained(
+            folder, local_files_only=True, use_safetensors=_use_safetensors(folder, allow_pickle)).float().eval()
+        size = int(encoder.config.image_size)
+        with torch.inference_mode():
+            self._zero_image = encoder(torch.zeros(1, 3, size, size)).image_embeds[0].float()
+        return self._zero_image
 
     def _finish(self, embedding_space: str) -> None:
         self.embedding_space = embedding_space
@@ -343,9 +381,20 @@ class _CheckpointMixin:
         return prior
 
     def training_data(self) -> str:
+        """What the weights were trained on: the folder's own training record (a prior trained by evalkit), else
+        the known checkpoint's facts only when the folder's weights are that checkpoint's (their sha256 is the
+        recorded one), else "unknown": a folder loaded as ``eclipse-karlo`` is not therefore the public one."""
         if self.random_weights:
             return "none (random weights)"
-        return known_checkpoint(self.checkpoint)["training_data"] if self.checkpoint else ""
+        own = super().training_data()
+        if own or not self.checkpoint:
+            return own
+        entry = known_checkpoint(self.checkpoint)
+        weights = self.path / DIFFUSERS_WEIGHTS_NAME if getattr(self, "path", None) is not None else None
+        if entry.get("weights_sha256") and weights is not None and weights.is_file() \
+                and _file_sha256(weights) == entry["weights_sha256"]:
+            return entry["training_data"]
+        return f"unknown (weights not verified as {entry['repo_id']})"
 
 
 class EclipseCheckpointPrior(_CheckpointMixin, EclipsePrior):
@@ -457,6 +506,7 @@ class DiffusionCheckpointPrior(_CheckpointMixin, DiffusionPrior):
 
 
 class EclipseKandinskyV22Prior(EclipseCheckpointPrior):
+    negative = "zero-image"  # ECLIPSE's Kandinsky prior pipeline without a negative prompt
     """ECLIPSE-Community/ECLIPSE_KandinskyV22_Prior (text encoder from a kandinsky-2-2-prior folder)."""
 
     name = "eclipse-kandinsky22"
@@ -482,6 +532,7 @@ class EclipseKarloPrior(EclipseCheckpointPrior):
 
 
 class Kandinsky22Prior(DiffusionCheckpointPrior):
+    negative = "zero-image"  # KandinskyV22PriorPipeline without a negative prompt
     """kandinsky-community/kandinsky-2-2-prior: 25 UnCLIP steps, guidance 4.0 (its pipeline's defaults)."""
 
     name = "kandinsky22-prior"

@@ -37,3 +37,13 @@ def size_config(kind: str, size: str, embedding_dim: int, num_embeddings: int) -
         # ECLIPSE: the same transformer without the time token
         config.update(additional_embeddings=3)
     return config
+
+
+def count_parameters(module) -> tuple[int, int]:
+    """``(trainable, frozen)`` parameters of a network. evalkit's parameter count of a prior — in every table,
+    ``--describe`` and ``results.json`` ``trainable_parameters`` — is the *trainable* one: what training
+    updates. The frozen ones are the CLIP standardisation statistics ``clip_mean`` / ``clip_std`` (2 × D: 256
+    at 128-d, 1,536 at 768-d) that the diffusers layout stores beside the network; they count in the weights
+    file's size, not in the parameter count."""
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in module.parameters()) - trainable

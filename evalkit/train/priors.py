@@ -499,11 +499,16 @@ def ship_prior(run_dir: str | Path, dest: str | Path | None = None) -> Path:
 
 
 def describe(prior: str, size: str, embedding_dim: int, num_embeddings: int) -> dict:
-    """Parameter count and fp32 / fp16 size of a prior architecture, without training it."""
+    """Parameter count (trainable, as everywhere in evalkit: :func:`evalkit.priors.sizes.count_parameters`) and
+    the fp32 / fp16 size of a prior architecture's weights file (every tensor), without training it."""
+    from evalkit.priors.sizes import count_parameters
+
     cfg = PriorTrainConfig(prior=prior, size=size)
     cls = prior_class(cfg)
     model = cls.build_model(cls.size_config(size, embedding_dim, num_embeddings))
-    params = sum(p.numel() for p in model.parameters())
+    trainable, frozen = count_parameters(model)
+    params = trainable + frozen
     return {"prior": prior, "size": size, "embedding_dim": embedding_dim, "num_embeddings": num_embeddings,
-            "parameters": params, "fp32_mb": round(params * 4 / 1e6, 1), "fp16_mb": round(params * 2 / 1e6, 1),
+            "parameters": trainable, "frozen_parameters": frozen,
+            "fp32_mb": round(params * 4 / 1e6, 1), "fp16_mb": round(params * 2 / 1e6, 1),
             "config": {k: v for k, v in dict(model.config).items() if not k.startswith("_")}}
