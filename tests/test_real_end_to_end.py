@@ -52,9 +52,12 @@ def test_eclipse_kandinsky_prior_into_the_kandinsky_decoder(tmp_path):
     from evalkit.decoders.kandinsky import Kandinsky22Decoder
     from evalkit.priors.real import tiny_checkpoint
 
+    from tests.test_fidelity import image_encoder
+
     decoder = Kandinsky22Decoder.tiny()
     decoder.save_pretrained(tmp_path / "k22")
     tiny_checkpoint(tmp_path / "prior", kind="eclipse", embedding_dim=decoder.embedding_dim)
+    image_encoder(tmp_path / "prior" / "image_encoder")  # the zero-image negative of the Kandinsky prior pipeline
     result = CliRunner().invoke(cli, [
         "run", "--prior", "eclipse-kandinsky22", "--prior-path", f"eclipse-kandinsky22={tmp_path / 'prior'}",
         "--decoder", "kandinsky22", "--decoder-path", str(tmp_path / "k22"), "--scorer", "dummy",

