@@ -6,21 +6,37 @@ scores the image with the product of its answers (:mod:`evalkit.scorers.bvqa`, m
 ``"t2i-compbench"``). Rows keep every question with its probability and name the noun-phrase
 splitter ("suite" when the suite supplied the phrases).
 
-Weights: a local folder in the layout of the public ``Salesforce/blip-vqa-base`` repository
-(``config.json``, ``model.safetensors``, ``preprocessor_config.json``, tokenizer files), given as
-``path`` or by ``$EVALKIT_BLIP_VQA_DIR``. Nothing is downloaded. Pickle weights
-(``pytorch_model.bin``) are refused unless ``allow_pickle`` (then read with ``weights_only=True``).
+Weights: a local folder in the layout of the public ``Salesforce/blip-vqa-capfilt-large`` (or
+``Salesforce/blip-vqa-base``) repository (``config.json``, ``model.safetensors``,
+``preprocessor_config.json``, tokenizer files), given as ``path`` or by ``$EVALKIT_BLIP_VQA_DIR``.
+Nothing is downloaded. Pickle weights (``pytorch_model.bin``) are refused unless ``allow_pickle`` (then
+read with ``weights_only=True``).
 
-One question costs: the vision encoder once per image, the text encoder on the question with
-cross-attention to the image, and one step of the text decoder from its BOS token. Question batches
-hold questions of one token length only: in transformers 5 the padding mask of a padded batch does not
-reach the text cross-attention, so padding would make a question's answer depend on its batch.
+Two *conventions* say how a question and an image reach BLIP's modules (``convention=``):
+
+``"t2i-compbench"`` (default; scorer version ``2-t2i-compbench``)
+    T2I-CompBench's ``BLIPvqa_eval`` (``models/blip_vqa.py`` ``forward``/``vqa_prob``,
+    ``data/__init__.py`` ``transform_test``, ``data/utils.py`` ``pre_question``, ``configs/vqa.yaml``,
+    ``models/vit.py``): the question goes through ``pre_question`` (lowercased; ``.!"()*#:;~`` removed),
+    is tokenized with ``truncation=True, max_length=35`` and its first token ([CLS]) is replaced by
+    ``[ENC]``; the image is resized to 480 × 480 with PIL bicubic, scaled by 1/255 and normalised with
+    CLIP's mean/std; the ViT's position embeddings are interpolated (bicubic, as BLIP's
+    ``interpolate_pos_embed``) to the 30 × 30 patch grid and its LayerNorms use BLIP's eps 1e-6.
+``"transformers"`` (``blip-vqa-transformers``; scorer version ``1``, evalkit's values before 2)
+    transformers' own conventions: the tokenizer's ``[CLS] question [SEP]`` as is, the image processor's
+    size (384 px for the public folders) and the config's LayerNorm eps (1e-5).
+
+Both then run ``BlipForQuestionAnswering``'s vision model, text encoder (question over the image) and one
+step of the text decoder from its BOS token ``[DEC]``, and read ``P(yes) / (P(yes) + P(no))``. Question
+batches hold questions of one token length only: in transformers 5 the padding mask of a padded batch does
+not reach the text cross-attention, so padding would make a question's answer depend on its batch
+(T2I-CompBench pads with ``padding='longest'`` and masks the padding, so their answer does not depend on
+the batch either). Each row names its ``convention``.
 
 Images (float, [0, 1]) are quantised to 8 bits — what a saved PNG holds, which is what T2I-CompBench
-scores — and handed to the BLIP image processor, which resizes them (bicubic) to its configured size,
-rescales by 1/255 and normalises. Known differences from T2I-CompBench's own BLIP code: it runs at
-480 px (transformers' processor for blip-vqa-base: 384 px) and replaces the first question token by
-``[ENC]``; scores are therefore close to, not identical with, published numbers.
+scores. Remaining difference from published numbers: transformers' conversion script saved the public
+folders at 384 px, resizing the checkpoint's position embeddings (most likely 480 px ones) to 24 × 24, so at
+480 px evalkit runs a bicubic round trip of them (docs/scorers.md); a folder converted at 480 px removes it.
 """
 
 from __future__ import annotations
@@ -29,10 +45,12 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Literal, Sequence
 
+import numpy as np
 import torch
 
 from evalkit.contracts import Batch, PromptItem, Scorer
@@ -43,13 +61,44 @@ from evalkit.serialization import weights_folder
 from evalkit.scorers.noun_phrases import split_noun_phrases, splitter_name
 
 ENV_DIR = "EVALKIT_BLIP_VQA_DIR"
-REPO_ID = "Salesforce/blip-vqa-base"
+#: the public transformers conversion of BLIP's ``model_base_vqa_capfilt_large.pth`` (ViT-B, CapFilt-L), the
+#: checkpoint T2I-CompBench's ``configs/vqa.yaml`` loads; ``Salesforce/blip-vqa-base`` has the same layout
+REPO_ID = "Salesforce/blip-vqa-capfilt-large"
 #: vocabulary size of the public BLIP checkpoints (bert-base-uncased + [DEC] + [ENC])
 BLIP_VOCAB_SIZE = 30524
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+
+Convention = Literal["t2i-compbench", "transformers"]
+#: how questions and images reach BLIP (module docstring); the first is the default
+CONVENTIONS: tuple[str, ...] = ("t2i-compbench", "transformers")
+#: the scorer version each convention records (the run protocol's ``scorer_version``)
+CONVENTION_VERSIONS = {"t2i-compbench": "2-t2i-compbench", "transformers": "1"}
+#: T2I-CompBench's ``BLIPvqa_eval``: ``configs/vqa.yaml`` image_size, ``models/blip_vqa.py`` max_length,
+#: ``data/__init__.py`` Normalize, ``models/vit.py`` LayerNorm eps
+T2I_COMPBENCH_IMAGE_SIZE = 480
+T2I_COMPBENCH_PATCH_SIZE = 16  # ViT-B/16: 480 px is a 30 × 30 patch grid
+T2I_COMPBENCH_MAX_LENGTH = 35
+T2I_COMPBENCH_MEAN = (0.48145466, 0.4578275, 0.40821073)
+T2I_COMPBENCH_STD = (0.26862954, 0.26130258, 0.27577711)
+T2I_COMPBENCH_VIT_LAYER_NORM_EPS = 1e-6
+_PRE_QUESTION_DROP = re.compile(r"([.!\"()*#:;~])")
+
+
+def pre_question(question: str, max_words: int = 50) -> str:
+    """T2I-CompBench's (BLIP's) ``data/utils.py`` ``pre_question``: lowercase, drop ``.!"()*#:;~``,
+    strip trailing spaces, keep the first ``max_words`` words."""
+    question = _PRE_QUESTION_DROP.sub("", question.lower()).rstrip(" ")
+    words = question.split(" ")
+    return " ".join(words[:max_words]) if len(words) > max_words else question
+
+
+def t2i_compbench_image_size(patch_size: int) -> int:
+    """The side T2I-CompBench's ViT sees: 480 px, a 30 × 30 grid of BLIP's 16-px patches. A model with
+    other patches (the tests' tiny one: 8 px) gets the same 30 × 30 grid."""
+    return T2I_COMPBENCH_IMAGE_SIZE // T2I_COMPBENCH_PATCH_SIZE * int(patch_size)
 
 
 def weights_hint(directory: str | os.PathLike | None = None) -> str:
@@ -112,19 +161,27 @@ def _chunks(seq: Sequence, size: int) -> Iterator[Sequence]:
 
 
 class BlipVQAScorer(Scorer):
-    """B-VQA with ``BlipForQuestionAnswering``: per image, the product of P(yes) over its noun phrases."""
+    """B-VQA with ``BlipForQuestionAnswering``: per image, the product of P(yes) over its noun phrases.
+
+    ``convention``: ``"t2i-compbench"`` (default) or ``"transformers"`` (module docstring); it sets
+    ``version`` (``2-t2i-compbench`` / ``1``) and is named in every row."""
 
     name = "blip-vqa"
-    version = "1"
+    version = CONVENTION_VERSIONS["t2i-compbench"]
+    default_convention: str = "t2i-compbench"
     higher_is_better = True
     #: BLIP's towers compute in any of these (the yes/no arithmetic reads the logits in float32 / float64)
     supported_dtypes = ("float32", "bfloat16", "float16")
 
     def __init__(self, path: str | os.PathLike | None = None, mode: bvqa.Mode = "full", batch_size: int = 32,
-                 device: str | None = None, allow_pickle: bool = False) -> None:
+                 device: str | None = None, allow_pickle: bool = False, convention: Convention | None = None) -> None:
         """``device``: where to put the model once loaded (None: the CPU); the run places scorers itself
-        (:func:`evalkit.placement.place`), and the scorer computes wherever its weights are."""
+        (:func:`evalkit.placement.place`), and the scorer computes wherever its weights are.
+        ``convention``: None for the class's default (``blip-vqa``: t2i-compbench)."""
         super().__init__()
+        convention = self.default_convention if convention is None else convention
+        if convention not in CONVENTIONS:
+            raise ValueError(f"unknown BLIP-VQA convention {convention!r}; expected one of {', '.join(CONVENTIONS)}")
         if mode not in bvqa.MODES:
             raise ValueError(f"unknown B-VQA arithmetic mode {mode!r}; expected one of {', '.join(bvqa.MODES)}")
         if int(batch_size) < 1:
@@ -132,12 +189,22 @@ class BlipVQAScorer(Scorer):
         directory = resolve_directory(path)
         use_safetensors = check_folder(directory, allow_pickle)
         self.path = str(directory)
+        self.convention = convention
+        self.version = CONVENTION_VERSIONS[convention]
         self.mode = mode
         self.batch_size = int(batch_size)
         self.allow_pickle = bool(allow_pickle)
         self.model, self.processor = self._load(directory, use_safetensors)
         self.yes_id, self.no_id = self._answer_ids(directory)
         self.bos_id = self._bos_id(directory)
+        self.enc_id = self._enc_id(directory) if convention == "t2i-compbench" else None
+        #: the side images are resized to (t2i-compbench; None: the transformers convention uses the processor's)
+        self.image_size = (t2i_compbench_image_size(self.model.config.vision_config.patch_size)
+                           if convention == "t2i-compbench" else None)
+        if convention == "t2i-compbench":  # BLIP's ViT: LayerNorm(eps=1e-6) (transformers' config: 1e-5)
+            for module in self.model.vision_model.modules():
+                if isinstance(module, torch.nn.LayerNorm):
+                    module.eps = T2I_COMPBENCH_VIT_LAYER_NORM_EPS
         self._fingerprint: str | None = None
         if device is not None:
             self.to_placement(str(device))
@@ -202,6 +269,19 @@ class BlipVQAScorer(Scorer):
                                       f"(text_config.bos_token_id = {bos})")
         return int(bos)
 
+    def _enc_id(self, directory: Path) -> int:
+        """``[ENC]``: BLIP's ``init_tokenizer`` adds ``[DEC]`` (bos) then ``[ENC]``, so the id after ``[DEC]``
+        (30523 in BLIP's vocabulary) where the folder's tokenizer does not know the token."""
+        tokenizer = self.processor.tokenizer
+        vocab_size = self.model.config.text_config.vocab_size
+        token_id = tokenizer.convert_tokens_to_ids("[ENC]")
+        if token_id is None or token_id == tokenizer.unk_token_id:
+            token_id = self.bos_id + 1
+        if not 0 <= int(token_id) < vocab_size:
+            raise ConfigMismatchError(f"blip-vqa: no [ENC] token in {directory}: id {token_id} is outside the "
+                                      f"model's vocabulary of {vocab_size} (BLIP's is 30524: [DEC] 30522, [ENC] 30523)")
+        return int(token_id)
+
     # ------------------------------------------------------------------ scoring
 
     @staticmethod
@@ -225,7 +305,7 @@ class BlipVQAScorer(Scorer):
         for (phrases, source), qs, ps, product in zip(asked, questions, probs, products):
             rows.append({"score": float(product),
                          "questions": [{"question": q, "p": float(p)} for q, p in zip(qs, ps)],
-                         "splitter": source, "mode": self.mode})
+                         "splitter": source, "mode": self.mode, "convention": self.convention})
         return rows
 
     @torch.no_grad()
@@ -244,11 +324,7 @@ class BlipVQAScorer(Scorer):
         if not any(questions):
             return out
         image_embeds = self._encode_images(images)
-        tokenizer = self.processor.tokenizer
-        max_length = self.model.config.text_config.max_position_embeddings
-        token_ids: dict[str, list[int]] = {}
-        for question in {q for qs in questions for q in qs}:
-            token_ids[question] = tokenizer(question, truncation=True, max_length=max_length)["input_ids"]
+        token_ids = {question: self.question_ids(question) for question in {q for qs in questions for q in qs}}
         by_length: dict[int, list[tuple[int, int, str]]] = {}
         for i, qs in enumerate(questions):
             for k, question in enumerate(qs):
@@ -262,19 +338,60 @@ class BlipVQAScorer(Scorer):
                     out[i][k] = float(value)
         return out
 
-    def _pixel_values(self, images: torch.Tensor) -> torch.Tensor:
-        """Float images in [0, 1] → 8-bit (as a PNG) → the BLIP processor's resized, normalised pixels."""
+    def question_ids(self, question: str) -> list[int]:
+        """The token ids the text encoder reads for ``question`` in this scorer's convention.
+
+        t2i-compbench: ``pre_question``, ``truncation=True, max_length=35``, first token → ``[ENC]``
+        (``models/blip_vqa.py`` ``forward``); transformers: the tokenizer's ids as they are.
+        """
+        tokenizer = self.processor.tokenizer
+        if self.convention == "transformers":
+            max_length = self.model.config.text_config.max_position_embeddings
+            return list(tokenizer(question, truncation=True, max_length=max_length)["input_ids"])
+        ids = list(tokenizer(pre_question(question), truncation=True, max_length=T2I_COMPBENCH_MAX_LENGTH)["input_ids"])
+        ids[0] = self.enc_id
+        return ids
+
+    @staticmethod
+    def _quantise(images: torch.Tensor) -> torch.Tensor:
+        """Float images in [0, 1] → uint8 (N, 3, H, W) on the CPU: what a saved PNG holds."""
         if not torch.is_floating_point(images):
             raise ValueError(f"blip-vqa: expected float images in [0, 1], got dtype {images.dtype}")
-        pixels = (images.detach().float().cpu().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
-        processed = self.processor.image_processor(images=list(pixels), return_tensors="pt")
-        return processed["pixel_values"].to(self.device, self.dtype)
+        return (images.detach().float().cpu().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+
+    def _pixel_values(self, images: torch.Tensor) -> torch.Tensor:
+        """Float images in [0, 1] → 8-bit (as a PNG) → the ViT's pixels in this scorer's convention.
+
+        t2i-compbench: ``data/__init__.py`` ``transform_test``: ``Resize((480, 480), BICUBIC)`` of the PIL
+        image, ``ToTensor`` (÷ 255), ``Normalize`` with CLIP's mean/std. transformers: the BLIP image
+        processor (its configured size, bicubic, rescale, normalise).
+        """
+        pixels = self._quantise(images)
+        if self.convention == "transformers":
+            processed = self.processor.image_processor(images=list(pixels), return_tensors="pt")
+            return processed["pixel_values"].to(self.device, self.dtype)
+        from PIL import Image
+
+        size = self.image_size
+        mean = torch.tensor(T2I_COMPBENCH_MEAN, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(T2I_COMPBENCH_STD, dtype=torch.float32).view(3, 1, 1)
+        out = []
+        for image in pixels:
+            pil = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
+            resized = pil.resize((size, size), Image.Resampling.BICUBIC)
+            tensor = torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1).to(torch.float32).div(255)
+            out.append(tensor.sub(mean).div(std))
+        return torch.stack(out).to(self.device, self.dtype)
 
     def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        # t2i-compbench: the position embeddings are interpolated to the 30 × 30 grid, bicubic, as BLIP's
+        # interpolate_pos_embed does when it loads a checkpoint made at another size
+        interpolate = self.convention == "t2i-compbench"
         embeds = []
         for chunk in _chunks(range(len(images)), self.batch_size):
             pixel_values = self._pixel_values(images[chunk.start:chunk.stop])
-            embeds.append(self.model.vision_model(pixel_values=pixel_values).last_hidden_state)
+            embeds.append(self.model.vision_model(pixel_values=pixel_values,
+                                                  interpolate_pos_encoding=interpolate).last_hidden_state)
         return torch.cat(embeds)
 
     def _first_step_yes_probability(self, input_ids: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
@@ -312,10 +429,12 @@ class BlipVQAScorer(Scorer):
             vocab = json.dumps(sorted(self.processor.tokenizer.get_vocab().items()), ensure_ascii=False)
             self._fingerprint = content_hash({
                 "class": f"{type(self).__module__}.{type(self).__qualname__}", "name": self.name,
-                "version": self.version, "mode": self.mode, "weights": weights.hexdigest(),
+                "version": self.version, "convention": self.convention, "mode": self.mode,
+                "image_size": self.image_size,
+                "weights": weights.hexdigest(),
                 "image_processor": self.processor.image_processor.to_dict(),
                 "vocab": hashlib.sha256(vocab.encode("utf-8")).hexdigest(),
-                "answer_ids": [self.yes_id, self.no_id, self.bos_id], "source": sources.hexdigest(),
+                "answer_ids": [self.yes_id, self.no_id, self.bos_id, self.enc_id], "source": sources.hexdigest(),
                 "evalkit": __version__, "transformers": transformers.__version__,
             }, length=32)
         # the splitter may change with the environment (spaCy installed, $EVALKIT_NOUN_PHRASE_SPLITTER)
@@ -368,3 +487,13 @@ class BlipVQAScorer(Scorer):
             return cls(cls.write_tiny(directory), **kwargs)
         with tempfile.TemporaryDirectory(prefix="evalkit-blip-vqa-") as tmp:
             return cls(cls.write_tiny(tmp), **kwargs)
+
+
+class BlipVQATransformersScorer(BlipVQAScorer):
+    """``blip-vqa-transformers``: B-VQA in transformers' own conventions (``convention="transformers"``:
+    the tokenizer's [CLS] question, the image processor's size): evalkit's ``blip-vqa`` values before
+    scorer version 2."""
+
+    name = "blip-vqa-transformers"
+    version = CONVENTION_VERSIONS["transformers"]
+    default_convention = "transformers"
