@@ -31,7 +31,7 @@ _CHUNK = 1 << 16
 
 #: suite families whose prompt files can be fetched: name -> "module:function"
 FETCHABLE: dict[str, str] = {
-    "t2i-compbench": "evalkit.suites.t2i_compbench:fetch_t2i_compbench",
+    "t2i-compbench": "evalkit.suites.t2i_compbench_relations:fetch_t2i_compbench_all",  # attribute + relation files
 }
 
 

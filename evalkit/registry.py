@@ -156,6 +156,9 @@ SCORERS.register("blip-vqa-transformers", "evalkit.scorers.blip_vqa:BlipVQATrans
 SCORERS.register("clipscore", "evalkit.scorers.clipscore:CLIPScoreScorer", "CLIPScore: image–prompt cosine in the world CLIP (score = cosine clipped to [0, 1]; torchmetrics max(100·cos, 0) per row)")
 SCORERS.register("embedding-cosine", "evalkit.scorers.embedding:EmbeddingCosineScorer", "embedding level, no decoding: (1 + cosine) / 2 between the prior's embedding and the world CLIP's embedding of the item's own render (synthetic suites)")
 SCORERS.register("dummy", "evalkit.scorers.dummy:DummyScorer", "template scorer: mean brightness as a stand-in probability per noun phrase")
+SCORERS.register("t2i-spatial", "evalkit.scorers.spatial:T2ISpatialScorer", "T2I-CompBench 2-D spatial score (UniDet rules) on an OWLv2 detector, not UniDet (local google/owlv2-base-patch16-ensemble via $EVALKIT_OWLV2_DIR or --scorer-path)")
+SCORERS.register("t2i-clip", "evalkit.scorers.t2i_clip:T2IClipScorer", "T2I-CompBench non-spatial CLIPScore: plain image–prompt cosine of CLIP ViT-B/32 (local openai/clip-vit-base-patch32 via $EVALKIT_CLIP_VIT_B32_DIR or --scorer-path)")
+SCORERS.register("t2i-complex", "evalkit.scorers.t2i_complex:T2IComplexScorer", "T2I-CompBench 3-in-1 (complex): blip-vqa + t2i-spatial and/or t2i-clip by prompt type (--scorer-path t2i-complex=DIR holding blip-vqa/, t2i-spatial/, t2i-clip/, or each part's variable)")
 
 for _family in ("color", "shape", "texture"):
     SUITES.register(
@@ -169,6 +172,9 @@ for _family in ("color", "shape", "texture"):
         f"T2I-CompBench {_family} prompts (val 200 seen + 100 unseen; train), read from the prompt directory",
     )
 del _family
+SUITES.register("t2i-compbench-spatial", "evalkit.suites.t2i_compbench_relations:t2i_compbench_spatial", "T2I-CompBench 2-D spatial prompts (val 300, train 700; no seen/unseen), read from the prompt directory")
+SUITES.register("t2i-compbench-non-spatial", "evalkit.suites.t2i_compbench_relations:t2i_compbench_non_spatial", "T2I-CompBench non-spatial (action) prompts (val 300, train 700; no seen/unseen), read from the prompt directory")
+SUITES.register("t2i-compbench-complex", "evalkit.suites.t2i_compbench_relations:t2i_compbench_complex", "T2I-CompBench complex prompts (val 300, train 700; each typed spatial / action / spatial-action for 3-in-1), read from the prompt directory")
 
 
 def space_of(registry: Registry, name: str) -> str | None:

@@ -1,0 +1,153 @@
+"""Local transformers model folders for scorers: resolve, check the layout and the model kind, load quietly.
+
+The T2I-CompBench scorers (``t2i-spatial``: OWLv2, ``t2i-clip``: CLIP ViT-B/32) read a folder in the layout of
+a public Hugging Face repository. Nothing is downloaded. :func:`check_model_folder` refuses, before anything is
+loaded, a folder that lacks a file of that layout, that holds another kind of model (``config.json``'s
+``model_type``: a CLIP folder given to the detector), or that holds only pickle weights (unless
+``allow_pickle``); each message names the folder, what is wrong and the layout expected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from evalkit.errors import ConfigMismatchError, WeightsNotFoundError
+from evalkit.serialization import weights_folder
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+#: a CLIP BPE tokenizer: the two-file form (vocab.json + merges.txt) or tokenizer.json
+CLIP_TOKENIZER_FILES = (("vocab.json", "merges.txt"), ("tokenizer.json",))
+
+
+def download_hint(repo_id: str, env_var: str, scorer: str):
+    """``hint(directory)``: how to get the weights of ``repo_id`` onto this machine."""
+
+    def hint(directory: str | os.PathLike | None = None) -> str:
+        target = directory or "DIR"
+        return (f"Download {repo_id} on a machine with network access: `huggingface-cli download {repo_id} "
+                f"--local-dir {target}`, copy the folder here, then set {env_var}={target} or pass "
+                f"--scorer-path {scorer}={target}.")
+
+    return hint
+
+
+def layout_text(repo_id: str, model_type: str) -> str:
+    """The files a folder needs, in words (named in every error)."""
+    return (f"the layout of the public {repo_id} repository: config.json (model_type {model_type!r}), "
+            f"model.safetensors (or {SAFETENSORS_INDEX} and its shards), preprocessor_config.json, and the "
+            "CLIP tokenizer files (vocab.json + merges.txt, or tokenizer.json)")
+
+
+def resolve_model_folder(path: str | os.PathLike | None, env_var: str, scorer: str, repo_id: str) -> Path:
+    """``path``, else ``$env_var``; a :class:`WeightsNotFoundError` unless it names an existing folder."""
+    return weights_folder(path, env_var, scorer, repo_id, download_hint(repo_id, env_var, scorer))
+
+
+def check_model_folder(directory: Path, *, scorer: str, repo_id: str, model_types: Sequence[str], env_var: str,
+                       allow_pickle: bool = False) -> bool:
+    """Check ``directory`` holds a ``model_types[0]`` model in ``repo_id``'s layout; returns whether the weights are
+    safetensors (else allowed pickle). Raises :class:`ConfigMismatchError` for another kind of model and
+    :class:`WeightsNotFoundError` for a missing file."""
+    hint = download_hint(repo_id, env_var, scorer)(directory)
+    layout = layout_text(repo_id, model_types[0])
+    config_path = directory / "config.json"
+    if config_path.is_file():
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ConfigMismatchError(f"{scorer}: {config_path} is not readable JSON ({error}); expected {layout}. "
+                                      f"{hint}") from None
+        kind = config.get("model_type") if isinstance(config, dict) else None
+        if kind not in model_types:
+            what = f"a {kind!r} model" if kind else "no model_type"
+            raise ConfigMismatchError(
+                f"{scorer}: {directory} holds {what} (config.json model_type), not {model_types[0]!r}: this scorer "
+                f"needs a folder in {layout}. {hint}")
+    missing = [] if config_path.is_file() else ["config.json"]
+    if not any((directory / name).is_file() for name in PROCESSOR_FILES):
+        missing.append("preprocessor_config.json")
+    if not any(all((directory / name).is_file() for name in group) for group in CLIP_TOKENIZER_FILES):
+        missing.append("vocab.json + merges.txt (or tokenizer.json)")
+    safetensors = (directory / SAFETENSORS_INDEX).is_file() or any(directory.glob("*.safetensors"))
+    pickles = [name for name in PICKLE_FILES if (directory / name).is_file()]
+    if not safetensors and not pickles:
+        missing.append("model.safetensors")
+    if missing:
+        raise WeightsNotFoundError(f"{scorer}: {directory} is not a complete {repo_id} folder: missing "
+                                   f"{', '.join(missing)}; expected {layout}. {hint}")
+    if safetensors:
+        return True
+    if not allow_pickle:
+        raise WeightsNotFoundError(
+            f"{scorer}: {directory} holds only pickle weights ({pickles[0]}); pickle can run arbitrary code, so it "
+            f"is refused by default. Download model.safetensors (the public {repo_id} repository ships it), or pass "
+            "allow_pickle=True (CLI: --allow-pickle) if you trust the file; it is then read with "
+            "torch.load(weights_only=True).")
+    return False
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No progress bars or load reports while loading (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    level = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def tiny_clip_tokenizer(model_max_length: int):
+    """A small offline CLIP BPE tokenizer (1,000 tokens; open_clip's vocabulary, first merges) for tiny models."""
+    from evalkit.decoders.karlo import clip_tokenizer
+
+    return clip_tokenizer(486, model_max_length=model_max_length)
+
+
+def save_clip_tokenizer(tokenizer, directory: Path) -> None:
+    """Save a CLIP tokenizer in the public repos' form (vocab.json, merges.txt, special_tokens_map.json,
+    tokenizer_config.json)."""
+    directory = Path(directory)
+    tokenizer.save_pretrained(directory)
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (directory / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False), encoding="utf-8")
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    specials = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token, "unk_token": tokenizer.unk_token,
+                "pad_token": tokenizer.pad_token}
+    (directory / "special_tokens_map.json").write_text(json.dumps(specials), encoding="utf-8")
+    (directory / "tokenizer.json").unlink(missing_ok=True)
+
+
+def scorer_fingerprint(scorer, extra: dict | None = None, sources: Sequence = ()) -> str:
+    """Identity of a scorer on a local model folder for the work cache: class, version, scalar settings (the
+    folder's path left out: a moved copy is the same model), weights, image processor, the source of its
+    classes and of ``sources`` (modules it computes with), evalkit's and transformers' versions."""
+    import hashlib
+
+    import transformers
+
+    from evalkit import __version__
+    from evalkit.cache import _settings, _source_digest, weights_fingerprint
+    from evalkit.contracts import content_hash
+
+    code = hashlib.sha256(_source_digest(scorer).encode())
+    for module in sources:
+        code.update(Path(module.__file__).read_bytes())
+    settings = {k: v for k, v in _settings(scorer).items() if k != "path"}
+    return content_hash({"class": f"{type(scorer).__module__}.{type(scorer).__qualname__}", "name": scorer.name,
+                         "version": scorer.version, "settings": settings, "weights": weights_fingerprint(scorer),
+                         "source": code.hexdigest(), "evalkit": __version__, "transformers": transformers.__version__,
+                         **(extra or {})}, length=32)
