@@ -92,8 +92,9 @@ def test_a_label_runs_a_second_checkpoint_beside_the_shipped_one_and_reports_mer
     result = invoke("run", "--prior", "eclipse,mine=eclipse", "--prior-path", f"mine={other}", *common,
                     "--out", tmp_path / "both")
     assert result.exit_code == 0, result.output
-    _, results = only_run(tmp_path / "both")
+    both_dir, results = only_run(tmp_path / "both")
     assert set(results["priors"]) == {"eclipse", "mine"}
+    assert "Seen / unseen" in (both_dir / "report.md").read_text()  # synthetic suites have the split
     assert results["priors"]["eclipse"]["version"] != results["priors"]["mine"]["version"]
     assert results["config"]["priors"] == ["eclipse", "mine=eclipse"]
     # the same two as separate runs, merged by `evalkit report`
@@ -150,7 +151,9 @@ def test_items_a_closed_vocabulary_scorer_cannot_read_are_counted_not_scored(tmp
     assert row["suite"] == "prompts-mine" and row["n_prompts"] == 2 and row["n"] == 2
     skipped = results["not_applicable"]["prompts-mine"]["binding"]
     assert skipped["prompts"] == 1 and "bench" in next(iter(skipped["reasons"]))
-    assert "**Not scored.** prompts-mine: binding cannot score 1 prompt(s)" in (run_dir / "report.md").read_text()
+    report = (run_dir / "report.md").read_text()
+    assert "**Not scored.** prompts-mine: binding cannot score 1 prompt(s)" in report
+    assert "Seen / unseen" not in report  # a prompt file has no seen / unseen split: no empty table
     # nothing at all it can read: refused before anything is generated or written
     unreadable = tmp_path / "bench.txt"
     unreadable.write_text("a green bench and a red car\n")

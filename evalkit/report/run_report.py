@@ -326,9 +326,10 @@ def score_tables(rows: list[dict], order: list[str]) -> list:
         blocks += [("h2", f"Scores: {metric}"),
                    ("p", f"Mean per-image score over the val prompts this run scored, with a 95 % bootstrap CI over "
                          f"prompts ({arrow}); the last column: prompts × images per prompt, per category."),
-                   Table(["prior", *categories, "prompts × images"], main),
-                   ("p", "Seen / unseen attribute–object combinations (prompts in brackets):"),
-                   Table(["prior", *categories], split)]
+                   Table(["prior", *categories, "prompts × images"], main)]
+        if any(seen in ("seen", "unseen") for _, _, seen in index):  # suites without the split have no table
+            blocks += [("p", "Seen / unseen attribute–object combinations (prompts in brackets):"),
+                       Table(["prior", *categories], split)]
     return blocks
 
 
