@@ -23,7 +23,7 @@ from evalkit import distributed
 from evalkit.cache import WorkCache, fingerprint, image_sha256, png_bytes, work_key
 from evalkit.contracts import Batch, Protocol, ResultRow, RunConfig, SampleRow, check_embedding_contract
 from evalkit.environment import describe as describe_environment
-from evalkit.errors import EvalkitError, WriteError
+from evalkit.errors import EvalkitError, SettingError, WriteError
 from evalkit.placement import numeric_path
 from evalkit.report.grid import to_uint8
 from evalkit.runs import prompt_subsets
@@ -476,6 +476,9 @@ def _resolve(config: RunConfig):
               if v is not None}
     decoder = load_decoder(config.decoder, config.decoder_path, random_init=config.random_init,
                            allow_pickle=config.allow_pickle, **levers)
+    if config.negative and not getattr(decoder, "takes_negative_image_embeds", False):
+        raise SettingError(f"--negative chooses the guidance negative of decoders that take one from the prior "
+                           f"(kandinsky22); decoder {config.decoder!r} takes none")
     options = {"num_inference_steps": config.prior_num_inference_steps, "guidance_scale": config.prior_guidance_scale}
     priors = {}
     for label, name in resolved:
@@ -684,6 +687,9 @@ def run(config: RunConfig, progress: bool = True, inject=None) -> Path:
 
     check_config(config)
     device = resolve_device(config.device)  # before anything loads: a GPU that is not here is a clear error
+    if device == "meta":
+        raise SettingError("--device meta holds no data, so a run cannot compute on it (it is for parameter counts "
+                           "and placement tests: evalkit.placement.place); use --device cpu or cuda")
     priors, decoder, scorers, suites = resolve(config)
     if inject is not None:
         inject(priors, decoder, scorers)

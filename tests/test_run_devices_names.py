@@ -173,6 +173,12 @@ def test_devices_and_dtypes_are_checked_and_recorded(tmp_path, monkeypatch):
     for bad in ("tpu", "cuda:x"):
         with pytest.raises(SettingError, match="--device must be"):
             placement.resolve_device(bad)
+    negative = invoke("run", "--negative", "zero-image", "--out", tmp_path / "x")  # synth takes no negative
+    assert negative.exit_code == 2 and "decoder 'synth' takes none" in negative.output
+    no_category = invoke("run", "--prompts", __file__, "--out", tmp_path / "x")
+    assert no_category.exit_code == 2 and "--prompts needs --category" in no_category.output
+    meta = invoke("run", "--device", "meta", "--out", tmp_path / "x")
+    assert meta.exit_code == 2 and "--device meta holds no data" in meta.output and not (tmp_path / "x").exists()
     # under a launcher each process takes the GPU of its LOCAL_RANK; pinning one GPU for all is refused
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
