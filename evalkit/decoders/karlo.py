@@ -163,6 +163,20 @@ def clip_tokenizer(num_merges: int | None = None, model_max_length: int = 77):
     return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, model_max_length=model_max_length)
 
 
+def save_clip_tokenizer(tokenizer, directory) -> None:
+    """Save a ``CLIPTokenizer`` in the public repos' four-file form (vocab.json, merges.txt, two JSON configs)."""
+    directory = Path(directory)
+    tokenizer.save_pretrained(directory)
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (directory / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False), encoding="utf-8")
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    specials = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token, "unk_token": tokenizer.unk_token,
+                "pad_token": tokenizer.pad_token}
+    (directory / "special_tokens_map.json").write_text(json.dumps(specials), encoding="utf-8")
+    (directory / "tokenizer.json").unlink(missing_ok=True)
+
+
 def _weights_format(directory: Path, allow_pickle: bool) -> tuple[bool, str | None]:
     """``(use_safetensors, variant)`` for a component folder; pickle only when ``allow_pickle``."""
     files = [p.name for p in directory.iterdir() if p.is_file()]

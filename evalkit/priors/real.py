@@ -563,19 +563,6 @@ TINY_MAX_LENGTH = 16
 TINY_VOCAB_MERGES = 486  # 512 byte tokens + 486 merges + 2 specials = 1,000 tokens
 
 
-def _save_tokenizer_four_files(tokenizer, directory: Path) -> None:
-    """Save a ``CLIPTokenizer`` in the public repos' four-file form (vocab.json, merges.txt, two JSON configs)."""
-    tokenizer.save_pretrained(directory)
-    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-    (directory / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False), encoding="utf-8")
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    specials = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token, "unk_token": tokenizer.unk_token,
-                "pad_token": tokenizer.pad_token}
-    (directory / "special_tokens_map.json").write_text(json.dumps(specials), encoding="utf-8")
-    (directory / "tokenizer.json").unlink(missing_ok=True)
-
-
 def _tiny_text_config(vocab_size: int, width: int) -> dict[str, Any]:
     """The tiny text encoder of tests: one layer, :data:`TINY_MAX_LENGTH` tokens, ``width`` wide."""
     return dict(vocab_size=vocab_size, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1,
@@ -609,7 +596,7 @@ def tiny_checkpoint(directory: str | os.PathLike, kind: str = "eclipse", embeddi
                     seed: int = 0) -> Path:
     """Write a tiny random checkpoint in the public layout: ``prior/``, ``text_encoder/``, ``tokenizer/``
     (and ``scheduler/`` for ``kind="diffusion"``). Returns ``directory``."""
-    from evalkit.decoders.karlo import clip_tokenizer
+    from evalkit.decoders.karlo import clip_tokenizer, save_clip_tokenizer
 
     if kind not in ("eclipse", "diffusion"):
         raise ValueError(f"kind must be 'eclipse' or 'diffusion', got {kind!r}")
@@ -619,7 +606,7 @@ def tiny_checkpoint(directory: str | os.PathLike, kind: str = "eclipse", embeddi
     encoder, model = _random_models(kind, _tiny_text_config(len(tokenizer), embedding_dim),
                                     size_config(kind, "tiny", embedding_dim, TINY_MAX_LENGTH))
     encoder.save_pretrained(root / "text_encoder")
-    _save_tokenizer_four_files(tokenizer, root / "tokenizer")
+    save_clip_tokenizer(tokenizer, root / "tokenizer")
     if kind == "diffusion":
         from diffusers import UnCLIPScheduler
 

@@ -41,7 +41,6 @@ folders at 384 px, resizing the checkpoint's position embeddings (most likely 48
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -58,6 +57,7 @@ from evalkit.errors import ConfigMismatchError, CorruptFileError, WeightsNotFoun
 from evalkit.scorers import bvqa
 from evalkit.scorers import noun_phrases as noun_phrases_module
 from evalkit.serialization import weights_folder
+from evalkit.scorers.hf_folder import quiet_transformers
 from evalkit.scorers.noun_phrases import split_noun_phrases, splitter_name
 
 ENV_DIR = "EVALKIT_BLIP_VQA_DIR"
@@ -141,20 +141,6 @@ def check_folder(directory: Path, allow_pickle: bool = False) -> bool:
     return False
 
 
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """No progress bars while loading (restored afterwards)."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
-
-
 def _chunks(seq: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(seq), size):
         yield seq[start:start + size]
@@ -225,7 +211,7 @@ class BlipVQAScorer(Scorer):
         from safetensors import SafetensorError
         from transformers import BlipForQuestionAnswering, BlipProcessor
 
-        with _quiet_transformers():
+        with quiet_transformers():
             try:
                 model = BlipForQuestionAnswering.from_pretrained(
                     directory, local_files_only=True, use_safetensors=use_safetensors, weights_only=True,
@@ -461,7 +447,7 @@ class BlipVQAScorer(Scorer):
         directory.mkdir(parents=True, exist_ok=True)
         vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(cls.TINY_WORDS), "[DEC]", "[ENC]"]
         (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-        with _quiet_transformers():
+        with quiet_transformers():
             tokenizer = BertTokenizer.from_pretrained(directory, local_files_only=True)
             text = dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64, encoder_hidden_size=32,

@@ -116,19 +116,11 @@ def tiny_clip_tokenizer(model_max_length: int):
     return clip_tokenizer(486, model_max_length=model_max_length)
 
 
-def save_clip_tokenizer(tokenizer, directory: Path) -> None:
-    """Save a CLIP tokenizer in the public repos' form (vocab.json, merges.txt, special_tokens_map.json,
-    tokenizer_config.json)."""
-    directory = Path(directory)
-    tokenizer.save_pretrained(directory)
-    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-    (directory / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False), encoding="utf-8")
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    specials = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token, "unk_token": tokenizer.unk_token,
-                "pad_token": tokenizer.pad_token}
-    (directory / "special_tokens_map.json").write_text(json.dumps(specials), encoding="utf-8")
-    (directory / "tokenizer.json").unlink(missing_ok=True)
+def save_clip_tokenizer(tokenizer, directory) -> None:
+    """Save a CLIP tokenizer in the public repos' form (:func:`evalkit.decoders.karlo.save_clip_tokenizer`)."""
+    from evalkit.decoders.karlo import save_clip_tokenizer as save
+
+    save(tokenizer, directory)
 
 
 def scorer_fingerprint(scorer, extra: dict | None = None, sources: Sequence = ()) -> str:
