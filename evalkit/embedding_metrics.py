@@ -88,6 +88,13 @@ def predict_items(prior: Prior, items: list[PromptItem], seeds: tuple[int, ...],
     return F.normalize(torch.cat(out), dim=-1)
 
 
+def own_rank(sims: torch.Tensor) -> torch.Tensor:
+    """Retrieval rank of each query's own key (1 = nearest): ``sims[..., i, j]`` = similarity of query i to key j,
+    the own key of query i being key i; ties count in the query's favour."""
+    own = sims.diagonal(dim1=-2, dim2=-1)
+    return 1 + (sims > own[..., None]).sum(-1)
+
+
 def embedding_rows(prior: Prior, suite, clip, split: str = "val", seeds=tuple(range(42, 52)),
                    control: str | None = None, prior_name: str | None = None) -> list[dict]:
     """One row per (item, seed): cos_true, cos_swapped, margin, binding, recall1."""
@@ -103,8 +110,7 @@ def embedding_rows(prior: Prior, suite, clip, split: str = "val", seeds=tuple(ra
     grid_true = true.view(n_items, n_seeds, -1).transpose(0, 1)
     sims = torch.einsum("sid,sjd->sij", grid_pred, grid_true)  # (seeds, items, items)
     recall = (sims.argmax(-1) == torch.arange(n_items)).transpose(0, 1).reshape(-1).float()
-    own = sims.diagonal(dim1=1, dim2=2)  # (seeds, items)
-    rank = (1 + (sims > own[..., None]).sum(-1)).transpose(0, 1).reshape(-1).float()
+    rank = own_rank(sims).transpose(0, 1).reshape(-1).float()
     name = prior_name or getattr(prior, "name", type(prior).__name__)
     rows = []
     for k, (item, seed) in enumerate((i, s) for i in items for s in seeds):

@@ -261,7 +261,7 @@ def test_two_process_training_matches_one_process_and_resumes(tmp_path, cache_en
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     if torchrun is None:
         pytest.skip("torchrun is not installed beside this Python")
-    config = PriorTrainConfig.quick("eclipse", hard_negatives=True)
+    config = PriorTrainConfig.quick("eclipse", hard_negatives=True, tiny=False)  # the CLI's --quick: the world CLIP
     single = train_prior(tmp_path / "one", config, progress=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     base = [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "evalkit", "train-baseline", "--prior", "eclipse",

@@ -281,12 +281,21 @@ class _CheckpointMixin:
         return Path(path)
 
     def _text_encoder(self, root: Path, text_encoder_path, embedding_space: str, allow_pickle: bool) -> HFTextEncoder:
+        from evalkit.train.real_data import load_text_encoder, training_record
+
         candidates = [Path(text_encoder_path)] if text_encoder_path is not None else []
         candidates += [root] + ([p] if (p := _env_path(self.text_encoder_env)) else [])
+        # a prior trained by `evalkit train-baseline --data` names the frozen text encoder it was trained with
+        trained_with = training_record(root).get("text_encoder", {}).get("path")
+        if trained_with and text_encoder_path is None:
+            candidates.insert(1, Path(trained_with))
         for candidate in candidates:
             if (candidate / "text_encoder").is_dir() or text_encoder_path is not None:
                 self._pipeline_root = candidate  # the prior pipeline's folder: its image_encoder/ too (Kandinsky 2.2)
                 return HFTextEncoder.from_pretrained(candidate, embedding_space, allow_pickle=allow_pickle)
+            if trained_with and candidate == Path(trained_with) and candidate.is_dir():
+                self._pipeline_root = candidate
+                return load_text_encoder(candidate, embedding_space)
         source = ""
         if self.checkpoint:
             entry = known_checkpoint(self.checkpoint)
@@ -454,6 +463,7 @@ class DiffusionCheckpointPrior(_CheckpointMixin, DiffusionPrior):
             self.scheduler_config = dict(UnCLIPScheduler.load_config(folder))
         except (OSError, ValueError, json.JSONDecodeError) as error:
             raise CorruptFileError(f"could not read {folder / 'scheduler_config.json'} ({error})") from None
+        scheduler_class(self.scheduler_config, folder)  # an unsupported scheduler is refused before any weights load
         space = embedding_space or self.default_space
         encoder = self._text_encoder(root, text_encoder_path, space, allow_pickle)
         super().__init__(path=directory, clip=encoder, allow_pickle=allow_pickle,
@@ -480,7 +490,9 @@ class DiffusionCheckpointPrior(_CheckpointMixin, DiffusionPrior):
         guided = self.guidance_scale > 1.0  # as the pipelines: guidance only above 1
         text, hidden, mask = self.conditioning(encoding, n, guided)
         device = text.device
-        scheduler = UnCLIPScheduler.from_config(self.scheduler_config)
+        scheduler_cls = scheduler_class(self.scheduler_config)
+        unclip = scheduler_cls is UnCLIPScheduler
+        scheduler = scheduler_cls.from_config(self.scheduler_config)
         scheduler.set_timesteps(self.num_inference_steps, device=device)
         # CPU generators on any device, as the public pipelines: the start noise and each step's variance
         # noise (diffusers' randn_tensor draws on a generator's own device, then moves) are device-independent
@@ -496,10 +508,29 @@ class DiffusionCheckpointPrior(_CheckpointMixin, DiffusionPrior):
             if guided:
                 uncond, cond = out.chunk(2)
                 out = uncond + self.guidance_scale * (cond - uncond)
-            prev = None if i + 1 == len(timesteps) else timesteps[i + 1]
-            latents = scheduler.step(out, timestep=t, sample=latents, generator=generators,
-                                     prev_timestep=prev).prev_sample
+            if unclip:  # the public pipelines' call: each image's variance noise from its own generator
+                prev = None if i + 1 == len(timesteps) else timesteps[i + 1]
+                latents = scheduler.step(out, timestep=t, sample=latents, generator=generators,
+                                         prev_timestep=prev).prev_sample
+            else:  # DDIM (deterministic), as a prior trained by `evalkit train-baseline --data` is sampled
+                latents = scheduler.step(out, t, latents).prev_sample
         return model.post_process_latents(latents).float()
+
+
+#: schedulers a diffusion checkpoint's scheduler/ may name: the public priors' UnCLIPScheduler, and DDIM over the
+#: linear DDPM schedule that `evalkit train-baseline --prior diffusion --data` trains on
+PRIOR_SCHEDULERS = ("UnCLIPScheduler", "DDIMScheduler")
+
+
+def scheduler_class(config: dict, where=None):
+    """The diffusers scheduler class a ``scheduler_config.json`` names (UnCLIPScheduler when it names none)."""
+    import diffusers
+
+    name = config.get("_class_name") or "UnCLIPScheduler"
+    if name not in PRIOR_SCHEDULERS:
+        raise ConfigMismatchError(f"{where or 'the prior scheduler'}: {name} is not a prior scheduler evalkit samples "
+                                  f"with (supported: {', '.join(PRIOR_SCHEDULERS)})")
+    return getattr(diffusers, name)
 
 
 # --------------------------------------------------------------------------- the public checkpoints

@@ -22,7 +22,8 @@ from evalkit.serialization import (CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, config_h
 
 SHIPPED_ROOT = REPO_ROOT / "priors"
 EMBEDDING_SPACE = "synth-clip"
-TRAIN_HINT = "Train it with `evalkit train-baseline --prior {kind} --ship` (or restore priors/ from git)."
+TRAIN_HINT = ("The shipped weights come with the checkout: restore them with `git checkout -- priors/`. Or train "
+              "one (`evalkit train-baseline --prior {kind} --out DIR`) and pass --prior-path NAME=DIR/final.")
 
 
 class DiffusersLayoutMixin:
@@ -143,10 +144,12 @@ class TrainedPrior(Prior):
         """From the weights folder's ``training_record.json`` (e.g. "50k synth pairs")."""
         import json
 
-        record = (self.path / "training_record.json") if self.path is not None else None
-        if record is None or not record.is_file():
-            return ""
-        pairs = json.loads(record.read_text()).get("config", {}).get("num_pairs")
+        from evalkit.train.real_data import training_record
+
+        record = training_record(self.path) if self.path is not None else {}
+        if record.get("training_data"):  # trained on real pairs (evalkit train-baseline --data)
+            return record["training_data"]
+        pairs = record.get("config", {}).get("num_pairs")
         return f"{pairs / 1000:g}k synth pairs" if pairs else ""
 
     @property

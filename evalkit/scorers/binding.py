@@ -34,7 +34,8 @@ from evalkit.paths import REPO_ROOT
 from evalkit.serialization import CONFIG_NAME, PretrainedMixin
 
 SHIPPED_DIR = REPO_ROOT / "evalkit" / "embedded" / "weights" / "scorer"
-TRAIN_HINT = "Train it with `evalkit train-world scorer --out DIR --ship` (or restore the shipped weights from git)."
+TRAIN_HINT = ("The shipped weights come with the checkout (restore them from git), or train one with "
+              "`evalkit train-world scorer --out DIR` and load DIR/final.")
 
 
 def world_vocabulary() -> list[str]:

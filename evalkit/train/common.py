@@ -14,22 +14,31 @@ the same everywhere::
 
 Optimizer and scheduler states are stored as safetensors plus JSON (no pickle), so resuming
 never unpickles anything.
+
+:class:`TrainingSession` is the skeleton every trainer runs its own step inside: the run-folder rules (a new
+run never writes over another; ``--resume`` needs a checkpoint and the same settings), the log that never
+repeats a step, checkpoints every N steps and at the end, and Ctrl-C / SIGTERM turned into a checkpoint at
+the next step boundary (a run killed by a scheduler's time limit resumes where it stopped).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 import random
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from evalkit.errors import EvalkitError, RunExistsError
+from evalkit.errors import ConfigMismatchError, EvalkitError, RunExistsError
 from evalkit.serialization import atomic_write_json
 
 TENSOR_MARK = "__tensor__"
@@ -37,6 +46,16 @@ TENSOR_MARK = "__tensor__"
 
 class TrainingDivergedError(EvalkitError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(EvalkitError):
+    """Ctrl-C or SIGTERM: the state at the last finished step was checkpointed; ``--resume`` continues it."""
+
+    exit_code = 130
+
+
+class NothingToResumeError(EvalkitError, FileNotFoundError):
+    """``--resume`` on a folder without a checkpoint."""
 
 
 def set_seed(seed: int) -> None:
@@ -85,6 +104,14 @@ class JsonlLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def log(self, row: dict) -> None:
+        last = getattr(self, "_last_step", None)
+        if last is None:
+            rows = self.rows()
+            last = max((r.get("step", 0) for r in rows), default=0)
+        step = row.get("step")
+        if step is not None and step <= last:
+            raise RuntimeError(f"{self.path}: step {step} is already logged (last logged step {last})")
+        self._last_step = step if step is not None else last
         with open(self.path, "a") as handle:
             handle.write(json.dumps(row, sort_keys=True) + "\n")
 
@@ -97,6 +124,7 @@ class JsonlLogger:
         """Drop rows logged after ``step`` (work that a resume will redo)."""
         kept = [r for r in self.rows() if r.get("step", 0) <= step]
         self.path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        self._last_step = max((r.get("step", 0) for r in kept), default=0)
 
 
 def refuse_existing_run(out_dir: Path, resume: bool) -> None:
@@ -198,14 +226,25 @@ def finish(run_dir: Path, model, record: dict) -> Path:
     return final
 
 
-def ship(model_cls, run_dir: Path, dest: Path, dtype=torch.float16) -> Path:
-    """Copy a run's final model (``run_dir/final`` or a weights folder) to ``dest`` as fp16, with its record."""
+def ship(model_cls, run_dir: Path, dest: Path, dtype=torch.float16, overwrite: bool = False) -> Path:
+    """Copy a run's final model (``run_dir/final`` or a weights folder) to ``dest`` as fp16, with its record.
+
+    Weights already in ``dest`` are replaced only with ``overwrite`` (CLI: ``--overwrite``); the new folder is
+    written beside it and swapped in, so a failed copy leaves the old weights."""
     source = Path(run_dir)
     source = source / "final" if (source / "final").is_dir() else source
     dest = Path(dest)
-    model_cls.from_pretrained(source).save_pretrained(dest, dtype=dtype)
+    if dest.exists() and any(dest.iterdir()) and not overwrite:
+        raise RunExistsError(f"{dest} already holds weights; pass --overwrite to replace them (or ship elsewhere)")
+    staging = dest.with_name(dest.name + ".shipping")
+    shutil.rmtree(staging, ignore_errors=True)
+    model_cls.from_pretrained(source).save_pretrained(staging, dtype=dtype)
     if (source / "training_record.json").is_file():
-        shutil.copyfile(source / "training_record.json", dest / "training_record.json")
+        shutil.copyfile(source / "training_record.json", staging / "training_record.json")
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(dest)
     return dest
 
 
@@ -215,3 +254,171 @@ class Stopwatch:
 
     def __call__(self) -> float:
         return time.time() - self.start
+
+
+def decay_groups(named_parameters, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: weight decay on matrices, none on biases, norms and embeddings (trainable only)."""
+    trainable = [(n, p) for n, p in named_parameters if p.requires_grad]
+    decay = [p for n, p in trainable if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in trainable if not (p.ndim >= 2 and "embedding" not in n)]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def check_resumable(out_dir: Path, config, resumable: tuple[str, ...] = ()) -> None:
+    """A :class:`ConfigMismatchError` listing every setting (other than ``resumable``) that differs from the
+    ``train_config.json`` the run in ``out_dir`` was started with: a resume continues *that* run."""
+    path = Path(out_dir) / "train_config.json"
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    asked = dataclasses.asdict(config)
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    diff = [f"{k}: run has {saved.get(k, defaults[k])!r}, asked {asked[k]!r}" for k in asked
+            if k not in resumable and saved.get(k, defaults[k]) != asked[k]]
+    if diff:
+        raise ConfigMismatchError(f"cannot resume {out_dir} with another configuration (resume with the run's own "
+                                  "settings, or start a new run with another --out):\n  " + "\n  ".join(diff))
+
+
+class TrainingSession:
+    """The part of training that is the same for every model: one object per run, used as ::
+
+        session = TrainingSession(out_dir, config, resume=resume, resumable=("eval_every",))
+        start = session.restore(model, optimizer, scheduler)      # 0, or the checkpoint's step
+        for step in session.steps(config.steps, checkpoint_every=..., desc="train x"):
+            ...one optimizer step...
+            session.log({"step": step + 1, "loss": ...})
+        final = session.finish(model, record)
+
+    What it guarantees: a new run never writes into a folder holding another (:class:`RunExistsError`);
+    ``resume`` needs a checkpoint (:class:`NothingToResumeError`) and the same settings
+    (:class:`ConfigMismatchError`, except ``resumable`` ones); the log holds each step once (rows after the
+    checkpoint are dropped on resume); a checkpoint every ``checkpoint_every`` steps, at ``stop_at`` and at the
+    end; Ctrl-C or SIGTERM during a step lets the step finish, checkpoints it and raises
+    :class:`TrainingInterrupted` (a second Ctrl-C stops at once, losing the steps since the last checkpoint).
+
+    Multi-process training passes ``main`` (only process 0 writes), ``barrier`` (called after every checkpoint so
+    no process runs ahead of a checkpoint being written) and ``any_process`` (reduces the stop flag, so all
+    processes stop at the same step when the launcher signals only some of them).
+    """
+
+    def __init__(self, out_dir, config, *, resume: bool = False, resumable: tuple[str, ...] = (), main: bool = True,
+                 barrier: Callable[[], None] | None = None, any_process: Callable[[bool], bool] | None = None,
+                 extra_state: Callable[[], dict] | None = None):
+        self.out_dir = Path(out_dir)
+        self.checkpoint_dir = self.out_dir / "checkpoint"
+        self.config = config
+        self.main = main
+        self._barrier = barrier or (lambda: None)
+        self._any_process = any_process or (lambda flag: flag)
+        self._extra_state = extra_state or (lambda: {})
+        refuse_existing_run(self.out_dir, resume)
+        self.resume = resume and self.out_dir.exists()
+        if resume:
+            if not (self.checkpoint_dir / "trainer_state.json").is_file():
+                raise NothingToResumeError(
+                    f"--resume: {self.out_dir} holds no checkpoint to continue ({self.checkpoint_dir} does not exist); "
+                    "start the run without --resume (into a new or empty --out)")
+            check_resumable(self.out_dir, config, resumable)
+        self._barrier()  # every process has checked the folder before process 0 writes into it
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.out_dir / "train_config.json", dataclasses.asdict(config))
+        self.logger = JsonlLogger(self.out_dir / "log.jsonl")
+        self.start_step = 0
+        self.elapsed_before = 0.0
+        self.extra: dict = {}
+        self.clock = Stopwatch()
+        self._tracked: tuple = (None, None, None)
+        self._stop: str | None = None
+
+    # ------------------------------------------------------------------ state
+    def restore(self, model, optimizer=None, scheduler=None) -> int:
+        """Track the objects a checkpoint holds; on resume load them and return the checkpoint's step."""
+        self._tracked = (model, optimizer, scheduler)
+        if self.resume:
+            state = load_checkpoint(self.checkpoint_dir, model, optimizer, scheduler)
+            self.start_step = int(state["step"])
+            self.extra = state["extra"]
+            self.elapsed_before = float(self.extra.get("elapsed", 0.0))
+            self._barrier()
+            if self.main:
+                self.logger.truncate_after(self.start_step)
+        self.clock = Stopwatch()
+        return self.start_step
+
+    def elapsed(self) -> float:
+        """Training seconds over every session of this run."""
+        return round(self.elapsed_before + self.clock(), 1)
+
+    def log(self, row: dict) -> None:
+        if self.main:
+            self.logger.log(row)
+
+    def save(self, step: int) -> None:
+        model, optimizer, scheduler = self._tracked
+        if self.main:
+            save_checkpoint(self.checkpoint_dir, model, optimizer, scheduler, step,
+                            extra={"elapsed": self.elapsed(), **self._extra_state()})
+        self._barrier()
+
+    @staticmethod
+    def due(step: int, every: int, total: int) -> bool:
+        """Whether the work done every ``every`` steps is due after (0-based) ``step``: each ``every``-th and the last."""
+        return (step + 1) % every == 0 or step + 1 == total
+
+    # ------------------------------------------------------------------ the loop
+    def steps(self, total: int, *, checkpoint_every: int, stop_at: int | None = None, desc: str = "train",
+              progress: bool = True, bar_callback: Callable[[Any], None] | None = None) -> Iterator[int]:
+        """The 0-based steps still to run, with a progress bar; after each, a checkpoint when due, and the stop
+        on Ctrl-C / SIGTERM. Stops early (with a checkpoint) at ``stop_at``."""
+        from tqdm.auto import tqdm
+
+        end = min(total, stop_at) if stop_at else total
+        self.end = end
+        bar = tqdm(range(self.start_step, end), initial=self.start_step, total=total, desc=desc,
+                   disable=not (progress and self.main))
+        self.bar = bar
+        with self._signals():
+            for step in bar:
+                yield step
+                stop = self._any_process(self._stop is not None)
+                if (step + 1) % checkpoint_every == 0 or step + 1 in (total, end) or stop:
+                    self.save(step + 1)
+                if stop:
+                    bar.close()
+                    raise TrainingInterrupted(
+                        f"interrupted ({self._stop or 'another process was signalled'}) after step {step + 1} of "
+                        f"{total}: checkpoint written to {self.checkpoint_dir}; run the same command with --resume "
+                        "to continue")
+        bar.close()
+
+    @property
+    def stopped_early(self) -> bool:
+        return getattr(self, "end", 0) < getattr(self.config, "steps", 0)
+
+    @contextlib.contextmanager
+    def _signals(self):
+        """SIGINT / SIGTERM set a flag the loop checks between steps; a second SIGINT interrupts at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._stop is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._stop = signal.Signals(signum).name
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, old in previous.items():
+                signal.signal(s, old)
+
+    def finish(self, model, record: dict) -> Path:
+        """Save ``final/`` with the training record (process 0); every process gets its path."""
+        final = self.out_dir / "final"
+        if self.main:
+            final = finish(self.out_dir, model, record)
+        return final

@@ -31,6 +31,7 @@ resumed run continues exactly as the uninterrupted one would have.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -47,8 +48,7 @@ from evalkit.contracts import content_hash
 from evalkit.errors import ConfigMismatchError, EvalkitError, SettingError
 from evalkit.priors.sizes import KINDS, SIZES
 from evalkit.serialization import atomic_write_json
-from evalkit.train.common import (JsonlLogger, Stopwatch, check_finite, finish, load_checkpoint, refuse_existing_run,
-                                  save_checkpoint, set_seed, ship)
+from evalkit.train.common import Stopwatch, TrainingSession, check_finite, decay_groups, set_seed, ship
 
 #: settings a resumed run may change
 RESUMABLE_KEYS = ("checkpoint_every", "eval_every")
@@ -56,52 +56,82 @@ DEFAULT_LAMBDA = 0.2
 DEFAULT_TAU = 0.1
 
 
+#: the ECLIPSE paper's settings, the defaults when training on real data (``--data``)
+PAPER_DEFAULTS = {"size": "paper", "steps": 60_000, "batch_size": 1024, "lr": 5e-5}
+#: the synthetic world's defaults: priors ~100× smaller than the paper's, trained for a few thousand steps
+WORLD_DEFAULTS = {"size": "small", "steps": 2000, "batch_size": 256}
+
+
 @dataclass
 class PriorTrainConfig:
     prior: str = "eclipse"  # eclipse | projection | diffusion
-    size: str = "small"  # see evalkit.priors.sizes.SIZES
-    steps: int = 2000
-    batch_size: int = 256
-    lr: float | None = None  # None: 1e-3, or 5e-4 for models with >= 4 layers
+    size: str | None = None  # see evalkit.priors.sizes.SIZES (None: small on the world, paper on real data)
+    steps: int | None = None  # None: 2000 on the world, 60,000 on real data
+    batch_size: int | None = None  # global batch (None: 256 on the world, 1,024 on real data)
+    lr: float | None = None  # None: 5e-5 on real data; world: 1e-3, or 5e-4 for models with >= 4 layers
     warmup_steps: int = 100
     restart_period: int | None = None  # CosineAnnealingWarmRestarts T_0 (None: one cycle over the run)
     min_lr_ratio: float = 0.05  # eta_min = lr × this
     weight_decay: float = 0.01
     lam: float | None = None  # contrastive weight λ (None: 0.2 for eclipse, 0 otherwise)
     tau: float = DEFAULT_TAU
-    hard_negatives: bool = False  # eclipse: swapped captions as extra negatives
+    hard_negatives: bool = False  # eclipse: swapped captions as extra negatives (world only)
     cond_drop_prob: float = 0.1  # diffusion: empty-prompt conditioning (classifier-free guidance)
-    num_pairs: int = 50000  # training pairs (train split, all three categories)
-    dev_pairs: int = 1000  # held-out pairs (dev split) for the periodic evaluation
-    data_seed: int = 0  # which pairs (shared by all priors: same data, same cache)
+    num_pairs: int = 50000  # world: training pairs (train split, all three categories)
+    dev_pairs: int = 1000  # world: held-out pairs (dev split) for the periodic evaluation
+    data_seed: int = 0  # which pairs (world) / which held-out split (real data)
     seed: int = 0  # initialisation and batch order (the "training seed")
     checkpoint_every: int = 500
     eval_every: int = 500
     grad_accum_steps: int = 1  # micro-batches per step (each process's share of the batch split this many times)
     mixed_precision: str = "no"  # no | fp16 | bf16 (accelerate's autocast; fp16 needs a GPU)
     tiny: bool = False  # a tiny random CLIP (tests)
+    data: str | None = None  # an `evalkit embed` folder of real image embeddings (None: the synthetic world)
+    text_encoder: str | None = None  # real data: the frozen text encoder's folder (text_encoder/ + tokenizer/)
+    val_fraction: float = 0.01  # real data: pairs held out for the periodic evaluation (without val_data)
+    val_data: str | None = None  # real data: another `evalkit embed` folder as the held-out set
+    val_pairs: int = 1000  # real data: held-out pairs evaluated (at most)
+    cache_text: bool = False  # real data: encode every caption once (small sets; ~197 KB per caption at 1280-d)
+    space: str | None = None  # real data: the decoder space (karlo | kandinsky22); None: from the width (768 / 1280)
 
     def __post_init__(self):
+        from evalkit.errors import UnknownNameError
+
         if self.prior not in KINDS:
-            from evalkit.errors import UnknownNameError
-
             raise UnknownNameError("prior kind", self.prior, list(KINDS))
+        real = self.data is not None
+        for key, value in (PAPER_DEFAULTS if real else WORLD_DEFAULTS).items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
         if self.size not in SIZES:
-            from evalkit.errors import UnknownNameError
-
             raise UnknownNameError("size", self.size, list(SIZES))
         if self.lam is None:
             self.lam = DEFAULT_LAMBDA if self.prior == "eclipse" else 0.0
         if self.prior == "projection" and self.lam != 0:
             raise SettingError("the projection prior is the eclipse network with λ = 0; use --prior eclipse for λ > 0 "
                                f"(got --lam {self.lam})")
+        if self.prior == "diffusion" and self.lam != 0:
+            raise SettingError(f"--lam is the eclipse prior's contrastive weight; the diffusion prior has no such term "
+                               f"(got --lam {self.lam})")
+        if self.lam < 0:
+            raise SettingError(f"--lam must be >= 0, got {self.lam}")
         if self.prior != "eclipse" and self.hard_negatives:
             raise SettingError(f"--hard-negatives applies to the eclipse prior's contrastive term, not to {self.prior}")
+        if real and self.hard_negatives:
+            raise SettingError("--hard-negatives needs each caption's attribute-swapped twin, which only the synthetic "
+                               "world has; drop it with --data")
+        if real and not self.text_encoder:
+            raise SettingError("--data needs --text-encoder DIR: the frozen text encoder of the decoder's prior (a "
+                               "folder with text_encoder/ + tokenizer/, e.g. kandinsky-2-2-prior or karlo-v1-alpha)")
+        if not real and (self.text_encoder or self.val_data or self.cache_text):
+            raise SettingError("--text-encoder, --val-data and --cache-text apply to real data (--data EMB_DIR)")
+        if not 0 < self.val_fraction < 1:
+            raise SettingError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
         if self.lr is None:
             self.lr = 5e-4 if SIZES[self.size][0] >= 4 else 1e-3
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise SettingError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        for name in ("steps", "batch_size", "num_pairs", "grad_accum_steps"):
+        for name in ("steps", "batch_size", "num_pairs", "grad_accum_steps", "val_pairs"):
             if getattr(self, name) < 1:
                 raise SettingError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
 
@@ -209,14 +239,23 @@ def build_cache(config: PriorTrainConfig, clip, progress: bool = True) -> dict:
 
 
 class Data:
-    """Batches from the cache: text encodings gathered by caption index."""
+    """The synthetic world's training data: batches from the embedding cache, text encodings gathered by caption
+    index. The trainer's other source, :class:`evalkit.train.real_data.EmbeddingData`, has the same methods."""
 
-    def __init__(self, cache: dict):
+    real = False
+
+    def __init__(self, cache: dict, clip=None):
+        self.encoder = clip
         self.text = cache["prompt.text_embeds"]
         self.hidden = cache["prompt.text_hidden"]
         self.mask = cache["prompt.attention_mask"].bool()
         self.splits = {s: (cache[f"{s}.image_embeds"], cache[f"{s}.caption"].long(), cache[f"{s}.swapped"].long())
                        for s in ("train", "dev")}
+        self.dim = self.splits["train"][0].shape[1]
+
+    def indices(self, step: int, config: PriorTrainConfig, generator: torch.Generator) -> torch.Tensor:
+        """The step's global batch: a fresh random subset each step (drawn first from the step's generator)."""
+        return torch.randperm(len(self.splits["train"][0]), generator=generator)[: config.batch_size]
 
     def batch(self, split: str, idx) -> dict[str, torch.Tensor]:
         images, caption, swapped = self.splits[split]
@@ -227,6 +266,37 @@ class Data:
 
     def empty(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.text[:1].expand(n, -1), self.hidden[:1].expand(n, -1, -1), self.mask[:1].expand(n, -1)
+
+    def image_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(1, D)`` mean and standard deviation of the training image embeddings (the diffusion prior's
+        standardisation, ``clip_mean`` / ``clip_std``)."""
+        images = self.splits["train"][0]
+        return images.mean(0, keepdim=True), images.std(0, keepdim=True).clamp_min(1e-6)
+
+    def evaluate(self, model, config: PriorTrainConfig) -> dict:
+        return evaluate(model, config, self, self.encoder)
+
+    def position(self, step: int) -> dict:
+        return {}  # a fresh subset every step: no epochs
+
+    def record(self) -> dict:
+        return {}
+
+    def save_final(self, session: TrainingSession, model, record: dict) -> Path:
+        return session.finish(model, record)
+
+
+def open_training_data(config: PriorTrainConfig, accelerator=None, clip_dir=None, progress: bool = True):
+    """The data source of ``config``: the world's embedding cache, or an ``evalkit embed`` folder."""
+    if config.data is not None:
+        from evalkit.train.real_data import EmbeddingData
+
+        return EmbeddingData.open(config, accelerator, progress)
+    clip = clip_for(config, clip_dir)
+    main_first = accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext()
+    with main_first:  # one process builds the embedding cache, the others read it
+        cache = build_cache(config, clip, progress)
+    return Data(cache, clip)
 
 
 # --------------------------------------------------------------------------- losses
@@ -304,9 +374,10 @@ def prior_class(config: PriorTrainConfig):
     return {"eclipse": EclipsePrior, "projection": ProjectionPrior, "diffusion": DiffusionPrior}[config.prior]
 
 
-def build_model(config: PriorTrainConfig, clip):
+def build_model(config: PriorTrainConfig, encoder):
+    """The prior network for a text encoder of this shape (``embedding_dim`` wide, ``context_length`` tokens)."""
     cls = prior_class(config)
-    return cls.build_model(cls.size_config(config.size, clip.embedding_dim, clip.context_length))
+    return cls.build_model(cls.size_config(config.size, encoder.embedding_dim, encoder.context_length))
 
 
 @torch.inference_mode()
@@ -339,16 +410,6 @@ def make_scheduler(optimizer, config: PriorTrainConfig):
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[max(1, config.warmup_steps)])
 
 
-def _check_resumable(out_dir: Path, config: PriorTrainConfig) -> None:
-    saved = json.loads((out_dir / "train_config.json").read_text())
-    asked = dataclasses.asdict(config)
-    defaults = {f.name: f.default for f in dataclasses.fields(PriorTrainConfig)}
-    diff = [f"{k}: run has {saved.get(k, defaults[k])!r}, asked {asked[k]!r}" for k in asked
-            if k not in RESUMABLE_KEYS and saved.get(k, defaults[k]) != asked[k]]
-    if diff:
-        raise ConfigMismatchError(f"cannot resume {out_dir} with another configuration:\n  " + "\n  ".join(diff))
-
-
 def _accelerator(config: PriorTrainConfig):
     from accelerate import Accelerator
 
@@ -361,76 +422,68 @@ def _accelerator(config: PriorTrainConfig):
     return accelerator
 
 
+def _session(out_dir: Path, config: PriorTrainConfig, resume: bool, accelerator) -> TrainingSession:
+    def any_process(flag: bool) -> bool:  # all processes stop at the same step, whichever was signalled
+        if accelerator.num_processes == 1:
+            return flag
+        return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), reduction="sum").item())
+
+    return TrainingSession(out_dir, config, resume=resume, resumable=RESUMABLE_KEYS, main=accelerator.is_main_process,
+                           barrier=accelerator.wait_for_everyone, any_process=any_process)
+
+
+def _optimizer(model, config: PriorTrainConfig):
+    optimizer = torch.optim.AdamW(decay_groups(model.named_parameters(), config.weight_decay), lr=config.lr)
+    return optimizer, make_scheduler(optimizer, config)  # the scheduler is stepped once per optimizer step, by us
+
+
 def train_prior(out_dir: str | Path, config: PriorTrainConfig, resume: bool = False, progress: bool = True,
                 stop_at: int | None = None, clip_dir=None) -> Path:
     """Train into ``out_dir``; returns ``out_dir/final`` (or the checkpoint folder when ``stop_at`` stops early).
 
-    Runs under accelerate: launched with ``torchrun`` / ``accelerate launch`` on N processes, every step's
-    batch (the same global batch as one process draws) is split into N equal shares (DDP averages the
-    gradients), each share into ``grad_accum_steps`` micro-batches; process 0 evaluates, logs and checkpoints.
+    One loop for every data source: the synthetic world (``config.data`` None: the embedding cache of world
+    renders) and real image–text pairs (``config.data``: an ``evalkit embed`` folder, text encoded on the fly by
+    the frozen ``config.text_encoder``). Runs under accelerate: launched with ``torchrun`` / ``accelerate
+    launch`` on N processes, every step's batch (the same global batch as one process draws) is split into N
+    equal shares (DDP averages the gradients), each share into ``grad_accum_steps`` micro-batches; process 0
+    evaluates, logs and checkpoints.
     """
     from evalkit.distributed import finish as finish_processes
     from evalkit.priors.diffusion import train_scheduler
-    from evalkit.priors.trained import check_config
 
     out_dir = Path(out_dir)
-    checkpoint_dir = out_dir / "checkpoint"
     accelerator = _accelerator(config)
     main = accelerator.is_main_process
-    refuse_existing_run(out_dir, resume)
-    if resume and (out_dir / "train_config.json").is_file():
-        _check_resumable(out_dir, config)
-    accelerator.wait_for_everyone()  # every process has checked the folder before process 0 writes into it
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out_dir / "train_config.json", dataclasses.asdict(config))
-    clip = clip_for(config, clip_dir)
+    session = _session(out_dir, config, resume, accelerator)
     clock = Stopwatch()
-    with accelerator.main_process_first():  # one process builds the embedding cache, the others read it
-        cache = build_cache(config, clip, progress and main)
+    data = open_training_data(config, accelerator, clip_dir, progress and main)
     cache_s = clock()
-    data = Data(cache)
     set_seed(config.seed)
-    model = build_model(config, clip)
-    if config.prior == "diffusion":
-        images = data.splits["train"][0]
-        model.clip_mean.data.copy_(images.mean(0, keepdim=True))
-        model.clip_std.data.copy_(images.std(0, keepdim=True).clamp_min(1e-6))
+    model = build_model(config, data.encoder)
+    if config.prior == "diffusion" or data.real:  # the standardisation statistics of the training embeddings
+        mean, std = data.image_stats()
+        model.clip_mean.data.copy_(mean)
+        model.clip_std.data.copy_(std)
     model.train()
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in trainable if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in trainable if not (p.ndim >= 2 and "embedding" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
-    scheduler = make_scheduler(optimizer, config)  # stepped once per optimizer step, by us (not prepared)
-    logger = JsonlLogger(out_dir / "log.jsonl")
-    start_step, elapsed_before = 0, 0.0
-    if resume and checkpoint_dir.exists():
+    optimizer, scheduler = _optimizer(model, config)
+    if resume:
+        from evalkit.priors.trained import check_config
         from evalkit.serialization import load_config
 
-        check_config(dict(model.config), load_config(checkpoint_dir), str(checkpoint_dir))
-        state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler)
-        start_step, elapsed_before = state["step"], float(state["extra"].get("elapsed", 0.0))
-        accelerator.wait_for_everyone()
-        if main:
-            logger.truncate_after(start_step)
+        check_config(dict(model.config), load_config(session.checkpoint_dir), str(session.checkpoint_dir))
+    start_step = session.restore(model, optimizer, scheduler)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
     device, rank, processes = accelerator.device, accelerator.process_index, accelerator.num_processes
     noise_schedule = train_scheduler()
-    n = len(data.splits["train"][0])
-    dim = data.splits["train"][0].shape[1]
     micro = config.batch_size // (processes * config.grad_accum_steps)
-    end = min(config.steps, stop_at) if stop_at else config.steps
-    bar = tqdm(range(start_step, end), initial=start_step, total=config.steps, desc=f"train {config.shipped_name()}",
-               disable=not (progress and main))
     last_eval: dict = {}
-    clock = Stopwatch()
-    for step in bar:
+    for step in session.steps(config.steps, checkpoint_every=config.checkpoint_every, stop_at=stop_at,
+                              desc=f"train {config.shipped_name()}", progress=progress):
         # the global batch and all of its random draws depend on (seed, step) only: any process count, any resume
         g = torch.Generator().manual_seed(int(np.random.SeedSequence([config.seed, step]).generate_state(1)[0]))
-        idx = torch.randperm(n, generator=g)[: config.batch_size]
-        noise = torch.randn(len(idx), dim, generator=g)
+        idx = data.indices(step, config, g)
+        noise = torch.randn(len(idx), data.dim, generator=g)
         if config.prior == "diffusion":
             timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(idx),), generator=g)
             drop = torch.rand(len(idx), generator=g) < config.cond_drop_prob
@@ -448,7 +501,7 @@ def train_prior(out_dir: str | Path, config: PriorTrainConfig, resume: bool = Fa
                 # the reported numbers are the whole micro-batch's (mean over processes), identical on every process
                 values = accelerator.reduce(torch.stack([report, *parts.values()]).float(), reduction="mean")
                 reported.append(values.cpu())
-                check_finite(values[0], step, checkpoint_dir)
+                check_finite(values[0], step, session.checkpoint_dir)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), 1.0)
@@ -457,37 +510,36 @@ def train_prior(out_dir: str | Path, config: PriorTrainConfig, resume: bool = Fa
         scheduler.step()
         mean = torch.stack(reported).mean(0).tolist()
         row = {"step": step + 1, "loss": round(mean[0], 5), **{key: round(v, 5) for key, v in zip(parts, mean[1:])},
-               "grad_norm": round(float(grad_norm), 4), "lr": scheduler.get_last_lr()[0],
-               "elapsed": round(elapsed_before + clock(), 1)}
+               "grad_norm": round(float(grad_norm), 4), "lr": scheduler.get_last_lr()[0], "elapsed": session.elapsed(),
+               **data.position(step)}
         if main:
-            if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-                last_eval = evaluate(raw, config, data, clip)
+            if session.due(step, config.eval_every, config.steps):
+                last_eval = data.evaluate(raw, config)
                 row.update({f"eval/{key}": v for key, v in last_eval.items()})
-            logger.log(row)
-            bar.set_postfix(loss=f"{row['loss']:.4f}")
-            if (step + 1) % config.checkpoint_every == 0 or step + 1 in (config.steps, end):
-                save_checkpoint(checkpoint_dir, raw, optimizer, scheduler, step + 1, extra={"elapsed": row["elapsed"]})
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 in (config.steps, end):
-            accelerator.wait_for_everyone()  # the checkpoint is complete before any process goes on (or resumes)
-    if end < config.steps:
+            session.log(row)
+            session.bar.set_postfix(loss=f"{row['loss']:.4f}")
+    if session.stopped_early:
         finish_processes()
-        return checkpoint_dir
+        return session.checkpoint_dir
     final = out_dir / "final"
     if main:
         raw.eval()
-        record = {"config": dataclasses.asdict(config), "final_metrics": last_eval or evaluate(raw, config, data, clip),
-                  "wall_time_s": round(elapsed_before + clock(), 1), "cache_s": round(cache_s, 1),
+        from evalkit.priors.sizes import count_parameters
+
+        trainable, frozen = count_parameters(raw)
+        record = {"config": dataclasses.asdict(config), "final_metrics": last_eval or data.evaluate(raw, config),
+                  "wall_time_s": session.elapsed(), "cache_s": round(cache_s, 1),
                   "torch_threads": torch.get_num_threads(), "processes": processes, "device": str(device),
-                  "shipped_name": config.shipped_name(),
-                  "num_parameters": sum(p.numel() for p in raw.parameters()),
-                  "num_trainable_parameters": sum(p.numel() for p in raw.parameters() if p.requires_grad)}
-        final = finish(out_dir, raw, record)
+                  "shipped_name": config.shipped_name(), "num_parameters": trainable + frozen,
+                  "num_trainable_parameters": trainable, **data.record()}
+        final = data.save_final(session, raw, record)
     finish_processes()
     return final
 
 
-def ship_prior(run_dir: str | Path, dest: str | Path | None = None) -> Path:
-    """Copy a run's final prior to ``priors/<name>/seed-<seed>/`` (fp16, with its training record)."""
+def ship_prior(run_dir: str | Path, dest: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Copy a run's final prior to ``priors/<name>/seed-<seed>/`` (fp16, with its training record); weights
+    already there are replaced only with ``overwrite``."""
     from evalkit.priors.trained import SHIPPED_ROOT
 
     run_dir = Path(run_dir)
@@ -495,7 +547,7 @@ def ship_prior(run_dir: str | Path, dest: str | Path | None = None) -> Path:
     if not (run_dir / "final").is_dir():
         raise EvalkitError(f"{run_dir} has no final/ weights: the run has not finished (resume it with --resume)")
     dest = Path(dest) if dest is not None else SHIPPED_ROOT / config.shipped_name() / f"seed-{config.seed}"
-    return ship(prior_class(config).model_class, run_dir, dest)
+    return ship(prior_class(config).model_class, run_dir, dest, overwrite=overwrite)
 
 
 def describe(prior: str, size: str, embedding_dim: int, num_embeddings: int) -> dict:
