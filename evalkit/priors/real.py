@@ -169,11 +169,14 @@ class HFTextEncoder(Placeable):
             if not (folder / what).is_file() and not (what == "vocab.json" and (folder / "tokenizer.json").is_file()):
                 raise WeightsNotFoundError(f"text encoder: expected {folder / what}, which does not exist (a "
                                            "transformers CLIPTextModelWithProjection folder and a CLIPTokenizer folder)")
+        from evalkit.scorers.hf_folder import quiet_transformers
+
         use_safetensors = _use_safetensors(encoder_dir, allow_pickle)
         try:
-            model = CLIPTextModelWithProjection.from_pretrained(encoder_dir, local_files_only=True,
-                                                                use_safetensors=use_safetensors)
-            tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+            with quiet_transformers():
+                model = CLIPTextModelWithProjection.from_pretrained(encoder_dir, local_files_only=True,
+                                                                    use_safetensors=use_safetensors)
+                tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
         except (OSError, ValueError, RuntimeError, KeyError) as error:
             raise CorruptFileError(f"text encoder: could not load {encoder_dir} / {tokenizer_dir} "
                                    f"({type(error).__name__}: {error})") from error

@@ -48,7 +48,8 @@ from evalkit.contracts import content_hash
 from evalkit.errors import ConfigMismatchError, EvalkitError, SettingError
 from evalkit.priors.sizes import KINDS, SIZES
 from evalkit.serialization import atomic_write_json
-from evalkit.train.common import Stopwatch, TrainingSession, check_finite, decay_groups, set_seed, ship
+from evalkit.train.common import (Stopwatch, TrainingSession, check_finite, decay_groups, refuse_existing_run, set_seed,
+                                  ship)
 
 #: settings a resumed run may change
 RESUMABLE_KEYS = ("checkpoint_every", "eval_every")
@@ -454,10 +455,12 @@ def train_prior(out_dir: str | Path, config: PriorTrainConfig, resume: bool = Fa
     out_dir = Path(out_dir)
     accelerator = _accelerator(config)
     main = accelerator.is_main_process
-    session = _session(out_dir, config, resume, accelerator)
+    refuse_existing_run(out_dir, resume)
     clock = Stopwatch()
+    # the data and its encoders are checked before the run folder is made: bad input leaves nothing behind
     data = open_training_data(config, accelerator, clip_dir, progress and main)
     cache_s = clock()
+    session = _session(out_dir, config, resume, accelerator)
     set_seed(config.seed)
     model = build_model(config, data.encoder)
     if config.prior == "diffusion" or data.real:  # the standardisation statistics of the training embeddings

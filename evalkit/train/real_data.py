@@ -170,9 +170,9 @@ class EmbeddingData:
             out.update(text=self._text_cache["text"][position], hidden=self._text_cache["hidden"][position].float(),
                        mask=self._text_cache["mask"][position])
         else:
-            encoding = self.encoder.encode_text(captions)
-            out.update(text=encoding.text_embeds.float(), hidden=encoding.text_hidden.float(),
-                       mask=encoding.attention_mask)
+            encoding = self.encoder.encode_text(captions)  # under inference_mode: cloned into ordinary tensors
+            out.update(text=encoding.text_embeds.float().clone(), hidden=encoding.text_hidden.float().clone(),
+                       mask=encoding.attention_mask.clone())
         return out
 
     def empty_encoding(self):
@@ -182,8 +182,8 @@ class EmbeddingData:
 
     def empty(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         e = self.empty_encoding()
-        return (e.text_embeds.float().expand(n, -1), e.text_hidden.float().expand(n, -1, -1),
-                e.attention_mask.expand(n, -1))
+        return (e.text_embeds.float().clone().expand(n, -1), e.text_hidden.float().clone().expand(n, -1, -1),
+                e.attention_mask.clone().expand(n, -1))
 
     def _encode_all(self, progress: bool) -> dict[str, torch.Tensor]:
         """``--cache-text``: every training caption's encoding, in training-row order (hidden states in fp16)."""
