@@ -142,19 +142,23 @@ def train_world():
               help="start from these CLIP weights (e.g. evalkit/embedded/weights/clip) with a fresh optimizer")
 @click.option("--freeze-image-tower/--no-freeze-image-tower", default=None,
               help="train the text tower only: image embeddings, and the decoder trained on them, stay valid")
+@click.option("--stop-at", type=int, help="stop (with a checkpoint) at this step; resume later")
 @click.option("--ship", is_flag=True, help="copy the final weights (fp16) to the shipped folder")
+@click.option("--overwrite", is_flag=True, help="with --ship: replace the weights already shipped")
 @click.option("--threads", type=int, help="torch CPU threads")
-def train_world_clip(out, resume, quick, ship, threads, **overrides):
+def train_world_clip(out, resume, quick, stop_at, ship, overwrite, threads, **overrides):
     """Contrastive training of the world's CLIP, with attribute-swapped hard negatives."""
-    from evalkit.train.world_clip import CLIPTrainConfig, train_clip
+    from evalkit.embedded.clip import SHIPPED_DIR
+    from evalkit.train.world_clip import CLIPTrainConfig, ship_clip, train_clip
 
-    config = _train_config(CLIPTrainConfig, quick, threads, overrides)
-    final = train_clip(out, config, resume=resume)
+    config = _train_config(CLIPTrainConfig, quick, threads, overrides, ship_to=SHIPPED_DIR if ship else None,
+                           overwrite=overwrite)
+    final = train_clip(out, config, resume=resume, stop_at=stop_at)
     click.echo(f"trained CLIP saved to {final}")
-    if ship:
-        from evalkit.train.world_clip import ship_clip
-
-        click.echo(f"shipped to {ship_clip(out)}")
+    if ship and final.name == "final":
+        click.echo(f"shipped to {ship_clip(out, overwrite=overwrite)}")
+    elif ship:
+        click.echo(f"not shipped: the run stopped at step {stop_at}; finish it with --resume --ship")
 
 
 @train_world.command("decoder")
@@ -176,11 +180,13 @@ def train_world_clip(out, resume, quick, ship, threads, **overrides):
 @click.option("--decoder-config", "decoder_config",
               help='architecture overrides of a new decoder as JSON, e.g. \'{"block_out_channels": [32, 64, 128]}\'')
 @click.option("--ship", is_flag=True, help="copy the final weights (fp16) to the shipped folder")
+@click.option("--overwrite", is_flag=True, help="with --ship: replace the weights already shipped")
 @click.option("--threads", type=int, help="torch CPU threads")
-def train_world_decoder(out, resume, quick, clip_dir, stop_at, ship, threads, decoder_config, **overrides):
+def train_world_decoder(out, resume, quick, clip_dir, stop_at, ship, overwrite, threads, decoder_config, **overrides):
     """Train the embedding-conditioned pixel diffusion decoder on CLIP embeddings of world renders."""
     import json
 
+    from evalkit.decoders.synth import SHIPPED_DIR
     from evalkit.train.world_decoder import DecoderTrainConfig, ship_decoder, train_decoder
 
     architecture = {}
@@ -194,11 +200,14 @@ def train_world_decoder(out, resume, quick, clip_dir, stop_at, ship, threads, de
     if architecture:
         overrides["decoder"] = architecture
 
-    config = _train_config(DecoderTrainConfig, quick, threads, overrides)
+    config = _train_config(DecoderTrainConfig, quick, threads, overrides, ship_to=SHIPPED_DIR if ship else None,
+                           overwrite=overwrite)
     final = train_decoder(out, config, resume=resume, clip_dir=clip_dir, stop_at=stop_at)
     click.echo(f"decoder saved to {final}")
-    if ship:
-        click.echo(f"shipped to {ship_decoder(out)}")
+    if ship and final.name == "final":
+        click.echo(f"shipped to {ship_decoder(out, overwrite=overwrite)}")
+    elif ship:
+        click.echo(f"not shipped: the run stopped at step {stop_at}; finish it with --resume --ship")
 
 
 @train_world.command("scorer")
@@ -210,24 +219,37 @@ def train_world_decoder(out, resume, quick, clip_dir, stop_at, ship, threads, de
 @click.option("--lr", type=float, help="peak learning rate")
 @click.option("--num-scenes", type=int, help="rendered training scenes")
 @click.option("--seed", type=int, help="training seed")
+@click.option("--stop-at", type=int, help="stop (with a checkpoint) at this step; resume later")
 @click.option("--ship", is_flag=True, help="copy the final weights (fp16) to the shipped folder")
+@click.option("--overwrite", is_flag=True, help="with --ship: replace the weights already shipped")
 @click.option("--threads", type=int, help="torch CPU threads")
-def train_world_scorer(out, resume, quick, ship, threads, **overrides):
+def train_world_scorer(out, resume, quick, stop_at, ship, overwrite, threads, **overrides):
     """Train the embedded binding scorer ("{noun phrase}?" → P(yes)) on world renders with hard negatives."""
+    from evalkit.scorers.binding import SHIPPED_DIR
     from evalkit.train.world_scorer import ScorerTrainConfig, ship_scorer, train_scorer
 
-    config = _train_config(ScorerTrainConfig, quick, threads, overrides)
-    final = train_scorer(out, config, resume=resume)
+    config = _train_config(ScorerTrainConfig, quick, threads, overrides, ship_to=SHIPPED_DIR if ship else None,
+                           overwrite=overwrite)
+    final = train_scorer(out, config, resume=resume, stop_at=stop_at)
     click.echo(f"scorer saved to {final}")
-    if ship:
-        click.echo(f"shipped to {ship_scorer(out)}")
+    if ship and final.name == "final":
+        click.echo(f"shipped to {ship_scorer(out, overwrite=overwrite)}")
+    elif ship:
+        click.echo(f"not shipped: the run stopped at step {stop_at}; finish it with --resume --ship")
 
 
-def _train_config(config_cls, quick: bool, threads: int | None, overrides: dict):
+def _train_config(config_cls, quick: bool, threads: int | None, overrides: dict, ship_to: Path | None = None,
+                  overwrite: bool = False):
+    """The trainer's config from its flags; also refuses ``--ship`` onto shipped weights without ``--overwrite``
+    before training starts, rather than after an hours-long run."""
     import dataclasses
 
     import torch
 
+    from evalkit.train.common import refuse_existing_weights
+
+    if ship_to is not None:
+        refuse_existing_weights(ship_to, overwrite)
     if threads:
         torch.set_num_threads(threads)
     config = config_cls.quick() if quick else config_cls()
@@ -237,34 +259,101 @@ def _train_config(config_cls, quick: bool, threads: int | None, overrides: dict)
 cli.add_command(train_world, "train-world")
 
 
+@cli.command("embed")
+@click.option("--data", "data", required=True,
+              help="webdataset shards (shards/*.tar, shards/{00000..00099}.tar) or a CSV/TSV/parquet/JSONL manifest "
+                   "(or a folder holding one)")
+@click.option("--image-encoder", "image_encoder", required=True, type=click.Path(),
+              help="local folder: kandinsky-2-2-prior style (image_encoder/ + image_processor/), a "
+                   "CLIPVisionModelWithProjection folder, or a whole CLIPModel folder (openai/clip-vit-large-patch14)")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="new embedding folder (or the one to --resume)")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="images per encoder forward pass")
+@click.option("--num-workers", type=int, default=0, show_default=True, help="DataLoader workers decoding images")
+@click.option("--resume", is_flag=True, help="continue a killed run in --out (finished units are kept)")
+@click.option("--max-bad-fraction", type=float, default=0.01, show_default=True,
+              help="fail (exit 2) when more than this share of records is broken")
+@click.option("--min-size", type=int, default=0, show_default=True, help="skip images with a side below this (0: keep all)")
+@click.option("--rows-per-shard", type=int, default=10_000, show_default=True, help="manifest rows per work unit / output file")
+@click.option("--image-column", help="manifest column of image paths (default: image, image_path, path, filepath, file_name)")
+@click.option("--caption-column", help="manifest column of captions (default: caption, text, TEXT, prompt)")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]),
+              help="encoder compute precision (default: float16 on a GPU, float32 on the CPU); files are float16")
+@click.option("--allow-pickle", is_flag=True, help="load .bin/.pt encoder weights (pickle can run code: trusted files only)")
+def embed_command(data, image_encoder, out, batch_size, num_workers, resume, max_bad_fraction, min_size, rows_per_shard,
+                  image_column, caption_column, device, dtype, allow_pickle):
+    """Embed an image–caption dataset with a CLIP image encoder: the targets for training a prior on real data.
+
+    Writes raw (not L2-normalised) fp16 image_embeds in clip-retrieval's folder layout (img_emb/, metadata/,
+    plus per-unit stats/ and an embeddings.json manifest) that `evalkit.data.embeddings.EmbeddingFolder` reads.
+    Broken records are skipped and counted. Several processes or GPUs:
+    `torchrun --nproc-per-node N -m evalkit embed ...` (the files are the same as with one process).
+    """
+    from evalkit.distributed import world
+    from evalkit.embed import embed_dataset, summary
+
+    try:
+        manifest = embed_dataset(data, image_encoder, out, batch_size=batch_size, num_workers=num_workers,
+                                 resume=resume, max_bad_fraction=max_bad_fraction, min_size=min_size,
+                                 rows_per_shard=rows_per_shard, device=device, dtype=dtype, image_column=image_column,
+                                 caption_column=caption_column, allow_pickle=allow_pickle)
+    except KeyboardInterrupt:  # the group's message points at the work cache; here the units live in --out
+        click.echo(f"interrupted: finished units are kept in {out}; add --resume to the same command to continue",
+                   err=True)
+        click.get_current_context().exit(INTERRUPTED_EXIT_CODE)
+    if world()[0] == 0:
+        click.echo(summary(manifest))
+
+
 @cli.command("train-baseline")
 @click.option("--prior", "prior", required=True, help="eclipse | projection | diffusion")
-@click.option("--size", default="small", show_default=True, help="tiny | small | large | xl | paper (see evalkit/priors/sizes.py)")
+@click.option("--size", help="tiny | small | large | xl | paper (see evalkit/priors/sizes.py) [default: small on the "
+              "synthetic world, paper with --data]")
 @click.option("--out", type=click.Path(file_okay=False), help="run folder (refused if it holds another run)")
+@click.option("--data", type=click.Path(file_okay=False),
+              help="real image-text pairs: an `evalkit embed` folder (default: the synthetic world)")
+@click.option("--text-encoder", type=click.Path(file_okay=False),
+              help="with --data: the frozen text encoder's folder (text_encoder/ + tokenizer/, e.g. kandinsky-2-2-prior)")
+@click.option("--space", help="with --data: the decoder the prior feeds (karlo | kandinsky22) when the embedding "
+              "width is not 768 / 1280")
+@click.option("--val-fraction", type=float, help="with --data: pairs held out for evaluation (default 0.01)")
+@click.option("--val-data", type=click.Path(file_okay=False), help="with --data: an `evalkit embed` folder to evaluate on")
+@click.option("--val-pairs", type=int, help="held-out pairs evaluated (default 1,000)")
+@click.option("--cache-text", is_flag=True, default=None, help="with --data: encode every caption once (small sets)")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
-@click.option("--quick", is_flag=True, help="a seconds-long configuration with a tiny CLIP and prior (tests)")
-@click.option("--steps", type=int, help="optimizer steps")
-@click.option("--batch-size", type=int, help="pairs per step")
-@click.option("--lr", type=float, help="peak learning rate (default: 1e-3; 5e-4 for sizes with >= 4 layers)")
+@click.option("--quick", is_flag=True, help="a seconds-long run: a tiny prior for a few steps on the synthetic world "
+              "(its weights run with `evalkit run --prior-path`, but are not a trained prior)")
+@click.option("--steps", type=int, help="optimizer steps [default: 2,000; 60,000 with --data]")
+@click.option("--batch-size", type=int, help="pairs per step, over all processes [default: 256; 1,024 with --data]")
+@click.option("--lr", type=float, help="peak learning rate [default: 5e-5 with --data; else 1e-3, 5e-4 for sizes with "
+              ">= 4 layers]")
+@click.option("--warmup-steps", type=int, help="linear warm-up steps (default 100)")
 @click.option("--restart-period", type=int, help="CosineAnnealingWarmRestarts T_0 (default: one cycle over the run)")
 @click.option("--lam", type=float, help="contrastive weight λ (default 0.2 for eclipse)")
 @click.option("--tau", type=float, help="contrastive temperature τ (default 0.1)")
 @click.option("--hard-negatives", is_flag=True, default=None, help="eclipse: swapped captions as extra negatives")
-@click.option("--num-pairs", type=int, help="training pairs (default 50,000)")
+@click.option("--num-pairs", type=int, help="synthetic world: training pairs (default 50,000)")
 @click.option("--seed", type=int, help="training seed (initialisation and batch order)")
 @click.option("--grad-accum-steps", type=int, help="micro-batches per optimizer step (default 1)")
 @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]),
               help="accelerate's mixed precision (default no; fp16 needs a GPU)")
+@click.option("--eval-every", type=int, help="steps between held-out evaluations (default 500)")
+@click.option("--checkpoint-every", type=int, help="steps between checkpoints (default 500; Ctrl-C also checkpoints)")
 @click.option("--stop-at", type=int, help="stop (with a checkpoint) at this step; resume later")
-@click.option("--ship", is_flag=True, help="copy the final weights (fp16) to priors/<name>/seed-<seed>/")
+@click.option("--ship", is_flag=True, help="synthetic world: copy the final weights (fp16) into the checkout's "
+              "priors/<name>/seed-<seed>/ (the shipped priors)")
+@click.option("--overwrite", is_flag=True, help="with --ship: replace weights already shipped there")
 @click.option("--describe", is_flag=True, help="print the architecture's parameter count and size, then exit")
 @click.option("--embedding-dim", type=int, help="with --describe: the CLIP embedding dim (paper: 768 or 1280)")
 @click.option("--threads", type=int, help="torch CPU threads")
-def train_baseline(prior, size, out, resume, quick, stop_at, ship, describe, embedding_dim, threads, **overrides):
-    """Train a prior of the synthetic world (ECLIPSE, projection-only or diffusion) from an embedding cache.
+def train_baseline(prior, size, out, resume, quick, stop_at, ship, overwrite, describe, embedding_dim, threads,
+                   **overrides):
+    """Train a baseline prior (ECLIPSE, projection-only or diffusion) on the synthetic world or, with --data, on
+    real image-text pairs embedded by `evalkit embed` (the ECLIPSE paper's settings by default).
 
     Several processes or GPUs: `torchrun --nproc-per-node N -m evalkit train-baseline ...` (or
-    `accelerate launch --multi_gpu --num_processes N -m evalkit train-baseline ...`) trains with DDP on the same global batch.
+    `accelerate launch --multi_gpu --num_processes N -m evalkit train-baseline ...`) trains with DDP on the same
+    global batch. Ctrl-C or SIGTERM writes a checkpoint; `--resume` continues it exactly.
     """
     import torch
 
@@ -274,6 +363,7 @@ def train_baseline(prior, size, out, resume, quick, stop_at, ship, describe, emb
     if threads:
         torch.set_num_threads(threads)
     if describe:
+        size = size or "small"
         dim = embedding_dim or (768 if size == "paper" else 128)
         tokens = 77 if size == "paper" else 20
         info = describe_prior(prior, size, dim, tokens)
@@ -283,15 +373,30 @@ def train_baseline(prior, size, out, resume, quick, stop_at, ship, describe, emb
         return
     if not out:
         raise click.UsageError("--out is required (a new folder for the run)")
+    if ship and overrides.get("data"):
+        raise click.UsageError("--ship copies a synthetic-world prior into the checkout; a prior trained on --data "
+                               "is used from its run folder: --prior-path NAME=OUT/final")
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    config = (PriorTrainConfig.quick(prior, **overrides) if quick
-              else PriorTrainConfig(prior=prior, size=size, **overrides))
+    if size:
+        overrides["size"] = size
+    config = (PriorTrainConfig.quick(prior, tiny=False, **overrides) if quick
+              else PriorTrainConfig(prior=prior, **overrides))
+    if ship:  # refused now, not after the run
+        from evalkit.train.common import refuse_existing_weights
+        from evalkit.train.priors import shipped_dir
+
+        refuse_existing_weights(shipped_dir(config), overwrite)
     final = train_prior(out, config, resume=resume, stop_at=stop_at)
     if world()[0] != 0:
         return
     click.echo(f"prior saved to {final}")
+    record = Path(final) / "training_record.json"
+    if record.is_file() and json.loads(record.read_text()).get("load_with"):
+        click.echo("run it: " + json.loads(record.read_text())["load_with"].replace("=DIR", f"={final}"))
+    elif stop_at is None:
+        click.echo(f"run it: evalkit run --prior {config.prior} --prior-path {config.prior}={final}")
     if ship and stop_at is None:
-        click.echo(f"shipped to {ship_prior(out)}")
+        click.echo(f"shipped to {ship_prior(out, overwrite=overwrite)}")
 
 
 @cli.command("run")

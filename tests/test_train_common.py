@@ -51,7 +51,32 @@ def test_nan_loss_stops_with_message(tmp_path):
 
 def test_jsonl_truncate(tmp_path):
     logger = JsonlLogger(tmp_path / "log.jsonl")
-    for s in range(5):
-        logger.log({"step": s, "loss": 1.0 / (s + 1)})
-    logger.truncate_after(2)
-    assert [r["step"] for r in logger.rows()] == [0, 1, 2]
+    for s in range(1, 6):
+        logger.log({"step": s, "loss": 1.0 / s})
+    logger.truncate_after(3)
+    assert [r["step"] for r in logger.rows()] == [1, 2, 3]
+    logger.log({"step": 4, "loss": 0.2})  # a resume logs the dropped steps again, once
+    assert [r["step"] for r in logger.rows()] == [1, 2, 3, 4]
+
+
+def test_jsonl_refuses_a_step_already_logged(tmp_path):
+    logger = JsonlLogger(tmp_path / "log.jsonl")
+    logger.log({"step": 1, "loss": 1.0})
+    logger.log({"step": 2, "loss": 0.5})
+    with pytest.raises(RuntimeError, match="step 2 is already logged"):
+        JsonlLogger(tmp_path / "log.jsonl").log({"step": 2, "loss": 0.4})  # a new logger reads the file
+    assert [r["step"] for r in logger.rows()] == [1, 2]
+
+
+def test_decay_groups_spare_biases_norms_embeddings_and_frozen_weights():
+    from evalkit.train.common import decay_groups
+
+    model = torch.nn.ModuleDict({"embedding": torch.nn.Embedding(4, 3), "proj": torch.nn.Linear(3, 3),
+                                 "norm": torch.nn.LayerNorm(3), "frozen": torch.nn.Linear(3, 3)})
+    model["frozen"].weight.requires_grad_(False)
+    decay, no_decay = decay_groups(model.named_parameters(), 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert decay["params"] == [model["proj"].weight]
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in no_decay["params"]) == ["embedding.weight", "frozen.bias", "norm.bias",
+                                                                "norm.weight", "proj.bias"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from evalkit.embedded.clip import WorldCLIP
-from evalkit.errors import WeightsNotFoundError
+from evalkit.errors import RunExistsError, WeightsNotFoundError
 from evalkit.train.world_clip import CLIPTrainConfig, caption_targets, combo_index, ship_clip, train_clip
 
 
@@ -19,7 +19,7 @@ def test_quick_training_resume_and_ship(tmp_path):
     assert record["wall_time_s"] > 0 and record["num_parameters"] > 0
 
     # stop half-way, resume: the same weights as the uninterrupted run
-    with pytest.raises(FileExistsError):
+    with pytest.raises(RunExistsError, match="--resume"):
         train_clip(tmp_path / "run", config, progress=False)
     train_clip(tmp_path / "half", config, progress=False, stop_at=4)
     resumed = train_clip(tmp_path / "half", config, resume=True, progress=False)

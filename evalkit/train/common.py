@@ -104,12 +104,11 @@ class JsonlLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def log(self, row: dict) -> None:
-        last = getattr(self, "_last_step", None)
-        if last is None:
-            rows = self.rows()
-            last = max((r.get("step", 0) for r in rows), default=0)
+        last = getattr(self, "_last_step", "unread")
+        if last == "unread":
+            last = max((r["step"] for r in self.rows() if "step" in r), default=None)
         step = row.get("step")
-        if step is not None and step <= last:
+        if step is not None and last is not None and step <= last:
             raise RuntimeError(f"{self.path}: step {step} is already logged (last logged step {last})")
         self._last_step = step if step is not None else last
         with open(self.path, "a") as handle:
@@ -124,16 +123,35 @@ class JsonlLogger:
         """Drop rows logged after ``step`` (work that a resume will redo)."""
         kept = [r for r in self.rows() if r.get("step", 0) <= step]
         self.path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-        self._last_step = max((r.get("step", 0) for r in kept), default=0)
+        self._last_step = max((r["step"] for r in kept if "step" in r), default=None)
+
+
+#: what a run that failed before its first checkpoint leaves: a new run may start over it
+FAILED_START_FILES = {"train_config.json", "log.jsonl"}
 
 
 def refuse_existing_run(out_dir: Path, resume: bool) -> None:
     """A :class:`RunExistsError` when ``out_dir`` holds files and this is not a ``--resume``: a new run never
-    writes over another."""
+    writes over another. A folder holding only what a failed start leaves (its config, no checkpoint, no logged
+    step) is not a run: starting again there loses nothing."""
     out_dir = Path(out_dir)
-    if not resume and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+    if resume or not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise RunExistsError(f"{out_dir} is a file; pick another --out")
+    names = {p.name for p in out_dir.iterdir()}
+    if names <= FAILED_START_FILES and not JsonlLogger(out_dir / "log.jsonl").rows():
+        return
+    if names:
         raise RunExistsError(f"{out_dir} already holds a training run (or other files); pass --resume to continue "
                              "it or pick another --out")
+
+
+def refuse_existing_weights(dest: Path, overwrite: bool) -> None:
+    """Weights in ``dest`` (a shipped folder) are replaced only with ``overwrite`` (CLI: ``--overwrite``)."""
+    dest = Path(dest)
+    if not overwrite and dest.is_dir() and any(dest.iterdir()):
+        raise RunExistsError(f"{dest} already holds weights; add --overwrite to replace them (or ship elsewhere)")
 
 
 def save_checkpoint(directory: Path, model, optimizer=None, scheduler=None, step: int = 0, extra: dict | None = None) -> None:
@@ -234,8 +252,7 @@ def ship(model_cls, run_dir: Path, dest: Path, dtype=torch.float16, overwrite: b
     source = Path(run_dir)
     source = source / "final" if (source / "final").is_dir() else source
     dest = Path(dest)
-    if dest.exists() and any(dest.iterdir()) and not overwrite:
-        raise RunExistsError(f"{dest} already holds weights; pass --overwrite to replace them (or ship elsewhere)")
+    refuse_existing_weights(dest, overwrite)
     staging = dest.with_name(dest.name + ".shipping")
     shutil.rmtree(staging, ignore_errors=True)
     model_cls.from_pretrained(source).save_pretrained(staging, dtype=dtype)
@@ -271,8 +288,11 @@ def check_resumable(out_dir: Path, config, resumable: tuple[str, ...] = ()) -> N
     if not path.is_file():
         return
     saved = json.loads(path.read_text())
-    asked = dataclasses.asdict(config)
-    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    asked = json.loads(json.dumps(dataclasses.asdict(config)))  # as it was saved: tuples are lists there
+    defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else
+                         f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+                for f in dataclasses.fields(config)}
+    defaults = json.loads(json.dumps(defaults, default=str))
     diff = [f"{k}: run has {saved.get(k, defaults[k])!r}, asked {asked[k]!r}" for k in asked
             if k not in resumable and saved.get(k, defaults[k]) != asked[k]]
     if diff:

@@ -540,16 +540,21 @@ def train_prior(out_dir: str | Path, config: PriorTrainConfig, resume: bool = Fa
     return final
 
 
+def shipped_dir(config: PriorTrainConfig) -> Path:
+    """Where ``--ship`` puts a world prior: ``priors/<name>/seed-<seed>/`` in the checkout."""
+    from evalkit.priors.trained import SHIPPED_ROOT
+
+    return SHIPPED_ROOT / config.shipped_name() / f"seed-{config.seed}"
+
+
 def ship_prior(run_dir: str | Path, dest: str | Path | None = None, overwrite: bool = False) -> Path:
     """Copy a run's final prior to ``priors/<name>/seed-<seed>/`` (fp16, with its training record); weights
     already there are replaced only with ``overwrite``."""
-    from evalkit.priors.trained import SHIPPED_ROOT
-
     run_dir = Path(run_dir)
     config = PriorTrainConfig(**json.loads((run_dir / "train_config.json").read_text()))
     if not (run_dir / "final").is_dir():
         raise EvalkitError(f"{run_dir} has no final/ weights: the run has not finished (resume it with --resume)")
-    dest = Path(dest) if dest is not None else SHIPPED_ROOT / config.shipped_name() / f"seed-{config.seed}"
+    dest = Path(dest) if dest is not None else shipped_dir(config)
     return ship(prior_class(config).model_class, run_dir, dest, overwrite=overwrite)
 
 

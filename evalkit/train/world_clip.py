@@ -24,6 +24,7 @@ tower of a shipped CLIP alone, so image embeddings — and the decoder trained o
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from evalkit.serialization import atomic_write_json
-from evalkit.train.common import (JsonlLogger, Stopwatch, check_finite, finish, load_checkpoint, save_checkpoint,
-                                  set_seed, ship)
+from evalkit.train.common import TrainingSession, check_finite, decay_groups, set_seed, ship
 from evalkit.world.tensors import images_to_tensor
 
 
@@ -216,35 +214,31 @@ def contrastive_loss(model, image_embeds, text_embeds, ids, positives=None):
                   + F.cross_entropy(logits.T.masked_fill(ignore.T, float("-inf")), target))
 
 
+#: settings a resumed run may change: they decide when to evaluate and checkpoint, not what is learnt
+RESUMABLE_KEYS = ("checkpoint_every", "eval_every")
+
+
 def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = False, progress: bool = True,
                stop_at: int | None = None):
-    """Train into ``out_dir``; returns ``out_dir/final`` (or the checkpoint when ``stop_at`` stops early)."""
+    """Train into ``out_dir``; returns ``out_dir/final`` (or the checkpoint when ``stop_at`` stops early).
+
+    The auxiliary heads are trained with the CLIP but are not part of it (they are dropped at the end), so
+    the checkpoint carries them beside the model: a resumed run continues them instead of starting fresh.
+    """
     from evalkit.embedded.clip_eval import evaluate_clip
 
-    out_dir = Path(out_dir)
-    checkpoint_dir = out_dir / "checkpoint"
-    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
-        raise FileExistsError(f"{out_dir} already holds a training run; pass --resume to continue it or pick another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "train_config.json", dataclasses.asdict(config))
+    session = TrainingSession(out_dir, config, resume=resume, resumable=RESUMABLE_KEYS,
+                              extra_state=lambda: {"heads": heads.state_dict()})
     set_seed(config.seed)
     model = build_model(config)
     heads = AuxHeads(model.embedding_dim, len(combo_index()))
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    trainable += [(f"aux.{n}", p) for n, p in heads.named_parameters()]
-    decay = [p for n, p in trainable if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in trainable if not (p.ndim >= 2 and "embedding" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
+    named = itertools.chain(model.named_parameters(), ((f"aux.{n}", p) for n, p in heads.named_parameters()))
+    optimizer = torch.optim.AdamW(decay_groups(named, config.weight_decay), lr=config.lr, betas=(0.9, 0.98))
     schedule = lambda s: min(1.0, (s + 1) / config.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    logger = JsonlLogger(out_dir / "log.jsonl")
-    start_step, elapsed_before = 0, 0.0
-    if resume and checkpoint_dir.exists():
-        state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler)
-        start_step, elapsed_before = state["step"], float(state["extra"].get("elapsed", 0.0))
-        heads.load_state_dict(state["extra"]["heads"])
-        logger.truncate_after(start_step)
+    session.restore(model, optimizer, scheduler)
+    if session.resume:
+        heads.load_state_dict(session.extra["heads"])
 
     pool = training_pool(config.num_pairs, config.seed)
     all_ids, all_mask = model.tokenizer(pool["texts"])
@@ -256,14 +250,11 @@ def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = Fals
 
         model.eval()
         frozen_images = embed_images(model, pool["images"], 512)
-    clock = Stopwatch()
-    # the batch order is a function of (seed, step): a resumed run draws the same batches
-    end = min(config.steps, stop_at) if stop_at else config.steps
-    bar = tqdm(range(start_step, end), initial=start_step, total=config.steps, desc="train clip",
-               disable=not progress)
     last_eval: dict = {}
     model.train()
-    for step in bar:
+    for step in session.steps(config.steps, checkpoint_every=config.checkpoint_every, stop_at=stop_at,
+                              desc="train clip", progress=progress):
+        # the batch order is a function of (seed, step): a resumed run draws the same batches
         idx = np.random.default_rng([config.seed, step]).choice(n, size=config.batch_size, replace=False)
         both = np.concatenate([idx, idx + n]) if config.hard_negatives else idx
         positives = batch_positives(pool, both, config)
@@ -271,34 +262,37 @@ def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = Fals
                          all_ids[both], all_mask[both], heads, image_targets[both],
                          text_targets[both] if config.text_aux else None, config.aux_weight, positives,
                          image_raw=frozen_images[both] if frozen_images is not None else None)
-        check_finite(loss, step, checkpoint_dir)
+        check_finite(loss, step, session.checkpoint_dir)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         row = {"step": step + 1, "loss": round(loss.item(), 5), "lr": scheduler.get_last_lr()[0],
-               "logit_scale": round(model.logit_scale.exp().item(), 3), "elapsed": round(elapsed_before + clock(), 1)}
-        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+               "logit_scale": round(model.logit_scale.exp().item(), 3), "elapsed": session.elapsed()}
+        if session.due(step, config.eval_every, config.steps):
             model.eval()
             last_eval = evaluate_clip(model, seeds=config.eval_seeds)
             model.train()
             row.update({f"eval/{k}": v for k, v in last_eval.items()})
-        logger.log(row)
-        bar.set_postfix(loss=f"{row['loss']:.3f}", scale=row["logit_scale"])
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 in (config.steps, end):
-            save_checkpoint(checkpoint_dir, model, optimizer, scheduler, step + 1, extra={"elapsed": row["elapsed"], "heads": heads.state_dict()})
-    if end < config.steps:
-        return checkpoint_dir
+        session.log(row)
+        session.bar.set_postfix(loss=f"{row['loss']:.3f}", scale=row["logit_scale"])
+    if session.stopped_early:
+        return session.checkpoint_dir
     model.eval()
     record = {"config": dataclasses.asdict(config), "final_metrics": last_eval or evaluate_clip(model, seeds=config.eval_seeds),
-              "wall_time_s": round(elapsed_before + clock(), 1), "torch_threads": torch.get_num_threads(),
+              "wall_time_s": session.elapsed(), "torch_threads": torch.get_num_threads(),
               "num_parameters": sum(p.numel() for p in model.parameters())}
-    return finish(out_dir, model, record)
+    return session.finish(model, record)
 
 
-def ship_clip(run_dir: str | Path, dest: str | Path | None = None, dtype: torch.dtype | None = torch.float16) -> Path:
-    """Copy a run's final CLIP to ``dest`` (default: ``evalkit/embedded/weights/clip``) as fp16."""
+def ship_clip(run_dir: str | Path, dest: str | Path | None = None, dtype: torch.dtype | None = torch.float16,
+              overwrite: bool = False) -> Path:
+    """Copy a run's final CLIP to ``dest`` (default: ``evalkit/embedded/weights/clip``) as fp16.
+
+    Weights already there are replaced only with ``overwrite``: the default folder is the checkout's shipped
+    CLIP, and the shipped decoder and priors were trained on its embeddings.
+    """
     from evalkit.embedded.clip import SHIPPED_DIR, WorldCLIP
 
-    return ship(WorldCLIP, run_dir, dest if dest is not None else SHIPPED_DIR, dtype)
+    return ship(WorldCLIP, run_dir, dest if dest is not None else SHIPPED_DIR, dtype, overwrite=overwrite)

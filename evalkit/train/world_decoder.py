@@ -35,9 +35,8 @@ from tqdm.auto import tqdm
 
 from evalkit.contracts import Batch, Protocol, content_hash
 from evalkit.errors import ConfigMismatchError
-from evalkit.serialization import atomic_write_json
-from evalkit.train.common import (JsonlLogger, Stopwatch, check_finite, finish, load_checkpoint, save_checkpoint,
-                                  set_seed, ship)
+from evalkit.train.common import (  # load_checkpoint: how callers read a run's EMA without reopening the run
+    NothingToResumeError, Stopwatch, TrainingSession, check_finite, load_checkpoint, set_seed, ship)
 from evalkit.world.tensors import images_to_tensor
 
 CACHE_DIR_NAME = "cache"
@@ -247,20 +246,10 @@ def lr_lambda(config: DecoderTrainConfig):
     return lambda s: warmup(s) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)))
 
 
-def _check_resume_config(out_dir: Path, config: DecoderTrainConfig) -> None:
-    import json
-
-    path = out_dir / "train_config.json"
-    if not path.is_file():
-        return
-    stored = json.loads(path.read_text())
-    asked = json.loads(json.dumps(dataclasses.asdict(config)))
-    free = RESUMABLE_KEYS if config.lr_schedule == "constant" else RESUMABLE_KEYS[1:]
-    differ = sorted(k for k in set(stored) | set(asked) if stored.get(k) != asked.get(k) and k not in free)
-    if differ:
-        raise ConfigMismatchError(
-            f"cannot resume {out_dir}: its run was started with different settings ({', '.join(differ)}); "
-            "resume with the same flags (a constant-lr run may change --steps), or start a new run with another --out")
+def resumable_keys(config: DecoderTrainConfig) -> tuple[str, ...]:
+    """The settings a resume of this run may change: a cosine schedule is tied to the run's length, so its
+    ``steps`` is fixed; after the constant one's warm-up, more steps only extend the run."""
+    return RESUMABLE_KEYS if config.lr_schedule == "constant" else RESUMABLE_KEYS[1:]
 
 
 # --------------------------------------------------------------------------- training
@@ -272,21 +261,18 @@ def train_decoder(out_dir: str | Path, config: DecoderTrainConfig, resume: bool 
 
     ``clip_dir``: the CLIP whose image embeddings condition the decoder (default: the shipped one;
     ``config.tiny``: a random tiny CLIP). ``stop_at``: stop after that step with a checkpoint (a
-    time-boxed session; continue later with ``resume=True``).
+    time-boxed session; continue later with ``resume=True``). The CLIP is loaded before the run folder
+    is claimed, so missing CLIP weights leave no half-started run behind.
     """
-    out_dir = Path(out_dir)
-    checkpoint_dir = out_dir / "checkpoint"
-    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
-        raise FileExistsError(f"{out_dir} already holds a training run; pass --resume to continue it or pick another --out")
     if config.mixed_precision not in ("no", "bf16"):
         raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {config.mixed_precision!r}")
-    if resume:
-        _check_resume_config(out_dir, config)
     clock = Stopwatch()
     clip = build_clip(config, clip_dir)
     clip_hash = weights_hash(clip)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "train_config.json", dataclasses.asdict(config))
+    ema = None  # built after the seed, below; every checkpoint from then on carries it
+    session = TrainingSession(out_dir, config, resume=resume, resumable=resumable_keys(config),
+                              extra_state=lambda: {"ema": ema.shadow} if ema is not None else {})
+    out_dir = session.out_dir
 
     set_seed(config.seed)
     decoder = build_decoder(config, clip.embedding_dim)
@@ -294,14 +280,9 @@ def train_decoder(out_dir: str | Path, config: DecoderTrainConfig, resume: bool 
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999))
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     ema = EMA(decoder, config.ema_decay) if config.ema_decay > 0 else None
-    logger = JsonlLogger(out_dir / "log.jsonl")
-    start_step, elapsed_before = 0, 0.0
-    if resume and checkpoint_dir.exists():
-        state = load_checkpoint(checkpoint_dir, decoder, optimizer, lr_scheduler)
-        start_step, elapsed_before = state["step"], float(state["extra"].get("elapsed", 0.0))
-        if ema is not None:
-            ema.shadow = {k: v.clone() for k, v in state["extra"]["ema"].items()}
-        logger.truncate_after(start_step)
+    session.restore(decoder, optimizer, lr_scheduler)
+    if session.resume and ema is not None:
+        ema.shadow = {k: v.clone() for k, v in session.extra["ema"].items()}
 
     images = training_renders(config.num_pairs, config.seed)
     embeds = cached_embeddings(out_dir / CACHE_DIR_NAME, clip, clip_hash, images, config, progress)
@@ -322,18 +303,16 @@ def train_decoder(out_dir: str | Path, config: DecoderTrainConfig, resume: bool 
 
     n = len(images)
     setup_s = clock()
-    bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc="train decoder",
-               disable=not progress)
     last_eval: dict = {}
-    step = start_step
     decoder.train()
-    for step in bar:
+    for step in session.steps(config.steps, checkpoint_every=config.checkpoint_every, stop_at=stop_at,
+                              desc="train decoder", progress=progress):
         # the batch order and all noise are functions of (seed, step): a resumed run draws the same
         idx = np.random.default_rng([config.seed, step]).choice(n, size=min(config.batch_size, n), replace=False)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.mixed_precision == "bf16"):
             loss = diffusion_loss(decoder, scheduler, images_to_tensor(images[idx]), embeds[idx],
                                   step_generator(config.seed, step), config.cond_drop_prob, config.snr_gamma)
-        check_finite(loss, step, checkpoint_dir)
+        check_finite(loss, step, session.checkpoint_dir)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
@@ -342,22 +321,14 @@ def train_decoder(out_dir: str | Path, config: DecoderTrainConfig, resume: bool 
         if ema is not None:
             ema.update(decoder, step)
         row = {"step": step + 1, "loss": round(loss.item(), 5), "grad_norm": round(float(grad_norm), 4),
-               "lr": lr_scheduler.get_last_lr()[0], "elapsed": round(elapsed_before + clock(), 1)}
-        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+               "lr": lr_scheduler.get_last_lr()[0], "elapsed": session.elapsed()}
+        if session.due(step, config.eval_every, config.steps):
             last_eval = evaluate(step + 1)
             row.update({f"eval/{k}": v for k, v in last_eval.items()})
-        logger.log(row)
-        bar.set_postfix(loss=f"{row['loss']:.4f}")
-        done = step + 1 == config.steps or (stop_at is not None and step + 1 >= stop_at)
-        if (step + 1) % config.checkpoint_every == 0 or done:
-            extra = {"elapsed": row["elapsed"]}
-            if ema is not None:
-                extra["ema"] = ema.shadow
-            save_checkpoint(checkpoint_dir, decoder, optimizer, lr_scheduler, step + 1, extra=extra)
-        if done and step + 1 < config.steps:
-            bar.close()
-            return checkpoint_dir
-    bar.close()
+        session.log(row)
+        session.bar.set_postfix(loss=f"{row['loss']:.4f}")
+    if session.stopped_early:
+        return session.checkpoint_dir
 
     final_model = decoder
     if ema is not None:
@@ -368,41 +339,55 @@ def train_decoder(out_dir: str | Path, config: DecoderTrainConfig, resume: bool 
         last_eval = evaluate(config.steps)
     record = {"config": dataclasses.asdict(config), "decoder_config": dataclasses.asdict(final_model.config),
               "final_metrics": last_eval, "weights": "ema" if ema is not None else "last",
-              "wall_time_s": round(elapsed_before + clock(), 1), "setup_time_s": round(setup_s, 1),
+              "wall_time_s": session.elapsed(), "setup_time_s": round(setup_s, 1),
               "torch_threads": torch.get_num_threads(), "num_parameters": final_model.num_parameters(),
               "clip": str(clip_dir) if clip_dir else ("tiny-random" if config.tiny else "shipped"), "clip_hash": clip_hash}
-    return finish(out_dir, final_model, record)
+    return session.finish(final_model, record)
 
 
 def final_from_checkpoint(run_dir: str | Path) -> Path:
     """The EMA weights of a run's last checkpoint as ``run_dir/final`` (a run stopped before its last step).
 
-    The training record says at which step and learning rate the weights were taken.
+    The run is reopened as a resume would reopen it (its own settings, its checkpoint, log rows after the
+    checkpoint dropped), so ``final/`` and the log describe the same weights. The training record says at
+    which step and learning rate the weights were taken.
     """
     import json
 
     run_dir = Path(run_dir)
-    config = DecoderTrainConfig(**json.loads((run_dir / "train_config.json").read_text()))
-    embedding_dim = json.loads((run_dir / "checkpoint" / "config.json").read_text())["embedding_dim"]
+    config_path = run_dir / "train_config.json"
+    if not config_path.is_file():
+        raise NothingToResumeError(f"{run_dir} is not a decoder training run ({config_path.name} is missing)")
+    config = DecoderTrainConfig(**json.loads(config_path.read_text()))
+    try:
+        session = TrainingSession(run_dir, config, resume=True)
+    except NothingToResumeError:
+        raise NothingToResumeError(f"{run_dir} holds no checkpoint to take final weights from "
+                                   f"({run_dir / 'checkpoint'} is missing)") from None
+    embedding_dim = json.loads((session.checkpoint_dir / "config.json").read_text())["embedding_dim"]
     decoder = build_decoder(config, embedding_dim)  # the architecture the run trained (weights replaced below)
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=config.lr)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
-    state = load_checkpoint(run_dir / "checkpoint", decoder, optimizer, lr_scheduler)
-    if "ema" in state["extra"]:
-        decoder.load_state_dict({**decoder.state_dict(), **state["extra"]["ema"]})
+    step = session.restore(decoder, optimizer, lr_scheduler)
+    if "ema" in session.extra:
+        decoder.load_state_dict({**decoder.state_dict(), **session.extra["ema"]})
     decoder.eval()
-    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
-    evals = [row for row in log if "eval/recon_cos" in row and row["step"] <= state["step"]]
+    evals = [row for row in session.logger.rows() if "eval/recon_cos" in row and row["step"] <= step]
     record = {"config": dataclasses.asdict(config), "decoder_config": dataclasses.asdict(decoder.config),
-              "stopped_at_step": state["step"], "lr_at_stop": lr_scheduler.get_last_lr()[0],
+              "stopped_at_step": step, "lr_at_stop": lr_scheduler.get_last_lr()[0],
               "final_metrics": {k[5:]: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {},
-              "weights": "ema" if "ema" in state["extra"] else "last", "wall_time_s": state["extra"].get("elapsed"),
+              "weights": "ema" if "ema" in session.extra else "last", "wall_time_s": session.extra.get("elapsed"),
               "num_parameters": decoder.num_parameters()}
-    return finish(run_dir, decoder, record)
+    return session.finish(decoder, record)
 
 
-def ship_decoder(run_dir: str | Path, dest: str | Path | None = None, dtype: torch.dtype | None = torch.float16) -> Path:
-    """Copy a run's final decoder to ``dest`` (default: ``evalkit/embedded/weights/decoder``) as fp16."""
+def ship_decoder(run_dir: str | Path, dest: str | Path | None = None, dtype: torch.dtype | None = torch.float16,
+                 overwrite: bool = False) -> Path:
+    """Copy a run's final decoder to ``dest`` (default: ``evalkit/embedded/weights/decoder``) as fp16.
+
+    Weights already there are replaced only with ``overwrite``: the default folder is the checkout's shipped
+    decoder, which every benchmark run decodes with.
+    """
     from evalkit.decoders.synth import SHIPPED_DIR, SynthDecoder
 
-    return ship(SynthDecoder, run_dir, dest if dest is not None else SHIPPED_DIR, dtype)
+    return ship(SynthDecoder, run_dir, dest if dest is not None else SHIPPED_DIR, dtype, overwrite=overwrite)

@@ -27,9 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from evalkit.train.common import JsonlLogger, Stopwatch, check_finite, finish, load_checkpoint, save_checkpoint, set_seed, ship
+from evalkit.train.common import TrainingSession, check_finite, set_seed, ship
 from evalkit.world.tensors import images_to_tensor
 
 KINDS = ("caption", "object", "swapped", "wrong", "absent")
@@ -185,33 +184,33 @@ def evaluate(model, config: ScorerTrainConfig, split: str = "dev") -> dict:
     return metrics
 
 
-def train_scorer(out_dir: str | Path, config: ScorerTrainConfig, resume: bool = False, progress: bool = True) -> Path:
+#: settings a resumed run may change: they decide when to evaluate and checkpoint, not what is learnt
+RESUMABLE_KEYS = ("checkpoint_every", "eval_every")
+
+
+def train_scorer(out_dir: str | Path, config: ScorerTrainConfig, resume: bool = False, progress: bool = True,
+                 stop_at: int | None = None) -> Path:
+    """Train into ``out_dir``; returns ``out_dir/final`` (or the checkpoint when ``stop_at`` stops early).
+
+    Every step's questions come from a generator seeded by (seed, step), so a resumed run asks the same
+    questions the uninterrupted one would have.
+    """
     from evalkit.world import render, sample_pairs
 
-    out_dir = Path(out_dir)
-    checkpoint_dir = out_dir / "checkpoint"
-    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
-        raise FileExistsError(f"{out_dir} already holds a training run; pass --resume to continue it or pick another --out")
-    clock = Stopwatch()
+    session = TrainingSession(out_dir, config, resume=resume, resumable=RESUMABLE_KEYS)
     set_seed(config.seed)
     model = build_model(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps)
                                                   * 0.5 * (1 + np.cos(np.pi * min(s, config.steps) / config.steps)))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    logger = JsonlLogger(out_dir / "log.jsonl")
-    start, elapsed_before = 0, 0.0
-    if resume and checkpoint_dir.exists():
-        state = load_checkpoint(checkpoint_dir, model, optimizer, schedule)
-        start, elapsed_before = state["step"], float(state["extra"].get("elapsed", 0.0))
-        logger.truncate_after(start)
+    session.restore(model, optimizer, schedule)
     _, scenes = sample_pairs("all", config.num_scenes, seed=config.seed, split="train")
     images, masks = render(scenes, return_masks=True)
     words = object_words(scenes, model.index)
     last: dict = {}
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train scorer", disable=not progress)
     model.train()
-    for step in bar:
+    for step in session.steps(config.steps, checkpoint_every=config.checkpoint_every, stop_at=stop_at,
+                              desc="train scorer", progress=progress):
         rng = np.random.default_rng([config.seed, step])
         idx, phrases, labels, _ = draw_questions(scenes, config.batch_size, rng)
         hot, _ = model.encode_phrases(phrases)
@@ -219,30 +218,35 @@ def train_scorer(out_dir: str | Path, config: ScorerTrainConfig, resume: bool = 
         dense = F.binary_cross_entropy_with_logits(word_logits, dense_targets(masks[idx], words[idx], word_logits.shape[-1]),
                                                    pos_weight=torch.full((word_logits.shape[1], 1, 1), config.pos_weight))
         loss = dense + phrase_loss(model.phrase_log_prob(word_logits, hot), torch.from_numpy(labels))
-        check_finite(loss, step, checkpoint_dir)
+        check_finite(loss, step, session.checkpoint_dir)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
-        row = {"step": step + 1, "loss": round(loss.item(), 5), "elapsed": round(elapsed_before + clock(), 1)}
-        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+        row = {"step": step + 1, "loss": round(loss.item(), 5), "elapsed": session.elapsed()}
+        if session.due(step, config.eval_every, config.steps):
             model.eval()
             last = evaluate(model, config, "dev")
             model.train()
             row.update({f"dev/{k}": v for k, v in last.items()})
-        logger.log(row)
-        bar.set_postfix(loss=f"{row['loss']:.4f}")
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-            save_checkpoint(checkpoint_dir, model, optimizer, schedule, step + 1, extra={"elapsed": row["elapsed"]})
-    bar.close()
+        session.log(row)
+        session.bar.set_postfix(loss=f"{row['loss']:.4f}")
+    if session.stopped_early:
+        return session.checkpoint_dir
     model.eval()
     record = {"config": dataclasses.asdict(config), "dev": last or evaluate(model, config, "dev"),
               "val": evaluate(model, config, "val"), "num_parameters": model.num_parameters(),
-              "wall_time_s": round(elapsed_before + clock(), 1), "torch_threads": torch.get_num_threads()}
-    return finish(out_dir, model, record)
+              "wall_time_s": session.elapsed(), "torch_threads": torch.get_num_threads()}
+    return session.finish(model, record)
 
 
-def ship_scorer(run_dir: str | Path, dest: str | Path | None = None, dtype: torch.dtype | None = torch.float16) -> Path:
+def ship_scorer(run_dir: str | Path, dest: str | Path | None = None, dtype: torch.dtype | None = torch.float16,
+                overwrite: bool = False) -> Path:
+    """Copy a run's final scorer to ``dest`` (default: ``evalkit/embedded/weights/scorer``) as fp16.
+
+    Weights already there are replaced only with ``overwrite``: the default folder is the checkout's shipped
+    scorer, which every benchmark run scores with.
+    """
     from evalkit.scorers.binding import SHIPPED_DIR, BindingVQA
 
-    return ship(BindingVQA, run_dir, dest if dest is not None else SHIPPED_DIR, dtype)
+    return ship(BindingVQA, run_dir, dest if dest is not None else SHIPPED_DIR, dtype, overwrite=overwrite)
