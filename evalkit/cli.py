@@ -337,6 +337,8 @@ def embed_command(data, image_encoder, out, batch_size, num_workers, resume, max
 @click.option("--grad-accum-steps", type=int, help="micro-batches per optimizer step (default 1)")
 @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]),
               help="accelerate's mixed precision (default no; fp16 needs a GPU)")
+@click.option("--log-with", help="tensorboard | wandb (comma-separated): accelerate's trackers, when installed, beside "
+              "log.jsonl (written always)")
 @click.option("--eval-every", type=int, help="steps between held-out evaluations (default 500)")
 @click.option("--checkpoint-every", type=int, help="steps between checkpoints (default 500; Ctrl-C also checkpoints)")
 @click.option("--stop-at", type=int, help="stop (with a checkpoint) at this step; resume later")

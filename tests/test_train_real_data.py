@@ -223,3 +223,41 @@ def test_quick_gives_a_prior_that_evalkit_run_accepts(tmp_path, monkeypatch):
     result = invoke("run", "--prior", "eclipse", "--prior-path", f"eclipse={final}", "--limit", "1",
                     "--images-per-prompt", "1", "--scorer", "analytic", "--out", tmp_path / "runs", "--no-cache")
     assert result.exit_code == 0, result.output
+
+
+def test_accelerate_trackers_get_every_logged_row(world, tmp_path, monkeypatch):
+    """--log-with hands each log row to accelerate's trackers (here a recording one); log.jsonl is written too.
+    A tracker whose package is missing is one clear line."""
+    from accelerate.tracking import GeneralTracker
+    from accelerate.utils import is_tensorboard_available
+
+    import evalkit.train.priors as trainer
+
+    class Recording(GeneralTracker):
+        name, requires_logging_directory = "recording", False
+        seen: list = []
+
+        def __init__(self, run_name="", **kwargs):
+            super().__init__()
+            self.config = None
+
+        @property
+        def tracker(self):
+            return self
+
+        def store_init_configuration(self, values):
+            self.config = values
+
+        def log(self, values, step=None, **kwargs):
+            Recording.seen.append((step, values))
+
+    monkeypatch.setenv("EVALKIT_CACHE_DIR", str(world["root"] / "cache"))
+    monkeypatch.setattr(trainer, "trackers", lambda config: [Recording()] if config.log_with else [])
+    trainer.train_prior(tmp_path / "run", _config(world, "projection", log_with="recording"), progress=False)
+    assert [step for step, _ in Recording.seen] == [r["step"] for r in _log(tmp_path / "run")] == list(range(1, 7))
+    assert "eval/cos" in Recording.seen[2][1]
+    monkeypatch.undo()
+    if not is_tensorboard_available():
+        result = invoke("train-baseline", "--prior", "eclipse", "--data", world["emb_k22"], "--text-encoder", world["k22"],
+                        "--space", "kandinsky22", "--log-with", "tensorboard", "--out", tmp_path / "tb")
+        assert result.exit_code == 2 and "needs the tensorboard package" in result.output

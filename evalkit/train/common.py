@@ -281,6 +281,19 @@ def decay_groups(named_parameters, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def warmup_cosine(warmup_steps: int, total_steps: int, floor: float = 0.0) -> Callable[[int], float]:
+    """A ``LambdaLR`` factor: linear warm-up to 1 over ``warmup_steps`` (step s gives (s + 1) / warmup), times a
+    half cosine from 1 down to ``floor`` over ``total_steps`` (held there after). The world trainers' schedule;
+    the priors use the paper's ``CosineAnnealingWarmRestarts`` instead."""
+    warmup = max(1, warmup_steps)
+
+    def factor(step: int) -> float:
+        return min(1.0, (step + 1) / warmup) * (floor + (1 - floor) * 0.5
+                                                 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+
+    return factor
+
+
 def check_resumable(out_dir: Path, config, resumable: tuple[str, ...] = ()) -> None:
     """A :class:`ConfigMismatchError` listing every setting (other than ``resumable``) that differs from the
     ``train_config.json`` the run in ``out_dir`` was started with: a resume continues *that* run."""

@@ -45,14 +45,16 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from evalkit.contracts import content_hash
-from evalkit.errors import ConfigMismatchError, EvalkitError, SettingError
+from evalkit.errors import EvalkitError, SettingError
 from evalkit.priors.sizes import KINDS, SIZES
 from evalkit.serialization import atomic_write_json
 from evalkit.train.common import (Stopwatch, TrainingSession, check_finite, decay_groups, refuse_existing_run, set_seed,
                                   ship)
 
 #: settings a resumed run may change
-RESUMABLE_KEYS = ("checkpoint_every", "eval_every")
+RESUMABLE_KEYS = ("checkpoint_every", "eval_every", "log_with")
+#: experiment trackers accelerate drives (``--log-with``); log.jsonl is written whatever is chosen
+TRACKERS = ("tensorboard", "wandb")
 DEFAULT_LAMBDA = 0.2
 DEFAULT_TAU = 0.1
 
@@ -94,6 +96,7 @@ class PriorTrainConfig:
     val_pairs: int = 1000  # real data: held-out pairs evaluated (at most)
     cache_text: bool = False  # real data: encode every caption once (small sets; ~197 KB per caption at 1280-d)
     space: str | None = None  # real data: the decoder space (karlo | kandinsky22); None: from the width (768 / 1280)
+    log_with: str | None = None  # tensorboard | wandb (comma-separated): accelerate's trackers, beside log.jsonl
 
     def __post_init__(self):
         from evalkit.errors import UnknownNameError
@@ -411,16 +414,40 @@ def make_scheduler(optimizer, config: PriorTrainConfig):
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[max(1, config.warmup_steps)])
 
 
-def _accelerator(config: PriorTrainConfig):
+def trackers(config: PriorTrainConfig) -> list:
+    """accelerate's trackers for ``config.log_with``: each must be installed (a clear error names the package)."""
+    from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+    names = [n.strip() for n in (config.log_with or "").split(",") if n.strip()]
+    available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
+    for name in names:
+        if name not in available:
+            from evalkit.errors import UnknownNameError
+
+            raise UnknownNameError("tracker", name, list(TRACKERS))
+        if not available[name]():
+            raise SettingError(f"--log-with {name} needs the {name} package, which is not installed (pip install "
+                               f"{name}); log.jsonl is written without it")
+    return names
+
+
+def _accelerator(config: PriorTrainConfig, out_dir: Path | None = None):
     from accelerate import Accelerator
 
+    log_with = trackers(config)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision,
-                              gradient_accumulation_steps=config.grad_accum_steps)
+                              gradient_accumulation_steps=config.grad_accum_steps, log_with=log_with or None,
+                              project_dir=str(out_dir / "trackers") if out_dir is not None and log_with else None)
     share = accelerator.num_processes * config.grad_accum_steps
     if config.batch_size % share:
         raise SettingError(f"--batch-size {config.batch_size} must be divisible by processes × --grad-accum-steps "
                          f"= {accelerator.num_processes} × {config.grad_accum_steps}")
     return accelerator
+
+
+def _tracker_config(config: PriorTrainConfig) -> dict:
+    """The run's settings as trackers take them (scalars and strings; None as "")."""
+    return {k: ("" if v is None else v) for k, v in dataclasses.asdict(config).items()}
 
 
 def _session(out_dir: Path, config: PriorTrainConfig, resume: bool, accelerator) -> TrainingSession:
@@ -453,7 +480,7 @@ def train_prior(out_dir: str | Path, config: PriorTrainConfig, resume: bool = Fa
     from evalkit.priors.diffusion import train_scheduler
 
     out_dir = Path(out_dir)
-    accelerator = _accelerator(config)
+    accelerator = _accelerator(config, out_dir)
     main = accelerator.is_main_process
     refuse_existing_run(out_dir, resume)
     clock = Stopwatch()
@@ -474,7 +501,9 @@ def train_prior(out_dir: str | Path, config: PriorTrainConfig, resume: bool = Fa
         from evalkit.serialization import load_config
 
         check_config(dict(model.config), load_config(session.checkpoint_dir), str(session.checkpoint_dir))
-    start_step = session.restore(model, optimizer, scheduler)
+    session.restore(model, optimizer, scheduler)
+    if config.log_with:
+        accelerator.init_trackers(f"evalkit-{config.shipped_name()}", config=_tracker_config(config))
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
     device, rank, processes = accelerator.device, accelerator.process_index, accelerator.num_processes
@@ -521,6 +550,10 @@ def train_prior(out_dir: str | Path, config: PriorTrainConfig, resume: bool = Fa
                 row.update({f"eval/{key}": v for key, v in last_eval.items()})
             session.log(row)
             session.bar.set_postfix(loss=f"{row['loss']:.4f}")
+            if config.log_with:
+                accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+    if config.log_with:
+        accelerator.end_training()
     if session.stopped_early:
         finish_processes()
         return session.checkpoint_dir

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evalkit.train.common import TrainingSession, check_finite, decay_groups, set_seed, ship
+from evalkit.train.common import TrainingSession, check_finite, decay_groups, set_seed, ship, warmup_cosine
 from evalkit.world.tensors import images_to_tensor
 
 
@@ -234,8 +233,7 @@ def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = Fals
     heads = AuxHeads(model.embedding_dim, len(combo_index()))
     named = itertools.chain(model.named_parameters(), ((f"aux.{n}", p) for n, p in heads.named_parameters()))
     optimizer = torch.optim.AdamW(decay_groups(named, config.weight_decay), lr=config.lr, betas=(0.9, 0.98))
-    schedule = lambda s: min(1.0, (s + 1) / config.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup_steps, config.steps))
     session.restore(model, optimizer, scheduler)
     if session.resume:
         heads.load_state_dict(session.extra["heads"])

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from tqdm.auto import tqdm
 from evalkit.contracts import Batch, Protocol, content_hash
 from evalkit.errors import ConfigMismatchError
 from evalkit.train.common import (  # load_checkpoint: how callers read a run's EMA without reopening the run
-    NothingToResumeError, Stopwatch, TrainingSession, check_finite, load_checkpoint, set_seed, ship)
+    NothingToResumeError, Stopwatch, TrainingSession, check_finite, load_checkpoint, set_seed, ship, warmup_cosine)
 from evalkit.world.tensors import images_to_tensor
 
 CACHE_DIR_NAME = "cache"
@@ -240,10 +239,9 @@ def save_grid(path: Path, targets_uint8: np.ndarray, decoded: torch.Tensor, colu
 def lr_lambda(config: DecoderTrainConfig):
     if config.lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"lr_schedule must be 'constant' or 'cosine', not {config.lr_schedule!r}")
-    warmup = lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps))
     if config.lr_schedule == "constant":
-        return warmup
-    return lambda s: warmup(s) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)))
+        return lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps))
+    return warmup_cosine(config.warmup_steps, config.steps, floor=0.1)
 
 
 def resumable_keys(config: DecoderTrainConfig) -> tuple[str, ...]:

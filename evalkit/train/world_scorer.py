@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evalkit.train.common import TrainingSession, check_finite, set_seed, ship
+from evalkit.train.common import TrainingSession, check_finite, set_seed, ship, warmup_cosine
 from evalkit.world.tensors import images_to_tensor
 
 KINDS = ("caption", "object", "swapped", "wrong", "absent")
@@ -201,8 +201,7 @@ def train_scorer(out_dir: str | Path, config: ScorerTrainConfig, resume: bool = 
     set_seed(config.seed)
     model = build_model(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps)
-                                                  * 0.5 * (1 + np.cos(np.pi * min(s, config.steps) / config.steps)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup_steps, config.steps))
     session.restore(model, optimizer, schedule)
     _, scenes = sample_pairs("all", config.num_scenes, seed=config.seed, split="train")
     images, masks = render(scenes, return_masks=True)
