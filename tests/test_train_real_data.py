@@ -69,14 +69,30 @@ def test_paper_settings_are_the_defaults_on_real_data(world):
     assert (world_config.size, world_config.steps, world_config.batch_size) == ("small", 2000, 256)
 
 
-@pytest.mark.parametrize("prior", ["eclipse", "projection", "diffusion"])
-def test_each_prior_trains_saves_in_the_public_layout_and_runs_to_a_report(world, prior, tmp_path, monkeypatch):
-    from evalkit.data.embeddings import EmbeddingFolder
-    from evalkit.train.priors import train_prior
+def _torchrun(world, *args):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed beside this Python")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "EVALKIT_CACHE_DIR": str(world["root"] / "cache")}
+    done = subprocess.run([str(a) for a in [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "evalkit", *args]],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
 
-    monkeypatch.setenv("EVALKIT_CACHE_DIR", str(world["root"] / "cache"))
-    config = _config(world, prior)
-    final = train_prior(tmp_path / "run", config, progress=False)
+
+def _train_args(world, prior, out, steps=6):
+    return ["train-baseline", "--prior", prior, "--data", world["emb_k22"], "--text-encoder", world["k22"],
+            "--space", "kandinsky22", "--size", "tiny", "--steps", steps, "--batch-size", "8", "--lr", "1e-3",
+            "--warmup-steps", "2", "--checkpoint-every", "3", "--eval-every", "3", "--val-fraction", "0.2", "--out", out]
+
+
+@pytest.mark.parametrize("prior", ["eclipse", "projection", "diffusion"])
+def test_each_prior_trains_saves_in_the_public_layout_and_runs_to_a_report(world, prior, tmp_path):
+    """Trained on 2 processes (torchrun, DDP on gloo), saved, loaded through --prior-path, decoded, scored."""
+    from evalkit.data.embeddings import EmbeddingFolder
+
+    _torchrun(world, *_train_args(world, prior, tmp_path / "run"))
+    final = tmp_path / "run" / "final"
     rows = _log(tmp_path / "run")
     assert [r["step"] for r in rows] == list(range(1, 7))
     assert {"eval/cos", "eval/rank", "eval/recall1", "eval/shuffled_cos", "eval/shuffled_rank"} <= set(rows[2])
@@ -125,25 +141,17 @@ def test_an_eclipse_prior_in_the_karlo_space_runs_through_karlo(world, tmp_path,
     assert result.exit_code == 0, result.output
 
 
-def test_two_processes_equal_one_and_resume_mid_epoch(world, tmp_path):
+def test_two_processes_equal_one_and_resume_mid_epoch(world, tmp_path, monkeypatch):
     """torchrun on 2 CPU processes (each encodes its share of the captions) gives the single-process loss
     curve; stopped at step 5 (mid-epoch 1) and resumed, the weights equal the uninterrupted run's."""
     from evalkit.priors.eclipse import EclipsePriorTransformer
     from evalkit.train.priors import train_prior
 
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    if torchrun is None:
-        pytest.skip("torchrun is not installed beside this Python")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "EVALKIT_CACHE_DIR": str(world["root"] / "cache")}
+    monkeypatch.setenv("EVALKIT_CACHE_DIR", str(world["root"] / "cache"))
     config = _config(world, "eclipse", steps=7)
     single = train_prior(tmp_path / "one", config, progress=False)
-    base = [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "evalkit", "train-baseline", "--prior", "eclipse",
-            "--data", world["emb_k22"], "--text-encoder", world["k22"], "--space", "kandinsky22", "--size", "tiny",
-            "--steps", "7", "--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "2", "--checkpoint-every", "3",
-            "--eval-every", "3", "--val-fraction", "0.2", "--out", tmp_path / "two"]
     for extra in (["--stop-at", "5"], ["--resume"]):
-        done = subprocess.run([str(a) for a in base + extra], env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
+        done = _torchrun(world, *_train_args(world, "eclipse", tmp_path / "two", steps=7), *extra)
     assert "run it: evalkit run --prior eclipse-kandinsky22" in done.stdout
     one, two = _log(tmp_path / "one"), _log(tmp_path / "two")
     assert [r["step"] for r in two] == list(range(1, 8))
