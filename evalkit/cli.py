@@ -31,8 +31,9 @@ class EvalkitGroup(click.Group):
             click.echo(f"Error: {error}", err=True)
             ctx.exit(error.exit_code)
         except (KeyboardInterrupt, click.exceptions.Abort):
-            click.echo("interrupted: finished work is kept in the work cache; run the same command again to resume",
-                       err=True)
+            click.echo("interrupted: finished work is kept (a run's in the work cache; training and embedding runs in "
+                       "their last checkpoint or finished units); run the same command again to resume (add --resume "
+                       "for train-baseline, train-world and embed)", err=True)
             ctx.exit(INTERRUPTED_EXIT_CODE)
 
 

@@ -35,7 +35,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step(batch):
-        loss, _ = eclipse_loss(model, batch, torch.randn(len(batch["image"]), clip.embedding_dim), config)
+        loss, _, _ = eclipse_loss(model, batch, torch.randn(len(batch["image"]), clip.embedding_dim), config)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
