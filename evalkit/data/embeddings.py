@@ -19,7 +19,6 @@ last: a stats file present means the unit is complete, which is all a resume nee
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -55,11 +54,10 @@ def stats_file(root: Path, index: int) -> Path:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """sha256 of a regular file, read in chunks (evalkit's one file hash)."""
+    from evalkit.prompts_fetch import sha256_file
+
+    return sha256_file(path)
 
 
 def _tmp_name(path: Path) -> Path:

@@ -102,16 +102,6 @@ KNOWN_CHECKPOINTS: list[dict[str, Any]] = [
 ]
 
 
-def _file_sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def known_checkpoint(name: str) -> dict[str, Any]:
     for entry in KNOWN_CHECKPOINTS:
         if entry["name"] == name:
@@ -401,10 +391,12 @@ class _CheckpointMixin:
         own = super().training_data()
         if own or not self.checkpoint:
             return own
+        from evalkit.prompts_fetch import sha256_file as file_sha256
+
         entry = known_checkpoint(self.checkpoint)
         weights = self.path / DIFFUSERS_WEIGHTS_NAME if getattr(self, "path", None) is not None else None
         if entry.get("weights_sha256") and weights is not None and weights.is_file() \
-                and _file_sha256(weights) == entry["weights_sha256"]:
+                and file_sha256(weights) == entry["weights_sha256"]:
             return entry["training_data"]
         return f"unknown (weights not verified as {entry['repo_id']})"
 
