@@ -22,7 +22,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from evalkit.contracts import RunConfig
+from evalkit.run_config import RunConfig
 from evalkit.paths import REPO_ROOT
 
 GOLDEN_DIR = REPO_ROOT / "results" / "golden" / "smoke"

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from evalkit import distributed
 from evalkit.cache import WorkCache, fingerprint, image_sha256, png_bytes, work_key
-from evalkit.contracts import Batch, Protocol, ResultRow, RunConfig, SampleRow, check_embedding_contract
+from evalkit.contracts import Batch, Protocol, ResultRow, SampleRow, check_embedding_contract
+from evalkit.run_config import RunConfig
 from evalkit.environment import describe as describe_environment
 from evalkit.errors import EvalkitError, SettingError, WriteError
 from evalkit.placement import numeric_path

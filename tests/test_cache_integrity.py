@@ -17,7 +17,8 @@ from click.testing import CliRunner
 
 from evalkit.cache import WorkCache, fingerprint
 from evalkit.cli import cli
-from evalkit.contracts import Batch, Protocol, RunConfig
+from evalkit.contracts import Batch, Protocol
+from evalkit.run_config import RunConfig
 from evalkit.decoders.dummy import DummyDecoder
 from evalkit.priors.dummy import DummyPrior
 from evalkit.runner import evaluate, run
@@ -342,7 +343,7 @@ def test_a_priors_cached_work_does_not_depend_on_the_other_priors_of_the_run(tmp
     copy), so a warm run with another set of priors recomputes nothing of it."""
     import json
 
-    from evalkit.contracts import RunConfig
+    from evalkit.run_config import RunConfig
     from evalkit.runner import run
 
     def config(out, priors):

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from evalkit.cli import cli
 from evalkit.compare import MIN_PROMPTS, ProtocolMismatchError, compare_results, headline
-from evalkit.contracts import RunConfig
+from evalkit.run_config import RunConfig
 from evalkit.runner import run
 from evalkit.serialization import seal
 from evalkit.stats import binomial_floor, paired_bootstrap, paired_floor

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from evalkit.contracts import RunConfig
+from evalkit.run_config import RunConfig
 from evalkit.errors import EvalkitError
 from evalkit.export import export_t2i_compbench
 from evalkit.importer import BVQA_SCORER, import_t2i_compbench

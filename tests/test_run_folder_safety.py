@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from evalkit.cli import cli
-from evalkit.contracts import RunConfig
+from evalkit.run_config import RunConfig
 from evalkit.errors import CorruptFileError, EvalkitError, PromptFileError
 from evalkit.report.run_report import load_run, write_report
 from evalkit.runner import run

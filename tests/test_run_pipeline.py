@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from evalkit.cache import WorkCache, fingerprint, work_key
 from evalkit.cli import cli
 from evalkit.compare import ProtocolMismatchError, compare_results
-from evalkit.contracts import Batch, Protocol, RunConfig
+from evalkit.contracts import Batch, Protocol
+from evalkit.run_config import RunConfig
 from evalkit.decoders.dummy import DummyDecoder
 from evalkit.errors import EvalkitError
 from evalkit.priors.dummy import DummyPrior, DummyPriorConfig

@@ -278,7 +278,7 @@ def mean_abs_diff(images: dict, baseline: dict) -> float:
 
 
 def config_for(stack: str, variant: Variant, args, out: Path):
-    from evalkit.contracts import RunConfig
+    from evalkit.run_config import RunConfig
 
     batches = args.warmup + args.repeats
     return RunConfig(priors=[PRIORS[stack]], decoder=stack, suites=[SUITE], scorers=["dummy"], images_per_prompt=1,

@@ -27,7 +27,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from evalkit.contracts import Batch, Protocol, RunConfig
+    from evalkit.contracts import Batch, Protocol
+    from evalkit.run_config import RunConfig
     from evalkit.decoders.synth import SynthDecoder
     from evalkit.priors import load_prior
     from evalkit.report.grid import to_uint8
