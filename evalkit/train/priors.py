@@ -465,6 +465,22 @@ def _optimizer(model, config: PriorTrainConfig):
     return optimizer, make_scheduler(optimizer, config)  # the scheduler is stepped once per optimizer step, by us
 
 
+@dataclass
+class _Run:
+    """What one training run holds between its stages."""
+
+    config: PriorTrainConfig
+    accelerator: object
+    data: object
+    session: TrainingSession
+    model: torch.nn.Module  # as prepared by accelerate (DDP-wrapped under several processes)
+    raw: torch.nn.Module  # the network itself
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    noise_schedule: object
+    cache_s: float
+
+
 def train_prior(out_dir: str | Path, config: PriorTrainConfig, resume: bool = False, progress: bool = True,
                 stop_at: int | None = None, clip_dir=None) -> Path:
     """Train into ``out_dir``; returns ``out_dir/final`` (or the checkpoint folder when ``stop_at`` stops early).
@@ -477,15 +493,41 @@ def train_prior(out_dir: str | Path, config: PriorTrainConfig, resume: bool = Fa
     evaluates, logs and checkpoints.
     """
     from evalkit.distributed import finish as finish_processes
+
+    run = _start(Path(out_dir), config, resume, progress, clip_dir)
+    last_eval: dict = {}
+    for step in run.session.steps(config.steps, checkpoint_every=config.checkpoint_every, stop_at=stop_at,
+                                  desc=f"train {config.shipped_name()}", progress=progress):
+        row = _train_step(run, step)
+        if run.accelerator.is_main_process:
+            if run.session.due(step, config.eval_every, config.steps):
+                last_eval = run.data.evaluate(run.raw, config)
+                row.update({f"eval/{key}": v for key, v in last_eval.items()})
+            run.session.log(row)
+            run.session.bar.set_postfix(loss=f"{row['loss']:.4f}")
+            if config.log_with:
+                run.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+    if config.log_with:
+        run.accelerator.end_training()
+    if run.session.stopped_early:
+        finish_processes()
+        return run.session.checkpoint_dir
+    final = Path(out_dir) / "final"
+    if run.accelerator.is_main_process:
+        final = _save_final(run, last_eval)
+    finish_processes()
+    return final
+
+
+def _start(out_dir: Path, config: PriorTrainConfig, resume: bool, progress: bool, clip_dir) -> _Run:
+    """Check the folder, open the data, build (or restore) model, optimizer and schedule, and prepare them."""
     from evalkit.priors.diffusion import train_scheduler
 
-    out_dir = Path(out_dir)
     accelerator = _accelerator(config, out_dir)
-    main = accelerator.is_main_process
     refuse_existing_run(out_dir, resume)
     clock = Stopwatch()
     # the data and its encoders are checked before the run folder is made: bad input leaves nothing behind
-    data = open_training_data(config, accelerator, clip_dir, progress and main)
+    data = open_training_data(config, accelerator, clip_dir, progress and accelerator.is_main_process)
     cache_s = clock()
     session = _session(out_dir, config, resume, accelerator)
     set_seed(config.seed)
@@ -505,72 +547,63 @@ def train_prior(out_dir: str | Path, config: PriorTrainConfig, resume: bool = Fa
     if config.log_with:
         accelerator.init_trackers(f"evalkit-{config.shipped_name()}", config=_tracker_config(config))
     model, optimizer = accelerator.prepare(model, optimizer)
-    raw = accelerator.unwrap_model(model)
-    device, rank, processes = accelerator.device, accelerator.process_index, accelerator.num_processes
-    noise_schedule = train_scheduler()
-    micro = config.batch_size // (processes * config.grad_accum_steps)
-    last_eval: dict = {}
-    for step in session.steps(config.steps, checkpoint_every=config.checkpoint_every, stop_at=stop_at,
-                              desc=f"train {config.shipped_name()}", progress=progress):
-        # the global batch and all of its random draws depend on (seed, step) only: any process count, any resume
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([config.seed, step]).generate_state(1)[0]))
-        idx = data.indices(step, config, g)
-        noise = torch.randn(len(idx), data.dim, generator=g)
-        if config.prior == "diffusion":
-            timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(idx),), generator=g)
-            drop = torch.rand(len(idx), generator=g) < config.cond_drop_prob
-        reported = []
-        for k in range(config.grad_accum_steps):
-            # micro-batch k of the step is a contiguous chunk of the batch; process r takes its r-th share
-            share = slice((k * processes + rank) * micro, (k * processes + rank + 1) * micro)
-            batch = {key: v.to(device) for key, v in data.batch("train", idx[share]).items()}
-            with accelerator.accumulate(model):
-                if config.prior == "diffusion":
-                    loss, report, parts = diffusion_loss(model, batch, noise[share].to(device), timesteps[share].to(device),
-                                                         drop[share].to(device), data, noise_schedule)
-                else:
-                    loss, report, parts = eclipse_loss(model, batch, noise[share].to(device), config, accelerator)
-                # the reported numbers are the whole micro-batch's (mean over processes), identical on every process
-                values = accelerator.reduce(torch.stack([report, *parts.values()]).float(), reduction="mean")
-                reported.append(values.cpu())
-                check_finite(values[0], step, session.checkpoint_dir)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        mean = torch.stack(reported).mean(0).tolist()
-        row = {"step": step + 1, "loss": round(mean[0], 5), **{key: round(v, 5) for key, v in zip(parts, mean[1:])},
-               "grad_norm": round(float(grad_norm), 4), "lr": scheduler.get_last_lr()[0], "elapsed": session.elapsed(),
-               **data.position(step)}
-        if main:
-            if session.due(step, config.eval_every, config.steps):
-                last_eval = data.evaluate(raw, config)
-                row.update({f"eval/{key}": v for key, v in last_eval.items()})
-            session.log(row)
-            session.bar.set_postfix(loss=f"{row['loss']:.4f}")
-            if config.log_with:
-                accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
-    if config.log_with:
-        accelerator.end_training()
-    if session.stopped_early:
-        finish_processes()
-        return session.checkpoint_dir
-    final = out_dir / "final"
-    if main:
-        raw.eval()
-        from evalkit.priors.sizes import count_parameters
+    return _Run(config, accelerator, data, session, model, accelerator.unwrap_model(model), optimizer, scheduler,
+                train_scheduler(), cache_s)
 
-        trainable, frozen = count_parameters(raw)
-        record = {"config": dataclasses.asdict(config), "final_metrics": last_eval or data.evaluate(raw, config),
-                  "wall_time_s": session.elapsed(), "cache_s": round(cache_s, 1),
-                  "torch_threads": torch.get_num_threads(), "processes": processes, "device": str(device),
-                  "shipped_name": config.shipped_name(), "num_parameters": trainable + frozen,
-                  "num_trainable_parameters": trainable, **data.record()}
-        final = data.save_final(session, raw, record)
-    finish_processes()
-    return final
+
+def _train_step(run: _Run, step: int) -> dict:
+    """One optimizer step over the step's global batch; returns its log row (the same on every process)."""
+    config, accelerator, data = run.config, run.accelerator, run.data
+    device, rank, processes = accelerator.device, accelerator.process_index, accelerator.num_processes
+    micro = config.batch_size // (processes * config.grad_accum_steps)
+    # the global batch and all of its random draws depend on (seed, step) only: any process count, any resume
+    g = torch.Generator().manual_seed(int(np.random.SeedSequence([config.seed, step]).generate_state(1)[0]))
+    idx = data.indices(step, config, g)
+    noise = torch.randn(len(idx), data.dim, generator=g)
+    if config.prior == "diffusion":
+        timesteps = torch.randint(0, run.noise_schedule.config.num_train_timesteps, (len(idx),), generator=g)
+        drop = torch.rand(len(idx), generator=g) < config.cond_drop_prob
+    reported = []
+    for k in range(config.grad_accum_steps):
+        # micro-batch k of the step is a contiguous chunk of the batch; process r takes its r-th share
+        share = slice((k * processes + rank) * micro, (k * processes + rank + 1) * micro)
+        batch = {key: v.to(device) for key, v in data.batch("train", idx[share]).items()}
+        with accelerator.accumulate(run.model):
+            if config.prior == "diffusion":
+                loss, report, parts = diffusion_loss(run.model, batch, noise[share].to(device),
+                                                     timesteps[share].to(device), drop[share].to(device), data,
+                                                     run.noise_schedule)
+            else:
+                loss, report, parts = eclipse_loss(run.model, batch, noise[share].to(device), config, accelerator)
+            # the reported numbers are the whole micro-batch's (mean over processes), identical on every process
+            values = accelerator.reduce(torch.stack([report, *parts.values()]).float(), reduction="mean")
+            reported.append(values.cpu())
+            check_finite(values[0], step, run.session.checkpoint_dir)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                grad_norm = accelerator.clip_grad_norm_(run.model.parameters(), 1.0)
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    mean = torch.stack(reported).mean(0).tolist()
+    return {"step": step + 1, "loss": round(mean[0], 5), **{key: round(v, 5) for key, v in zip(parts, mean[1:])},
+            "grad_norm": round(float(grad_norm), 4), "lr": run.scheduler.get_last_lr()[0],
+            "elapsed": run.session.elapsed(), **data.position(step)}
+
+
+def _save_final(run: _Run, last_eval: dict) -> Path:
+    """``final/`` with the training record (process 0)."""
+    from evalkit.priors.sizes import count_parameters
+
+    run.raw.eval()
+    trainable, frozen = count_parameters(run.raw)
+    config = run.config
+    record = {"config": dataclasses.asdict(config), "final_metrics": last_eval or run.data.evaluate(run.raw, config),
+              "wall_time_s": run.session.elapsed(), "cache_s": round(run.cache_s, 1),
+              "torch_threads": torch.get_num_threads(), "processes": run.accelerator.num_processes,
+              "device": str(run.accelerator.device), "shipped_name": config.shipped_name(),
+              "num_parameters": trainable + frozen, "num_trainable_parameters": trainable, **run.data.record()}
+    return run.data.save_final(run.session, run.raw, record)
 
 
 def shipped_dir(config: PriorTrainConfig) -> Path:
