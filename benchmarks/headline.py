@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def keep(run_dir: Path, dest: Path) -> None:
-    from evalkit.report.run_report import prior_order, load_run, report_images, write_report
+    from evalkit.report.run_report import prior_order, report_images, write_report
+    from evalkit.runs import load_run
 
     run = load_run(run_dir)
     dest.mkdir(parents=True, exist_ok=False)

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from evalkit import __version__
+from evalkit.checks import default_check_dir
 from evalkit.errors import EvalkitError
 
 
@@ -402,95 +403,105 @@ def train_baseline(prior, size, out, resume, quick, stop_at, ship, overwrite, de
         click.echo(f"shipped to {ship_prior(out, overwrite=overwrite)}")
 
 
+def _run_options(command):
+    """``evalkit run``'s flags, one per RunConfig field: their defaults and help live in run_config.py only."""
+    import dataclasses
+
+    from evalkit.run_config import RunConfig, field_types
+
+    hints = field_types()
+    for spec in reversed(dataclasses.fields(RunConfig)):  # click lists the last applied first
+        command = click.option(*_flag_names(spec), **_flag_attrs(spec, hints[spec.name]))(command)
+    return command
+
+
+def _flag_names(spec) -> tuple[str, str]:
+    name = spec.metadata.get("flag") or "--" + spec.name.replace("_", "-")
+    if spec.metadata.get("negatable"):
+        name = f"{name}/--no-{name[2:]}"
+    return name, spec.name
+
+
+def _flag_attrs(spec, hint) -> dict:
+    """click's settings for a field's flag; the default is for ``--help`` only (:func:`_given` reads just the
+    flags typed, and RunConfig supplies the rest)."""
+    import dataclasses
+
+    from evalkit.run_config import base_type
+
+    meta, (kind, _) = spec.metadata, base_type(hint)
+    default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+    attrs = {"help": meta["help"], "show_default": meta.get("show_default", default not in (None, "", False, [], {}))}
+    if meta.get("multiple"):
+        return {**attrs, "multiple": True, "metavar": meta.get("metavar"), "type": _path_type(meta.get("path"))}
+    if kind is bool:
+        return {**attrs, "is_flag": True, "default": default}
+    click_type = {int: int, float: float}.get(kind, str)
+    if meta.get("choices"):
+        click_type = click.Choice(list(meta["choices"]))
+    elif meta.get("path"):
+        click_type = _path_type(meta["path"])
+    attrs.update(type=click_type, metavar=meta.get("metavar"),
+                 default=",".join(default) if isinstance(default, list) else default)
+    if "flag_value" in meta:
+        attrs.update(is_flag=False, flag_value=meta["flag_value"])
+    return attrs
+
+
+def _path_type(path: str | None):
+    return {None: None, "file": click.Path(dir_okay=False), "dir": click.Path(file_okay=False),
+            "any": click.Path()}[path]
+
+
+def _given(ctx, values: dict) -> dict:
+    """The RunConfig fields typed on the command line, parsed: only these override a preset and a config file."""
+    import dataclasses
+
+    from click.core import ParameterSource
+
+    from evalkit.run_config import RunConfig
+
+    out = {}
+    for spec in dataclasses.fields(RunConfig):
+        if ctx.get_parameter_source(spec.name) != ParameterSource.COMMANDLINE:
+            continue
+        value, parse = values[spec.name], spec.metadata.get("parse")
+        if parse == "names":
+            value = _names(value)
+        elif parse == "pairs":  # NAME is checked against the run's priors when they resolve (a preset's included)
+            value = _prior_paths(value, None, spec.metadata["flag"])
+        elif spec.metadata.get("multiple"):
+            value = list(value)
+        out[spec.name] = value
+    return out
+
+
+def _run_config(ctx, preset: str | None, config_file: str | None, values: dict):
+    """RunConfig's defaults, then the preset, then the config file, then the flags typed: each overrides the last."""
+    from evalkit.presets import PRESETS
+    from evalkit.run_config import load_config_file, resolve
+
+    config = resolve([dict(PRESETS[preset]) if preset else {}, load_config_file(config_file) if config_file else {},
+                      _given(ctx, values)])
+    _prior_paths([f"{name}={folder}" for name, folder in config.scorer_paths.items()], config.scorers or None,
+                 "--scorer-path")
+    return config
+
+
 @cli.command("run")
 @click.option("--preset", type=click.Choice(["smoke", "demo", "paper"]),
               help="a named protocol (evalkit/presets.py); flags given explicitly override it")
-@click.option("--prior", "priors", default="oracle", show_default=True,
-              help="comma-separated priors: a name (eclipse, projection and diffusion follow the decoder's space: "
-                   "eclipse beside karlo is eclipse-karlo), or LABEL=NAME to run a class under a label of your own "
-                   "(a second checkpoint: eclipse,mine=eclipse --prior-path mine=DIR)")
-@click.option("--decoder", default="synth", show_default=True, help="decoder name")
-@click.option("--decoder-path", type=click.Path(), help="load the decoder from this folder (e.g. a local karlo-v1-alpha)")
-@click.option("--suite", "suites_", default=None, help="comma-separated suite names [default: synth-color, "
-              "unless --prompts is given]")
-@click.option("--prompts", "prompt_files", multiple=True, type=click.Path(dir_okay=False),
-              help="your own prompts (a .txt file, one per line; or .jsonl / .csv with a prompt column): a suite "
-                   "named prompts-<file stem> (repeatable; needs --category)")
-@click.option("--category", help="the binding category of the --prompts prompts (color, shape, texture, ...)")
-@click.option("--prompts-dir", type=click.Path(file_okay=False),
-              help="local copy of the T2I-CompBench prompt files (default: $EVALKIT_PROMPTS_DIR or the fetched copy)")
-@click.option("--plugin", "plugins", multiple=True, metavar="[NAME=]module:Class",
-              help="register a Prior, Decoder, Scorer or Suite class for this run, without packaging (repeatable)")
-@click.option("--device", default="auto", show_default=True,
-              help="auto | cpu | cuda | cuda:N (auto: CUDA when present; under torchrun / accelerate each process "
-                   "uses its own GPU, cuda:$LOCAL_RANK)")
-@click.option("--scorer", "scorers", default="", help="comma-separated scorer names (default: the suites' own: "
-              "binding,analytic for synthetic suites, blip-vqa for T2I-CompBench)")
-@click.option("--split", default="val", show_default=True, help="train | dev | val")
-@click.option("--images-per-prompt", default=10, show_default=True, help="images per prompt (seeds seed … seed+n−1)")
-@click.option("--seed", default=42, show_default=True, help="seed of each prompt's first image")
-@click.option("--num-inference-steps", type=int, help="decoder steps (default: the decoder's)")
-@click.option("--guidance-scale", type=float, help="decoder classifier-free guidance (default: the decoder's)")
-@click.option("--prior-num-inference-steps", type=int, help="diffusion priors: sampling steps (default 25)")
-@click.option("--prior-guidance-scale", type=float, help="diffusion priors: classifier-free guidance (default 4.0)")
-@click.option("--batch-size", default=16, show_default=True, help="images per decoder call (raise it on a GPU)")
-@click.option("--dtype", metavar="DTYPE|STAGE=DTYPE,...",
-              help="float32 | bfloat16 | float16 for every stage, or per stage: decoder=float16,prior=float32,"
-                   "scorer=float32 (default: each plugin's own; each declares what it supports); recorded with the "
-                   "run, not part of the protocol")
-@click.option("--resolution", type=int, help="output side for decoders that support several (kandinsky22: a "
-              "multiple of 64, default 512); recorded in the protocol")
-@click.option("--offload", is_flag=True, help="real decoders: model CPU offload, each component on the GPU only "
-              "while it runs (less GPU memory, slower)")
-@click.option("--attention", type=click.Choice(["sdpa", "eager"]),
-              help="real decoders: attention processors (default: as loaded, sdpa where torch has it)")
-@click.option("--vae-chunk-size", type=int, help="real decoders: decode at most N latents per VAE / MoVQ call")
-@click.option("--negative", type=click.Choice(["empty-prompt", "zero-image"]),
-              help="kandinsky22's guidance negative: the prior's embedding of the empty prompt, or the zero-image "
-                   "embedding of the prior pipeline's image encoder (default: each prior's pipeline's own — "
-                   "zero-image for the Kandinsky priors, as the public pipelines); recorded in the protocol")
-@click.option("--limit", type=int, help="only the first N prompts of each suite")
-@click.option("--prior-path", "prior_paths", multiple=True, metavar="NAME=DIR",
-              help="load trained prior NAME from a weights folder instead of its shipped seed 0 (repeatable)")
-@click.option("--scorer-path", "scorer_paths", multiple=True, metavar="NAME=DIR",
-              help="load scorer NAME (e.g. blip-vqa) from a weights folder (repeatable)")
-@click.option("--allow-pickle", is_flag=True, help="accept pickle checkpoints (.bin/.pt) in --prior-path, "
-              "--decoder-path and --scorer-path folders (read with weights_only=True: plain tensors only, no code "
-              "runs); refused by default")
-@click.option("--tag", default="", help="a label stored in every result row (e.g. a branch name)")
-@click.option("--cache/--no-cache", default=True, show_default=True,
-              help="reuse embeddings, images and scores of earlier runs (content-addressed) and store new ones")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="work cache folder (default: <evalkit cache>/work)")
-@click.option("--random-init", type=click.Choice(["real", "tiny"]), is_flag=False, flag_value="real", default=None,
-              help="build the priors and the decoder at their public architectures (real; tiny: test sizes) with "
-                   "random weights, without any weights folder: images are noise, for speed and memory "
-                   "measurements only (bare --random-init = real; no work cache)")
-@click.option("--out", default="evalkit-runs", show_default=True, type=click.Path(file_okay=False),
-              help="parent folder; each run gets its own new folder inside")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="a JSON or TOML file of RunConfig fields (docs/runs.md, \"Run config files\"): it overrides the "
+                   "preset, and flags given explicitly override it")
+@_run_options
 @click.pass_context
-def run_command(ctx, preset, priors, suites_, scorers, **options):
+def run_command(ctx, preset, config_file, **values):
     """Generate images for suites with one or more priors through a shared decoder, and score them."""
-    from click.core import ParameterSource
-
-    from evalkit.presets import PRESETS
     from evalkit.report.run_report import summary_markdown
-    from evalkit.runner import RunConfig, run
+    from evalkit.runner import run
 
-    if suites_ is None:
-        suites_ = "" if options["prompt_files"] or preset else "synth-color"
-    options["prompt_files"] = list(options["prompt_files"])
-    options["plugins"] = list(options["plugins"])
-    fields = dict(priors=_names(priors), suites=_names(suites_), scorers=_names(scorers), **options)
-    if preset:
-        given = {"priors": "priors", "suites": "suites_", "scorers": "scorers"}
-        for key, value in PRESETS[preset].items():
-            if ctx.get_parameter_source(given.get(key, key)) != ParameterSource.COMMANDLINE:
-                fields[key] = value
-    # NAME=DIR flags are checked against the priors the run has (a preset's included) when they resolve
-    fields["prior_paths"] = _prior_paths(fields.pop("prior_paths"), None)
-    fields["scorer_paths"] = _prior_paths(fields.pop("scorer_paths"), fields["scorers"] or None, "--scorer-path")
-    config = RunConfig(**fields)
-    run_dir = run(config)
+    run_dir = run(_run_config(ctx, preset, config_file, values))
     from evalkit.distributed import world
 
     if world()[0] == 0:  # under accelerate/torchrun, process 0 writes and reports
@@ -561,43 +572,13 @@ def compare_command(base, new, z, min_prompts):
 def eval_prior(priors, suites_, split, num_seeds, controls, training_seeds, prior_paths, prior_num_inference_steps,
                prior_guidance_scale, rerank, comparisons, out):
     """Embedding-level metrics of priors (binding margin, accuracy, cosine, recall): seconds, no decoding."""
-    from evalkit.eval_prior import eval_priors, write_outputs
-    from evalkit.registry import PRIORS, SUITES
-    from evalkit.runs import new_run_dir
+    from evalkit.eval_prior import evaluate_priors
 
-    prior_names, suite_names = _names(priors), _names(suites_)
-    control_names = _names(controls)
-    PRIORS.check(prior_names)
-    from evalkit.priors.trained import TrainedPrior
-
-    if any(isinstance(PRIORS.get(p), type) and issubclass(PRIORS.get(p), TrainedPrior) for p in prior_names):
-        # every comparison of trained priors carries its ceiling and floor
-        calibration = [p for p in ("oracle", "none") if p not in prior_names]
-        if calibration:
-            click.echo(f"adding the calibration rows {', '.join(calibration)}", err=True)
-        prior_names = calibration + prior_names
-    SUITES.check(suite_names)
-    for control in control_names:
-        if control not in ("random", "shuffled", "swapped"):
-            raise click.BadParameter(f"unknown control {control!r}", param_hint="--controls")
-    paths = _prior_paths(prior_paths, prior_names)
-    pairs = []
-    for spec in _names(comparisons):
-        a, sep, b = spec.partition(":")
-        if not sep or a not in prior_names or b not in prior_names:
-            raise click.BadParameter(f"{spec!r}: expected A:B with both in --prior", param_hint="--compare")
-        pairs.append((a, b))
-    options = {k: v for k, v in {"num_inference_steps": prior_num_inference_steps, "guidance_scale": prior_guidance_scale,
-                                 "rerank": rerank}.items() if v is not None}
-    seeds = tuple(range(42, 42 + num_seeds))
-    train_seeds = tuple(int(t) for t in _names(training_seeds))
-    rows, summary = eval_priors(prior_names, suite_names, split, seeds, control_names, training_seeds=train_seeds,
-                                paths=paths, options=options)
-    run_dir = new_run_dir(out, "eval-prior-" + "-".join(prior_names))
-    write_outputs(run_dir, rows, summary, {"priors": prior_names, "suites": suite_names, "split": split,
-                                           "seeds": list(seeds), "controls": control_names,
-                                           "training_seeds": list(train_seeds), "paths": paths, "options": options},
-                  pairs=pairs or None)
+    run_dir = evaluate_priors(
+        _names(priors), _names(suites_), split, num_seeds, _names(controls), _names(training_seeds),
+        paths=_prior_paths(prior_paths, None), pairs=_names(comparisons) or None, out=out,
+        options={"num_inference_steps": prior_num_inference_steps, "guidance_scale": prior_guidance_scale,
+                 "rerank": rerank}, log=lambda note: click.echo(note, err=True))
     click.echo((run_dir / "report.md").read_text())
     click.echo(f"wrote {run_dir}")
 
@@ -689,8 +670,10 @@ def smoke_command(out, update_golden):
 
 
 @cli.command("check-world")
-@click.option("--out", default="results/embedded-stack", show_default=True, type=click.Path(file_okay=False),
-              help="folder for the measurements (json + README.md)")
+@click.option("--out", default=default_check_dir,
+              show_default="evalkit-checks/<timestamp>", type=click.Path(file_okay=False),
+              help="folder for the measurements (json + README.md); default: a new folder under the current directory. "
+                   "--out results/embedded-stack refreshes the committed copy")
 @click.option("--clip-seeds", default=10, show_default=True, help="renders per val prompt for the CLIP metrics")
 @click.option("--prior-seeds", default=10, show_default=True, help="renders per val prompt for the headroom check")
 @click.option("--decoder-prompts", default=48, show_default=True, help="val prompts per suite decoded from oracle embeddings")
@@ -703,7 +686,7 @@ def smoke_command(out, update_golden):
               help="check these CLIP weights instead of the shipped ones (e.g. a training run's final/)")
 def check_world_command(out, clip_seeds, prior_seeds, decoder_prompts, steps_sweep, parts, decoder_dir, clip_dir):
     """Measure the embedded stack's quality bars: CLIP binding/retrieval, headroom, decoder fidelity."""
-    from evalkit.embedded.check import PARTS, check_world
+    from evalkit.checks.world import PARTS, check_world
 
     chosen = _names(parts)
     for part in chosen:

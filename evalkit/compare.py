@@ -33,7 +33,7 @@ import math
 from dataclasses import dataclass, field
 
 from evalkit.errors import EvalkitError
-from evalkit.report.run_report import load_run
+from evalkit.runs import load_run
 from evalkit.stats import binomial_floor, paired_bootstrap
 
 DEFAULT_Z = 3.0

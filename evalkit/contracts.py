@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Sequence
 
-from evalkit.errors import EmbeddingContractError
+from evalkit.errors import EmbeddingContractError, EvalkitError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -244,6 +244,52 @@ class EmbeddingSpec:
     normalisation: Normalisation = "raw"
 
 
+class TextEncoder(abc.ABC):
+    """The text encoder of one embedding space: what a prior that declares ``text_encoders = (space,)`` reads
+    from ``batch.text`` (the run encodes every prompt once per space, :class:`evalkit.runner.TextCache`).
+
+    The run takes a space's encoder from :meth:`Decoder.text_encoder`, else a prior's :meth:`Prior.text_encoder`,
+    else :func:`evalkit.text_encoders.load_text_encoder`. Encoders built before this class existed (the world
+    CLIP, the CLIP text towers of :mod:`evalkit.priors.real`) have the same methods without deriving from it:
+    the run reads them through :func:`text_encoder_parameters` and :func:`text_encoder_unknown_words`."""
+
+    embedding_space: str = ""
+
+    @abc.abstractmethod
+    def encode_text(self, prompts: Sequence[str]) -> TextEncoding:
+        """One row per prompt, in the order given."""
+
+    def num_text_parameters(self) -> int:
+        """Parameters of the text tower (counted in a prior's ``total_parameters``); 0 by default."""
+        return 0
+
+    def unknown_words(self, prompt: str) -> list[str]:
+        """Words of ``prompt`` outside a closed vocabulary (the world CLIP's); [] (the default): it reads any text."""
+        return []
+
+
+def text_encoder_parameters(encoder) -> int:
+    """:meth:`TextEncoder.num_text_parameters` of ``encoder`` (0 for None, and its default for an encoder that
+    does not derive from :class:`TextEncoder` and lacks the method)."""
+    if encoder is None:
+        return 0
+    count = encoder.num_text_parameters if isinstance(encoder, TextEncoder) else getattr(encoder, "num_text_parameters", None)
+    return int(count()) if callable(count) else 0
+
+
+def text_encoder_unknown_words(encoder, prompt: str) -> list[str] | None:
+    """:meth:`TextEncoder.unknown_words` of ``encoder`` on ``prompt``; None when the encoder has no closed
+    vocabulary to check (it does not derive from :class:`TextEncoder` and lacks the method)."""
+    finder = encoder.unknown_words if isinstance(encoder, TextEncoder) else getattr(encoder, "unknown_words", None)
+    return None if finder is None else list(finder(prompt))
+
+
+def _no_tiny(cls) -> NotImplementedError:
+    return NotImplementedError(f"{cls.__module__}.{cls.__qualname__} has no tiny(): a plugin provides tiny() — a small "
+                               "instance built in code with random weights, in seconds on a CPU — for the contract "
+                               "tests (tests/test_contracts.py)")
+
+
 class Prior(Placeable, EmbeddingSpec, abc.ABC):
     """Maps a batch of prompts to image embeddings of a declared space, dim and normalisation."""
 
@@ -255,10 +301,20 @@ class Prior(Placeable, EmbeddingSpec, abc.ABC):
     #: the guidance negative its pipeline gives a decoder that takes one (Kandinsky 2.2): "empty-prompt" (the
     #: prior's embedding of ""), or "zero-image" (:meth:`zero_image_embedding`, the public Kandinsky pipelines')
     negative: ClassVar[str] = "empty-prompt"
+    #: the text encoder (a CLIP) the prior holds already, shared by the run under its ``embedding_space`` when
+    #: the decoder holds none; reading it loads nothing. None (the default): it holds none (yet)
+    clip: "TextEncoder | None" = None
+    #: set on builds with random weights (``--random-init``): ``{"size", "seed"}``; None: loaded weights
+    random_weights: dict | None = None
 
     @abc.abstractmethod
     def predict(self, batch: Batch) -> "torch.Tensor":
         """Return ``(len(batch), embedding_dim)`` float32 image embeddings."""
+
+    @classmethod
+    def tiny(cls) -> "Prior":
+        """A small instance built in code (random weights, seconds on a CPU), for the contract tests."""
+        raise _no_tiny(cls)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return 0
@@ -266,6 +322,18 @@ class Prior(Placeable, EmbeddingSpec, abc.ABC):
     def training_data(self) -> str:
         """What the prior was trained on, for the parameter-versus-composition table ("" when untrained)."""
         return ""
+
+    def text_encoder(self) -> "TextEncoder | None":
+        """The encoder of a space in :attr:`text_encoders` that no plugin of the run holds yet (:attr:`clip`),
+        loaded by the prior if need be (the trained priors load the world CLIP once). None (the default): the
+        run loads the space's own (:func:`evalkit.text_encoders.load_text_encoder`)."""
+        return None
+
+    def zero_image_embedding(self) -> "torch.Tensor | None":
+        """``(D,)``: a zero image embedded by the image encoder of the prior's pipeline, the guidance negative of
+        ``--negative zero-image`` (the public Kandinsky 2.2 prior pipelines'). None (the default): its
+        pipeline has no image encoder, and the run refuses that negative."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -324,13 +392,22 @@ class Decoder(Placeable, EmbeddingSpec, abc.ABC):
     #: the output sides ``--resolution`` may choose (empty: only :attr:`resolution`); a decoder that has several
     #: takes ``resolution=`` in its constructor / ``from_pretrained`` (``load_decoder(..., resolution=)``)
     supported_resolutions: ClassVar[tuple[int, ...]] = ()
+    #: the text encoder (a CLIP) the decoder holds, shared by the run under its ``embedding_space`` before any
+    #: prior's (:meth:`evalkit.text_encoders.text_encoders`); None (the default): it holds none
+    clip: "TextEncoder | None" = None
 
     @abc.abstractmethod
     def decode(self, image_embeds: "torch.Tensor", batch: Batch, protocol: Protocol) -> "torch.Tensor":
         """Return images ``(N, 3, H, W)`` as float in [0, 1]; image i depends only on row i and seed i."""
 
+    @classmethod
+    def tiny(cls) -> "Decoder":
+        """A small instance built in code (random weights, seconds on a CPU), for the contract tests."""
+        raise _no_tiny(cls)
+
     def num_parameters(self, trainable_only: bool = False) -> int:
         return 0
+
 
 
 class Scorer(Placeable, abc.ABC):
@@ -357,6 +434,11 @@ class Scorer(Placeable, abc.ABC):
     def score(self, images: "torch.Tensor", batch: Batch) -> list[dict]:
         """One row per image: at least ``{"score": float}``; B-VQA scorers add ``questions``."""
 
+    @classmethod
+    def tiny(cls) -> "Scorer":
+        """A small instance built in code (random weights, seconds on a CPU), for the contract tests."""
+        raise _no_tiny(cls)
+
     def not_applicable(self, item: PromptItem) -> str | None:
         """Why this scorer's score of ``item`` would mean nothing (None: it applies). A scorer with a closed
         vocabulary (the synthetic world's) says so for prompts with words outside it; the run then excludes the
@@ -370,9 +452,7 @@ class Scorer(Placeable, abc.ABC):
     def update(self, inputs: "torch.Tensor", batch: Batch) -> list[dict]:
         """Score a batch — images, or the prior's embeddings for a scorer with ``reads = "embeddings"`` —
         and keep its rows."""
-        rows = (self.score_embeddings if self.reads == "embeddings" else self.score)(inputs, batch)
-        if len(rows) != len(batch):
-            raise RuntimeError(f"scorer {self.name!r} returned {len(rows)} rows for {len(batch)} images")
+        rows = self.score_checked(inputs, batch)
         for row, item, seed in zip(rows, batch.items, batch.seeds):
             row.setdefault("item_id", item.item_id)
             row.setdefault("prompt", item.prompt)
@@ -382,12 +462,40 @@ class Scorer(Placeable, abc.ABC):
         self.rows.extend(rows)
         return rows
 
+    def score_checked(self, inputs: "torch.Tensor", batch: Batch, label: str | None = None,
+                      reads: str | None = None) -> list[dict]:
+        """The one scorer call: :meth:`score` on images, or :meth:`score_embeddings` on embeddings (``reads``:
+        which ``inputs`` are; default :attr:`reads`), with the row count checked (:class:`ScorerRowsError`
+        names the scorer by ``label``, its name in the run, else :attr:`name`)."""
+        rows = (self.score_embeddings if (reads or self.reads) == "embeddings" else self.score)(inputs, batch)
+        if len(rows) != len(batch):
+            raise ScorerRowsError(f"scorer {label if label is not None else self.name!r} returned {len(rows)} rows "
+                                  f"for {len(batch)} images")
+        return rows
+
     def compute(self) -> dict[str, float]:
         """Mean score per category over the images seen since the last reset."""
         sums: dict[str, list[float]] = {}
         for row in self.rows:
             sums.setdefault(row["category"], []).append(float(row["score"]))
         return {cat: sum(v) / len(v) for cat, v in sums.items()}
+
+
+class ScorerRowsError(EvalkitError, RuntimeError):
+    """A scorer returned another number of rows than it was given images."""
+
+
+def check_embeddings(prior_name: str, embeds: "torch.Tensor", batch: Batch, dim: int) -> None:
+    """A prior's output for ``batch``: ``(len(batch), dim)`` and finite (NaN / inf is an error naming the first
+    prompt and seed it happened for; the run checks before anything of it is cached)."""
+    import torch
+
+    if embeds.shape != (len(batch), dim):
+        raise EvalkitError(f"prior {prior_name!r} returned {tuple(embeds.shape)} embeddings; expected ({len(batch)}, {dim})")
+    bad = (~torch.isfinite(embeds)).any(dim=1).nonzero().flatten().tolist()
+    if bad:
+        raise EvalkitError(f"prior {prior_name!r} returned NaN/inf embeddings for {len(bad)} image(s), the first for "
+                           f"prompt {batch.prompts[bad[0]]!r} (seed {batch.seeds[bad[0]]}); nothing of it was cached")
 
 
 def check_embedding_contract(prior: EmbeddingSpec, decoder: EmbeddingSpec) -> None:

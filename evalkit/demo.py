@@ -33,7 +33,7 @@ def run_demo(out: str | Path, per_category: int = 8, num_seeds: int = 2, calibra
         save_grid(run_dir / f"{name}.png", scenes, titles, columns=len(shown))
         seen = sum(1 for i in items if i.seen)
         lines += [f"### {name} — version `{suite.version('val')}`, {len(items)} prompts ({seen} seen, {len(items) - seen} unseen)",
-                  "", f"Top row: renders of val prompts (seed 42); bottom row: the attribute-swapped prompt, same seed.", "",
+                  "", "Top row: renders of val prompts (seed 42); bottom row: the attribute-swapped prompt, same seed.", "",
                   f"![{name}]({name}.png)", "", "| item | prompt | noun phrases | swapped |", "|---|---|---|---|"]
         lines += [f"| {i.item_id} | {i.prompt} | {' · '.join(i.noun_phrases)} | {i.swapped_prompt} |" for i in shown]
         lines.append("")
@@ -66,7 +66,7 @@ def main_job_section(run_dir: Path, progress: bool) -> list[str]:
     config = RunConfig(**{**PRESETS["demo"], "out": str(run_dir / "run")})
     job = run(config, progress=progress)
     relative = job.relative_to(run_dir)
-    return [f"## The main job: `evalkit run --preset demo`", "",
+    return ["## The main job: `evalkit run --preset demo`", "",
             f"{len(config.priors)} priors × {len(config.suites)} suites × {config.limit} val prompts × "
             f"{config.images_per_prompt} seeds through the synth decoder, scored by {' and '.join(config.scorers)}. "
             f"Full report with image grids, paired comparisons and the worst images: [{relative}/report.html]"

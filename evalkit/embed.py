@@ -61,15 +61,13 @@ class _Preprocess:
 
 
 def _fingerprint(directory: Path, use_safetensors: bool) -> str:
-    """sha256 over the weight files (name and content): the same weights, wherever the folder now lives."""
-    import hashlib
+    """The weight files' :func:`~evalkit.serialization.files_fingerprint` (name and content): the same weights,
+    wherever the folder now lives."""
+    from evalkit.serialization import find_weights, files_fingerprint
 
-    patterns = ("*.safetensors",) if use_safetensors else ("*.bin", "*.pt", "*.ckpt")
-    files = sorted({p for pattern in patterns for p in directory.glob(pattern)})
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(f"{path.name} {folder_io.file_sha256(path)}\n".encode())
-    return digest.hexdigest()
+    safetensors, pickles = find_weights(directory)
+    return files_fingerprint(directory / name for name in (safetensors if use_safetensors else pickles)
+                             if not name.endswith(".index.json"))
 
 
 def _has_tokenizer(directory: Path) -> bool:
@@ -123,11 +121,11 @@ def load_image_encoder(path: str | os.PathLike, allow_pickle: bool = False) -> I
     from transformers.utils import logging as hf_logging
 
     from evalkit.errors import CorruptFileError
-    from evalkit.priors.real import _use_safetensors
+    from evalkit.serialization import weights_format
 
     root = Path(path)
     model_dir, processor_dir, tokenizer_dir, layout = _find_layout(root)
-    use_safetensors = _use_safetensors(model_dir, allow_pickle)
+    use_safetensors = weights_format(model_dir, allow_pickle, f"--image-encoder {root}")["use_safetensors"]
     config = None
     if layout == "clip-model":
         whole = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
@@ -288,18 +286,10 @@ def embed_dataset(spec: str | os.PathLike, image_encoder: str | os.PathLike, out
     writes the manifest once all are done. ``dtype``: the encoder's compute precision (default float32 on the
     CPU, float16 on a GPU, as the public pipelines run); the files are float16 either way.
     """
-    import numpy as np
-    import torch
-
-    from evalkit.distributed import broadcast, configure, finish, gather, state, world
+    from evalkit.distributed import configure, gather, state, world
     from evalkit.placement import resolve_device
 
-    if batch_size < 1:
-        raise SettingError(f"--batch-size must be at least 1 (got {batch_size})")
-    if num_workers < 0:
-        raise SettingError(f"--num-workers must be 0 or more (got {num_workers})")
-    if not 0 <= max_bad_fraction <= 1:
-        raise SettingError(f"--max-bad-fraction must be between 0 and 1 (got {max_bad_fraction})")
+    _check_settings(batch_size, num_workers, max_bad_fraction)
     rank, processes = world()
     device = resolve_device(device)
     if device == "meta":
@@ -310,6 +300,38 @@ def embed_dataset(spec: str | os.PathLike, image_encoder: str | os.PathLike, out
         state()
     out = Path(out)
     started = time.perf_counter()
+    source, encoder = _open(spec, image_encoder, out, resume, min_size, rows_per_shard, image_column, caption_column,
+                            allow_pickle, rank)
+    done = {u.index for u in source.units if folder_io.read_unit_stats(out, u.index) is not None}
+    mine = source.assigned(rank, processes, skip=done)
+    loop_started = time.perf_counter()
+    written = _embed_units(source, encoder, mine, out, device, torch_dtype, batch_size, num_workers, min_size,
+                           max_bad_fraction, bar_total=(getattr(source, "rows", None) if not done and processes == 1
+                                                        else None), progress=progress and rank == 0)
+    if processes > 1:
+        state().wait_for_everyone()
+    counts = gather([written])
+    timing = {"images_written_this_run": int(sum(counts)),
+              "images_per_s": round(sum(counts) / max(time.perf_counter() - loop_started, 1e-9), 2)}
+    return _finish(out, source, encoder, max_bad_fraction, _environment(device, dtype_name, processes), timing,
+                   started, rank)
+
+
+def _check_settings(batch_size: int, num_workers: int, max_bad_fraction: float) -> None:
+    if batch_size < 1:
+        raise SettingError(f"--batch-size must be at least 1 (got {batch_size})")
+    if num_workers < 0:
+        raise SettingError(f"--num-workers must be 0 or more (got {num_workers})")
+    if not 0 <= max_bad_fraction <= 1:
+        raise SettingError(f"--max-bad-fraction must be between 0 and 1 (got {max_bad_fraction})")
+
+
+def _open(spec, image_encoder, out: Path, resume: bool, min_size: int, rows_per_shard: int, image_column,
+          caption_column, allow_pickle: bool, rank: int):
+    """The data source and the encoder; process 0 claims (or, resuming, checks) the output folder. A problem is
+    raised on every process alike, so none of them waits for the others forever."""
+    from evalkit.distributed import broadcast, finish
+
     try:
         source = open_source(spec, image_column=image_column, caption_column=caption_column,
                              rows_per_shard=rows_per_shard)
@@ -327,23 +349,28 @@ def embed_dataset(spec: str | os.PathLike, image_encoder: str | os.PathLike, out
     if problem is not None:
         finish()
         raise problem
+    return source, encoder
 
-    done = {u.index for u in source.units if folder_io.read_unit_stats(out, u.index) is not None}
-    mine = source.assigned(rank, processes, skip=done)
+
+def _new_unit() -> dict:
+    return {"embeds": [], "keys": [], "captions": [], "seen": 0, "skipped": [], "truncated": 0}
+
+
+def _embed_units(source, encoder, mine, out: Path, device, torch_dtype, batch_size: int, num_workers: int,
+                 min_size: int, max_bad_fraction: float, bar_total, progress: bool) -> int:
+    """Embed this process's units, writing each as it completes; returns the images written."""
+    import torch
+    from tqdm.auto import tqdm
+
     model = encoder.model.to(device=device, dtype=torch_dtype)
     stream = _stream(source, mine, batch_size, _Preprocess(encoder.processor), min_size, encoder.tokenizer)
     batches = (torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers)
                if num_workers > 0 and mine else stream)
     stop_after = os.environ.get(STOP_AFTER_UNITS_VARIABLE)
     stop_after = int(stop_after) if stop_after else None
-
-    from tqdm.auto import tqdm
-
-    total = getattr(source, "rows", None) if not done else None
-    bar = tqdm(total=total if processes == 1 else None, unit="rec", desc="embed",
-               disable=not progress or rank != 0, dynamic_ncols=True)
+    bar = tqdm(total=bar_total, unit="rec", desc="embed", disable=not progress, dynamic_ncols=True)
     pending: dict[int, dict] = {}
-    loop_started = time.perf_counter()
+    started = time.perf_counter()
     seen = written = units_written = 0
     skipped: list[dict] = []
     try:
@@ -351,45 +378,47 @@ def embed_dataset(spec: str | os.PathLike, image_encoder: str | os.PathLike, out
             for item in batches:
                 if "error" in item:
                     raise item["error"]
-                unit = pending.setdefault(item["unit"], {"embeds": [], "keys": [], "captions": [], "seen": 0,
-                                                         "skipped": [], "truncated": 0})
+                unit = pending.setdefault(item["unit"], _new_unit())
                 if item["pixel_values"] is not None:
                     pixels = item["pixel_values"].to(device=device, dtype=torch_dtype)
                     unit["embeds"].append(model(pixel_values=pixels).image_embeds.float().cpu().numpy())
-                unit["keys"] += item["keys"]
-                unit["captions"] += item["captions"]
-                unit["seen"] += item["seen"]
-                unit["skipped"] += item["skipped"]
-                unit["truncated"] += item["truncated"]
-                seen += item["seen"]
-                written += len(item["keys"])
-                skipped += item["skipped"]
+                for key in ("keys", "captions", "seen", "skipped", "truncated"):
+                    unit[key] += item[key]
+                seen, written, skipped = seen + item["seen"], written + len(item["keys"]), skipped + item["skipped"]
                 bar.update(item["seen"])
-                bar.set_postfix({"images/s": f"{written / max(time.perf_counter() - loop_started, 1e-9):.1f}",
+                bar.set_postfix({"images/s": f"{written / max(time.perf_counter() - started, 1e-9):.1f}",
                                  "skipped": len(skipped)}, refresh=False)
                 if item["done"]:
-                    index = item["unit"]
-                    data = pending.pop(index)
-                    embeds = (np.concatenate(data["embeds"]) if data["embeds"]
-                              else np.zeros((0, encoder.info["embedding_dim"]), np.float32))
-                    hook = None
-                    if stop_after is not None and units_written >= stop_after:
-                        hook = _simulated_kill(out, index)
-                    folder_io.write_unit(out, index, embeds, data["keys"], data["captions"],
-                                         {"name": source.units[index].name, "seen": data["seen"],
-                                          "skipped": data["skipped"],
-                                          "skipped_by_reason": _by_reason(data["skipped"]),
-                                          "truncated_captions": data["truncated"]}, before_stats=hook)
+                    hook = (_simulated_kill(out, item["unit"]) if stop_after is not None
+                            and units_written >= stop_after else None)
+                    _write(out, source, encoder, item["unit"], pending.pop(item["unit"]), hook)
                     units_written += 1
                 if seen >= EARLY_CHECK_RECORDS:
                     check_bad_fraction(seen, skipped, max_bad_fraction,
                                        where=f" (checked early, after {seen} records; finished units are kept in {out})")
     finally:
         bar.close()
+    return written
 
-    if processes > 1:
-        state().wait_for_everyone()
-    counts = gather([written])
+
+def _write(out: Path, source, encoder, index: int, data: dict, hook) -> None:
+    """One finished unit: its embeddings, metadata and (last) its stats file."""
+    import numpy as np
+
+    embeds = (np.concatenate(data["embeds"]) if data["embeds"]
+              else np.zeros((0, encoder.info["embedding_dim"]), np.float32))
+    folder_io.write_unit(out, index, embeds, data["keys"], data["captions"],
+                         {"name": source.units[index].name, "seen": data["seen"], "skipped": data["skipped"],
+                          "skipped_by_reason": _by_reason(data["skipped"]), "truncated_captions": data["truncated"]},
+                         before_stats=hook)
+
+
+def _finish(out: Path, source, encoder, max_bad_fraction: float, environment: dict, timing: dict, started: float,
+            rank: int) -> Path:
+    """Process 0 checks every unit is complete and the bad fraction, then writes the manifest; every process
+    returns its path (or raises the same problem)."""
+    from evalkit.distributed import broadcast, finish
+
     problem = manifest_path = None
     if rank == 0:
         try:
@@ -400,13 +429,10 @@ def embed_dataset(spec: str | os.PathLike, image_encoder: str | os.PathLike, out
                     raise folder_io.CorruptFileError(f"unit {u.index} ({u.name}) has no complete stats file in {out}; "
                                                      "rerun with --resume")
                 stats.append(entry)
-            all_seen = sum(s["seen"] for s in stats)
-            check_bad_fraction(all_seen, [e for s in stats for e in s["skipped"]], max_bad_fraction,
-                               where=f" (finished units are kept in {out})")
-            elapsed = time.perf_counter() - loop_started
-            timing = {"seconds": round(time.perf_counter() - started, 3), "images_written_this_run": int(sum(counts)),
-                      "images_per_s": round(sum(counts) / max(elapsed, 1e-9), 2)}
-            manifest = _manifest(out, source, encoder, stats, _environment(device, dtype_name, processes), timing)
+            check_bad_fraction(sum(s["seen"] for s in stats), [e for s in stats for e in s["skipped"]],
+                               max_bad_fraction, where=f" (finished units are kept in {out})")
+            timing = {"seconds": round(time.perf_counter() - started, 3), **timing}
+            manifest = _manifest(out, source, encoder, stats, environment, timing)
             manifest_path = out / folder_io.MANIFEST_NAME
             folder_io.atomic_write_json(manifest_path, manifest)
         except EvalkitError as error:

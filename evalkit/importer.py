@@ -23,7 +23,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -153,8 +153,11 @@ def _read_image(path: Path) -> np.ndarray:
 
 
 def _score(scorer, name: str, images: list[np.ndarray], batch, batch_size: int) -> list[dict]:
-    """One row per image; images of one size are scored together, in chunks of ``batch_size``."""
+    """One row per image (the score stage's :func:`evalkit.runner.score_rows`); images of one size are scored
+    together, in chunks of ``batch_size``."""
     import torch
+
+    from evalkit.runner import score_rows, to_pixels
 
     rows: list[dict | None] = [None] * len(images)
     by_shape: dict[tuple, list[int]] = {}
@@ -163,14 +166,87 @@ def _score(scorer, name: str, images: list[np.ndarray], batch, batch_size: int) 
     for indices in by_shape.values():
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
-            pixels = torch.from_numpy(np.stack([images[i] for i in chunk])).permute(0, 3, 1, 2).contiguous().float() / 255.0
             with torch.inference_mode():
-                new = scorer.score(pixels, batch.subset(chunk))
-            if len(new) != len(chunk):
-                raise EvalkitError(f"scorer {name!r} returned {len(new)} rows for {len(chunk)} images")
+                new = score_rows(scorer, to_pixels([images[i] for i in chunk]), batch.subset(chunk), name,
+                                 reads="images")
             for i, row in zip(chunk, new):
                 rows[i] = row
     return rows  # type: ignore[return-value]
+
+
+def _check_arguments(folder: Path, out, prior: str, scorers: list[str], suite_name: str) -> None:
+    from evalkit.registry import SCORERS, SUITES
+    from evalkit.runs import check_parent
+
+    if not folder.is_dir():
+        raise EvalkitError(f"{folder} is not a folder")
+    check_parent(out)  # a finished run folder is never written into
+    if len(set(scorers)) != len(scorers) or BVQA_SCORER in scorers:
+        raise EvalkitError(f"name each scorer once ({BVQA_SCORER!r} comes from vqa_result.json, not from --scorer)")
+    if not prior or any(c in prior for c in "/\\\x00") or prior.startswith("."):
+        raise EvalkitError(f"--prior must be a plain name (got {prior!r})")
+    SUITES.check([suite_name])
+    SCORERS.check(scorers)
+
+
+def match_images(folder: Path, suite, split: str) -> tuple[list, list[ImportedImage]]:
+    """The entries of ``samples/`` and the (item, seed) each stands for (by ``manifest.json`` when there is one,
+    else by prompt), in the runner's order: suite order, then seed."""
+    items = suite.items(split)
+    entries = list_samples(folder)
+    manifest = folder / "manifest.json"
+    images = (_match_by_manifest(entries, manifest, suite, items) if manifest.is_file()
+              else _match_by_prompt(entries, suite, items, split))
+    pairs = [(im.item.item_id, im.seed) for im in images]
+    if len(set(pairs)) != len(pairs):
+        dup = next(p for p in pairs if pairs.count(p) > 1)
+        raise EvalkitError(f"two images stand for item {dup[0]!r} with seed {dup[1]}; each (item, seed) once")
+    order = {item.item_id: k for k, item in enumerate(items)}
+    images.sort(key=lambda im: (order[im.item.item_id], im.seed))
+    return entries, images
+
+
+def _their_bvqa(folder: Path, vqa_result, entries) -> tuple[Path, dict[int, float] | None]:
+    """Where their B-VQA output is (``vqa_result``, else ``annotation_blip/vqa_result.json``) and its scores."""
+    vqa_path = Path(vqa_result) if vqa_result is not None else folder / "annotation_blip" / "vqa_result.json"
+    if vqa_result is not None and not vqa_path.is_file():
+        raise EvalkitError(f"{vqa_path} does not exist")
+    return vqa_path, (read_vqa_result(vqa_path, entries) if vqa_path.is_file() else None)
+
+
+def _import_protocol(images: list[ImportedImage], metric_names: list[str], loaded: dict, bvqa):
+    from evalkit.contracts import Protocol
+
+    per_prompt: dict[str, int] = {}
+    for im in images:
+        per_prompt[im.item.item_id] = per_prompt.get(im.item.item_id, 0) + 1
+    return Protocol(decoder=DECODER, num_inference_steps=0, guidance_scale=0.0, resolution=0,
+                    images_per_prompt=max(per_prompt.values()), seed=FIRST_SEED, scorer=",".join(metric_names),
+                    scorer_version=",".join([loaded[n].version for n in loaded] + (["external"] if bvqa else [])),
+                    decoder_version=DECODER)
+
+
+def write_samples(run_dir: Path, prior: str, suite, images: list[ImportedImage], pixels: list[np.ndarray],
+                  scored: dict[str, list[dict]], bvqa: dict | None) -> list[dict]:
+    """The write stage of an import: each image into ``images/`` and its sample rows (the runner's
+    :func:`evalkit.runner.sample_row`), the scorers' then their B-VQA's."""
+    from evalkit.cache import png_bytes
+    from evalkit.runner import sample_row
+
+    (run_dir / "images" / prior / suite.name).mkdir(parents=True)
+    rows: list[dict] = []
+    for k, im in enumerate(images):
+        rel = Path("images") / prior / suite.name / f"{im.item.item_id}_{im.seed}.png"
+        if im.file.suffix.lower() == ".png":
+            shutil.copyfile(im.file, run_dir / rel)
+        else:
+            (run_dir / rel).write_bytes(png_bytes(pixels[k]))
+        for name, scorer_rows in scored.items():
+            rows.append(sample_row(prior, suite.name, name, im.item, im.seed, str(rel), scorer_rows[k]))
+        if bvqa is not None:
+            rows.append(sample_row(prior, suite.name, BVQA_SCORER, im.item, im.seed, str(rel),
+                                   {"score": bvqa[im.index], "source_file": im.file.name}))
+    return rows
 
 
 def import_t2i_compbench(folder: str | os.PathLike, suite_name: str, out: str | os.PathLike, prior: str = "imported",
@@ -183,43 +259,20 @@ def import_t2i_compbench(folder: str | os.PathLike, suite_name: str, out: str | 
     that is wanted). ``vqa_result``: their B-VQA output (default: ``annotation_blip/vqa_result.json``
     in ``folder`` when present).
     """
-    from evalkit.contracts import Batch, Protocol, SampleRow
-    from evalkit.registry import SCORERS, SUITES
-    from evalkit.report.run_report import write_report
+    from evalkit.contracts import Batch
     from evalkit.environment import describe as describe_environment
-    from evalkit.runner import ITEM_FIELDS, aggregate, write_results
-    from evalkit.runs import check_parent, new_run_dir
+    from evalkit.registry import SCORERS
+    from evalkit.report.run_report import write_report
+    from evalkit.runner import aggregate, prior_record, run_record, write_results
+    from evalkit.runs import new_run_dir
     from evalkit.serialization import atomic_write_json
     from evalkit.suites import load_suite
 
     folder, scorers = Path(folder), list(scorers)
-    if not folder.is_dir():
-        raise EvalkitError(f"{folder} is not a folder")
-    check_parent(out)  # a finished run folder is never written into
-    if len(set(scorers)) != len(scorers) or BVQA_SCORER in scorers:
-        raise EvalkitError(f"name each scorer once ({BVQA_SCORER!r} comes from vqa_result.json, not from --scorer)")
-    if not prior or any(c in prior for c in "/\\\x00") or prior.startswith("."):
-        raise EvalkitError(f"--prior must be a plain name (got {prior!r})")
-    SUITES.check([suite_name])
-    SCORERS.check(scorers)
+    _check_arguments(folder, out, prior, scorers, suite_name)
     suite = load_suite(suite_name, prompts_dir=prompts_dir)
-    items = suite.items(split)
-
-    # ---- everything checked before anything is written
-    entries = list_samples(folder)
-    manifest = folder / "manifest.json"
-    images = (_match_by_manifest(entries, manifest, suite, items) if manifest.is_file()
-              else _match_by_prompt(entries, suite, items, split))
-    pairs = [(im.item.item_id, im.seed) for im in images]
-    if len(set(pairs)) != len(pairs):
-        dup = next(p for p in pairs if pairs.count(p) > 1)
-        raise EvalkitError(f"two images stand for item {dup[0]!r} with seed {dup[1]}; each (item, seed) once")
-    order = {item.item_id: k for k, item in enumerate(items)}
-    images.sort(key=lambda im: (order[im.item.item_id], im.seed))  # the runner's order: suite order, then seed
-    vqa_path = Path(vqa_result) if vqa_result is not None else folder / "annotation_blip" / "vqa_result.json"
-    if vqa_result is not None and not vqa_path.is_file():
-        raise EvalkitError(f"{vqa_path} does not exist")
-    bvqa = read_vqa_result(vqa_path, entries) if vqa_path.is_file() else None
+    entries, images = match_images(folder, suite, split)  # everything checked before anything is written
+    vqa_path, bvqa = _their_bvqa(folder, vqa_result, entries)
     if not scorers and bvqa is None:
         raise EvalkitError("nothing to score: name a scorer, or import a folder with annotation_blip/vqa_result.json")
     pixels = [_read_image(im.file) for im in images]
@@ -232,48 +285,20 @@ def import_t2i_compbench(folder: str | os.PathLike, suite_name: str, out: str | 
     scored = {name: _score(scorer, name, pixels, batch, batch_size) for name, scorer in loaded.items()}
     timings = {"scorer": time.perf_counter() - t0}
 
-    per_prompt: dict[str, int] = {}
-    for im in images:
-        per_prompt[im.item.item_id] = per_prompt.get(im.item.item_id, 0) + 1
     metric_names = scorers + ([BVQA_SCORER] if bvqa is not None else [])
-    protocol = Protocol(decoder=DECODER, num_inference_steps=0, guidance_scale=0.0, resolution=0,
-                        images_per_prompt=max(per_prompt.values()), seed=FIRST_SEED, scorer=",".join(metric_names),
-                        scorer_version=",".join([loaded[n].version for n in scorers] + (["external"] if bvqa else [])),
-                        decoder_version=DECODER)
+    protocol = _import_protocol(images, metric_names, loaded, bvqa)
     config = {"source": str(folder.resolve()), "format": "t2i-compbench", "priors": [prior], "decoder": DECODER,
               "suites": [suite_name], "scorers": metric_names, "split": split, "tag": tag,
-              "matched_by": "manifest" if manifest.is_file() else "prompt",
+              "matched_by": "manifest" if (folder / "manifest.json").is_file() else "prompt",
               "vqa_result": str(vqa_path) if bvqa is not None else None}
-
     run_dir = new_run_dir(out, f"{prior}_{suite_name}")
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    atomic_write_json(run_dir / "run.json", {"config": config, "protocol": asdict(protocol),
-                                             "protocol_hash": protocol.hash(), "started": started})
+    atomic_write_json(run_dir / "run.json", run_record(config, protocol, started))
     t0 = time.perf_counter()
-    image_dir = run_dir / "images" / prior / suite.name
-    image_dir.mkdir(parents=True)
-    rows: list[dict] = []
-    for k, im in enumerate(images):
-        rel = Path("images") / prior / suite.name / f"{im.item.item_id}_{im.seed}.png"
-        if im.file.suffix.lower() == ".png":
-            shutil.copyfile(im.file, run_dir / rel)
-        else:
-            from evalkit.cache import png_bytes
-
-            (run_dir / rel).write_bytes(png_bytes(pixels[k]))
-        base = dict(prior=prior, suite=suite.name, item_id=im.item.item_id, prompt=im.item.prompt, seed=im.seed,
-                    category=im.item.category, seen=im.item.seen, image_path=str(rel))
-        for name in scorers:
-            row = {key: value for key, value in scored[name][k].items() if key not in ITEM_FIELDS}
-            rows.append(asdict(SampleRow(scorer=name, score=float(row.pop("score")),
-                                         questions=row.pop("questions", []), details=row, **base)))
-        if bvqa is not None:
-            rows.append(asdict(SampleRow(scorer=BVQA_SCORER, score=bvqa[im.index], questions=[],
-                                         details={"source_file": im.file.name}, **base)))
+    rows = write_samples(run_dir, prior, suite, images, pixels, scored, bvqa)
     timings["io"] = time.perf_counter() - t0
 
-    info = {prior: {"class": DECODER, "trainable_parameters": 0, "total_parameters": 0, "text_encoder_parameters": 0,
-                    "decoder_parameters": 0, "data": "", "version": "", "source": str(folder.resolve())}}
+    info = {prior: prior_record(DECODER, source=str(folder.resolve()))}
     versions = {suite.name: suite.version(split)}
     higher = {name: scorer.higher_is_better for name, scorer in loaded.items()}
     results = aggregate(rows, versions, protocol, {prior: 0}, split=split, priors_info=info, tag=tag,

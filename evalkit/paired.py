@@ -4,6 +4,10 @@ Both row kinds use it: ``evalkit eval-prior`` rows (embedding-level metrics, pos
 training seeds per item) and ``evalkit run`` sample rows (one score per scorer and image). A
 comparison b − a takes the items both priors have, averages each item over its rows (training
 seeds), and bootstraps over prompts (:func:`evalkit.stats.paired_bootstrap`).
+
+A run's comparisons are computed once, by :func:`paired_results`, and kept in ``results.json``
+(key ``paired``) as JSON rows, so that the numbers a report shows can be read, diffed and gated like
+every other result instead of living only inside a formatter.
 """
 
 from __future__ import annotations
@@ -94,3 +98,55 @@ def comparison_table(comparisons: list[dict], group: Sequence[str] = ("category"
         return []
     headers, rows = comparison_rows(comparisons, group)
     return ["## Paired comparisons", "", comparison_note(note, floored=False), "", tabulate(rows, headers=headers, tablefmt="github"), ""]
+
+
+def prior_order(priors: dict, rows: list[dict]) -> list[str]:
+    """Ceiling first, trained priors by size, floor last: the order of every table, and the order that
+    decides :func:`default_pairs` when no eclipse is present."""
+    names = list(priors) or sorted({r["prior"] for r in rows})
+    trained = sorted((n for n in names if n not in CALIBRATION),
+                     key=lambda n: (priors.get(n, {}).get("total_parameters", 0), n))
+    return [n for n in ("oracle", "text") if n in names] + trained + [n for n in ("none", "dummy") if n in names]
+
+
+def run_pairs(priors: dict, rows: list[dict]) -> list[tuple[str, str]]:
+    """The comparisons a run's report shows unless asked for others (``evalkit report --compare``)."""
+    present = {r["prior"] for r in rows}
+    return default_pairs([p for p in prior_order(priors, rows) if p in present])
+
+
+def paired_results(samples: Iterable[dict], pairs: Sequence[tuple[str, str]] | None = None,
+                   rows: Sequence[dict] = (), priors: dict | None = None) -> list[dict]:
+    """JSON rows of b − a on a run's per-image scores, one per pair × scorer × suite × split.
+
+    ``samples``: ``samples.jsonl`` rows (a scorer's not-applicable rows are left out, as on load);
+    ``rows``: the result rows, whose ``score_resolution`` floors each scorer's error (a test of scores that
+    flip must not claim more certainty than one flipped image allows); ``pairs`` None: :func:`run_pairs`
+    of ``priors`` and ``rows``. Each row: ``a``, ``b``, ``suite``, ``category``, ``seen``, ``scorer``,
+    ``metric``, ``diff``, ``stderr``, ``ci_low``, ``ci_high``, ``p``, ``z``, ``n`` (paired images) and
+    ``n_prompts``; ordered by scorer, then pair, then suite and split.
+    """
+    samples = [s for s in samples if not (s.get("details") or {}).get("not_applicable")]
+    pairs = run_pairs(priors or {}, list(rows)) if pairs is None else list(pairs)
+    resolution = {r["metric"]: float(r.get("score_resolution", 1.0)) for r in rows}
+    categories: dict[str, set] = {}
+    for sample in samples:
+        categories.setdefault(sample["suite"], set()).add(sample["category"])
+    out = []
+    for scorer in sorted({s["scorer"] for s in samples}):
+        mine = [s for s in samples if s["scorer"] == scorer]
+        for c in paired_differences(mine, pairs, ["score"], ("suite",), score_range=resolution.get(scorer, 1.0)):
+            category = ",".join(sorted(categories[c["suite"]]))
+            out.append({"a": c["a"], "b": c["b"], "suite": c["suite"], "category": category,
+                        "seen": c["seen"], "scorer": scorer, "metric": scorer, "diff": c["difference"],
+                        "stderr": c["stderr"], "ci_low": c["ci_low"], "ci_high": c["ci_high"], "p": c["p_value"],
+                        "z": c["z"], "n": c["n"], "n_prompts": c["n_prompts"]})
+    return out
+
+
+def paired_table(paired: list[dict]) -> tuple[list[str], list[list]]:
+    """(headers, rows) of a run report's table of :func:`paired_results` rows."""
+    rows = [[f"{c['b']} − {c['a']}", c["suite"], c["seen"], c["metric"], c.get("n_prompts", "–"), c["n"],
+             f"{c['diff']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]", format_z(c["z"]), format_p(c["p"])]
+            for c in paired]
+    return ["difference", "suite", "split", "metric", "prompts", "images", "value [95% CI]", "z", "p"], rows

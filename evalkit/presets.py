@@ -72,7 +72,7 @@ def _golden(golden: str | Path = GOLDEN_DIR) -> Path:
 def gate_against_golden(run_dir: str | Path, golden: str | Path = GOLDEN_DIR):
     """The :class:`evalkit.compare.Comparison` of ``run_dir`` against the golden (rows, z, statuses)."""
     from evalkit.compare import compare_results
-    from evalkit.report.run_report import load_run
+    from evalkit.runs import load_run
 
     base, new = load_run(_golden(golden)), load_run(run_dir)
     return compare_results(base.results, new.results, base_samples=base.samples, new_samples=new.samples)

@@ -12,7 +12,7 @@ import inspect
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from evalkit import distributed
 from evalkit.cache import WorkCache, fingerprint, image_sha256, png_bytes, work_key
-from evalkit.contracts import Batch, Protocol, ResultRow, SampleRow, check_embedding_contract
+from evalkit.contracts import (Batch, Protocol, ResultRow, SampleRow, check_embedding_contract, check_embeddings,
+                               text_encoder_parameters, text_encoder_unknown_words)
 from evalkit.run_config import RunConfig
 from evalkit.environment import describe as describe_environment
 from evalkit.errors import EvalkitError, SettingError, WriteError
@@ -63,15 +64,6 @@ class TextCache:
 ITEM_FIELDS = ("item_id", "prompt", "category", "seen", "seed")
 
 
-def _check_embeddings(prior_name: str, embeds: torch.Tensor, batch: Batch, dim: int) -> None:
-    if embeds.shape != (len(batch), dim):
-        raise EvalkitError(f"prior {prior_name!r} returned {tuple(embeds.shape)} embeddings; expected ({len(batch)}, {dim})")
-    bad = (~torch.isfinite(embeds)).any(dim=1).nonzero().flatten().tolist()
-    if bad:
-        raise EvalkitError(f"prior {prior_name!r} returned NaN/inf embeddings for {len(bad)} image(s), the first for "
-                           f"prompt {batch.prompts[bad[0]]!r} (seed {batch.seeds[bad[0]]}); nothing of it was cached")
-
-
 def _copy_from_cache(source: Path, dest: Path, image: np.ndarray) -> None:
     """A copy, never a link: a run folder shares no file with the cache (editing one leaves the other).
     Written atomically (a full disk is a WriteError naming the file, never a partial PNG); an entry pruned
@@ -81,6 +73,205 @@ def _copy_from_cache(source: Path, dest: Path, image: np.ndarray) -> None:
     except FileNotFoundError:
         data = png_bytes(image)
     atomic_write_bytes(dest, data)
+
+
+def shard_chunks(n_pairs: int, batch_size: int, shard: tuple[int, int] = (0, 1)) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the batches of ``n_pairs`` (item, seed) pairs that this process runs: the batches
+    ``c`` of ``batch_size`` pairs with ``c % n == rank`` (``shard=(rank, n)``; ``(0, 1)``: every batch)."""
+    rank, shards = shard
+    return [(start, min(start + batch_size, n_pairs)) for c, start in enumerate(range(0, n_pairs, batch_size))
+            if c % shards == rank]
+
+
+def to_pixels(images) -> torch.Tensor:
+    """8-bit ``(N, H, W, 3)`` images → float ``(N, 3, H, W)`` in [0, 1], in one memory layout whatever the
+    images' source (decoder, cache or files): float reductions in scorers then give the same bits."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().float() / 255.0
+
+
+def score_rows(scorer, inputs: torch.Tensor, batch: Batch, label: str, reads: str | None = None) -> list[dict]:
+    """One row per image (or embedding) of ``batch`` by :meth:`Scorer.score_checked`, without the item
+    fields a scorer may echo (the sample row has them)."""
+    return [{k: v for k, v in row.items() if k not in ITEM_FIELDS}
+            for row in scorer.score_checked(inputs, batch, label, reads)]
+
+
+def sample_row(prior: str, suite: str, scorer: str, item, seed: int, image_path: str, row: dict) -> dict:
+    """One line of ``samples.jsonl`` (:class:`SampleRow`) from a scorer's row: its ``score``, its ``questions``
+    and every other field as ``details``."""
+    details = dict(row)
+    return asdict(SampleRow(prior=prior, suite=suite, scorer=scorer, item_id=item.item_id, prompt=item.prompt, seed=seed,
+                            category=item.category, seen=item.seen, image_path=image_path,
+                            score=float(details.pop("score")), questions=details.pop("questions", []), details=details))
+
+
+@dataclass
+class SuiteWork:
+    """What the stages share over one suite: plugins, protocol, text encodings, cache and timings."""
+
+    suite: object
+    decoder: object
+    scorers: dict
+    protocol: Protocol
+    texts: TextCache
+    cache: WorkCache
+    run_dir: Path | None
+    priors: list  # the priors' names, in the run's order (the ``_order`` of sharded rows)
+    sharded: bool
+    scorer_ids: dict = field(default_factory=dict)
+    reads_embeddings: set = field(default_factory=set)
+    why_not: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=lambda: {"text": 0.0, "prior": 0.0, "decoder": 0.0, "scorer": 0.0, "io": 0.0})
+
+    def __post_init__(self):
+        self.scorer_ids = {name: work_key("scorer", scorer=fingerprint(scorer), **numeric)
+                           if (numeric := numeric_path(getattr(scorer, "_placement", None))) else fingerprint(scorer)
+                           for name, scorer in self.scorers.items()} if self.cache.enabled else {n: "" for n in self.scorers}
+        self.reads_embeddings = {name for name, scorer in self.scorers.items() if scorer.reads == "embeddings"}
+
+
+@dataclass
+class PriorWork:
+    """One prior's part of a suite: its cache (none when unseeded), key prefixes, negative and image folder."""
+
+    name: str
+    prior: object
+    store: WorkCache
+    prior_id: str
+    decoding: dict
+    negative: dict  # the decoder's guidance negative (Kandinsky 2.2), passed as an argument; {}: none
+    image_dir: Path | None
+
+
+def prior_work(work: SuiteWork, name: str, prior) -> PriorWork:
+    negative = {}
+    if work.decoder.takes_negative_image_embeds:
+        negative = {"negative_image_embeds": negative_embedding(name, prior, work.texts, work.protocol)}
+    decoding = {**work.protocol.decoding(), "decoder_fingerprint": fingerprint(work.decoder) if work.cache.enabled else "",
+                **numeric_path(getattr(work.decoder, "_placement", None), dtype=False),  # dtype: in the protocol
+                **({"negative": hashlib.sha256(negative["negative_image_embeds"].numpy().tobytes()).hexdigest()}
+                   if negative else {})}
+    store = work.cache if prior.seeded else WorkCache(None)  # unseeded work is never cached
+    encoders = work.texts.encoders  # the prior and the text encoders whose encodings it reads (shared by every prior)
+    prior_id = work_key("prior", prior=fingerprint(prior), text=[fingerprint(encoders[space]) for space in
+                                                                 prior.text_encoders if space in encoders],
+                        **numeric_path(getattr(prior, "_placement", None))) if store.enabled else ""
+    image_dir = None
+    if work.run_dir is not None:
+        image_dir = Path(work.run_dir) / "images" / name / work.suite.name
+        image_dir.mkdir(parents=True, exist_ok=True)
+    return PriorWork(name, prior, store, prior_id, decoding, negative, image_dir)
+
+
+def encode_texts(work: SuiteWork, batch: Batch, spaces) -> None:
+    """``batch.text`` for ``spaces``: each prompt encoded once per space and run (:class:`TextCache`)."""
+    t0 = time.perf_counter()
+    work.texts.fill(batch, spaces)
+    work.timings["text"] += time.perf_counter() - t0
+
+
+def embed_stage(work: SuiteWork, pw: PriorWork, batch: Batch, keys: list[str]) -> list[np.ndarray]:
+    """The prior's embeddings of ``batch``: from the cache, else predicted for the whole batch, checked
+    (:func:`check_embeddings`) and stored."""
+    embeds = [pw.store.get_embedding(key) for key in keys]
+    if any(e is None for e in embeds):
+        encode_texts(work, batch, pw.prior.text_encoders)
+        t0 = time.perf_counter()
+        predicted = pw.prior.predict(batch).float().cpu()
+        work.timings["prior"] += time.perf_counter() - t0
+        check_embeddings(pw.name, predicted, batch, work.decoder.embedding_dim)
+        embeds = list(predicted.numpy())
+        for key, row in zip(keys, embeds):
+            pw.store.put_embedding(key, row)
+    return embeds
+
+
+def decode_stage(work: SuiteWork, pw: PriorWork, batch: Batch, embeds, images: list, keys: list[str]) -> list:
+    """8-bit images of ``batch``: ``images`` (from the cache) when all are there, else decoded for the whole
+    batch and stored."""
+    if all(image is not None for image in images):
+        return images
+    t0 = time.perf_counter()
+    images = list(to_uint8(work.decoder.decode(torch.from_numpy(np.stack(embeds)), batch, work.protocol, **pw.negative)))
+    t1 = time.perf_counter()
+    for key, image in zip(keys, images):
+        pw.store.put_image(key, image)
+    work.timings["decoder"] += t1 - t0
+    work.timings["io"] += time.perf_counter() - t1
+    return images
+
+
+def score_stage(work: SuiteWork, pw: PriorWork, chunk: list, batch: Batch, embedding_keys: list[str],
+                image_keys: list[str], embeds, images: list) -> dict[str, list[dict]]:
+    """Per scorer, one row per image of the batch: from the cache (checked against the image, or the embedding,
+    it was computed on), else scored for the whole batch and stored; items it cannot score get a placeholder."""
+    shas = [image_sha256(image) for image in images]
+    scored: dict[str, list] = {}
+    for name, scorer in work.scorers.items():
+        on_embeddings = name in work.reads_embeddings
+        keys = [work_key("score", **({"embedding": embedding_keys[j]} if on_embeddings else {"image": image_keys[j]}),
+                         scorer=work.scorer_ids[name], suite=work.suite.name, item=item.to_dict(), seed=seed)
+                for j, (item, seed) in enumerate(chunk)]
+        checks = [hashlib.sha256(np.ascontiguousarray(e, dtype=np.float32).tobytes()).hexdigest() for e in embeds] \
+            if on_embeddings else shas
+        got = [pw.store.get_score(key, sha) for key, sha in zip(keys, checks)]
+        if all(work.why_not[name].get(item.item_id) for item, _ in chunk):  # nothing to score
+            got = [{"score": 0.0} for _ in chunk]
+        elif any(row is None for row in got):
+            t0 = time.perf_counter()
+            got = score_rows(scorer, torch.from_numpy(np.stack(embeds)) if on_embeddings else to_pixels(images), batch, name)
+            work.timings["scorer"] += time.perf_counter() - t0
+            for key, sha, row in zip(keys, checks, got):
+                pw.store.put_score(key, sha, row)
+        scored[name] = got
+    return scored
+
+
+def save_image(work: SuiteWork, pw: PriorWork, item, seed: int, key: str, image: np.ndarray) -> str:
+    """The image's PNG in the run folder (a copy of the cache's entry when cached); returns its relative path
+    ("" without a run folder)."""
+    if pw.image_dir is None:
+        return ""
+    path = str(Path("images") / pw.name / work.suite.name / f"{item.item_id}_{seed}.png")
+    if pw.store.enabled:
+        _copy_from_cache(pw.store.image_path(key), Path(work.run_dir) / path, image)
+    else:  # atomic: a full disk is a WriteError naming the file, never a 0-byte PNG
+        atomic_write_bytes(Path(work.run_dir) / path, png_bytes(image))
+    return path
+
+
+def write_samples(work: SuiteWork, pw: PriorWork, chunk: list, start: int, image_keys: list[str], images: list,
+                  scored: dict[str, list[dict]], rows: list[dict]) -> None:
+    """The batch's images into the run folder and its sample rows onto ``rows`` (sharded runs: with ``_order``)."""
+    for k, (item, seed) in enumerate(chunk):
+        path = save_image(work, pw, item, seed, image_keys[k], images[k])
+        for scorer_name, scorer_rows in scored.items():
+            reason = work.why_not[scorer_name].get(item.item_id)
+            row = {"score": 0.0, "not_applicable": reason} if reason else scorer_rows[k]  # never averaged
+            sample = sample_row(pw.name, work.suite.name, scorer_name, item, seed, path, row)
+            rows.append({**sample, "_order": (work.priors.index(pw.name), start + k, list(work.scorers).index(scorer_name))}
+                        if work.sharded else sample)
+
+
+def run_batch(work: SuiteWork, pw: PriorWork, chunk: list, start: int, rows: list[dict]) -> bool:
+    """One batch of (item, seed) pairs through the stages; returns whether its images all came from the cache.
+
+    Each stage runs on the whole batch when anything in it is missing: batches are then exactly those of an
+    uninterrupted run, so a resumed run gives the same bits (float kernels depend on the batch shape)."""
+    batch = Batch([p[0] for p in chunk], [p[1] for p in chunk], scenes=[work.suite.ground_truth(i, s) for i, s in chunk])
+    embedding_keys = [work_key("embedding", prior=pw.prior_id, prompt=item.prompt, seed=seed) for item, seed in chunk]
+    image_keys = [work_key("image", embedding=key, **pw.decoding) for key in embedding_keys]
+    t0 = time.perf_counter()
+    cached = [pw.store.get_image(key) for key in image_keys]
+    work.timings["io"] += time.perf_counter() - t0
+    reused = all(image is not None for image in cached)
+    embeds = embed_stage(work, pw, batch, embedding_keys) if not reused or work.reads_embeddings else None
+    images = decode_stage(work, pw, batch, embeds, cached, image_keys)
+    scored = score_stage(work, pw, chunk, batch, embedding_keys, image_keys, embeds, images)
+    t0 = time.perf_counter()
+    write_samples(work, pw, chunk, start, image_keys, images, scored, rows)
+    work.timings["io"] += time.perf_counter() - t0
+    return reused
 
 
 @torch.inference_mode()
@@ -101,129 +292,22 @@ def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, ru
         check_embedding_contract(prior, decoder)
     items = list(items) if items is not None else suite.items(split)[:limit]
     pairs = [(item, seed) for item in items for seed in protocol.seeds()]
-    texts = TextCache(text_encoders or {})
-    cache = cache if cache is not None else WorkCache(None)
-    timings = {"text": 0.0, "prior": 0.0, "decoder": 0.0, "scorer": 0.0, "io": 0.0}
-    scorer_ids = {name: work_key("scorer", scorer=fingerprint(scorer), **numeric)
-                  if (numeric := numeric_path(getattr(scorer, "_placement", None))) else fingerprint(scorer)
-                  for name, scorer in scorers.items()} if cache.enabled else {name: "" for name in scorers}
-    reads_embeddings = {name for name, scorer in scorers.items() if getattr(scorer, "reads", "images") == "embeddings"}
-    why_not = not_applicable(scorers, items)
+    work = SuiteWork(suite, decoder, scorers, protocol, TextCache(text_encoders or {}),
+                     cache if cache is not None else WorkCache(None), run_dir, list(priors), shard[1] != 1)
+    work.why_not = not_applicable(scorers, items)
     rows: list[dict] = []
     for prior_name, prior in priors.items():
-        negative = {}  # the decoder's guidance negative, from the prior's pipeline (Kandinsky 2.2), as an argument
-        if getattr(decoder, "takes_negative_image_embeds", False):
-            negative = {"negative_image_embeds": negative_embedding(prior_name, prior, texts, protocol)}
-        decoding = {**protocol.decoding(), "decoder_fingerprint": fingerprint(decoder) if cache.enabled else "",
-                    **numeric_path(getattr(decoder, "_placement", None), dtype=False),  # dtype: in the protocol
-                    **({"negative": hashlib.sha256(negative["negative_image_embeds"].numpy().tobytes()).hexdigest()}
-                       if negative else {})}
-        store = cache if getattr(prior, "seeded", True) else WorkCache(None)  # unseeded work is never cached
-        # the prior and the text encoders whose encodings it reads (the run's, shared by every prior)
-        prior_id = work_key("prior", prior=fingerprint(prior), text=[fingerprint(texts.encoders[space]) for space in
-                                                                     prior.text_encoders if space in texts.encoders],
-                            **numeric_path(getattr(prior, "_placement", None))) if store.enabled else ""
-        image_dir = None
-        if run_dir is not None:
-            image_dir = Path(run_dir) / "images" / prior_name / suite.name
-            image_dir.mkdir(parents=True, exist_ok=True)
-        mine = sum(len(pairs[c:c + batch_size]) for i, c in enumerate(range(0, len(pairs), batch_size)) if i % shard[1] == shard[0])
-        bar = tqdm(total=mine, desc=f"{prior_name} · {suite.name}", unit="img", disable=not progress)
-        reused = 0  # images of chunks found whole in the cache
-        rank, shards = shard
-        for chunk_index, start in enumerate(range(0, len(pairs), batch_size)):
-            if chunk_index % shards != rank:
-                continue
-            chunk = pairs[start:start + batch_size]
-            batch = Batch([p[0] for p in chunk], [p[1] for p in chunk],
-                          scenes=[suite.ground_truth(i, s) for i, s in chunk])
-            embedding_keys = [work_key("embedding", prior=prior_id, prompt=item.prompt, seed=seed) for item, seed in chunk]
-            image_keys = [work_key("image", embedding=key, **decoding) for key in embedding_keys]
-            t0 = time.perf_counter()
-            images = [store.get_image(key) for key in image_keys]
-            timings["io"] += time.perf_counter() - t0
-            # each stage runs on the whole chunk when anything in it is missing: batches are then exactly
-            # those of an uninterrupted run, so a resumed run gives the same bits (float kernels depend on
-            # the batch shape)
-            embeds = None
-            if any(image is None for image in images) or reads_embeddings:
-                embeds = [store.get_embedding(key) for key in embedding_keys]
-                if any(e is None for e in embeds):
-                    t0 = time.perf_counter()
-                    texts.fill(batch, prior.text_encoders)
-                    t1 = time.perf_counter()
-                    predicted = prior.predict(batch).float().cpu()
-                    t2 = time.perf_counter()
-                    _check_embeddings(prior_name, predicted, batch, decoder.embedding_dim)
-                    embeds = list(predicted.numpy())
-                    for key, row in zip(embedding_keys, embeds):
-                        store.put_embedding(key, row)
-                    timings["text"] += t1 - t0
-                    timings["prior"] += t2 - t1
-            if any(image is None for image in images):
-                t0 = time.perf_counter()
-                images = list(to_uint8(decoder.decode(torch.from_numpy(np.stack(embeds)), batch, protocol, **negative)))
-                t1 = time.perf_counter()
-                for key, image in zip(image_keys, images):
-                    store.put_image(key, image)
-                timings["decoder"] += t1 - t0
-                timings["io"] += time.perf_counter() - t1
-            else:
-                reused += len(chunk)
-            shas = [image_sha256(image) for image in images]
-            scored: dict[str, list] = {}
-            for name, scorer in scorers.items():
-                on_embeddings = name in reads_embeddings
-                keys = [work_key("score", **({"embedding": embedding_keys[j]} if on_embeddings else {"image": image_keys[j]}),
-                                 scorer=scorer_ids[name], suite=suite.name, item=item.to_dict(), seed=seed)
-                        for j, (item, seed) in enumerate(chunk)]
-                # a cached score is checked against what it was computed on: the image, or the embedding
-                checks = [hashlib.sha256(np.ascontiguousarray(e, dtype=np.float32).tobytes()).hexdigest() for e in embeds] \
-                    if on_embeddings else shas
-                got = [store.get_score(key, sha) for key, sha in zip(keys, checks)]
-                if all(why_not[name].get(item.item_id) for item, _ in chunk):  # nothing to score
-                    got = [{"score": 0.0} for _ in chunk]
-                elif any(row is None for row in got):
-                    t0 = time.perf_counter()
-                    if on_embeddings:
-                        new = scorer.score_embeddings(torch.from_numpy(np.stack(embeds)), batch)
-                    else:
-                        # one memory layout whatever the images' source (decoder or cache): float reductions
-                        # in scorers then give the same bits
-                        pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().float() / 255.0
-                        new = scorer.score(pixels, batch)
-                    timings["scorer"] += time.perf_counter() - t0
-                    if len(new) != len(chunk):
-                        raise EvalkitError(f"scorer {name!r} returned {len(new)} rows for {len(chunk)} images")
-                    got = [{k: v for k, v in row.items() if k not in ITEM_FIELDS} for row in new]
-                    for key, sha, row in zip(keys, checks, got):
-                        store.put_score(key, sha, row)
-                scored[name] = got
-            t0 = time.perf_counter()
-            for k, (item, seed) in enumerate(chunk):
-                path = ""
-                if image_dir is not None:
-                    path = str(Path("images") / prior_name / suite.name / f"{item.item_id}_{seed}.png")
-                    if store.enabled:
-                        _copy_from_cache(store.image_path(image_keys[k]), Path(run_dir) / path, images[k])
-                    else:  # atomic: a full disk is a WriteError naming the file, never a 0-byte PNG
-                        atomic_write_bytes(Path(run_dir) / path, png_bytes(images[k]))
-                for scorer_name, scorer_rows in scored.items():
-                    row = dict(scorer_rows[k])
-                    reason = why_not[scorer_name].get(item.item_id)
-                    if reason:  # counted and shown, never averaged (Scorer.not_applicable)
-                        row = {"score": 0.0, "not_applicable": reason}
-                    sample = SampleRow(prior=prior_name, suite=suite.name, scorer=scorer_name, item_id=item.item_id,
-                                       prompt=item.prompt, seed=seed, category=item.category, seen=item.seen,
-                                       image_path=path, score=float(row.pop("score")),
-                                       questions=row.pop("questions", []), details=row)
-                    rows.append(asdict(sample) if shards == 1 else {
-                        **asdict(sample), "_order": (list(priors).index(prior_name), start + k, list(scorers).index(scorer_name))})
-            timings["io"] += time.perf_counter() - t0
-            bar.update(len(chunk))
+        pw = prior_work(work, prior_name, prior)
+        chunks = shard_chunks(len(pairs), batch_size, shard)
+        bar = tqdm(total=sum(stop - start for start, stop in chunks), desc=f"{prior_name} · {suite.name}", unit="img",
+                   disable=not progress)
+        reused = 0  # images of batches found whole in the cache
+        for start, stop in chunks:
+            reused += (stop - start) * run_batch(work, pw, pairs[start:stop], start, rows)
+            bar.update(stop - start)
             bar.set_postfix(img_per_s=f"{bar.n / max(bar.format_dict['elapsed'], 1e-9):.1f}", cached=reused)
         bar.close()
-    return rows, timings
+    return rows, work.timings
 
 
 #: ``--negative``: what a decoder that takes a guidance negative (Kandinsky 2.2) gets from each prior
@@ -232,9 +316,9 @@ NEGATIVES = ("empty-prompt", "zero-image")
 
 def negative_mode(prior, protocol: Protocol) -> str:
     """The run's ``--negative``, else the prior pipeline's own (random-weight builds: the empty prompt)."""
-    if getattr(prior, "random_weights", None) and not protocol.negative:
+    if prior.random_weights and not protocol.negative:
         return "empty-prompt"  # no pipeline folder, so no image encoder; the images are noise anyway
-    return protocol.negative or getattr(prior, "negative", "empty-prompt")
+    return protocol.negative or prior.negative
 
 
 def negative_embedding(name: str, prior, texts: "TextCache", protocol: Protocol) -> torch.Tensor:
@@ -242,11 +326,11 @@ def negative_embedding(name: str, prior, texts: "TextCache", protocol: Protocol)
     pipeline's image encoder (what the public Kandinsky 2.2 prior pipelines return without a negative prompt)."""
     mode = negative_mode(prior, protocol)
     if mode == "zero-image":
-        maker = getattr(prior, "zero_image_embedding", None)
-        if not callable(maker):
+        zero = prior.zero_image_embedding()
+        if zero is None:
             raise EvalkitError(f"prior {name!r} has no zero-image negative (its pipeline has no image encoder); "
                                "run with --negative empty-prompt")
-        return maker().float().cpu()
+        return zero.float().cpu()
     empty = Batch.from_prompts([""], [protocol.seed])
     texts.fill(empty, prior.text_encoders)
     return prior.predict(empty).float().cpu()[0]
@@ -256,8 +340,7 @@ def not_applicable(scorers: dict, items) -> dict[str, dict[str, str]]:
     """Per scorer, ``{item_id: reason}`` of the items its score would mean nothing for."""
     out = {}
     for name, scorer in scorers.items():
-        check = getattr(scorer, "not_applicable", None)
-        out[name] = {item.item_id: reason for item in items if callable(check) and (reason := check(item))}
+        out[name] = {item.item_id: reason for item in items if (reason := scorer.not_applicable(item))}
     return out
 
 
@@ -477,7 +560,7 @@ def _resolve(config: RunConfig):
               if v is not None}
     decoder = load_decoder(config.decoder, config.decoder_path, random_init=config.random_init,
                            allow_pickle=config.allow_pickle, **levers)
-    if config.negative and not getattr(decoder, "takes_negative_image_embeds", False):
+    if config.negative and not decoder.takes_negative_image_embeds:
         raise SettingError(f"--negative chooses the guidance negative of decoders that take one from the prior "
                            f"(kandinsky22); decoder {config.decoder!r} takes none")
     options = {"num_inference_steps": config.prior_num_inference_steps, "guidance_scale": config.prior_guidance_scale}
@@ -590,21 +673,28 @@ def preflight(priors: dict, decoder, suite, split: str, protocol: Protocol, enco
     batch = Batch(items, [seed], scenes=[suite.ground_truth(items[0], seed)])
     TextCache(encoders).fill(batch, sorted({s for p in priors.values() for s in p.text_encoders}))
     for name, prior in priors.items():
-        _check_embeddings(name, prior.predict(batch).float(), batch, decoder.embedding_dim)
+        check_embeddings(name, prior.predict(batch).float(), batch, decoder.embedding_dim)
+
+
+def prior_record(cls: str, *, trainable: int = 0, total: int = 0, text: int = 0, decoder: int = 0, data: str = "",
+                 version: str = "", **extra) -> dict:
+    """One prior's entry of ``results.json``'s ``priors`` (the run's and an import's)."""
+    return {"class": cls, "trainable_parameters": trainable, "total_parameters": total, "text_encoder_parameters": text,
+            "decoder_parameters": decoder, "data": data, "version": version, **extra}
 
 
 def prior_info(prior, encoders: dict, decoder) -> dict:
     """Parameter counts (trainable: the prior; total: prior + the text encoders it reads + the decoder), data, version."""
-    text = 0
-    for space in prior.text_encoders:
-        encoder = encoders.get(space)
-        count = getattr(encoder, "num_text_parameters", None)
-        text += int(count()) if callable(count) else 0
-    trainable = prior.num_parameters(trainable_only=True)
-    return {"class": f"{type(prior).__module__}.{type(prior).__qualname__}", "trainable_parameters": trainable,
-            "total_parameters": prior.num_parameters() + text + decoder.num_parameters(), "text_encoder_parameters": text,
-            "decoder_parameters": decoder.num_parameters(), "data": prior.training_data(),
-            "version": fingerprint(prior, code=False)}
+    text = sum(text_encoder_parameters(encoders.get(space)) for space in prior.text_encoders)
+    return prior_record(f"{type(prior).__module__}.{type(prior).__qualname__}",
+                        trainable=prior.num_parameters(trainable_only=True),
+                        total=prior.num_parameters() + text + decoder.num_parameters(), text=text,
+                        decoder=decoder.num_parameters(), data=prior.training_data(), version=fingerprint(prior, code=False))
+
+
+def run_record(config: dict, protocol: Protocol, started: str, **extra) -> dict:
+    """``run.json``: written first into a run folder (the run's and an import's)."""
+    return {"config": config, "protocol": asdict(protocol), "protocol_hash": protocol.hash(), "started": started, **extra}
 
 
 def unknown_words(suites, split: str, limit: int | None, encoders: dict) -> dict:
@@ -616,10 +706,10 @@ def unknown_words(suites, split: str, limit: int | None, encoders: dict) -> dict
     for suite in suites:
         prompts = [item.prompt for item in suite.items(split)[:limit]]
         for space, encoder in encoders.items():
-            finder = getattr(encoder, "unknown_words", None)
-            if finder is None:
-                continue
-            per_prompt = [sorted({w.lower() for w in finder(p)}) for p in prompts]
+            found_words = [text_encoder_unknown_words(encoder, p) for p in prompts]
+            if any(words is None for words in found_words):
+                continue  # an open vocabulary
+            per_prompt = [sorted({w.lower() for w in words}) for words in found_words]
             words = Counter(w for ws in per_prompt for w in ws)
             if words:
                 found.setdefault(suite.name, {})[space] = {
@@ -634,6 +724,7 @@ def write_results(run_dir: Path, rows: list[dict], results: list[ResultRow], *, 
     """``samples.jsonl`` then the sealed ``results.json`` (with the samples' sha256): both or neither."""
     import datetime as _dt
 
+    from evalkit.paired import paired_results
     from evalkit.serialization import atomic_write_json, atomic_write_text, seal
 
     samples_text = "".join(json.dumps(row) + "\n" for row in rows)
@@ -653,6 +744,8 @@ def write_results(run_dir: Path, rows: list[dict], results: list[ResultRow], *, 
     skipped = not_applicable_summary(rows)
     if skipped:  # items a scorer marked not applicable: excluded from every row above
         payload["not_applicable"] = skipped
+    # the paired comparisons the report shows (prior against prior, per image), stored with the rows they explain
+    payload["paired"] = paired_results(rows, None, payload["rows"], priors_info)
     try:
         atomic_write_json(run_dir / "results.json", seal(payload))
     except OSError:
@@ -664,6 +757,106 @@ def _stage_dtype(placements: dict) -> str:
     """One stage's dtype for the protocol: what its plugins with weights computed in (comma-joined if several)."""
     dtypes = sorted({p["dtype"] for p in placements.values() if p["dtype"] != "none"})
     return ",".join(dtypes) or "float32"
+
+
+def run_protocol(config: RunConfig, decoder, scorers: dict, placements: dict, decoder_version: str) -> Protocol:
+    """The run's :class:`Protocol`: the flags, else the decoder's defaults; the stages' dtypes as placed."""
+    return Protocol(
+        decoder=config.decoder,
+        num_inference_steps=config.num_inference_steps or decoder.default_num_inference_steps,
+        guidance_scale=config.guidance_scale if config.guidance_scale is not None else decoder.default_guidance_scale,
+        resolution=decoder.resolution, images_per_prompt=config.images_per_prompt, seed=config.seed,
+        dtype=decoder.compute_dtype, scorer=",".join(config.scorers), scorer_version=",".join(scorers[s].version for s in config.scorers),
+        decoder_version=decoder_version, random_init=config.random_init or "",
+        prior_dtype=_stage_dtype(placements["priors"]), scorer_dtype=_stage_dtype(placements["scorers"]),
+        negative=config.negative or "",
+    )
+
+
+def _prepare(config: RunConfig, inject=None):
+    """Everything of a run before any work: flags checked, plugins resolved, placed; the protocol."""
+    from evalkit.placement import resolve_device
+
+    check_config(config)
+    device = resolve_device(config.device)  # before anything loads: a GPU that is not here is a clear error
+    if device == "meta":
+        raise SettingError("--device meta holds no data, so a run cannot compute on it (it is for parameter counts "
+                           "and placement tests: evalkit.placement.place); use --device cpu or cuda")
+    priors, decoder, scorers, suites = resolve(config)
+    if inject is not None:
+        inject(priors, decoder, scorers)
+    decoder_version = fingerprint(decoder, code=False, numeric=False)  # of the weights as loaded: any dtype, one protocol
+    encoders = text_encoders(priors, decoder)
+    placements = place_plugins(priors, decoder, scorers, encoders, device, config.dtype)
+    distributed.configure(device)
+    protocol = run_protocol(config, decoder, scorers, placements, decoder_version)
+    return priors, decoder, scorers, suites, encoders, placements, protocol
+
+
+def _check_work(config: RunConfig, priors: dict, decoder, scorers: dict, suites: list, protocol: Protocol,
+                encoders: dict, progress: bool) -> dict:
+    """Refusals and notes before anything is written; returns the prompts' unknown words (:func:`unknown_words`)."""
+    unscored = refuse_unscorable(suites, scorers, config.split, config.limit)
+    preflight(priors, decoder, suites[0], config.split, protocol, encoders)
+    unknown = unknown_words(suites, config.split, config.limit, encoders)
+    if progress and distributed.world()[0] == 0:
+        from evalkit.report.run_report import unknown_words_summary
+
+        for line in [*unknown_words_summary(unknown), *unscored]:
+            print(f"note: {line}", file=sys.stderr)
+    return unknown
+
+
+def _evaluate_suites(config: RunConfig, priors: dict, decoder, scorers: dict, suites: list, protocol: Protocol,
+                     encoders: dict, run_dir: Path, cache: WorkCache, progress: bool) -> tuple[list[dict], dict]:
+    """Every suite of the run; with several processes, every process's rows and timings gathered (in
+    single-process order) onto each."""
+    rank, processes = distributed.world()
+    rows, timings = [], {}
+    for index, suite in enumerate(suites):
+        suite_rows, suite_timings = evaluate(priors, decoder, suite, scorers, protocol, run_dir, config.split,
+                                             config.limit, config.batch_size, encoders, progress and rank == 0,
+                                             cache=cache, shard=(rank, processes))
+        rows += [{**row, "_order": (index, *row["_order"])} for row in suite_rows] if processes > 1 else suite_rows
+        for key, value in suite_timings.items():
+            timings[key] = timings.get(key, 0.0) + value
+    if processes > 1:  # process 0 writes everything, from every process's rows, in single-process order
+        rows = sorted(distributed.gather(rows), key=lambda row: row["_order"])
+        rows = [{k: v for k, v in row.items() if k != "_order"} for row in rows]
+        gathered = distributed.gather([(timings, cache.stats())])
+        timings = {k: sum(t[k] for t, _ in gathered) for k in timings}
+        for part in ("hits", "misses", "stored"):
+            setattr(cache, part, {kind: sum(stats[part][kind] for _, stats in gathered) for kind in getattr(cache, part)})
+    return rows, timings
+
+
+def _write_run(run_dir: Path, config: RunConfig, rows: list[dict], timings: dict, *, priors: dict, decoder, scorers: dict,
+               versions: dict, encoders: dict, protocol: Protocol, placements: dict, unknown: dict, cache: WorkCache,
+               started: str, clock: float, processes: int) -> None:
+    """Aggregate rows, ``samples.jsonl`` + sealed ``results.json``, then the report (then the processes finish)."""
+    from evalkit.report.run_report import write_report
+
+    info = {name: prior_info(p, encoders, decoder) for name, p in priors.items()}
+    if decoder.takes_negative_image_embeds:
+        for name, p in priors.items():
+            info[name]["negative"] = negative_mode(p, protocol)
+    results = aggregate(rows, versions, protocol, {n: i["trainable_parameters"] for n, i in info.items()},
+                        split=config.split, priors_info=info, tag=config.tag,
+                        higher_is_better={n: s.higher_is_better for n, s in scorers.items()},
+                        score_resolution={n: s.score_resolution for n, s in scorers.items()})
+    try:
+        write_results(run_dir, rows, results, config=asdict(config), protocol=protocol, versions=versions,
+                      priors_info=info, timings=timings, wall_time_s=time.time() - clock, cache_stats=cache.stats(),
+                      started=started, unknown_words=unknown,
+                      environment={**describe_environment(decoder, processes), "placements": placements})
+        try:
+            write_report([run_dir], run_dir)
+        except WriteError as error:  # the results are written and sealed: only the report is missing
+            raise WriteError(f"{error}. The run itself finished: results.json and samples.jsonl in {run_dir} are "
+                             f"complete and valid; `evalkit report {run_dir}` renders its report again "
+                             "(into a new folder)") from error
+    finally:
+        distributed.finish()
 
 
 def run(config: RunConfig, progress: bool = True, inject=None) -> Path:
@@ -680,91 +873,26 @@ def run(config: RunConfig, progress: bool = True, inject=None) -> Path:
     import datetime as _dt
 
     from evalkit.cache import default_root
-    from evalkit.report.run_report import write_report
     from evalkit.runs import new_run_dir
-    from evalkit.serialization import atomic_write_json, atomic_write_text, seal
+    from evalkit.serialization import atomic_write_json
 
-    from evalkit.placement import resolve_device
-
-    check_config(config)
-    device = resolve_device(config.device)  # before anything loads: a GPU that is not here is a clear error
-    if device == "meta":
-        raise SettingError("--device meta holds no data, so a run cannot compute on it (it is for parameter counts "
-                           "and placement tests: evalkit.placement.place); use --device cpu or cuda")
-    priors, decoder, scorers, suites = resolve(config)
-    if inject is not None:
-        inject(priors, decoder, scorers)
-    decoder_version = fingerprint(decoder, code=False, numeric=False)  # of the weights as loaded: any dtype, one protocol
-    encoders = text_encoders(priors, decoder)
-    placements = place_plugins(priors, decoder, scorers, encoders, device, config.dtype)
-    distributed.configure(device)
-    protocol = Protocol(
-        decoder=config.decoder,
-        num_inference_steps=config.num_inference_steps or decoder.default_num_inference_steps,
-        guidance_scale=config.guidance_scale if config.guidance_scale is not None else decoder.default_guidance_scale,
-        resolution=decoder.resolution, images_per_prompt=config.images_per_prompt, seed=config.seed,
-        dtype=decoder.compute_dtype, scorer=",".join(config.scorers), scorer_version=",".join(scorers[s].version for s in config.scorers),
-        decoder_version=decoder_version, random_init=config.random_init or "",
-        prior_dtype=_stage_dtype(placements["priors"]), scorer_dtype=_stage_dtype(placements["scorers"]),
-        negative=config.negative or "",
-    )
+    priors, decoder, scorers, suites, encoders, placements, protocol = _prepare(config, inject)
     versions = {s.name: s.version(config.split) for s in suites}
-    unscored = refuse_unscorable(suites, scorers, config.split, config.limit)
-    preflight(priors, decoder, suites[0], config.split, protocol, encoders)
-    unknown = unknown_words(suites, config.split, config.limit, encoders)
-    if progress and distributed.world()[0] == 0:
-        from evalkit.report.run_report import unknown_words_summary
-
-        for line in [*unknown_words_summary(unknown), *unscored]:
-            print(f"note: {line}", file=sys.stderr)
+    unknown = _check_work(config, priors, decoder, scorers, suites, protocol, encoders, progress)
     # random weights: nothing worth keeping, and a speed run must not time cache hits
     cache = WorkCache((config.cache_dir or default_root()) if config.cache and not config.random_init else None)
     rank, processes = distributed.world()  # > 1 under `accelerate launch` / `torchrun`: batches are shared out
     run_dir, started = None, _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     if rank == 0:
         run_dir = new_run_dir(config.out, "-".join(priors) + "_" + "-".join(suite.name for suite in suites))
-        atomic_write_json(run_dir / "run.json", {"config": asdict(config), "protocol": asdict(protocol),
-                                                 "protocol_hash": protocol.hash(), "started": started,
-                                                 "processes": processes})
+        atomic_write_json(run_dir / "run.json", run_record(asdict(config), protocol, started, processes=processes))
     run_dir = Path(distributed.broadcast(str(run_dir) if run_dir else None))
     clock = time.time()
-    rows, timings = [], {}
-    for index, suite in enumerate(suites):
-        suite_rows, suite_timings = evaluate(priors, decoder, suite, scorers, protocol, run_dir, config.split,
-                                             config.limit, config.batch_size, encoders, progress and rank == 0,
-                                             cache=cache, shard=(rank, processes))
-        rows += [{**row, "_order": (index, *row["_order"])} for row in suite_rows] if processes > 1 else suite_rows
-        for key, value in suite_timings.items():
-            timings[key] = timings.get(key, 0.0) + value
-    if processes > 1:  # process 0 writes everything, from every process's rows, in single-process order
-        rows = sorted(distributed.gather(rows), key=lambda row: row["_order"])
-        rows = [{k: v for k, v in row.items() if k != "_order"} for row in rows]
-        gathered = distributed.gather([(timings, cache.stats())])
-        timings = {k: sum(t[k] for t, _ in gathered) for k in timings}
-        for part in ("hits", "misses", "stored"):
-            setattr(cache, part, {kind: sum(stats[part][kind] for _, stats in gathered) for kind in getattr(cache, part)})
-        if rank != 0:
-            distributed.finish()  # process 0 writes the folder; the others wait for it
-            return run_dir
-    info = {name: prior_info(p, encoders, decoder) for name, p in priors.items()}
-    if getattr(decoder, "takes_negative_image_embeds", False):
-        for name, p in priors.items():
-            info[name]["negative"] = negative_mode(p, protocol)
-    results = aggregate(rows, versions, protocol, {n: i["trainable_parameters"] for n, i in info.items()},
-                        split=config.split, priors_info=info, tag=config.tag,
-                        higher_is_better={n: s.higher_is_better for n, s in scorers.items()},
-                        score_resolution={n: getattr(s, "score_resolution", 1.0) for n, s in scorers.items()})
-    try:
-        write_results(run_dir, rows, results, config=asdict(config), protocol=protocol, versions=versions,
-                      priors_info=info, timings=timings, wall_time_s=time.time() - clock, cache_stats=cache.stats(),
-                      started=started, unknown_words=unknown,
-                      environment={**describe_environment(decoder, processes), "placements": placements})
-        try:
-            write_report([run_dir], run_dir)
-        except WriteError as error:  # the results are written and sealed: only the report is missing
-            raise WriteError(f"{error}. The run itself finished: results.json and samples.jsonl in {run_dir} are "
-                             f"complete and valid; `evalkit report {run_dir}` renders its report again "
-                             "(into a new folder)") from error
-    finally:
-        distributed.finish()
+    rows, timings = _evaluate_suites(config, priors, decoder, scorers, suites, protocol, encoders, run_dir, cache, progress)
+    if rank != 0:
+        distributed.finish()  # process 0 writes the folder; the others wait for it
+        return run_dir
+    _write_run(run_dir, config, rows, timings, priors=priors, decoder=decoder, scorers=scorers, versions=versions,
+               encoders=encoders, protocol=protocol, placements=placements, unknown=unknown, cache=cache,
+               started=started, clock=clock, processes=processes)
     return run_dir

@@ -1,7 +1,9 @@
 """Weights as ``config.json`` + ``model.safetensors`` in one folder (diffusers' ``save_pretrained`` layout).
 
-Pickle formats (``.bin``/``.pt``/``.ckpt``) load only with ``allow_pickle=True``, and then through
-``torch.load(weights_only=True)``.
+Pickle formats (:data:`PICKLE_SUFFIXES`: ``.bin``/``.pt``/``.pth``/``.ckpt``/``.pkl``) load only with
+``allow_pickle=True``, and then through ``torch.load(weights_only=True)``: :func:`open_weights` for evalkit's own
+models, :func:`weights_format` (the ``from_pretrained`` keywords) for transformers / diffusers folders. Weights are
+identified by :func:`weights_fingerprint` (tensors) and :func:`files_fingerprint` (files).
 
 A ``config.json`` is never trusted with memory: :func:`load_pretrained` checks its values' types, builds the
 model it describes on the meta device (no storage), compares every tensor's name and shape with the weights
@@ -25,7 +27,13 @@ from evalkit.errors import ConfigMismatchError, CorruptFileError, EvalkitError, 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 DIFFUSERS_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+#: the one list of pickle weight formats (``torch.save`` files, and their shard indexes ``<name>.bin.index.json``):
+#: refused unless ``allow_pickle``, since unpickling can run code (:func:`weights_format`)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+#: the whole-model pickle files :func:`open_weights` reads (first found wins); each has a :data:`PICKLE_SUFFIXES` suffix
 PICKLE_NAMES = ("pytorch_model.bin", "diffusion_pytorch_model.bin", "model.pt", "model.ckpt")
+#: file-name stems of whole-model weights: named first when a folder holds several pickle files
+_WEIGHT_STEMS = ("pytorch_model", "diffusion_pytorch_model", "model")
 
 
 def _umask() -> int:
@@ -223,14 +231,67 @@ def open_weights(directory: str | os.PathLike, allow_pickle: bool = False) -> We
         return WeightsFile(safetensors_files, shapes)
     pickles = [directory / n for n in PICKLE_NAMES if (directory / n).is_file()]
     if pickles and not allow_pickle:
-        raise WeightsNotFoundError(
-            f"{directory} holds only pickle weights ({pickles[0].name}); pickle can run arbitrary code, so it is "
-            "refused by default. Convert to safetensors, or pass allow_pickle=True (CLI: --allow-pickle) if you trust the file."
-        )
+        raise pickle_refused(directory, pickles[0].name)
     if pickles:
         state = load_pickle_state(pickles[0])
         return WeightsFile(pickles[:1], {k: tuple(v.shape) for k, v in state.items()}, state)
     raise WeightsNotFoundError(f"no {WEIGHTS_NAME} in {directory}")
+
+
+def _is_pickle(name: str) -> bool:
+    return name.removesuffix(".index.json").endswith(PICKLE_SUFFIXES)
+
+
+def _is_safetensors(name: str) -> bool:
+    return name.removesuffix(".index.json").endswith(".safetensors")
+
+
+def find_weights(directory: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """``(safetensors, pickles)``: names of the weight files in ``directory`` (shard indexes included), sorted;
+    pickles of a whole model (``pytorch_model.bin``, ``model.pt``, ...) first."""
+    directory = Path(directory)
+    names = sorted(p.name for p in directory.iterdir() if p.is_file()) if directory.is_dir() else []
+    pickles = sorted((n for n in names if _is_pickle(n)), key=lambda n: (not n.startswith(_WEIGHT_STEMS), n))
+    return [n for n in names if _is_safetensors(n)], pickles
+
+
+def _variant(names: list[str], suffix: str) -> str | None:
+    """The variant of weight files such as ``diffusion_pytorch_model.fp16.safetensors`` (``fp16``), None when a
+    plain file (``<stem><suffix>``, or its index) is among ``names``."""
+    stems = [n.removesuffix(".index.json").removesuffix(suffix) for n in names]
+    if not stems or any("." not in stem for stem in stems):
+        return None
+    return stems[0].rsplit(".", 1)[1]
+
+
+def pickle_refused(directory: Path, name: str, what: str = "", hint: str = "") -> WeightsNotFoundError:
+    """The one refusal of a pickle-only weights folder: the folder, the file, why, and how to opt in."""
+    return WeightsNotFoundError(
+        f"{f'{what}: ' if what else ''}{directory} holds only pickle weights ({name}); pickle can run arbitrary code, "
+        f"so it is refused by default. {hint or 'Convert the weights to safetensors.'} If you trust the file, pass "
+        "allow_pickle=True (CLI: --allow-pickle); it is then read with torch.load(weights_only=True).")
+
+
+def weights_format(directory: str | os.PathLike, allow_pickle: bool, what: str = "", hint: str = "",
+                   missing: str = "") -> dict:
+    """The ``from_pretrained`` keywords for the weights in ``directory`` (transformers / diffusers folders):
+    ``{"use_safetensors": True}`` when it holds safetensors, else ``{"use_safetensors": False}`` for pickle
+    weights (:data:`PICKLE_SUFFIXES`), and only with ``allow_pickle``; plus ``"variant"`` (e.g. ``fp16``) when
+    the files are only variant-named. A pickle-only folder without ``allow_pickle`` is refused
+    (:func:`pickle_refused`, with ``hint``: how to get safetensors), a folder without weights is a
+    :class:`WeightsNotFoundError` (``missing``: what to do then). ``what`` names the caller in messages."""
+    directory = Path(directory)
+    safetensors, pickles = find_weights(directory)
+    if safetensors:
+        variant = _variant(safetensors, ".safetensors")
+        return {"use_safetensors": True, **({"variant": variant} if variant else {})}
+    if pickles and not allow_pickle:
+        raise pickle_refused(directory, pickles[0], what, hint)
+    if pickles:
+        variant = _variant(pickles, "." + pickles[0].removesuffix(".index.json").rsplit(".", 1)[1])
+        return {"use_safetensors": False, **({"variant": variant} if variant else {})}
+    prefix = f"{what}: " if what else ""
+    raise WeightsNotFoundError(f"{prefix}no weights (*.safetensors) in {directory}. {missing}".rstrip())
 
 
 def load_pickle_state(path: Path) -> dict:
@@ -260,6 +321,41 @@ def load_pickle_state(path: Path) -> dict:
 def load_state_dict(directory: str | os.PathLike, allow_pickle: bool = False) -> dict:
     """Tensors of ``directory``: safetensors, or a pickle file only when ``allow_pickle`` is set."""
     return open_weights(directory, allow_pickle).tensors()
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def weights_fingerprint(weights, *, with_shapes: bool = True) -> str:
+    """sha256 (hex) of a module's tensors (its ``state_dict()``) or of a state dict, exact: for each tensor in
+    name order, ``name:(shape):dtype`` and then its raw bytes (any dtype, any device).
+
+    ``with_shapes=False`` hashes the name alone before the bytes: the form of the synth decoder's recorded
+    ``clip_hash`` (:func:`evalkit.train.world_decoder.weights_hash`), kept so recorded values still match."""
+    import hashlib
+
+    import torch
+
+    state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        label = f"{name}:{tuple(tensor.shape)}:{tensor.dtype}" if with_shapes else name
+        digest.update(label.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def files_fingerprint(paths) -> str:
+    """sha256 (hex) over files, by name and content (``"<name> <sha256>\n"`` each, in path order): the same
+    weights wherever their folder now lives."""
+    import hashlib
+
+    from evalkit.prompts_fetch import sha256_file
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(p) for p in paths):
+        digest.update(f"{path.name} {sha256_file(path)}\n".encode())
+    return digest.hexdigest()
 
 
 def _shape(value) -> tuple[int, ...]:

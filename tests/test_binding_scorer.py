@@ -52,7 +52,6 @@ def test_missing_weights_name_the_folder(tmp_path):
 
 def test_folded_batch_norm_gives_the_model_s_answers():
     """The scorer's inference trunk (batch norm folded into the convolutions) computes the trained model."""
-    import torch
 
     from evalkit.scorers.binding import BindingScorer
 

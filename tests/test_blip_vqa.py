@@ -271,7 +271,7 @@ def ref_t2i_compbench_vqa_prob(folder, image_files, questions, image_size: int) 
     image = torch.stack([transform(Image.open(f).convert("RGB")) for f in image_files])
 
     # VisionTransformer.forward (pre-norm blocks, LayerNorm eps 1e-6), pos_embed via interpolate_pos_embed
-    p, width, nh = vcfg["patch_size"], vcfg["hidden_size"], vcfg["num_attention_heads"]
+    p, nh = vcfg["patch_size"], vcfg["num_attention_heads"]
     x = F.conv2d(image, sd["vision_model.embeddings.patch_embedding.weight"],
                  sd["vision_model.embeddings.patch_embedding.bias"], stride=p).flatten(2).transpose(1, 2)
     x = torch.cat((sd["vision_model.embeddings.class_embedding"].expand(x.shape[0], -1, -1), x), dim=1)

@@ -11,7 +11,6 @@ from evalkit.cli import cli
 from evalkit.compare import MIN_PROMPTS, ProtocolMismatchError, compare_results, headline
 from evalkit.run_config import RunConfig
 from evalkit.runner import run
-from evalkit.serialization import seal
 from evalkit.stats import binomial_floor, paired_bootstrap, paired_floor
 
 ROW = dict(prior="p", suite="s", suite_version="v", category="color", seen="all", metric="binding", higher_is_better=True)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from evalkit.contracts import Batch, Prior
+from evalkit.contracts import Batch
 from evalkit.embedded.clip import WorldCLIP
 from evalkit.embedding_metrics import control_items, embedding_rows, summarize
 from evalkit.eval_prior import headroom
@@ -62,7 +62,6 @@ def test_summary_and_headroom_rows():
 
 
 def test_oracle_averages_independent_renders():
-    from evalkit.contracts import Batch
     from evalkit.priors.calibration import INDEPENDENT_SEED_OFFSET
 
     model = clip()

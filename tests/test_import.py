@@ -11,7 +11,7 @@ from evalkit.run_config import RunConfig
 from evalkit.errors import EvalkitError
 from evalkit.export import export_t2i_compbench
 from evalkit.importer import BVQA_SCORER, import_t2i_compbench
-from evalkit.report.run_report import load_run
+from evalkit.runs import load_run
 from evalkit.runner import run
 
 

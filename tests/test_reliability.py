@@ -15,10 +15,10 @@ import torch
 from click.testing import CliRunner
 
 from evalkit.cli import cli
-from evalkit.errors import CorruptFileError, WeightsNotFoundError, WriteError
+from evalkit.errors import CorruptFileError, WeightsNotFoundError
 from evalkit.priors.dummy import DummyPrior
 from evalkit.registry import PRIORS
-from evalkit.report.run_report import load_run
+from evalkit.runs import load_run
 from evalkit.serialization import load_state_dict
 from tests.conftest import REPO
 

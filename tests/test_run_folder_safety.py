@@ -22,7 +22,8 @@ from click.testing import CliRunner
 from evalkit.cli import cli
 from evalkit.run_config import RunConfig
 from evalkit.errors import CorruptFileError, EvalkitError, PromptFileError
-from evalkit.report.run_report import load_run, write_report
+from evalkit.report.run_report import write_report
+from evalkit.runs import load_run
 from evalkit.runner import run
 from evalkit.serialization import seal
 from tests.conftest import REPO

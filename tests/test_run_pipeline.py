@@ -16,7 +16,8 @@ from evalkit.run_config import RunConfig
 from evalkit.decoders.dummy import DummyDecoder
 from evalkit.errors import EvalkitError
 from evalkit.priors.dummy import DummyPrior, DummyPriorConfig
-from evalkit.report.run_report import load_run, write_report
+from evalkit.report.run_report import write_report
+from evalkit.runs import load_run
 from evalkit.runner import evaluate, run
 from evalkit.scorers.dummy import DummyScorer
 from evalkit.serialization import seal

@@ -296,7 +296,9 @@ def test_final_from_checkpoint_takes_the_ema_weights_of_a_stopped_run(quick_run,
     final = world_decoder.final_from_checkpoint(tmp_path / "run")
     model = SynthDecoder.from_pretrained(final)
     holder = world_decoder.build_decoder(config, 16)
-    shadow = world_decoder.load_checkpoint(stopped, holder)["extra"]["ema"]
+    from evalkit.train.common import load_checkpoint
+
+    shadow = load_checkpoint(stopped, holder)["extra"]["ema"]
     assert shadow.keys() <= model.state_dict().keys()
     for key, value in shadow.items():
         torch.testing.assert_close(model.state_dict()[key], value)

@@ -37,7 +37,7 @@ def test_tokenizer_matches_open_clip_bpe_pieces():
 
 def test_retrieval_metrics_nest():
     """Own caption ⊂ a true caption ⊂ the words of a true caption: each retrieval rate bounds the previous one."""
-    from evalkit.embedded.clip_eval import evaluate_clip
+    from evalkit.checks.clip_eval import evaluate_clip
 
     torch.manual_seed(0)
     metrics = evaluate_clip(WorldCLIP.tiny().eval(), seeds=1, categories=("color",))

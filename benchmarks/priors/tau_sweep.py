@@ -10,7 +10,6 @@ synthetic suites (never val). Writes ``results/priors/tau-sweep/{summary.json,RE
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from evalkit.paths import REPO_ROOT

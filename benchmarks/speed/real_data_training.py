@@ -43,8 +43,8 @@ def write_real_pipeline(root: Path, space: str) -> Path:
     from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig,
                               CLIPVisionModelWithProjection)
 
-    from evalkit.decoders.karlo import REAL_TEXT_ENCODER_CONFIG, clip_tokenizer, save_clip_tokenizer
-    from evalkit.priors.real import BIGG_TEXT_ENCODER_CONFIG
+    from evalkit.text_encoders import (BIGG_TEXT_ENCODER_CONFIG, REAL_TEXT_ENCODER_CONFIG, clip_tokenizer,
+                                       save_clip_tokenizer)
 
     vision, text = ((VIT_L14_VISION, REAL_TEXT_ENCODER_CONFIG) if space == "karlo"
                     else (VIT_BIGG14_VISION, BIGG_TEXT_ENCODER_CONFIG))

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 from evalkit.paths import REPO_ROOT
 
-from evalkit.embedded.check import SUITES
-from evalkit.train.world_decoder import embed_images
+from evalkit.checks.world import SUITES
+from evalkit.world.tensors import embed_images
 
 
 def embed(clip, scenes) -> torch.Tensor:
@@ -94,7 +94,7 @@ def heldout(decoder, clip, renders: int) -> dict:
 
 def sampler(decoder, clip, split: str, prompts: int, grid) -> list[dict]:
     from evalkit.contracts import Protocol
-    from evalkit.embedded.check import oracle_subset, realised_share
+    from evalkit.checks.world import oracle_subset, realised_share
     from evalkit.priors.calibration import OraclePrior
     from evalkit.runner import evaluate
     from evalkit.scorers.binding import BindingScorer

@@ -34,8 +34,8 @@ def write_tiny_prior_pipeline(root: str | os.PathLike, embedding_dim: int = 16, 
     import torch
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from evalkit.decoders.karlo import clip_tokenizer, save_clip_tokenizer
-    from evalkit.priors.real import TINY_MAX_LENGTH, TINY_VOCAB_MERGES, _tiny_text_config
+    from evalkit.priors.real import TINY_MAX_LENGTH, _tiny_text_config
+    from evalkit.text_encoders import TINY_VOCAB_MERGES, clip_tokenizer, save_clip_tokenizer
 
     root = Path(root)
     torch.manual_seed(seed)
@@ -60,8 +60,8 @@ def write_tiny_clip(root: str | os.PathLike, embedding_dim: int = 32, image_size
     import torch
     from transformers import CLIPConfig, CLIPModel
 
-    from evalkit.decoders.karlo import clip_tokenizer, save_clip_tokenizer
-    from evalkit.priors.real import TINY_MAX_LENGTH, TINY_VOCAB_MERGES, _tiny_text_config
+    from evalkit.priors.real import TINY_MAX_LENGTH, _tiny_text_config
+    from evalkit.text_encoders import TINY_VOCAB_MERGES, clip_tokenizer, save_clip_tokenizer
 
     root = Path(root)
     torch.manual_seed(seed)

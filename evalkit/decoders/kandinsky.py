@@ -41,7 +41,8 @@ from torch import nn
 from evalkit.contracts import Batch, Decoder, Protocol, per_image_randn, seeded_generators
 from evalkit.decoders.synth import sample_image_conditioned
 from evalkit.errors import ConfigMismatchError, CorruptFileError, EmbeddingContractError, SettingError, WeightsNotFoundError
-from evalkit.serialization import PICKLE_NAMES, atomic_write_bytes, atomic_write_json, read_json_object, weights_folder
+from evalkit.serialization import (atomic_write_bytes, atomic_write_json, read_json_object, weights_folder,
+                                  weights_format)
 
 REPO_ID = "kandinsky-community/kandinsky-2-2-decoder"
 ENV_DIR = "EVALKIT_KANDINSKY22_DIR"
@@ -159,24 +160,12 @@ def _weights_directory(directory: str | os.PathLike | None) -> Path:
 
 
 def _weights_format(folder: Path, allow_pickle: bool) -> dict:
-    """``from_pretrained`` keywords for the weights in ``folder``: safetensors first, pickle only when allowed."""
+    """``from_pretrained`` keywords for the weights in ``folder`` (:func:`evalkit.serialization.weights_format`)."""
     if not (folder / "config.json").is_file():
         raise WeightsNotFoundError(f"kandinsky22: no config.json in {folder}. {weights_hint(folder.parent)}")
-    stem = "diffusion_pytorch_model"
-    if (folder / f"{stem}.safetensors").is_file() or (folder / f"{stem}.safetensors.index.json").is_file():
-        return {"use_safetensors": True}
-    if (folder / f"{stem}.fp16.safetensors").is_file() or (folder / f"{stem}.fp16.safetensors.index.json").is_file():
-        return {"use_safetensors": True, "variant": "fp16"}
-    pickles = sorted({p.name for p in folder.glob("*.bin")} | {n for n in PICKLE_NAMES if (folder / n).is_file()})
-    if pickles and not allow_pickle:
-        raise WeightsNotFoundError(
-            f"kandinsky22: {folder} holds only pickle weights ({pickles[0]}); pickle can run arbitrary code, so it is "
-            f"refused by default. Download the safetensors weights ({REPO_ID} ships them), or pass allow_pickle=True "
-            "(CLI: --allow-pickle) if you trust the file; it is then read with torch.load(weights_only=True).")
-    if pickles:
-        return {"use_safetensors": False}
-    raise WeightsNotFoundError(f"kandinsky22: no weights in {folder} ({stem}.safetensors expected). "
-                               f"{weights_hint(folder.parent)}")
+    return weights_format(folder, allow_pickle, "kandinsky22",
+                          hint=f"Download the safetensors weights ({REPO_ID} ships them).",
+                          missing=f"(diffusion_pytorch_model.safetensors expected). {weights_hint(folder.parent)}")
 
 
 def _scheduler_class(config: dict, where: str):

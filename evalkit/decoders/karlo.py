@@ -31,6 +31,8 @@ L2-normalised): ``normalisation = "raw"``.
 
 from __future__ import annotations
 
+import functools
+
 import inspect
 import json
 import os
@@ -43,7 +45,8 @@ from torch.nn import functional as F
 
 from evalkit.contracts import Batch, Decoder, Protocol, seeded_generators
 from evalkit.errors import ConfigMismatchError, CorruptFileError, WeightsNotFoundError
-from evalkit.serialization import atomic_write_json, weights_folder
+from evalkit.serialization import atomic_write_json, weights_folder, weights_format
+from evalkit.text_encoders import REAL_TEXT_ENCODER_CONFIG, TINY_VOCAB_MERGES, clip_tokenizer
 
 REPO_ID = "kakaobrain/karlo-v1-alpha"
 ENV_DIR = "EVALKIT_KARLO_DIR"
@@ -52,7 +55,8 @@ EMBEDDING_SPACE = "clip-vit-l-14"
 #: subfolders of the public layout this decoder reads (``prior/``, ``prior_scheduler/`` are ignored)
 BASE_COMPONENTS = ("text_encoder", "tokenizer", "text_proj", "decoder", "decoder_scheduler")
 SUPER_RES_COMPONENTS = ("super_res_first", "super_res_last", "super_res_scheduler")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+#: how to get safetensors from a pickle-only component folder (part of the refusal)
+PICKLE_HINT = "Convert the folder to safetensors (load it once with allow_pickle=True and call save_pretrained)."
 
 # Real-size architecture of karlo-v1-alpha, as diffusers' conversion script builds it
 # (huggingface/diffusers scripts/convert_kakao_brain_unclip_to_diffusers.py) and the Hub folder stores it.
@@ -74,19 +78,12 @@ REAL_SUPER_RES_CONFIG: dict[str, Any] = dict(
 # time_embed_dim = 4 × the decoder's first block width; cross_attention_dim = the decoder's
 REAL_TEXT_PROJ_CONFIG: dict[str, Any] = dict(clip_extra_context_tokens=4, clip_embeddings_dim=768,
                                              time_embed_dim=1280, cross_attention_dim=1536)
-# openai/clip-vit-large-patch14's text tower with its projection
-REAL_TEXT_ENCODER_CONFIG: dict[str, Any] = dict(
-    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-    max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu", bos_token_id=49406,
-    eos_token_id=49407, pad_token_id=49407,
-)
 DECODER_SCHEDULER_CONFIG: dict[str, Any] = dict(variance_type="learned_range", prediction_type="epsilon",
                                                 num_train_timesteps=1000)
 SUPER_RES_SCHEDULER_CONFIG: dict[str, Any] = dict(variance_type="fixed_small_log", prediction_type="epsilon",
                                                   num_train_timesteps=1000)
 
 # The tiny stack of tests and examples: 16×16 decoder, 32×32 super-resolution, 1,000-token vocabulary.
-TINY_VOCAB_MERGES = 486  # 512 byte tokens + 486 merges + 2 specials = 1,000 tokens
 TINY_MAX_LENGTH = 16
 TINY_WIDTH = 32
 TINY_DECODER_CONFIG: dict[str, Any] = dict(
@@ -135,69 +132,6 @@ def install_diffusers_aliases() -> None:
         diffusers.pipelines.unclip = unclip
     if not hasattr(diffusers, "UnCLIPTextProjModel"):
         setattr(diffusers, "UnCLIPTextProjModel", UnCLIPTextProjModel)
-
-
-def clip_tokenizer(num_merges: int | None = None, model_max_length: int = 77):
-    """A ``CLIPTokenizer`` built offline from the BPE vocabulary open_clip ships.
-
-    All 48,894 merges give OpenAI CLIP's 49,408-token vocabulary (ids equal on real tokens); fewer
-    merges give a small vocabulary for tiny test encoders. Pads with ``<|endoftext|>``.
-    """
-    import gzip
-
-    import open_clip
-    from open_clip.tokenizer import bytes_to_unicode
-    from transformers import CLIPTokenizer
-
-    path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    if not path.is_file():
-        raise WeightsNotFoundError(f"the CLIP BPE vocabulary is missing at {path}; reinstall open_clip_torch")
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        lines = handle.read().split("\n")
-    available = 49152 - 256 - 2
-    count = available if num_merges is None else min(int(num_merges), available)
-    merges = [tuple(line.split()) for line in lines[1:1 + count]]
-    byte_tokens = list(bytes_to_unicode().values())
-    tokens = byte_tokens + [t + "</w>" for t in byte_tokens] + ["".join(m) for m in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, model_max_length=model_max_length)
-
-
-def save_clip_tokenizer(tokenizer, directory) -> None:
-    """Save a ``CLIPTokenizer`` in the public repos' four-file form (vocab.json, merges.txt, two JSON configs)."""
-    directory = Path(directory)
-    tokenizer.save_pretrained(directory)
-    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-    (directory / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False), encoding="utf-8")
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    specials = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token, "unk_token": tokenizer.unk_token,
-                "pad_token": tokenizer.pad_token}
-    (directory / "special_tokens_map.json").write_text(json.dumps(specials), encoding="utf-8")
-    (directory / "tokenizer.json").unlink(missing_ok=True)
-
-
-def _weights_format(directory: Path, allow_pickle: bool) -> tuple[bool, str | None]:
-    """``(use_safetensors, variant)`` for a component folder; pickle only when ``allow_pickle``."""
-    files = [p.name for p in directory.iterdir() if p.is_file()]
-    safetensors = [n for n in files if n.endswith(".safetensors") or n.endswith(".safetensors.index.json")]
-    if safetensors:
-        plain = [n for n in safetensors if n.count(".") == 1 or n.endswith(".safetensors.index.json")]
-        if plain:
-            return True, None
-        variant = safetensors[0].split(".")[-2]  # diffusion_pytorch_model.fp16.safetensors -> fp16
-        return True, variant
-    pickles = sorted(n for n in files if n.endswith(PICKLE_SUFFIXES) or n.endswith(".bin.index.json"))
-    if pickles and not allow_pickle:
-        raise WeightsNotFoundError(
-            f"{directory} holds only pickle weights ({pickles[0]}); pickle can run arbitrary code, so it is refused "
-            "by default. Convert the folder to safetensors (load it once with allow_pickle=True and call "
-            "save_pretrained), or pass allow_pickle=True (CLI: --allow-pickle) if you trust the file; it is then "
-            "read with torch.load(weights_only=True).")
-    if pickles:
-        name = pickles[0].removesuffix(".index.json")
-        return False, (name.split(".")[-2] if name.count(".") > 1 else None)
-    raise WeightsNotFoundError(f"no weights (*.safetensors) in {directory}. {weights_hint(directory.parent)}")
 
 
 def _own_memory(module: nn.Module) -> None:
@@ -428,26 +362,8 @@ class KarloDecoder(Decoder, nn.Module):
                 + (" (or load with super_res=False)" if set(missing) <= set(SUPER_RES_COMPONENTS) else "")
                 + f". {weights_hint(root)}")
         install_diffusers_aliases()
-
-        def load(name: str, loader, **kwargs):
-            folder = root / name
-            try:
-                return loader(folder, local_files_only=True, **kwargs)
-            except (OSError, ValueError, RuntimeError, KeyError) as error:
-                if isinstance(error, WeightsNotFoundError):
-                    raise
-                raise CorruptFileError(f"karlo: could not load {folder} ({type(error).__name__}: {error}); "
-                                       f"restore that folder from a fresh copy of {REPO_ID}") from error
-
-        def weights(name: str, loader, library: str):
-            use_safetensors, variant = _weights_format(root / name, allow_pickle)
-            extra = {"variant": variant} if variant else {}
-            # float32 for all: diffusers reads into float32 by default, transformers (v5) in the file's dtype
-            if library == "transformers":
-                extra.update(weights_only=True, dtype=torch.float32)
-            else:
-                extra["torch_dtype"] = torch.float32
-            return load(name, loader.from_pretrained, use_safetensors=use_safetensors, **extra)
+        load = functools.partial(_load_component, root)
+        weights = functools.partial(_load_weights, root, allow_pickle)
 
         def scheduler(name: str):
             return load(name, lambda folder, **_: UnCLIPScheduler.from_config(UnCLIPScheduler.load_config(folder)))
@@ -661,3 +577,27 @@ class KarloDecoder(Decoder, nn.Module):
     def num_parameters(self, trainable_only: bool = False) -> int:
         """All weights of the stack: text encoder, text_proj, decoder UNet and super-resolution UNets."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def _load_component(root: Path, name: str, loader, **kwargs):
+    """``loader(root/name)``, a damaged folder reported as such (naming it and how to restore it)."""
+    folder = root / name
+    try:
+        return loader(folder, local_files_only=True, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        if isinstance(error, WeightsNotFoundError):
+            raise
+        raise CorruptFileError(f"karlo: could not load {folder} ({type(error).__name__}: {error}); "
+                               f"restore that folder from a fresh copy of {REPO_ID}") from error
+
+
+def _load_weights(root: Path, allow_pickle: bool, name: str, loader, library: str):
+    """A model component in float32, through the one weights policy (safetensors, pickle only if allowed)."""
+    extra = weights_format(root / name, allow_pickle, "karlo", hint=PICKLE_HINT, missing=weights_hint(root))
+    use_safetensors = extra.pop("use_safetensors")
+    # float32 for all: diffusers reads into float32 by default, transformers (v5) in the file's dtype
+    if library == "transformers":
+        extra.update(weights_only=True, dtype=torch.float32)
+    else:
+        extra["torch_dtype"] = torch.float32
+    return _load_component(root, name, loader.from_pretrained, use_safetensors=use_safetensors, **extra)

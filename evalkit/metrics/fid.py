@@ -439,7 +439,7 @@ def run_distances(run_dir: str | os.PathLike, n_reference: int = 2000, extractor
     """
     from PIL import Image
 
-    from evalkit.report.run_report import load_run
+    from evalkit.runs import load_run
 
     run = load_run(run_dir)
     sets: dict[tuple[str, str, str], list[str]] = {}

@@ -142,7 +142,6 @@ class TrainedPrior(Prior):
 
     def training_data(self) -> str:
         """From the weights folder's ``training_record.json`` (e.g. "50k synth pairs")."""
-        import json
 
         from evalkit.train.real_data import training_record
 

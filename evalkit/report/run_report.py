@@ -9,19 +9,17 @@ of one protocol together (e.g. priors run on different days) into a new folder.
 
 from __future__ import annotations
 
-import hashlib
 import html
-import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from evalkit.errors import CorruptFileError, EvalkitError
-from evalkit.paired import CALIBRATION, comparison_note, comparison_rows, default_pairs, paired_differences
-from evalkit.serialization import seal
+from evalkit.paired import CALIBRATION, comparison_note, paired_results, paired_table, prior_order, run_pairs
+from evalkit.runs import RunData, check_image, load_run
 
 #: the metric of the parameter table and plot: B-VQA style first, as the paper's table
 HEADLINE_METRICS = ("binding", "blip-vqa", "analytic")
@@ -29,143 +27,6 @@ HEADLINE_METRICS = ("binding", "blip-vqa", "analytic")
 CATEGORY_ORDER = ("color", "shape", "texture")
 GRID_PROMPTS = 6  # prompts per suite in the side-by-side grids
 WORST_PER_PRIOR = 4
-
-
-@dataclass
-class RunData:
-    """A finished run folder, loaded."""
-
-    path: Path
-    results: dict
-    samples: list[dict] = field(default_factory=list)
-
-
-#: sample fields that name things (report and export make folder and file names of them): plain names only
-SAMPLE_NAME_FIELDS = ("prior", "suite", "scorer", "item_id", "category")
-ROW_NAME_FIELDS = ("prior", "suite", "metric", "category")
-
-
-def is_plain_name(value) -> bool:
-    """A non-empty name without path separators, NUL or a leading dot (so never ``.`` or ``..``)."""
-    return isinstance(value, str) and bool(value) and not value.startswith(".") \
-        and not any(c in value for c in "/\\\x00")
-
-
-def _inside_path(image_path) -> bool:
-    """``image_path`` is, as written, a relative path below the run folder (no ``..``, not absolute)."""
-    if not isinstance(image_path, str) or "\x00" in image_path:
-        return False
-    parts = image_path.replace("\\", "/").split("/")
-    return not image_path.startswith(("/", "\\")) and ":" not in parts[0] and all(p not in ("", ".", "..") for p in parts)
-
-
-def _plain_names(row: dict, fields: Sequence[str], where: str) -> None:
-    for name in fields:
-        if name not in row:
-            raise CorruptFileError(f"{where}: no {name!r}; not a row evalkit wrote, or edited by hand")
-        if not is_plain_name(row[name]):
-            raise CorruptFileError(f"{where}: {name} {row[name]!r} is not a plain name (no path separators, no '..', "
-                                   "no leading dot); this run folder was not written by evalkit, or was edited: refused")
-
-
-def load_run(path: str | os.PathLike) -> RunData:
-    """Read ``results.json`` and ``samples.jsonl`` of a run folder (clear errors for unfinished or edited runs).
-
-    Both files are required (``samples.jsonl.gz``, as kept in ``results/``, stands for ``samples.jsonl``):
-    ``results.json`` must carry its checksum and the samples' sha256, and every name in them must be a
-    plain name and every image path a relative path inside the run folder. A bare ``results.json`` path
-    stands for its folder, so its samples must lie beside it.
-    """
-    path = Path(path)
-    results_path = path / "results.json"
-    if path.is_file() and path.name == "results.json":
-        path, results_path = path.parent, path
-    if not results_path.is_file():
-        hint = " (it has run.json: an unfinished run; start its command again to finish it from the cache)" \
-            if (path / "run.json").is_file() else ""
-        raise EvalkitError(f"{path} is not a finished evalkit run: no results.json{hint}")
-    try:
-        results = json.loads(results_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CorruptFileError(f"{results_path} is not valid JSON ({error}); was it edited by hand?") from None
-    if not isinstance(results, dict):
-        raise CorruptFileError(f"{results_path} holds a JSON {type(results).__name__}, not an evalkit results file")
-    for key in ("protocol", "protocol_hash", "rows"):
-        if key not in results:
-            raise CorruptFileError(f"{results_path} has no {key!r}: not an evalkit results file, or edited by hand")
-    if "checksum" not in results:
-        raise CorruptFileError(f"{results_path} has no checksum: evalkit seals every results.json it writes, so this "
-                               "one was edited by hand or not written by evalkit; refused. Re-run the command "
-                               "(finished work comes from the cache) instead of editing results.")
-    if seal(results)["checksum"] != results["checksum"]:
-        raise CorruptFileError(f"{results_path} does not match its checksum: it was edited after the run wrote it. "
-                               "Re-run the command (finished work comes from the cache) instead of editing results.")
-    if not isinstance(results["rows"], list) or not all(isinstance(r, dict) for r in results["rows"]):
-        raise CorruptFileError(f"{results_path}: 'rows' is not a list of result rows")
-    for number, row in enumerate(results["rows"]):
-        _plain_names(row, ROW_NAME_FIELDS, f"{results_path}, row {number}")
-    samples_path = path / "samples.jsonl"
-    if not samples_path.is_file() and (path / "samples.jsonl.gz").is_file():  # kept compressed in results/
-        samples_path = path / "samples.jsonl.gz"
-    if not samples_path.is_file():
-        raise CorruptFileError(f"{path} has results.json but no samples.jsonl (nor samples.jsonl.gz): report, compare "
-                               "and export all need the per-image rows beside results.json; copy the whole run "
-                               "folder, not results.json alone")
-    expected = results.get("samples_sha256")
-    if not expected:
-        raise CorruptFileError(f"{results_path} records no samples_sha256, so {samples_path.name} cannot be checked; "
-                               "not a results file evalkit wrote")
-    import gzip
-
-    try:
-        raw = samples_path.read_bytes()
-        text = (gzip.decompress(raw) if samples_path.suffix == ".gz" else raw).decode("utf-8")
-    except (OSError, EOFError, UnicodeDecodeError) as error:
-        raise CorruptFileError(f"{samples_path} cannot be read ({error}): truncated or damaged") from None
-    if hashlib.sha256(text.encode("utf-8")).hexdigest() != expected:
-        raise CorruptFileError(f"{samples_path} does not match the hash recorded in results.json (truncated or edited)")
-    samples = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                sample = json.loads(line)
-            except json.JSONDecodeError:
-                raise CorruptFileError(f"{samples_path}, line {number}: not valid JSON") from None
-            if not isinstance(sample, dict):
-                raise CorruptFileError(f"{samples_path}, line {number}: not a sample row")
-            _plain_names(sample, SAMPLE_NAME_FIELDS, f"{samples_path}, line {number}")
-            image = sample.get("image_path")
-            if image and not _inside_path(image):
-                raise CorruptFileError(f"{samples_path}, line {number}: image_path {image!r} is not a relative path "
-                                       "inside the run folder; refused")
-            if not (sample.get("details") or {}).get("not_applicable"):  # a scorer's "not applicable": no score
-                samples.append(sample)
-    return RunData(path, results, samples)
-
-
-def check_image(run_path: str | os.PathLike, image_path: str | os.PathLike, formats: Sequence[str] | None = None) -> Path:
-    """The file of an image of a run, after checking it: it resolves (symlinks followed) inside the run
-    folder, is a regular file and decodes completely (in one of ``formats``, e.g. ``("PNG",)``, when given).
-    Raises :class:`CorruptFileError` naming the file."""
-    from PIL import Image as PILImage
-
-    root = Path(run_path).resolve()
-    shown = Path(run_path) / image_path
-    target = (root / image_path).resolve()
-    if target != root and root not in target.parents:
-        raise CorruptFileError(f"image {shown} resolves to {target}, outside the run folder {run_path}: refused")
-    if not target.is_file():
-        raise CorruptFileError(f"image {shown} is missing or not a regular file")
-    try:
-        with PILImage.open(target) as picture:
-            found = picture.format
-            picture.load()
-    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, zlib errors ... on damaged files
-        raise CorruptFileError(f"image {shown} is truncated or damaged ({error}); restore it, or run the command "
-                               "that made the run again (finished work comes from the cache)") from None
-    if formats and found not in formats:
-        raise CorruptFileError(f"image {shown} is a {found} file, not {' or '.join(formats)}")
-    return target
 
 
 def check_report_images(runs: Sequence[RunData], samples: list[dict], order: list[str]) -> None:
@@ -285,12 +146,6 @@ def _merged(runs: Sequence[RunData]) -> tuple[dict, dict, list[dict], list[dict]
                 sample["image_path"] = str(run.path / sample["image_path"])
             samples.append(sample)
     return runs[0].results["protocol"], priors, rows, samples
-
-
-def prior_order(priors: dict, rows: list[dict]) -> list[str]:
-    names = list(priors) or sorted({r["prior"] for r in rows})
-    trained = sorted((n for n in names if n not in CALIBRATION), key=lambda n: (priors.get(n, {}).get("total_parameters", 0), n))
-    return [n for n in ("oracle", "text") if n in names] + trained + [n for n in ("none", "dummy") if n in names]
 
 
 def _counts(rows: list[dict], prior: str) -> str:
@@ -602,14 +457,7 @@ def report_blocks(runs: Sequence[RunData], out_dir: Path, pairs: Sequence[tuple[
         plot = plot_parameters(rows, priors, metric, out_dir / "parameters.png")
         if plot is not None:
             blocks.append(Image(plot.name, "score against prior parameters"))
-    names = [p for p in order if p in {r["prior"] for r in rows}]
-    chosen_pairs = list(pairs) if pairs is not None else default_pairs(names)
-    resolution = {r["metric"]: float(r.get("score_resolution", 1.0)) for r in rows}
-    comparisons, leaders = _paired(samples, chosen_pairs, resolution), []
-    if metric:  # the verdicts compare each suite's leader with the next prior, asked for or not
-        ranked = _leading_pairs(rows, metric)
-        extra = [p for p in ranked if p not in chosen_pairs and p[::-1] not in chosen_pairs]
-        leaders = _paired([s for s in samples if s["scorer"] == metric], extra, resolution)
+    comparisons, leaders = _comparisons(runs, samples, rows, priors, pairs, metric)
     lines = verdicts(comparisons + leaders, rows, metric)
     if lines:
         blocks += [("h2", f"Verdicts ({metric})"), ("p", "Per suite: the leading trained prior, its lead over the next "
@@ -617,7 +465,7 @@ def report_blocks(runs: Sequence[RunData], out_dir: Path, pairs: Sequence[tuple[
         blocks += [("p", line) for line in lines]
     if comparisons:
         blocks += [("h2", "Paired comparisons"), ("p", comparison_note("b − a per image score")),
-                   Table(*comparison_rows(comparisons, ("suite",)))]
+                   Table(*paired_table(comparisons))]
     grids = grid_images(samples, order, out_dir)
     if grids:
         blocks += [("h2", "Same prompt and seed across priors")] + grids
@@ -638,14 +486,33 @@ def _where(environment: dict | None) -> str:
     return f" ({device}, {environment.get('threads')} threads, {environment.get('decoder_dtype')})"
 
 
-def _paired(samples: list[dict], pairs: list[tuple[str, str]], resolution: dict | None = None) -> list[dict]:
-    """Paired per-image differences per scorer and suite, errors floored at each scorer's resolution."""
+def _comparisons(runs: Sequence[RunData], samples: list[dict], rows: list[dict], priors: dict, pairs,
+                 metric: str | None) -> tuple[list[dict], list[dict]]:
+    """(the paired comparisons asked for or the run's default ones, the verdicts' extra leader-vs-next ones)."""
+    chosen_pairs = list(pairs) if pairs is not None else run_pairs(priors, rows)
+    comparisons, leaders = _paired(runs, samples, rows, chosen_pairs), []
+    if metric:  # the verdicts compare each suite's leader with the next prior, asked for or not
+        ranked = _leading_pairs(rows, metric)
+        extra = [p for p in ranked if p not in chosen_pairs and p[::-1] not in chosen_pairs]
+        leaders = _paired(runs, [s for s in samples if s["scorer"] == metric], rows, extra)
+    return comparisons, leaders
+
+
+def _paired(runs: Sequence[RunData], samples: list[dict], rows: list[dict], pairs: list[tuple[str, str]]) -> list[dict]:
+    """:func:`evalkit.paired.paired_results` rows of ``pairs``: those a run stored in ``results.json`` (key
+    ``paired``), the others (older runs, pairs asked for later, pairs across runs) computed the same way."""
+    stored: dict[tuple, list[dict]] = {}
+    for run in runs:
+        for row in run.results.get("paired") or []:
+            stored.setdefault((row["scorer"], row["a"], row["b"]), []).append(row)
     out = []
     for scorer in sorted({s["scorer"] for s in samples}):
-        mine = [s for s in samples if s["scorer"] == scorer]
-        floor = (resolution or {}).get(scorer, 1.0)
-        for c in paired_differences(mine, pairs, ["score"], ("suite",), score_range=floor):
-            out.append({**c, "metric": scorer})
+        mine = None
+        for a, b in pairs:
+            if (scorer, a, b) not in stored:
+                mine = mine if mine is not None else [s for s in samples if s["scorer"] == scorer]
+                stored[(scorer, a, b)] = paired_results(mine, [(a, b)], rows)
+            out += stored[(scorer, a, b)]
     return out
 
 

@@ -7,7 +7,7 @@ phrases' probabilities (:mod:`evalkit.scorers.bvqa`), and every question is kept
 
 The network reads the image once: a CNN gives, at each of 8×8 locations, a logit for each word of
 the world's vocabulary (8 colours, 4 textures, 6 shapes, big/small) — "the object here is red".
-A phrase, parsed into those words (:func:`evalkit.scorers.analytic.parse_phrase`), holds at a
+A phrase, parsed into those words (:func:`evalkit.world.phrases.parse_phrase`), holds at a
 location with probability Π σ(logit) over its words, and P(yes) is the maximum over locations: the
 attributes must hold *at the same place*, which is what binding means. Training combines a dense
 loss (each location's words, from the renderer's object masks) with the phrase loss on questions
@@ -75,7 +75,7 @@ class BindingVQA(PretrainedMixin, nn.Module):
 
     def encode_phrases(self, phrases: Sequence[str]) -> tuple[torch.Tensor, list[tuple[str, ...]]]:
         """Multi-hot (N, V) of the phrases' world words, and the unknown words of each."""
-        from evalkit.scorers.analytic import parse_phrase
+        from evalkit.world.phrases import parse_phrase
 
         hot = torch.zeros(len(phrases), len(self.index))
         unknown = []
@@ -150,7 +150,7 @@ class BindingScorer(Scorer):
         return cls(model=BindingVQA(BindingVQAConfig(widths=(8, 8, 8))))
 
     def not_applicable(self, item) -> str | None:
-        from evalkit.scorers.analytic import unreadable  # the phrase grammar of encode_phrases
+        from evalkit.world.phrases import unreadable  # the phrase grammar of encode_phrases
 
         return unreadable(item)
 
@@ -168,8 +168,8 @@ class BindingScorer(Scorer):
         return self.model.phrase_log_prob(maps[index].float(), hot.to(maps.device)).exp()
 
     def score(self, images: torch.Tensor, batch: Batch) -> list[dict]:
-        from evalkit.scorers.analytic import noun_phrases
         from evalkit.scorers.bvqa import image_scores
+        from evalkit.world.phrases import noun_phrases
 
         per_image = [noun_phrases(item) for item in batch.items]
         flat = [p for phrases in per_image for p in phrases]

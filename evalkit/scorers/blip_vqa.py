@@ -56,7 +56,7 @@ from evalkit.contracts import Batch, PromptItem, Scorer
 from evalkit.errors import ConfigMismatchError, CorruptFileError, WeightsNotFoundError
 from evalkit.scorers import bvqa
 from evalkit.scorers import noun_phrases as noun_phrases_module
-from evalkit.serialization import weights_folder
+from evalkit.serialization import find_weights, weights_fingerprint, weights_folder, weights_format
 from evalkit.scorers.hf_folder import quiet_transformers
 from evalkit.scorers.noun_phrases import split_noun_phrases, splitter_name
 
@@ -66,8 +66,6 @@ ENV_DIR = "EVALKIT_BLIP_VQA_DIR"
 REPO_ID = "Salesforce/blip-vqa-capfilt-large"
 #: vocabulary size of the public BLIP checkpoints (bert-base-uncased + [DEC] + [ENC])
 BLIP_VOCAB_SIZE = 30524
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 
@@ -123,22 +121,13 @@ def check_folder(directory: Path, allow_pickle: bool = False) -> bool:
         missing.append(" or ".join(PROCESSOR_FILES))
     if not any((directory / name).is_file() for name in TOKENIZER_FILES):
         missing.append(" or ".join(TOKENIZER_FILES))
-    safetensors = (directory / SAFETENSORS_INDEX).is_file() or any(directory.glob("*.safetensors"))
-    pickles = [name for name in PICKLE_FILES if (directory / name).is_file()]
-    if not safetensors and not pickles:
+    if not any(find_weights(directory)):
         missing.append("model.safetensors")
     if missing:
         raise WeightsNotFoundError(f"blip-vqa: {directory} is not a complete {REPO_ID} folder: missing "
                                    f"{', '.join(missing)}. {weights_hint(directory)}")
-    if safetensors:
-        return True
-    if not allow_pickle:
-        raise WeightsNotFoundError(
-            f"blip-vqa: {directory} holds only pickle weights ({pickles[0]}); pickle can run arbitrary code, so "
-            f"it is refused by default. Download model.safetensors (the public {REPO_ID} repository ships it), "
-            "or pass allow_pickle=True (CLI: --allow-pickle) if you trust the file; it is then read with "
-            "torch.load(weights_only=True).")
-    return False
+    hint = f"Download model.safetensors (the public {REPO_ID} repository ships it)."
+    return weights_format(directory, allow_pickle, "blip-vqa", hint=hint)["use_safetensors"]
 
 
 def _chunks(seq: Sequence, size: int) -> Iterator[Sequence]:
@@ -405,10 +394,6 @@ class BlipVQAScorer(Scorer):
 
             from evalkit import __version__
 
-            weights = hashlib.sha256()
-            for name, tensor in sorted(self.model.state_dict().items()):
-                weights.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-                weights.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
             sources = hashlib.sha256()
             for module_file in (__file__, bvqa.__file__, noun_phrases_module.__file__):
                 sources.update(Path(module_file).read_bytes())
@@ -417,7 +402,7 @@ class BlipVQAScorer(Scorer):
                 "class": f"{type(self).__module__}.{type(self).__qualname__}", "name": self.name,
                 "version": self.version, "convention": self.convention, "mode": self.mode,
                 "image_size": self.image_size,
-                "weights": weights.hexdigest(),
+                "weights": weights_fingerprint(self.model),
                 "image_processor": self.processor.image_processor.to_dict(),
                 "vocab": hashlib.sha256(vocab.encode("utf-8")).hexdigest(),
                 "answer_ids": [self.yes_id, self.no_id, self.bos_id, self.enc_id], "source": sources.hexdigest(),

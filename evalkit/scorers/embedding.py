@@ -42,7 +42,7 @@ class EmbeddingCosineScorer(Scorer):
 
     def not_applicable(self, item) -> str | None:
         """The oracle renders the item's caption: captions of the synthetic world only."""
-        from evalkit.scorers.analytic import unreadable
+        from evalkit.world.phrases import unreadable
 
         return unreadable(item)
 

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from evalkit.errors import ConfigMismatchError, WeightsNotFoundError
-from evalkit.serialization import weights_folder
+from evalkit.serialization import find_weights, weights_folder, weights_format
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
-PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 #: a CLIP BPE tokenizer: the two-file form (vocab.json + merges.txt) or tokenizer.json
 CLIP_TOKENIZER_FILES = (("vocab.json", "merges.txt"), ("tokenizer.json",))
@@ -74,22 +73,13 @@ def check_model_folder(directory: Path, *, scorer: str, repo_id: str, model_type
         missing.append("preprocessor_config.json")
     if not any(all((directory / name).is_file() for name in group) for group in CLIP_TOKENIZER_FILES):
         missing.append("vocab.json + merges.txt (or tokenizer.json)")
-    safetensors = (directory / SAFETENSORS_INDEX).is_file() or any(directory.glob("*.safetensors"))
-    pickles = [name for name in PICKLE_FILES if (directory / name).is_file()]
-    if not safetensors and not pickles:
+    if not any(find_weights(directory)):
         missing.append("model.safetensors")
     if missing:
         raise WeightsNotFoundError(f"{scorer}: {directory} is not a complete {repo_id} folder: missing "
                                    f"{', '.join(missing)}; expected {layout}. {hint}")
-    if safetensors:
-        return True
-    if not allow_pickle:
-        raise WeightsNotFoundError(
-            f"{scorer}: {directory} holds only pickle weights ({pickles[0]}); pickle can run arbitrary code, so it "
-            f"is refused by default. Download model.safetensors (the public {repo_id} repository ships it), or pass "
-            "allow_pickle=True (CLI: --allow-pickle) if you trust the file; it is then read with "
-            "torch.load(weights_only=True).")
-    return False
+    safetensors_hint = f"Download model.safetensors (the public {repo_id} repository ships it)."
+    return weights_format(directory, allow_pickle, scorer, hint=safetensors_hint)["use_safetensors"]
 
 
 @contextlib.contextmanager
@@ -107,20 +97,6 @@ def quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(level)
         if enabled:
             hf_logging.enable_progress_bar()
-
-
-def tiny_clip_tokenizer(model_max_length: int):
-    """A small offline CLIP BPE tokenizer (1,000 tokens; open_clip's vocabulary, first merges) for tiny models."""
-    from evalkit.decoders.karlo import clip_tokenizer
-
-    return clip_tokenizer(486, model_max_length=model_max_length)
-
-
-def save_clip_tokenizer(tokenizer, directory) -> None:
-    """Save a CLIP tokenizer in the public repos' form (:func:`evalkit.decoders.karlo.save_clip_tokenizer`)."""
-    from evalkit.decoders.karlo import save_clip_tokenizer as save
-
-    save(tokenizer, directory)
 
 
 def scorer_fingerprint(scorer, extra: dict | None = None, sources: Sequence = ()) -> str:

@@ -40,8 +40,8 @@ import torch
 from evalkit.contracts import Batch, PromptItem, Scorer
 from evalkit.errors import CorruptFileError
 from evalkit.scorers import t2i_text
-from evalkit.scorers.hf_folder import (check_model_folder, quiet_transformers, resolve_model_folder,
-                                       save_clip_tokenizer, tiny_clip_tokenizer)
+from evalkit.scorers.hf_folder import check_model_folder, quiet_transformers, resolve_model_folder
+from evalkit.text_encoders import save_clip_tokenizer, tiny_clip_tokenizer
 
 ENV_DIR = "EVALKIT_OWLV2_DIR"
 REPO_ID = "google/owlv2-base-patch16-ensemble"

@@ -34,8 +34,8 @@ from evalkit.contracts import Batch, PromptItem
 from evalkit.errors import CorruptFileError
 from evalkit.scorers import t2i_text
 from evalkit.scorers.clipscore import CLIPScoreScorer
-from evalkit.scorers.hf_folder import (check_model_folder, quiet_transformers, resolve_model_folder,
-                                       save_clip_tokenizer, tiny_clip_tokenizer)
+from evalkit.scorers.hf_folder import check_model_folder, quiet_transformers, resolve_model_folder
+from evalkit.text_encoders import save_clip_tokenizer, tiny_clip_tokenizer
 
 ENV_DIR = "EVALKIT_CLIP_VIT_B32_DIR"
 REPO_ID = "openai/clip-vit-base-patch32"

@@ -167,7 +167,11 @@ def clip_for(config: PriorTrainConfig, clip_dir=None):
 
 
 def clip_fingerprint(clip) -> str:
-    """A hash of the CLIP's weights: the cache is valid only for the CLIP that wrote it."""
+    """A hash of the CLIP's weights: the cache is valid only for the CLIP that wrote it.
+
+    Per tensor its name, shape, sum and absolute sum: a summary, not the exact
+    :func:`evalkit.serialization.weights_fingerprint`, kept as it is because it names the prior embedding caches
+    already on disk (``prior-cache/<key>``); a new hash would make every one of them a miss."""
     state = clip.state_dict()
     digest = [f"{k}:{tuple(v.shape)}:{float(v.float().sum()):.6e}:{float(v.float().abs().sum()):.6e}" for k, v in sorted(state.items())]
     return content_hash(digest)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from evalkit.train.common import TrainingSession, check_finite, decay_groups, set_seed, ship, warmup_cosine
-from evalkit.world.tensors import images_to_tensor
+from evalkit.world.tensors import embed_images, images_to_tensor
 
 
 @dataclass
@@ -224,7 +224,7 @@ def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = Fals
     The auxiliary heads are trained with the CLIP but are not part of it (they are dropped at the end), so
     the checkpoint carries them beside the model: a resumed run continues them instead of starting fresh.
     """
-    from evalkit.embedded.clip_eval import evaluate_clip
+    from evalkit.checks.clip_eval import evaluate_clip
 
     session = TrainingSession(out_dir, config, resume=resume, resumable=RESUMABLE_KEYS,
                               extra_state=lambda: {"heads": heads.state_dict()})
@@ -241,25 +241,16 @@ def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = Fals
     pool = training_pool(config.num_pairs, config.seed)
     all_ids, all_mask = model.tokenizer(pool["texts"])
     image_targets, text_targets = torch.from_numpy(pool["image_targets"]), torch.from_numpy(pool["text_targets"])
-    n = pool["num_pairs"]
     frozen_images = None
     if config.freeze_image_tower:  # the image tower is fixed: embed the pool once
-        from evalkit.train.world_decoder import embed_images
-
         model.eval()
         frozen_images = embed_images(model, pool["images"], 512)
     last_eval: dict = {}
     model.train()
     for step in session.steps(config.steps, checkpoint_every=config.checkpoint_every, stop_at=stop_at,
                               desc="train clip", progress=progress):
-        # the batch order is a function of (seed, step): a resumed run draws the same batches
-        idx = np.random.default_rng([config.seed, step]).choice(n, size=config.batch_size, replace=False)
-        both = np.concatenate([idx, idx + n]) if config.hard_negatives else idx
-        positives = batch_positives(pool, both, config)
-        loss = clip_loss(model, None if frozen_images is not None else images_to_tensor(pool["images"][both]),
-                         all_ids[both], all_mask[both], heads, image_targets[both],
-                         text_targets[both] if config.text_aux else None, config.aux_weight, positives,
-                         image_raw=frozen_images[both] if frozen_images is not None else None)
+        loss = _clip_batch_loss(model, heads, pool, (all_ids, all_mask), (image_targets, text_targets),
+                                frozen_images, config, step)
         check_finite(loss, step, session.checkpoint_dir)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -278,10 +269,26 @@ def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = Fals
     if session.stopped_early:
         return session.checkpoint_dir
     model.eval()
-    record = {"config": dataclasses.asdict(config), "final_metrics": last_eval or evaluate_clip(model, seeds=config.eval_seeds),
+    record = {"config": dataclasses.asdict(config),
+              "final_metrics": last_eval or evaluate_clip(model, seeds=config.eval_seeds),
               "wall_time_s": session.elapsed(), "torch_threads": torch.get_num_threads(),
               "num_parameters": sum(p.numel() for p in model.parameters())}
     return session.finish(model, record)
+
+
+def _clip_batch_loss(model, heads, pool: dict, tokens, targets, frozen_images, config: CLIPTrainConfig,
+                     step: int) -> torch.Tensor:
+    """The loss of step ``step``'s batch (drawn from (seed, step): a resumed run draws the same batches)."""
+    all_ids, all_mask = tokens
+    image_targets, text_targets = targets
+    n = pool["num_pairs"]
+    idx = np.random.default_rng([config.seed, step]).choice(n, size=config.batch_size, replace=False)
+    both = np.concatenate([idx, idx + n]) if config.hard_negatives else idx
+    positives = batch_positives(pool, both, config)
+    return clip_loss(model, None if frozen_images is not None else images_to_tensor(pool["images"][both]),
+                     all_ids[both], all_mask[both], heads, image_targets[both],
+                     text_targets[both] if config.text_aux else None, config.aux_weight, positives,
+                     image_raw=frozen_images[both] if frozen_images is not None else None)
 
 
 def ship_clip(run_dir: str | Path, dest: str | Path | None = None, dtype: torch.dtype | None = torch.float16,

@@ -23,7 +23,6 @@ It also writes ``samples/step-<step>.png`` (top row: targets, bottom row: decode
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,9 +33,9 @@ from tqdm.auto import tqdm
 
 from evalkit.contracts import Batch, Protocol, content_hash
 from evalkit.errors import ConfigMismatchError
-from evalkit.train.common import (  # load_checkpoint: how callers read a run's EMA without reopening the run
-    NothingToResumeError, Stopwatch, TrainingSession, check_finite, load_checkpoint, set_seed, ship, warmup_cosine)
-from evalkit.world.tensors import images_to_tensor
+from evalkit.train.common import (NothingToResumeError, Stopwatch, TrainingSession, check_finite, set_seed, ship,
+                                  warmup_cosine)
+from evalkit.world.tensors import embed_images, images_to_tensor
 
 CACHE_DIR_NAME = "cache"
 
@@ -114,11 +113,12 @@ def build_decoder(config: DecoderTrainConfig, embedding_dim: int):
 
 
 def weights_hash(module: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    """The CLIP's ``clip_hash`` of training records and of the embedding cache's key: its
+    :func:`~evalkit.serialization.weights_fingerprint` in the name-and-bytes form, 16 hex digits (the form
+    recorded in the shipped decoder's training_record.json, kept so that record still matches)."""
+    from evalkit.serialization import weights_fingerprint
+
+    return weights_fingerprint(module, with_shapes=False)[:16]
 
 
 def training_renders(num_pairs: int, seed: int) -> np.ndarray:
@@ -129,11 +129,6 @@ def training_renders(num_pairs: int, seed: int) -> np.ndarray:
 
 
 @torch.inference_mode()
-def embed_images(clip, images_uint8: np.ndarray, batch_size: int) -> torch.Tensor:
-    out = [clip.encode_image(images_to_tensor(images_uint8[i:i + batch_size])).float() for i in range(0, len(images_uint8), batch_size)]
-    return torch.cat(out) if out else torch.empty(0, clip.embedding_dim)
-
-
 def cached_embeddings(cache_dir: Path, clip, clip_hash: str, images: np.ndarray, config: DecoderTrainConfig,
                       progress: bool) -> torch.Tensor:
     """CLIP embeddings of the training pool, computed once per (pool, CLIP) and kept as safetensors."""
@@ -299,27 +294,12 @@ def train_decoder(out_dir: str | Path, config: DecoderTrainConfig, resume: bool 
         decoder.train()
         return metrics
 
-    n = len(images)
     setup_s = clock()
     last_eval: dict = {}
     decoder.train()
     for step in session.steps(config.steps, checkpoint_every=config.checkpoint_every, stop_at=stop_at,
                               desc="train decoder", progress=progress):
-        # the batch order and all noise are functions of (seed, step): a resumed run draws the same
-        idx = np.random.default_rng([config.seed, step]).choice(n, size=min(config.batch_size, n), replace=False)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.mixed_precision == "bf16"):
-            loss = diffusion_loss(decoder, scheduler, images_to_tensor(images[idx]), embeds[idx],
-                                  step_generator(config.seed, step), config.cond_drop_prob, config.snr_gamma)
-        check_finite(loss, step, session.checkpoint_dir)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
-        optimizer.step()
-        lr_scheduler.step()
-        if ema is not None:
-            ema.update(decoder, step)
-        row = {"step": step + 1, "loss": round(loss.item(), 5), "grad_norm": round(float(grad_norm), 4),
-               "lr": lr_scheduler.get_last_lr()[0], "elapsed": session.elapsed()}
+        row = _decoder_step(decoder, scheduler, optimizer, lr_scheduler, ema, images, embeds, config, step, session)
         if session.due(step, config.eval_every, config.steps):
             last_eval = evaluate(step + 1)
             row.update({f"eval/{k}": v for k, v in last_eval.items()})
@@ -339,8 +319,30 @@ def train_decoder(out_dir: str | Path, config: DecoderTrainConfig, resume: bool 
               "final_metrics": last_eval, "weights": "ema" if ema is not None else "last",
               "wall_time_s": session.elapsed(), "setup_time_s": round(setup_s, 1),
               "torch_threads": torch.get_num_threads(), "num_parameters": final_model.num_parameters(),
-              "clip": str(clip_dir) if clip_dir else ("tiny-random" if config.tiny else "shipped"), "clip_hash": clip_hash}
+              "clip": str(clip_dir) if clip_dir else ("tiny-random" if config.tiny else "shipped"),
+              "clip_hash": clip_hash}
     return session.finish(final_model, record)
+
+
+def _decoder_step(decoder, scheduler, optimizer, lr_scheduler, ema, images, embeds, config: DecoderTrainConfig,
+                  step: int, session: TrainingSession) -> dict:
+    """One optimizer step (and EMA update); returns its log row."""
+    n = len(images)
+    # the batch order and all noise are functions of (seed, step): a resumed run draws the same
+    idx = np.random.default_rng([config.seed, step]).choice(n, size=min(config.batch_size, n), replace=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.mixed_precision == "bf16"):
+        loss = diffusion_loss(decoder, scheduler, images_to_tensor(images[idx]), embeds[idx],
+                              step_generator(config.seed, step), config.cond_drop_prob, config.snr_gamma)
+    check_finite(loss, step, session.checkpoint_dir)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
+    optimizer.step()
+    lr_scheduler.step()
+    if ema is not None:
+        ema.update(decoder, step)
+    return {"step": step + 1, "loss": round(loss.item(), 5), "grad_norm": round(float(grad_norm), 4),
+            "lr": lr_scheduler.get_last_lr()[0], "elapsed": session.elapsed()}
 
 
 def final_from_checkpoint(run_dir: str | Path) -> Path:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ import torch.nn.functional as F
 
 from evalkit.train.common import TrainingSession, check_finite, set_seed, ship, warmup_cosine
 from evalkit.world.tensors import images_to_tensor
+
+if TYPE_CHECKING:
+    from evalkit.world.grammar import ObjectSpec
 
 KINDS = ("caption", "object", "swapped", "wrong", "absent")
 
@@ -104,8 +108,8 @@ def question(scene, kind: str, rng) -> tuple[str, bool]:
 
 
 def label_of(scene, phrase: str) -> bool:
-    from evalkit.scorers.analytic import parse_phrase
     from evalkit.world.grammar import ObjectSpec
+    from evalkit.world.phrases import parse_phrase
 
     fields, _ = parse_phrase(phrase)
     spec = ObjectSpec(**dict(fields))

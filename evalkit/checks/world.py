@@ -1,4 +1,6 @@
-"""``evalkit check-world``: the quality bars of the embedded stack, measured and written to a folder.
+"""``evalkit check-world``: the quality bars of the embedded stack, measured and written to a folder
+(by default a new ``evalkit-checks/<timestamp>/`` under the current directory; the committed copy is
+``results/embedded-stack/``, refreshed with ``--out results/embedded-stack``).
 
 1. CLIP: retrieval, caption-side and image-side binding, paired cosine (val, seen / unseen).
 2. Headroom: embedding-level binding accuracy and margin of the calibration priors oracle / text / none.
@@ -10,7 +12,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ SUITES = ("synth-color", "synth-shape", "synth-texture")
 
 
 def check_clip(clip, seeds: int) -> dict:
-    from evalkit.embedded.clip_eval import evaluate_clip
+    from evalkit.checks.clip_eval import evaluate_clip
 
     return evaluate_clip(clip, seeds=seeds)
 
@@ -142,13 +143,21 @@ def _batch(items):
 PARTS = ("clip", "headroom", "decoder")
 
 
-def check_world(out_dir: str | Path, clip_seeds: int = 10, prior_seeds: int = 10, decoder_prompts: int = 48,
+#: a few seconds on a CPU, every part exercised (the tests'; its numbers mean little)
+QUICK = dict(clip_seeds=1, prior_seeds=1, decoder_prompts=3, steps_sweep=(2,))
+
+
+def check_world(out_dir: str | Path | None = None, clip_seeds: int = 10, prior_seeds: int = 10, decoder_prompts: int = 48,
                 steps_sweep=(10, 25, 50), parts=PARTS, decoder_dir: str | Path | None = None,
                 clip_dir: str | Path | None = None) -> dict:
+    """Measure ``parts`` into ``out_dir`` (None: :func:`evalkit.checks.default_check_dir`, a new folder under
+    the current directory); the parts not measured are read back from ``out_dir`` when it holds them.
+    ``**QUICK``: the smallest settings (seconds)."""
+    from evalkit.checks import default_check_dir
     from evalkit.decoders.synth import SHIPPED_DIR as DECODER_DIR
     from evalkit.embedded.clip import load_world_clip
 
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir if out_dir is not None else default_check_dir())
     out_dir.mkdir(parents=True, exist_ok=True)
     clip = load_world_clip(str(clip_dir) if clip_dir else None)
     report: dict = {}
