@@ -1,6 +1,6 @@
 """The regression gate's power: which injected regressions the smoke gate catches, and the smallest drop.
 
-Runs the smoke protocol (``evalkit.presets``) with faults from :mod:`evalkit.faults` against the
+Runs the smoke protocol (``evalkit.harness.presets``) with faults from :mod:`evalkit.harness.faults` against the
 committed golden (``results/golden/smoke``) and prints, per fault and category, the ECLIPSE prior's
 drop in binding score and the gate's paired z — on the smoke's own numeric path (float32 sampling)
 and, with ``--dtype bfloat16``, on another one (images that differ from the golden's everywhere:
@@ -44,7 +44,7 @@ CATEGORIES = ("color", "shape", "texture")
 
 
 def fault_for(ladder: str, strength):
-    from evalkit import faults
+    from evalkit.harness import faults
 
     return {"bias": lambda: faults.bias_scorer("binding", strength),
             "blend": lambda: faults.blend_prior("eclipse", strength),
@@ -55,8 +55,8 @@ def fault_for(ladder: str, strength):
 
 def measure(ladder: str, strength, work: Path, dtype: str | None) -> dict:
     """One faulty smoke run against the golden: per category, the eclipse binding row's drop, z and status."""
-    from evalkit.faults import injector
-    from evalkit.presets import gate_against_golden, run_smoke
+    from evalkit.harness.faults import injector
+    from evalkit.harness.presets import gate_against_golden, run_smoke
 
     overrides = {"dtype": dtype} if dtype else {}
     # a faulty decoder keeps the protocol's settings, so it must not share the work cache

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def keep(run_dir: Path, dest: Path) -> None:
     from evalkit.report.run_report import prior_order, report_images, write_report
-    from evalkit.runs import load_run
+    from evalkit.harness.runs import load_run
 
     run = load_run(run_dir)
     dest.mkdir(parents=True, exist_ok=False)
@@ -50,8 +50,8 @@ def main() -> None:
 
     import torch
 
-    from evalkit.presets import PRESETS
-    from evalkit.runner import RunConfig, run
+    from evalkit.harness.presets import PRESETS
+    from evalkit.harness.runner import RunConfig, run
 
     dest = REPO / "results" / "headline" / args.name
     if dest.exists():

@@ -407,7 +407,7 @@ def _run_options(command):
     """``evalkit run``'s flags, one per RunConfig field: their defaults and help live in run_config.py only."""
     import dataclasses
 
-    from evalkit.run_config import RunConfig, field_types
+    from evalkit.harness.run_config import RunConfig, field_types
 
     hints = field_types()
     for spec in reversed(dataclasses.fields(RunConfig)):  # click lists the last applied first
@@ -427,7 +427,7 @@ def _flag_attrs(spec, hint) -> dict:
     flags typed, and RunConfig supplies the rest)."""
     import dataclasses
 
-    from evalkit.run_config import base_type
+    from evalkit.harness.run_config import base_type
 
     meta, (kind, _) = spec.metadata, base_type(hint)
     default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
@@ -459,7 +459,7 @@ def _given(ctx, values: dict) -> dict:
 
     from click.core import ParameterSource
 
-    from evalkit.run_config import RunConfig
+    from evalkit.harness.run_config import RunConfig
 
     out = {}
     for spec in dataclasses.fields(RunConfig):
@@ -478,8 +478,8 @@ def _given(ctx, values: dict) -> dict:
 
 def _run_config(ctx, preset: str | None, config_file: str | None, values: dict):
     """RunConfig's defaults, then the preset, then the config file, then the flags typed: each overrides the last."""
-    from evalkit.presets import PRESETS
-    from evalkit.run_config import load_config_file, resolve
+    from evalkit.harness.presets import PRESETS
+    from evalkit.harness.run_config import load_config_file, resolve
 
     config = resolve([dict(PRESETS[preset]) if preset else {}, load_config_file(config_file) if config_file else {},
                       _given(ctx, values)])
@@ -490,7 +490,7 @@ def _run_config(ctx, preset: str | None, config_file: str | None, values: dict):
 
 @cli.command("run")
 @click.option("--preset", type=click.Choice(["smoke", "demo", "paper"]),
-              help="a named protocol (evalkit/presets.py); flags given explicitly override it")
+              help="a named protocol (evalkit/harness/presets.py); flags given explicitly override it")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="a JSON or TOML file of RunConfig fields (docs/runs.md, \"Run config files\"): it overrides the "
                    "preset, and flags given explicitly override it")
@@ -499,7 +499,7 @@ def _run_config(ctx, preset: str | None, config_file: str | None, values: dict):
 def run_command(ctx, preset, config_file, **values):
     """Generate images for suites with one or more priors through a shared decoder, and score them."""
     from evalkit.report.run_report import summary_markdown
-    from evalkit.runner import run
+    from evalkit.harness.runner import run
 
     run_dir = run(_run_config(ctx, preset, config_file, values))
     from evalkit.distributed import world
@@ -544,7 +544,7 @@ def report_command(run_dirs, out, comparisons):
 def compare_command(base, new, z, min_prompts):
     """Regression report NEW vs BASE (run folders or results.json); exit 1 on a regression or a missing row,
     2 if incomparable (other protocol, suite version or prompt set)."""
-    from evalkit.compare import check_z, compare_runs
+    from evalkit.harness.compare import check_z, compare_runs
 
     text, failed = compare_runs(base, new, check_z(z), min_prompts)
     click.echo(text)
@@ -607,7 +607,7 @@ def _names(value: str) -> list[str]:
 @click.argument("out", type=click.Path())
 def export_command(format_, scorer, run_dir, out):
     """Write a run's images in T2I-CompBench's format (OUT/<prior>/<category>/samples/{prompt}_{index:06d}.png)."""
-    from evalkit.export import export_t2i_compbench
+    from evalkit.harness.export import export_t2i_compbench
 
     path = export_t2i_compbench(run_dir, out, scorer)
     click.echo(f"exported to {path}: score with their scripts, e.g. BLIP_vqa.py --out_dir {path}/<prior>/<category>")
@@ -627,7 +627,7 @@ def export_command(format_, scorer, run_dir, out):
 @click.option("--tag", default="", help="a label stored in every result row")
 def import_command(folder, suite, prior, scorers, split, vqa_result, out, prompts_dir, tag):
     """Score a T2I-CompBench out_dir (FOLDER/samples/{prompt}_{index}.png) into a new run folder."""
-    from evalkit.importer import import_t2i_compbench
+    from evalkit.harness.importer import import_t2i_compbench
 
     path = import_t2i_compbench(folder, suite, out, prior=prior, scorers=_names(scorers), split=split,
                                 vqa_result=vqa_result, tag=tag, prompts_dir=prompts_dir)
@@ -656,8 +656,8 @@ def fid_command(run_dir, n_reference):
 def smoke_command(out, update_golden):
     """Run the smoke protocol on the embedded default (under 2 min) and compare it with the golden; exit 1 on a
     regression or a missing row (docs/runs.md, "The CI gate")."""
-    from evalkit.presets import compare_with_golden, run_smoke
-    from evalkit.presets import update_golden as keep
+    from evalkit.harness.presets import compare_with_golden, run_smoke
+    from evalkit.harness.presets import update_golden as keep
 
     run_dir = run_smoke(out)
     if update_golden:
@@ -720,7 +720,7 @@ def _cache_dir_option(command):
 
 
 def _cache_root(cache_dir) -> Path:
-    from evalkit.cache import default_root
+    from evalkit.harness.cache import default_root
 
     return Path(cache_dir) if cache_dir else default_root()
 
@@ -729,7 +729,7 @@ def _cache_root(cache_dir) -> Path:
 @_cache_dir_option
 def cache_info(cache_dir):
     """Size and entries of the cache, by kind and by last use."""
-    from evalkit.cache_admin import format_size, info
+    from evalkit.harness.cache_admin import format_size, info
 
     report = info(_cache_root(cache_dir))
     click.echo(f"work cache {report['root']}: {report['entries']} entries, {format_size(report['bytes'])}")
@@ -745,7 +745,7 @@ def cache_info(cache_dir):
 @_cache_dir_option
 def cache_verify(cache_dir):
     """Re-hash and decode every entry; drop (and print) the bad ones."""
-    from evalkit.cache_admin import verify
+    from evalkit.harness.cache_admin import verify
 
     checked, dropped = verify(_cache_root(cache_dir))
     for path, reason in dropped:
@@ -759,7 +759,7 @@ def cache_verify(cache_dir):
 @_cache_dir_option
 def cache_prune(older_than, max_size, cache_dir):
     """Remove entries by age and/or down to a size, least recently used first."""
-    from evalkit.cache_admin import format_size, parse_duration, parse_size, prune
+    from evalkit.harness.cache_admin import format_size, parse_duration, parse_size, prune
 
     if older_than is None and max_size is None:
         raise EvalkitError("give --older-than DURATION (e.g. 7d) and/or --max-size SIZE (e.g. 2G)")
@@ -774,7 +774,7 @@ def cache_prune(older_than, max_size, cache_dir):
 @_cache_dir_option
 def cache_clear(yes, cache_dir):
     """Remove every entry of the cache."""
-    from evalkit.cache_admin import clear, entries, format_size
+    from evalkit.harness.cache_admin import clear, entries, format_size
 
     root = _cache_root(cache_dir)
     if not yes:

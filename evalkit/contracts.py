@@ -246,7 +246,7 @@ class EmbeddingSpec:
 
 class TextEncoder(abc.ABC):
     """The text encoder of one embedding space: what a prior that declares ``text_encoders = (space,)`` reads
-    from ``batch.text`` (the run encodes every prompt once per space, :class:`evalkit.runner.TextCache`).
+    from ``batch.text`` (the run encodes every prompt once per space, :class:`evalkit.harness.runner.TextCache`).
 
     The run takes a space's encoder from :meth:`Decoder.text_encoder`, else a prior's :meth:`Prior.text_encoder`,
     else :func:`evalkit.text_encoders.load_text_encoder`. Encoders built before this class existed (the world

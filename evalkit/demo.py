@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evalkit.runs import new_run_dir
+from evalkit.harness.runs import new_run_dir
 
 SUITES = ("synth-color", "synth-shape", "synth-texture")
 
@@ -59,9 +59,9 @@ def run_demo(out: str | Path, per_category: int = 8, num_seeds: int = 2, calibra
 
 def main_job_section(run_dir: Path, progress: bool) -> list[str]:
     """``evalkit run --preset demo`` into ``run_dir/run/``: every prior through the synth decoder, scored."""
-    from evalkit.presets import PRESETS
+    from evalkit.harness.presets import PRESETS
     from evalkit.report.run_report import summary_markdown
-    from evalkit.runner import RunConfig, run
+    from evalkit.harness.runner import RunConfig, run
 
     config = RunConfig(**{**PRESETS["demo"], "out": str(run_dir / "run")})
     job = run(config, progress=progress)

@@ -84,7 +84,7 @@ def eval_priors(prior_names, suite_names, split: str = "val", seeds=tuple(range(
 
 def items_by_split(rows: list[dict]) -> dict[tuple, dict]:
     """Uncontrolled rows as {(prior, category, all|seen|unseen): {(item_id, seed): [rows, one per training seed]}}."""
-    from evalkit.paired import group_items
+    from evalkit.harness.paired import group_items
 
     return group_items((row for row in rows if not row["control"]), ("category",))
 
@@ -132,20 +132,20 @@ def headroom(rows: list[dict], gate: str = "binding", metrics=("binding", "margi
 
 def default_comparisons(prior_names) -> list[tuple[str, str]]:
     """ECLIPSE against every other trained prior named (b − a with a the other prior)."""
-    from evalkit.paired import default_pairs
+    from evalkit.harness.paired import default_pairs
 
     return default_pairs(prior_names) if "eclipse" in prior_names else []
 
 
 def compare(rows: list[dict], pairs, metrics=("binding", "margin")) -> list[dict]:
     """Paired differences b − a on identical (prompt, seed) items (each item averaged over training seeds)."""
-    from evalkit.paired import paired_differences
+    from evalkit.harness.paired import paired_differences
 
     return paired_differences([row for row in rows if not row["control"]], pairs, metrics, ("category",))
 
 
 def comparison_table(comparisons: list[dict]) -> list[str]:
-    from evalkit.paired import comparison_table as table
+    from evalkit.harness.paired import comparison_table as table
 
     return table(comparisons, ("category",), "each item averaged over the training seeds")
 
@@ -226,7 +226,7 @@ def evaluate_priors(priors, suites=("synth-color", "synth-shape", "synth-texture
     """
     from evalkit.errors import SettingError
     from evalkit.registry import PRIORS, SUITES
-    from evalkit.runs import new_run_dir
+    from evalkit.harness.runs import new_run_dir
 
     prior_names, suite_names, controls = list(priors), list(suites), list(controls)
     PRIORS.check(prior_names)

@@ -1,7 +1,7 @@
 """Text encoders per embedding space: what a prior that declares ``text_encoders = (space,)`` reads.
 
 A run text-encodes every prompt once per space and hands the encodings to every prior in ``batch.text``
-(:class:`evalkit.runner.TextCache`). The encoder of a space comes from, in order: the decoder (its ``clip``),
+(:class:`evalkit.harness.runner.TextCache`). The encoder of a space comes from, in order: the decoder (its ``clip``),
 a prior of the run that holds one (``clip`` / ``text_encoder()``), else the space's own loader below — so a
 prior of your own needs to declare only the space it reads (docs/add-a-prior.md).
 

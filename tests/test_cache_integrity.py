@@ -15,13 +15,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from evalkit.cache import WorkCache, fingerprint
+from evalkit.harness.cache import WorkCache, fingerprint
 from evalkit.cli import cli
 from evalkit.contracts import Batch, Protocol
-from evalkit.run_config import RunConfig
+from evalkit.harness.run_config import RunConfig
 from evalkit.decoders.dummy import DummyDecoder
 from evalkit.priors.dummy import DummyPrior
-from evalkit.runner import evaluate, run
+from evalkit.harness.runner import evaluate, run
 from evalkit.scorers.dummy import DummyScorer
 from evalkit.serialization import atomic_write_bytes
 from evalkit.suites import load_suite
@@ -217,7 +217,7 @@ def test_a_third_party_plugins_source_is_part_of_its_fingerprint(tmp_path, monke
     path.write_text(PLUGIN.format(factor=0.5))  # a code edit
     assert fingerprint(_load(path, "acme_plugins", monkeypatch).ThirdPartyScorer()) != first
     # a class defined here (a test module) counts too; standard-library and framework bases do not
-    from evalkit.cache import _source_digest
+    from evalkit.harness.cache import _source_digest
 
     class Local(DummyScorer):
         pass
@@ -343,8 +343,8 @@ def test_a_priors_cached_work_does_not_depend_on_the_other_priors_of_the_run(tmp
     copy), so a warm run with another set of priors recomputes nothing of it."""
     import json
 
-    from evalkit.run_config import RunConfig
-    from evalkit.runner import run
+    from evalkit.harness.run_config import RunConfig
+    from evalkit.harness.runner import run
 
     def config(out, priors):
         return RunConfig(priors=priors, suites=["synth-color"], scorers=["binding"], limit=2, images_per_prompt=1,

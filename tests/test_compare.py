@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from evalkit.cli import cli
-from evalkit.compare import MIN_PROMPTS, ProtocolMismatchError, compare_results, headline
-from evalkit.run_config import RunConfig
-from evalkit.runner import run
+from evalkit.harness.compare import MIN_PROMPTS, ProtocolMismatchError, compare_results, headline
+from evalkit.harness.run_config import RunConfig
+from evalkit.harness.runner import run
 from evalkit.stats import binomial_floor, paired_bootstrap, paired_floor
 
 ROW = dict(prior="p", suite="s", suite_version="v", category="color", seen="all", metric="binding", higher_is_better=True)
@@ -144,7 +144,7 @@ def test_runs_under_other_prior_names_say_so(tmp_path):
 
 
 def test_decoder_dtype_is_the_numeric_path_not_the_protocol():
-    from evalkit.cache import fingerprint
+    from evalkit.harness.cache import fingerprint
     from evalkit.contracts import Protocol
     from evalkit.decoders.synth import SynthDecoder
 

@@ -282,7 +282,7 @@ class _Stop(Exception):
 
 def test_runner_passes_allow_pickle_to_the_decoder(decoder_dir, monkeypatch):
     import evalkit.decoders as decoders
-    from evalkit.runner import RunConfig, resolve
+    from evalkit.harness.runner import RunConfig, resolve
 
     seen = {}
 
@@ -351,7 +351,7 @@ def test_several_priors_share_an_option_one_of_them_takes(monkeypatch):
 
 
 def test_runner_gives_the_option_to_the_prior_that_takes_it():
-    from evalkit.runner import RunConfig, resolve
+    from evalkit.harness.runner import RunConfig, resolve
 
     config = RunConfig(priors=["eclipse", "diffusion"], suites=["synth-color"], prior_guidance_scale=2.0)
     priors, _, _, _ = resolve(config)

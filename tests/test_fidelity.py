@@ -131,7 +131,7 @@ def test_a_parameter_count_is_the_trainable_one_everywhere():
 
     from evalkit.priors import load_prior
     from evalkit.priors.sizes import count_parameters
-    from evalkit.runner import prior_info
+    from evalkit.harness.runner import prior_info
     from tests.conftest import REPO
 
     for name in ("eclipse", "diffusion"):

@@ -7,12 +7,12 @@ import shutil
 
 import pytest
 
-from evalkit.run_config import RunConfig
+from evalkit.harness.run_config import RunConfig
 from evalkit.errors import EvalkitError
-from evalkit.export import export_t2i_compbench
-from evalkit.importer import BVQA_SCORER, import_t2i_compbench
-from evalkit.runs import load_run
-from evalkit.runner import run
+from evalkit.harness.export import export_t2i_compbench
+from evalkit.harness.importer import BVQA_SCORER, import_t2i_compbench
+from evalkit.harness.runs import load_run
+from evalkit.harness.runner import run
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_vqa_result_adds_bvqa_rows(exported, tmp_path):
 
 
 def test_two_imports_compare(exported, tmp_path):
-    from evalkit.compare import compare_runs
+    from evalkit.harness.compare import compare_runs
 
     _, folder = exported
     a = import_t2i_compbench(folder, "synth-color", tmp_path / "a", scorers=["dummy"])

@@ -3,10 +3,10 @@
 import json
 import shutil
 
-from evalkit.paired import paired_results
-from evalkit.presets import GOLDEN_DIR
+from evalkit.harness.paired import paired_results
+from evalkit.harness.presets import GOLDEN_DIR
 from evalkit.report.run_report import write_report
-from evalkit.runs import load_run
+from evalkit.harness.runs import load_run
 from evalkit.serialization import seal
 
 PAIR = [("oracle", "eclipse")]

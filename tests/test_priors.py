@@ -217,7 +217,7 @@ def test_diffusion_statistics_are_not_trained():
 
 def test_runner_gets_the_text_encoder_from_trained_priors():
     from evalkit.registry import DECODERS
-    from evalkit.runner import text_encoders
+    from evalkit.harness.runner import text_encoders
 
     prior = EclipsePrior.tiny()
     encoders = text_encoders({"eclipse": prior}, DECODERS.get("dummy").tiny())

@@ -190,7 +190,7 @@ def test_library_errors():
     from evalkit.errors import EvalkitError
     from evalkit.priors import load_prior
     from evalkit.priors.real import EclipseCheckpointPrior
-    from evalkit.runner import RunConfig, check_config
+    from evalkit.harness.runner import RunConfig, check_config
 
     with pytest.raises(EvalkitError, match="must be real or tiny"):
         check_config(RunConfig(random_init="huge"))
@@ -201,7 +201,7 @@ def test_library_errors():
 
 
 def test_protocol_records_random_init_and_compare_refuses_to_mix():
-    from evalkit.compare import ProtocolMismatchError, compare_results
+    from evalkit.harness.compare import ProtocolMismatchError, compare_results
     from evalkit.contracts import Protocol
 
     golden = json.loads((REPO / "results" / "golden" / "smoke" / "results.json").read_text())

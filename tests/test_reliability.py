@@ -18,7 +18,7 @@ from evalkit.cli import cli
 from evalkit.errors import CorruptFileError, WeightsNotFoundError
 from evalkit.priors.dummy import DummyPrior
 from evalkit.registry import PRIORS
-from evalkit.runs import load_run
+from evalkit.harness.runs import load_run
 from evalkit.serialization import load_state_dict
 from tests.conftest import REPO
 

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from evalkit.cli import cli
-from evalkit.run_config import RunConfig, load_config_file
+from evalkit.harness.run_config import RunConfig, load_config_file
 
 FLAGS = ["--prior", "oracle,none", "--suite", "synth-color,synth-shape", "--scorer", "binding", "--limit", "4",
          "--images-per-prompt", "2", "--guidance-scale", "4", "--no-cache", "--tag", "t", "--prior-path",
@@ -39,7 +39,7 @@ class _Stop(Exception):
 @pytest.fixture
 def resolved(monkeypatch):
     """``evalkit run ARGS`` -> the RunConfig it would run (the pipeline itself is not started)."""
-    import evalkit.runner
+    import evalkit.harness.runner
 
     def invoke(*args):
         seen = []
@@ -48,7 +48,7 @@ def resolved(monkeypatch):
             seen.append(config)
             raise _Stop()
 
-        monkeypatch.setattr(evalkit.runner, "run", spy)
+        monkeypatch.setattr(evalkit.harness.runner, "run", spy)
         result = CliRunner().invoke(cli, ["run", *map(str, args)])
         if not seen:
             return result
@@ -85,7 +85,7 @@ def test_a_toml_file_equals_the_same_flags(resolved, tmp_path):
 
 
 def test_flags_override_the_file_and_the_file_the_preset(resolved, tmp_path):
-    from evalkit.presets import PRESETS
+    from evalkit.harness.presets import PRESETS
 
     path = tmp_path / "run.json"
     path.write_text(json.dumps({"limit": 4, "tag": "file", "seed": 7}))

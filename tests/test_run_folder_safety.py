@@ -20,11 +20,11 @@ import pytest
 from click.testing import CliRunner
 
 from evalkit.cli import cli
-from evalkit.run_config import RunConfig
+from evalkit.harness.run_config import RunConfig
 from evalkit.errors import CorruptFileError, EvalkitError, PromptFileError
 from evalkit.report.run_report import write_report
-from evalkit.runs import load_run
-from evalkit.runner import run
+from evalkit.harness.runs import load_run
+from evalkit.harness.runner import run
 from evalkit.serialization import seal
 from tests.conftest import REPO
 
@@ -388,12 +388,12 @@ def test_out_naming_a_run_folder_is_refused_before_anything_is_written(tmp_path)
 def test_ctrl_c_exits_130_and_says_the_same_command_resumes(tmp_path, monkeypatch, raised):
     import click
 
-    import evalkit.runner
+    import evalkit.harness.runner
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt() if raised is KeyboardInterrupt else click.exceptions.Abort()
 
-    monkeypatch.setattr(evalkit.runner, "run", interrupted)
+    monkeypatch.setattr(evalkit.harness.runner, "run", interrupted)
     result = CliRunner().invoke(cli, ["run", "--prior", "dummy", "--decoder", "dummy", "--scorer", "dummy",
                                       "--out", str(tmp_path / "runs")])
     assert result.exit_code == 130, result.output

@@ -8,17 +8,17 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from evalkit.cache import WorkCache, fingerprint, work_key
+from evalkit.harness.cache import WorkCache, fingerprint, work_key
 from evalkit.cli import cli
-from evalkit.compare import ProtocolMismatchError, compare_results
+from evalkit.harness.compare import ProtocolMismatchError, compare_results
 from evalkit.contracts import Batch, Protocol
-from evalkit.run_config import RunConfig
+from evalkit.harness.run_config import RunConfig
 from evalkit.decoders.dummy import DummyDecoder
 from evalkit.errors import EvalkitError
 from evalkit.priors.dummy import DummyPrior, DummyPriorConfig
 from evalkit.report.run_report import write_report
-from evalkit.runs import load_run
-from evalkit.runner import evaluate, run
+from evalkit.harness.runs import load_run
+from evalkit.harness.runner import evaluate, run
 from evalkit.scorers.dummy import DummyScorer
 from evalkit.serialization import seal
 from evalkit.suites import load_suite
@@ -241,7 +241,7 @@ def test_compare_floors_a_zero_stderr_so_one_flip_is_noise_and_a_collapse_is_not
 
 
 def test_export_t2i_compbench_layout_and_refusals(tmp_path):
-    from evalkit.export import export_t2i_compbench
+    from evalkit.harness.export import export_t2i_compbench
 
     run_dir = _results(tmp_path, "runs")
     out = export_t2i_compbench(run_dir, tmp_path / "export")
@@ -317,7 +317,7 @@ def test_kandinsky_decoder_guides_against_each_priors_empty_prompt(tmp_path):
 
 
 def test_default_scorers_come_from_the_suites(tmp_path, monkeypatch):
-    from evalkit.runner import resolve
+    from evalkit.harness.runner import resolve
 
     config = RunConfig(priors=["dummy"], decoder="dummy", suites=["synth-color", "synth-shape"])
     resolve(config)

@@ -6,7 +6,7 @@ from evalkit.contracts import Protocol
 from evalkit.decoders.dummy import DummyDecoder
 from evalkit.errors import EmbeddingContractError, EvalkitError
 from evalkit.priors.dummy import DummyPrior, DummyPriorConfig
-from evalkit.runner import aggregate, evaluate
+from evalkit.harness.runner import aggregate, evaluate
 from evalkit.scorers.dummy import DummyScorer
 from evalkit.suites import load_suite
 

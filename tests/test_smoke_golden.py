@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from evalkit import faults
-from evalkit.presets import GOLDEN_DIR, compare_with_golden, gate_against_golden, run_smoke
+from evalkit.harness import faults
+from evalkit.harness.presets import GOLDEN_DIR, compare_with_golden, gate_against_golden, run_smoke
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +99,8 @@ def test_a_decoder_taking_fewer_steps_than_the_protocol_fails_the_gate(tmp_path)
 def test_the_golden_is_the_smoke_protocol():
     import json
 
-    from evalkit.presets import smoke_config
-    from evalkit.runner import prompt_subsets
+    from evalkit.harness.presets import smoke_config
+    from evalkit.harness.runner import prompt_subsets
 
     golden = json.loads((GOLDEN_DIR / "results.json").read_text())
     config = smoke_config("unused")

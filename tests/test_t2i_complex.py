@@ -141,10 +141,10 @@ class ComplexSuite(Suite):
 
 def test_run_through_evaluate_with_the_work_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("EVALKIT_NOUN_PHRASE_SPLITTER", "auto")  # B-VQA's phrases: spaCy where installed, else rules
-    from evalkit.cache import WorkCache
+    from evalkit.harness.cache import WorkCache
     from evalkit.decoders.dummy import DummyDecoder
     from evalkit.priors.dummy import DummyPrior
-    from evalkit.runner import evaluate
+    from evalkit.harness.runner import evaluate
 
     scorer = T2IComplexScorer.tiny()
     protocol = Protocol(decoder="dummy", num_inference_steps=1, guidance_scale=1.0, resolution=16, images_per_prompt=2)

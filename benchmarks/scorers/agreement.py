@@ -51,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     from tabulate import tabulate
 
-    from evalkit.runs import load_run
+    from evalkit.harness.runs import load_run
 
     rows = agreement(load_run(args.run_dir).samples, args.a, args.b)
     print(tabulate(rows, headers="keys", tablefmt="github"))

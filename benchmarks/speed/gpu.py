@@ -1,7 +1,7 @@
 """GPU mode: images/s of the real-size random Karlo and Kandinsky 2.2 stacks through ``evalkit run``'s own code path.
 
 Side by side in one process, for each stack (``--stack karlo,kandinsky22``), every variant is **one call of**
-``evalkit.runner.run(RunConfig(...), progress=False)``: the same resolution, placement, text encoding, prior,
+``evalkit.harness.runner.run(RunConfig(...), progress=False)``: the same resolution, placement, text encoding, prior,
 decoder, scoring and run-folder writing as ``evalkit run``. Each run builds its plugins with ``random_init``
 (``--size real``: karlo-v1-alpha's decoder stack — CLIP text tower, text_proj, 64×64 decoder UNet, two
 super-resolution UNets to 256×256 — with the ECLIPSE_Karlo_Prior architecture and its CLIP ViT-L/14 text
@@ -278,7 +278,7 @@ def mean_abs_diff(images: dict, baseline: dict) -> float:
 
 
 def config_for(stack: str, variant: Variant, args, out: Path):
-    from evalkit.run_config import RunConfig
+    from evalkit.harness.run_config import RunConfig
 
     batches = args.warmup + args.repeats
     return RunConfig(priors=[PRIORS[stack]], decoder=stack, suites=[SUITE], scorers=["dummy"], images_per_prompt=1,
@@ -301,7 +301,7 @@ def run_command(config) -> str:
 
 
 def run_variant(stack: str, variant: Variant, args, device: torch.device, out: Path) -> tuple[dict, Path | None]:
-    from evalkit.runner import run
+    from evalkit.harness.runner import run
 
     config = config_for(stack, variant, args, out)
     row = {"variant": variant.name, "dtype": variant.dtype, "sdpa": variant.sdpa,
@@ -418,7 +418,7 @@ def count(n: int) -> str:
 
 def report(results: list[dict], info: dict, args, cuda: bool) -> str:
     out = [f"GPU-mode speed benchmark on {describe(info)}",
-           f"each variant = one evalkit.runner.run (random_init={args.size}, suite {SUITE}, scorer dummy, no cache): "
+           f"each variant = one evalkit.harness.runner.run (random_init={args.size}, suite {SUITE}, scorer dummy, no cache): "
            f"{args.warmup} warm-up + {args.repeats} timed batch(es) of {args.batch_size} images (mean of the timed)"]
     if args.size == "tiny":
         out.append("tiny stacks: a code-path check, not a measurement")

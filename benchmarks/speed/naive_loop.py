@@ -28,11 +28,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from evalkit.contracts import Batch, Protocol
-    from evalkit.run_config import RunConfig
+    from evalkit.harness.run_config import RunConfig
     from evalkit.decoders.synth import SynthDecoder
     from evalkit.priors import load_prior
     from evalkit.report.grid import to_uint8
-    from evalkit.runner import evaluate
+    from evalkit.harness.runner import evaluate
     from evalkit.scorers.binding import BindingScorer
     from evalkit.suites import load_suite
 

@@ -28,8 +28,8 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from evalkit.runner import RunConfig, run
-    from evalkit.presets import run_smoke
+    from evalkit.harness.runner import RunConfig, run
+    from evalkit.harness.presets import run_smoke
 
     with tempfile.TemporaryDirectory() as tmp:
         config = RunConfig(priors=args.priors.split(","), suites=args.suites.split(","), limit=args.limit,
@@ -47,7 +47,7 @@ def main() -> None:
     print(f"evalkit run, {images} images ({args.priors} × {args.suites} × {args.limit} prompts × "
           f"{args.images_per_prompt} seeds), {torch.get_num_threads()} thread(s)")
     print(f"  cold: {times['cold']:.1f} s   warm: {times['warm']:.2f} s   warm / cold: {100 * times['warm'] / times['cold']:.1f} %")
-    from evalkit.presets import SMOKE
+    from evalkit.harness.presets import SMOKE
 
     smoke_images = len(SMOKE["priors"]) * len(SMOKE["suites"]) * SMOKE["limit"] * SMOKE["images_per_prompt"]
     print(f"  smoke protocol (uncached, {smoke_images} images): {smoke:.1f} s")

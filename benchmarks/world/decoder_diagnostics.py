@@ -96,7 +96,7 @@ def sampler(decoder, clip, split: str, prompts: int, grid) -> list[dict]:
     from evalkit.contracts import Protocol
     from evalkit.checks.world import oracle_subset, realised_share
     from evalkit.priors.calibration import OraclePrior
-    from evalkit.runner import evaluate
+    from evalkit.harness.runner import evaluate
     from evalkit.scorers.binding import BindingScorer
     from evalkit.suites import load_suite
 

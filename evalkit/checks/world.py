@@ -45,7 +45,7 @@ def check_decoder(clip, prompts: int, steps_sweep, out_dir: Path, decoder_dir: s
     from evalkit.contracts import Protocol
     from evalkit.decoders.synth import SynthDecoder
     from evalkit.priors.calibration import OraclePrior
-    from evalkit.runner import evaluate
+    from evalkit.harness.runner import evaluate
     from evalkit.scorers.analytic import AnalyticScorer
     from evalkit.suites import load_suite
     from evalkit.world import render

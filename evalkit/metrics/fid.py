@@ -87,7 +87,7 @@ class FeatureExtractor(nn.Module):
     def fingerprint(self) -> str:
         """Hash of the network's class, input size, width and weights."""
         if self._fingerprint is None:
-            from evalkit.cache import weights_fingerprint
+            from evalkit.harness.cache import weights_fingerprint
 
             weights = weights_fingerprint(self.clip) if isinstance(self.clip, nn.Module) else ""
             if not weights:
@@ -439,7 +439,7 @@ def run_distances(run_dir: str | os.PathLike, n_reference: int = 2000, extractor
     """
     from PIL import Image
 
-    from evalkit.runs import load_run
+    from evalkit.harness.runs import load_run
 
     run = load_run(run_dir)
     sets: dict[tuple[str, str, str], list[str]] = {}

@@ -18,8 +18,8 @@ from typing import Sequence
 import numpy as np
 
 from evalkit.errors import CorruptFileError, EvalkitError
-from evalkit.paired import CALIBRATION, comparison_note, paired_results, paired_table, prior_order, run_pairs
-from evalkit.runs import RunData, check_image, load_run
+from evalkit.harness.paired import CALIBRATION, comparison_note, paired_results, paired_table, prior_order, run_pairs
+from evalkit.harness.runs import RunData, check_image, load_run
 
 #: the metric of the parameter table and plot: B-VQA style first, as the paper's table
 HEADLINE_METRICS = ("binding", "blip-vqa", "analytic")
@@ -499,7 +499,7 @@ def _comparisons(runs: Sequence[RunData], samples: list[dict], rows: list[dict],
 
 
 def _paired(runs: Sequence[RunData], samples: list[dict], rows: list[dict], pairs: list[tuple[str, str]]) -> list[dict]:
-    """:func:`evalkit.paired.paired_results` rows of ``pairs``: those a run stored in ``results.json`` (key
+    """:func:`evalkit.harness.paired.paired_results` rows of ``pairs``: those a run stored in ``results.json`` (key
     ``paired``), the others (older runs, pairs asked for later, pairs across runs) computed the same way."""
     stored: dict[tuple, list[dict]] = {}
     for run in runs:
@@ -618,7 +618,7 @@ def _write_fresh(runs: Sequence[RunData], out_dir, pairs, parent) -> Path:
     import shutil
 
     from evalkit.errors import WriteError
-    from evalkit.runs import new_run_dir
+    from evalkit.harness.runs import new_run_dir
 
     created = None
     if out_dir is None:

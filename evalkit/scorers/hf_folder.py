@@ -108,7 +108,7 @@ def scorer_fingerprint(scorer, extra: dict | None = None, sources: Sequence = ()
     import transformers
 
     from evalkit import __version__
-    from evalkit.cache import _settings, _source_digest, weights_fingerprint
+    from evalkit.harness.cache import _settings, _source_digest, weights_fingerprint
     from evalkit.contracts import content_hash
 
     code = hashlib.sha256(_source_digest(scorer).encode())

@@ -162,7 +162,7 @@ class T2IComplexScorer(Scorer):
         return rows
 
     def fingerprint(self) -> str:
-        from evalkit.cache import _source_digest, fingerprint
+        from evalkit.harness.cache import _source_digest, fingerprint
         from evalkit.contracts import content_hash
 
         return content_hash({"name": self.name, "version": self.version, "source": _source_digest(self),

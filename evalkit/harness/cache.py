@@ -17,10 +17,10 @@ entry) and checked against it on every read: an entry whose bytes do not match (
 for another valid file), that fails to load for any reason, or whose score was computed on another image,
 is reported, deleted and recomputed. An entry without a recorded hash (written by an older evalkit) is
 not trusted either: it is recomputed. Files are written to a temporary name and renamed (a killed run
-leaves no half-written entry, only a ``.tmp`` file that :mod:`evalkit.cache_admin` removes), with the
+leaves no half-written entry, only a ``.tmp`` file that :mod:`evalkit.harness.cache_admin` removes), with the
 permissions a plain ``open()`` gives, so a cache can be shared between users. Run folders get copies of
 the cached images, never links. ``evalkit cache info|verify|prune|clear`` manage the cache
-(:mod:`evalkit.cache_admin`).
+(:mod:`evalkit.harness.cache_admin`).
 """
 
 from __future__ import annotations

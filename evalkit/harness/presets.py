@@ -22,7 +22,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from evalkit.run_config import RunConfig
+from evalkit.harness.run_config import RunConfig
 from evalkit.paths import REPO_ROOT
 
 GOLDEN_DIR = REPO_ROOT / "results" / "golden" / "smoke"
@@ -48,15 +48,15 @@ def smoke_config(out: str | Path, cache: bool = False, **overrides) -> RunConfig
 
 def run_smoke(out: str | Path, cache: bool = False, progress: bool = True, inject=None, **overrides) -> Path:
     """The smoke protocol into a new folder under ``out``; ``overrides``: RunConfig fields (e.g. another
-    ``dtype``: the same protocol on another numeric path); ``inject``: a fault (:mod:`evalkit.faults`)."""
-    from evalkit.runner import run
+    ``dtype``: the same protocol on another numeric path); ``inject``: a fault (:mod:`evalkit.harness.faults`)."""
+    from evalkit.harness.runner import run
 
     return run(smoke_config(out, cache, **overrides), progress=progress, inject=inject)
 
 
 def compare_with_golden(run_dir: str | Path, golden: str | Path = GOLDEN_DIR) -> tuple[str, bool]:
     """(markdown regression report, failed) of ``run_dir`` against the golden."""
-    from evalkit.compare import compare_runs
+    from evalkit.harness.compare import compare_runs
 
     return compare_runs(_golden(golden), run_dir)
 
@@ -70,9 +70,9 @@ def _golden(golden: str | Path = GOLDEN_DIR) -> Path:
 
 
 def gate_against_golden(run_dir: str | Path, golden: str | Path = GOLDEN_DIR):
-    """The :class:`evalkit.compare.Comparison` of ``run_dir`` against the golden (rows, z, statuses)."""
-    from evalkit.compare import compare_results
-    from evalkit.runs import load_run
+    """The :class:`evalkit.harness.compare.Comparison` of ``run_dir`` against the golden (rows, z, statuses)."""
+    from evalkit.harness.compare import compare_results
+    from evalkit.harness.runs import load_run
 
     base, new = load_run(_golden(golden)), load_run(run_dir)
     return compare_results(base.results, new.results, base_samples=base.samples, new_samples=new.samples)

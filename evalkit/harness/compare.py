@@ -33,7 +33,7 @@ import math
 from dataclasses import dataclass, field
 
 from evalkit.errors import EvalkitError
-from evalkit.runs import load_run
+from evalkit.harness.runs import load_run
 from evalkit.stats import binomial_floor, paired_bootstrap
 
 DEFAULT_Z = 3.0
@@ -122,7 +122,7 @@ def _prompt_sets(results: dict, samples: list[dict] | None) -> dict | None:
     if recorded:
         return {suite: (entry["prompts"], entry["items_sha256"]) for suite, entry in recorded.items()}
     if samples:
-        from evalkit.runs import prompt_subsets
+        from evalkit.harness.runs import prompt_subsets
 
         return {suite: (e["prompts"], e["items_sha256"]) for suite, e in prompt_subsets(samples).items()}
     return None
@@ -239,7 +239,7 @@ def headline(comparison: Comparison) -> str:
 def render(comparison: Comparison, base_name: str, new_name: str) -> str:
     from tabulate import tabulate
 
-    from evalkit.paired import format_z
+    from evalkit.harness.paired import format_z
 
     c = comparison
     lines = ["# evalkit compare", "", f"Base `{base_name}` → new `{new_name}`: {headline(c)}.", "",

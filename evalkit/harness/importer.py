@@ -153,11 +153,11 @@ def _read_image(path: Path) -> np.ndarray:
 
 
 def _score(scorer, name: str, images: list[np.ndarray], batch, batch_size: int) -> list[dict]:
-    """One row per image (the score stage's :func:`evalkit.runner.score_rows`); images of one size are scored
+    """One row per image (the score stage's :func:`evalkit.harness.runner.score_rows`); images of one size are scored
     together, in chunks of ``batch_size``."""
     import torch
 
-    from evalkit.runner import score_rows, to_pixels
+    from evalkit.harness.runner import score_rows, to_pixels
 
     rows: list[dict | None] = [None] * len(images)
     by_shape: dict[tuple, list[int]] = {}
@@ -176,7 +176,7 @@ def _score(scorer, name: str, images: list[np.ndarray], batch, batch_size: int) 
 
 def _check_arguments(folder: Path, out, prior: str, scorers: list[str], suite_name: str) -> None:
     from evalkit.registry import SCORERS, SUITES
-    from evalkit.runs import check_parent
+    from evalkit.harness.runs import check_parent
 
     if not folder.is_dir():
         raise EvalkitError(f"{folder} is not a folder")
@@ -229,9 +229,9 @@ def _import_protocol(images: list[ImportedImage], metric_names: list[str], loade
 def write_samples(run_dir: Path, prior: str, suite, images: list[ImportedImage], pixels: list[np.ndarray],
                   scored: dict[str, list[dict]], bvqa: dict | None) -> list[dict]:
     """The write stage of an import: each image into ``images/`` and its sample rows (the runner's
-    :func:`evalkit.runner.sample_row`), the scorers' then their B-VQA's."""
-    from evalkit.cache import png_bytes
-    from evalkit.runner import sample_row
+    :func:`evalkit.harness.runner.sample_row`), the scorers' then their B-VQA's."""
+    from evalkit.harness.cache import png_bytes
+    from evalkit.harness.runner import sample_row
 
     (run_dir / "images" / prior / suite.name).mkdir(parents=True)
     rows: list[dict] = []
@@ -263,8 +263,8 @@ def import_t2i_compbench(folder: str | os.PathLike, suite_name: str, out: str | 
     from evalkit.environment import describe as describe_environment
     from evalkit.registry import SCORERS
     from evalkit.report.run_report import write_report
-    from evalkit.runner import aggregate, prior_record, run_record, write_results
-    from evalkit.runs import new_run_dir
+    from evalkit.harness.runner import aggregate, prior_record, run_record, write_results
+    from evalkit.harness.runs import new_run_dir
     from evalkit.serialization import atomic_write_json
     from evalkit.suites import load_suite
 

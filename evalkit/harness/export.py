@@ -8,7 +8,7 @@ is written. The export goes to ``OUT/<prior>/<category>/samples/`` (one of their
 prior and category), with a ``manifest.json`` beside each ``samples/`` mapping each index back to
 the run's item and seed. It is written into a temporary folder and renamed into place: a failure
 leaves nothing behind, and an existing ``OUT`` is never written into. The run folder is checked
-first (:func:`evalkit.runs.load_run`: checksum, samples, plain names), and so is every
+first (:func:`evalkit.harness.runs.load_run`: checksum, samples, plain names), and so is every
 image: it must lie inside the run folder and be a PNG that decodes completely.
 """
 
@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from evalkit.errors import EvalkitError, WriteError
-from evalkit.runs import check_image, load_run
+from evalkit.harness.runs import check_image, load_run
 from evalkit.serialization import atomic_write_json
 
 FORBIDDEN = ("_", "/", "\\", "\x00")

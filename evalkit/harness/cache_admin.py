@@ -1,8 +1,8 @@
-"""``evalkit cache info|verify|prune|clear``: report, check and trim the work cache (:mod:`evalkit.cache`).
+"""``evalkit cache info|verify|prune|clear``: report, check and trim the work cache (:mod:`evalkit.harness.cache`).
 
 An entry is its file and its recorded hash (``.sha256``); its size counts both, its last use is the later
 of its access and modification times (a cache hit refreshes the access time, see
-:data:`evalkit.cache.TOUCH_EVERY_S`). Temporary files left by a killed write (``.<name>.<random>.tmp``)
+:data:`evalkit.harness.cache.TOUCH_EVERY_S`). Temporary files left by a killed write (``.<name>.<random>.tmp``)
 and hashes whose entry is gone are removed once older than :data:`STALE_S`, so a write in progress in
 another process is never cut. Nothing here removes folders, so it is safe next to a running
 ``evalkit run``: an entry removed under it is recomputed.
@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from evalkit.cache import DECODERS, HASH_SUFFIX, KINDS, hash_path, read_entry, remove_entry
+from evalkit.harness.cache import DECODERS, HASH_SUFFIX, KINDS, hash_path, read_entry, remove_entry
 from evalkit.errors import EvalkitError
 
 #: temporary files and orphan hashes older than this (seconds) are left-overs of killed writes

@@ -5,7 +5,7 @@ version, steps, scorer version) stays what it was, so the comparison with the go
 but has to find the damage in the scores. A faulty prior or scorer also records the fault as a setting
 (``injected_fault``), so its work-cache keys differ from the intact plugin's and a cached run never
 mixes the two; a faulty decoder cannot (its settings are part of the protocol): run those uncached.
-Pass :func:`injector` to :func:`evalkit.runner.run`:
+Pass :func:`injector` to :func:`evalkit.harness.runner.run`:
 
     run(smoke_config(out), inject=injector(noise_prior("eclipse", 0.5)))
 

@@ -20,15 +20,15 @@ import torch
 from tqdm.auto import tqdm
 
 from evalkit import distributed
-from evalkit.cache import WorkCache, fingerprint, image_sha256, png_bytes, work_key
+from evalkit.harness.cache import WorkCache, fingerprint, image_sha256, png_bytes, work_key
 from evalkit.contracts import (Batch, Protocol, ResultRow, SampleRow, check_embedding_contract, check_embeddings,
                                text_encoder_parameters, text_encoder_unknown_words)
-from evalkit.run_config import RunConfig
+from evalkit.harness.run_config import RunConfig
 from evalkit.environment import describe as describe_environment
 from evalkit.errors import EvalkitError, SettingError, WriteError
 from evalkit.placement import numeric_path
 from evalkit.report.grid import to_uint8
-from evalkit.runs import prompt_subsets
+from evalkit.harness.runs import prompt_subsets
 from evalkit.serialization import atomic_write_bytes
 from evalkit.stats import bootstrap
 from evalkit.text_encoders import text_encoders
@@ -285,7 +285,7 @@ def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, ru
     ``_order`` key that puts the gathered rows of all processes back in single-process order.
 
     ``items``: score these items of the suite instead of the first ``limit`` of ``split``. ``cache``:
-    embeddings, images and scores found there are reused and new ones stored (keys: :mod:`evalkit.cache`);
+    embeddings, images and scores found there are reused and new ones stored (keys: :mod:`evalkit.harness.cache`);
     images are scored as the 8-bit pictures that are saved, so a cached and a fresh run give the same rows.
     """
     for prior in priors.values():
@@ -724,7 +724,7 @@ def write_results(run_dir: Path, rows: list[dict], results: list[ResultRow], *, 
     """``samples.jsonl`` then the sealed ``results.json`` (with the samples' sha256): both or neither."""
     import datetime as _dt
 
-    from evalkit.paired import paired_results
+    from evalkit.harness.paired import paired_results
     from evalkit.serialization import atomic_write_json, atomic_write_text, seal
 
     samples_text = "".join(json.dumps(row) + "\n" for row in rows)
@@ -863,7 +863,7 @@ def run(config: RunConfig, progress: bool = True, inject=None) -> Path:
     """Run the protocol of ``config`` and write ``<out>/<run-id>/``.
 
     ``inject(priors, decoder, scorers)``: called on the resolved plugins before any work, to change them in
-    place — the fault injection of the regression gate's tests (:mod:`evalkit.faults`); None in every real run.
+    place — the fault injection of the regression gate's tests (:mod:`evalkit.harness.faults`); None in every real run.
 
     The folder holds ``run.json`` (config and protocol, written first), the images, then — written
     atomically at the end — ``samples.jsonl``, ``results.json``, ``report.md`` and ``report.html``. A
@@ -872,8 +872,8 @@ def run(config: RunConfig, progress: bool = True, inject=None) -> Path:
     """
     import datetime as _dt
 
-    from evalkit.cache import default_root
-    from evalkit.runs import new_run_dir
+    from evalkit.harness.cache import default_root
+    from evalkit.harness.runs import new_run_dir
     from evalkit.serialization import atomic_write_json
 
     priors, decoder, scorers, suites, encoders, placements, protocol = _prepare(config, inject)
