@@ -46,11 +46,13 @@ CATEGORIES = ("color", "shape", "texture")
 def fault_for(ladder: str, strength):
     from evalkit.harness import faults
 
-    return {"bias": lambda: faults.bias_scorer("binding", strength),
-            "blend": lambda: faults.blend_prior("eclipse", strength),
-            "noise": lambda: faults.noise_prior("eclipse", strength),
-            "scale": lambda: faults.scale_prior("eclipse", strength),
-            "steps": lambda: faults.fewer_steps(int(strength))}[ladder]()
+    return {
+        "bias": lambda: faults.bias_scorer("binding", strength),
+        "blend": lambda: faults.blend_prior("eclipse", strength),
+        "noise": lambda: faults.noise_prior("eclipse", strength),
+        "scale": lambda: faults.scale_prior("eclipse", strength),
+        "steps": lambda: faults.fewer_steps(int(strength)),
+    }[ladder]()
 
 
 def measure(ladder: str, strength, work: Path, dtype: str | None) -> dict:
@@ -62,21 +64,41 @@ def measure(ladder: str, strength, work: Path, dtype: str | None) -> dict:
     # a faulty decoder keeps the protocol's settings, so it must not share the work cache
     cached = ladder != "steps"
     start = time.time()
-    run_dir = run_smoke(work / "runs", cache=cached, progress=False, inject=injector(fault_for(ladder, strength)),
-                        cache_dir=str(work / "cache") if cached else None, **overrides)
+    run_dir = run_smoke(
+        work / "runs",
+        cache=cached,
+        progress=False,
+        inject=injector(fault_for(ladder, strength)),
+        cache_dir=str(work / "cache") if cached else None,
+        **overrides,
+    )
     comparison = gate_against_golden(run_dir)
-    result = {"ladder": ladder, "strength": strength, "dtype": dtype or "smoke's own", "seconds": round(time.time() - start, 1),
-              "failed": comparison.failed, "categories": {}}
+    result = {
+        "ladder": ladder,
+        "strength": strength,
+        "dtype": dtype or "smoke's own",
+        "seconds": round(time.time() - start, 1),
+        "failed": comparison.failed,
+        "categories": {},
+    }
     for change in comparison.changes:
         prior, suite, _, category, split, metric = change.key
         if prior == "eclipse" and split == "all" and metric == "binding":
-            flagged = sorted(f"{c.key[5]}/{c.key[4]}" for c in comparison.by_status("regression")
-                             if c.key[0] == "eclipse" and c.key[3] == category)
-            result["categories"][category] = {"drop": round(change.base - change.new, 4), "z": round(change.z, 2),
-                                              "status": change.status, "flagged": flagged,
-                                              "caught": bool(flagged)}
-    result["caught_by"] = sorted({f"{c.key[0]}/{c.key[3]}/{c.key[4]}/{c.key[5]}" for c in comparison.changes
-                                  if c.status == "regression"})
+            flagged = sorted(
+                f"{c.key[5]}/{c.key[4]}"
+                for c in comparison.by_status("regression")
+                if c.key[0] == "eclipse" and c.key[3] == category
+            )
+            result["categories"][category] = {
+                "drop": round(change.base - change.new, 4),
+                "z": round(change.z, 2),
+                "status": change.status,
+                "flagged": flagged,
+                "caught": bool(flagged),
+            }
+    result["caught_by"] = sorted(
+        {f"{c.key[0]}/{c.key[3]}/{c.key[4]}/{c.key[5]}" for c in comparison.changes if c.status == "regression"}
+    )
     return result
 
 
@@ -92,24 +114,62 @@ def summary(results: list[dict]) -> list[str]:
     rows = []
     for r in results:
         cells = [_cell(r["categories"][c]) if c in r["categories"] else "–" for c in CATEGORIES]
-        rows.append([r["ladder"], r["strength"], r["dtype"], *cells, "FAIL" if r["failed"] else "pass", len(r["caught_by"])])
-    lines = ["Per category: the drop of ECLIPSE's binding score (golden − faulty run), its paired z, and whether the "
-             "gate flagged an ECLIPSE row of that category (B binding, A analytic, E embedding-cosine).", "",
-             tabulate(rows, headers=["fault", "strength", "numeric path", *(f"{c}: binding drop (z)" for c in CATEGORIES),
-                                     "gate", "rows flagged"], tablefmt="github", disable_numparse=True), ""]
+        rows.append(
+            [r["ladder"], r["strength"], r["dtype"], *cells, "FAIL" if r["failed"] else "pass", len(r["caught_by"])]
+        )
+    lines = [
+        "Per category: the drop of ECLIPSE's binding score (golden − faulty run), its paired z, and whether the "
+        "gate flagged an ECLIPSE row of that category (B binding, A analytic, E embedding-cosine).",
+        "",
+        tabulate(
+            rows,
+            headers=[
+                "fault",
+                "strength",
+                "numeric path",
+                *(f"{c}: binding drop (z)" for c in CATEGORIES),
+                "gate",
+                "rows flagged",
+            ],
+            tablefmt="github",
+            disable_numparse=True,
+        ),
+        "",
+    ]
     smallest = []
     for c in CATEGORIES:
         for ladder in sorted({r["ladder"] for r in results}):
-            caught = [r["categories"][c]["drop"] for r in results if r["ladder"] == ladder and c in r["categories"]
-                      and r["categories"][c]["caught"] and r["categories"][c]["drop"] > 0]
-            missed = [r["categories"][c]["drop"] for r in results if r["ladder"] == ladder and c in r["categories"]
-                      and not r["categories"][c]["caught"] and r["categories"][c]["drop"] > 0]
-            smallest.append([c, ladder, f"{min(caught):.3f}" if caught else "none caught",
-                             f"{max(missed):.3f}" if missed else "–"])
-    lines += ["Per category and fault: the smallest binding drop at which the gate flagged the category, and the "
-              "largest it let pass:", "",
-              tabulate(smallest, headers=["category", "fault", "smallest drop caught", "largest drop missed"],
-                       tablefmt="github", disable_numparse=True), ""]
+            caught = [
+                r["categories"][c]["drop"]
+                for r in results
+                if r["ladder"] == ladder
+                and c in r["categories"]
+                and r["categories"][c]["caught"]
+                and r["categories"][c]["drop"] > 0
+            ]
+            missed = [
+                r["categories"][c]["drop"]
+                for r in results
+                if r["ladder"] == ladder
+                and c in r["categories"]
+                and not r["categories"][c]["caught"]
+                and r["categories"][c]["drop"] > 0
+            ]
+            smallest.append(
+                [c, ladder, f"{min(caught):.3f}" if caught else "none caught", f"{max(missed):.3f}" if missed else "–"]
+            )
+    lines += [
+        "Per category and fault: the smallest binding drop at which the gate flagged the category, and the "
+        "largest it let pass:",
+        "",
+        tabulate(
+            smallest,
+            headers=["category", "fault", "smallest drop caught", "largest drop missed"],
+            tablefmt="github",
+            disable_numparse=True,
+        ),
+        "",
+    ]
     return lines
 
 
@@ -132,8 +192,14 @@ def main(argv=None) -> int:
             for strength in LADDERS[ladder]:
                 results.append(measure(ladder, strength, Path(tmp), args.dtype))
                 print(json.dumps(results[-1]), flush=True)
-    text = ["# The smoke gate's power", "", f"`python benchmarks/gate_power.py --ladders {','.join(ladders)}"
-            + (f" --dtype {args.dtype}" if args.dtype else "") + "`, against `results/golden/smoke`.", ""] + summary(results)
+    text = [
+        "# The smoke gate's power",
+        "",
+        f"`python benchmarks/gate_power.py --ladders {','.join(ladders)}"
+        + (f" --dtype {args.dtype}" if args.dtype else "")
+        + "`, against `results/golden/smoke`.",
+        "",
+    ] + summary(results)
     print("\n".join(text))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,9 @@ def main() -> None:
     parser.add_argument("--images-per-prompt", type=int, help="seeds per prompt (default: the preset's)")
     parser.add_argument("--scorers", default="binding,analytic")
     parser.add_argument("--out", default="evalkit-runs")
-    parser.add_argument("--cache-dir", help="work cache to use (a fresh folder measures a cold run; default: the user's cache)")
+    parser.add_argument(
+        "--cache-dir", help="work cache to use (a fresh folder measures a cold run; default: the user's cache)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -56,7 +58,12 @@ def main() -> None:
     dest = REPO / "results" / "headline" / args.name
     if dest.exists():
         raise SystemExit(f"{dest} exists; headline results are never overwritten (remove it or pick another --name)")
-    fields = {**PRESETS[args.preset], "scorers": args.scorers.split(","), "out": args.out, "tag": f"headline-{args.name}"}
+    fields = {
+        **PRESETS[args.preset],
+        "scorers": args.scorers.split(","),
+        "out": args.out,
+        "tag": f"headline-{args.name}",
+    }
     if args.cache_dir:
         fields["cache_dir"] = args.cache_dir
     if args.limit:
@@ -69,12 +76,23 @@ def main() -> None:
     wall = time.perf_counter() - start
     keep(run_dir, dest)
     results = json.loads((run_dir / "results.json").read_text())
-    timing = {"wall_time_s": round(wall, 1), "images": results["images"], "timings_s": results["timings_s"],
-              "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
-              "cache": results["cache"], "command": "python benchmarks/headline.py " + " ".join(
-                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k not in ("out", "cache_dir"))}
+    timing = {
+        "wall_time_s": round(wall, 1),
+        "images": results["images"],
+        "timings_s": results["timings_s"],
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        "cache": results["cache"],
+        "command": "python benchmarks/headline.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in vars(args).items()
+            if v is not None and k not in ("out", "cache_dir")
+        ),
+    }
     (dest / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
-    print(f"{results['images']} images in {wall / 60:.1f} min ({results['images'] / wall:.1f} images/s); kept in {dest}")
+    print(
+        f"{results['images']} images in {wall / 60:.1f} min ({results['images'] / wall:.1f} images/s); kept in {dest}"
+    )
 
 
 if __name__ == "__main__":

@@ -64,8 +64,19 @@ def build_venv(venv: Path) -> None:
         start = time.time()
         log(f"creating {venv} from {LOCK.name} (one time: a few minutes, about 6 GB)")
         run([sys.executable, "-m", "venv", str(venv)])
-        run([str(venv_python(venv)), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "-r", str(LOCK), "setuptools>=64"])
+        run(
+            [
+                str(venv_python(venv)),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+                str(LOCK),
+                "setuptools>=64",
+            ]
+        )
         (venv / ".complete").write_text(f"built in {time.time() - start:.0f}s from {LOCK}\n")
         log(f"environment ready in {time.time() - start:.0f}s")
 
@@ -74,13 +85,27 @@ def ensure_project_installed(venv: Path) -> None:
     """Editable-install this checkout into the environment unless it already points here."""
     probe = subprocess.run(
         [str(venv_python(venv)), "-c", "import evalkit, os; print(os.path.dirname(os.path.dirname(evalkit.__file__)))"],
-        capture_output=True, text=True, cwd="/",
+        capture_output=True,
+        text=True,
+        cwd="/",
     )
     if probe.returncode == 0 and Path(probe.stdout.strip()) == REPO and (venv / "bin" / "evalkit").exists():
         return
     log(f"installing evalkit from {REPO} (editable)")
-    run([str(venv_python(venv)), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--no-deps", "--no-build-isolation", "-e", str(REPO)])
+    run(
+        [
+            str(venv_python(venv)),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--no-build-isolation",
+            "-e",
+            str(REPO),
+        ]
+    )
 
 
 def ensure_environment() -> Path:

@@ -32,9 +32,12 @@ class EvalkitGroup(click.Group):
             click.echo(f"Error: {error}", err=True)
             ctx.exit(error.exit_code)
         except (KeyboardInterrupt, click.exceptions.Abort):
-            click.echo("interrupted: finished work is kept (a run's in the work cache; training and embedding runs in "
-                       "their last checkpoint or finished units); run the same command again to resume (add --resume "
-                       "for train-baseline, train-world and embed)", err=True)
+            click.echo(
+                "interrupted: finished work is kept (a run's in the work cache; training and embedding runs in "
+                "their last checkpoint or finished units); run the same command again to resume (add --resume "
+                "for train-baseline, train-world and embed)",
+                err=True,
+            )
             ctx.exit(INTERRUPTED_EXIT_CODE)
 
 
@@ -60,10 +63,13 @@ def ls_command(kind):
         for entry in REGISTRIES[name].entries():
             if name in ("priors", "decoders"):
                 meta = entry.meta
-                defaults = (f"{meta['steps']} steps, CFG {meta['guidance']}, {meta['resolution']}; "
-                            if "steps" in meta else "")
-                click.echo(f"  {entry.name:<22} {meta.get('space', '?'):<17} {str(meta.get('dim', '?')):>5}  "
-                           f"{weights_status(entry):<44} {defaults}{entry.description}")
+                defaults = (
+                    f"{meta['steps']} steps, CFG {meta['guidance']}, {meta['resolution']}; " if "steps" in meta else ""
+                )
+                click.echo(
+                    f"  {entry.name:<22} {meta.get('space', '?'):<17} {str(meta.get('dim', '?')):>5}  "
+                    f"{weights_status(entry):<44} {defaults}{entry.description}"
+                )
             else:
                 click.echo(f"  {entry.name:<24} {entry.description}")
 
@@ -94,8 +100,12 @@ def suites_show(name, split, prompts_dir, limit):
 
 @suites.command("fetch")
 @click.argument("name", default="t2i-compbench")
-@click.option("--prompts-dir", type=click.Path(file_okay=False), default=None,
-              help="download into DIR (default: $EVALKIT_PROMPTS_DIR, else ~/.cache/evalkit/prompts/t2i-compbench/<commit>)")
+@click.option(
+    "--prompts-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="download into DIR (default: $EVALKIT_PROMPTS_DIR, else ~/.cache/evalkit/prompts/t2i-compbench/<commit>)",
+)
 @click.option("--force", is_flag=True, help="download again even when the files are present and verified")
 @click.option("--base-url", default=None, help="a mirror of the pinned examples/dataset folder")
 def suites_fetch(name, prompts_dir, force, base_url):
@@ -123,7 +133,9 @@ def train_world():
 
 
 @train_world.command("clip")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="run folder (refused if it holds another run)")
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="run folder (refused if it holds another run)"
+)
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
 @click.option("--quick", is_flag=True, help="a seconds-long configuration with a tiny model (tests)")
 @click.option("--steps", type=int, help="optimizer steps")
@@ -134,16 +146,30 @@ def train_world():
 @click.option("--eval-every", type=int, help="steps between val evaluations")
 @click.option("--checkpoint-every", type=int, help="steps between checkpoints")
 @click.option("--aux-weight", type=float, help="weight of the auxiliary combination losses (0: pure contrastive)")
-@click.option("--hard-negatives/--no-hard-negatives", default=None, help="add each pair's attribute-swapped twin to the batch")
+@click.option(
+    "--hard-negatives/--no-hard-negatives", default=None, help="add each pair's attribute-swapped twin to the batch"
+)
 @click.option("--text-aux/--no-text-aux", default=None, help="auxiliary combination head on the text side too")
-@click.option("--multi-positive/--no-multi-positive", default=None,
-              help="captions true of a render are not its negatives (the world knows which captions a scene satisfies)")
-@click.option("--order-blind/--no-order-blind", default=None,
-              help="captions with the same words as a render's caption (its swapped twin) are not its negatives")
-@click.option("--init-from", type=click.Path(file_okay=False, exists=True),
-              help="start from these CLIP weights (e.g. evalkit/embedded/weights/clip) with a fresh optimizer")
-@click.option("--freeze-image-tower/--no-freeze-image-tower", default=None,
-              help="train the text tower only: image embeddings, and the decoder trained on them, stay valid")
+@click.option(
+    "--multi-positive/--no-multi-positive",
+    default=None,
+    help="captions true of a render are not its negatives (the world knows which captions a scene satisfies)",
+)
+@click.option(
+    "--order-blind/--no-order-blind",
+    default=None,
+    help="captions with the same words as a render's caption (its swapped twin) are not its negatives",
+)
+@click.option(
+    "--init-from",
+    type=click.Path(file_okay=False, exists=True),
+    help="start from these CLIP weights (e.g. evalkit/embedded/weights/clip) with a fresh optimizer",
+)
+@click.option(
+    "--freeze-image-tower/--no-freeze-image-tower",
+    default=None,
+    help="train the text tower only: image embeddings, and the decoder trained on them, stay valid",
+)
 @click.option("--stop-at", type=int, help="stop (with a checkpoint) at this step; resume later")
 @click.option("--ship", is_flag=True, help="copy the final weights (fp16) to the shipped folder")
 @click.option("--overwrite", is_flag=True, help="with --ship: replace the weights already shipped")
@@ -153,8 +179,9 @@ def train_world_clip(out, resume, quick, stop_at, ship, overwrite, threads, **ov
     from evalkit.embedded.clip import SHIPPED_DIR
     from evalkit.train.world_clip import CLIPTrainConfig, ship_clip, train_clip
 
-    config = _train_config(CLIPTrainConfig, quick, threads, overrides, ship_to=SHIPPED_DIR if ship else None,
-                           overwrite=overwrite)
+    config = _train_config(
+        CLIPTrainConfig, quick, threads, overrides, ship_to=SHIPPED_DIR if ship else None, overwrite=overwrite
+    )
     final = train_clip(out, config, resume=resume, stop_at=stop_at)
     click.echo(f"trained CLIP saved to {final}")
     if ship and final.name == "final":
@@ -164,10 +191,14 @@ def train_world_clip(out, resume, quick, stop_at, ship, overwrite, threads, **ov
 
 
 @train_world.command("decoder")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="run folder (refused if it holds another run)")
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="run folder (refused if it holds another run)"
+)
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint (may raise --steps)")
 @click.option("--quick", is_flag=True, help="a seconds-long configuration with tiny models (tests)")
-@click.option("--clip-dir", type=click.Path(file_okay=False), help="CLIP weights to condition on (default: the shipped CLIP)")
+@click.option(
+    "--clip-dir", type=click.Path(file_okay=False), help="CLIP weights to condition on (default: the shipped CLIP)"
+)
 @click.option("--steps", type=int, help="optimizer steps")
 @click.option("--batch-size", type=int, help="images per step")
 @click.option("--lr", type=float, help="learning rate")
@@ -175,12 +206,21 @@ def train_world_clip(out, resume, quick, stop_at, ship, overwrite, threads, **ov
 @click.option("--num-pairs", type=int, help="rendered training pairs")
 @click.option("--seed", type=int, help="training seed")
 @click.option("--stop-at", type=int, help="stop (with a checkpoint) at this step; resume later")
-@click.option("--init-from", type=click.Path(file_okay=False, exists=True),
-              help="start from these decoder weights (e.g. evalkit/embedded/weights/decoder) with a fresh optimizer")
-@click.option("--mixed-precision", type=click.Choice(["no", "bf16"]),
-              help="bf16: forward pass under torch.autocast (faster on CPUs with bf16 units; weights stay float32)")
-@click.option("--decoder-config", "decoder_config",
-              help='architecture overrides of a new decoder as JSON, e.g. \'{"block_out_channels": [32, 64, 128]}\'')
+@click.option(
+    "--init-from",
+    type=click.Path(file_okay=False, exists=True),
+    help="start from these decoder weights (e.g. evalkit/embedded/weights/decoder) with a fresh optimizer",
+)
+@click.option(
+    "--mixed-precision",
+    type=click.Choice(["no", "bf16"]),
+    help="bf16: forward pass under torch.autocast (faster on CPUs with bf16 units; weights stay float32)",
+)
+@click.option(
+    "--decoder-config",
+    "decoder_config",
+    help='architecture overrides of a new decoder as JSON, e.g. \'{"block_out_channels": [32, 64, 128]}\'',
+)
 @click.option("--ship", is_flag=True, help="copy the final weights (fp16) to the shipped folder")
 @click.option("--overwrite", is_flag=True, help="with --ship: replace the weights already shipped")
 @click.option("--threads", type=int, help="torch CPU threads")
@@ -202,8 +242,9 @@ def train_world_decoder(out, resume, quick, clip_dir, stop_at, ship, overwrite, 
     if architecture:
         overrides["decoder"] = architecture
 
-    config = _train_config(DecoderTrainConfig, quick, threads, overrides, ship_to=SHIPPED_DIR if ship else None,
-                           overwrite=overwrite)
+    config = _train_config(
+        DecoderTrainConfig, quick, threads, overrides, ship_to=SHIPPED_DIR if ship else None, overwrite=overwrite
+    )
     final = train_decoder(out, config, resume=resume, clip_dir=clip_dir, stop_at=stop_at)
     click.echo(f"decoder saved to {final}")
     if ship and final.name == "final":
@@ -213,7 +254,9 @@ def train_world_decoder(out, resume, quick, clip_dir, stop_at, ship, overwrite, 
 
 
 @train_world.command("scorer")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="run folder (refused if it holds another run)")
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="run folder (refused if it holds another run)"
+)
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
 @click.option("--quick", is_flag=True, help="a seconds-long configuration with a tiny model (tests)")
 @click.option("--steps", type=int, help="optimizer steps")
@@ -230,8 +273,9 @@ def train_world_scorer(out, resume, quick, stop_at, ship, overwrite, threads, **
     from evalkit.scorers.binding import SHIPPED_DIR
     from evalkit.train.world_scorer import ScorerTrainConfig, ship_scorer, train_scorer
 
-    config = _train_config(ScorerTrainConfig, quick, threads, overrides, ship_to=SHIPPED_DIR if ship else None,
-                           overwrite=overwrite)
+    config = _train_config(
+        ScorerTrainConfig, quick, threads, overrides, ship_to=SHIPPED_DIR if ship else None, overwrite=overwrite
+    )
     final = train_scorer(out, config, resume=resume, stop_at=stop_at)
     click.echo(f"scorer saved to {final}")
     if ship and final.name == "final":
@@ -240,8 +284,9 @@ def train_world_scorer(out, resume, quick, stop_at, ship, overwrite, threads, **
         click.echo(f"not shipped: the run stopped at step {stop_at}; finish it with --resume --ship")
 
 
-def _train_config(config_cls, quick: bool, threads: int | None, overrides: dict, ship_to: Path | None = None,
-                  overwrite: bool = False):
+def _train_config(
+    config_cls, quick: bool, threads: int | None, overrides: dict, ship_to: Path | None = None, overwrite: bool = False
+):
     """The trainer's config from its flags; also refuses ``--ship`` onto shipped weights without ``--overwrite``
     before training starts, rather than after an hours-long run."""
     import dataclasses
@@ -262,28 +307,69 @@ cli.add_command(train_world, "train-world")
 
 
 @cli.command("embed")
-@click.option("--data", "data", required=True,
-              help="webdataset shards (shards/*.tar, shards/{00000..00099}.tar) or a CSV/TSV/parquet/JSONL manifest "
-                   "(or a folder holding one)")
-@click.option("--image-encoder", "image_encoder", required=True, type=click.Path(),
-              help="local folder: kandinsky-2-2-prior style (image_encoder/ + image_processor/), a "
-                   "CLIPVisionModelWithProjection folder, or a whole CLIPModel folder (openai/clip-vit-large-patch14)")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="new embedding folder (or the one to --resume)")
+@click.option(
+    "--data",
+    "data",
+    required=True,
+    help="webdataset shards (shards/*.tar, shards/{00000..00099}.tar) or a CSV/TSV/parquet/JSONL manifest "
+    "(or a folder holding one)",
+)
+@click.option(
+    "--image-encoder",
+    "image_encoder",
+    required=True,
+    type=click.Path(),
+    help="local folder: kandinsky-2-2-prior style (image_encoder/ + image_processor/), a "
+    "CLIPVisionModelWithProjection folder, or a whole CLIPModel folder (openai/clip-vit-large-patch14)",
+)
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="new embedding folder (or the one to --resume)"
+)
 @click.option("--batch-size", type=int, default=64, show_default=True, help="images per encoder forward pass")
 @click.option("--num-workers", type=int, default=0, show_default=True, help="DataLoader workers decoding images")
 @click.option("--resume", is_flag=True, help="continue a killed run in --out (finished units are kept)")
-@click.option("--max-bad-fraction", type=float, default=0.01, show_default=True,
-              help="fail (exit 2) when more than this share of records is broken")
-@click.option("--min-size", type=int, default=0, show_default=True, help="skip images with a side below this (0: keep all)")
-@click.option("--rows-per-shard", type=int, default=10_000, show_default=True, help="manifest rows per work unit / output file")
-@click.option("--image-column", help="manifest column of image paths (default: image, image_path, path, filepath, file_name)")
+@click.option(
+    "--max-bad-fraction",
+    type=float,
+    default=0.01,
+    show_default=True,
+    help="fail (exit 2) when more than this share of records is broken",
+)
+@click.option(
+    "--min-size", type=int, default=0, show_default=True, help="skip images with a side below this (0: keep all)"
+)
+@click.option(
+    "--rows-per-shard", type=int, default=10_000, show_default=True, help="manifest rows per work unit / output file"
+)
+@click.option(
+    "--image-column", help="manifest column of image paths (default: image, image_path, path, filepath, file_name)"
+)
 @click.option("--caption-column", help="manifest column of captions (default: caption, text, TEXT, prompt)")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]),
-              help="encoder compute precision (default: float16 on a GPU, float32 on the CPU); files are float16")
-@click.option("--allow-pickle", is_flag=True, help="load .bin/.pt encoder weights (pickle can run code: trusted files only)")
-def embed_command(data, image_encoder, out, batch_size, num_workers, resume, max_bad_fraction, min_size, rows_per_shard,
-                  image_column, caption_column, device, dtype, allow_pickle):
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float16", "bfloat16"]),
+    help="encoder compute precision (default: float16 on a GPU, float32 on the CPU); files are float16",
+)
+@click.option(
+    "--allow-pickle", is_flag=True, help="load .bin/.pt encoder weights (pickle can run code: trusted files only)"
+)
+def embed_command(
+    data,
+    image_encoder,
+    out,
+    batch_size,
+    num_workers,
+    resume,
+    max_bad_fraction,
+    min_size,
+    rows_per_shard,
+    image_column,
+    caption_column,
+    device,
+    dtype,
+    allow_pickle,
+):
     """Embed an image–caption dataset with a CLIP image encoder: the targets for training a prior on real data.
 
     Writes raw (not L2-normalised) fp16 image_embeds in clip-retrieval's folder layout (img_emb/, metadata/,
@@ -295,13 +381,26 @@ def embed_command(data, image_encoder, out, batch_size, num_workers, resume, max
     from evalkit.embed import embed_dataset, summary
 
     try:
-        manifest = embed_dataset(data, image_encoder, out, batch_size=batch_size, num_workers=num_workers,
-                                 resume=resume, max_bad_fraction=max_bad_fraction, min_size=min_size,
-                                 rows_per_shard=rows_per_shard, device=device, dtype=dtype, image_column=image_column,
-                                 caption_column=caption_column, allow_pickle=allow_pickle)
+        manifest = embed_dataset(
+            data,
+            image_encoder,
+            out,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            resume=resume,
+            max_bad_fraction=max_bad_fraction,
+            min_size=min_size,
+            rows_per_shard=rows_per_shard,
+            device=device,
+            dtype=dtype,
+            image_column=image_column,
+            caption_column=caption_column,
+            allow_pickle=allow_pickle,
+        )
     except KeyboardInterrupt:  # the group's message points at the work cache; here the units live in --out
-        click.echo(f"interrupted: finished units are kept in {out}; add --resume to the same command to continue",
-                   err=True)
+        click.echo(
+            f"interrupted: finished units are kept in {out}; add --resume to the same command to continue", err=True
+        )
         click.get_current_context().exit(INTERRUPTED_EXIT_CODE)
     if world()[0] == 0:
         click.echo(summary(manifest))
@@ -309,26 +408,46 @@ def embed_command(data, image_encoder, out, batch_size, num_workers, resume, max
 
 @cli.command("train-baseline")
 @click.option("--prior", "prior", required=True, help="eclipse | projection | diffusion")
-@click.option("--size", help="tiny | small | large | xl | paper (see evalkit/priors/sizes.py) [default: small on the "
-              "synthetic world, paper with --data]")
+@click.option(
+    "--size",
+    help="tiny | small | large | xl | paper (see evalkit/priors/sizes.py) [default: small on the "
+    "synthetic world, paper with --data]",
+)
 @click.option("--out", type=click.Path(file_okay=False), help="run folder (refused if it holds another run)")
-@click.option("--data", type=click.Path(file_okay=False),
-              help="real image-text pairs: an `evalkit embed` folder (default: the synthetic world)")
-@click.option("--text-encoder", type=click.Path(file_okay=False),
-              help="with --data: the frozen text encoder's folder (text_encoder/ + tokenizer/, e.g. kandinsky-2-2-prior)")
-@click.option("--space", help="with --data: the decoder the prior feeds (karlo | kandinsky22) when the embedding "
-              "width is not 768 / 1280")
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False),
+    help="real image-text pairs: an `evalkit embed` folder (default: the synthetic world)",
+)
+@click.option(
+    "--text-encoder",
+    type=click.Path(file_okay=False),
+    help="with --data: the frozen text encoder's folder (text_encoder/ + tokenizer/, e.g. kandinsky-2-2-prior)",
+)
+@click.option(
+    "--space",
+    help="with --data: the decoder the prior feeds (karlo | kandinsky22) when the embedding width is not 768 / 1280",
+)
 @click.option("--val-fraction", type=float, help="with --data: pairs held out for evaluation (default 0.01)")
-@click.option("--val-data", type=click.Path(file_okay=False), help="with --data: an `evalkit embed` folder to evaluate on")
+@click.option(
+    "--val-data", type=click.Path(file_okay=False), help="with --data: an `evalkit embed` folder to evaluate on"
+)
 @click.option("--val-pairs", type=int, help="held-out pairs evaluated (default 1,000)")
 @click.option("--cache-text", is_flag=True, default=None, help="with --data: encode every caption once (small sets)")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
-@click.option("--quick", is_flag=True, help="a seconds-long run: a tiny prior for a few steps on the synthetic world "
-              "(its weights run with `evalkit run --prior-path`, but are not a trained prior)")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="a seconds-long run: a tiny prior for a few steps on the synthetic world "
+    "(its weights run with `evalkit run --prior-path`, but are not a trained prior)",
+)
 @click.option("--steps", type=int, help="optimizer steps [default: 2,000; 60,000 with --data]")
 @click.option("--batch-size", type=int, help="pairs per step, over all processes [default: 256; 1,024 with --data]")
-@click.option("--lr", type=float, help="peak learning rate [default: 5e-5 with --data; else 1e-3, 5e-4 for sizes with "
-              ">= 4 layers]")
+@click.option(
+    "--lr",
+    type=float,
+    help="peak learning rate [default: 5e-5 with --data; else 1e-3, 5e-4 for sizes with >= 4 layers]",
+)
 @click.option("--warmup-steps", type=int, help="linear warm-up steps (default 100)")
 @click.option("--restart-period", type=int, help="CosineAnnealingWarmRestarts T_0 (default: one cycle over the run)")
 @click.option("--lam", type=float, help="contrastive weight λ (default 0.2 for eclipse)")
@@ -337,21 +456,32 @@ def embed_command(data, image_encoder, out, batch_size, num_workers, resume, max
 @click.option("--num-pairs", type=int, help="synthetic world: training pairs (default 50,000)")
 @click.option("--seed", type=int, help="training seed (initialisation and batch order)")
 @click.option("--grad-accum-steps", type=int, help="micro-batches per optimizer step (default 1)")
-@click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]),
-              help="accelerate's mixed precision (default no; fp16 needs a GPU)")
-@click.option("--log-with", help="tensorboard | wandb (comma-separated): accelerate's trackers, when installed, beside "
-              "log.jsonl (written always)")
+@click.option(
+    "--mixed-precision",
+    type=click.Choice(["no", "fp16", "bf16"]),
+    help="accelerate's mixed precision (default no; fp16 needs a GPU)",
+)
+@click.option(
+    "--log-with",
+    help="tensorboard | wandb (comma-separated): accelerate's trackers, when installed, beside "
+    "log.jsonl (written always)",
+)
 @click.option("--eval-every", type=int, help="steps between held-out evaluations (default 500)")
 @click.option("--checkpoint-every", type=int, help="steps between checkpoints (default 500; Ctrl-C also checkpoints)")
 @click.option("--stop-at", type=int, help="stop (with a checkpoint) at this step; resume later")
-@click.option("--ship", is_flag=True, help="synthetic world: copy the final weights (fp16) into the checkout's "
-              "priors/<name>/seed-<seed>/ (the shipped priors)")
+@click.option(
+    "--ship",
+    is_flag=True,
+    help="synthetic world: copy the final weights (fp16) into the checkout's "
+    "priors/<name>/seed-<seed>/ (the shipped priors)",
+)
 @click.option("--overwrite", is_flag=True, help="with --ship: replace weights already shipped there")
 @click.option("--describe", is_flag=True, help="print the architecture's parameter count and size, then exit")
 @click.option("--embedding-dim", type=int, help="with --describe: the CLIP embedding dim (paper: 768 or 1280)")
 @click.option("--threads", type=int, help="torch CPU threads")
-def train_baseline(prior, size, out, resume, quick, stop_at, ship, overwrite, describe, embedding_dim, threads,
-                   **overrides):
+def train_baseline(
+    prior, size, out, resume, quick, stop_at, ship, overwrite, describe, embedding_dim, threads, **overrides
+):
     """Train a baseline prior (ECLIPSE, projection-only or diffusion) on the synthetic world or, with --data, on
     real image-text pairs embedded by `evalkit embed` (the ECLIPSE paper's settings by default).
 
@@ -371,20 +501,25 @@ def train_baseline(prior, size, out, resume, quick, stop_at, ship, overwrite, de
         dim = embedding_dim or (768 if size == "paper" else 128)
         tokens = 77 if size == "paper" else 20
         info = describe_prior(prior, size, dim, tokens)
-        click.echo(f"{prior} @ {size}: {info['parameters']:,} parameters ({info['fp32_mb']} MB fp32, "
-                   f"{info['fp16_mb']} MB fp16), embedding dim {dim}, {tokens} text tokens")
+        click.echo(
+            f"{prior} @ {size}: {info['parameters']:,} parameters ({info['fp32_mb']} MB fp32, "
+            f"{info['fp16_mb']} MB fp16), embedding dim {dim}, {tokens} text tokens"
+        )
         click.echo(json.dumps(info["config"], indent=2, sort_keys=True))
         return
     if not out:
         raise click.UsageError("--out is required (a new folder for the run)")
     if ship and overrides.get("data"):
-        raise click.UsageError("--ship copies a synthetic-world prior into the checkout; a prior trained on --data "
-                               "is used from its run folder: --prior-path NAME=OUT/final")
+        raise click.UsageError(
+            "--ship copies a synthetic-world prior into the checkout; a prior trained on --data "
+            "is used from its run folder: --prior-path NAME=OUT/final"
+        )
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if size:
         overrides["size"] = size
-    config = (PriorTrainConfig.quick(prior, tiny=False, **overrides) if quick
-              else PriorTrainConfig(prior=prior, **overrides))
+    config = (
+        PriorTrainConfig.quick(prior, tiny=False, **overrides) if quick else PriorTrainConfig(prior=prior, **overrides)
+    )
     if ship:  # refused now, not after the run
         from evalkit.train.common import refuse_existing_weights
         from evalkit.train.priors import shipped_dir
@@ -441,16 +576,20 @@ def _flag_attrs(spec, hint) -> dict:
         click_type = click.Choice(list(meta["choices"]))
     elif meta.get("path"):
         click_type = _path_type(meta["path"])
-    attrs.update(type=click_type, metavar=meta.get("metavar"),
-                 default=",".join(default) if isinstance(default, list) else default)
+    attrs.update(
+        type=click_type,
+        metavar=meta.get("metavar"),
+        default=",".join(default) if isinstance(default, list) else default,
+    )
     if "flag_value" in meta:
         attrs.update(is_flag=False, flag_value=meta["flag_value"])
     return attrs
 
 
 def _path_type(path: str | None):
-    return {None: None, "file": click.Path(dir_okay=False), "dir": click.Path(file_okay=False),
-            "any": click.Path()}[path]
+    return {None: None, "file": click.Path(dir_okay=False), "dir": click.Path(file_okay=False), "any": click.Path()}[
+        path
+    ]
 
 
 def _given(ctx, values: dict) -> dict:
@@ -481,19 +620,32 @@ def _run_config(ctx, preset: str | None, config_file: str | None, values: dict):
     from evalkit.harness.presets import PRESETS
     from evalkit.harness.run_config import load_config_file, resolve
 
-    config = resolve([dict(PRESETS[preset]) if preset else {}, load_config_file(config_file) if config_file else {},
-                      _given(ctx, values)])
-    _prior_paths([f"{name}={folder}" for name, folder in config.scorer_paths.items()], config.scorers or None,
-                 "--scorer-path")
+    config = resolve(
+        [
+            dict(PRESETS[preset]) if preset else {},
+            load_config_file(config_file) if config_file else {},
+            _given(ctx, values),
+        ]
+    )
+    _prior_paths(
+        [f"{name}={folder}" for name, folder in config.scorer_paths.items()], config.scorers or None, "--scorer-path"
+    )
     return config
 
 
 @cli.command("run")
-@click.option("--preset", type=click.Choice(["smoke", "demo", "paper"]),
-              help="a named protocol (evalkit/harness/presets.py); flags given explicitly override it")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
-              help="a JSON or TOML file of RunConfig fields (docs/runs.md, \"Run config files\"): it overrides the "
-                   "preset, and flags given explicitly override it")
+@click.option(
+    "--preset",
+    type=click.Choice(["smoke", "demo", "paper"]),
+    help="a named protocol (evalkit/harness/presets.py); flags given explicitly override it",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="a JSON or TOML file of RunConfig fields (docs/runs.md, \"Run config files\"): it overrides the "
+    "preset, and flags given explicitly override it",
+)
 @_run_options
 @click.pass_context
 def run_command(ctx, preset, config_file, **values):
@@ -511,11 +663,18 @@ def run_command(ctx, preset, config_file, **values):
 
 @cli.command("report")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--out", type=click.Path(file_okay=False),
-              help="a new (or empty) folder for the report (default: a new folder under evalkit-runs/); "
-                   "existing files are never overwritten")
-@click.option("--compare", "comparisons", default="", help="paired comparisons A:B (B − A), comma-separated "
-              "(default: eclipse against each other trained prior)")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="a new (or empty) folder for the report (default: a new folder under evalkit-runs/); "
+    "existing files are never overwritten",
+)
+@click.option(
+    "--compare",
+    "comparisons",
+    default="",
+    help="paired comparisons A:B (B − A), comma-separated (default: eclipse against each other trained prior)",
+)
 def report_command(run_dirs, out, comparisons):
     """Re-render tables, plot, grids and the report of one or more finished runs from their saved rows."""
     from evalkit.report.run_report import summary_markdown, write_report
@@ -537,10 +696,20 @@ def report_command(run_dirs, out, comparisons):
 @cli.command("compare")
 @click.argument("base", type=click.Path(exists=True))
 @click.argument("new", type=click.Path(exists=True))
-@click.option("--z", "z", default="3", show_default=True,
-              help="flag a change beyond this many standard errors (a finite positive number)")
-@click.option("--min-prompts", default=8, show_default=True, type=click.IntRange(min=1),
-              help="rows with fewer prompts are reported, not gated")
+@click.option(
+    "--z",
+    "z",
+    default="3",
+    show_default=True,
+    help="flag a change beyond this many standard errors (a finite positive number)",
+)
+@click.option(
+    "--min-prompts",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="rows with fewer prompts are reported, not gated",
+)
 def compare_command(base, new, z, min_prompts):
     """Regression report NEW vs BASE (run folders or results.json); exit 1 on a regression or a missing row,
     2 if incomparable (other protocol, suite version or prompt set)."""
@@ -553,32 +722,79 @@ def compare_command(base, new, z, min_prompts):
 
 @cli.command("eval-prior")
 @click.option("--prior", "priors", required=True, help="comma-separated prior names, e.g. oracle,text,none")
-@click.option("--suite", "suites_", default="synth-color,synth-shape,synth-texture", show_default=True,
-              help="comma-separated synthetic suites")
+@click.option(
+    "--suite",
+    "suites_",
+    default="synth-color,synth-shape,synth-texture",
+    show_default=True,
+    help="comma-separated synthetic suites",
+)
 @click.option("--split", default="val", show_default=True, help="train | dev | val")
 @click.option("--num-seeds", default=10, show_default=True, help="renders per prompt (seeds 42, 43, ...)")
 @click.option("--controls", default="", help="comma-separated controls: random, shuffled, swapped")
-@click.option("--training-seeds", default="0", show_default=True,
-              help="comma-separated training seeds of the shipped trained priors (priors/<name>/seed-<k>)")
-@click.option("--prior-path", "prior_paths", multiple=True, metavar="NAME=DIR",
-              help="load prior NAME from a weights folder instead of its shipped seeds (repeatable)")
+@click.option(
+    "--training-seeds",
+    default="0",
+    show_default=True,
+    help="comma-separated training seeds of the shipped trained priors (priors/<name>/seed-<k>)",
+)
+@click.option(
+    "--prior-path",
+    "prior_paths",
+    multiple=True,
+    metavar="NAME=DIR",
+    help="load prior NAME from a weights folder instead of its shipped seeds (repeatable)",
+)
 @click.option("--prior-num-inference-steps", type=int, help="diffusion prior: sampling steps (default 25)")
 @click.option("--prior-guidance-scale", type=float, help="diffusion prior: classifier-free guidance (default 4.0)")
 @click.option("--rerank", type=int, help="diffusion prior: best-of-n by text similarity (default 1: off)")
-@click.option("--compare", "comparisons", default="", help="paired comparisons A:B (B − A), comma-separated "
-              "(default: eclipse against each other trained prior)")
-@click.option("--out", default="evalkit-runs", show_default=True, type=click.Path(file_okay=False),
-              help="parent folder; a new run folder is created inside")
-def eval_prior(priors, suites_, split, num_seeds, controls, training_seeds, prior_paths, prior_num_inference_steps,
-               prior_guidance_scale, rerank, comparisons, out):
+@click.option(
+    "--compare",
+    "comparisons",
+    default="",
+    help="paired comparisons A:B (B − A), comma-separated (default: eclipse against each other trained prior)",
+)
+@click.option(
+    "--out",
+    default="evalkit-runs",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="parent folder; a new run folder is created inside",
+)
+def eval_prior(
+    priors,
+    suites_,
+    split,
+    num_seeds,
+    controls,
+    training_seeds,
+    prior_paths,
+    prior_num_inference_steps,
+    prior_guidance_scale,
+    rerank,
+    comparisons,
+    out,
+):
     """Embedding-level metrics of priors (binding margin, accuracy, cosine, recall): seconds, no decoding."""
     from evalkit.eval_prior import evaluate_priors
 
     run_dir = evaluate_priors(
-        _names(priors), _names(suites_), split, num_seeds, _names(controls), _names(training_seeds),
-        paths=_prior_paths(prior_paths, None), pairs=_names(comparisons) or None, out=out,
-        options={"num_inference_steps": prior_num_inference_steps, "guidance_scale": prior_guidance_scale,
-                 "rerank": rerank}, log=lambda note: click.echo(note, err=True))
+        _names(priors),
+        _names(suites_),
+        split,
+        num_seeds,
+        _names(controls),
+        _names(training_seeds),
+        paths=_prior_paths(prior_paths, None),
+        pairs=_names(comparisons) or None,
+        out=out,
+        options={
+            "num_inference_steps": prior_num_inference_steps,
+            "guidance_scale": prior_guidance_scale,
+            "rerank": rerank,
+        },
+        log=lambda note: click.echo(note, err=True),
+    )
     click.echo((run_dir / "report.md").read_text())
     click.echo(f"wrote {run_dir}")
 
@@ -600,8 +816,14 @@ def _names(value: str) -> list[str]:
 
 
 @cli.command("export")
-@click.option("--format", "format_", type=click.Choice(["t2i-compbench"]), default="t2i-compbench", show_default=True,
-              help="folder format to write")
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(["t2i-compbench"]),
+    default="t2i-compbench",
+    show_default=True,
+    help="folder format to write",
+)
 @click.option("--scorer", help="which scorer's rows to carry in the manifest (default: the first)")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("out", type=click.Path())
@@ -617,20 +839,42 @@ def export_command(format_, scorer, run_dir, out):
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--suite", required=True, help="the suite whose prompts the images were made from (one category)")
 @click.option("--prior", default="imported", show_default=True, help="name the images' model gets in the run")
-@click.option("--scorer", "scorers", default="", help="evalkit scorers to run, comma-separated (may be empty with a vqa_result.json)")
+@click.option(
+    "--scorer",
+    "scorers",
+    default="",
+    help="evalkit scorers to run, comma-separated (may be empty with a vqa_result.json)",
+)
 @click.option("--split", default="val", show_default=True, help="train | dev | val")
-@click.option("--vqa-result", type=click.Path(exists=True, dir_okay=False),
-              help="T2I-CompBench B-VQA output (default: FOLDER/annotation_blip/vqa_result.json when present)")
-@click.option("--out", default="evalkit-runs", show_default=True, type=click.Path(file_okay=False),
-              help="parent folder of the new run folder")
+@click.option(
+    "--vqa-result",
+    type=click.Path(exists=True, dir_okay=False),
+    help="T2I-CompBench B-VQA output (default: FOLDER/annotation_blip/vqa_result.json when present)",
+)
+@click.option(
+    "--out",
+    default="evalkit-runs",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="parent folder of the new run folder",
+)
 @click.option("--prompts-dir", type=click.Path(file_okay=False), help="local copy of third-party prompt files")
 @click.option("--tag", default="", help="a label stored in every result row")
 def import_command(folder, suite, prior, scorers, split, vqa_result, out, prompts_dir, tag):
     """Score a T2I-CompBench out_dir (FOLDER/samples/{prompt}_{index}.png) into a new run folder."""
     from evalkit.harness.importer import import_t2i_compbench
 
-    path = import_t2i_compbench(folder, suite, out, prior=prior, scorers=_names(scorers), split=split,
-                                vqa_result=vqa_result, tag=tag, prompts_dir=prompts_dir)
+    path = import_t2i_compbench(
+        folder,
+        suite,
+        out,
+        prior=prior,
+        scorers=_names(scorers),
+        split=split,
+        vqa_result=vqa_result,
+        tag=tag,
+        prompts_dir=prompts_dir,
+    )
     click.echo(f"imported into {path} (report: {path / 'report.md'})")
 
 
@@ -650,8 +894,13 @@ def fid_command(run_dir, n_reference):
 
 
 @cli.command("smoke")
-@click.option("--out", default="evalkit-runs", show_default=True, type=click.Path(file_okay=False),
-              help="parent folder of the smoke run")
+@click.option(
+    "--out",
+    default="evalkit-runs",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="parent folder of the smoke run",
+)
 @click.option("--update-golden", is_flag=True, help="keep this run as the new golden in results/golden/smoke/")
 def smoke_command(out, update_golden):
     """Run the smoke protocol on the embedded default (under 2 min) and compare it with the golden; exit 1 on a
@@ -670,20 +919,36 @@ def smoke_command(out, update_golden):
 
 
 @cli.command("check-world")
-@click.option("--out", default=default_check_dir,
-              show_default="evalkit-checks/<timestamp>", type=click.Path(file_okay=False),
-              help="folder for the measurements (json + README.md); default: a new folder under the current directory. "
-                   "--out results/embedded-stack refreshes the committed copy")
+@click.option(
+    "--out",
+    default=default_check_dir,
+    show_default="evalkit-checks/<timestamp>",
+    type=click.Path(file_okay=False),
+    help="folder for the measurements (json + README.md); default: a new folder under the current directory. "
+    "--out results/embedded-stack refreshes the committed copy",
+)
 @click.option("--clip-seeds", default=10, show_default=True, help="renders per val prompt for the CLIP metrics")
 @click.option("--prior-seeds", default=10, show_default=True, help="renders per val prompt for the headroom check")
-@click.option("--decoder-prompts", default=48, show_default=True, help="val prompts per suite decoded from oracle embeddings")
+@click.option(
+    "--decoder-prompts", default=48, show_default=True, help="val prompts per suite decoded from oracle embeddings"
+)
 @click.option("--steps", "steps_sweep", default="10,25,50", show_default=True, help="DDIM step counts to compare")
-@click.option("--parts", default="clip,headroom,decoder", show_default=True,
-              help="which measurements to (re)run; the others are read back from --out")
-@click.option("--decoder-dir", type=click.Path(exists=True, file_okay=False),
-              help="check these decoder weights instead of the shipped ones (e.g. a training run's final/)")
-@click.option("--clip-dir", type=click.Path(exists=True, file_okay=False),
-              help="check these CLIP weights instead of the shipped ones (e.g. a training run's final/)")
+@click.option(
+    "--parts",
+    default="clip,headroom,decoder",
+    show_default=True,
+    help="which measurements to (re)run; the others are read back from --out",
+)
+@click.option(
+    "--decoder-dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="check these decoder weights instead of the shipped ones (e.g. a training run's final/)",
+)
+@click.option(
+    "--clip-dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="check these CLIP weights instead of the shipped ones (e.g. a training run's final/)",
+)
 def check_world_command(out, clip_seeds, prior_seeds, decoder_prompts, steps_sweep, parts, decoder_dir, clip_dir):
     """Measure the embedded stack's quality bars: CLIP binding/retrieval, headroom, decoder fidelity."""
     from evalkit.checks.world import PARTS, check_world
@@ -692,14 +957,27 @@ def check_world_command(out, clip_seeds, prior_seeds, decoder_prompts, steps_swe
     for part in chosen:
         if part not in PARTS:
             raise click.BadParameter(f"unknown part {part!r}; choose from {', '.join(PARTS)}", param_hint="--parts")
-    check_world(out, clip_seeds, prior_seeds, decoder_prompts, tuple(int(s) for s in _names(steps_sweep)), chosen,
-                decoder_dir, clip_dir)
+    check_world(
+        out,
+        clip_seeds,
+        prior_seeds,
+        decoder_prompts,
+        tuple(int(s) for s in _names(steps_sweep)),
+        chosen,
+        decoder_dir,
+        clip_dir,
+    )
     click.echo(open(f"{out}/README.md").read())
 
 
 @cli.command("demo")
-@click.option("--out", default="evalkit-runs", show_default=True, type=click.Path(file_okay=False),
-              help="parent folder; the demo writes a new run folder inside it")
+@click.option(
+    "--out",
+    default="evalkit-runs",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="parent folder; the demo writes a new run folder inside it",
+)
 @click.option("--per-category", default=8, show_default=True, help="renders per category in the grid")
 def demo(out, per_category):
     """The main job on the embedded default: the world, the calibration priors, and `evalkit run --preset demo`."""
@@ -715,8 +993,11 @@ def cache_group():
 
 
 def _cache_dir_option(command):
-    return click.option("--cache-dir", type=click.Path(file_okay=False),
-                        help="work cache folder (default: <evalkit cache>/work, as for `evalkit run`)")(command)
+    return click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False),
+        help="work cache folder (default: <evalkit cache>/work, as for `evalkit run`)",
+    )(command)
 
 
 def _cache_root(cache_dir) -> Path:
@@ -763,10 +1044,15 @@ def cache_prune(older_than, max_size, cache_dir):
 
     if older_than is None and max_size is None:
         raise EvalkitError("give --older-than DURATION (e.g. 7d) and/or --max-size SIZE (e.g. 2G)")
-    removed, kept = prune(_cache_root(cache_dir), None if older_than is None else parse_duration(older_than),
-                          None if max_size is None else parse_size(max_size))
-    click.echo(f"{len(removed)} entries removed ({format_size(sum(e.size for e in removed))} freed); "
-               f"{len(kept)} remain ({format_size(sum(e.size for e in kept))})")
+    removed, kept = prune(
+        _cache_root(cache_dir),
+        None if older_than is None else parse_duration(older_than),
+        None if max_size is None else parse_size(max_size),
+    )
+    click.echo(
+        f"{len(removed)} entries removed ({format_size(sum(e.size for e in removed))} freed); "
+        f"{len(kept)} remain ({format_size(sum(e.size for e in kept))})"
+    )
 
 
 @cache_group.command("clear")

@@ -129,8 +129,11 @@ class Batch:
 
     def subset(self, indices: Sequence[int]) -> "Batch":
         """The entries at ``indices`` (text encodings are not carried over: the runner fills them per batch)."""
-        return Batch([self.items[i] for i in indices], [self.seeds[i] for i in indices],
-                     None if self.scenes is None else [self.scenes[i] for i in indices])
+        return Batch(
+            [self.items[i] for i in indices],
+            [self.seeds[i] for i in indices],
+            None if self.scenes is None else [self.scenes[i] for i in indices],
+        )
 
     @classmethod
     def from_prompts(cls, prompts: Sequence[str], seeds: Sequence[int] | None = None, category: str = "") -> "Batch":
@@ -151,7 +154,9 @@ def per_image_randn(seeds: Sequence[int], shape: Sequence[int], device: str = "c
     on the device would make a GPU run start from other noise than a CPU run."""
     import torch
 
-    rows = [torch.randn(tuple(shape), generator=g, device=device, dtype=dtype) for g in seeded_generators(seeds, device)]
+    rows = [
+        torch.randn(tuple(shape), generator=g, device=device, dtype=dtype) for g in seeded_generators(seeds, device)
+    ]
     return torch.stack(rows) if rows else torch.empty((0, *shape), device=device, dtype=dtype)
 
 
@@ -212,10 +217,13 @@ class Placeable:
                     if id(module) not in seen:
                         seen.add(id(module))
                         found.append(module)
-            elif isinstance(value, (list, tuple)) or (hasattr(value, "__dict__") and type(value).__module__.startswith("evalkit")
-                                                       and not isinstance(value, type)):
+            elif isinstance(value, (list, tuple)) or (
+                hasattr(value, "__dict__")
+                and type(value).__module__.startswith("evalkit")
+                and not isinstance(value, type)
+            ):
                 seen.add(id(value))
-                for item in (value if isinstance(value, (list, tuple)) else vars(value).values()):
+                for item in value if isinstance(value, (list, tuple)) else vars(value).values():
                     visit(item, depth + 1)
 
         if isinstance(self, torch.nn.Module):
@@ -273,7 +281,11 @@ def text_encoder_parameters(encoder) -> int:
     does not derive from :class:`TextEncoder` and lacks the method)."""
     if encoder is None:
         return 0
-    count = encoder.num_text_parameters if isinstance(encoder, TextEncoder) else getattr(encoder, "num_text_parameters", None)
+    count = (
+        encoder.num_text_parameters
+        if isinstance(encoder, TextEncoder)
+        else getattr(encoder, "num_text_parameters", None)
+    )
     return int(count()) if callable(count) else 0
 
 
@@ -285,9 +297,11 @@ def text_encoder_unknown_words(encoder, prompt: str) -> list[str] | None:
 
 
 def _no_tiny(cls) -> NotImplementedError:
-    return NotImplementedError(f"{cls.__module__}.{cls.__qualname__} has no tiny(): a plugin provides tiny() — a small "
-                               "instance built in code with random weights, in seconds on a CPU — for the contract "
-                               "tests (tests/test_contracts.py)")
+    return NotImplementedError(
+        f"{cls.__module__}.{cls.__qualname__} has no tiny(): a plugin provides tiny() — a small "
+        "instance built in code with random weights, in seconds on a CPU — for the contract "
+        "tests (tests/test_contracts.py)"
+    )
 
 
 class Prior(Placeable, EmbeddingSpec, abc.ABC):
@@ -354,8 +368,12 @@ class Protocol:
     dtype: str = "float32"
     scorer: str = ""
     scorer_version: str = ""
-    decoder_version: str = ""  # fingerprint of the decoder's weights and settings (a retrained decoder is another protocol)
-    random_init: str = ""  # "real" | "tiny": every model had random weights (--random-init; speed runs); "": loaded weights
+    decoder_version: str = (
+        ""  # fingerprint of the decoder's weights and settings (a retrained decoder is another protocol)
+    )
+    random_init: str = (
+        ""  # "real" | "tiny": every model had random weights (--random-init; speed runs); "": loaded weights
+    )
     negative: str = ""  # --negative for decoders that take one: "empty-prompt" | "zero-image" ("": each prior's own)
     prior_dtype: str = "float32"  # what the priors computed in (the numeric path: not hashed, as dtype)
     scorer_dtype: str = "float32"  # what the scorers computed in (idem)
@@ -365,8 +383,14 @@ class Protocol:
 
     def decoding(self) -> dict:
         """The fields that determine an image given its embedding, prompt and seed."""
-        return {"decoder": self.decoder, "decoder_version": self.decoder_version, "steps": self.num_inference_steps,
-                "guidance_scale": self.guidance_scale, "resolution": self.resolution, "dtype": self.dtype}
+        return {
+            "decoder": self.decoder,
+            "decoder_version": self.decoder_version,
+            "steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+            "resolution": self.resolution,
+            "dtype": self.dtype,
+        }
 
     def hash(self) -> str:
         fields = dataclasses.asdict(self)
@@ -407,7 +431,6 @@ class Decoder(Placeable, EmbeddingSpec, abc.ABC):
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return 0
-
 
 
 class Scorer(Placeable, abc.ABC):
@@ -462,15 +485,18 @@ class Scorer(Placeable, abc.ABC):
         self.rows.extend(rows)
         return rows
 
-    def score_checked(self, inputs: "torch.Tensor", batch: Batch, label: str | None = None,
-                      reads: str | None = None) -> list[dict]:
+    def score_checked(
+        self, inputs: "torch.Tensor", batch: Batch, label: str | None = None, reads: str | None = None
+    ) -> list[dict]:
         """The one scorer call: :meth:`score` on images, or :meth:`score_embeddings` on embeddings (``reads``:
         which ``inputs`` are; default :attr:`reads`), with the row count checked (:class:`ScorerRowsError`
         names the scorer by ``label``, its name in the run, else :attr:`name`)."""
         rows = (self.score_embeddings if (reads or self.reads) == "embeddings" else self.score)(inputs, batch)
         if len(rows) != len(batch):
-            raise ScorerRowsError(f"scorer {label if label is not None else self.name!r} returned {len(rows)} rows "
-                                  f"for {len(batch)} images")
+            raise ScorerRowsError(
+                f"scorer {label if label is not None else self.name!r} returned {len(rows)} rows "
+                f"for {len(batch)} images"
+            )
         return rows
 
     def compute(self) -> dict[str, float]:
@@ -491,11 +517,15 @@ def check_embeddings(prior_name: str, embeds: "torch.Tensor", batch: Batch, dim:
     import torch
 
     if embeds.shape != (len(batch), dim):
-        raise EvalkitError(f"prior {prior_name!r} returned {tuple(embeds.shape)} embeddings; expected ({len(batch)}, {dim})")
+        raise EvalkitError(
+            f"prior {prior_name!r} returned {tuple(embeds.shape)} embeddings; expected ({len(batch)}, {dim})"
+        )
     bad = (~torch.isfinite(embeds)).any(dim=1).nonzero().flatten().tolist()
     if bad:
-        raise EvalkitError(f"prior {prior_name!r} returned NaN/inf embeddings for {len(bad)} image(s), the first for "
-                           f"prompt {batch.prompts[bad[0]]!r} (seed {batch.seeds[bad[0]]}); nothing of it was cached")
+        raise EvalkitError(
+            f"prior {prior_name!r} returned NaN/inf embeddings for {len(bad)} image(s), the first for "
+            f"prompt {batch.prompts[bad[0]]!r} (seed {batch.seeds[bad[0]]}); nothing of it was cached"
+        )
 
 
 def check_embedding_contract(prior: EmbeddingSpec, decoder: EmbeddingSpec) -> None:
@@ -511,7 +541,8 @@ def check_embedding_contract(prior: EmbeddingSpec, decoder: EmbeddingSpec) -> No
         problems.append(f"normalisation {prior.normalisation!r} vs {decoder.normalisation!r}")
     if problems:
         raise EmbeddingContractError(
-            f"prior {pname!r} cannot feed decoder {dname!r}: " + "; ".join(problems)
+            f"prior {pname!r} cannot feed decoder {dname!r}: "
+            + "; ".join(problems)
             + ". Pick a prior trained for the decoder's CLIP space (see `evalkit ls priors`)."
         )
 

@@ -16,8 +16,9 @@ from evalkit.harness.runs import new_run_dir
 SUITES = ("synth-color", "synth-shape", "synth-texture")
 
 
-def run_demo(out: str | Path, per_category: int = 8, num_seeds: int = 2, calibration: bool = True,
-             progress: bool = True) -> Path:
+def run_demo(
+    out: str | Path, per_category: int = 8, num_seeds: int = 2, calibration: bool = True, progress: bool = True
+) -> Path:
     from evalkit.embedded.clip import SHIPPED_DIR
     from evalkit.suites import load_suite
     from evalkit.world.grid import save_grid
@@ -27,14 +28,25 @@ def run_demo(out: str | Path, per_category: int = 8, num_seeds: int = 2, calibra
     for name in SUITES:
         suite = load_suite(name)
         items = suite.items("val")
-        shown = [i for i in items if i.seen][: per_category - per_category // 4] + [i for i in items if not i.seen][: per_category // 4]
+        shown = [i for i in items if i.seen][: per_category - per_category // 4] + [i for i in items if not i.seen][
+            : per_category // 4
+        ]
         scenes = [suite.ground_truth(i, 42) for i in shown] + [suite.swapped_ground_truth(i, 42) for i in shown]
-        titles = [f"{'seen' if i.seen else 'unseen'}: {i.prompt}" for i in shown] + [f"swapped: {i.swapped_prompt}" for i in shown]
+        titles = [f"{'seen' if i.seen else 'unseen'}: {i.prompt}" for i in shown] + [
+            f"swapped: {i.swapped_prompt}" for i in shown
+        ]
         save_grid(run_dir / f"{name}.png", scenes, titles, columns=len(shown))
         seen = sum(1 for i in items if i.seen)
-        lines += [f"### {name} — version `{suite.version('val')}`, {len(items)} prompts ({seen} seen, {len(items) - seen} unseen)",
-                  "", "Top row: renders of val prompts (seed 42); bottom row: the attribute-swapped prompt, same seed.", "",
-                  f"![{name}]({name}.png)", "", "| item | prompt | noun phrases | swapped |", "|---|---|---|---|"]
+        lines += [
+            f"### {name} — version `{suite.version('val')}`, {len(items)} prompts ({seen} seen, {len(items) - seen} unseen)",
+            "",
+            "Top row: renders of val prompts (seed 42); bottom row: the attribute-swapped prompt, same seed.",
+            "",
+            f"![{name}]({name}.png)",
+            "",
+            "| item | prompt | noun phrases | swapped |",
+            "|---|---|---|---|",
+        ]
         lines += [f"| {i.item_id} | {i.prompt} | {' · '.join(i.noun_phrases)} | {i.swapped_prompt} |" for i in shown]
         lines.append("")
     if not calibration:
@@ -42,13 +54,17 @@ def run_demo(out: str | Path, per_category: int = 8, num_seeds: int = 2, calibra
     elif (SHIPPED_DIR / "config.json").is_file():
         from evalkit.eval_prior import eval_priors, headroom, render_report
 
-        rows, summary = eval_priors(["oracle", "text", "none"], list(SUITES), "val", tuple(range(42, 42 + num_seeds)),
-                                    progress=progress)
+        rows, summary = eval_priors(
+            ["oracle", "text", "none"], list(SUITES), "val", tuple(range(42, 42 + num_seeds)), progress=progress
+        )
         report = render_report(summary, headroom(rows)).replace("# Embedding-level evaluation", "")
         lines += [f"## Calibration priors at the embedding level ({num_seeds} seeds per prompt)", report]
     else:
-        lines += ["## Calibration priors", "", f"Skipped: the world's CLIP weights are not at {SHIPPED_DIR} "
-                  "(train them with `evalkit train-world clip`)."]
+        lines += [
+            "## Calibration priors",
+            "",
+            f"Skipped: the world's CLIP weights are not at {SHIPPED_DIR} (train them with `evalkit train-world clip`).",
+        ]
     from evalkit.decoders.synth import SHIPPED_DIR as DECODER_DIR
 
     if calibration and (DECODER_DIR / "config.json").is_file():
@@ -66,9 +82,14 @@ def main_job_section(run_dir: Path, progress: bool) -> list[str]:
     config = RunConfig(**{**PRESETS["demo"], "out": str(run_dir / "run")})
     job = run(config, progress=progress)
     relative = job.relative_to(run_dir)
-    return ["## The main job: `evalkit run --preset demo`", "",
-            f"{len(config.priors)} priors × {len(config.suites)} suites × {config.limit} val prompts × "
-            f"{config.images_per_prompt} seeds through the synth decoder, scored by {' and '.join(config.scorers)}. "
-            f"Full report with image grids, paired comparisons and the worst images: [{relative}/report.html]"
-            f"({relative}/report.html) ([markdown]({relative}/report.md)).", "",
-            summary_markdown([job]).replace("## ", "### "), ""]
+    return [
+        "## The main job: `evalkit run --preset demo`",
+        "",
+        f"{len(config.priors)} priors × {len(config.suites)} suites × {config.limit} val prompts × "
+        f"{config.images_per_prompt} seeds through the synth decoder, scored by {' and '.join(config.scorers)}. "
+        f"Full report with image grids, paired comparisons and the worst images: [{relative}/report.html]"
+        f"({relative}/report.html) ([markdown]({relative}/report.md)).",
+        "",
+        summary_markdown([job]).replace("## ", "### "),
+        "",
+    ]

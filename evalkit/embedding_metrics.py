@@ -35,7 +35,9 @@ CONTROLS = ("random", "shuffled", "swapped")
 @torch.inference_mode()
 def reference_embeddings(suite, clip, split: str, seeds: tuple[int, ...], batch_size: int = 1000):
     """CLIP image embeddings (L2-normalised) of every item's true and swapped render, item-major."""
-    return _reference_embeddings(suite.name, suite.version(split), split, tuple(seeds), id(clip), suite, clip, batch_size)
+    return _reference_embeddings(
+        suite.name, suite.version(split), split, tuple(seeds), id(clip), suite, clip, batch_size
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -44,7 +46,7 @@ def _reference_embeddings(name, version, split, seeds, clip_id, suite, clip, bat
     pairs = [(item, seed) for item in items for seed in seeds]
     true, swapped = [], []
     for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
+        chunk = pairs[start : start + batch_size]
         scenes = [suite.ground_truth(i, s) for i, s in chunk]
         swapped_scenes = [suite.swapped_ground_truth(i, s) for i, s in chunk]
         true.append(clip.encode_image(render_tensor(scenes)))
@@ -64,10 +66,12 @@ def control_items(items: list[PromptItem], control: str | None, seed: int = 0) -
         order = [o if o != i else (o + 1) % len(items) for i, o in enumerate(order)]
         return [items[o] for o in order]
     if control == "shuffled":
+
         def shuffle(prompt: str) -> str:
             words = prompt.split()
             rng.shuffle(words)
             return " ".join(words)
+
         return [PromptItem(shuffle(i.prompt), i.category, i.split, i.item_id) for i in items]
     if control == "swapped":
         return [PromptItem(i.swapped_prompt, i.category, i.split, i.item_id) for i in items]
@@ -75,12 +79,14 @@ def control_items(items: list[PromptItem], control: str | None, seed: int = 0) -
 
 
 @torch.inference_mode()
-def predict_items(prior: Prior, items: list[PromptItem], seeds: tuple[int, ...], clip, batch_size: int = 500) -> torch.Tensor:
+def predict_items(
+    prior: Prior, items: list[PromptItem], seeds: tuple[int, ...], clip, batch_size: int = 500
+) -> torch.Tensor:
     """Predictions for every (item, seed), item-major, L2-normalised."""
     pairs = [(item, seed) for item in items for seed in seeds]
     out = []
     for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
+        chunk = pairs[start : start + batch_size]
         batch = Batch([p[0] for p in chunk], [p[1] for p in chunk])
         for space in prior.text_encoders:
             batch.text[space] = clip.encode_text(batch.prompts)
@@ -95,8 +101,15 @@ def own_rank(sims: torch.Tensor) -> torch.Tensor:
     return 1 + (sims > own[..., None]).sum(-1)
 
 
-def embedding_rows(prior: Prior, suite, clip, split: str = "val", seeds=tuple(range(42, 52)),
-                   control: str | None = None, prior_name: str | None = None) -> list[dict]:
+def embedding_rows(
+    prior: Prior,
+    suite,
+    clip,
+    split: str = "val",
+    seeds=tuple(range(42, 52)),
+    control: str | None = None,
+    prior_name: str | None = None,
+) -> list[dict]:
     """One row per (item, seed): cos_true, cos_swapped, margin, binding, recall1."""
     seeds = tuple(seeds)
     items = suite.items(split)
@@ -115,11 +128,23 @@ def embedding_rows(prior: Prior, suite, clip, split: str = "val", seeds=tuple(ra
     rows = []
     for k, (item, seed) in enumerate((i, s) for i in items for s in seeds):
         margin = float(cos_true[k] - cos_swapped[k])
-        rows.append({"prior": name, "control": control or "", "item_id": item.item_id, "prompt": item.prompt,
-                     "seed": seed, "category": item.category, "seen": item.seen,
-                     "cos_true": float(cos_true[k]), "cos_swapped": float(cos_swapped[k]),
-                     "margin": margin, "binding": float(margin > 0), "recall1": float(recall[k]),
-                     "rank": float(rank[k])})
+        rows.append(
+            {
+                "prior": name,
+                "control": control or "",
+                "item_id": item.item_id,
+                "prompt": item.prompt,
+                "seed": seed,
+                "category": item.category,
+                "seen": item.seen,
+                "cos_true": float(cos_true[k]),
+                "cos_swapped": float(cos_swapped[k]),
+                "margin": margin,
+                "binding": float(margin > 0),
+                "recall1": float(recall[k]),
+                "rank": float(rank[k]),
+            }
+        )
     return rows
 
 
@@ -139,9 +164,22 @@ def summarize(rows: list[dict], metrics=METRICS, n_boot: int = 2000) -> list[dic
         for metric in metrics:
             est = bootstrap([m[metric] for m in members], clusters, n_boot=n_boot)
             seed_means = [float(np.mean([m[metric] for m in rows_])) for rows_ in by_seed.values()]
-            out.append({"prior": prior, "control": control, "category": category, "seen": seen, "metric": metric,
-                        "value": est.value, "stderr": est.stderr, "ci_low": est.ci_low, "ci_high": est.ci_high,
-                        "n": est.n, "n_prompts": est.n_clusters, "n_training_seeds": len(seed_means),
-                        # spread of the per-training-seed means: the seed-to-seed noise of a trained prior
-                        "seed_sd": float(np.std(seed_means, ddof=1)) if len(seed_means) > 1 else None})
+            out.append(
+                {
+                    "prior": prior,
+                    "control": control,
+                    "category": category,
+                    "seen": seen,
+                    "metric": metric,
+                    "value": est.value,
+                    "stderr": est.stderr,
+                    "ci_low": est.ci_low,
+                    "ci_high": est.ci_high,
+                    "n": est.n,
+                    "n_prompts": est.n_clusters,
+                    "n_training_seeds": len(seed_means),
+                    # spread of the per-training-seed means: the seed-to-seed noise of a trained prior
+                    "seed_sd": float(np.std(seed_means, ddof=1)) if len(seed_means) > 1 else None,
+                }
+            )
     return out

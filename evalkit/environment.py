@@ -16,8 +16,18 @@ from pathlib import Path
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
 
 #: the fields ``evalkit compare`` checks between base and new (a difference is reported, not gated)
-COMPARED_FIELDS = ("device", "gpu", "cpu_model", "isa", "cpu_capability", "threads", "processes", "torch",
-                   "diffusers", "decoder_dtype")
+COMPARED_FIELDS = (
+    "device",
+    "gpu",
+    "cpu_model",
+    "isa",
+    "cpu_capability",
+    "threads",
+    "processes",
+    "torch",
+    "diffusers",
+    "decoder_dtype",
+)
 
 
 def _cpuinfo() -> tuple[str, set[str]]:
@@ -60,10 +70,17 @@ def describe(decoder=None, processes: int = 1) -> dict:
     except (AttributeError, RuntimeError):
         capability = None
     return {
-        "device": device, "gpu": gpu, "cpu_model": model or platform.processor() or platform.machine(),
-        "isa": [flag for flag in ISA_FLAGS if flag in flags], "cpu_capability": capability,
-        "threads": torch.get_num_threads(), "processes": processes, "machine": platform.machine(),
-        "python": platform.python_version(), "torch": torch.__version__, "diffusers": _version("diffusers"),
+        "device": device,
+        "gpu": gpu,
+        "cpu_model": model or platform.processor() or platform.machine(),
+        "isa": [flag for flag in ISA_FLAGS if flag in flags],
+        "cpu_capability": capability,
+        "threads": torch.get_num_threads(),
+        "processes": processes,
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": _version("diffusers"),
         "decoder_dtype": getattr(decoder, "compute_dtype", None) if decoder is not None else None,
     }
 

@@ -51,9 +51,18 @@ def prior_instances(name: str, clip, training_seeds=(0,), path=None, **options):
     return [(None, make_prior(name, clip, **options))]
 
 
-def eval_priors(prior_names, suite_names, split: str = "val", seeds=tuple(range(42, 52)), controls=(),
-                clip=None, progress: bool = True, training_seeds=(0,), paths: dict | None = None,
-                options: dict | None = None) -> tuple[list[dict], list[dict]]:
+def eval_priors(
+    prior_names,
+    suite_names,
+    split: str = "val",
+    seeds=tuple(range(42, 52)),
+    controls=(),
+    clip=None,
+    progress: bool = True,
+    training_seeds=(0,),
+    paths: dict | None = None,
+    options: dict | None = None,
+) -> tuple[list[dict], list[dict]]:
     """Rows for every prior × (training seed) × suite × control, and their summary.
 
     ``paths`` maps a prior name to a weights folder (instead of its shipped seeds); ``options`` are passed
@@ -67,12 +76,20 @@ def eval_priors(prior_names, suite_names, split: str = "val", seeds=tuple(range(
     SUITES.check(list(suite_names))
     clip = clip if clip is not None else load_world_clip()
     paths, options = paths or {}, options or {}
-    instances = {name: prior_instances(name, clip, training_seeds, paths.get(name), among=prior_names, **options)
-                 for name in prior_names}
+    instances = {
+        name: prior_instances(name, clip, training_seeds, paths.get(name), among=prior_names, **options)
+        for name in prior_names
+    }
     rows: list[dict] = []
     # the oracle renders its prompt: a word-shuffled prompt is no caption of the world
-    jobs = [(s, p, t, prior, c) for s in suite_names for p in prior_names for t, prior in instances[p]
-            for c in (None, *controls) if not (p == "oracle" and c == "shuffled")]
+    jobs = [
+        (s, p, t, prior, c)
+        for s in suite_names
+        for p in prior_names
+        for t, prior in instances[p]
+        for c in (None, *controls)
+        if not (p == "oracle" and c == "shuffled")
+    ]
     for suite_name, prior_name, training_seed, prior, control in tqdm(jobs, desc="eval-prior", disable=not progress):
         suite = load_suite(suite_name)
         new = embedding_rows(prior, suite, clip, split, seeds, control=control, prior_name=prior_name)
@@ -104,8 +121,9 @@ def headroom(rows: list[dict], gate: str = "binding", metrics=("binding", "margi
     """
     from evalkit.stats import paired_bootstrap
 
-    index = {key: {item: _mean_row(group) for item, group in items.items()}
-             for key, items in items_by_split(rows).items()}
+    index = {
+        key: {item: _mean_row(group) for item, group in items.items()} for key, items in items_by_split(rows).items()
+    }
     out = []
     for (prior, category, split), oracle in sorted(index.items()):
         if prior != "oracle":
@@ -121,8 +139,11 @@ def headroom(rows: list[dict], gate: str = "binding", metrics=("binding", "margi
             if set(reference) != set(oracle):
                 raise ValueError(f"headroom needs {other!r} and 'oracle' on the same items ({category}, {split})")
             for metric in metrics:
-                cmp = paired_bootstrap([reference[k][metric] for k in keys], [oracle[k][metric] for k in keys],
-                                       clusters=[k[0] for k in keys])
+                cmp = paired_bootstrap(
+                    [reference[k][metric] for k in keys],
+                    [oracle[k][metric] for k in keys],
+                    clusters=[k[0] for k in keys],
+                )
                 result[f"{other}_{metric}"] = sum(reference[k][metric] for k in keys) / len(keys)
                 result[f"z_{other}_{metric}"] = cmp.z
             result["headroom"] &= result[f"z_{other}_{gate}"] >= HEADROOM_Z
@@ -155,10 +176,14 @@ def headroom_table(room: list[dict]) -> list[str]:
     from tabulate import tabulate
 
     gate = room[0]["gate"]
-    lines = ["## Headroom: oracle vs text vs none", "",
-             f"Paired on identical (prompt, seed) items; z = the oracle's lead in bootstrap standard errors "
-             f"(over prompts). Headroom holds when the oracle's {gate} leads both text and none by "
-             f"z ≥ {HEADROOM_Z:g}. The oracle averages {ORACLE_SAMPLES} independent renders of the caption.", ""]
+    lines = [
+        "## Headroom: oracle vs text vs none",
+        "",
+        f"Paired on identical (prompt, seed) items; z = the oracle's lead in bootstrap standard errors "
+        f"(over prompts). Headroom holds when the oracle's {gate} leads both text and none by "
+        f"z ≥ {HEADROOM_Z:g}. The oracle averages {ORACLE_SAMPLES} independent renders of the caption.",
+        "",
+    ]
     metrics = [m for m in ("binding", "margin") if f"oracle_{m}" in room[0]]
     headers, table = ["category", "split"], []
     for metric in metrics:
@@ -166,9 +191,13 @@ def headroom_table(room: list[dict]) -> list[str]:
     for r in room:
         cells = [r["category"], r["seen"]]
         for metric in metrics:
-            cells += [f"{r[f'oracle_{metric}']:.4f}", f"{r.get(f'text_{metric}', float('nan')):.4f}",
-                      f"{r.get(f'z_text_{metric}', float('nan')):.1f}", f"{r.get(f'none_{metric}', float('nan')):.4f}",
-                      f"{r.get(f'z_none_{metric}', float('nan')):.1f}"]
+            cells += [
+                f"{r[f'oracle_{metric}']:.4f}",
+                f"{r.get(f'text_{metric}', float('nan')):.4f}",
+                f"{r.get(f'z_text_{metric}', float('nan')):.1f}",
+                f"{r.get(f'none_{metric}', float('nan')):.4f}",
+                f"{r.get(f'z_none_{metric}', float('nan')):.1f}",
+            ]
         table.append(cells + ["yes" if r["headroom"] else "NO"])
     lines += [tabulate(table, headers=headers + ["headroom"], tablefmt="github"), ""]
     return lines
@@ -183,7 +212,7 @@ def render_report(summary: list[dict], room: list[dict], comparisons: list[dict]
     for category in sorted({r["category"] for r in summary}):
         lines += [f"## {category}", ""]
         table = []
-        for (prior, control, cat, seen) in sorted({k[:4] for k in keyed if k[2] == category}):
+        for prior, control, cat, seen in sorted({k[:4] for k in keyed if k[2] == category}):
             cells = []
             for metric in metrics:
                 r = keyed[(prior, control, cat, seen, metric)]
@@ -191,8 +220,10 @@ def render_report(summary: list[dict], room: list[dict], comparisons: list[dict]
             first = keyed[(prior, control, cat, seen, metrics[0])]
             seeds = first.get("n_training_seeds") or 1
             table.append([prior, control or "-", seen, first["n"], seeds, *cells])
-        lines += [tabulate(table, headers=["prior", "control", "split", "n", "training seeds", *metrics],
-                           tablefmt="github"), ""]
+        lines += [
+            tabulate(table, headers=["prior", "control", "split", "n", "training seeds", *metrics], tablefmt="github"),
+            "",
+        ]
     lines += comparison_table(comparisons or [])
     if room:
         lines += headroom_table(room)
@@ -205,18 +236,29 @@ def write_outputs(run_dir: Path, rows: list[dict], summary: list[dict], config: 
     with open(run_dir / "rows.jsonl", "w") as handle:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
-    atomic_write_json(run_dir / "summary.json", {"config": config, "summary": summary, "headroom": room,
-                                                 "comparisons": comparisons})
+    atomic_write_json(
+        run_dir / "summary.json", {"config": config, "summary": summary, "headroom": room, "comparisons": comparisons}
+    )
     (run_dir / "report.md").write_text(render_report(summary, room, comparisons))
 
 
 CONTROLS = ("random", "shuffled", "swapped")
 
 
-def evaluate_priors(priors, suites=("synth-color", "synth-shape", "synth-texture"), split: str = "val",
-                    num_seeds: int = 10, controls=(), training_seeds=(0,), paths: dict | None = None,
-                    options: dict | None = None, pairs=None, out="evalkit-runs", progress: bool = True,
-                    log=None) -> Path:
+def evaluate_priors(
+    priors,
+    suites=("synth-color", "synth-shape", "synth-texture"),
+    split: str = "val",
+    num_seeds: int = 10,
+    controls=(),
+    training_seeds=(0,),
+    paths: dict | None = None,
+    options: dict | None = None,
+    pairs=None,
+    out="evalkit-runs",
+    progress: bool = True,
+    log=None,
+) -> Path:
     """``evalkit eval-prior`` as a call: evaluate, write a new run folder under ``out`` and return it.
 
     Every name is checked before any prior loads, so a typo costs a second, not a finished evaluation.
@@ -242,13 +284,34 @@ def evaluate_priors(priors, suites=("synth-color", "synth-shape", "synth-texture
     pairs = check_pairs(pairs, prior_names)
     options = {k: v for k, v in (options or {}).items() if v is not None}
     seeds, train_seeds = tuple(range(42, 42 + num_seeds)), tuple(int(t) for t in training_seeds)
-    rows, summary = eval_priors(prior_names, suite_names, split, seeds, controls, training_seeds=train_seeds,
-                                paths=paths, options=options, progress=progress)
+    rows, summary = eval_priors(
+        prior_names,
+        suite_names,
+        split,
+        seeds,
+        controls,
+        training_seeds=train_seeds,
+        paths=paths,
+        options=options,
+        progress=progress,
+    )
     run_dir = new_run_dir(out, "eval-prior-" + "-".join(prior_names))
-    write_outputs(run_dir, rows, summary, {"priors": prior_names, "suites": suite_names, "split": split,
-                                           "seeds": list(seeds), "controls": controls,
-                                           "training_seeds": list(train_seeds), "paths": paths, "options": options},
-                  pairs=pairs or None)
+    write_outputs(
+        run_dir,
+        rows,
+        summary,
+        {
+            "priors": prior_names,
+            "suites": suite_names,
+            "split": split,
+            "seeds": list(seeds),
+            "controls": controls,
+            "training_seeds": list(train_seeds),
+            "paths": paths,
+            "options": options,
+        },
+        pairs=pairs or None,
+    )
     return run_dir
 
 

@@ -61,9 +61,11 @@ def resolve_device(spec: str | None = "auto") -> str:
     if spec == "auto" and not available:
         return "cpu"
     if not available:
-        raise SettingError(f"--device {spec}: no CUDA device here (torch.cuda.is_available() is False; torch "
-                           f"{torch.__version__}, built for CUDA {torch.version.cuda or 'none'}); use --device cpu "
-                           "or auto")
+        raise SettingError(
+            f"--device {spec}: no CUDA device here (torch.cuda.is_available() is False; torch "
+            f"{torch.__version__}, built for CUDA {torch.version.cuda or 'none'}); use --device cpu "
+            "or auto"
+        )
     count = torch.cuda.device_count()
     rank = local_rank()
     processes = int(os.environ.get("WORLD_SIZE", 1))
@@ -72,13 +74,17 @@ def resolve_device(spec: str | None = "auto") -> str:
         if index >= count:
             raise SettingError(f"--device {spec}: this machine has {count} CUDA device(s) (cuda:0 … cuda:{count - 1})")
         if processes > 1:
-            raise SettingError(f"--device {spec} would put all {processes} processes on one GPU; use --device cuda "
-                               "(each process its own GPU, by LOCAL_RANK) or CUDA_VISIBLE_DEVICES")
+            raise SettingError(
+                f"--device {spec} would put all {processes} processes on one GPU; use --device cuda "
+                "(each process its own GPU, by LOCAL_RANK) or CUDA_VISIBLE_DEVICES"
+            )
         return spec
     index = rank or 0
     if index >= count:
-        raise SettingError(f"process with LOCAL_RANK {index} has no GPU of its own: this machine has {count} CUDA "
-                           "device(s); start at most that many processes per node")
+        raise SettingError(
+            f"process with LOCAL_RANK {index} has no GPU of its own: this machine has {count} CUDA "
+            "device(s); start at most that many processes per node"
+        )
     return f"cuda:{index}"
 
 
@@ -118,8 +124,10 @@ def place(plugin, device: str, dtype: str | None = None, role: str = "plugin", n
         torch_dtype(dtype)  # a known name
         supported = tuple(getattr(plugin, "supported_dtypes", (DEFAULT_DTYPE,)))
         if dtype not in supported:
-            raise SettingError(f"{label} computes in {' or '.join(supported)}; --dtype {dtype} is not one of them "
-                               f"(set the stage alone, e.g. --dtype {role}={supported[0]})")
+            raise SettingError(
+                f"{label} computes in {' or '.join(supported)}; --dtype {dtype} is not one of them "
+                f"(set the stage alone, e.g. --dtype {role}={supported[0]})"
+            )
     mover = getattr(plugin, "to_placement", None)
     if callable(mover):
         mover(device, dtype)
@@ -146,8 +154,10 @@ def parse_dtypes(value: str | None) -> dict[str, str | None]:
     for part in parts:
         stage, sep, name = part.partition("=")
         if not sep or stage.strip() not in stages:
-            raise SettingError(f"--dtype {value!r}: give one dtype, or STAGE=DTYPE pairs with STAGE one of "
-                               f"prior, decoder, scorer (got {part!r})")
+            raise SettingError(
+                f"--dtype {value!r}: give one dtype, or STAGE=DTYPE pairs with STAGE one of "
+                f"prior, decoder, scorer (got {part!r})"
+            )
         torch_dtype(name.strip())
         stages[stage.strip()] = name.strip()
     return stages

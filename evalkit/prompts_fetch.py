@@ -49,8 +49,13 @@ MAX_PROMPT_FILE_BYTES = 10 * 1024 * 1024
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -229,7 +234,9 @@ def fetch_files(
     return dest
 
 
-def fetch_suite(name: str, dest: str | os.PathLike | None = None, base_url: str | None = None, force: bool = False, **kwargs) -> Path:
+def fetch_suite(
+    name: str, dest: str | os.PathLike | None = None, base_url: str | None = None, force: bool = False, **kwargs
+) -> Path:
     """``evalkit suites fetch NAME``: download (or check) the prompt files of suite family ``name``."""
     import importlib
 

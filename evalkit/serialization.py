@@ -59,8 +59,9 @@ def atomic_write(path: Path, write, keep_suffix: bool = False) -> Path:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                   suffix=".tmp" + (path.suffix if keep_suffix else ""))
+        fd, tmp = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + (path.suffix if keep_suffix else "")
+        )
         os.close(fd)
         write(Path(tmp))
         if hasattr(os, "chmod"):
@@ -98,8 +99,14 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
-def save_pretrained(directory: str | os.PathLike, config: dict, state_dict: dict, metadata: dict | None = None,
-                    dtype=None, weights_name: str = WEIGHTS_NAME) -> Path:
+def save_pretrained(
+    directory: str | os.PathLike,
+    config: dict,
+    state_dict: dict,
+    metadata: dict | None = None,
+    dtype=None,
+    weights_name: str = WEIGHTS_NAME,
+) -> Path:
     """Write ``config.json`` and ``model.safetensors`` (contiguous CPU tensors) into ``directory``.
 
     ``dtype`` (e.g. ``torch.float16``) casts floating tensors to halve shipped files; loaders cast back.
@@ -111,7 +118,9 @@ def save_pretrained(directory: str | os.PathLike, config: dict, state_dict: dict
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-    atomic_write_bytes(directory / weights_name, save_bytes(tensors, metadata={k: str(v) for k, v in (metadata or {}).items()}))
+    atomic_write_bytes(
+        directory / weights_name, save_bytes(tensors, metadata={k: str(v) for k, v in (metadata or {}).items()})
+    )
     atomic_write_json(directory / CONFIG_NAME, config)
     return directory
 
@@ -150,13 +159,16 @@ def weights_folder(path: str | os.PathLike | None, env_var: str, what: str, repo
     if path is None:
         value = os.environ.get(env_var, "").strip()
         if not value:
-            raise WeightsNotFoundError(f"{what}: no weights folder given: pass a path or set {env_var} to a local "
-                                       f"copy of {repo_id}. {hint(None)}")
+            raise WeightsNotFoundError(
+                f"{what}: no weights folder given: pass a path or set {env_var} to a local "
+                f"copy of {repo_id}. {hint(None)}"
+            )
         path = value
     directory = Path(path).expanduser()
     if not directory.is_dir():
-        raise WeightsNotFoundError(f"{what}: expected a {repo_id} folder at {directory}, which does not exist. "
-                                   f"{hint(directory)}")
+        raise WeightsNotFoundError(
+            f"{what}: expected a {repo_id} folder at {directory}, which does not exist. {hint(directory)}"
+        )
     return directory
 
 
@@ -207,8 +219,9 @@ def _first_line(error: Exception) -> str:
 
 
 def _damaged(path: Path, error) -> CorruptFileError:
-    return CorruptFileError(f"{path} is truncated or damaged ({error}); restore it (git checkout, or "
-                            "re-download / retrain the weights)")
+    return CorruptFileError(
+        f"{path} is truncated or damaged ({error}); restore it (git checkout, or re-download / retrain the weights)"
+    )
 
 
 def open_weights(directory: str | os.PathLike, allow_pickle: bool = False) -> WeightsFile:
@@ -216,7 +229,9 @@ def open_weights(directory: str | os.PathLike, allow_pickle: bool = False) -> We
     ``allow_pickle`` is set."""
     directory = Path(directory)
     named = [directory / n for n in (WEIGHTS_NAME, DIFFUSERS_WEIGHTS_NAME) if (directory / n).is_file()]
-    safetensors_files = named[:1] or sorted(p for p in directory.glob("*.safetensors") if not p.name.startswith("trainer_state"))
+    safetensors_files = named[:1] or sorted(
+        p for p in directory.glob("*.safetensors") if not p.name.startswith("trainer_state")
+    )
     if safetensors_files:
         from safetensors import SafetensorError, safe_open
 
@@ -269,11 +284,13 @@ def pickle_refused(directory: Path, name: str, what: str = "", hint: str = "") -
     return WeightsNotFoundError(
         f"{f'{what}: ' if what else ''}{directory} holds only pickle weights ({name}); pickle can run arbitrary code, "
         f"so it is refused by default. {hint or 'Convert the weights to safetensors.'} If you trust the file, pass "
-        "allow_pickle=True (CLI: --allow-pickle); it is then read with torch.load(weights_only=True).")
+        "allow_pickle=True (CLI: --allow-pickle); it is then read with torch.load(weights_only=True)."
+    )
 
 
-def weights_format(directory: str | os.PathLike, allow_pickle: bool, what: str = "", hint: str = "",
-                   missing: str = "") -> dict:
+def weights_format(
+    directory: str | os.PathLike, allow_pickle: bool, what: str = "", hint: str = "", missing: str = ""
+) -> dict:
     """The ``from_pretrained`` keywords for the weights in ``directory`` (transformers / diffusers folders):
     ``{"use_safetensors": True}`` when it holds safetensors, else ``{"use_safetensors": False}`` for pickle
     weights (:data:`PICKLE_SUFFIXES`), and only with ``allow_pickle``; plus ``"variant"`` (e.g. ``fp16``) when
@@ -304,7 +321,8 @@ def load_pickle_state(path: Path) -> dict:
 
     refused = CorruptFileError(
         f"{path} is not a plain tensor checkpoint; evalkit loads pickles with weights_only=True and will not run "
-        "code in them; convert it to safetensors")
+        "code in them; convert it to safetensors"
+    )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -425,8 +443,13 @@ def _type_problem(value, hint) -> str | None:
         if value is None and type(None) in options:
             return None
         problems = [_type_problem(value, option) for option in options if option is not type(None)]
-        return None if any(p is None for p in problems) else problems[0] if len(problems) == 1 else (
-            "must be " + " or ".join(_type_name(o) for o in options))
+        return (
+            None
+            if any(p is None for p in problems)
+            else problems[0]
+            if len(problems) == 1
+            else ("must be " + " or ".join(_type_name(o) for o in options))
+        )
     if hint is type(None):
         return None if value is None else "must be null"
     if hint is bool:
@@ -463,8 +486,13 @@ def _type_problem(value, hint) -> str | None:
 
 
 def _type_name(hint) -> str:
-    return {int: "a non-negative integer", float: "a number", str: "a string", bool: "true or false",
-            type(None): "null"}.get(hint, str(hint))
+    return {
+        int: "a non-negative integer",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        type(None): "null",
+    }.get(hint, str(hint))
 
 
 def check_config_values(raw: dict, hints: dict, where: str) -> None:
@@ -629,8 +657,10 @@ def build_checked(build: Callable[[dict], Any], raw: dict, weights: WeightsFile,
         meta = _meta_build(build, raw, limit)
     except _TooLarge:
         # the key: the largest integer whose reduction to 1 makes the build fit (a few tries, largest first)
-        sizes = sorted(((v, p) for p, v in _leaves(raw) if isinstance(v, int) and not isinstance(v, bool) and v > 1),
-                       key=lambda item: -item[0])
+        sizes = sorted(
+            ((v, p) for p, v in _leaves(raw) if isinstance(v, int) and not isinstance(v, bool) and v > 1),
+            key=lambda item: -item[0],
+        )
         culprit = "it"
         for value, path in sizes[:4]:
             try:
@@ -639,8 +669,10 @@ def build_checked(build: Callable[[dict], Any], raw: dict, weights: WeightsFile,
                 continue
             culprit = f"{_key_name(path)} = {value!r}"
             break
-        raise ConfigMismatchError(f"{where}: {culprit} asks for far more tensors than the {len(weights.shapes)} "
-                                  f"stored in {weights.label}; fix the config") from None
+        raise ConfigMismatchError(
+            f"{where}: {culprit} asks for far more tensors than the {len(weights.shapes)} "
+            f"stored in {weights.label}; fix the config"
+        ) from None
     except EvalkitError:
         raise
     except Exception as error:
@@ -655,12 +687,15 @@ def build_checked(build: Callable[[dict], Any], raw: dict, weights: WeightsFile,
     if parts:
         suspects = _suspects(build, raw, expected, weights.shapes, limit)
         culprit = " or ".join(suspects) if suspects else "the architecture it describes"
-        raise ConfigMismatchError(f"{where}: {culprit} does not match the weights in {weights.label} — "
-                                  + "; ".join(parts))
+        raise ConfigMismatchError(
+            f"{where}: {culprit} does not match the weights in {weights.label} — " + "; ".join(parts)
+        )
     extra = sum(b.numel() for b in meta.buffers()) + sum(p.numel() for p in meta.parameters()) - weights.numel()
     if extra > 2**26:  # 256 MB of float32 that no stored tensor accounts for
-        raise ConfigMismatchError(f"{where}: this config makes {what} allocate {extra * 4 / 2**30:.1f} GB beyond the "
-                                  f"tensors stored in {weights.label}; fix the config")
+        raise ConfigMismatchError(
+            f"{where}: this config makes {what} allocate {extra * 4 / 2**30:.1f} GB beyond the "
+            f"tensors stored in {weights.label}; fix the config"
+        )
     return _real_build(build, raw, where, what)
 
 
@@ -678,8 +713,14 @@ def _real_build(build: Callable[[dict], Any], raw: dict, where: str, what: str):
         raise _build_error(error, raw, where, what) from None
 
 
-def load_pretrained(directory: str | os.PathLike, build: Callable[[dict], Any], raw: dict, what: str,
-                    allow_pickle: bool = False, hints: dict | None = None):
+def load_pretrained(
+    directory: str | os.PathLike,
+    build: Callable[[dict], Any],
+    raw: dict,
+    what: str,
+    allow_pickle: bool = False,
+    hints: dict | None = None,
+):
     """The model ``build(raw)`` of a weights folder with its tensors loaded, every check done before any real
     allocation: ``raw``'s values against ``hints`` (types), the meta build against the file's tensor shapes
     (:func:`build_checked`). Floating tensors stored in fp16 are cast to the model's dtype."""
@@ -717,7 +758,9 @@ class PretrainedMixin:
         raw = {k: v for k, v in raw.items() if not k.startswith("_")}
         unknown = sorted(set(raw) - fields)
         if unknown:
-            raise ConfigMismatchError(f"config {where} has keys {unknown} that {cls.config_class.__name__} does not know")
+            raise ConfigMismatchError(
+                f"config {where} has keys {unknown} that {cls.config_class.__name__} does not know"
+            )
         return cls.config_class(**raw)
 
     @classmethod
@@ -733,6 +776,14 @@ class PretrainedMixin:
         fields = {f.name for f in dataclasses.fields(cls.config_class)}
         unknown = sorted(k for k in raw if not k.startswith("_") and k not in fields)
         if unknown:
-            raise ConfigMismatchError(f"config {where} has keys {unknown} that {cls.config_class.__name__} does not know")
-        return load_pretrained(directory, lambda r: cls(cls.config_from_dict(r, where)), raw, cls.__name__,
-                               allow_pickle=allow_pickle, hints=config_hints(cls.config_class))
+            raise ConfigMismatchError(
+                f"config {where} has keys {unknown} that {cls.config_class.__name__} does not know"
+            )
+        return load_pretrained(
+            directory,
+            lambda r: cls(cls.config_from_dict(r, where)),
+            raw,
+            cls.__name__,
+            allow_pickle=allow_pickle,
+            hints=config_hints(cls.config_class),
+        )

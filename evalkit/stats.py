@@ -44,8 +44,14 @@ def bootstrap(values, clusters=None, n_boot: int = 2000, seed: int = 0, alpha: f
     picks = rng.integers(0, len(sums), size=(n_boot, len(sums)))
     boots = sums[picks].sum(1) / counts[picks].sum(1)
     low, high = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
-    return Estimate(float(values.mean()), float(boots.std(ddof=1)) if n_boot > 1 else 0.0, float(low), float(high),
-                    int(values.size), int(len(sums)))
+    return Estimate(
+        float(values.mean()),
+        float(boots.std(ddof=1)) if n_boot > 1 else 0.0,
+        float(low),
+        float(high),
+        int(values.size),
+        int(len(sums)),
+    )
 
 
 def binomial_floor(value: float, n: int) -> float:
@@ -95,7 +101,9 @@ class PairedComparison:
         return math.erfc(abs(self.z) / math.sqrt(2)) if math.isfinite(self.z) else 0.0
 
 
-def paired_bootstrap(a, b, clusters=None, n_boot: int = 2000, seed: int = 0, score_range: float = 0.0) -> PairedComparison:
+def paired_bootstrap(
+    a, b, clusters=None, n_boot: int = 2000, seed: int = 0, score_range: float = 0.0
+) -> PairedComparison:
     """Compare two systems scored on the *same* items (same prompts and seeds): b minus a.
 
     ``score_range``: the span of one item's value (1 for scores in [0, 1]); when given, the standard
@@ -112,5 +120,6 @@ def paired_bootstrap(a, b, clusters=None, n_boot: int = 2000, seed: int = 0, sco
     picks = rng.integers(0, len(sums), size=(n_boot, len(sums)))
     boots = sums[picks].sum(1) / counts[picks].sum(1)
     spread = float(boots.std(ddof=1)) if n_boot > 1 else 0.0
-    return PairedComparison(float(diff.mean()), max(spread, paired_floor(diff.size, score_range)), int(diff.size),
-                            int(len(sums)))
+    return PairedComparison(
+        float(diff.mean()), max(spread, paired_floor(diff.size, score_range)), int(diff.size), int(len(sums))
+    )

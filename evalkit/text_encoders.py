@@ -22,15 +22,31 @@ from evalkit.errors import EvalkitError, WeightsNotFoundError
 
 #: openai/clip-vit-large-patch14's text tower with its projection (karlo-v1-alpha's text_encoder/)
 REAL_TEXT_ENCODER_CONFIG: dict[str, Any] = dict(
-    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-    max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu", bos_token_id=49406,
-    eos_token_id=49407, pad_token_id=49407,
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    projection_dim=768,
+    hidden_act="quick_gelu",
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=49407,
 )
 #: kandinsky-2-2-prior text_encoder/: OpenCLIP ViT-bigG/14's text tower with its 1280-d projection
 #: (token ids as the offline CLIP tokenizer numbers them, as in :data:`REAL_TEXT_ENCODER_CONFIG`)
 BIGG_TEXT_ENCODER_CONFIG: dict[str, Any] = dict(
-    vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-    max_position_embeddings=77, projection_dim=1280, hidden_act="gelu", bos_token_id=49406, eos_token_id=49407,
+    vocab_size=49408,
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_hidden_layers=32,
+    num_attention_heads=20,
+    max_position_embeddings=77,
+    projection_dim=1280,
+    hidden_act="gelu",
+    bos_token_id=49406,
+    eos_token_id=49407,
     pad_token_id=49407,
 )
 #: the merges of the tiny tokenizer of tests: 512 byte tokens + 486 merges + 2 specials = 1,000 tokens
@@ -56,7 +72,7 @@ def clip_tokenizer(num_merges: int | None = None, model_max_length: int = 77):
         lines = handle.read().split("\n")
     available = 49152 - 256 - 2
     count = available if num_merges is None else min(int(num_merges), available)
-    merges = [tuple(line.split()) for line in lines[1:1 + count]]
+    merges = [tuple(line.split()) for line in lines[1 : 1 + count]]
     byte_tokens = list(bytes_to_unicode().values())
     tokens = byte_tokens + [t + "</w>" for t in byte_tokens] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
@@ -76,10 +92,15 @@ def save_clip_tokenizer(tokenizer, directory) -> None:
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     (directory / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False), encoding="utf-8")
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    specials = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token, "unk_token": tokenizer.unk_token,
-                "pad_token": tokenizer.pad_token}
+    specials = {
+        "bos_token": tokenizer.bos_token,
+        "eos_token": tokenizer.eos_token,
+        "unk_token": tokenizer.unk_token,
+        "pad_token": tokenizer.pad_token,
+    }
     (directory / "special_tokens_map.json").write_text(json.dumps(specials), encoding="utf-8")
     (directory / "tokenizer.json").unlink(missing_ok=True)
+
 
 #: space → (environment variable of a folder holding ``text_encoder/`` + ``tokenizer/``, what to download)
 FOLDER_SPACES = {
@@ -99,15 +120,19 @@ def load_text_encoder(space: str):
         variable, repo = FOLDER_SPACES[space]
         folder = os.environ.get(variable, "").strip()
         if not folder:
-            raise WeightsNotFoundError(f"a prior reads text encodings of {space!r}, whose text encoder is the one of "
-                                       f"{repo} (text_encoder/ + tokenizer/): download it and set {variable}=DIR")
+            raise WeightsNotFoundError(
+                f"a prior reads text encodings of {space!r}, whose text encoder is the one of "
+                f"{repo} (text_encoder/ + tokenizer/): download it and set {variable}=DIR"
+            )
         from evalkit.priors.real import HFTextEncoder
 
         return HFTextEncoder.from_pretrained(folder, space)
     known = ", ".join(["synth-clip", *FOLDER_SPACES])
-    raise EvalkitError(f"no text encoder is known for embedding space {space!r} (known: {known}); a prior of "
-                       "another space provides its own (a `text_encoder()` method returning an object with "
-                       "`encode_text(prompts)`)")
+    raise EvalkitError(
+        f"no text encoder is known for embedding space {space!r} (known: {known}); a prior of "
+        "another space provides its own (a `text_encoder()` method returning an object with "
+        "`encode_text(prompts)`)"
+    )
 
 
 def text_encoders(priors: dict, decoder) -> dict:

@@ -21,5 +21,6 @@ def run_cli(*args, env=None, cwd=None):
     import subprocess
 
     full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "evalkit", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd or REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "evalkit", *args], capture_output=True, text=True, env=full_env, cwd=cwd or REPO
+    )

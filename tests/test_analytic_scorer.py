@@ -22,8 +22,9 @@ from evalkit.world.phrases import parse_phrase
 from evalkit.world.scene import Background, Scene, SceneObject
 from tests.conftest import REPO
 
-_spec = importlib.util.spec_from_file_location("analytic_validation",
-                                               REPO / "benchmarks" / "scorers" / "analytic_validation.py")
+_spec = importlib.util.spec_from_file_location(
+    "analytic_validation", REPO / "benchmarks" / "scorers" / "analytic_validation.py"
+)
 _validation = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_validation)
 validate = _validation.validate
@@ -68,24 +69,33 @@ def _scene(objects):
 
 def test_blur_merged_neighbours_are_split():
     """Two same-coloured big squares 1 px apart: blur bridges the gap; the scorer cuts it again."""
-    objects = [SceneObject("square", "red", "plain", "big", 15, 0, 8, 0),
-               SceneObject("circle", "red", "striped", "big", 15, 16, 8, 1)]
+    objects = [
+        SceneObject("square", "red", "plain", "big", 15, 0, 8, 0),
+        SceneObject("circle", "red", "striped", "big", 15, 16, 8, 1),
+    ]
     image = degrade(render([_scene(objects)]), blur=1.0)
     found = detect(image).objects(0)
     assert sorted((o["shape"], o["texture"], o["size"], o["color"]) for o in found) == [
-        ("circle", "striped", "big", "red"), ("square", "plain", "big", "red")]
+        ("circle", "striped", "big", "red"),
+        ("square", "plain", "big", "red"),
+    ]
 
 
 def test_small_objects_each_shape_and_texture():
     """Every shape × texture at the smallest size (8 px), three per image (the renderer's limit), read exactly."""
-    looks = [(s, t) for s in ("circle", "square", "triangle", "diamond", "cross", "star")
-             for t in ("plain", "striped", "dotted", "checkered")]
+    looks = [
+        (s, t)
+        for s in ("circle", "square", "triangle", "diamond", "cross", "star")
+        for t in ("plain", "striped", "dotted", "checkered")
+    ]
     colors = ("pink", "blue", "yellow", "green", "red", "orange", "cyan", "purple")
     corners = ((2, 2), (18, 5), (7, 20))
     scenes = []
     for k in range(0, len(looks), 3):
-        objects = [SceneObject(s, colors[(k + j) % len(colors)], t, "small", 8, *corners[j], None)
-                   for j, (s, t) in enumerate(looks[k:k + 3])]
+        objects = [
+            SceneObject(s, colors[(k + j) % len(colors)], t, "small", 8, *corners[j], None)
+            for j, (s, t) in enumerate(looks[k : k + 3])
+        ]
         scenes.append(_scene(objects))
     found = detect(render(scenes))
     for i, scene in enumerate(scenes):
@@ -130,15 +140,17 @@ def test_rows_do_not_depend_on_the_batch(color_batch):
     scorer = AnalyticScorer()
     full = scorer.score(images, Batch(items, seeds))
     for i in (0, 5, 11):
-        assert scorer.score(images[i:i + 1], Batch(items[i:i + 1], seeds[i:i + 1])) == full[i:i + 1]
+        assert scorer.score(images[i : i + 1], Batch(items[i : i + 1], seeds[i : i + 1])) == full[i : i + 1]
 
 
 def test_other_resolutions(color_batch):
     suite, items, seeds = color_batch
     images = as_tensor(suite.render(items, seeds))
     scorer = AnalyticScorer()
-    base = [[(o["color"], o["shape"], o["texture"], o["size"]) for o in r["objects"]]
-            for r in scorer.score(images, Batch(items, seeds))]
+    base = [
+        [(o["color"], o["shape"], o["texture"], o["size"]) for o in r["objects"]]
+        for r in scorer.score(images, Batch(items, seeds))
+    ]
     for scale in (2, 4):
         big = images.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
         rows = scorer.score(big, Batch(items, seeds))
@@ -147,10 +159,14 @@ def test_other_resolutions(color_batch):
 
 def test_phrase_parsing_and_matching():
     assert parse_phrase("a big red striped triangle?") == (
-        (("size", "big"), ("color", "red"), ("texture", "striped"), ("shape", "triangle")), ())
+        (("size", "big"), ("color", "red"), ("texture", "striped"), ("shape", "triangle")),
+        (),
+    )
     assert parse_phrase("a dotted ring") == ((("texture", "dotted"),), ("ring",))
-    objects = [{"color": "red", "shape": "circle", "texture": "plain", "size": "big"},
-               {"color": "blue", "shape": "square", "texture": "dotted", "size": "middle"}]
+    objects = [
+        {"color": "red", "shape": "circle", "texture": "plain", "size": "big"},
+        {"color": "blue", "shape": "square", "texture": "dotted", "size": "middle"},
+    ]
     questions, accuracy, product = score_phrases(["a red circle", "a big square", "a dotted ring"], objects)
     assert [q["p"] for q in questions] == [1.0, 0.0, 0.0]
     assert questions[0]["object"] == 0 and questions[2]["unknown"] == ["ring"]
@@ -159,8 +175,18 @@ def test_phrase_parsing_and_matching():
 
 
 def test_prompt_split_without_noun_phrases():
-    images = as_tensor(render([_scene([SceneObject("circle", "red", "plain", "big", 14, 2, 2, 0),
-                                       SceneObject("square", "blue", "dotted", "middle", 11, 18, 18, 1)])]))
+    images = as_tensor(
+        render(
+            [
+                _scene(
+                    [
+                        SceneObject("circle", "red", "plain", "big", 14, 2, 2, 0),
+                        SceneObject("square", "blue", "dotted", "middle", 11, 18, 18, 1),
+                    ]
+                )
+            ]
+        )
+    )
     rows = AnalyticScorer().score(images, Batch.from_prompts(["a red circle and a blue dotted square"]))
     assert [q["question"] for q in rows[0]["questions"]] == ["a red circle?", "a blue dotted square?"]
     assert rows[0]["score"] == 1.0
@@ -182,7 +208,12 @@ def flood_fill(mask):
             for dy in (-1, 0, 1):
                 for dx in (-1, 0, 1):
                     yy, xx = y + dy, x + dx
-                    if 0 <= yy < mask.shape[1] and 0 <= xx < mask.shape[2] and mask[n, yy, xx] and labels[n, yy, xx] < 0:
+                    if (
+                        0 <= yy < mask.shape[1]
+                        and 0 <= xx < mask.shape[2]
+                        and mask[n, yy, xx]
+                        and labels[n, yy, xx] < 0
+                    ):
                         labels[n, yy, xx] = count
                         queue.append((n, yy, xx))
         count += 1
@@ -201,9 +232,16 @@ def test_labelling_matches_flood_fill(density):
 @pytest.mark.parametrize("shape", [(4, 3, 16, 16), (4, 3, 32, 32), (2, 3, 64, 48), (3, 1, 32, 32), (2, 4, 32, 32)])
 def test_noise_images_do_not_crash(shape):
     images = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
-    batch = Batch.from_prompts(["a red circle and a blue square", "a striped star and a dotted ring",
-                                "a big triangle and a small circle", "a red"][:shape[0]] * 2)
-    batch = Batch(batch.items[:shape[0]], batch.seeds[:shape[0]])
+    batch = Batch.from_prompts(
+        [
+            "a red circle and a blue square",
+            "a striped star and a dotted ring",
+            "a big triangle and a small circle",
+            "a red",
+        ][: shape[0]]
+        * 2
+    )
+    batch = Batch(batch.items[: shape[0]], batch.seeds[: shape[0]])
     for x in (images, images.round(), torch.full(shape, float("nan")), torch.zeros(shape)):
         rows = AnalyticScorer().score(x, batch)
         assert len(rows) == shape[0]

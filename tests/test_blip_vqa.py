@@ -21,8 +21,13 @@ from evalkit.scorers import bvqa
 from evalkit.scorers.blip_vqa import ENV_DIR, BlipVQAScorer, BlipVQATransformersScorer
 from evalkit.scorers.noun_phrases import splitter_name
 
-PROMPTS = ["a red car and a green bench", "a big cube", "the bathroom with green tile and a red shower curtain",
-           "a blue bowl and a brown dog", "a metallic desk lamp and a fluffy towel"]
+PROMPTS = [
+    "a red car and a green bench",
+    "a big cube",
+    "the bathroom with green tile and a red shower curtain",
+    "a blue bowl and a brown dog",
+    "a metallic desk lamp and a fluffy towel",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +54,13 @@ def images(n: int, seed: int = 0, size: tuple[int, int] = (40, 48)) -> torch.Ten
 
 def test_tiny_folder_has_the_public_layout(tiny_dir):
     names = {p.name for p in tiny_dir.iterdir()}
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", "vocab.txt", "tokenizer_config.json"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "vocab.txt",
+        "tokenizer_config.json",
+    } <= names
     assert not any(name.endswith((".bin", ".pt")) for name in names)
 
 
@@ -88,19 +99,24 @@ def test_score_is_the_product_of_the_answers(scorer, tiny_dir):
 def test_answers_do_not_depend_on_the_batch(tiny_dir, scorer):
     pixels = images(4, seed=2)
     alone = scorer.question_probabilities(pixels[:1], [["a red car?"]])[0][0]
-    mixed = scorer.question_probabilities(pixels, [
-        ["the bathroom with green tile?", "a red car?", "a?"],
-        ["a big green cube?"],
-        ["a red car?", "a metallic desk lamp and a fluffy towel?"],
-        [],
-    ])
+    mixed = scorer.question_probabilities(
+        pixels,
+        [
+            ["the bathroom with green tile?", "a red car?", "a?"],
+            ["a big green cube?"],
+            ["a red car?", "a metallic desk lamp and a fluffy towel?"],
+            [],
+        ],
+    )
     assert mixed[0][1] == pytest.approx(alone, abs=1e-5)
     assert mixed[3] == []
     second_alone = scorer.question_probabilities(pixels[2:3], [["a red car?"]])[0][0]
     assert mixed[2][0] == pytest.approx(second_alone, abs=1e-5)
     assert abs(second_alone - alone) > 1e-4  # the image matters
     # the same with one question per model call and with everything in one call
-    one_by_one = BlipVQAScorer(tiny_dir, batch_size=1).question_probabilities(pixels, [["a red car?", "a big cube?"]] * 4)
+    one_by_one = BlipVQAScorer(tiny_dir, batch_size=1).question_probabilities(
+        pixels, [["a red car?", "a big cube?"]] * 4
+    )
     together = scorer.question_probabilities(pixels, [["a red car?", "a big cube?"]] * 4)
     np.testing.assert_allclose(one_by_one, together, atol=1e-5, rtol=0)
     # and an image's whole row does not change when the batch around it does
@@ -224,6 +240,7 @@ def test_answer_ids_come_from_the_tokenizer(scorer):
 # and vqa_prob; data/__init__.py transform_test; models/vit.py (VisionTransformer, interpolate_pos_embed,
 # LayerNorm eps 1e-6); models/med.py (BertModel / BertLMHeadModel, masks (1 - m) * -10000).
 
+
 def ref_pre_question(question: str, max_ques_words: int = 50) -> str:
     question = re.sub(r"([.!\"()*#:;~])", "", question.lower()).rstrip(" ")
     words = question.split(" ")
@@ -264,18 +281,32 @@ def ref_t2i_compbench_vqa_prob(folder, image_files, questions, image_size: int) 
         return x.view(x.shape[0], x.shape[1], n, -1).permute(0, 2, 1, 3)
 
     # transform_test: Resize((480, 480), BICUBIC), ToTensor, Normalize(CLIP mean, std), on Image.open().convert('RGB')
-    transform = transforms.Compose([
-        transforms.Resize((image_size, image_size), interpolation=InterpolationMode.BICUBIC),
-        transforms.ToTensor(),
-        transforms.Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))])
+    transform = transforms.Compose(
+        [
+            transforms.Resize((image_size, image_size), interpolation=InterpolationMode.BICUBIC),
+            transforms.ToTensor(),
+            transforms.Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+        ]
+    )
     image = torch.stack([transform(Image.open(f).convert("RGB")) for f in image_files])
 
     # VisionTransformer.forward (pre-norm blocks, LayerNorm eps 1e-6), pos_embed via interpolate_pos_embed
     p, nh = vcfg["patch_size"], vcfg["num_attention_heads"]
-    x = F.conv2d(image, sd["vision_model.embeddings.patch_embedding.weight"],
-                 sd["vision_model.embeddings.patch_embedding.bias"], stride=p).flatten(2).transpose(1, 2)
+    x = (
+        F.conv2d(
+            image,
+            sd["vision_model.embeddings.patch_embedding.weight"],
+            sd["vision_model.embeddings.patch_embedding.bias"],
+            stride=p,
+        )
+        .flatten(2)
+        .transpose(1, 2)
+    )
     x = torch.cat((sd["vision_model.embeddings.class_embedding"].expand(x.shape[0], -1, -1), x), dim=1)
-    x = x + ref_interpolate_pos_embed(sd["vision_model.embeddings.position_embedding"], image_size // p)[:, :x.shape[1]]
+    x = (
+        x
+        + ref_interpolate_pos_embed(sd["vision_model.embeddings.position_embedding"], image_size // p)[:, : x.shape[1]]
+    )
     for i in range(vcfg["num_hidden_layers"]):
         pre = f"vision_model.encoder.layers.{i}."
         B, N, C = x.shape
@@ -291,16 +322,21 @@ def ref_t2i_compbench_vqa_prob(folder, image_files, questions, image_size: int) 
     tn, eps = tcfg["num_attention_heads"], 1e-12
 
     def attention(x, states, ext_mask, pre):
-        q, k, v = heads(lin(x, pre + "self.query"), tn), heads(lin(states, pre + "self.key"), tn), \
-            heads(lin(states, pre + "self.value"), tn)
+        q, k, v = (
+            heads(lin(x, pre + "self.query"), tn),
+            heads(lin(states, pre + "self.key"), tn),
+            heads(lin(states, pre + "self.value"), tn),
+        )
         scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + ext_mask
         ctx = (scores.softmax(dim=-1) @ v).permute(0, 2, 1, 3).reshape(x.shape)
         return ln(lin(ctx, pre + "output.dense") + x, pre + "output.LayerNorm", eps)
 
     def bert(prefix, input_ids, attention_mask, states, states_mask, is_decoder):
         n, length = input_ids.shape
-        x = sd[prefix + "embeddings.word_embeddings.weight"][input_ids] \
+        x = (
+            sd[prefix + "embeddings.word_embeddings.weight"][input_ids]
             + sd[prefix + "embeddings.position_embeddings.weight"][torch.arange(length)][None]
+        )
         x = ln(x, prefix + "embeddings.LayerNorm", eps)
         mask = attention_mask[:, None, None, :].float()
         if is_decoder:
@@ -311,14 +347,16 @@ def ref_t2i_compbench_vqa_prob(folder, image_files, questions, image_size: int) 
             pre = f"{prefix}encoder.layer.{i}."
             x = attention(x, x, mask, pre + "attention.")
             x = attention(x, states, cross, pre + "crossattention.")
-            x = ln(lin(F.gelu(lin(x, pre + "intermediate.dense")), pre + "output.dense") + x,
-                   pre + "output.LayerNorm", eps)
+            x = ln(
+                lin(F.gelu(lin(x, pre + "intermediate.dense")), pre + "output.dense") + x, pre + "output.LayerNorm", eps
+            )
         return x
 
     # BLIP_VQA.forward: tokenizer(question, padding='longest', truncation=True, max_length=35); [CLS] -> [ENC]
     tokenizer = BertTokenizer(str(folder / "vocab.txt"))
-    question = tokenizer([ref_pre_question(q) for q in questions], padding="longest", truncation=True,
-                         max_length=35, return_tensors="pt")
+    question = tokenizer(
+        [ref_pre_question(q) for q in questions], padding="longest", truncation=True, max_length=35, return_tensors="pt"
+    )
     input_ids = question.input_ids.clone()
     input_ids[:, 0] = vocab.index("[ENC]")
     question_states = bert("text_encoder.", input_ids, question.attention_mask, image_embeds, image_atts, False)
@@ -326,12 +364,19 @@ def ref_t2i_compbench_vqa_prob(folder, image_files, questions, image_size: int) 
     # vqa_prob: the decoder from [DEC] alone, cross-attending the question (its padding masked); softmax over
     # the vocabulary; prob_yes / (prob_yes + prob_no)
     start_ids = torch.full((len(questions), 1), vocab.index("[DEC]"), dtype=torch.long)
-    h = bert("text_decoder.bert.", start_ids, torch.ones_like(start_ids), question_states, question.attention_mask,
-             True)
-    h = ln(F.gelu(lin(h, "text_decoder.cls.predictions.transform.dense")),
-           "text_decoder.cls.predictions.transform.LayerNorm", eps)
-    logits = F.linear(h, sd["text_decoder.bert.embeddings.word_embeddings.weight"],  # tied, as in med.py
-                      sd["text_decoder.cls.predictions.bias"])[:, 0, :]
+    h = bert(
+        "text_decoder.bert.", start_ids, torch.ones_like(start_ids), question_states, question.attention_mask, True
+    )
+    h = ln(
+        F.gelu(lin(h, "text_decoder.cls.predictions.transform.dense")),
+        "text_decoder.cls.predictions.transform.LayerNorm",
+        eps,
+    )
+    logits = F.linear(
+        h,
+        sd["text_decoder.bert.embeddings.word_embeddings.weight"],  # tied, as in med.py
+        sd["text_decoder.cls.predictions.bias"],
+    )[:, 0, :]
     prob = torch.softmax(logits, dim=1)
     prob_yes, prob_no = prob[:, vocab.index("yes")], prob[:, vocab.index("no")]
     return prob_yes / (prob_yes + prob_no)
@@ -372,8 +417,10 @@ def test_t2i_compbench_convention_matches_an_independent_reimplementation(tiny_d
     assert delta <= 1e-4, delta
     assert len(set(np.round(flat, 4))) == len(flat)  # the questions and images do differ
     # the same probabilities one question and one image at a time
-    alone = [[scorer.question_probabilities(pixels[i:i + 1], [[q]])[0][0] for q in qs]
-             for i, qs in enumerate(REF_QUESTIONS)]
+    alone = [
+        [scorer.question_probabilities(pixels[i : i + 1], [[q]])[0][0] for q in qs]
+        for i, qs in enumerate(REF_QUESTIONS)
+    ]
     np.testing.assert_allclose(np.concatenate(alone), flat, atol=1e-6, rtol=0)
     one_by_one = BlipVQAScorer(tiny_dir, batch_size=1).question_probabilities(pixels, REF_QUESTIONS)
     np.testing.assert_allclose(np.concatenate(one_by_one), flat, atol=1e-6, rtol=0)
@@ -381,19 +428,26 @@ def test_t2i_compbench_convention_matches_an_independent_reimplementation(tiny_d
     ids = scorer.question_ids(LONG)
     assert len(ids) == 35 and ids[0] == scorer.enc_id == scorer.bos_id + 1
     assert ids[-1] == scorer.processor.tokenizer.sep_token_id
-    assert scorer.question_ids("A Metallic desk lamp, and a fluffy towel.") == \
-        scorer.question_ids("a metallic desk lamp, and a fluffy towel")
+    assert scorer.question_ids("A Metallic desk lamp, and a fluffy towel.") == scorer.question_ids(
+        "a metallic desk lamp, and a fluffy towel"
+    )
 
 
 #: the scorer's values before the conventions existed (evalkit at HEAD before scorer version 2, seed-0 tiny)
-PINNED_TRANSFORMERS = [[0.8478140695439178, 0.4876925776875258], [0.7370440507420886, 0.8267743583903444],
-                       [0.7739017740573829]]
+PINNED_TRANSFORMERS = [
+    [0.8478140695439178, 0.4876925776875258],
+    [0.7370440507420886, 0.8267743583903444],
+    [0.7739017740573829],
+]
 
 
 def test_transformers_convention_keeps_the_old_values(tiny_dir, scorer):
     pixels = torch.rand(3, 3, 40, 48, generator=torch.Generator().manual_seed(11))
-    questions = [["a red car?", "a green bench?"], ["the bathroom with green tile?", "a?"],
-                 ["a metallic desk lamp and a fluffy towel?"]]
+    questions = [
+        ["a red car?", "a green bench?"],
+        ["the bathroom with green tile?", "a?"],
+        ["a metallic desk lamp and a fluffy towel?"],
+    ]
     old = BlipVQATransformersScorer(tiny_dir)
     assert old.convention == "transformers" and old.name == "blip-vqa-transformers"
     got = old.question_probabilities(pixels, questions)

@@ -54,8 +54,9 @@ def random_probs(rng, n_images, max_questions=11):
         k = int(rng.integers(0, max_questions + 1))
         row = rng.random(k)
         tricky = rng.random(k) < 0.2
-        row[tricky] = np.clip(rng.integers(0, 10000, tricky.sum()) / 1e4 + 5e-5
-                              + rng.choice([-1e-9, 0.0, 1e-9], tricky.sum()), 0.0, 1.0)
+        row[tricky] = np.clip(
+            rng.integers(0, 10000, tricky.sum()) / 1e4 + 5e-5 + rng.choice([-1e-9, 0.0, 1e-9], tricky.sum()), 0.0, 1.0
+        )
         row[rng.random(k) < 0.05] = 1.0
         row[rng.random(k) < 0.05] = 0.0
         rows.append(row.tolist())
@@ -130,11 +131,14 @@ def test_hand_computed_rounding():
     assert bvqa.format4(0.98765) == 0.9877
 
 
-@pytest.mark.parametrize("pair, expected", [
-    ((0.0036, 0.875), 0.0032),  # exact product 0.00315: the float32 product rounds up, a float64 one down
-    ((0.012, 0.6875), 0.0082),  # 0.00825: float32 rounds down, float64 up
-    ((0.019, 0.95), 0.0181),
-])
+@pytest.mark.parametrize(
+    "pair, expected",
+    [
+        ((0.0036, 0.875), 0.0032),  # exact product 0.00315: the float32 product rounds up, a float64 one down
+        ((0.012, 0.6875), 0.0082),  # 0.00825: float32 rounds down, float64 up
+        ((0.019, 0.95), 0.0181),
+    ],
+)
 def test_hand_computed_float32_product(pair, expected):
     assert bvqa.image_scores([list(pair)], "t2i-compbench")[0] == expected
     assert reference_t2i_compbench([list(pair)])[0][0] == expected
@@ -142,7 +146,7 @@ def test_hand_computed_float32_product(pair, expected):
 
 def test_hand_computed_slots():
     nine = [[0.5] * 9]
-    assert bvqa.image_scores(nine)[0] == 0.5 ** 9  # full: every question counts
+    assert bvqa.image_scores(nine)[0] == 0.5**9  # full: every question counts
     assert bvqa.image_scores(nine, "t2i-compbench")[0] == 0.0039  # 8 slots: 0.5**8 = 0.00390625
     assert bvqa.aggregate(nine, "t2i-compbench").truncated == 1
     assert bvqa.image_scores([[]], "t2i-compbench")[0] == 1.0  # every slot empty
@@ -165,8 +169,9 @@ def test_mean_modes():
 def test_yes_probability():
     assert bvqa.yes_probability(0.6, 0.2) == pytest.approx(0.75)
     assert bvqa.yes_probability(0.0, 0.0) == 0.5
-    np.testing.assert_allclose(bvqa.yes_probability(np.array([0.6, 0.0, 0.1]), np.array([0.2, 0.0, 0.3])),
-                               [0.75, 0.5, 0.25])
+    np.testing.assert_allclose(
+        bvqa.yes_probability(np.array([0.6, 0.0, 0.1]), np.array([0.2, 0.0, 0.3])), [0.75, 0.5, 0.25]
+    )
     t = bvqa.yes_probability(torch.tensor([0.6, 0.0]), torch.tensor([0.2, 0.0]))
     assert torch.is_tensor(t)
     torch.testing.assert_close(t, torch.tensor([0.75, 0.5]))
@@ -180,8 +185,9 @@ def test_yes_probability_from_logits():
     soft /= soft.sum(1, keepdims=True)
     expected = soft[:, yes] / (soft[:, yes] + soft[:, no])
     np.testing.assert_allclose(bvqa.yes_probability_from_logits(logits, yes, no), expected, rtol=1e-12)
-    np.testing.assert_allclose(bvqa.yes_probability_from_logits(logits, yes, no, mode="t2i-compbench"),
-                               expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        bvqa.yes_probability_from_logits(logits, yes, no, mode="t2i-compbench"), expected, rtol=1e-5
+    )
     as_torch = bvqa.yes_probability_from_logits(torch.from_numpy(logits), yes, no)
     np.testing.assert_allclose(as_torch.numpy(), expected, rtol=1e-12)
     as_torch32 = bvqa.yes_probability_from_logits(torch.from_numpy(logits).float(), yes, no, mode="t2i-compbench")

@@ -30,15 +30,33 @@ PROTOCOL = Protocol(decoder="dummy", num_inference_steps=1, guidance_scale=1.0, 
 
 
 def config(tmp_path, **overrides) -> RunConfig:
-    base = dict(priors=["dummy"], decoder="dummy", suites=["synth-color", "synth-shape"], scorers=["dummy"], limit=3,
-                images_per_prompt=2, out=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"))
+    base = dict(
+        priors=["dummy"],
+        decoder="dummy",
+        suites=["synth-color", "synth-shape"],
+        scorers=["dummy"],
+        limit=3,
+        images_per_prompt=2,
+        out=str(tmp_path / "runs"),
+        cache_dir=str(tmp_path / "cache"),
+    )
     return RunConfig(**{**base, **overrides})
 
 
 def _evaluate(tmp_path, run_dir=None, cache=None):
     cache = cache if cache is not None else WorkCache(tmp_path / "cache")
-    rows, _ = evaluate({"p": DummyPrior()}, DummyDecoder(), load_suite("synth-color"), {"dummy": DummyScorer()},
-                       PROTOCOL, run_dir, limit=3, batch_size=4, progress=False, cache=cache)
+    rows, _ = evaluate(
+        {"p": DummyPrior()},
+        DummyDecoder(),
+        load_suite("synth-color"),
+        {"dummy": DummyScorer()},
+        PROTOCOL,
+        run_dir,
+        limit=3,
+        batch_size=4,
+        progress=False,
+        cache=cache,
+    )
     return rows, cache
 
 
@@ -70,7 +88,9 @@ def test_an_edited_score_entry_is_detected_and_recomputed(tmp_path):
         warm = run(config(tmp_path, out=str(tmp_path / "warm")), progress=False)
     assert not entry.exists() or json.loads(entry.read_text())["row"]["score"] != 1.0
     assert (warm / "samples.jsonl").read_text() == (cold / "samples.jsonl").read_text()
-    rows = lambda d: [{k: v for k, v in r.items() if k != "tag"} for r in json.loads((d / "results.json").read_text())["rows"]]
+    rows = lambda d: [
+        {k: v for k, v in r.items() if k != "tag"} for r in json.loads((d / "results.json").read_text())["rows"]
+    ]
     assert rows(warm) == rows(cold)
     assert json.loads((warm / "results.json").read_text())["cache"]["misses"]["score"] == 1
 
@@ -86,8 +106,10 @@ def test_a_flipped_float_in_an_embedding_is_detected_and_recomputed(tmp_path):
         warm, cache = _evaluate(tmp_path, tmp_path / "warm")
     assert cache.misses["embedding"] >= 1
     assert _scores(warm) == _scores(cold)
-    assert all((tmp_path / "warm" / r["image_path"]).read_bytes() == (tmp_path / "cold" / r["image_path"]).read_bytes()
-               for r in warm)
+    assert all(
+        (tmp_path / "warm" / r["image_path"]).read_bytes() == (tmp_path / "cold" / r["image_path"]).read_bytes()
+        for r in warm
+    )
 
 
 def test_an_image_entry_replaced_by_another_valid_png_is_not_trusted(tmp_path):
@@ -98,8 +120,10 @@ def test_an_image_entry_replaced_by_another_valid_png_is_not_trusted(tmp_path):
         warm, cache = _evaluate(tmp_path, tmp_path / "warm")
     assert cache.misses["image"] >= 1
     assert _scores(warm) == _scores(cold)
-    assert all((tmp_path / "warm" / r["image_path"]).read_bytes() == (tmp_path / "cold" / r["image_path"]).read_bytes()
-               for r in warm)
+    assert all(
+        (tmp_path / "warm" / r["image_path"]).read_bytes() == (tmp_path / "cold" / r["image_path"]).read_bytes()
+        for r in warm
+    )
     _clean_rerun(tmp_path)  # the entry was replaced by the right one
 
 
@@ -318,9 +342,14 @@ def test_cache_prune_by_age_and_by_size_oldest_first(tmp_path):
     assert _entries(tmp_path, "image", ".png") == [] and _entries(tmp_path, "score", ".json") == []
 
 
-@pytest.mark.parametrize("args, message", [(["prune", "--older-than", "7 days"], "duration"),
-                                           (["prune", "--max-size", "2X"], "size"),
-                                           (["prune"], "--older-than")])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["prune", "--older-than", "7 days"], "duration"),
+        (["prune", "--max-size", "2X"], "size"),
+        (["prune"], "--older-than"),
+    ],
+)
 def test_cache_prune_refuses_bad_input_with_one_line(tmp_path, args, message):
     result = _cli(tmp_path, *args)
     assert result.exit_code == 2 and message in result.output
@@ -347,8 +376,15 @@ def test_a_priors_cached_work_does_not_depend_on_the_other_priors_of_the_run(tmp
     from evalkit.harness.runner import run
 
     def config(out, priors):
-        return RunConfig(priors=priors, suites=["synth-color"], scorers=["binding"], limit=2, images_per_prompt=1,
-                         out=str(tmp_path / out), cache_dir=str(tmp_path / "cache"))
+        return RunConfig(
+            priors=priors,
+            suites=["synth-color"],
+            scorers=["binding"],
+            limit=2,
+            images_per_prompt=1,
+            out=str(tmp_path / out),
+            cache_dir=str(tmp_path / "cache"),
+        )
 
     run(config("both", ["oracle", "eclipse"]), progress=False)
     alone = run(config("alone", ["eclipse"]), progress=False)

@@ -13,7 +13,9 @@ from evalkit.harness.run_config import RunConfig
 from evalkit.harness.runner import run
 from evalkit.stats import binomial_floor, paired_bootstrap, paired_floor
 
-ROW = dict(prior="p", suite="s", suite_version="v", category="color", seen="all", metric="binding", higher_is_better=True)
+ROW = dict(
+    prior="p", suite="s", suite_version="v", category="color", seen="all", metric="binding", higher_is_better=True
+)
 
 
 def _results(rows, **extra):
@@ -22,15 +24,33 @@ def _results(rows, **extra):
 
 def _samples(scores, prior="p", prompts=None):
     """Per-image sample rows of one row: image k belongs to prompt k // 2, seeds 42 and 43."""
-    return [{"prior": prior, "suite": "s", "scorer": "binding", "category": "color", "seen": True,
-             "item_id": f"i{k // 2}", "seed": 42 + k % 2, "score": float(v)} for k, v in enumerate(scores)]
+    return [
+        {
+            "prior": prior,
+            "suite": "s",
+            "scorer": "binding",
+            "category": "color",
+            "seen": True,
+            "item_id": f"i{k // 2}",
+            "seed": 42 + k % 2,
+            "score": float(v),
+        }
+        for k, v in enumerate(scores)
+    ]
 
 
 def _pair(base_scores, new_scores, min_prompts=MIN_PROMPTS, z=3.0):
-    rows = lambda scores: [{**ROW, "value": float(np.mean(scores)), "stderr": 1e-12, "n": len(scores),
-                            "n_prompts": len(scores) // 2}]
-    return compare_results(_results(rows(base_scores)), _results(rows(new_scores)), z,
-                           _samples(base_scores), _samples(new_scores), min_prompts)
+    rows = lambda scores: [
+        {**ROW, "value": float(np.mean(scores)), "stderr": 1e-12, "n": len(scores), "n_prompts": len(scores) // 2}
+    ]
+    return compare_results(
+        _results(rows(base_scores)),
+        _results(rows(new_scores)),
+        z,
+        _samples(base_scores),
+        _samples(new_scores),
+        min_prompts,
+    )
 
 
 def test_a_saturated_row_with_a_tiny_bootstrap_error_is_not_infinitely_certain():
@@ -93,9 +113,21 @@ def test_paired_bootstrap_gives_ci_z_and_p_from_one_procedure():
 
 
 def _dummy(tmp_path, name, **overrides):
-    config = RunConfig(**{**dict(priors=["dummy"], decoder="dummy", suites=["synth-color"], scorers=["dummy"], limit=4,
-                                 images_per_prompt=2, out=str(tmp_path / name), cache_dir=str(tmp_path / "cache")),
-                          **overrides})
+    config = RunConfig(
+        **{
+            **dict(
+                priors=["dummy"],
+                decoder="dummy",
+                suites=["synth-color"],
+                scorers=["dummy"],
+                limit=4,
+                images_per_prompt=2,
+                out=str(tmp_path / name),
+                cache_dir=str(tmp_path / "cache"),
+            ),
+            **overrides,
+        }
+    )
     return run(config, progress=False)
 
 
@@ -104,7 +136,9 @@ def test_other_prompt_subsets_are_refused(tmp_path):
     result = CliRunner().invoke(cli, ["compare", str(eight), str(four)])
     assert result.exit_code == 2 and "other prompt sets" in result.output and "--limit 8 vs 4" in result.output
     with pytest.raises(ProtocolMismatchError, match="synth-color: base scored 8 prompts, new 4"):
-        compare_results(json.loads((eight / "results.json").read_text()), json.loads((four / "results.json").read_text()))
+        compare_results(
+            json.loads((eight / "results.json").read_text()), json.loads((four / "results.json").read_text())
+        )
 
 
 def test_results_record_where_the_run_ran_and_compare_notes_differences(tmp_path):
@@ -115,8 +149,12 @@ def test_results_record_where_the_run_ran_and_compare_notes_differences(tmp_path
         assert field in env
     assert env["device"] == "cpu" and env["threads"] >= 1 and isinstance(env["isa"], list)
     other = json.loads(json.dumps(results))
-    other["environment"] = {**env, "cpu_model": "Intel(R) Xeon(R) Platinum", "isa": env["isa"] + ["amx_bf16"],
-                            "threads": env["threads"] + 1}
+    other["environment"] = {
+        **env,
+        "cpu_model": "Intel(R) Xeon(R) Platinum",
+        "isa": env["isa"] + ["amx_bf16"],
+        "threads": env["threads"] + 1,
+    }
     comparison = compare_results(results, other)
     assert not comparison.failed
     assert any(n.startswith("cpu_model:") for n in comparison.notes) and any("amx_bf16" in n for n in comparison.notes)
@@ -139,7 +177,9 @@ def test_runs_under_other_prior_names_say_so(tmp_path):
     renamed = json.loads(json.dumps(results))
     for row in renamed["rows"]:
         row["prior"] = "mine"
-    with pytest.raises(ProtocolMismatchError, match=r"share suite versions .* but no prior: base has \['dummy'\], new has \['mine'\]"):
+    with pytest.raises(
+        ProtocolMismatchError, match=r"share suite versions .* but no prior: base has \['dummy'\], new has \['mine'\]"
+    ):
         compare_results(results, renamed)
 
 
@@ -168,9 +208,22 @@ def test_reports_show_prompts_and_images(tmp_path):
 def test_verdicts_name_the_leader_and_whether_the_paired_test_resolves_it():
     from evalkit.report.run_report import verdicts
 
-    rows = [{**ROW, "prior": p, "suite": "s", "value": v, "n": 200, "n_prompts": 100} for p, v in (("a", 0.50), ("b", 0.52))]
-    close = [{"a": "a", "b": "b", "metric": "binding", "suite": "s", "seen": "all", "difference": 0.02, "z": 1.1,
-              "ci_low": -0.016, "ci_high": 0.056}]
+    rows = [
+        {**ROW, "prior": p, "suite": "s", "value": v, "n": 200, "n_prompts": 100} for p, v in (("a", 0.50), ("b", 0.52))
+    ]
+    close = [
+        {
+            "a": "a",
+            "b": "b",
+            "metric": "binding",
+            "suite": "s",
+            "seen": "all",
+            "difference": 0.02,
+            "z": 1.1,
+            "ci_low": -0.016,
+            "ci_high": 0.056,
+        }
+    ]
     line = verdicts(close, rows, "binding")[0]
     assert line.startswith("**s**: b leads with 0.520, 0.020 ahead of a (0.500)") and "not resolved at this n" in line
     assert "100 prompts, 200 images" in line
@@ -183,9 +236,25 @@ def test_the_parameter_plot_is_legible_and_labels_of_one_size_do_not_collide(tmp
 
     from evalkit.report.run_report import _spread_labels, plot_parameters
 
-    names = {"eclipse": 134720, "projection": 134720, "eclipse-hn": 134720, "diffusion": 143104, "diffusion-xl": 1957760}
-    rows = [{"prior": n, "metric": "binding", "seen": "all", "category": "color", "value": 0.40 + 0.001 * k,
-             "ci_low": 0.35, "ci_high": 0.45} for k, n in enumerate(names)]
+    names = {
+        "eclipse": 134720,
+        "projection": 134720,
+        "eclipse-hn": 134720,
+        "diffusion": 143104,
+        "diffusion-xl": 1957760,
+    }
+    rows = [
+        {
+            "prior": n,
+            "metric": "binding",
+            "seen": "all",
+            "category": "color",
+            "value": 0.40 + 0.001 * k,
+            "ci_low": 0.35,
+            "ci_high": 0.45,
+        }
+        for k, n in enumerate(names)
+    ]
     priors = {n: {"trainable_parameters": p} for n, p in names.items()}
     path = plot_parameters(rows, priors, "binding", tmp_path / "parameters.png")
     width, height = Image.open(path).size
@@ -207,7 +276,21 @@ def test_dtype_chooses_the_decoders_numeric_path_and_refuses_what_it_cannot_do(t
     assert place(decoder, "cpu", "bfloat16", role="decoder")["dtype"] == decoder.compute_dtype == "bfloat16"
     with pytest.raises(EvalkitError, match="computes in float32 or bfloat16; --dtype float16"):
         place(decoder, "cpu", "float16", role="decoder")
-    result = CliRunner().invoke(cli, ["run", "--decoder", "dummy", "--prior", "dummy", "--scorer", "dummy",
-                                      "--dtype", "bfloat16", "--out", str(tmp_path / "runs")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--decoder",
+            "dummy",
+            "--prior",
+            "dummy",
+            "--scorer",
+            "dummy",
+            "--dtype",
+            "bfloat16",
+            "--out",
+            str(tmp_path / "runs"),
+        ],
+    )
     assert result.exit_code == 2 and "decoder 'dummy' computes in float32" in result.output
     assert not (tmp_path / "runs").exists()

@@ -112,7 +112,9 @@ def test_decoder_block_out_channels_of_a_million(decoder_dir, no_real_allocation
         SynthDecoder.from_pretrained(decoder_dir)
     assert f"{path}: block_out_channels[1] = 1000000 does not match the weights" in str(caught.value)
     edit_config(decoder_dir, block_out_channels=[8, 1e6])  # JSON 1e6 is a float
-    with pytest.raises(ConfigMismatchError, match=r"block_out_channels = \[8, 1000000.0\]: item 1 .* must be an integer"):
+    with pytest.raises(
+        ConfigMismatchError, match=r"block_out_channels = \[8, 1000000.0\]: item 1 .* must be an integer"
+    ):
         SynthDecoder.from_pretrained(decoder_dir)
 
 
@@ -152,14 +154,17 @@ def test_binding_scorer_widths(tmp_path, no_real_allocation):
 # --------------------------------------------------------------------------- bad values: errors, not tracebacks
 
 
-@pytest.mark.parametrize("key, value, expected", [
-    ("embedding_dim", -4, "embedding_dim = -4: must be a non-negative integer"),
-    ("embedding_dim", "12", "embedding_dim = '12': must be an integer"),
-    ("num_layers", True, "num_layers = True: must be an integer"),
-    ("dropout", "none", "dropout = 'none': must be a number"),
-    ("norm_in_type", "batch", "cannot build EclipsePriorTransformer from this config (norm_in_type = 'batch')"),
-    ("additional_embeddings", 4, "the time-free prior has 3 additional tokens"),
-])
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("embedding_dim", -4, "embedding_dim = -4: must be a non-negative integer"),
+        ("embedding_dim", "12", "embedding_dim = '12': must be an integer"),
+        ("num_layers", True, "num_layers = True: must be an integer"),
+        ("dropout", "none", "dropout = 'none': must be a number"),
+        ("norm_in_type", "batch", "cannot build EclipsePriorTransformer from this config (norm_in_type = 'batch')"),
+        ("additional_embeddings", 4, "the time-free prior has 3 additional tokens"),
+    ],
+)
 def test_bad_prior_values(eclipse_dir, key, value, expected):
     path = edit_config(eclipse_dir, **{key: value})
     with pytest.raises(ConfigMismatchError) as caught:
@@ -167,17 +172,22 @@ def test_bad_prior_values(eclipse_dir, key, value, expected):
     assert str(caught.value).startswith(f"{path}: ") and expected in str(caught.value)
 
 
-@pytest.mark.parametrize("changes, expected", [
-    ({"block_out_channels": [-8, 16]}, "item 0 (-8) must be a non-negative integer"),
-    ({"block_out_channels": "8,16"}, "block_out_channels = '8,16': must be a list"),
-    ({"down_block_types": ["ResnetDownsampleBlock2D", "NoSuchBlock2D"]},
-     "(down_block_types[1] = 'NoSuchBlock2D'): NoSuchBlock2D does not exist"),
-    ({"mid_block_type": "NoSuchMidBlock"}, "mid_block_type = 'NoSuchMidBlock'"),
-    ({"extra_unet_kwargs": {"no_such_keyword": 1}}, "unexpected keyword argument 'no_such_keyword'"),
-    ({"resolution": 1_000_000_000}, "resolution = 1000000000 is beyond 1024"),
-    ({"max_batch": 0}, "max_batch = 0 must be at least 1"),
-    ({"guidance_scale": float("inf")}, "guidance_scale = inf: must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"block_out_channels": [-8, 16]}, "item 0 (-8) must be a non-negative integer"),
+        ({"block_out_channels": "8,16"}, "block_out_channels = '8,16': must be a list"),
+        (
+            {"down_block_types": ["ResnetDownsampleBlock2D", "NoSuchBlock2D"]},
+            "(down_block_types[1] = 'NoSuchBlock2D'): NoSuchBlock2D does not exist",
+        ),
+        ({"mid_block_type": "NoSuchMidBlock"}, "mid_block_type = 'NoSuchMidBlock'"),
+        ({"extra_unet_kwargs": {"no_such_keyword": 1}}, "unexpected keyword argument 'no_such_keyword'"),
+        ({"resolution": 1_000_000_000}, "resolution = 1000000000 is beyond 1024"),
+        ({"max_batch": 0}, "max_batch = 0 must be at least 1"),
+        ({"guidance_scale": float("inf")}, "guidance_scale = inf: must be a finite number"),
+    ],
+)
 def test_bad_decoder_values(decoder_dir, changes, expected):
     from evalkit.decoders.synth import SynthDecoder
 
@@ -187,7 +197,9 @@ def test_bad_decoder_values(decoder_dir, changes, expected):
     assert str(caught.value).startswith(f"{path}: ") and expected in str(caught.value)
 
 
-@pytest.mark.parametrize("text", ['{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", '{"embedding_dim": ' + "9" * 5000 + "}"])
+@pytest.mark.parametrize(
+    "text", ['{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", '{"embedding_dim": ' + "9" * 5000 + "}"]
+)
 def test_deep_or_absurd_json_is_a_corrupt_file(eclipse_dir, text):
     (eclipse_dir / "config.json").write_text(text)
     with pytest.raises(CorruptFileError, match=str(eclipse_dir / "config.json")):
@@ -200,10 +212,10 @@ def test_forged_safetensors_header_is_a_corrupt_file(eclipse_dir):
     weights = eclipse_dir / "diffusion_pytorch_model.safetensors"
     data = weights.read_bytes()
     size = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8:8 + size])
+    header = json.loads(data[8 : 8 + size])
     header["proj_in.weight"]["shape"] = [16, 1_000_000_000]  # claims more than the file holds
     text = json.dumps(header).encode()
-    weights.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + size:])
+    weights.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + size :])
     with pytest.raises(CorruptFileError, match=str(weights)):
         EclipsePriorTransformer.from_pretrained(eclipse_dir)
 
@@ -291,8 +303,9 @@ def test_runner_passes_allow_pickle_to_the_decoder(decoder_dir, monkeypatch):
         raise _Stop()
 
     monkeypatch.setattr(decoders, "load_decoder", spy)
-    config = RunConfig(priors=["none"], decoder="synth", decoder_path=str(decoder_dir), suites=["synth-color"],
-                       allow_pickle=True)
+    config = RunConfig(
+        priors=["none"], decoder="synth", decoder_path=str(decoder_dir), suites=["synth-color"], allow_pickle=True
+    )
     with pytest.raises(_Stop):
         resolve(config)
     assert seen.get("allow_pickle") is True
@@ -311,8 +324,11 @@ def test_allow_pickle_help_names_the_decoder_path():
 def test_sampling_options_for_a_prior_without_sampling_are_an_error():
     from evalkit.priors import load_prior
 
-    with pytest.raises(EvalkitError, match=r"prior 'eclipse' takes no num_inference_steps / guidance_scale "
-                                           r"\(it is not a diffusion prior\)"):
+    with pytest.raises(
+        EvalkitError,
+        match=r"prior 'eclipse' takes no num_inference_steps / guidance_scale "
+        r"\(it is not a diffusion prior\)",
+    ):
         load_prior("eclipse", num_inference_steps=50, guidance_scale=9.0)
     with pytest.raises(EvalkitError, match="prior 'none' takes no guidance_scale"):
         load_prior("none", guidance_scale=2.0)
@@ -367,7 +383,9 @@ def test_runner_gives_the_option_to_the_prior_that_takes_it():
 def test_train_baseline_bad_settings_are_one_line_errors(tmp_path):
     from evalkit.cli import cli
 
-    result = CliRunner().invoke(cli, ["train-baseline", "--prior", "projection", "--lam", "0.2", "--out", str(tmp_path / "r")])
+    result = CliRunner().invoke(
+        cli, ["train-baseline", "--prior", "projection", "--lam", "0.2", "--out", str(tmp_path / "r")]
+    )
     assert result.exit_code == 2, result.output
     assert isinstance(result.exception, SystemExit)  # a clean exit, not an escaped ValueError
     assert result.output.startswith("Error: the projection prior is the eclipse network with λ = 0")
@@ -379,7 +397,9 @@ def test_train_baseline_refuses_an_existing_run_folder(tmp_path):
 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "log.jsonl").write_text("{}\n")
-    result = CliRunner().invoke(cli, ["train-baseline", "--prior", "eclipse", "--quick", "--out", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        cli, ["train-baseline", "--prior", "eclipse", "--quick", "--out", str(tmp_path / "run")]
+    )
     assert result.exit_code == 2, result.output
     assert "already holds a training run" in result.output and "--resume" in result.output
 

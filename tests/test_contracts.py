@@ -25,8 +25,13 @@ def batch(n=3, seeds=None):
 
 
 def protocol_for(decoder):
-    return Protocol(decoder=decoder.name, num_inference_steps=2, guidance_scale=decoder.default_guidance_scale,
-                    resolution=decoder.resolution, images_per_prompt=1)
+    return Protocol(
+        decoder=decoder.name,
+        num_inference_steps=2,
+        guidance_scale=decoder.default_guidance_scale,
+        resolution=decoder.resolution,
+        images_per_prompt=1,
+    )
 
 
 @pytest.mark.parametrize("name", PRIORS.names())
@@ -64,7 +69,9 @@ def check_decoder(decoder, tmp_path):
     assert images.shape == (3, 3, r, r) and images.dtype == torch.float32
     assert images.min() >= 0.0 and images.max() <= 1.0
     torch.testing.assert_close(decoder.decode(embeds, batch(3), protocol), images)  # same seeds, same images
-    torch.testing.assert_close(decoder.decode(embeds[1:2], batch(3).subset([1]), protocol), images[1:2])  # alone = in a batch
+    torch.testing.assert_close(
+        decoder.decode(embeds[1:2], batch(3).subset([1]), protocol), images[1:2]
+    )  # alone = in a batch
     other = decoder.decode(embeds.flip(0), batch(3), protocol)
     assert not torch.allclose(other[0], images[0]), "different embeddings must give different images"
     reseeded = decoder.decode(embeds, batch(3, seeds=[7, 8, 9]), protocol)
@@ -83,8 +90,11 @@ def test_scorer_contract(name, tmp_path):
 def check_scorer(scorer, tmp_path=None):
     assert scorer.reads in ("images", "embeddings")
     generator = torch.Generator().manual_seed(0)
-    images = torch.rand(4, 3, 16, 16, generator=generator) if scorer.reads == "images" else \
-        torch.randn(4, scorer.embedding_dim, generator=generator)
+    images = (
+        torch.rand(4, 3, 16, 16, generator=generator)
+        if scorer.reads == "images"
+        else torch.randn(4, scorer.embedding_dim, generator=generator)
+    )
     b = batch(4)
     rows = scorer.update(images, b)
     assert len(rows) == 4 and len(scorer.rows) == 4

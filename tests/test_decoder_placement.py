@@ -35,15 +35,31 @@ def images(decoder, n=2, steps=2):
     embeds = torch.randn(n, decoder.embedding_dim, generator=torch.Generator().manual_seed(7))
     batch = Batch.from_prompts([f"a red cube and a blue ball {i}" for i in range(n)], seeds=list(range(3, 3 + n)))
     guidance = max(2.0, float(decoder.default_guidance_scale))
-    return decoder.decode(embeds, batch, Protocol(decoder.name, steps, guidance, decoder.resolution, images_per_prompt=1))
+    return decoder.decode(
+        embeds, batch, Protocol(decoder.name, steps, guidance, decoder.resolution, images_per_prompt=1)
+    )
 
 
 def reachable_modules(root, depth: int = 4) -> list:
     """Every ``nn.Module`` reachable from ``root`` through attributes (``vars``), lists, tuples, sets and dicts,
     at most ``depth`` steps away: registered or not (a module in a plain list is not in ``parameters()``)."""
     found, seen = [], set()
-    leaves = (str, bytes, int, float, bool, type(None), torch.Tensor, torch.dtype, torch.device, type,
-              types.ModuleType, types.FunctionType, types.MethodType, types.BuiltinFunctionType)
+    leaves = (
+        str,
+        bytes,
+        int,
+        float,
+        bool,
+        type(None),
+        torch.Tensor,
+        torch.dtype,
+        torch.device,
+        type,
+        types.ModuleType,
+        types.FunctionType,
+        types.MethodType,
+        types.BuiltinFunctionType,
+    )
 
     def visit(value, level: int) -> None:
         if id(value) in seen or level > depth:
@@ -93,8 +109,11 @@ def test_meta_placement_reaches_every_tensor(name, dtype):
     record = place(decoder, "meta", dtype, role="decoder")
     assert record["device"] == "meta" and record["dtype"] == dtype and record["cast"]
     expected = torch.float32 if name in WEIGHTS_STAY_FLOAT32 else getattr(torch, dtype)
-    wrong = [(k, str(t.device), t.dtype) for k, t in all_tensors(decoder)
-             if t.device.type != "meta" or (t.is_floating_point() and t.dtype != expected)]
+    wrong = [
+        (k, str(t.device), t.dtype)
+        for k, t in all_tensors(decoder)
+        if t.device.type != "meta" or (t.is_floating_point() and t.dtype != expected)
+    ]
     assert not wrong, f"{name} on meta/{dtype}: {wrong[:5]} (of {len(wrong)})"
     assert decoder.compute_dtype == dtype
 
@@ -171,8 +190,11 @@ def test_on_cuda_every_supported_dtype(name):
         record = place(decoder, "cuda", dtype, role="decoder")
         assert record["device"] == "cuda" and decoder.compute_dtype == dtype
         expected = torch.float32 if name in WEIGHTS_STAY_FLOAT32 else getattr(torch, dtype)
-        wrong = [k for k, t in all_tensors(decoder) if t.device.type != "cuda"
-                 or (t.is_floating_point() and t.dtype != expected)]
+        wrong = [
+            k
+            for k, t in all_tensors(decoder)
+            if t.device.type != "cuda" or (t.is_floating_point() and t.dtype != expected)
+        ]
         assert not wrong, f"{name} on cuda/{dtype}: {wrong[:5]}"
         out = images(decoder)
         assert out.shape == reference.shape and out.device.type == "cpu" and torch.isfinite(out).all()

@@ -50,8 +50,12 @@ def test_add_a_prior_ends_with_commands_that_run_its_example(tmp_path, monkeypat
     (tmp_path / "priors").symlink_to(REPO / "priors")
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    commands = [line for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S) for line in block.splitlines()
-                if line.startswith("evalkit ")]
+    commands = [
+        line
+        for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+        for line in block.splitlines()
+        if line.startswith("evalkit ")
+    ]
     assert len(commands) >= 2
     for command in commands:
         result = CliRunner().invoke(cli, shlex.split(command)[1:] + ["--no-cache"])

@@ -23,8 +23,14 @@ LOOSE = 0.2  # the fixture dataset has 2 bad records of 24 on purpose
 
 @pytest.fixture(scope="module")
 def world_data(tmp_path_factory):
-    return write_world_dataset(tmp_path_factory.mktemp("data"), n=24, shards=3, image_px=48,
-                               corrupt_keys=(CORRUPT,), empty_caption_keys=(EMPTY,))
+    return write_world_dataset(
+        tmp_path_factory.mktemp("data"),
+        n=24,
+        shards=3,
+        image_px=48,
+        corrupt_keys=(CORRUPT,),
+        empty_caption_keys=(EMPTY,),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +52,16 @@ def _by_key(folder: EmbeddingFolder) -> dict[str, np.ndarray]:
 
 def test_shards_and_csv_give_the_same_embeddings(world_data, encoder, shard_run, tmp_path):
     csv_out = tmp_path / "csv"
-    embed_dataset(world_data["csv_dir"], encoder, csv_out, batch_size=5, rows_per_shard=8, num_workers=2,
-                  max_bad_fraction=LOOSE, progress=False)
+    embed_dataset(
+        world_data["csv_dir"],
+        encoder,
+        csv_out,
+        batch_size=5,
+        rows_per_shard=8,
+        num_workers=2,
+        max_bad_fraction=LOOSE,
+        progress=False,
+    )
     a, b = EmbeddingFolder.open(shard_run), EmbeddingFolder.open(csv_out, verify=True)
     assert len(a) == len(b) == 22
     ea, eb = _by_key(a), _by_key(b)
@@ -68,7 +82,9 @@ def test_bad_records_are_skipped_counted_and_too_many_fail_with_exit_2(world_dat
     assert (counts["seen"], counts["written"], counts["skipped"]) == (24, 22, 2)
     assert counts["skipped_by_reason"]["undecodable image"] == 1 and counts["skipped_by_reason"]["empty caption"] == 1
     assert {(e["key"], e["reason"]) for e in manifest["skipped_examples"]} == {
-        (CORRUPT, "undecodable image"), (EMPTY, "empty caption")}
+        (CORRUPT, "undecodable image"),
+        (EMPTY, "empty caption"),
+    }
     assert all(e["unit"] == 0 for e in manifest["skipped_examples"] if e["key"] == CORRUPT)
     assert counts["truncated_captions"] > 0  # the tiny tokenizer holds 16 tokens: some world captions exceed it
     stats = json.loads((shard_run / "stats" / "stats_1.json").read_text())
@@ -108,9 +124,31 @@ def test_two_processes_write_what_one_process_writes(world_data, encoder, shard_
         pytest.skip("torchrun is not installed beside this Python")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     out = tmp_path / "two"
-    done = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "evalkit", "embed", "--data",
-                           world_data["shards"], "--image-encoder", str(encoder), "--out", str(out), "--batch-size", "3",
-                           "--max-bad-fraction", str(LOOSE)], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "evalkit",
+            "embed",
+            "--data",
+            world_data["shards"],
+            "--image-encoder",
+            str(encoder),
+            "--out",
+            str(out),
+            "--batch-size",
+            "3",
+            "--max-bad-fraction",
+            str(LOOSE),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("Manifest:") == 1  # process 0 alone reports
     one, two = (json.loads((d / "embeddings.json").read_text()) for d in (shard_run, out))
@@ -119,8 +157,12 @@ def test_two_processes_write_what_one_process_writes(world_data, encoder, shard_
     assert [f["path"] for f in one["files"]] == [f["path"] for f in two["files"]]
     a, b = EmbeddingFolder.open(shard_run), EmbeddingFolder.open(out, verify=True)
     for unit in range(3):
-        np.testing.assert_allclose(np.load(out / f"img_emb/img_emb_{unit}.npy"),
-                                   np.load(shard_run / f"img_emb/img_emb_{unit}.npy"), rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(
+            np.load(out / f"img_emb/img_emb_{unit}.npy"),
+            np.load(shard_run / f"img_emb/img_emb_{unit}.npy"),
+            rtol=1e-3,
+            atol=1e-3,
+        )
     rows = range(len(a))
     assert a.keys(rows) == b.keys(rows) and a.captions(rows) == b.captions(rows)
 
@@ -144,8 +186,9 @@ def test_a_killed_run_resumes_without_redoing_finished_units(world_data, encoder
     assert not [p for p in out.rglob("*") if ".tmp." in p.name]
     one, resumed = (json.loads((d / "embeddings.json").read_text()) for d in (shard_run, out))
     assert one["counts"] == resumed["counts"]
-    assert [(f["path"], f["rows"], f["sha256"]) for f in one["files"]] == \
-        [(f["path"], f["rows"], f["sha256"]) for f in resumed["files"]]
+    assert [(f["path"], f["rows"], f["sha256"]) for f in one["files"]] == [
+        (f["path"], f["rows"], f["sha256"]) for f in resumed["files"]
+    ]
 
 
 def test_the_reader_reads_back_and_refuses_damaged_or_foreign_folders(shard_run, tmp_path):
@@ -217,8 +260,10 @@ def test_a_wrong_spec_fails_early_and_manifest_columns_are_checked(tmp_path, enc
     from evalkit.data.tiny import _jpeg
 
     rows = 1_200
-    pc.write_csv(pa.table({"file_name": [f"gone/{i}.jpg" for i in range(rows)], "TEXT": ["a red star"] * rows}),
-                 tmp_path / "data.csv")
+    pc.write_csv(
+        pa.table({"file_name": [f"gone/{i}.jpg" for i in range(rows)], "TEXT": ["a red star"] * rows}),
+        tmp_path / "data.csv",
+    )
     out = tmp_path / "out"
     with pytest.raises(BadRecordsError, match=r"missing image.*gone/0 \(missing image\).*checked early"):
         embed_dataset(tmp_path / "data.csv", encoder, out, rows_per_shard=100, progress=False)

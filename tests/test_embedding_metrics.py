@@ -18,7 +18,7 @@ class SubsetSuite:
 
     def items(self, split):
         items = self.suite.items(split)
-        return items[:self.n // 2] + [i for i in items if i.seen is False][:self.n // 2]
+        return items[: self.n // 2] + [i for i in items if i.seen is False][: self.n // 2]
 
     def version(self, split):
         return self.suite.version(split) + f"-{self.n}"
@@ -92,8 +92,14 @@ def test_paired_comparison_and_seed_spread():
     for item in range(40):
         for seed in (42, 43):
             for training_seed in (0, 1, 2):
-                base = {"control": "", "item_id": f"i{item}", "seed": seed, "category": "color", "seen": item % 4 != 0,
-                        "training_seed": training_seed}
+                base = {
+                    "control": "",
+                    "item_id": f"i{item}",
+                    "seed": seed,
+                    "category": "color",
+                    "seen": item % 4 != 0,
+                    "training_seed": training_seed,
+                }
                 a = 0.05 + 0.01 * ((item * 7) % 5)
                 rows.append({**base, "prior": "projection", "margin": a, "binding": float(a > 0.06)})
                 rows.append({**base, "prior": "eclipse", "margin": a + 0.02 + 0.001 * training_seed, "binding": 1.0})

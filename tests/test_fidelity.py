@@ -17,8 +17,15 @@ def image_encoder(folder):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(3)
-    config = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                              image_size=32, patch_size=8, projection_dim=DIM)
+    config = CLIPVisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        projection_dim=DIM,
+    )
     CLIPVisionModelWithProjection(config).save_pretrained(folder)
 
 
@@ -34,7 +41,12 @@ def kandinsky_prior_folder(tmp_path_factory):
 
 def test_the_zero_image_negative_is_the_public_pipelines(kandinsky_prior_folder):
     from diffusers import KandinskyV22PriorPipeline, PriorTransformer, UnCLIPScheduler
-    from transformers import CLIPImageProcessor, CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        CLIPVisionModelWithProjection,
+    )
 
     from evalkit.priors.real import Kandinsky22Prior
 
@@ -44,7 +56,9 @@ def test_the_zero_image_negative_is_the_public_pipelines(kandinsky_prior_folder)
         image_encoder=CLIPVisionModelWithProjection.from_pretrained(root / "image_encoder"),
         text_encoder=CLIPTextModelWithProjection.from_pretrained(root / "text_encoder"),
         tokenizer=CLIPTokenizer.from_pretrained(root / "tokenizer"),
-        scheduler=UnCLIPScheduler.from_pretrained(root / "scheduler"), image_processor=CLIPImageProcessor())
+        scheduler=UnCLIPScheduler.from_pretrained(root / "scheduler"),
+        image_processor=CLIPImageProcessor(),
+    )
     reference = pipeline.get_zero_embed(batch_size=1, device="cpu")[0]
     prior = Kandinsky22Prior(root)
     assert prior.negative == "zero-image"
@@ -61,11 +75,36 @@ def test_a_run_gives_kandinsky_the_negative_of_the_priors_pipeline(kandinsky_pri
     for negative in (None, "empty-prompt"):
         out = tmp_path / f"runs-{negative}"
         flags = ["--negative", negative] if negative else []
-        result = CliRunner().invoke(cli, [
-            "run", "--prior", "diffusion", "--prior-path", f"kandinsky22-prior={kandinsky_prior_folder}",
-            "--decoder", "kandinsky22", "--decoder-path", str(tmp_path / "k22"), "--prompts", str(prompts),
-            "--category", "color", "--scorer", "dummy", "--images-per-prompt", "1", "--num-inference-steps", "2",
-            "--prior-num-inference-steps", "2", "--no-cache", "--out", str(out), *flags])
+        result = CliRunner().invoke(
+            cli,
+            [
+                "run",
+                "--prior",
+                "diffusion",
+                "--prior-path",
+                f"kandinsky22-prior={kandinsky_prior_folder}",
+                "--decoder",
+                "kandinsky22",
+                "--decoder-path",
+                str(tmp_path / "k22"),
+                "--prompts",
+                str(prompts),
+                "--category",
+                "color",
+                "--scorer",
+                "dummy",
+                "--images-per-prompt",
+                "1",
+                "--num-inference-steps",
+                "2",
+                "--prior-num-inference-steps",
+                "2",
+                "--no-cache",
+                "--out",
+                str(out),
+                *flags,
+            ],
+        )
         assert result.exit_code == 0, result.output
         [run_dir] = list(out.iterdir())
         runs[negative] = run_dir, json.loads((run_dir / "results.json").read_text())
@@ -97,8 +136,9 @@ def test_eclipse_prior_without_a_text_mask_applies_no_mask():
     from evalkit.priors.eclipse import EclipsePriorTransformer
 
     torch.manual_seed(0)  # two layers: with one, the prd token (the last) sees every token under either mask
-    model = EclipsePriorTransformer(num_attention_heads=2, attention_head_dim=8, num_layers=2, embedding_dim=16,
-                                    num_embeddings=8).eval()
+    model = EclipsePriorTransformer(
+        num_attention_heads=2, attention_head_dim=8, num_layers=2, embedding_dim=16, num_embeddings=8
+    ).eval()
     torch.nn.init.normal_(model.positional_embedding, std=0.5)
     n, d = 2, model.config["embedding_dim"]
     noise, text = torch.randn(n, d), torch.randn(n, d)

@@ -19,8 +19,9 @@ def _run(*args, cuda_visible=None):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     if cuda_visible is not None:
         env["CUDA_VISIBLE_DEVICES"] = cuda_visible
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=REPO,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +66,32 @@ def test_variant_names(gpu_module):
 def test_tiny_cpu_mode_runs_every_variant(tmp_path):
     out = tmp_path / "gpu.json"
     # --compile-backend eager: the compile path (inject, dynamo tracing) without the minutes of CPU code generation
-    result = _run("--device", "cpu", "--size", "tiny", "--steps", "2", "--batch-size", "2", "--repeats", "1",
-                  "--compile", "--compile-backend", "eager", "--out", str(tmp_path / "runs"), "--json", str(out))
+    result = _run(
+        "--device",
+        "cpu",
+        "--size",
+        "tiny",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--repeats",
+        "1",
+        "--compile",
+        "--compile-backend",
+        "eager",
+        "--out",
+        str(tmp_path / "runs"),
+        "--json",
+        str(out),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     text = result.stdout
     assert "code-path check, not a measurement" in text and "fewer steps" in text
-    assert text.count("random weights identical in every variant (decoder_version and prior version "
-                      "fingerprints): yes") == 2
+    assert (
+        text.count("random weights identical in every variant (decoder_version and prior version fingerprints): yes")
+        == 2
+    )
     data = json.loads(out.read_text())
     stacks = {s["stack"]: s for s in data["stacks"]}
     assert set(stacks) == {"karlo", "kandinsky22"} and data["machine"]["torch"]

@@ -8,8 +8,15 @@ import torch
 
 from evalkit.contracts import Batch
 from evalkit.embedded.clip import WorldCLIP
-from evalkit.metrics.fid import (FeatureExtractor, ReferenceStats, fid, get_extractor, image_features, kid,
-                                 reference_stats)
+from evalkit.metrics.fid import (
+    FeatureExtractor,
+    ReferenceStats,
+    fid,
+    get_extractor,
+    image_features,
+    kid,
+    reference_stats,
+)
 from evalkit.scorers.clipscore import CLIPScoreScorer
 from evalkit.world import render, sample_pairs
 from evalkit.world.tensors import images_to_tensor
@@ -121,8 +128,11 @@ def test_fid_clean_fid_and_torchmetrics_agree_and_order(tiny_extractor, image_se
 
 def test_kid_clean_fid_and_torchmetrics_agree_and_order(tiny_extractor, image_sets):
     a, b, noise = image_sets["a"], image_sets["b"], image_sets["noise"]
-    same, far, self_kid = (kid(a, b, tiny_extractor, subsets=20), kid(a, noise, tiny_extractor, subsets=20),
-                           kid(a, a, tiny_extractor, subsets=20))
+    same, far, self_kid = (
+        kid(a, b, tiny_extractor, subsets=20),
+        kid(a, noise, tiny_extractor, subsets=20),
+        kid(a, a, tiny_extractor, subsets=20),
+    )
     assert far.relative_difference < 0.01
     assert abs(same.value - same.torchmetrics_value) < 1e-3 * far.value
     assert abs(same.value) < 0.05 * far.value
@@ -131,8 +141,10 @@ def test_kid_clean_fid_and_torchmetrics_agree_and_order(tiny_extractor, image_se
     # unequal sizes: random subsets, seeded; the global RNGs are left alone
     state = np.random.get_state()[1].copy()
     torch_state = torch.get_rng_state()
-    k1, k2 = kid(a, noise[:150], tiny_extractor, subsets=10, subset_size=100, seed=3), \
-        kid(a, noise[:150], tiny_extractor, subsets=10, subset_size=100, seed=3)
+    k1, k2 = (
+        kid(a, noise[:150], tiny_extractor, subsets=10, subset_size=100, seed=3),
+        kid(a, noise[:150], tiny_extractor, subsets=10, subset_size=100, seed=3),
+    )
     assert k1 == k2
     assert np.array_equal(np.random.get_state()[1], state) and torch.equal(torch.get_rng_state(), torch_state)
 
@@ -144,8 +156,10 @@ def test_results_name_the_feature_network(tiny_extractor, image_sets):
     assert "Inception" in result.note and "unavailable offline" in result.note
     assert result.to_dict()["feature_network"] == result.feature_network
     assert "tiny-clip image tower" in str(result) and str(result).startswith("FID")
-    assert kid(image_sets["a"][:40], image_sets["b"][:40], tiny_extractor, subsets=5).feature_network \
+    assert (
+        kid(image_sets["a"][:40], image_sets["b"][:40], tiny_extractor, subsets=5).feature_network
         == result.feature_network
+    )
 
 
 def test_image_features_and_input_errors(tiny_extractor, image_sets):
@@ -173,8 +187,12 @@ def test_reference_cache_reused_and_corruption_recomputed(tiny_extractor, image_
     monkeypatch.setenv("EVALKIT_CACHE_DIR", str(tmp_path))
     first = reference_stats("color", n=60, seed=5, extractor=tiny_extractor)
     assert not first.from_cache and first.path.parent == tmp_path / "fid-reference" and first.path.is_file()
-    assert first.features.shape == (60, 16) and first.renders == {"category": "color", "n": 60, "seed": 5,
-                                                                   "split": "val"}
+    assert first.features.shape == (60, 16) and first.renders == {
+        "category": "color",
+        "n": 60,
+        "seed": 5,
+        "split": "val",
+    }
     assert np.allclose(first.features, image_features(renders(60, 5, "color"), tiny_extractor), atol=1e-6)
     mtime = first.path.stat().st_mtime_ns
 

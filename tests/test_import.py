@@ -19,8 +19,19 @@ from evalkit.harness.runner import run
 def exported(tmp_path_factory):
     """(original run, its export's dummy/color folder): 3 prompts × 2 seeds of the dummy plugins."""
     root = tmp_path_factory.mktemp("import")
-    run_dir = run(RunConfig(priors=["dummy"], decoder="dummy", scorers=["dummy"], suites=["synth-color"], limit=3,
-                            images_per_prompt=2, out=str(root / "runs"), cache=False), progress=False)
+    run_dir = run(
+        RunConfig(
+            priors=["dummy"],
+            decoder="dummy",
+            scorers=["dummy"],
+            suites=["synth-color"],
+            limit=3,
+            images_per_prompt=2,
+            out=str(root / "runs"),
+            cache=False,
+        ),
+        progress=False,
+    )
     out = export_t2i_compbench(run_dir, root / "export")
     return load_run(run_dir), out / "dummy" / "color"
 
@@ -83,7 +94,8 @@ def test_vqa_result_adds_bvqa_rows(exported, tmp_path):
     answers = [0.1, 0.25, 0.5, 0.75, 0.9, 0.3]
     (source / "annotation_blip").mkdir()
     (source / "annotation_blip" / "vqa_result.json").write_text(
-        json.dumps([{"question_id": k, "answer": f"{a:.4f}"} for k, a in enumerate(answers)]))
+        json.dumps([{"question_id": k, "answer": f"{a:.4f}"} for k, a in enumerate(answers)])
+    )
     imported = load_run(import_t2i_compbench(source, "synth-color", tmp_path / "runs", scorers=["dummy"]))
     bvqa = _scores(imported, BVQA_SCORER)
     assert len(bvqa) == 6

@@ -18,8 +18,13 @@ def batch(seeds):
 
 
 def protocol(decoder, steps=2, guidance=4.0, resolution=None):
-    return Protocol(decoder=decoder.name, num_inference_steps=steps, guidance_scale=guidance,
-                    resolution=resolution or decoder.resolution, images_per_prompt=1)
+    return Protocol(
+        decoder=decoder.name,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        resolution=resolution or decoder.resolution,
+        images_per_prompt=1,
+    )
 
 
 def embeds(n, dim=16, seed=0):
@@ -66,8 +71,10 @@ def test_image_depends_only_on_its_row_and_seed(decoder):
     p, e, seeds = protocol(decoder), embeds(4), [11, 12, 13, 14]
     together = decoder.decode(e, batch(seeds), p)
     for i, seed in enumerate(seeds):
-        alone = decoder.decode(e[i:i + 1], batch([seed]), p)
-        torch.testing.assert_close(alone, together[i:i + 1], rtol=0, atol=1e-4)  # float kernels vary with the batch shape
+        alone = decoder.decode(e[i : i + 1], batch([seed]), p)
+        torch.testing.assert_close(
+            alone, together[i : i + 1], rtol=0, atol=1e-4
+        )  # float kernels vary with the batch shape
     chunked = Kandinsky22Decoder.tiny()
     chunked.max_batch = 3  # chunks of 3 + 1
     torch.testing.assert_close(chunked.decode(e, batch(seeds), p), together, rtol=0, atol=1e-4)
@@ -82,9 +89,16 @@ def test_matches_the_public_pipeline(decoder):
     e, seeds = embeds(2), [42, 43]
     for guidance in (4.0, 1.0):
         ours = decoder.decode(e, batch(seeds), protocol(decoder, steps=3, guidance=guidance))
-        theirs = pipe(image_embeds=e, negative_image_embeds=torch.zeros(2, 16), height=16, width=16,
-                      num_inference_steps=3, guidance_scale=guidance, output_type="pt",
-                      generator=[torch.Generator().manual_seed(s) for s in seeds]).images
+        theirs = pipe(
+            image_embeds=e,
+            negative_image_embeds=torch.zeros(2, 16),
+            height=16,
+            width=16,
+            num_inference_steps=3,
+            guidance_scale=guidance,
+            output_type="pt",
+            generator=[torch.Generator().manual_seed(s) for s in seeds],
+        ).images
         torch.testing.assert_close(ours, (theirs * 0.5 + 0.5).clamp(0, 1), rtol=0, atol=1e-5)
 
 
@@ -113,8 +127,14 @@ def test_layout_round_trip(tmp_path):
     decoder = Kandinsky22Decoder.tiny()
     decoder.set_negative_embedding(torch.linspace(-1, 1, 16))
     decoder.save_pretrained(tmp_path / "k22")
-    for name in ("model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "movq/config.json",
-                 "movq/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"):
+    for name in (
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "movq/config.json",
+        "movq/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+    ):
         assert (tmp_path / "k22" / name).is_file(), name
     reloaded = Kandinsky22Decoder.from_pretrained(tmp_path / "k22")
     assert reloaded.resolution == 16 and reloaded.embedding_dim == 16
@@ -186,7 +206,9 @@ def test_memory_levers_keep_the_images(decoder):
         torch.testing.assert_close(out, reference, rtol=0, atol=0 if calls == [3] else 1e-5)
 
     eager = Kandinsky22Decoder.tiny(attention="eager")
-    processors = {type(m.processor) for model in (eager.unet, eager.movq) for m in model.modules() if isinstance(m, Attention)}
+    processors = {
+        type(m.processor) for model in (eager.unet, eager.movq) for m in model.modules() if isinstance(m, Attention)
+    }
     assert processors == {AttnAddedKVProcessor, AttnProcessor}  # UNet: added-KV attention; MoVQ: plain
     torch.testing.assert_close(eager.decode(e, b, p), reference, rtol=0, atol=1e-4)
     torch.testing.assert_close(Kandinsky22Decoder.tiny(attention="sdpa").decode(e, b, p), reference, rtol=0, atol=0)
@@ -198,10 +220,14 @@ def test_offload_on_meta_moves_everything_and_levers_are_checked():
 
     decoder = Kandinsky22Decoder.tiny(offload=True)
     place(decoder, "meta", "bfloat16", role="decoder")
-    assert not decoder._offload_hooks and {(t.device.type, t.dtype) for t in decoder.parameters()} == {("meta", torch.bfloat16)}
-    for bad, message in (({"attention": "flash"}, "attention must be one of sdpa, eager"),
-                         ({"vae_chunk_size": 0}, "vae_chunk_size must be a whole number ≥ 1"),
-                         ({"offload": "yes"}, "offload must be True or False")):
+    assert not decoder._offload_hooks and {(t.device.type, t.dtype) for t in decoder.parameters()} == {
+        ("meta", torch.bfloat16)
+    }
+    for bad, message in (
+        ({"attention": "flash"}, "attention must be one of sdpa, eager"),
+        ({"vae_chunk_size": 0}, "vae_chunk_size must be a whole number ≥ 1"),
+        ({"offload": "yes"}, "offload must be True or False"),
+    ):
         with pytest.raises(SettingError, match=message):
             Kandinsky22Decoder.tiny(**bad)
 

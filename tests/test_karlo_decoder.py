@@ -11,8 +11,16 @@ from evalkit.errors import WeightsNotFoundError
 from tests.test_contracts import check_decoder
 
 PROMPTS = ["a red circle and a blue square", "a striped star", "a big triangle and a small circle"]
-LAYOUT = {"text_encoder", "tokenizer", "text_proj", "decoder", "super_res_first", "super_res_last",
-          "decoder_scheduler", "super_res_scheduler"}
+LAYOUT = {
+    "text_encoder",
+    "tokenizer",
+    "text_proj",
+    "decoder",
+    "super_res_first",
+    "super_res_last",
+    "decoder_scheduler",
+    "super_res_scheduler",
+}
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +29,13 @@ def karlo():
 
 
 def protocol(decoder, steps=2, guidance=None):
-    return Protocol(decoder="karlo", num_inference_steps=steps, resolution=decoder.resolution, images_per_prompt=1,
-                    guidance_scale=decoder.default_guidance_scale if guidance is None else guidance)
+    return Protocol(
+        decoder="karlo",
+        num_inference_steps=steps,
+        resolution=decoder.resolution,
+        images_per_prompt=1,
+        guidance_scale=decoder.default_guidance_scale if guidance is None else guidance,
+    )
 
 
 def embeds(n, seed=0, dim=32):
@@ -45,7 +58,10 @@ def test_layout_round_trip_gives_identical_images(karlo, tmp_path):
     (tmp_path / "karlo" / "prior").mkdir()  # prior folders of the public layout are ignored
     assert LAYOUT <= {p.name for p in (tmp_path / "karlo").iterdir()}
     index = json.loads((tmp_path / "karlo" / "model_index.json").read_text())
-    assert index["text_proj"] == ["unclip", "UnCLIPTextProjModel"] and index["decoder"] == ["diffusers", "UNet2DConditionModel"]
+    assert index["text_proj"] == ["unclip", "UnCLIPTextProjModel"] and index["decoder"] == [
+        "diffusers",
+        "UNet2DConditionModel",
+    ]
     assert list((tmp_path / "karlo" / "decoder").glob("*.safetensors"))
     reloaded = KarloDecoder.from_pretrained(tmp_path / "karlo")
     b, p = Batch.from_prompts(PROMPTS, seeds=[1, 2, 3]), protocol(karlo)
@@ -69,8 +85,8 @@ def test_image_does_not_depend_on_its_batch(karlo):
     b = Batch.from_prompts(PROMPTS + ["a dotted square"], seeds=[10, 11, 12, 13])
     batched = karlo.decode(e, b, p)
     for i in range(4):
-        alone = karlo.decode(e[i:i + 1], b.subset([i]), p)
-        torch.testing.assert_close(alone, batched[i:i + 1], atol=1e-4, rtol=0)
+        alone = karlo.decode(e[i : i + 1], b.subset([i]), p)
+        torch.testing.assert_close(alone, batched[i : i + 1], atol=1e-4, rtol=0)
     reordered = karlo.decode(e.flip(0), b.subset([3, 2, 1, 0]), p)
     torch.testing.assert_close(reordered.flip(0), batched, atol=1e-4, rtol=0)
     chunked = KarloDecoder.tiny()
@@ -138,19 +154,35 @@ def test_pickle_only_folder_refused_unless_allowed(karlo, tmp_path):
 def test_real_size_architecture_without_memory():
     """karlo-v1-alpha's configs on the meta device: sizes, and shapes flowing through every stage."""
     real = KarloDecoder.random_init("real", device="meta")
-    assert (real.embedding_dim, real.resolution, real.tokenizer.model_max_length, len(real.tokenizer)) == (768, 256, 77, 49408)
+    assert (real.embedding_dim, real.resolution, real.tokenizer.model_max_length, len(real.tokenizer)) == (
+        768,
+        256,
+        77,
+        49408,
+    )
     assert sum(p.numel() for p in real.decoder.parameters()) == 885_439_686
     assert sum(p.numel() for p in real.super_res_first.parameters()) == 691_579_523
     assert real.num_parameters() == 2_400_127_436
     prompt_embeds, hidden, mask = real.encode_prompts(["", "a red frog"])
-    hidden, time_embeds = real.text_proj(image_embeddings=torch.empty(1, 768, device="meta"), prompt_embeds=prompt_embeds,
-                                         text_encoder_hidden_states=hidden, do_classifier_free_guidance=True)
+    hidden, time_embeds = real.text_proj(
+        image_embeddings=torch.empty(1, 768, device="meta"),
+        prompt_embeds=prompt_embeds,
+        text_encoder_hidden_states=hidden,
+        do_classifier_free_guidance=True,
+    )
     assert hidden.shape == (2, 4 + 77, 1536) and time_embeds.shape == (2, 1280)
     mask = torch.nn.functional.pad(mask, (4, 0), value=True)
-    out = real.decoder(sample=torch.empty(2, 3, 64, 64, device="meta"), timestep=torch.tensor(999, device="meta"),
-                       encoder_hidden_states=hidden, class_labels=time_embeds, attention_mask=mask).sample
+    out = real.decoder(
+        sample=torch.empty(2, 3, 64, 64, device="meta"),
+        timestep=torch.tensor(999, device="meta"),
+        encoder_hidden_states=hidden,
+        class_labels=time_embeds,
+        attention_mask=mask,
+    ).sample
     assert out.shape == (2, 6, 64, 64)  # noise + learned variance
-    upscaled = real.super_res_last(sample=torch.empty(1, 6, 256, 256, device="meta"), timestep=torch.tensor(0, device="meta"))
+    upscaled = real.super_res_last(
+        sample=torch.empty(1, 6, 256, 256, device="meta"), timestep=torch.tensor(0, device="meta")
+    )
     assert upscaled.sample.shape == (1, 3, 256, 256)
 
 
@@ -169,7 +201,12 @@ def test_memory_levers_keep_the_images(karlo):
     offloaded = KarloDecoder.tiny(offload=True, max_batch=2)  # two chunks: the chain starts over
     place(offloaded, "cpu", "float32", role="decoder")
     assert [hook.model for hook in offloaded._offload_hooks] == [
-        offloaded.text_encoder, offloaded.text_proj, offloaded.decoder, offloaded.super_res_first, offloaded.super_res_last]
+        offloaded.text_encoder,
+        offloaded.text_proj,
+        offloaded.decoder,
+        offloaded.super_res_first,
+        offloaded.super_res_last,
+    ]
     torch.testing.assert_close(offloaded.decode(e, b, p), reference, rtol=0, atol=1e-4)  # max_batch: batch kernels
     unchunked = KarloDecoder.tiny(offload=True)
     place(unchunked, "cpu", None, role="decoder")

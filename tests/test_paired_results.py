@@ -10,8 +10,23 @@ from evalkit.harness.runs import load_run
 from evalkit.serialization import seal
 
 PAIR = [("oracle", "eclipse")]
-KEYS = {"a", "b", "suite", "category", "seen", "scorer", "metric", "diff", "stderr", "ci_low", "ci_high", "p", "z",
-        "n", "n_prompts"}
+KEYS = {
+    "a",
+    "b",
+    "suite",
+    "category",
+    "seen",
+    "scorer",
+    "metric",
+    "diff",
+    "stderr",
+    "ci_low",
+    "ci_high",
+    "p",
+    "z",
+    "n",
+    "n_prompts",
+}
 
 
 def _samples():
@@ -55,6 +70,11 @@ def test_a_report_shows_the_stored_rows(tmp_path):
     # only the binding rows stored (and edited): they are shown as stored, the others computed as before
     edited = [{**r, "diff": 0.4321} for r in rows if r["scorer"] == "binding"]
     shown = _paired_section(write_report([_golden_with(tmp_path / "b", edited)], tmp_path / "edited", PAIR))
-    assert [line for line in shown if "| binding " in line] == \
-        [line for line in shown if "+0.4321 [" in line and "| binding " in line] != []
-    assert [line for line in shown if "| binding " not in line] == [line for line in computed if "| binding " not in line]
+    assert (
+        [line for line in shown if "| binding " in line]
+        == [line for line in shown if "+0.4321 [" in line and "| binding " in line]
+        != []
+    )
+    assert [line for line in shown if "| binding " not in line] == [
+        line for line in computed if "| binding " not in line
+    ]

@@ -18,8 +18,12 @@ from evalkit.errors import SettingError
 from evalkit.placement import DTYPES, place
 from evalkit.registry import PRIORS, SCORERS
 
-PROMPTS = ["a red circle and a blue square", "a striped star and a dotted square", "a big triangle and a small circle",
-           "a small circle and a big yellow square"]
+PROMPTS = [
+    "a red circle and a blue square",
+    "a striped star and a dotted square",
+    "a big triangle and a small circle",
+    "a small circle and a big yellow square",
+]
 #: how far a half-precision result may be from the float32 one (relative norm of the difference; scores: absolute)
 TOLERANCE = 0.05
 
@@ -42,8 +46,11 @@ def _hf_text_encoder():
 
 
 TEXT_ENCODERS = {"world-clip": _world_clip, "hf-clip-text": _hf_text_encoder}
-PLUGINS = ([("prior", n) for n in PRIORS.names()] + [("scorer", n) for n in SCORERS.names()]
-           + [("text-encoder", n) for n in TEXT_ENCODERS])
+PLUGINS = (
+    [("prior", n) for n in PRIORS.names()]
+    + [("scorer", n) for n in SCORERS.names()]
+    + [("text-encoder", n) for n in TEXT_ENCODERS]
+)
 
 
 def build(kind: str, name: str):
@@ -82,12 +89,14 @@ def run(kind: str, plugin, text: dict | None = None) -> torch.Tensor:
     if kind == "text-encoder":
         encoding = plugin.encode_text(PROMPTS[:3])
         assert encoding.text_embeds.dtype == torch.float32 and encoding.text_hidden.dtype == torch.float32
-        return torch.cat([encoding.text_embeds.flatten(), encoding.text_hidden.flatten(),
-                          encoding.attention_mask.flatten().float()]).cpu()
+        return torch.cat(
+            [encoding.text_embeds.flatten(), encoding.text_hidden.flatten(), encoding.attention_mask.flatten().float()]
+        ).cpu()
     x = inputs(plugin)
     rows = (plugin.score_embeddings if plugin.reads == "embeddings" else plugin.score)(x, batch(len(x)))
-    return torch.tensor([v for row in rows for v in (row["score"], *(q["p"] for q in row.get("questions", ())))],
-                        dtype=torch.float32)
+    return torch.tensor(
+        [v for row in rows for v in (row["score"], *(q["p"] for q in row.get("questions", ())))], dtype=torch.float32
+    )
 
 
 def close(kind: str, out: torch.Tensor, ref: torch.Tensor) -> bool:
@@ -98,8 +107,23 @@ def close(kind: str, out: torch.Tensor, ref: torch.Tensor) -> bool:
 
 # --------------------------------------------------------------------------- an independent module walk
 
-_LEAVES = (str, bytes, int, float, bool, complex, type(None), torch.Tensor, torch.dtype, torch.device, type,
-           types.ModuleType, types.FunctionType, types.MethodType, types.BuiltinFunctionType)
+_LEAVES = (
+    str,
+    bytes,
+    int,
+    float,
+    bool,
+    complex,
+    type(None),
+    torch.Tensor,
+    torch.dtype,
+    torch.device,
+    type,
+    types.ModuleType,
+    types.FunctionType,
+    types.MethodType,
+    types.BuiltinFunctionType,
+)
 
 
 def reachable_modules(obj, max_depth: int = 4) -> list[torch.nn.Module]:
@@ -138,7 +162,9 @@ def misplaced(plugin, device: str, dtype: str) -> list[str]:
     wrong = []
     for module in reachable_modules(plugin):
         for name, tensor in (*module.named_parameters(), *module.named_buffers()):
-            if tensor.device.type != torch.device(device).type or (tensor.is_floating_point() and tensor.dtype != wanted):
+            if tensor.device.type != torch.device(device).type or (
+                tensor.is_floating_point() and tensor.dtype != wanted
+            ):
                 wrong.append(f"{type(module).__name__}.{name}: {tensor.device} {tensor.dtype}")
     return wrong
 
@@ -205,7 +231,9 @@ def test_cpu_placement_computes_in_every_declared_dtype(kind, name):
         place(plugin, "cpu", dtype)
         assert misplaced(plugin, "cpu", dtype) == []
         out = run(kind, plugin)
-        assert torch.isfinite(out).all() and close(kind, out, reference), f"{label(plugin)} in {dtype}: {out} vs {reference}"
+        assert torch.isfinite(out).all() and close(kind, out, reference), (
+            f"{label(plugin)} in {dtype}: {out} vs {reference}"
+        )
         if text is not None:  # float32 encodings made before the placement, as the run may hand them
             out = run(kind, plugin, text)
             assert torch.isfinite(out).all() and close(kind, out, reference), f"{label(plugin)} in {dtype}, given text"

@@ -28,8 +28,14 @@ def test_parameter_names_are_diffusers_prior_transformer_without_time():
     from diffusers import PriorTransformer
 
     ours = small_eclipse()
-    theirs = PriorTransformer(num_attention_heads=2, attention_head_dim=8, num_layers=2, embedding_dim=12,
-                              num_embeddings=5, additional_embeddings=4)
+    theirs = PriorTransformer(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=2,
+        embedding_dim=12,
+        num_embeddings=5,
+        additional_embeddings=4,
+    )
     expected = {k: v.shape for k, v in theirs.state_dict().items() if not k.startswith("time_")}
     expected["positional_embedding"] = torch.Size([1, 5 + 3, 16])  # one token fewer: no time token
     assert {k: v.shape for k, v in ours.state_dict().items()} == expected
@@ -40,13 +46,28 @@ def test_public_eclipse_layout_loads(tmp_path):
     from safetensors.torch import save_file
 
     model = small_eclipse()
-    config = {"_class_name": "PriorTransformer", "_diffusers_version": "0.22.0", "added_emb_type": "prd",
-              "additional_embeddings": 3, "attention_head_dim": 8, "clip_embed_dim": None, "dropout": 0.0,
-              "embedding_dim": 12, "embedding_proj_dim": None, "embedding_proj_norm_type": None,
-              "encoder_hid_proj_type": "linear", "norm_in_type": None, "num_attention_heads": 2,
-              "num_embeddings": 5, "num_layers": 2}
+    config = {
+        "_class_name": "PriorTransformer",
+        "_diffusers_version": "0.22.0",
+        "added_emb_type": "prd",
+        "additional_embeddings": 3,
+        "attention_head_dim": 8,
+        "clip_embed_dim": None,
+        "dropout": 0.0,
+        "embedding_dim": 12,
+        "embedding_proj_dim": None,
+        "embedding_proj_norm_type": None,
+        "encoder_hid_proj_type": "linear",
+        "norm_in_type": None,
+        "num_attention_heads": 2,
+        "num_embeddings": 5,
+        "num_layers": 2,
+    }
     (tmp_path / "config.json").write_text(json.dumps(config))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "diffusion_pytorch_model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(tmp_path / "diffusion_pytorch_model.safetensors"),
+    )
     loaded = EclipsePriorTransformer.from_pretrained(tmp_path)
     x, text, hidden = torch.randn(2, 12), torch.randn(2, 12), torch.randn(2, 5, 12)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
@@ -88,9 +109,13 @@ def test_padding_tokens_are_masked_and_attention_is_causal():
 
 
 def test_paper_sizes_match_the_paper():
-    assert describe("eclipse", "paper", 768, 77)["parameters"] == 33_141_504  # paper: 33.1 M (trainable; + 1,536 frozen clip_mean/std)
+    assert (
+        describe("eclipse", "paper", 768, 77)["parameters"] == 33_141_504
+    )  # paper: 33.1 M (trainable; + 1,536 frozen clip_mean/std)
     info = describe("eclipse", "paper", 1280, 77)
-    assert info["parameters"] == 34_190_592  # paper: 34.2 M (trainable; + 2,560 frozen); public 1280-d checkpoint: 137 MB in fp32
+    assert (
+        info["parameters"] == 34_190_592
+    )  # paper: 34.2 M (trainable; + 2,560 frozen); public 1280-d checkpoint: 137 MB in fp32
     assert abs(info["fp32_mb"] - 137) < 1
 
 
@@ -101,7 +126,9 @@ def test_info_nce_matches_naive_reference():
     same[0, 3] = same[3, 0] = True  # items 0 and 3 share a caption
     expected = []
     for i in range(5):
-        logits = torch.stack([F.cosine_similarity(q[i], k[j], dim=0) / 0.1 for j in range(5) if j == i or not same[i, j]])
+        logits = torch.stack(
+            [F.cosine_similarity(q[i], k[j], dim=0) / 0.1 for j in range(5) if j == i or not same[i, j]]
+        )
         target = [j for j in range(5) if j == i or not same[i, j]].index(i)
         expected.append(-torch.log_softmax(logits, 0)[target])
     torch.testing.assert_close(info_nce(q, k, 0.1, same), torch.stack(expected).mean())
@@ -204,14 +231,17 @@ def test_missing_weights_name_the_folder_and_command(tmp_path):
 def test_prior_rejects_mismatched_text_width():
     prior = EclipsePrior.tiny()
     batch = Batch.from_prompts(["a red circle"], [1])
-    batch.text["synth-clip"] = TextEncoding("synth-clip", torch.randn(1, 7), torch.randn(1, 20, 7), torch.ones(1, 20, dtype=torch.bool))
+    batch.text["synth-clip"] = TextEncoding(
+        "synth-clip", torch.randn(1, 7), torch.randn(1, 20, 7), torch.ones(1, 20, dtype=torch.bool)
+    )
     with pytest.raises(ConfigMismatchError, match="32-d"):
         prior.predict(batch)
 
 
 def test_diffusion_statistics_are_not_trained():
-    model = DiffusionPriorTransformer.from_config({"num_attention_heads": 2, "attention_head_dim": 8, "num_layers": 1,
-                                                   "embedding_dim": 12, "num_embeddings": 5})
+    model = DiffusionPriorTransformer.from_config(
+        {"num_attention_heads": 2, "attention_head_dim": 8, "num_layers": 1, "embedding_dim": 12, "num_embeddings": 5}
+    )
     assert not model.clip_mean.requires_grad and not model.clip_std.requires_grad
 
 
@@ -245,8 +275,12 @@ def _assert_same_function(model_class, a_dir: Path, b_dir: Path) -> None:
             out_a, out_b = (m(x, text, hidden, mask) for m in (a, b))
         else:
             t = torch.tensor([10, 200, 400, 700, 999])
-            out_a, out_b = (m(x, t, proj_embedding=text, encoder_hidden_states=hidden, attention_mask=mask)
-                            .predicted_image_embedding for m in (a, b))
+            out_a, out_b = (
+                m(
+                    x, t, proj_embedding=text, encoder_hidden_states=hidden, attention_mask=mask
+                ).predicted_image_embedding
+                for m in (a, b)
+            )
     torch.testing.assert_close(out_b, out_a, rtol=1e-4, atol=1e-4)
 
 
@@ -264,8 +298,21 @@ def test_two_process_training_matches_one_process_and_resumes(tmp_path, cache_en
     config = PriorTrainConfig.quick("eclipse", hard_negatives=True, tiny=False)  # the CLI's --quick: the world CLIP
     single = train_prior(tmp_path / "one", config, progress=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    base = [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "evalkit", "train-baseline", "--prior", "eclipse",
-            "--quick", "--hard-negatives", "--out", str(tmp_path / "two")]
+    base = [
+        torchrun,
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "evalkit",
+        "train-baseline",
+        "--prior",
+        "eclipse",
+        "--quick",
+        "--hard-negatives",
+        "--out",
+        str(tmp_path / "two"),
+    ]
     for extra in (["--stop-at", "3"], ["--resume"]):
         done = subprocess.run(base + extra, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]

@@ -105,10 +105,12 @@ def test_read_prompt_bytes_hints(tmp_path):
 
 
 def test_jsonl(tmp_path):
-    rows = [{"prompt": " a red car and a blue bench "},
-            {"prompt": "a cube left of a ball", "category": "spatial", "noun_phrases": ["a cube", " a ball "]},
-            {"prompt": "a green apple", "noun_phrases": "a green apple|", "item_id": "apple-1"},
-            {"prompt": "a red car and a blue bench", "category": "complex"}]  # same prompt, other category: allowed
+    rows = [
+        {"prompt": " a red car and a blue bench "},
+        {"prompt": "a cube left of a ball", "category": "spatial", "noun_phrases": ["a cube", " a ball "]},
+        {"prompt": "a green apple", "noun_phrases": "a green apple|", "item_id": "apple-1"},
+        {"prompt": "a red car and a blue bench", "category": "complex"},
+    ]  # same prompt, other category: allowed
     path = write(tmp_path, "p.jsonl", "# header comment\n" + "\n".join(json.dumps(r) for r in rows) + "\n\n")
     suite = prompt_file_suite(path, "color")
     items = suite.items()
@@ -125,16 +127,19 @@ def test_jsonl(tmp_path):
     assert prompt_file_suite(write(tmp_path, "p.jsonl", rephrased), "color").version() != suite.version()
 
 
-@pytest.mark.parametrize("line, message", [
-    ('{"prompt": "a", ', "line 1 is not valid JSON"),
-    ('["a red car"]', "line 1: expected a JSON object, found list"),
-    ('{"text": "a red car"}', "unknown field\\(s\\) 'text'"),
-    ('{"prompt": "  "}', "line 1: no prompt"),
-    ('{"prompt": "a", "noun_phrases": 3}', "noun_phrases must be a list of strings"),
-    ('{"prompt": "a", "noun_phrases": "|"}', "names no phrase"),
-    ('{"prompt": "a", "item_id": 7}', "item_id must be a string"),
-    ('{"prompt": "a", "category": "two words"}', "line 1: category must be a non-blank word"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"prompt": "a", ', "line 1 is not valid JSON"),
+        ('["a red car"]', "line 1: expected a JSON object, found list"),
+        ('{"text": "a red car"}', "unknown field\\(s\\) 'text'"),
+        ('{"prompt": "  "}', "line 1: no prompt"),
+        ('{"prompt": "a", "noun_phrases": 3}', "noun_phrases must be a list of strings"),
+        ('{"prompt": "a", "noun_phrases": "|"}', "names no phrase"),
+        ('{"prompt": "a", "item_id": 7}', "item_id must be a string"),
+        ('{"prompt": "a", "category": "two words"}', "line 1: category must be a non-blank word"),
+    ],
+)
 def test_jsonl_errors(tmp_path, line, message):
     with pytest.raises(PromptFileError, match=message):
         prompt_file_suite(write(tmp_path, "bad.jsonl", line + "\n"), "color")
@@ -147,11 +152,9 @@ def test_jsonl_repeated_item_ids(tmp_path):
 
 
 def test_csv(tmp_path):
-    text = ('prompt,noun_phrases,category\n'
-            '"a red car, parked",a red car|,\n'
-            '\n'
-            '"a two\nline prompt",,shape\n'
-            'a blue bench,,\n')
+    text = (
+        'prompt,noun_phrases,category\n"a red car, parked",a red car|,\n\n"a two\nline prompt",,shape\na blue bench,,\n'
+    )
     suite = prompt_file_suite(write(tmp_path, "p.csv", text), "color")
     items = suite.items()
     assert [i.prompt for i in items] == ["a red car, parked", "a two\nline prompt", "a blue bench"]

@@ -26,14 +26,21 @@ def clip_text_tower(vocab: int, width: int, mlp: int, layers: int, projection: i
     return vocab * width + tokens * width + layers * block + 2 * width + width * projection
 
 
-def prior_transformer(dim: int, heads: int, head_dim: int, layers: int, extra_tokens: int, time: bool,
-                      tokens: int = 77) -> int:
+def prior_transformer(
+    dim: int, heads: int, head_dim: int, layers: int, extra_tokens: int, time: bool, tokens: int = 77
+) -> int:
     """diffusers' PriorTransformer layout: proj_in, embedding_proj, encoder_hidden_states_proj (dim → inner),
     positional and prd embeddings, self-attention blocks (LN, biased q/k/v/out, LN, GELU MLP ×4), norm_out,
     proj_to_clip_embeddings; the diffusion prior adds a two-layer time MLP (inner → inner). Trainable parameters:
     the frozen clip_mean/clip_std (2 × dim) are not counted (evalkit.priors.sizes.count_parameters)."""
     inner = heads * head_dim
-    block = 2 * inner + 4 * (inner * inner + inner) + 2 * inner + (inner * 4 * inner + 4 * inner) + (4 * inner * inner + inner)
+    block = (
+        2 * inner
+        + 4 * (inner * inner + inner)
+        + 2 * inner
+        + (inner * 4 * inner + 4 * inner)
+        + (4 * inner * inner + inner)
+    )
     total = 3 * (dim * inner + inner) + (tokens + extra_tokens) * inner + inner + layers * block
     total += 2 * inner + (inner * dim + dim)
     if time:
@@ -41,7 +48,9 @@ def prior_transformer(dim: int, heads: int, head_dim: int, layers: int, extra_to
     return total
 
 
-VIT_L14_TEXT = clip_text_tower(49408, 768, 3072, 12, 768)  # openai/clip-vit-large-patch14 (karlo-v1-alpha text_encoder/)
+VIT_L14_TEXT = clip_text_tower(
+    49408, 768, 3072, 12, 768
+)  # openai/clip-vit-large-patch14 (karlo-v1-alpha text_encoder/)
 VIT_BIGG14_TEXT = clip_text_tower(49408, 1280, 5120, 32, 1280)  # kandinsky-2-2-prior text_encoder/
 ECLIPSE_768 = prior_transformer(768, 16, 32, 10, 3, time=False)  # ECLIPSE paper size, public ECLIPSE_Karlo_Prior
 ECLIPSE_1280 = prior_transformer(1280, 16, 32, 10, 3, time=False)  # ECLIPSE_KandinskyV22_Prior
@@ -54,17 +63,26 @@ def test_hand_counts_match_published_sizes():
     with projection) and the public fp32 safetensors sizes (GB = 4 bytes × parameters / 1e9)."""
     assert round(ECLIPSE_768 / 1e6, 1) == 33.1 and round(ECLIPSE_1280 / 1e6, 1) == 34.2
     assert (VIT_L14_TEXT, VIT_BIGG14_TEXT) == (123_650_304, 694_659_840)
-    for count, gigabytes in ((ECLIPSE_768, 0.133), (ECLIPSE_1280, 0.137), (KARLO_PRIOR, 4.09),
-                             (KANDINSKY22_PRIOR, 4.1), (VIT_L14_TEXT, 0.495), (VIT_BIGG14_TEXT, 2.78)):
+    for count, gigabytes in (
+        (ECLIPSE_768, 0.133),
+        (ECLIPSE_1280, 0.137),
+        (KARLO_PRIOR, 4.09),
+        (KANDINSKY22_PRIOR, 4.1),
+        (VIT_L14_TEXT, 0.495),
+        (VIT_BIGG14_TEXT, 2.78),
+    ):
         assert abs(4 * count / 1e9 - gigabytes) < 0.006, (count, gigabytes)
 
 
-@pytest.mark.parametrize("name, prior_count, text_count, dim, space", [
-    ("eclipse-karlo", ECLIPSE_768, VIT_L14_TEXT, 768, "clip-vit-l-14"),
-    ("eclipse-kandinsky22", ECLIPSE_1280, VIT_BIGG14_TEXT, 1280, "clip-vit-bigg-14"),
-    ("karlo-prior", KARLO_PRIOR, VIT_L14_TEXT, 768, "clip-vit-l-14"),
-    ("kandinsky22-prior", KANDINSKY22_PRIOR, VIT_BIGG14_TEXT, 1280, "clip-vit-bigg-14"),
-])
+@pytest.mark.parametrize(
+    "name, prior_count, text_count, dim, space",
+    [
+        ("eclipse-karlo", ECLIPSE_768, VIT_L14_TEXT, 768, "clip-vit-l-14"),
+        ("eclipse-kandinsky22", ECLIPSE_1280, VIT_BIGG14_TEXT, 1280, "clip-vit-bigg-14"),
+        ("karlo-prior", KARLO_PRIOR, VIT_L14_TEXT, 768, "clip-vit-l-14"),
+        ("kandinsky22-prior", KANDINSKY22_PRIOR, VIT_BIGG14_TEXT, 1280, "clip-vit-bigg-14"),
+    ],
+)
 def test_real_size_priors_on_the_meta_device(name, prior_count, text_count, dim, space):
     from evalkit.priors.real import known_checkpoint
     from evalkit.registry import PRIORS
@@ -73,7 +91,12 @@ def test_real_size_priors_on_the_meta_device(name, prior_count, text_count, dim,
     assert prior.num_parameters(trainable_only=True) == prior_count == known_checkpoint(name)["parameters"]
     assert prior.num_parameters() == prior_count + 2 * dim  # + the frozen clip_mean / clip_std
     assert prior.clip.num_text_parameters() == text_count == known_checkpoint(name)["text_encoder_parameters"]
-    assert (prior.embedding_dim, prior.embedding_space, prior.clip.context_length, len(prior.clip.tokenizer)) == (dim, space, 77, 49408)
+    assert (prior.embedding_dim, prior.embedding_space, prior.clip.context_length, len(prior.clip.tokenizer)) == (
+        dim,
+        space,
+        77,
+        49408,
+    )
     assert next(prior.model.parameters()).device.type == "meta"
     assert prior.random_weights == {"size": "real", "seed": 0} and prior.training_data() == "none (random weights)"
     if name.endswith("-prior"):  # diffusion: the public UnCLIPScheduler config
@@ -112,11 +135,15 @@ def test_tiny_builds_pair_with_the_tiny_decoders_and_share_a_text_encoder():
     from evalkit.priors import load_prior
 
     batch = Batch.from_prompts(["a red book and a blue cup"], [3])
-    for decoder_name, prior_names in (("karlo", ("eclipse-karlo", "karlo-prior")),
-                                      ("kandinsky22", ("eclipse-kandinsky22", "kandinsky22-prior"))):
+    for decoder_name, prior_names in (
+        ("karlo", ("eclipse-karlo", "karlo-prior")),
+        ("kandinsky22", ("eclipse-kandinsky22", "kandinsky22-prior")),
+    ):
         decoder = load_decoder(decoder_name, random_init="tiny")
-        priors = [load_prior(n, random_init="tiny", num_inference_steps=2, guidance_scale=None, among=prior_names)
-                  for n in prior_names]
+        priors = [
+            load_prior(n, random_init="tiny", num_inference_steps=2, guidance_scale=None, among=prior_names)
+            for n in prior_names
+        ]
         for prior in priors:
             check_embedding_contract(prior, decoder)
             out = prior.predict(batch)
@@ -140,13 +167,39 @@ def prompts(monkeypatch):
         monkeypatch.setenv("EVALKIT_PROMPTS_DIR", str(local))
 
 
-@pytest.mark.parametrize("decoder, priors", [("karlo", "eclipse-karlo,karlo-prior"),
-                                             ("kandinsky22", "eclipse-kandinsky22,kandinsky22-prior")])
+@pytest.mark.parametrize(
+    "decoder, priors",
+    [("karlo", "eclipse-karlo,karlo-prior"), ("kandinsky22", "eclipse-kandinsky22,kandinsky22-prior")],
+)
 def test_tiny_random_init_run_end_to_end(prompts, tmp_path, decoder, priors):
-    result = CliRunner().invoke(cli, [
-        "run", "--random-init", "tiny", "--prior", priors, "--decoder", decoder, "--scorer", "dummy",
-        "--suite", "t2i-compbench-color", "--limit", "1", "--images-per-prompt", "1", "--num-inference-steps", "2",
-        "--prior-num-inference-steps", "2", "--out", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--random-init",
+            "tiny",
+            "--prior",
+            priors,
+            "--decoder",
+            decoder,
+            "--scorer",
+            "dummy",
+            "--suite",
+            "t2i-compbench-color",
+            "--limit",
+            "1",
+            "--images-per-prompt",
+            "1",
+            "--num-inference-steps",
+            "2",
+            "--prior-num-inference-steps",
+            "2",
+            "--out",
+            str(tmp_path / "runs"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     [run_dir] = list((tmp_path / "runs").iterdir())
     results = json.loads((run_dir / "results.json").read_text())
@@ -159,14 +212,33 @@ def test_tiny_random_init_run_end_to_end(prompts, tmp_path, decoder, priors):
     assert not results["cache"]["enabled"] and not (tmp_path / "cache").exists()  # a speed run times no cache hits
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--random-init", "--decoder", "synth", "--prior", "oracle"], "decoder 'synth' has no random-weight build"),
-    (["--random-init", "tiny", "--decoder", "karlo", "--prior", "l14-plain"], "prior 'l14-plain' has no random-weight build"),
-    (["--random-init", "--decoder", "karlo", "--decoder-path", "DIR", "--prior", "eclipse-karlo"],
-     "cannot be combined with --decoder-path"),
-    (["--random-init", "tiny", "--decoder", "karlo", "--prior", "eclipse-karlo", "--prior-path", "eclipse-karlo=DIR"],
-     "cannot be combined with --prior-path"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--random-init", "--decoder", "synth", "--prior", "oracle"], "decoder 'synth' has no random-weight build"),
+        (
+            ["--random-init", "tiny", "--decoder", "karlo", "--prior", "l14-plain"],
+            "prior 'l14-plain' has no random-weight build",
+        ),
+        (
+            ["--random-init", "--decoder", "karlo", "--decoder-path", "DIR", "--prior", "eclipse-karlo"],
+            "cannot be combined with --decoder-path",
+        ),
+        (
+            [
+                "--random-init",
+                "tiny",
+                "--decoder",
+                "karlo",
+                "--prior",
+                "eclipse-karlo",
+                "--prior-path",
+                "eclipse-karlo=DIR",
+            ],
+            "cannot be combined with --prior-path",
+        ),
+    ],
+)
 def test_refused_before_anything_is_written(tmp_path, monkeypatch, extra, message):
     from evalkit.decoders.karlo import KarloDecoder
 
@@ -176,8 +248,9 @@ def test_refused_before_anything_is_written(tmp_path, monkeypatch, extra, messag
     # a prior of Karlo's space without a random-weight build
     PRIORS.register("l14-plain", "evalkit.priors.dummy:DummyPrior", space="clip-vit-l-14", dim=768)
     try:
-        result = CliRunner().invoke(cli, ["run", *extra, "--suite", "synth-color", "--scorer", "dummy",
-                                          "--out", str(tmp_path / "runs")])
+        result = CliRunner().invoke(
+            cli, ["run", *extra, "--suite", "synth-color", "--scorer", "dummy", "--out", str(tmp_path / "runs")]
+        )
     finally:
         PRIORS.unregister("l14-plain")
     assert result.exit_code == 2 and message in result.output, result.output
@@ -205,12 +278,15 @@ def test_protocol_records_random_init_and_compare_refuses_to_mix():
     from evalkit.contracts import Protocol
 
     golden = json.loads((REPO / "results" / "golden" / "smoke" / "results.json").read_text())
-    assert Protocol(**golden["protocol"]).hash() == golden["protocol_hash"]  # loaded weights: no random_init in the hash
+    assert (
+        Protocol(**golden["protocol"]).hash() == golden["protocol_hash"]
+    )  # loaded weights: no random_init in the hash
     loaded = Protocol("karlo", 25, 7.5, 256)
     noise = dataclasses.replace(loaded, random_init="tiny")
     assert len({loaded.hash(), noise.hash(), dataclasses.replace(loaded, random_init="real").hash()}) == 3
-    row = dict(prior="p", suite="s", suite_version="v", category="color", seen="all", metric="m", value=0.5,
-               stderr=0.1, n=4)
+    row = dict(
+        prior="p", suite="s", suite_version="v", category="color", seen="all", metric="m", value=0.5, stderr=0.1, n=4
+    )
     runs = [{"protocol_hash": p.hash(), "protocol": dataclasses.asdict(p), "rows": [row]} for p in (loaded, noise)]
     with pytest.raises(ProtocolMismatchError, match="random_init: '' → 'tiny'"):
         compare_results(*runs)

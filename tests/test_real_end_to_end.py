@@ -10,7 +10,9 @@ from click.testing import CliRunner
 
 from evalkit.cli import cli
 
-pytestmark = pytest.mark.skipif(not os.environ.get("EVALKIT_PROMPTS_DIR"), reason="needs the T2I-CompBench prompt files")
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("EVALKIT_PROMPTS_DIR"), reason="needs the T2I-CompBench prompt files"
+)
 
 
 def test_eclipse_karlo_blip_on_t2i_compbench_then_export_and_import(tmp_path, monkeypatch):
@@ -21,12 +23,35 @@ def test_eclipse_karlo_blip_on_t2i_compbench_then_export_and_import(tmp_path, mo
     tiny_checkpoint(tmp_path / "prior", kind="eclipse")
     KarloDecoder.tiny().save_pretrained(tmp_path / "karlo")
     BlipVQAScorer.write_tiny(tmp_path / "blip")
-    result = CliRunner().invoke(cli, [
-        "run", "--prior", "eclipse-karlo", "--prior-path", f"eclipse-karlo={tmp_path / 'prior'}",
-        "--decoder", "karlo", "--decoder-path", str(tmp_path / "karlo"),
-        "--scorer", "blip-vqa", "--scorer-path", f"blip-vqa={tmp_path / 'blip'}",
-        "--suite", "t2i-compbench-color", "--limit", "2", "--images-per-prompt", "2", "--num-inference-steps", "2",
-        "--out", str(tmp_path / "runs"), "--no-cache"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--prior",
+            "eclipse-karlo",
+            "--prior-path",
+            f"eclipse-karlo={tmp_path / 'prior'}",
+            "--decoder",
+            "karlo",
+            "--decoder-path",
+            str(tmp_path / "karlo"),
+            "--scorer",
+            "blip-vqa",
+            "--scorer-path",
+            f"blip-vqa={tmp_path / 'blip'}",
+            "--suite",
+            "t2i-compbench-color",
+            "--limit",
+            "2",
+            "--images-per-prompt",
+            "2",
+            "--num-inference-steps",
+            "2",
+            "--out",
+            str(tmp_path / "runs"),
+            "--no-cache",
+        ],
+    )
     assert result.exit_code == 0, result.output
     [run_dir] = list((tmp_path / "runs").iterdir())
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
@@ -39,12 +64,25 @@ def test_eclipse_karlo_blip_on_t2i_compbench_then_export_and_import(tmp_path, mo
     folder = tmp_path / "export" / "eclipse-karlo" / "color"
     assert len(list((folder / "samples").iterdir())) == 4
     monkeypatch.setenv("EVALKIT_BLIP_VQA_DIR", str(tmp_path / "blip"))
-    imported = CliRunner().invoke(cli, ["import", str(folder), "--suite", "t2i-compbench-color", "--scorer", "blip-vqa",
-                                        "--out", str(tmp_path / "imported")])
+    imported = CliRunner().invoke(
+        cli,
+        [
+            "import",
+            str(folder),
+            "--suite",
+            "t2i-compbench-color",
+            "--scorer",
+            "blip-vqa",
+            "--out",
+            str(tmp_path / "imported"),
+        ],
+    )
     assert imported.exit_code == 0, imported.output
     [import_dir] = list((tmp_path / "imported").iterdir())
-    again = sorted((s["item_id"], s["seed"], round(s["score"], 6))
-                   for s in map(json.loads, (import_dir / "samples.jsonl").read_text().splitlines()))
+    again = sorted(
+        (s["item_id"], s["seed"], round(s["score"], 6))
+        for s in map(json.loads, (import_dir / "samples.jsonl").read_text().splitlines())
+    )
     assert again == sorted((s["item_id"], s["seed"], round(s["score"], 6)) for s in samples)
 
 
@@ -58,18 +96,60 @@ def test_eclipse_kandinsky_prior_into_the_kandinsky_decoder(tmp_path):
     decoder.save_pretrained(tmp_path / "k22")
     tiny_checkpoint(tmp_path / "prior", kind="eclipse", embedding_dim=decoder.embedding_dim)
     image_encoder(tmp_path / "prior" / "image_encoder")  # the zero-image negative of the Kandinsky prior pipeline
-    result = CliRunner().invoke(cli, [
-        "run", "--prior", "eclipse-kandinsky22", "--prior-path", f"eclipse-kandinsky22={tmp_path / 'prior'}",
-        "--decoder", "kandinsky22", "--decoder-path", str(tmp_path / "k22"), "--scorer", "dummy",
-        "--suite", "t2i-compbench-color", "--limit", "2", "--images-per-prompt", "1", "--num-inference-steps", "2",
-        "--out", str(tmp_path / "runs"), "--no-cache"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--prior",
+            "eclipse-kandinsky22",
+            "--prior-path",
+            f"eclipse-kandinsky22={tmp_path / 'prior'}",
+            "--decoder",
+            "kandinsky22",
+            "--decoder-path",
+            str(tmp_path / "k22"),
+            "--scorer",
+            "dummy",
+            "--suite",
+            "t2i-compbench-color",
+            "--limit",
+            "2",
+            "--images-per-prompt",
+            "1",
+            "--num-inference-steps",
+            "2",
+            "--out",
+            str(tmp_path / "runs"),
+            "--no-cache",
+        ],
+    )
     assert result.exit_code == 0, result.output
     [run_dir] = list((tmp_path / "runs").iterdir())
     assert len((run_dir / "samples.jsonl").read_text().splitlines()) == 2
     # a 32-d Karlo-space prior into the 16-d Kandinsky decoder is refused before anything is written
     tiny_checkpoint(tmp_path / "karlo-prior", kind="eclipse", embedding_dim=32)
-    wrong = CliRunner().invoke(cli, [
-        "run", "--prior", "eclipse-karlo", "--prior-path", f"eclipse-karlo={tmp_path / 'karlo-prior'}",
-        "--decoder", "kandinsky22", "--decoder-path", str(tmp_path / "k22"), "--suite", "t2i-compbench-color",
-        "--scorer", "dummy", "--out", str(tmp_path / "wrong")])
-    assert wrong.exit_code == 2 and "cannot feed decoder 'kandinsky22'" in wrong.output and not (tmp_path / "wrong").exists()
+    wrong = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--prior",
+            "eclipse-karlo",
+            "--prior-path",
+            f"eclipse-karlo={tmp_path / 'karlo-prior'}",
+            "--decoder",
+            "kandinsky22",
+            "--decoder-path",
+            str(tmp_path / "k22"),
+            "--suite",
+            "t2i-compbench-color",
+            "--scorer",
+            "dummy",
+            "--out",
+            str(tmp_path / "wrong"),
+        ],
+    )
+    assert (
+        wrong.exit_code == 2
+        and "cannot feed decoder 'kandinsky22'" in wrong.output
+        and not (tmp_path / "wrong").exists()
+    )

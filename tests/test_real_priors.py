@@ -9,8 +9,14 @@ import torch
 
 from evalkit.contracts import Batch, EmbeddingSpec, check_embedding_contract
 from evalkit.errors import ConfigMismatchError, EmbeddingContractError, WeightsNotFoundError
-from evalkit.priors.real import (KNOWN_CHECKPOINTS, DiffusionCheckpointPrior, EclipseCheckpointPrior, HFTextEncoder,
-                                 checkpoint_kind, tiny_checkpoint)
+from evalkit.priors.real import (
+    KNOWN_CHECKPOINTS,
+    DiffusionCheckpointPrior,
+    EclipseCheckpointPrior,
+    HFTextEncoder,
+    checkpoint_kind,
+    tiny_checkpoint,
+)
 
 PROMPTS = ["a red cube", "a blue ball on a green table", "two yellow cats"]
 

@@ -37,8 +37,23 @@ SLOW_RUN = textwrap.dedent("""
     DECODERS.register("slow-dummy", SlowDecoder)
     cli(sys.argv[1:])
 """)
-ARGS = ["run", "--prior", "dummy", "--decoder", "slow-dummy", "--scorer", "dummy", "--suite", "synth-color,synth-shape",
-        "--limit", "10", "--images-per-prompt", "2", "--batch-size", "4"]
+ARGS = [
+    "run",
+    "--prior",
+    "dummy",
+    "--decoder",
+    "slow-dummy",
+    "--scorer",
+    "dummy",
+    "--suite",
+    "synth-color,synth-shape",
+    "--limit",
+    "10",
+    "--images-per-prompt",
+    "2",
+    "--batch-size",
+    "4",
+]
 TOTAL_IMAGES = 2 * 10 * 2
 
 
@@ -46,8 +61,13 @@ def _start(tmp_path, out: str, cache: str, extra=()) -> subprocess.Popen:
     script = tmp_path / "slow_run.py"
     script.write_text(SLOW_RUN)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(script), *ARGS, "--out", out, "--cache-dir", cache, *extra], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    return subprocess.Popen(
+        [sys.executable, str(script), *ARGS, "--out", out, "--cache-dir", cache, *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
 
 
 def _cached_images(cache: Path) -> int:
@@ -55,7 +75,9 @@ def _cached_images(cache: Path) -> int:
 
 
 def _rows(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "tag"} for r in json.loads((run_dir / "results.json").read_text())["rows"]]
+    return [
+        {k: v for k, v in r.items() if k != "tag"} for r in json.loads((run_dir / "results.json").read_text())["rows"]
+    ]
 
 
 def _finished(out: Path) -> list[Path]:
@@ -105,9 +127,27 @@ def test_two_runs_into_one_folder_never_share_files(tmp_path):
 
 
 def _dummy_run(tmp_path, *extra) -> Path:
-    result = CliRunner().invoke(cli, ["run", "--prior", "dummy", "--decoder", "dummy", "--scorer", "dummy", "--limit", "2",
-                                      "--images-per-prompt", "2", "--out", str(tmp_path / "runs"), "--cache-dir",
-                                      str(tmp_path / "cache"), *extra])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--prior",
+            "dummy",
+            "--decoder",
+            "dummy",
+            "--scorer",
+            "dummy",
+            "--limit",
+            "2",
+            "--images-per-prompt",
+            "2",
+            "--out",
+            str(tmp_path / "runs"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            *extra,
+        ],
+    )
     assert result.exit_code == 0, result.output
     return _finished(tmp_path / "runs")[-1]
 
@@ -165,14 +205,17 @@ def test_malicious_pickle_is_never_executed(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--prior", "eclipes"], "Did you mean 'eclipse'"),
-    (["--images-per-prompt", "0"], "--images-per-prompt"),
-    (["--num-inference-steps", "-3"], "--num-inference-steps"),
-    (["--prior", "dummy"], "cannot feed decoder 'synth'"),
-    (["--prior", "nan-prior", "--decoder", "dummy", "--scorer", "dummy"], "'nan-prior' returned NaN/inf"),
-    (["--prior", "eclipse", "--prior-path", "eclipse=/nonexistent/weights"], "no weights at /nonexistent/weights"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prior", "eclipes"], "Did you mean 'eclipse'"),
+        (["--images-per-prompt", "0"], "--images-per-prompt"),
+        (["--num-inference-steps", "-3"], "--num-inference-steps"),
+        (["--prior", "dummy"], "cannot feed decoder 'synth'"),
+        (["--prior", "nan-prior", "--decoder", "dummy", "--scorer", "dummy"], "'nan-prior' returned NaN/inf"),
+        (["--prior", "eclipse", "--prior-path", "eclipse=/nonexistent/weights"], "no weights at /nonexistent/weights"),
+    ],
+)
 def test_bad_input_exits_nonzero_before_anything_is_written(tmp_path, args, message):
     class NanPrior(DummyPrior):
         name = "nan-prior"
@@ -197,8 +240,22 @@ def test_empty_prompt_file_is_refused_before_anything_is_written(tmp_path, monke
     for name in ("color_val.txt", "color_val_seen.txt", "color_val_unseen.txt", "color_train.txt"):
         (prompts / name).write_text("\n\n")
     monkeypatch.setenv("EVALKIT_PROMPTS_DIR", str(prompts))
-    result = CliRunner().invoke(cli, ["run", "--suite", "t2i-compbench-color", "--prior", "dummy", "--decoder", "dummy",
-                                      "--scorer", "dummy", "--out", str(tmp_path / "runs")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--suite",
+            "t2i-compbench-color",
+            "--prior",
+            "dummy",
+            "--decoder",
+            "dummy",
+            "--scorer",
+            "dummy",
+            "--out",
+            str(tmp_path / "runs"),
+        ],
+    )
     assert result.exit_code == 2 and "color_val" in result.output and "prompt file" in result.output, result.output
     assert not (tmp_path / "runs").exists()
 
@@ -206,8 +263,22 @@ def test_empty_prompt_file_is_refused_before_anything_is_written(tmp_path, monke
 def test_unusable_output_location_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    result = CliRunner().invoke(cli, ["run", "--prior", "dummy", "--decoder", "dummy", "--scorer", "dummy", "--limit", "1",
-                                      "--out", str(blocker / "runs")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--prior",
+            "dummy",
+            "--decoder",
+            "dummy",
+            "--scorer",
+            "dummy",
+            "--limit",
+            "1",
+            "--out",
+            str(blocker / "runs"),
+        ],
+    )
     assert result.exit_code == 2 and "cannot create output folder" in result.output
 
 
@@ -224,8 +295,24 @@ def test_a_failed_write_leaves_no_partial_results(tmp_path, monkeypatch):
         return real_replace(src, dst)
 
     monkeypatch.setattr(serialization.os, "replace", full_disk)
-    result = CliRunner().invoke(cli, ["run", "--prior", "dummy", "--decoder", "dummy", "--scorer", "dummy", "--limit", "1",
-                                      "--out", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--prior",
+            "dummy",
+            "--decoder",
+            "dummy",
+            "--scorer",
+            "dummy",
+            "--limit",
+            "1",
+            "--out",
+            str(tmp_path / "runs"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+    )
     assert result.exit_code == 2 and "results.json" in result.output and "No space left" in result.output
     [run_dir] = list((tmp_path / "runs").iterdir())
     assert not (run_dir / "results.json").exists() and not (run_dir / "samples.jsonl").exists()
@@ -241,17 +328,45 @@ def test_prior_path_loads_a_folder_and_refuses_pickle_unless_allowed(tmp_path):
     (folder).mkdir()
     (folder / "config.json").write_text((prior.path / "config.json").read_text())
     (tmp_path / "state.bin").rename(folder / "diffusion_pytorch_model.bin")
-    args = ["run", "--prior", "eclipse", "--prior-path", f"eclipse={folder}", "--limit", "1", "--images-per-prompt", "1",
-            "--num-inference-steps", "2", "--out", str(tmp_path / "runs"), "--no-cache"]
+    args = [
+        "run",
+        "--prior",
+        "eclipse",
+        "--prior-path",
+        f"eclipse={folder}",
+        "--limit",
+        "1",
+        "--images-per-prompt",
+        "1",
+        "--num-inference-steps",
+        "2",
+        "--out",
+        str(tmp_path / "runs"),
+        "--no-cache",
+    ]
     refused = CliRunner().invoke(cli, args)
     assert refused.exit_code == 2 and "pickle" in refused.output and not (tmp_path / "runs").exists()
     allowed = CliRunner().invoke(cli, args + ["--allow-pickle"])
     assert allowed.exit_code == 0, allowed.output
-    wrong = CliRunner().invoke(cli, ["run", "--prior", "oracle", "--prior-path", f"oracle={folder}", "--out", str(tmp_path / "x")])
+    wrong = CliRunner().invoke(
+        cli, ["run", "--prior", "oracle", "--prior-path", f"oracle={folder}", "--out", str(tmp_path / "x")]
+    )
     assert wrong.exit_code == 2 and "trained priors only" in wrong.output
 
 
 def test_missing_real_decoder_folder_is_named(tmp_path):
-    result = CliRunner().invoke(cli, ["run", "--prior", "diffusion", "--decoder", "kandinsky22",
-                                      "--decoder-path", str(tmp_path / "k22"), "--out", str(tmp_path / "runs")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--prior",
+            "diffusion",
+            "--decoder",
+            "kandinsky22",
+            "--decoder-path",
+            str(tmp_path / "k22"),
+            "--out",
+            str(tmp_path / "runs"),
+        ],
+    )
     assert result.exit_code == 2 and str(tmp_path / "k22") in result.output and not (tmp_path / "runs").exists()

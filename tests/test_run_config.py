@@ -9,12 +9,45 @@ from click.testing import CliRunner
 from evalkit.cli import cli
 from evalkit.harness.run_config import RunConfig, load_config_file
 
-FLAGS = ["--prior", "oracle,none", "--suite", "synth-color,synth-shape", "--scorer", "binding", "--limit", "4",
-         "--images-per-prompt", "2", "--guidance-scale", "4", "--no-cache", "--tag", "t", "--prior-path",
-         "eclipse=/w/e", "--plugin", "m:C", "--random-init", "tiny", "--attention", "sdpa"]
-FILE = {"priors": ["oracle", "none"], "suites": ["synth-color", "synth-shape"], "scorers": ["binding"], "limit": 4,
-        "images_per_prompt": 2, "guidance_scale": 4, "cache": False, "tag": "t", "prior_paths": {"eclipse": "/w/e"},
-        "plugins": ["m:C"], "random_init": "tiny", "attention": "sdpa"}
+FLAGS = [
+    "--prior",
+    "oracle,none",
+    "--suite",
+    "synth-color,synth-shape",
+    "--scorer",
+    "binding",
+    "--limit",
+    "4",
+    "--images-per-prompt",
+    "2",
+    "--guidance-scale",
+    "4",
+    "--no-cache",
+    "--tag",
+    "t",
+    "--prior-path",
+    "eclipse=/w/e",
+    "--plugin",
+    "m:C",
+    "--random-init",
+    "tiny",
+    "--attention",
+    "sdpa",
+]
+FILE = {
+    "priors": ["oracle", "none"],
+    "suites": ["synth-color", "synth-shape"],
+    "scorers": ["binding"],
+    "limit": 4,
+    "images_per_prompt": 2,
+    "guidance_scale": 4,
+    "cache": False,
+    "tag": "t",
+    "prior_paths": {"eclipse": "/w/e"},
+    "plugins": ["m:C"],
+    "random_init": "tiny",
+    "attention": "sdpa",
+}
 TOML = """priors = ["oracle", "none"]
 suites = ["synth-color", "synth-shape"]
 scorers = ["binding"]
@@ -115,14 +148,17 @@ def test_an_unknown_key_is_named_with_a_suggestion(resolved, tmp_path):
     assert str(path) in result.output
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"images_per_prompt": "ten"}, "images_per_prompt must be an integer"),
-    ({"cache": "no"}, "cache must be true or false"),
-    ({"priors": [1, 2]}, "priors must be a list of strings"),
-    ({"limit": True}, "limit must be an integer (or null)"),
-    ({"attention": "flash"}, "attention must be one of sdpa, eager"),
-    ({"prior_paths": ["eclipse=/w"]}, "prior_paths must be a table of NAME = DIR strings"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"images_per_prompt": "ten"}, "images_per_prompt must be an integer"),
+        ({"cache": "no"}, "cache must be true or false"),
+        ({"priors": [1, 2]}, "priors must be a list of strings"),
+        ({"limit": True}, "limit must be an integer (or null)"),
+        ({"attention": "flash"}, "attention must be one of sdpa, eager"),
+        ({"prior_paths": ["eclipse=/w"]}, "prior_paths must be a table of NAME = DIR strings"),
+    ],
+)
 def test_a_wrong_type_names_the_key(tmp_path, values, message):
     path = tmp_path / "run.json"
     path.write_text(json.dumps(values))

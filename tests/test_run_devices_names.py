@@ -43,15 +43,20 @@ def public_folders(tmp_path_factory):
     shutil.copytree(eclipse / "prior", root / "ECLIPSE_Karlo_Prior")  # config.json + weights at the root
     blip = root / "blip-vqa-base"
     BlipVQAScorer.write_tiny(blip)
-    return {"EVALKIT_KARLO_DIR": karlo, "EVALKIT_ECLIPSE_KARLO_PRIOR_DIR": root / "ECLIPSE_Karlo_Prior",
-            "EVALKIT_BLIP_VQA_DIR": blip}
+    return {
+        "EVALKIT_KARLO_DIR": karlo,
+        "EVALKIT_ECLIPSE_KARLO_PRIOR_DIR": root / "ECLIPSE_Karlo_Prior",
+        "EVALKIT_BLIP_VQA_DIR": blip,
+    }
 
 
 @pytest.fixture
 def prompts_file(tmp_path):
     path = tmp_path / "mine.txt"
-    path.write_text("# two of the world's captions and one it cannot read\na red square and a blue circle\n"
-                    "a green circle and a yellow star\na green bench and a red car\n")
+    path.write_text(
+        "# two of the world's captions and one it cannot read\na red square and a blue circle\n"
+        "a green circle and a yellow star\na green bench and a red car\n"
+    )
     return path
 
 
@@ -60,8 +65,25 @@ def test_the_design_card_command_runs_the_paper_priors_for_karlo(public_folders,
         monkeypatch.setenv(variable, str(folder))
     prompts_dir = os.environ.get("EVALKIT_PROMPTS_DIR")
     suite = ["--suite", "t2i-compbench-color"] if prompts_dir else ["--prompts", prompts_file, "--category", "color"]
-    result = invoke("run", "--prior", "eclipse,diffusion", "--decoder", "karlo", *suite, "--scorer", "blip-vqa",
-                    "--limit", "2", "--prior-num-inference-steps", "2", "--device", "auto", *FAST, "--out", tmp_path / "runs")
+    result = invoke(
+        "run",
+        "--prior",
+        "eclipse,diffusion",
+        "--decoder",
+        "karlo",
+        *suite,
+        "--scorer",
+        "blip-vqa",
+        "--limit",
+        "2",
+        "--prior-num-inference-steps",
+        "2",
+        "--device",
+        "auto",
+        *FAST,
+        "--out",
+        tmp_path / "runs",
+    )
     assert result.exit_code == 0, result.output
     assert "'eclipse-karlo'" in result.output and "'karlo-prior'" in result.output  # the notes say what ran
     run_dir, results = only_run(tmp_path / "runs")
@@ -89,8 +111,9 @@ def test_a_label_runs_a_second_checkpoint_beside_the_shipped_one_and_reports_mer
 
     other = EclipsePrior.shipped_dir(training_seed=1)
     common = ["--suite", "synth-color", "--limit", "2", *FAST, "--scorer", "binding"]
-    result = invoke("run", "--prior", "eclipse,mine=eclipse", "--prior-path", f"mine={other}", *common,
-                    "--out", tmp_path / "both")
+    result = invoke(
+        "run", "--prior", "eclipse,mine=eclipse", "--prior-path", f"mine={other}", *common, "--out", tmp_path / "both"
+    )
     assert result.exit_code == 0, result.output
     both_dir, results = only_run(tmp_path / "both")
     assert set(results["priors"]) == {"eclipse", "mine"}
@@ -99,8 +122,12 @@ def test_a_label_runs_a_second_checkpoint_beside_the_shipped_one_and_reports_mer
     assert results["config"]["priors"] == ["eclipse", "mine=eclipse"]
     # the same two as separate runs, merged by `evalkit report`
     assert invoke("run", "--prior", "eclipse", *common, "--out", tmp_path / "a").exit_code == 0
-    assert invoke("run", "--prior", "mine=eclipse", "--prior-path", f"mine={other}", *common,
-                  "--out", tmp_path / "b").exit_code == 0
+    assert (
+        invoke(
+            "run", "--prior", "mine=eclipse", "--prior-path", f"mine={other}", *common, "--out", tmp_path / "b"
+        ).exit_code
+        == 0
+    )
     (a, _), (b, _) = only_run(tmp_path / "a"), only_run(tmp_path / "b")
     merged = invoke("report", a, b, "--out", tmp_path / "merged")
     assert merged.exit_code == 0, merged.output
@@ -114,7 +141,8 @@ def test_a_label_runs_a_second_checkpoint_beside_the_shipped_one_and_reports_mer
 
 
 def test_a_plugged_in_prior_gets_the_text_encodings_of_its_space(tmp_path, monkeypatch):
-    (tmp_path / "plugged_priors.py").write_text(textwrap.dedent('''
+    (tmp_path / "plugged_priors.py").write_text(
+        textwrap.dedent('''
         import torch
         from evalkit.contracts import Prior
 
@@ -125,12 +153,28 @@ def test_a_plugged_in_prior_gets_the_text_encodings_of_its_space(tmp_path, monke
 
             def predict(self, batch):
                 return batch.text["synth-clip"].text_embeds.float()
-        '''))
+        ''')
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    result = invoke("run", "--plugin", "plugged_priors:TextAsImage", "--plugin", "mine=plugged_priors:TextAsImage",
-                    "--prior", "text-as-image,mine", "--suite", "synth-color", "--limit", "2", "--scorer", "binding",
-                    *FAST, "--out", tmp_path / "runs")
+    result = invoke(
+        "run",
+        "--plugin",
+        "plugged_priors:TextAsImage",
+        "--plugin",
+        "mine=plugged_priors:TextAsImage",
+        "--prior",
+        "text-as-image,mine",
+        "--suite",
+        "synth-color",
+        "--limit",
+        "2",
+        "--scorer",
+        "binding",
+        *FAST,
+        "--out",
+        tmp_path / "runs",
+    )
     assert result.exit_code == 0, result.output
     _, results = only_run(tmp_path / "runs")
     assert set(results["priors"]) == {"text-as-image", "mine"}
@@ -142,8 +186,20 @@ def test_a_plugged_in_prior_gets_the_text_encodings_of_its_space(tmp_path, monke
 
 
 def test_items_a_closed_vocabulary_scorer_cannot_read_are_counted_not_scored(tmp_path, prompts_file):
-    result = invoke("run", "--prior", "eclipse", "--prompts", prompts_file, "--category", "color",
-                    "--scorer", "binding", *FAST, "--out", tmp_path / "runs")
+    result = invoke(
+        "run",
+        "--prior",
+        "eclipse",
+        "--prompts",
+        prompts_file,
+        "--category",
+        "color",
+        "--scorer",
+        "binding",
+        *FAST,
+        "--out",
+        tmp_path / "runs",
+    )
     assert result.exit_code == 0, result.output
     assert "binding cannot score 1 of 3 prompts" in result.output
     run_dir, results = only_run(tmp_path / "runs")
@@ -157,8 +213,20 @@ def test_items_a_closed_vocabulary_scorer_cannot_read_are_counted_not_scored(tmp
     # nothing at all it can read: refused before anything is generated or written
     unreadable = tmp_path / "bench.txt"
     unreadable.write_text("a green bench and a red car\n")
-    refused = invoke("run", "--prior", "eclipse", "--prompts", unreadable, "--category", "color", "--scorer", "binding",
-                     *FAST, "--out", tmp_path / "refused")
+    refused = invoke(
+        "run",
+        "--prior",
+        "eclipse",
+        "--prompts",
+        unreadable,
+        "--category",
+        "color",
+        "--scorer",
+        "binding",
+        *FAST,
+        "--out",
+        tmp_path / "refused",
+    )
     assert refused.exit_code == 2 and "no scorer of this run can score any prompt" in refused.output
     assert not (tmp_path / "refused").exists()
 
@@ -214,9 +282,23 @@ def test_a_bfloat16_run_records_what_ran_and_keeps_the_protocol(tmp_path):
 def test_a_presets_priors_take_prior_paths(tmp_path):
     from evalkit.priors.eclipse import EclipsePrior
 
-    result = invoke("run", "--preset", "smoke", "--prior-path", f"eclipse={EclipsePrior.shipped_dir(1)}",
-                    "--suite", "synth-color", "--limit", "1", "--images-per-prompt", "1", "--scorer", "binding",
-                    "--out", tmp_path / "runs")
+    result = invoke(
+        "run",
+        "--preset",
+        "smoke",
+        "--prior-path",
+        f"eclipse={EclipsePrior.shipped_dir(1)}",
+        "--suite",
+        "synth-color",
+        "--limit",
+        "1",
+        "--images-per-prompt",
+        "1",
+        "--scorer",
+        "binding",
+        "--out",
+        tmp_path / "runs",
+    )
     assert result.exit_code == 0, result.output
     _, results = only_run(tmp_path / "runs")
     assert set(results["priors"]) == {"oracle", "eclipse"}
@@ -243,15 +325,20 @@ def test_registry_metadata_matches_the_plugins():
             assert registry.get(entry.name).tiny().embedding_space == entry.meta["space"], entry.name
     for name in ("eclipse-karlo", "eclipse-kandinsky22", "karlo-prior", "kandinsky22-prior"):
         checkpoint = known_checkpoint(name)
-        assert (checkpoint["embedding_space"], checkpoint["embedding_dim"]) == \
-            (PRIORS.entry(name).meta["space"], PRIORS.entry(name).meta["dim"])
+        assert (checkpoint["embedding_space"], checkpoint["embedding_dim"]) == (
+            PRIORS.entry(name).meta["space"],
+            PRIORS.entry(name).meta["dim"],
+        )
     assert load_prior("eclipse").embedding_dim == PRIORS.entry("eclipse").meta["dim"]
     for name in ("karlo", "kandinsky22"):
         cls, meta = DECODERS.get(name), DECODERS.entry(name).meta
         assert (cls.default_num_inference_steps, cls.default_guidance_scale) == (meta["steps"], meta["guidance"])
     synth, meta = load_decoder("synth"), DECODERS.entry("synth").meta
-    assert (synth.default_num_inference_steps, synth.default_guidance_scale, synth.embedding_dim) == \
-        (meta["steps"], meta["guidance"], meta["dim"])
+    assert (synth.default_num_inference_steps, synth.default_guidance_scale, synth.embedding_dim) == (
+        meta["steps"],
+        meta["guidance"],
+        meta["dim"],
+    )
 
 
 @pytest.mark.gpu
@@ -259,9 +346,28 @@ def test_registry_metadata_matches_the_plugins():
 def test_a_run_computes_on_the_gpu_through_evalkit_run(public_folders, tmp_path, monkeypatch, prompts_file):
     for variable, folder in public_folders.items():
         monkeypatch.setenv(variable, str(folder))
-    result = invoke("run", "--prior", "eclipse,diffusion", "--decoder", "karlo", "--prompts", prompts_file,
-                    "--category", "color", "--scorer", "blip-vqa", "--device", "cuda", "--dtype", "float16",
-                    "--prior-num-inference-steps", "2", *FAST, "--out", tmp_path / "runs")
+    result = invoke(
+        "run",
+        "--prior",
+        "eclipse,diffusion",
+        "--decoder",
+        "karlo",
+        "--prompts",
+        prompts_file,
+        "--category",
+        "color",
+        "--scorer",
+        "blip-vqa",
+        "--device",
+        "cuda",
+        "--dtype",
+        "float16",
+        "--prior-num-inference-steps",
+        "2",
+        *FAST,
+        "--out",
+        tmp_path / "runs",
+    )
     assert result.exit_code == 0, result.output
     _, results = only_run(tmp_path / "runs")
     placements = results["environment"]["placements"]

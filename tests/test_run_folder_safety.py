@@ -30,8 +30,16 @@ from tests.conftest import REPO
 
 
 def _config(tmp_path, name="runs", **overrides) -> RunConfig:
-    base = dict(priors=["dummy"], decoder="dummy", suites=["synth-color"], scorers=["dummy"], limit=2,
-                images_per_prompt=2, out=str(tmp_path / name), cache_dir=str(tmp_path / "cache"))
+    base = dict(
+        priors=["dummy"],
+        decoder="dummy",
+        suites=["synth-color"],
+        scorers=["dummy"],
+        limit=2,
+        images_per_prompt=2,
+        out=str(tmp_path / name),
+        cache_dir=str(tmp_path / "cache"),
+    )
     return RunConfig(**{**base, **overrides})
 
 
@@ -74,8 +82,12 @@ def test_results_without_a_checksum_are_refused(tmp_path):
     (run_dir / "results.json").write_text(json.dumps(results))
     with pytest.raises(CorruptFileError, match="no checksum"):
         load_run(run_dir)
-    for args in (["report", str(run_dir), "--out", str(tmp_path / "report")], ["compare", str(run_dir), str(run_dir)],
-                 ["compare", str(run_dir / "results.json"), str(run_dir)], ["export", str(run_dir), str(tmp_path / "x")]):
+    for args in (
+        ["report", str(run_dir), "--out", str(tmp_path / "report")],
+        ["compare", str(run_dir), str(run_dir)],
+        ["compare", str(run_dir / "results.json"), str(run_dir)],
+        ["export", str(run_dir), str(tmp_path / "x")],
+    ):
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 2 and "no checksum" in _one_error_line(result), (args, result.output)
     assert not (tmp_path / "report").exists() and not (tmp_path / "x").exists()
@@ -153,8 +165,11 @@ def test_a_crafted_run_folder_cannot_make_export_write_outside_out_or_copy_other
     result = CliRunner().invoke(cli, ["export", str(run_dir), str(out)])
     assert result.exit_code == 2 and "outside the run folder" in _one_error_line(result), result.output
     assert not list(tmp_path.rglob("*trav-EVIL*")) and not (tmp_path / "a").exists()
-    assert not [p for p in tmp_path.rglob("*.png") if p.is_file() and not p.is_symlink()
-                and p.read_bytes() == Path("/etc/hostname").read_bytes()]
+    assert not [
+        p
+        for p in tmp_path.rglob("*.png")
+        if p.is_file() and not p.is_symlink() and p.read_bytes() == Path("/etc/hostname").read_bytes()
+    ]
 
 
 def test_a_truncated_image_stops_report_and_export_before_they_write(tmp_path):
@@ -180,7 +195,9 @@ def test_report_out_is_a_new_folder_and_nothing_there_is_overwritten(tmp_path, m
     result = CliRunner().invoke(cli, ["report", str(run_dir), "--out", str(mine)])
     assert result.exit_code == 2 and "never overwritten" in result.output
     assert (mine / "report.html").read_text() == "my page" and sorted(p.name for p in mine.iterdir()) == [
-        "grid-synth-color.png", "report.html"]
+        "grid-synth-color.png",
+        "report.html",
+    ]
 
     # two reports into one folder at once: the second to finish is refused, the first one's files stay
     real_blocks = run_report.report_blocks
@@ -266,8 +283,25 @@ def _full_disk_for_images(monkeypatch):
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
 def test_a_full_disk_while_writing_images_is_a_clear_error_and_no_empty_png(tmp_path, monkeypatch):
     _full_disk_for_images(monkeypatch)
-    result = CliRunner().invoke(cli, ["run", "--prior", "dummy", "--decoder", "dummy", "--scorer", "dummy", "--limit", "1",
-                                      "--images-per-prompt", "1", "--no-cache", "--out", str(tmp_path / "runs")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--prior",
+            "dummy",
+            "--decoder",
+            "dummy",
+            "--scorer",
+            "dummy",
+            "--limit",
+            "1",
+            "--images-per-prompt",
+            "1",
+            "--no-cache",
+            "--out",
+            str(tmp_path / "runs"),
+        ],
+    )
     assert result.exit_code == 2, result.output
     line = _one_error_line(result)
     assert "No space left" in line and ".png" in line
@@ -287,9 +321,26 @@ def test_a_full_disk_while_writing_report_pictures_keeps_the_results_and_says_ho
         return real_savefig(self, fname, *args, **kwargs)
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
-    result = CliRunner().invoke(cli, ["run", "--prior", "dummy", "--decoder", "dummy", "--scorer", "dummy", "--limit", "2",
-                                      "--images-per-prompt", "1", "--out", str(tmp_path / "runs"), "--cache-dir",
-                                      str(tmp_path / "cache")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--prior",
+            "dummy",
+            "--decoder",
+            "dummy",
+            "--scorer",
+            "dummy",
+            "--limit",
+            "2",
+            "--images-per-prompt",
+            "1",
+            "--out",
+            str(tmp_path / "runs"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+    )
     assert result.exit_code == 2, result.output
     line = _one_error_line(result)
     [run_dir] = list((tmp_path / "runs").iterdir())
@@ -342,9 +393,13 @@ def test_prompt_files_that_are_devices_or_fifos_are_refused_without_reading(tmp_
     os.mkfifo(src / "color_val_seen.txt")
     script = tmp_path / "child.py"
     script.write_text(PROMPT_CHILD)
-    child = subprocess.run([sys.executable, str(script), str(src)], capture_output=True, text=True, timeout=60,
-                           env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-                                "OPENBLAS_NUM_THREADS": "1"})
+    child = subprocess.run(
+        [sys.executable, str(script), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
+    )
     assert child.returncode == 0, child.stderr[-2000:]
     found = json.loads(child.stdout.strip().splitlines()[-1])
     assert "color_train.txt" in found["train"] and "character device" in found["train"], found
@@ -365,20 +420,62 @@ def test_a_prompt_file_over_the_size_cap_is_refused_by_name(tmp_path):
 def test_out_naming_a_run_folder_is_refused_before_anything_is_written(tmp_path):
     run_dir = _run(tmp_path)
     before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
-    result = CliRunner().invoke(cli, ["run", "--prior", "dummy", "--decoder", "dummy", "--scorer", "dummy", "--limit", "1",
-                                      "--images-per-prompt", "1", "--out", str(run_dir), "--cache-dir",
-                                      str(tmp_path / "cache")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--prior",
+            "dummy",
+            "--decoder",
+            "dummy",
+            "--scorer",
+            "dummy",
+            "--limit",
+            "1",
+            "--images-per-prompt",
+            "1",
+            "--out",
+            str(run_dir),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+    )
     assert result.exit_code == 2 and "itself a run folder" in _one_error_line(result), result.output
     exported = tmp_path / "export"
     assert CliRunner().invoke(cli, ["export", str(run_dir), str(exported)]).exit_code == 0
-    imported = CliRunner().invoke(cli, ["import", str(exported / "dummy" / "color"), "--suite", "synth-color",
-                                        "--scorer", "dummy", "--out", str(run_dir)])
+    imported = CliRunner().invoke(
+        cli,
+        [
+            "import",
+            str(exported / "dummy" / "color"),
+            "--suite",
+            "synth-color",
+            "--scorer",
+            "dummy",
+            "--out",
+            str(run_dir),
+        ],
+    )
     assert imported.exit_code == 2 and "itself a run folder" in _one_error_line(imported), imported.output
     unfinished = tmp_path / "unfinished"  # run.json alone marks a run folder too
     unfinished.mkdir()
     (unfinished / "run.json").write_text("{}")
-    again = CliRunner().invoke(cli, ["run", "--prior", "dummy", "--decoder", "dummy", "--scorer", "dummy", "--limit", "1",
-                                     "--out", str(unfinished)])
+    again = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--prior",
+            "dummy",
+            "--decoder",
+            "dummy",
+            "--scorer",
+            "dummy",
+            "--limit",
+            "1",
+            "--out",
+            str(unfinished),
+        ],
+    )
     assert again.exit_code == 2 and "run.json" in again.output
     assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
     assert os.listdir(unfinished) == ["run.json"]
@@ -394,8 +491,9 @@ def test_ctrl_c_exits_130_and_says_the_same_command_resumes(tmp_path, monkeypatc
         raise KeyboardInterrupt() if raised is KeyboardInterrupt else click.exceptions.Abort()
 
     monkeypatch.setattr(evalkit.harness.runner, "run", interrupted)
-    result = CliRunner().invoke(cli, ["run", "--prior", "dummy", "--decoder", "dummy", "--scorer", "dummy",
-                                      "--out", str(tmp_path / "runs")])
+    result = CliRunner().invoke(
+        cli, ["run", "--prior", "dummy", "--decoder", "dummy", "--scorer", "dummy", "--out", str(tmp_path / "runs")]
+    )
     assert result.exit_code == 130, result.output
     assert "Aborted!" not in result.output and "Traceback" not in result.output
     [line] = result.output.strip().splitlines()
@@ -412,8 +510,23 @@ def test_a_full_disk_while_copying_cached_images_into_the_run_is_a_clear_error(t
     from evalkit.cli import cli
     import evalkit.serialization as serialization
 
-    args = ["run", "--prior", "dummy", "--decoder", "dummy", "--scorer", "dummy", "--suite", "synth-color",
-            "--limit", "2", "--images-per-prompt", "1", "--cache-dir", str(tmp_path / "cache")]
+    args = [
+        "run",
+        "--prior",
+        "dummy",
+        "--decoder",
+        "dummy",
+        "--scorer",
+        "dummy",
+        "--suite",
+        "synth-color",
+        "--limit",
+        "2",
+        "--images-per-prompt",
+        "1",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     assert CliRunner().invoke(cli, args + ["--out", str(tmp_path / "warm")]).exit_code == 0  # fills the cache
     real = serialization.os.replace
 

@@ -27,8 +27,16 @@ PROTOCOL = Protocol(decoder="dummy", num_inference_steps=1, guidance_scale=1.0, 
 
 
 def config(tmp_path, **overrides) -> RunConfig:
-    base = dict(priors=["dummy"], decoder="dummy", suites=["synth-color", "synth-shape"], scorers=["dummy"], limit=3,
-                images_per_prompt=2, out=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"))
+    base = dict(
+        priors=["dummy"],
+        decoder="dummy",
+        suites=["synth-color", "synth-shape"],
+        scorers=["dummy"],
+        limit=3,
+        images_per_prompt=2,
+        out=str(tmp_path / "runs"),
+        cache_dir=str(tmp_path / "cache"),
+    )
     return RunConfig(**{**base, **overrides})
 
 
@@ -44,21 +52,52 @@ def test_cache_reuses_everything_and_gives_identical_rows(tmp_path):
     suite = load_suite("synth-color")
     cache = WorkCache(tmp_path / "cache")
     CountingPrior.calls = 0
-    cold, _ = evaluate({"p": CountingPrior()}, DummyDecoder(), suite, {"dummy": DummyScorer()}, PROTOCOL, tmp_path / "a",
-                       limit=3, batch_size=4, progress=False, cache=cache)
+    cold, _ = evaluate(
+        {"p": CountingPrior()},
+        DummyDecoder(),
+        suite,
+        {"dummy": DummyScorer()},
+        PROTOCOL,
+        tmp_path / "a",
+        limit=3,
+        batch_size=4,
+        progress=False,
+        cache=cache,
+    )
     assert CountingPrior.calls == 6 and cache.misses == {"embedding": 6, "image": 6, "score": 6}
     warm_cache = WorkCache(tmp_path / "cache")
-    warm, timings = evaluate({"p": CountingPrior()}, DummyDecoder(), suite, {"dummy": DummyScorer()}, PROTOCOL,
-                             tmp_path / "b", limit=3, batch_size=5, progress=False, cache=warm_cache)
+    warm, timings = evaluate(
+        {"p": CountingPrior()},
+        DummyDecoder(),
+        suite,
+        {"dummy": DummyScorer()},
+        PROTOCOL,
+        tmp_path / "b",
+        limit=3,
+        batch_size=5,
+        progress=False,
+        cache=warm_cache,
+    )
     assert CountingPrior.calls == 6, "a warm run must not call the prior"
     assert warm_cache.hits == {"embedding": 0, "image": 6, "score": 6} and timings["decoder"] == 0
     assert warm == [{**r, "image_path": r["image_path"]} for r in cold]
-    assert all((tmp_path / "b" / r["image_path"]).read_bytes() == (tmp_path / "a" / r["image_path"]).read_bytes() for r in warm)
+    assert all(
+        (tmp_path / "b" / r["image_path"]).read_bytes() == (tmp_path / "a" / r["image_path"]).read_bytes() for r in warm
+    )
     # anything that determines the work changes the keys: another protocol decodes again (from cached embeddings)
     other = Protocol(decoder="dummy", num_inference_steps=2, guidance_scale=1.0, resolution=16, images_per_prompt=2)
     third = WorkCache(tmp_path / "cache")
-    evaluate({"p": CountingPrior()}, DummyDecoder(), suite, {"dummy": DummyScorer()}, other, None, limit=3,
-             progress=False, cache=third)
+    evaluate(
+        {"p": CountingPrior()},
+        DummyDecoder(),
+        suite,
+        {"dummy": DummyScorer()},
+        other,
+        None,
+        limit=3,
+        progress=False,
+        cache=third,
+    )
     assert CountingPrior.calls == 6 and third.hits["embedding"] == 6 and third.misses["image"] == 6
 
 
@@ -77,8 +116,17 @@ def test_unseeded_prior_is_never_cached(tmp_path):
         seeded = False
 
     cache = WorkCache(tmp_path / "cache")
-    evaluate({"u": Unseeded()}, DummyDecoder(), load_suite("synth-color"), {"dummy": DummyScorer()}, PROTOCOL, None,
-             limit=2, progress=False, cache=cache)
+    evaluate(
+        {"u": Unseeded()},
+        DummyDecoder(),
+        load_suite("synth-color"),
+        {"dummy": DummyScorer()},
+        PROTOCOL,
+        None,
+        limit=2,
+        progress=False,
+        cache=cache,
+    )
     assert not (tmp_path / "cache").exists() and sum(cache.misses.values()) == 0
 
 
@@ -120,7 +168,11 @@ def test_run_writes_schema_report_and_resumes_after_a_crash(tmp_path):
     finally:
         DummyDecoder.decode = original
     unfinished = [d for d in (tmp_path / "runs").iterdir()]
-    assert len(unfinished) == 1 and (unfinished[0] / "run.json").is_file() and not (unfinished[0] / "results.json").exists()
+    assert (
+        len(unfinished) == 1
+        and (unfinished[0] / "run.json").is_file()
+        and not (unfinished[0] / "results.json").exists()
+    )
     with pytest.raises(EvalkitError, match="unfinished"):
         load_run(unfinished[0])
 
@@ -133,11 +185,30 @@ def test_run_writes_schema_report_and_resumes_after_a_crash(tmp_path):
     assert strip(results["rows"]) == strip(ref["rows"])
     assert (resumed / "samples.jsonl").read_text() == (reference / "samples.jsonl").read_text()
     row = results["rows"][0]
-    for key in ("prior", "decoder", "suite", "suite_version", "category", "seen", "metric", "value", "stderr", "ci_low",
-                "ci_high", "n", "protocol_hash", "num_parameters", "total_parameters", "higher_is_better"):
+    for key in (
+        "prior",
+        "decoder",
+        "suite",
+        "suite_version",
+        "category",
+        "seen",
+        "metric",
+        "value",
+        "stderr",
+        "ci_low",
+        "ci_high",
+        "n",
+        "protocol_hash",
+        "num_parameters",
+        "total_parameters",
+        "higher_is_better",
+    ):
         assert key in row
     assert results["schema"] == "evalkit.results/2" and results["protocol"]["decoder_version"]
-    assert set(results["timings_s"]) >= {"prior", "decoder", "scorer"} and results["priors"]["dummy"]["trainable_parameters"] > 0
+    assert (
+        set(results["timings_s"]) >= {"prior", "decoder", "scorer"}
+        and results["priors"]["dummy"]["trainable_parameters"] > 0
+    )
     report = (resumed / "report.md").read_text()
     assert "Parameters versus composition" in report and "Lowest-scored images" in report
     html = (resumed / "report.html").read_text()
@@ -145,12 +216,15 @@ def test_run_writes_schema_report_and_resumes_after_a_crash(tmp_path):
     assert (resumed / "grid-synth-color.png").is_file()
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(images_per_prompt=0), "--images-per-prompt"),
-    (dict(num_inference_steps=-1), "--num-inference-steps"),
-    (dict(guidance_scale=float("nan")), "--guidance-scale"),
-    (dict(priors=["dummy", "dummy"]), "named twice"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(images_per_prompt=0), "--images-per-prompt"),
+        (dict(num_inference_steps=-1), "--num-inference-steps"),
+        (dict(guidance_scale=float("nan")), "--guidance-scale"),
+        (dict(priors=["dummy", "dummy"]), "named twice"),
+    ],
+)
 def test_bad_numeric_flags_fail_before_anything_is_written(tmp_path, overrides, message):
     with pytest.raises(EvalkitError, match=message):
         run(config(tmp_path, **overrides), progress=False)
@@ -180,15 +254,18 @@ def test_compare_passes_noise_fails_a_real_drop_and_refuses_other_protocols(tmp_
     (tmp_path / "dropped").mkdir()  # as a run that measured it: its samples (required) hold the drop too
     samples = [json.loads(line) for line in (base / "samples.jsonl").read_text().splitlines()]
     for s in samples:
-        if (s["prior"], s["suite"], s["category"], s["scorer"]) == (target["prior"], target["suite"],
-                                                                     target["category"], target["metric"]):
+        if (s["prior"], s["suite"], s["category"], s["scorer"]) == (
+            target["prior"],
+            target["suite"],
+            target["category"],
+            target["metric"],
+        ):
             s["score"] = 0.0
     text = "".join(json.dumps(s) + "\n" for s in samples)
     (tmp_path / "dropped" / "samples.jsonl").write_text(text)
     dropped["samples_sha256"] = __import__("hashlib").sha256(text.encode()).hexdigest()
     (tmp_path / "dropped" / "results.json").write_text(json.dumps(seal(dropped)))
-    result = runner.invoke(cli, ["compare", str(base), str(tmp_path / "dropped"), "--min-prompts", "1",
-                                 "--z", "1.5"])
+    result = runner.invoke(cli, ["compare", str(base), str(tmp_path / "dropped"), "--min-prompts", "1", "--z", "1.5"])
     assert result.exit_code == 1 and "REGRESSION" in result.output and "**FAIL**" in result.output
 
     lower_better = json.loads(json.dumps(dropped))  # the same drop is an improvement when lower is better
@@ -231,8 +308,17 @@ def test_report_merges_runs_of_one_protocol_and_refuses_mixed_ones(tmp_path):
 
 
 def test_compare_floors_a_zero_stderr_so_one_flip_is_noise_and_a_collapse_is_not():
-    row = dict(prior="p", suite="s", suite_version="v", category="c", seen="all", metric="m", stderr=0.0, n=16,
-               higher_is_better=True)
+    row = dict(
+        prior="p",
+        suite="s",
+        suite_version="v",
+        category="c",
+        seen="all",
+        metric="m",
+        stderr=0.0,
+        n=16,
+        higher_is_better=True,
+    )
     base = {"protocol_hash": "h", "protocol": {}, "rows": [{**row, "value": 1.0}]}
     one_flip = {"protocol_hash": "h", "protocol": {}, "rows": [{**row, "value": 15 / 16, "stderr": 0.06}]}
     collapse = {"protocol_hash": "h", "protocol": {}, "rows": [{**row, "value": 0.5, "stderr": 0.12}]}
@@ -250,7 +336,9 @@ def test_export_t2i_compbench_layout_and_refusals(tmp_path):
     # their scorer's reading of a file name gives back the prompt
     manifest = json.loads((out / "dummy" / "color" / "manifest.json").read_text())
     for entry in manifest["images"]:
-        assert entry["file"].split("_")[0] == entry["prompt"] and int(entry["file"].split("_")[-1][:-4]) == entry["index"]
+        assert (
+            entry["file"].split("_")[0] == entry["prompt"] and int(entry["file"].split("_")[-1][:-4]) == entry["index"]
+        )
     result = CliRunner().invoke(cli, ["export", str(run_dir), str(out)])
     assert result.exit_code == 2 and "never overwrite" in result.output
 
@@ -271,16 +359,48 @@ def test_run_with_a_local_blip_vqa_folder(tmp_path):
     from evalkit.scorers.blip_vqa import BlipVQAScorer
 
     BlipVQAScorer.write_tiny(tmp_path / "blip")
-    result = CliRunner().invoke(cli, ["run", "--prior", "dummy", "--decoder", "dummy", "--scorer", "blip-vqa,dummy",
-                                      "--scorer-path", f"blip-vqa={tmp_path / 'blip'}", "--limit", "1",
-                                      "--images-per-prompt", "1", "--out", str(tmp_path / "runs"), "--no-cache"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--prior",
+            "dummy",
+            "--decoder",
+            "dummy",
+            "--scorer",
+            "blip-vqa,dummy",
+            "--scorer-path",
+            f"blip-vqa={tmp_path / 'blip'}",
+            "--limit",
+            "1",
+            "--images-per-prompt",
+            "1",
+            "--out",
+            str(tmp_path / "runs"),
+            "--no-cache",
+        ],
+    )
     assert result.exit_code == 0, result.output
     [run_dir] = list((tmp_path / "runs").iterdir())
     rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     blip = [r for r in rows if r["scorer"] == "blip-vqa"]
     assert blip and all(0 < q["p"] < 1 for r in blip for q in r["questions"])
-    bad = CliRunner().invoke(cli, ["run", "--prior", "dummy", "--decoder", "dummy", "--scorer", "dummy",
-                                   "--scorer-path", f"dummy={tmp_path}", "--out", str(tmp_path / "x")])
+    bad = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--prior",
+            "dummy",
+            "--decoder",
+            "dummy",
+            "--scorer",
+            "dummy",
+            "--scorer-path",
+            f"dummy={tmp_path}",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+    )
     assert bad.exit_code == 2 and "does not apply" in bad.output
 
 
@@ -307,11 +427,20 @@ def test_kandinsky_decoder_guides_against_each_priors_empty_prompt(tmp_path):
     class Prior16(DummyPrior):
         embedding_space = decoder.embedding_space
 
-    priors = {"a": Prior16(DummyPriorConfig(embedding_dim=decoder.embedding_dim)),
-              "b": Prior16(DummyPriorConfig(embedding_dim=decoder.embedding_dim, seed=3))}
-    protocol = Protocol(decoder="kandinsky22", num_inference_steps=2, guidance_scale=4.0, resolution=decoder.resolution,
-                        images_per_prompt=1)
-    evaluate(priors, decoder, load_suite("synth-color"), {"dummy": DummyScorer()}, protocol, None, limit=1, progress=False)
+    priors = {
+        "a": Prior16(DummyPriorConfig(embedding_dim=decoder.embedding_dim)),
+        "b": Prior16(DummyPriorConfig(embedding_dim=decoder.embedding_dim, seed=3)),
+    }
+    protocol = Protocol(
+        decoder="kandinsky22",
+        num_inference_steps=2,
+        guidance_scale=4.0,
+        resolution=decoder.resolution,
+        images_per_prompt=1,
+    )
+    evaluate(
+        priors, decoder, load_suite("synth-color"), {"dummy": DummyScorer()}, protocol, None, limit=1, progress=False
+    )
     empty = Batch.from_prompts([""], [42])
     assert torch.allclose(decoder.negative_image_embeds, priors["b"].predict(empty)[0])  # the last prior's
 
@@ -343,29 +472,82 @@ def test_two_processes_give_the_single_process_results(launcher, tmp_path):
     if executable is None:
         pytest.skip(f"{launcher} is not installed beside this Python")
     # accelerate's --multi_gpu launcher starts torchrun-style processes; without CUDA they use gloo on the CPU
-    launch = ([executable, "--standalone", "--nproc-per-node", "2"] if launcher == "torchrun" else
-              [executable, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no"])
-    args = ["run", "--prior", "dummy", "--decoder", "dummy", "--scorer", "dummy", "--suite", "synth-color,synth-shape",
-            "--limit", "3", "--images-per-prompt", "2", "--batch-size", "4", "--no-cache"]
+    launch = (
+        [executable, "--standalone", "--nproc-per-node", "2"]
+        if launcher == "torchrun"
+        else [
+            executable,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ]
+    )
+    args = [
+        "run",
+        "--prior",
+        "dummy",
+        "--decoder",
+        "dummy",
+        "--scorer",
+        "dummy",
+        "--suite",
+        "synth-color,synth-shape",
+        "--limit",
+        "3",
+        "--images-per-prompt",
+        "2",
+        "--batch-size",
+        "4",
+        "--no-cache",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    two = subprocess.run([*launch, "-m", "evalkit", *args, "--out",
-                          str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    two = subprocess.run(
+        [*launch, "-m", "evalkit", *args, "--out", str(tmp_path / "two")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
-    single = run(config(tmp_path, suites=["synth-color", "synth-shape"], batch_size=4, cache=False,
-                        out=str(tmp_path / "one")), progress=False)
+    single = run(
+        config(tmp_path, suites=["synth-color", "synth-shape"], batch_size=4, cache=False, out=str(tmp_path / "one")),
+        progress=False,
+    )
     [multi] = list((tmp_path / "two").iterdir())
     assert json.loads((multi / "run.json").read_text())["processes"] == 2
     assert (multi / "samples.jsonl").read_text() == (single / "samples.jsonl").read_text()
-    strip = lambda d: [{k: v for k, v in r.items() if k != "tag"} for r in json.loads((d / "results.json").read_text())["rows"]]
+    strip = lambda d: [
+        {k: v for k, v in r.items() if k != "tag"} for r in json.loads((d / "results.json").read_text())["rows"]
+    ]
     assert strip(multi) == strip(single)
-    assert sorted(p.name for p in (multi / "images").rglob("*.png")) == sorted(p.name for p in (single / "images").rglob("*.png"))
+    assert sorted(p.name for p in (multi / "images").rglob("*.png")) == sorted(
+        p.name for p in (single / "images").rglob("*.png")
+    )
 
 
 def test_prompt_words_outside_the_world_vocabulary_are_reported(tmp_path, prompts_dir):
     """T2I-CompBench prompts through the embedded stack: the run says which words its CLIP could not read."""
-    run_dir = run(config(tmp_path, priors=["eclipse"], decoder="synth", suites=["t2i-compbench-color"], scorers=["dummy"],
-                         limit=6, images_per_prompt=1, num_inference_steps=2, cache=False), progress=False)
+    run_dir = run(
+        config(
+            tmp_path,
+            priors=["eclipse"],
+            decoder="synth",
+            suites=["t2i-compbench-color"],
+            scorers=["dummy"],
+            limit=6,
+            images_per_prompt=1,
+            num_inference_steps=2,
+            cache=False,
+        ),
+        progress=False,
+    )
     found = json.loads((run_dir / "results.json").read_text())["unknown_words"]["t2i-compbench-color"]["synth-clip"]
     from evalkit.embedded.clip import world_words
 
@@ -376,6 +558,18 @@ def test_prompt_words_outside_the_world_vocabulary_are_reported(tmp_path, prompt
     assert sum(found["words"].values()) >= found["with_unknown_words"]
     report = (run_dir / "report.md").read_text()
     assert "**Vocabulary.** t2i-compbench-color:" in report and max(found["words"], key=found["words"].get) in report
-    synth = run(config(tmp_path, priors=["eclipse"], decoder="synth", suites=["synth-color"], scorers=["dummy"],
-                       limit=3, images_per_prompt=1, num_inference_steps=2, cache=False), progress=False)
+    synth = run(
+        config(
+            tmp_path,
+            priors=["eclipse"],
+            decoder="synth",
+            suites=["synth-color"],
+            scorers=["dummy"],
+            limit=3,
+            images_per_prompt=1,
+            num_inference_steps=2,
+            cache=False,
+        ),
+        progress=False,
+    )
     assert "unknown_words" not in json.loads((synth / "results.json").read_text())

@@ -28,8 +28,9 @@ def smoke_run(tmp_path_factory, cache_dir):
 
 
 def _eclipse_binding(comparison) -> dict:
-    return {c.key[3]: c for c in comparison.changes
-            if c.key[0] == "eclipse" and c.key[4] == "all" and c.key[5] == "binding"}
+    return {
+        c.key[3]: c for c in comparison.changes if c.key[0] == "eclipse" and c.key[4] == "all" and c.key[5] == "binding"
+    }
 
 
 def test_smoke_protocol_matches_the_golden(smoke_run):
@@ -68,8 +69,14 @@ def test_the_smoke_on_one_thread_passes_against_the_golden(tmp_path):
 
 @pytest.mark.parametrize("bias", [0.1])  # drops of 0.033 (shape) to 0.061 (colour); 0.03 is the gate's limit
 def test_a_scorer_biased_down_fails_the_gate_in_every_category(tmp_path, cache_dir, smoke_run, bias):
-    run_dir = run_smoke(tmp_path, cache=True, progress=False, cache_dir=cache_dir, priors=["eclipse"],
-                        inject=faults.injector(faults.bias_scorer("binding", bias)))
+    run_dir = run_smoke(
+        tmp_path,
+        cache=True,
+        progress=False,
+        cache_dir=cache_dir,
+        priors=["eclipse"],
+        inject=faults.injector(faults.bias_scorer("binding", bias)),
+    )
     comparison = gate_against_golden(run_dir)
     rows = _eclipse_binding(comparison)
     assert set(rows) == {"color", "shape", "texture"}  # (the oracle's rows are missing: failed in any case)
@@ -80,12 +87,21 @@ def test_a_scorer_biased_down_fails_the_gate_in_every_category(tmp_path, cache_d
 
 
 def test_a_prior_with_noised_weights_fails_the_gate(tmp_path, cache_dir, smoke_run):
-    run_dir = run_smoke(tmp_path, cache=True, progress=False, cache_dir=cache_dir, priors=["eclipse"],
-                        suites=["synth-color"], inject=faults.injector(faults.noise_prior("eclipse", 0.5)))
+    run_dir = run_smoke(
+        tmp_path,
+        cache=True,
+        progress=False,
+        cache_dir=cache_dir,
+        priors=["eclipse"],
+        suites=["synth-color"],
+        inject=faults.injector(faults.noise_prior("eclipse", 0.5)),
+    )
     comparison = gate_against_golden(run_dir)
     color = _eclipse_binding(comparison)["color"]
     assert color.base - color.new > 0.1  # the binding score falls, but its own paired z stays near −2.6 ...
-    flagged = {c.key[4] for c in comparison.by_status("regression") if c.key[0] == "eclipse" and c.key[5] == "embedding-cosine"}
+    flagged = {
+        c.key[4] for c in comparison.by_status("regression") if c.key[0] == "eclipse" and c.key[5] == "embedding-cosine"
+    }
     assert flagged == {"all", "seen", "unseen"}  # ... the embedding row sees every image move
 
 

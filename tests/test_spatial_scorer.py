@@ -12,8 +12,15 @@ import torch
 from evalkit.contracts import Batch, PromptItem
 from evalkit.errors import ConfigMismatchError, EvalkitError, WeightsNotFoundError
 from evalkit.scorers import t2i_text
-from evalkit.scorers.spatial import (DETECTION_THRESHOLD, T2ISpatialScorer, best_detection, image_score, iou,
-                                     position_score, unidet_frame)
+from evalkit.scorers.spatial import (
+    DETECTION_THRESHOLD,
+    T2ISpatialScorer,
+    best_detection,
+    image_score,
+    iou,
+    position_score,
+    unidet_frame,
+)
 
 HAS_SPACY = t2i_text.load_spacy()[0] is not None
 needs_spacy = pytest.mark.skipif(not HAS_SPACY, reason="spaCy (requirements.lock) is not installed here")
@@ -100,8 +107,11 @@ def test_image_score_branches():
 
 
 def test_best_detection_threshold_and_choice():
-    boxes = torch.tensor([[0., 0., 1., 1.], [2., 2., 3., 3.], [4., 4., 5., 5.]])
-    assert best_detection(boxes, torch.tensor([0.3, 0.7, 0.7])) == ((2., 2., 3., 3.), pytest.approx(0.7))  # first max
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [2.0, 2.0, 3.0, 3.0], [4.0, 4.0, 5.0, 5.0]])
+    assert best_detection(boxes, torch.tensor([0.3, 0.7, 0.7])) == (
+        (2.0, 2.0, 3.0, 3.0),
+        pytest.approx(0.7),
+    )  # first max
     assert best_detection(boxes, torch.tensor([0.05, 0.1, 0.02])) is None  # not above 0.1 (strict, as detectron2)
     assert best_detection(boxes, torch.tensor([0.05, 0.11, 0.02]))[1] == pytest.approx(0.11)
     assert best_detection(boxes, torch.tensor([0.4, 0.2, 0.3]), threshold=0.5) is None
@@ -159,8 +169,10 @@ def test_spacy_parser_as_t2i_compbench():
     assert parsed.parsed == ("girl", "frog") and parsed.objects == ("person", "frog")
     assert parsed.parser.startswith("spacy:")
     # complex: the nearest NOUN before "on top of" and the first NOUN after it (not the phrase's head)
-    assert t2i_text.parse_spatial("The red hat was on top of the brown coat rack.", "complex", "spacy").objects == \
-        ("hat", "coat")
+    assert t2i_text.parse_spatial("The red hat was on top of the brown coat rack.", "complex", "spacy").objects == (
+        "hat",
+        "coat",
+    )
 
 
 def test_parser_choice(monkeypatch):
@@ -218,8 +230,11 @@ def test_detect_shapes_and_boxes_inside_the_image(scorer):
 
 
 def test_rows_details_not_applicable_and_batch_independence(scorer):
-    items = [item("a giraffe next to a lamp", index=0), item("a girl on the top of a frog", index=1),
-             item("a red car and a blue bench", index=2)]
+    items = [
+        item("a giraffe next to a lamp", index=0),
+        item("a girl on the top of a frog", index=1),
+        item("a red car and a blue bench", index=2),
+    ]
     batch = Batch(items, [42, 43, 44])
     images = torch.rand(3, 3, 48, 48, generator=torch.Generator().manual_seed(0))
     rows = scorer.update(images, batch)
@@ -236,7 +251,7 @@ def test_rows_details_not_applicable_and_batch_independence(scorer):
 
 def test_score_image_applies_the_rules_in_unidet_frame(scorer, monkeypatch):
     """Boxes 100 px apart in a 256-px image are 187 px apart in UniDet's 479-px frame: 'near' is then 150/187."""
-    boxes = torch.tensor([[0., 0., 20., 20.], [100., 100., 120., 120.]])
+    boxes = torch.tensor([[0.0, 0.0, 20.0, 20.0], [100.0, 100.0, 120.0, 120.0]])
     scores = torch.tensor([[0.9, 0.05], [0.05, 0.7]])
     monkeypatch.setattr(scorer, "detect", lambda image, objects: (boxes, scores))
     image = torch.zeros(256, 256, 3, dtype=torch.uint8).numpy()
@@ -254,7 +269,7 @@ def test_score_image_applies_the_rules_in_unidet_frame(scorer, monkeypatch):
     row = scorer.score_image(image, parsed)
     assert row["detections"]["dog"] is None and row["score"] == 0 and row["position"] is None
     # "on top of": scored 0 as written, or as "on the top of" when asked (the cat above the dog)
-    above = torch.tensor([[0., 0., 20., 20.], [0., 100., 20., 120.]])
+    above = torch.tensor([[0.0, 0.0, 20.0, 20.0], [0.0, 100.0, 20.0, 120.0]])
     monkeypatch.setattr(scorer, "detect", lambda image, objects: (above, scores))
     on_top = t2i_text.parse_spatial("The cat was on top of the dog.", "complex", "rules")
     assert on_top.objects == ("cat", "dog") and scorer.score_image(image, on_top)["score"] == 0
@@ -265,10 +280,17 @@ def test_score_image_applies_the_rules_in_unidet_frame(scorer, monkeypatch):
 
 def test_same_object_twice_is_one_query_one_box(scorer, monkeypatch):
     seen = []
-    monkeypatch.setattr(scorer, "detect", lambda image, objects: (seen.append(list(objects)) or
-                                                                  (torch.tensor([[0., 0., 9., 9.]]), torch.tensor([[0.9]]))))
-    row = scorer.score_image(torch.zeros(64, 64, 3, dtype=torch.uint8).numpy(),
-                             t2i_text.parse_spatial("a dog next to a dog", "simple", "rules"))
+    monkeypatch.setattr(
+        scorer,
+        "detect",
+        lambda image, objects: (
+            seen.append(list(objects)) or (torch.tensor([[0.0, 0.0, 9.0, 9.0]]), torch.tensor([[0.9]]))
+        ),
+    )
+    row = scorer.score_image(
+        torch.zeros(64, 64, 3, dtype=torch.uint8).numpy(),
+        t2i_text.parse_spatial("a dog next to a dog", "simple", "rules"),
+    )
     assert seen == [["dog"]] and row["score"] == pytest.approx(0.45 + 0.5)
 
 
@@ -282,7 +304,9 @@ def test_wrong_kind_and_incomplete_folders(tmp_path, owlv2_dir, monkeypatch):
     from evalkit.scorers.t2i_clip import T2IClipScorer
 
     clip_dir = T2IClipScorer.write_tiny(tmp_path / "clip")
-    with pytest.raises(ConfigMismatchError, match=r"holds a 'clip' model .*not 'owlv2'.*google/owlv2-base-patch16-ensemble"):
+    with pytest.raises(
+        ConfigMismatchError, match=r"holds a 'clip' model .*not 'owlv2'.*google/owlv2-base-patch16-ensemble"
+    ):
         T2ISpatialScorer(clip_dir)
     empty = tmp_path / "empty"
     empty.mkdir()

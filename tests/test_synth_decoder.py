@@ -36,7 +36,9 @@ def embeds(n, dim=16, seed=0):
 
 
 def protocol(steps, guidance):
-    return Protocol(decoder="synth", num_inference_steps=steps, guidance_scale=guidance, resolution=32, images_per_prompt=1)
+    return Protocol(
+        decoder="synth", num_inference_steps=steps, guidance_scale=guidance, resolution=32, images_per_prompt=1
+    )
 
 
 def count_unet_calls(decoder):
@@ -44,8 +46,13 @@ def count_unet_calls(decoder):
     original = decoder.unet.forward
 
     def forward(sample, timestep, *args, **kwargs):
-        calls.append((sample.shape[0], kwargs.get("encoder_hidden_states", "missing"),
-                      kwargs["added_cond_kwargs"]["image_embeds"].clone()))
+        calls.append(
+            (
+                sample.shape[0],
+                kwargs.get("encoder_hidden_states", "missing"),
+                kwargs["added_cond_kwargs"]["image_embeds"].clone(),
+            )
+        )
         return original(sample, timestep, *args, **kwargs)
 
     decoder.unet.forward = forward
@@ -110,11 +117,20 @@ def test_sampler_recovers_the_target_of_an_exact_denoiser(decoder):
 
     def exact_unet(sample, t, encoder_hidden_states=None, added_cond_kwargs=None):
         a = alphas[int(t)]
-        return SimpleNamespace(sample=(sample - a.sqrt() * target.repeat(sample.shape[0] // 2, 1, 1, 1)) / (1 - a).sqrt())
+        return SimpleNamespace(
+            sample=(sample - a.sqrt() * target.repeat(sample.shape[0] // 2, 1, 1, 1)) / (1 - a).sqrt()
+        )
 
     for steps, guidance in ((4, 1.0), (25, 3.0)):
-        out = synth.sample_image_conditioned(exact_unet, decoder.sampling_scheduler(), torch.ones(2, 16), torch.zeros(2, 16),
-                                             torch.randn(2, 3, 32, 32), steps, guidance)
+        out = synth.sample_image_conditioned(
+            exact_unet,
+            decoder.sampling_scheduler(),
+            torch.ones(2, 16),
+            torch.zeros(2, 16),
+            torch.randn(2, 3, 32, 32),
+            steps,
+            guidance,
+        )
         torch.testing.assert_close(out, target, atol=1e-5, rtol=0)
 
 
@@ -155,7 +171,9 @@ def test_fp16_weights_load_as_float32(decoder, tmp_path):
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
     assert loaded.config == decoder.config  # tuples survive the JSON round trip
     e, b = embeds(2), Batch.from_prompts(["x"] * 2, [1, 2])
-    torch.testing.assert_close(loaded.decode(e, b, protocol(2, 2.0)), decoder.decode(e, b, protocol(2, 2.0)), atol=2e-2, rtol=0)
+    torch.testing.assert_close(
+        loaded.decode(e, b, protocol(2, 2.0)), decoder.decode(e, b, protocol(2, 2.0)), atol=2e-2, rtol=0
+    )
 
 
 def test_missing_weights_name_the_path_and_the_command(tmp_path, monkeypatch):
@@ -242,7 +260,9 @@ def test_constant_lr_run_extends_with_resume_and_ships(quick_run, tmp_path):
     cosine = dataclasses.replace(config, lr_schedule="cosine")
     train_decoder(tmp_path / "cos", cosine, progress=False, stop_at=1)
     with pytest.raises(ConfigMismatchError, match="steps"):  # a cosine schedule is tied to its length
-        train_decoder(tmp_path / "cos", dataclasses.replace(config, lr_schedule="cosine", steps=8), resume=True, progress=False)
+        train_decoder(
+            tmp_path / "cos", dataclasses.replace(config, lr_schedule="cosine", steps=8), resume=True, progress=False
+        )
     run = tmp_path / "run"
     shutil.copytree(out, run)
     final = train_decoder(run, dataclasses.replace(config, steps=config.steps + 2), resume=True, progress=False)
@@ -280,12 +300,18 @@ def test_cli_decoder_config_sets_the_architecture_and_rejects_bad_json(tmp_path)
     from evalkit.cli import cli
 
     base = ["train-world", "decoder", "--quick", "--steps", "1"]
-    result = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "run"), "--decoder-config", '{"block_out_channels": [12, 24]}'])
+    result = CliRunner().invoke(
+        cli, [*base, "--out", str(tmp_path / "run"), "--decoder-config", '{"block_out_channels": [12, 24]}']
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "run" / "final" / "config.json").read_text())["block_out_channels"] == [12, 24]
-    result = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "bad"), "--decoder-config", "{block_out_channels: 1}"])
+    result = CliRunner().invoke(
+        cli, [*base, "--out", str(tmp_path / "bad"), "--decoder-config", "{block_out_channels: 1}"]
+    )
     assert result.exit_code == 2 and "not JSON" in result.output
-    result = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "bad2"), "--decoder-config", '{"widths": [12, 24]}'])
+    result = CliRunner().invoke(
+        cli, [*base, "--out", str(tmp_path / "bad2"), "--decoder-config", '{"widths": [12, 24]}']
+    )
     assert result.exit_code != 0 and "widths" in result.output
 
 

@@ -49,7 +49,7 @@ def test_plain_cosine_of_normalised_features(scorer):
             ids = torch.tensor([tokenizer(prompt)["input_ids"]])
             text = model.get_text_features(input_ids=ids)
             text = text if isinstance(text, torch.Tensor) else text.pooler_output
-            expected = float(F.normalize(image[k:k + 1], dim=-1) @ F.normalize(text, dim=-1).T)
+            expected = float(F.normalize(image[k : k + 1], dim=-1) @ F.normalize(text, dim=-1).T)
             assert rows[k]["cosine"] == pytest.approx(expected, abs=1e-5)
             assert rows[k]["score"] == pytest.approx(min(max(expected, 0.0), 1.0), abs=1e-5)
             assert rows[k]["clipscore_100"] == pytest.approx(max(100 * expected, 0.0), abs=1e-3)

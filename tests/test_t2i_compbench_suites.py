@@ -467,7 +467,9 @@ def test_fetch_times_out(fake, tmp_path):
         listener.listen(8)
         port = listener.getsockname()[1]
         with pytest.raises(PromptFileError, match="timed out"):
-            fetch_t2i_compbench(tmp_path / "dest", base_url=f"http://127.0.0.1:{port}", definition=d, timeout=0.5, progress=False)
+            fetch_t2i_compbench(
+                tmp_path / "dest", base_url=f"http://127.0.0.1:{port}", definition=d, timeout=0.5, progress=False
+            )
     assert_no_partials(tmp_path / "dest")
 
 

@@ -45,9 +45,15 @@ class Fixed(Scorer):
 
     def score(self, images, batch):
         self.asked += batch.prompts
-        return [{"score": min(max(self.values[p], 0.0), 1.0), self.field: self.values[p], "part": self.name,
-                 **({"questions": [{"question": "q?", "p": self.values[p]}]} if self.name == "blip-vqa" else {})}
-                for p in batch.prompts]
+        return [
+            {
+                "score": min(max(self.values[p], 0.0), 1.0),
+                self.field: self.values[p],
+                "part": self.name,
+                **({"questions": [{"question": "q?", "p": self.values[p]}]} if self.name == "blip-vqa" else {}),
+            }
+            for p in batch.prompts
+        ]
 
     def not_applicable(self, item):
         return self.reason(item) if self.reason else None
@@ -55,16 +61,20 @@ class Fixed(Scorer):
 
 def fixed_parts(reason=None):
     prompts = {"s": (0.4, 0.8, 0.3), "a": (0.6, 0.2, 0.25), "sa": (0.5, 0.9, 0.35), "u": (0.2, 0.6, -0.1)}
-    return {"blip-vqa": Fixed("blip-vqa", {p: v[0] for p, v in prompts.items()}),
-            "t2i-spatial": Fixed("t2i-spatial", {p: v[1] for p, v in prompts.items()}, reason=reason),
-            "t2i-clip": Fixed("t2i-clip", {p: v[2] for p, v in prompts.items()}, field="cosine")}
+    return {
+        "blip-vqa": Fixed("blip-vqa", {p: v[0] for p, v in prompts.items()}),
+        "t2i-spatial": Fixed("t2i-spatial", {p: v[1] for p, v in prompts.items()}, reason=reason),
+        "t2i-clip": Fixed("t2i-clip", {p: v[2] for p, v in prompts.items()}, field="cosine"),
+    }
 
 
 def complex_items():
-    return [PromptItem("s", "complex", "val", "i0", meta={"complex_type": "spatial"}),
-            PromptItem("a", "complex", "val", "i1", meta={"complex_type": "action"}),
-            PromptItem("sa", "complex", "val", "i2", meta={"complex_type": "spatial-action"}),
-            PromptItem("u", "complex", "val", "i3")]
+    return [
+        PromptItem("s", "complex", "val", "i0", meta={"complex_type": "spatial"}),
+        PromptItem("a", "complex", "val", "i1", meta={"complex_type": "action"}),
+        PromptItem("sa", "complex", "val", "i2", meta={"complex_type": "spatial-action"}),
+        PromptItem("u", "complex", "val", "i3"),
+    ]
 
 
 def test_wrapper_combines_the_parts_each_type_needs():
@@ -73,7 +83,10 @@ def test_wrapper_combines_the_parts_each_type_needs():
     assert scorer.supported_dtypes == ("float32", "bfloat16")
     rows = scorer.update(torch.rand(4, 3, 8, 8), Batch(complex_items(), [42] * 4))
     assert [r["complex_type"] for r in rows] == ["spatial", "action", "spatial-action", "spatial-action"]
-    assert rows[0]["score"] == pytest.approx((0.8 + 0.4) * 0.5) and rows[0]["parts"] == {"blip-vqa": 0.4, "t2i-spatial": 0.8}
+    assert rows[0]["score"] == pytest.approx((0.8 + 0.4) * 0.5) and rows[0]["parts"] == {
+        "blip-vqa": 0.4,
+        "t2i-spatial": 0.8,
+    }
     assert rows[1]["score"] == pytest.approx((0.25 + 0.6) * 0.5) and set(rows[1]["parts"]) == {"blip-vqa", "t2i-clip"}
     assert rows[2]["score"] == pytest.approx((0.5 + 0.9 + 0.35) / 3)
     # the CLIP part is the raw cosine, as 3_in_1.py adds it (here negative)
@@ -132,11 +145,23 @@ class ComplexSuite(Suite):
     name, category, splits, default_scorers = "mini-complex", "complex", ("val",), ("t2i-complex",)
 
     def load_items(self, split):
-        return [PromptItem("The red hat was on top of the brown coat rack.", "complex", split, "m0",
-                           meta={"complex_type": "spatial"}),
-                PromptItem("A black dog is chasing a red ball.", "complex", split, "m1", meta={"complex_type": "action"}),
-                PromptItem("The smooth black river flowed quickly.", "complex", split, "m2",
-                           meta={"complex_type": "spatial-action"})]
+        return [
+            PromptItem(
+                "The red hat was on top of the brown coat rack.",
+                "complex",
+                split,
+                "m0",
+                meta={"complex_type": "spatial"},
+            ),
+            PromptItem("A black dog is chasing a red ball.", "complex", split, "m1", meta={"complex_type": "action"}),
+            PromptItem(
+                "The smooth black river flowed quickly.",
+                "complex",
+                split,
+                "m2",
+                meta={"complex_type": "spatial-action"},
+            ),
+        ]
 
 
 def test_run_through_evaluate_with_the_work_cache(tmp_path, monkeypatch):
@@ -149,15 +174,23 @@ def test_run_through_evaluate_with_the_work_cache(tmp_path, monkeypatch):
     scorer = T2IComplexScorer.tiny()
     protocol = Protocol(decoder="dummy", num_inference_steps=1, guidance_scale=1.0, resolution=16, images_per_prompt=2)
     kwargs = dict(split="val", batch_size=4, progress=False, cache=WorkCache(tmp_path / "cache"))
-    rows, _ = evaluate({"d": DummyPrior()}, DummyDecoder(), ComplexSuite(), {"t2i-complex": scorer}, protocol,
-                       tmp_path / "run", **kwargs)
+    rows, _ = evaluate(
+        {"d": DummyPrior()},
+        DummyDecoder(),
+        ComplexSuite(),
+        {"t2i-complex": scorer},
+        protocol,
+        tmp_path / "run",
+        **kwargs,
+    )
     assert len(rows) == 6
     by_item = {r["item_id"]: r for r in rows if r["seed"] == 42}
     assert by_item["m0"]["details"]["complex_type"] == "spatial" and "t2i-spatial" in by_item["m0"]["details"]["parts"]
     assert set(by_item["m1"]["details"]["parts"]) == {"blip-vqa", "t2i-clip"}
     assert by_item["m1"]["questions"]  # B-VQA's questions shown with the row
     assert "no spatial relation" in by_item["m2"]["details"]["not_applicable"]  # needs the spatial part: none
-    again, _ = evaluate({"d": DummyPrior()}, DummyDecoder(), ComplexSuite(), {"t2i-complex": scorer}, protocol,
-                        None, **kwargs)  # read back from the cache
+    again, _ = evaluate(
+        {"d": DummyPrior()}, DummyDecoder(), ComplexSuite(), {"t2i-complex": scorer}, protocol, None, **kwargs
+    )  # read back from the cache
     assert [r["score"] for r in again] == [r["score"] for r in rows]
     assert [r["details"] for r in again] == [r["details"] for r in rows]

@@ -21,7 +21,11 @@ from evalkit.suites.t2i_compbench_relations import T2ICompBenchRelationSuite, ty
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DIR = os.environ.get("EVALKIT_PROMPTS_DIR")
 needs_real = pytest.mark.skipif(not REAL_DIR, reason="EVALKIT_PROMPTS_DIR is unset: no local copy of the prompt files")
-NAMES = {"spatial": "t2i-compbench-spatial", "non-spatial": "t2i-compbench-non-spatial", "complex": "t2i-compbench-complex"}
+NAMES = {
+    "spatial": "t2i-compbench-spatial",
+    "non-spatial": "t2i-compbench-non-spatial",
+    "complex": "t2i-compbench-complex",
+}
 DEFAULTS = {"spatial": ("t2i-spatial",), "non-spatial": ("t2i-clip",), "complex": ("t2i-complex",)}
 
 
@@ -68,7 +72,9 @@ def fake_definition(src: Path) -> dict:
     d = copy.deepcopy(relations.load_relations_definition())
     d["splits"] = {"val": {"file": "{stem}_val.txt", "count": 3}, "train": {"file": "{stem}_val.txt", "count": 3}}
     d["files"] = {name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)} for name, data in FAKE.items()}
-    d["categories"]["complex"]["types"] = {k: v.replace("{split}", "val") for k, v in d["categories"]["complex"]["types"].items()}
+    d["categories"]["complex"]["types"] = {
+        k: v.replace("{split}", "val") for k, v in d["categories"]["complex"]["types"].items()
+    }
     return d
 
 
@@ -83,8 +89,10 @@ def test_fake_complex_types_ids_and_version(tmp_path):
     version = suite.version("val")
     moved = fake_definition(tmp_path)
     (tmp_path / "complex_val_action.txt").write_bytes(b"The cat sat near a lamp, purring")  # another type
-    moved["files"]["complex_val_action.txt"] = {"sha256": hashlib.sha256(b"The cat sat near a lamp, purring").hexdigest(),
-                                                "size": 32}
+    moved["files"]["complex_val_action.txt"] = {
+        "sha256": hashlib.sha256(b"The cat sat near a lamp, purring").hexdigest(),
+        "size": 32,
+    }
     other = T2ICompBenchRelationSuite("complex", tmp_path, definition=moved)
     assert other.items("val")[2].meta["complex_type"] == "action" and other.version("val") != version
     (tmp_path / "complex_val_spatial.txt").write_bytes(b"altered\r\n")  # every type file is hash-checked
@@ -120,14 +128,17 @@ def test_real_suites_counts_ids_and_versions(category):
 @needs_real
 def test_real_complex_types_are_the_three_lists():
     suite = load_suite("t2i-compbench-complex")
-    for split, expected in (("val", {"spatial": 58, "action": 212, "spatial-action": 30}),
-                            ("train", {"spatial": 130, "action": 504, "spatial-action": 66})):
+    for split, expected in (
+        ("val", {"spatial": 58, "action": 212, "spatial-action": 30}),
+        ("train", {"spatial": 130, "action": 504, "spatial-action": 66}),
+    ):
         items = suite.items(split)
         counts = {kind: sum(1 for i in items if i.meta["complex_type"] == kind) for kind in expected}
         assert counts == expected
         both = (Path(REAL_DIR) / f"complex_{split}_spatialaction.txt").read_text(encoding="utf-8")
-        assert {i.prompt for i in items if i.meta["complex_type"] == "spatial-action"} == \
-            {line.strip() for line in both.split("\n") if line.strip()}
+        assert {i.prompt for i in items if i.meta["complex_type"] == "spatial-action"} == {
+            line.strip() for line in both.split("\n") if line.strip()
+        }
 
 
 @needs_real
@@ -137,7 +148,10 @@ def test_fetch_gets_both_definitions(tmp_path, monkeypatch):
     monkeypatch.delenv("EVALKIT_PROMPTS_DIR")
     monkeypatch.setenv("EVALKIT_CACHE_DIR", str(tmp_path / "cache"))
     dest = fetch_suite("t2i-compbench-spatial", base_url=Path(REAL_DIR).resolve().as_uri(), progress=False)
-    expected = {s.name for d in (attributes.load_definition(), relations.load_relations_definition())
-                for s in attributes.file_specs(d)}
+    expected = {
+        s.name
+        for d in (attributes.load_definition(), relations.load_relations_definition())
+        for s in attributes.file_specs(d)
+    }
     assert {p.name for p in dest.iterdir()} == expected and len(expected) == 24
     assert len(load_suite("t2i-compbench-non-spatial").items("val")) == 300  # read from the download location

@@ -2,8 +2,14 @@ import pytest
 import torch
 
 from evalkit.priors.dummy import DummyPrior, DummyPriorConfig
-from evalkit.train.common import (JsonlLogger, TrainingDivergedError, check_finite, load_checkpoint,
-                                  save_checkpoint, set_seed)
+from evalkit.train.common import (
+    JsonlLogger,
+    TrainingDivergedError,
+    check_finite,
+    load_checkpoint,
+    save_checkpoint,
+    set_seed,
+)
 
 
 def make():
@@ -71,12 +77,23 @@ def test_jsonl_refuses_a_step_already_logged(tmp_path):
 def test_decay_groups_spare_biases_norms_embeddings_and_frozen_weights():
     from evalkit.train.common import decay_groups
 
-    model = torch.nn.ModuleDict({"embedding": torch.nn.Embedding(4, 3), "proj": torch.nn.Linear(3, 3),
-                                 "norm": torch.nn.LayerNorm(3), "frozen": torch.nn.Linear(3, 3)})
+    model = torch.nn.ModuleDict(
+        {
+            "embedding": torch.nn.Embedding(4, 3),
+            "proj": torch.nn.Linear(3, 3),
+            "norm": torch.nn.LayerNorm(3),
+            "frozen": torch.nn.Linear(3, 3),
+        }
+    )
     model["frozen"].weight.requires_grad_(False)
     decay, no_decay = decay_groups(model.named_parameters(), 0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert decay["params"] == [model["proj"].weight]
     names = {id(p): n for n, p in model.named_parameters()}
-    assert sorted(names[id(p)] for p in no_decay["params"]) == ["embedding.weight", "frozen.bias", "norm.bias",
-                                                                "norm.weight", "proj.bias"]
+    assert sorted(names[id(p)] for p in no_decay["params"]) == [
+        "embedding.weight",
+        "frozen.bias",
+        "norm.bias",
+        "norm.weight",
+        "proj.bias",
+    ]

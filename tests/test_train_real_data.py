@@ -43,16 +43,34 @@ def world(tmp_path_factory):
         embed_dataset(spec, k22, root / "emb-k22", batch_size=16, progress=False)
         embed_dataset(spec, clip, root / "emb-karlo", batch_size=16, progress=False)
     (root / "prompts.txt").write_text("a red cube and a blue sphere\na green cone\n")
-    return {"root": root, "k22": Path(k22), "clip": Path(clip), "emb_k22": root / "emb-k22",
-            "emb_karlo": root / "emb-karlo", "prompts": root / "prompts.txt"}
+    return {
+        "root": root,
+        "k22": Path(k22),
+        "clip": Path(clip),
+        "emb_k22": root / "emb-k22",
+        "emb_karlo": root / "emb-karlo",
+        "prompts": root / "prompts.txt",
+    }
 
 
 def _config(world, prior, space="kandinsky22", **overrides):
     from evalkit.train.priors import PriorTrainConfig
 
     emb, encoder = (world["emb_k22"], world["k22"]) if space == "kandinsky22" else (world["emb_karlo"], world["clip"])
-    base = dict(prior=prior, data=str(emb), text_encoder=str(encoder), space=space, size="tiny", steps=6, batch_size=8,
-                lr=1e-3, warmup_steps=2, checkpoint_every=3, eval_every=3, val_fraction=0.2)
+    base = dict(
+        prior=prior,
+        data=str(emb),
+        text_encoder=str(encoder),
+        space=space,
+        size="tiny",
+        steps=6,
+        batch_size=8,
+        lr=1e-3,
+        warmup_steps=2,
+        checkpoint_every=3,
+        eval_every=3,
+        val_fraction=0.2,
+    )
     return PriorTrainConfig(**{**base, **overrides})
 
 
@@ -73,17 +91,53 @@ def _torchrun(world, *args):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     if torchrun is None:
         pytest.skip("torchrun is not installed beside this Python")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "EVALKIT_CACHE_DIR": str(world["root"] / "cache")}
-    done = subprocess.run([str(a) for a in [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "evalkit", *args]],
-                          env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+        "EVALKIT_CACHE_DIR": str(world["root"] / "cache"),
+    }
+    done = subprocess.run(
+        [str(a) for a in [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "evalkit", *args]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
 
 def _train_args(world, prior, out, steps=6):
-    return ["train-baseline", "--prior", prior, "--data", world["emb_k22"], "--text-encoder", world["k22"],
-            "--space", "kandinsky22", "--size", "tiny", "--steps", steps, "--batch-size", "8", "--lr", "1e-3",
-            "--warmup-steps", "2", "--checkpoint-every", "3", "--eval-every", "3", "--val-fraction", "0.2", "--out", out]
+    return [
+        "train-baseline",
+        "--prior",
+        prior,
+        "--data",
+        world["emb_k22"],
+        "--text-encoder",
+        world["k22"],
+        "--space",
+        "kandinsky22",
+        "--size",
+        "tiny",
+        "--steps",
+        steps,
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--warmup-steps",
+        "2",
+        "--checkpoint-every",
+        "3",
+        "--eval-every",
+        "3",
+        "--val-fraction",
+        "0.2",
+        "--out",
+        out,
+    ]
 
 
 @pytest.mark.parametrize("prior", ["eclipse", "projection", "diffusion"])
@@ -113,11 +167,31 @@ def test_each_prior_trains_saves_in_the_public_layout_and_runs_to_a_report(world
     from evalkit.decoders.kandinsky import Kandinsky22Decoder
 
     Kandinsky22Decoder.tiny().save_pretrained(tmp_path / "k22-decoder")
-    result = invoke("run", "--prior", name, "--prior-path", f"{name}={final}", "--decoder", "kandinsky22",
-                    "--decoder-path", tmp_path / "k22-decoder", "--scorer", "dummy", "--prompts", world["prompts"],
-                    "--category", "color", "--images-per-prompt", "1", "--num-inference-steps", "2",
-                    *(["--prior-num-inference-steps", "3"] if prior == "diffusion" else []),
-                    "--out", tmp_path / "runs", "--no-cache")
+    result = invoke(
+        "run",
+        "--prior",
+        name,
+        "--prior-path",
+        f"{name}={final}",
+        "--decoder",
+        "kandinsky22",
+        "--decoder-path",
+        tmp_path / "k22-decoder",
+        "--scorer",
+        "dummy",
+        "--prompts",
+        world["prompts"],
+        "--category",
+        "color",
+        "--images-per-prompt",
+        "1",
+        "--num-inference-steps",
+        "2",
+        *(["--prior-num-inference-steps", "3"] if prior == "diffusion" else []),
+        "--out",
+        tmp_path / "runs",
+        "--no-cache",
+    )
     assert result.exit_code == 0, result.output
     [run_dir] = list((tmp_path / "runs").iterdir())
     results = json.loads((run_dir / "results.json").read_text())
@@ -134,10 +208,30 @@ def test_an_eclipse_prior_in_the_karlo_space_runs_through_karlo(world, tmp_path,
     monkeypatch.setenv("EVALKIT_CACHE_DIR", str(world["root"] / "cache"))
     final = train_prior(tmp_path / "run", _config(world, "eclipse", space="karlo"), progress=False)
     KarloDecoder.tiny().save_pretrained(tmp_path / "karlo")
-    result = invoke("run", "--prior", "eclipse-karlo", "--prior-path", f"eclipse-karlo={final}", "--decoder", "karlo",
-                    "--decoder-path", tmp_path / "karlo", "--scorer", "dummy", "--prompts", world["prompts"],
-                    "--category", "color", "--images-per-prompt", "1", "--num-inference-steps", "2",
-                    "--out", tmp_path / "runs", "--no-cache")
+    result = invoke(
+        "run",
+        "--prior",
+        "eclipse-karlo",
+        "--prior-path",
+        f"eclipse-karlo={final}",
+        "--decoder",
+        "karlo",
+        "--decoder-path",
+        tmp_path / "karlo",
+        "--scorer",
+        "dummy",
+        "--prompts",
+        world["prompts"],
+        "--category",
+        "color",
+        "--images-per-prompt",
+        "1",
+        "--num-inference-steps",
+        "2",
+        "--out",
+        tmp_path / "runs",
+        "--no-cache",
+    )
     assert result.exit_code == 0, result.output
 
 
@@ -188,30 +282,85 @@ def test_resume_mid_epoch_is_exact_and_ctrl_c_checkpoints(world, tmp_path, monke
     monkeypatch.setattr(trainer, "eclipse_loss", real_loss)
     resumed = trainer.train_prior(tmp_path / "b", config, resume=True, progress=False)
     assert [r["step"] for r in _log(tmp_path / "b")] == list(range(1, 8))
-    a, b = load_file(str(straight / "diffusion_pytorch_model.safetensors")), load_file(str(resumed / "diffusion_pytorch_model.safetensors"))
+    a, b = (
+        load_file(str(straight / "diffusion_pytorch_model.safetensors")),
+        load_file(str(resumed / "diffusion_pytorch_model.safetensors")),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_bad_input_is_one_clear_line(world, tmp_path):
-    common = ["--data", world["emb_k22"], "--text-encoder", world["k22"], "--space", "kandinsky22", "--size", "tiny",
-              "--steps", "2", "--batch-size", "8"]
+    common = [
+        "--data",
+        world["emb_k22"],
+        "--text-encoder",
+        world["k22"],
+        "--space",
+        "kandinsky22",
+        "--size",
+        "tiny",
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+    ]
     cases = [
-        (["--prior", "eclipse", "--data", world["root"] / "data", "--text-encoder", world["k22"], "--out", tmp_path / "x"],
-         "not an embedding folder"),
-        (["--prior", "eclipse", "--data", world["emb_k22"], "--text-encoder", world["clip"], "--space", "kandinsky22",
-          "--out", tmp_path / "x"], "32-d embeddings"),
+        (
+            [
+                "--prior",
+                "eclipse",
+                "--data",
+                world["root"] / "data",
+                "--text-encoder",
+                world["k22"],
+                "--out",
+                tmp_path / "x",
+            ],
+            "not an embedding folder",
+        ),
+        (
+            [
+                "--prior",
+                "eclipse",
+                "--data",
+                world["emb_k22"],
+                "--text-encoder",
+                world["clip"],
+                "--space",
+                "kandinsky22",
+                "--out",
+                tmp_path / "x",
+            ],
+            "32-d embeddings",
+        ),
         (["--prior", "eclipse", "--data", world["emb_k22"], "--out", tmp_path / "x"], "--text-encoder"),
         (["--prior", "eclipse", *common, "--hard-negatives", "--out", tmp_path / "x"], "synthetic world"),
         (["--prior", "diffusion", *common, "--lam", "0.2", "--out", tmp_path / "x"], "no such term"),
         (["--prior", "projection", *common, "--lam", "0.2", "--out", tmp_path / "x"], "λ = 0"),
         (["--prior", "eclipse", *common, "--resume", "--out", tmp_path / "empty"], "no checkpoint"),
         (["--prior", "eclipse", *common, "--batch-size", "64", "--out", tmp_path / "x"], "larger than the 39"),
-        (["--prior", "eclipse", "--data", world["emb_k22"], "--text-encoder", world["k22"], "--size", "tiny",
-          "--out", tmp_path / "x"], "--space karlo|kandinsky22"),
+        (
+            [
+                "--prior",
+                "eclipse",
+                "--data",
+                world["emb_k22"],
+                "--text-encoder",
+                world["k22"],
+                "--size",
+                "tiny",
+                "--out",
+                tmp_path / "x",
+            ],
+            "--space karlo|kandinsky22",
+        ),
     ]
     for args, message in cases:
         result = invoke("train-baseline", *args)
-        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, (args, result.output)
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, (
+            args,
+            result.output,
+        )
     assert not (tmp_path / "x").exists()
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
@@ -228,8 +377,22 @@ def test_quick_gives_a_prior_that_evalkit_run_accepts(tmp_path, monkeypatch):
     assert trained.exit_code == 0, trained.output
     final = tmp_path / "quick" / "final"
     assert f"run it: evalkit run --prior eclipse --prior-path eclipse={final}" in trained.output
-    result = invoke("run", "--prior", "eclipse", "--prior-path", f"eclipse={final}", "--limit", "1",
-                    "--images-per-prompt", "1", "--scorer", "analytic", "--out", tmp_path / "runs", "--no-cache")
+    result = invoke(
+        "run",
+        "--prior",
+        "eclipse",
+        "--prior-path",
+        f"eclipse={final}",
+        "--limit",
+        "1",
+        "--images-per-prompt",
+        "1",
+        "--scorer",
+        "analytic",
+        "--out",
+        tmp_path / "runs",
+        "--no-cache",
+    )
     assert result.exit_code == 0, result.output
 
 
@@ -266,6 +429,19 @@ def test_accelerate_trackers_get_every_logged_row(world, tmp_path, monkeypatch):
     assert "eval/cos" in Recording.seen[2][1]
     monkeypatch.undo()
     if not is_tensorboard_available():
-        result = invoke("train-baseline", "--prior", "eclipse", "--data", world["emb_k22"], "--text-encoder", world["k22"],
-                        "--space", "kandinsky22", "--log-with", "tensorboard", "--out", tmp_path / "tb")
+        result = invoke(
+            "train-baseline",
+            "--prior",
+            "eclipse",
+            "--data",
+            world["emb_k22"],
+            "--text-encoder",
+            world["k22"],
+            "--space",
+            "kandinsky22",
+            "--log-with",
+            "tensorboard",
+            "--out",
+            tmp_path / "tb",
+        )
         assert result.exit_code == 2 and "needs the tensorboard package" in result.output

@@ -90,8 +90,13 @@ def test_cli_resume_without_a_checkpoint_says_so_in_one_line(name, tmp_path):
 
 def test_cli_resume_with_other_settings_names_them(tmp_path):
     out = tmp_path / "run"
-    assert CliRunner().invoke(cli, ["train-world", "scorer", "--quick", "--stop-at", "2", "--out", str(out)]).exit_code == 0
-    result = CliRunner().invoke(cli, ["train-world", "scorer", "--quick", "--resume", "--batch-size", "8", "--out", str(out)])
+    assert (
+        CliRunner().invoke(cli, ["train-world", "scorer", "--quick", "--stop-at", "2", "--out", str(out)]).exit_code
+        == 0
+    )
+    result = CliRunner().invoke(
+        cli, ["train-world", "scorer", "--quick", "--resume", "--batch-size", "8", "--out", str(out)]
+    )
     assert result.exit_code == 2 and "batch_size" in result.output
 
 
@@ -116,7 +121,9 @@ def test_cli_ship_with_overwrite_replaces_the_shipped_scorer(tmp_path, monkeypat
     shipped.mkdir()
     (shipped / "stale.txt").write_text("old")
     monkeypatch.setattr(binding, "SHIPPED_DIR", shipped)
-    result = CliRunner().invoke(cli, ["train-world", "scorer", "--quick", "--ship", "--overwrite", "--out", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        cli, ["train-world", "scorer", "--quick", "--ship", "--overwrite", "--out", str(tmp_path / "run")]
+    )
     assert result.exit_code == 0, result.output
     assert (shipped / "model.safetensors").is_file() and not (shipped / "stale.txt").exists()
     with pytest.raises(FileExistsError, match="--overwrite"):  # the library refuses too
@@ -129,8 +136,14 @@ def test_a_signalled_cli_run_checkpoints_exits_130_and_resumes(signum, tmp_path)
     out, steps = tmp_path / "run", 120
     args = ["train-world", "scorer", "--quick", "--steps", str(steps), "--threads", "1", "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    process = subprocess.Popen([sys.executable, "-m", "evalkit", *args], cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "evalkit", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         while not ((out / "log.jsonl").is_file() and len(log_rows(out)) >= 2):

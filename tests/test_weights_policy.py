@@ -21,8 +21,15 @@ def test_pickle_only_folders_are_refused_in_one_message_unless_allowed(tmp_path,
     with pytest.raises(WeightsNotFoundError) as info:
         weights_format(tmp_path, False, "thing", hint="Download the safetensors.")
     message = str(info.value)
-    for part in ("thing: ", str(tmp_path), f"model{suffix}", "arbitrary code", "allow_pickle=True", "--allow-pickle",
-                 "Download the safetensors."):
+    for part in (
+        "thing: ",
+        str(tmp_path),
+        f"model{suffix}",
+        "arbitrary code",
+        "allow_pickle=True",
+        "--allow-pickle",
+        "Download the safetensors.",
+    ):
         assert part in message
     assert weights_format(tmp_path, True) == {"use_safetensors": False}
 
@@ -48,11 +55,13 @@ def test_files_fingerprint_depends_on_names_and_contents_not_the_folder(tmp_path
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "model.safetensors").write_bytes(b"weights")
-    assert files_fingerprint([tmp_path / "a" / "model.safetensors"]) == \
-        files_fingerprint([tmp_path / "b" / "model.safetensors"])
+    assert files_fingerprint([tmp_path / "a" / "model.safetensors"]) == files_fingerprint(
+        [tmp_path / "b" / "model.safetensors"]
+    )
     (tmp_path / "b" / "model.safetensors").write_bytes(b"other")
-    assert files_fingerprint([tmp_path / "a" / "model.safetensors"]) != \
-        files_fingerprint([tmp_path / "b" / "model.safetensors"])
+    assert files_fingerprint([tmp_path / "a" / "model.safetensors"]) != files_fingerprint(
+        [tmp_path / "b" / "model.safetensors"]
+    )
 
 
 def test_the_public_checkpoint_priors_are_generated_from_the_table():
@@ -60,7 +69,11 @@ def test_the_public_checkpoint_priors_are_generated_from_the_table():
 
     for entry in real.KNOWN_CHECKPOINTS:
         cls = getattr(real, entry["class_name"])
-        assert (cls.__qualname__, cls.__module__, cls.name, cls.checkpoint) == \
-            (entry["class_name"], "evalkit.priors.real", entry["name"], entry["name"])
+        assert (cls.__qualname__, cls.__module__, cls.name, cls.checkpoint) == (
+            entry["class_name"],
+            "evalkit.priors.real",
+            entry["name"],
+            entry["name"],
+        )
         assert cls.default_space == entry["embedding_space"] and cls.env_var == entry["env_var"]
         assert entry["repo_id"] in cls.__doc__

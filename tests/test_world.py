@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 
 from evalkit.world import (
-    CATEGORIES, CaptionSpec, ObjectSpec, Scene, parse_caption, render, sample_pairs, sample_scene, split_prompts,
+    CATEGORIES,
+    CaptionSpec,
+    ObjectSpec,
+    Scene,
+    parse_caption,
+    render,
+    sample_pairs,
+    sample_scene,
+    split_prompts,
 )
 from evalkit.world.attributes import CANVAS, SIZE_CLASSES
 from evalkit.world.scene import distractor_options
@@ -33,8 +41,10 @@ def many_scenes():
 
 
 def test_phrases_are_verbatim_and_articles_agree():
-    spec = CaptionSpec("color", (ObjectSpec(shape="circle", color="orange", texture="striped"),
-                                 ObjectSpec(shape="square", color="blue")))
+    spec = CaptionSpec(
+        "color",
+        (ObjectSpec(shape="circle", color="orange", texture="striped"), ObjectSpec(shape="square", color="blue")),
+    )
     assert spec.noun_phrases == ("an orange striped circle", "a blue square")
     assert spec.text == "an orange striped circle and a blue square"
     assert spec.swapped_text == "a blue striped circle and an orange square"
@@ -54,8 +64,16 @@ def test_parse_caption_round_trips(category):
         assert parse_caption(spec.swapped_text) == spec.swapped()
 
 
-@pytest.mark.parametrize("text", ["a red circle", "a red circle and a blue", "a circle and a square",
-                                  "a red blue circle and a green square", "a striped red circle and a blue square"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a red circle",
+        "a red circle and a blue",
+        "a circle and a square",
+        "a red blue circle and a green square",
+        "a striped red circle and a blue square",
+    ],
+)
 def test_parse_caption_rejects_text_outside_the_grammar(text):
     with pytest.raises(ValueError):
         parse_caption(text)
@@ -87,10 +105,17 @@ def test_different_seeds_give_different_scenes():
 def test_scene_seed_is_stable_across_processes():
     """No dependence on Python's salted hash(): a fresh interpreter draws the same scene."""
     spec = val_specs("texture", 1)[0]
-    code = ("import json; from evalkit.world import sample_scene, parse_caption; "
-            f"print(json.dumps(sample_scene(parse_caption({spec.text!r}), 42).to_dict()))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONHASHSEED": "123", "PATH": "", "PYTHONPATH": str(_repo())})
+    code = (
+        "import json; from evalkit.world import sample_scene, parse_caption; "
+        f"print(json.dumps(sample_scene(parse_caption({spec.text!r}), 42).to_dict()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123", "PATH": "", "PYTHONPATH": str(_repo())},
+    )
     assert json.loads(out.stdout) == json.loads(json.dumps(sample_scene(spec, 42).to_dict()))
 
 
@@ -118,7 +143,7 @@ def test_swapped_caption_keeps_layout_and_changes_only_the_bound_objects(categor
             changed = np.any(images[0] != images[1], axis=-1)
             named = np.zeros_like(changed)
             for obj in scene.objects[:2]:
-                named[obj.y:obj.y + obj.size_px, obj.x:obj.x + obj.size_px] = True
+                named[obj.y : obj.y + obj.size_px, obj.x : obj.x + obj.size_px] = True
             assert changed.any() and not (changed & ~named).any()
 
 
@@ -175,7 +200,7 @@ def test_objects_fit_the_canvas_and_never_overlap(many_scenes):
         for x, y, size in boxes:
             assert 0 <= x and x + size <= CANVAS and 0 <= y and y + size <= CANVAS
         for i, (x1, y1, s1) in enumerate(boxes):
-            for x2, y2, s2 in boxes[i + 1:]:
+            for x2, y2, s2 in boxes[i + 1 :]:
                 assert x1 >= x2 + s2 + 1 or x2 >= x1 + s1 + 1 or y1 >= y2 + s2 + 1 or y2 >= y1 + s1 + 1
 
 
@@ -204,13 +229,13 @@ def test_render_output_and_masks(many_scenes):
     assert masks.min() >= 0 and masks.sum(axis=1).max() <= 1 + 1e-6
     for scene, image, mask in zip(scenes, images, masks):
         for k, obj in enumerate(scene.objects):
-            inside = mask[k, obj.y:obj.y + obj.size_px, obj.x:obj.x + obj.size_px]
+            inside = mask[k, obj.y : obj.y + obj.size_px, obj.x : obj.x + obj.size_px]
             assert np.isclose(inside.sum(), mask[k].sum()) and inside.sum() > 0.3 * obj.size_px**2
             # objects stand out from the background: a segmenter by background difference works
             core = mask[k] > 0.99
             level = scene.background.level
             assert np.abs(image[core].astype(float) - level).max(axis=-1).min() > 25
-        assert not mask[len(scene.objects):].any()
+        assert not mask[len(scene.objects) :].any()
 
 
 def test_render_speed():
@@ -236,6 +261,11 @@ def test_sample_pairs_is_deterministic_and_prefix_stable():
 
 def test_importing_the_world_does_not_import_torch():
     code = "import sys, evalkit.world, evalkit.suites.synth; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PATH": "", "PYTHONPATH": str(_repo())})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "", "PYTHONPATH": str(_repo())},
+    )
     assert out.stdout.strip() == "False"

@@ -32,7 +32,7 @@ def test_tokenizer_matches_open_clip_bpe_pieces():
     tokenizer = CompactTokenizer.from_words(["a", "checkered", "circle"], context_length=10)
     bpe = SimpleTokenizer().encode("a checkered circle")
     ids, _ = tokenizer(["a checkered circle"])
-    assert [tokenizer.bpe_ids[i - 2] for i in ids[0, 1:1 + len(bpe)].tolist()] == bpe
+    assert [tokenizer.bpe_ids[i - 2] for i in ids[0, 1 : 1 + len(bpe)].tolist()] == bpe
 
 
 def test_retrieval_metrics_nest():

@@ -54,8 +54,9 @@ def test_vectorised_satisfaction_matches_the_scene_objects():
     codes, valid = caption_codes(captions, vocab)
     got = satisfies(scene_codes(scenes, vocab), codes, valid)
     specs = [parse_caption(c) for c in captions]
-    expected = torch.tensor([[all(any(o.satisfies(p) for o in scene.objects) for p in spec.objects) for spec in specs]
-                             for scene in scenes])
+    expected = torch.tensor(
+        [[all(any(o.satisfies(p) for o in scene.objects) for p in spec.objects) for spec in specs] for scene in scenes]
+    )
     assert torch.equal(got, expected)
     assert got.diagonal().all() and 0 < got.float().mean() < 0.5  # each render fits its caption, and some others
 
@@ -65,7 +66,10 @@ def test_multi_positive_loss_ignores_true_captions_only():
 
     model = WorldCLIP.tiny()
     torch.manual_seed(0)
-    image, text = torch.nn.functional.normalize(torch.randn(4, 16), dim=-1), torch.nn.functional.normalize(torch.randn(4, 16), dim=-1)
+    image, text = (
+        torch.nn.functional.normalize(torch.randn(4, 16), dim=-1),
+        torch.nn.functional.normalize(torch.randn(4, 16), dim=-1),
+    )
     ids = torch.arange(4).unsqueeze(1)  # four different captions
     none = torch.zeros(4, 4, dtype=torch.bool)
     assert contrastive_loss(model, image, text, ids, none) == contrastive_loss(model, image, text, ids)
@@ -89,12 +93,27 @@ def test_text_tower_only_training_keeps_the_image_tower(tmp_path):
     from evalkit.cli import cli
 
     base = train_clip(tmp_path / "base", CLIPTrainConfig.quick(), progress=False)
-    result = CliRunner().invoke(cli, ["train-world", "clip", "--quick", "--out", str(tmp_path / "text"), "--init-from", str(base),
-                                      "--freeze-image-tower", "--multi-positive"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train-world",
+            "clip",
+            "--quick",
+            "--out",
+            str(tmp_path / "text"),
+            "--init-from",
+            str(base),
+            "--freeze-image-tower",
+            "--multi-positive",
+        ],
+    )
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "text" / "train_config.json").read_text())
     assert config["freeze_image_tower"] and config["multi_positive"] and config["init_from"] == str(base)
-    before, after = WorldCLIP.from_pretrained(base).state_dict(), WorldCLIP.from_pretrained(tmp_path / "text" / "final").state_dict()
+    before, after = (
+        WorldCLIP.from_pretrained(base).state_dict(),
+        WorldCLIP.from_pretrained(tmp_path / "text" / "final").state_dict(),
+    )
     visual = [k for k in before if k.startswith("model.visual.")]
     assert visual and all(torch.equal(before[k], after[k]) for k in visual)
     assert any(not torch.equal(before[k], after[k]) for k in before if k not in visual)

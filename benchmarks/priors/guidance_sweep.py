@@ -37,19 +37,31 @@ def main() -> None:
         settings.append((f"guidance 4, best of {args.rerank}", {"guidance_scale": 4.0, "rerank": args.rerank}))
     rows = []
     for label, options in settings:
-        new, _ = eval_priors([args.prior], suites, split="dev", seeds=tuple(range(42, 42 + args.seeds)),
-                             training_seeds=training_seeds, options=options, progress=False)
+        new, _ = eval_priors(
+            [args.prior],
+            suites,
+            split="dev",
+            seeds=tuple(range(42, 42 + args.seeds)),
+            training_seeds=training_seeds,
+            options=options,
+            progress=False,
+        )
         rows += [dict(r, prior=label) for r in new]
         print(f"done: {label}", flush=True)
     summary = summarize(rows, metrics=("margin", "binding", "cos_true"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "summary.json", {"config": vars(args), "summary": summary})
-    text = [f"# Guidance sweep for the `{args.prior}` prior (dev split)", "",
-            f"25 DDIM steps; training seeds {args.training_seeds} pooled; {args.seeds} renders per dev prompt; ± is the "
-            "bootstrap standard error over prompts. Command: `python -m evalkit.bootstrap python "
-            f"benchmarks/priors/guidance_sweep.py --scales {args.scales} --rerank {args.rerank}`.", "",
-            sweep_table(summary, [label for label, _ in settings], "setting"), ""]
+    text = [
+        f"# Guidance sweep for the `{args.prior}` prior (dev split)",
+        "",
+        f"25 DDIM steps; training seeds {args.training_seeds} pooled; {args.seeds} renders per dev prompt; ± is the "
+        "bootstrap standard error over prompts. Command: `python -m evalkit.bootstrap python "
+        f"benchmarks/priors/guidance_sweep.py --scales {args.scales} --rerank {args.rerank}`.",
+        "",
+        sweep_table(summary, [label for label, _ in settings], "setting"),
+        "",
+    ]
     (out / "README.md").write_text("\n".join(text))
     print("\n".join(text))
 

@@ -61,12 +61,42 @@ def shipped_table() -> str:
         record = json.loads(record_path.read_text())
         config = record["config"]
         size = sum(p.stat().st_size for p in record_path.parent.glob("*.safetensors"))
-        rows.append([record_path.parent.parent.name, config["seed"], config["size"], f"{record['num_trainable_parameters']:,}",
-                     config["steps"], config["batch_size"], config["lr"], config["lam"],
-                     config["tau"] if config["lam"] else "-", f"{record['wall_time_s'] / 60:.1f}",
-                     record["torch_threads"], f"{record['final_metrics']['dev_cos']:.4f}", f"{size / 1e6:.2f}"])
-    return tabulate(rows, headers=["prior", "seed", "size", "parameters", "steps", "batch", "lr", "λ", "τ", "train min",
-                                   "threads", "dev cos", "MB (fp16)"], tablefmt="github")
+        rows.append(
+            [
+                record_path.parent.parent.name,
+                config["seed"],
+                config["size"],
+                f"{record['num_trainable_parameters']:,}",
+                config["steps"],
+                config["batch_size"],
+                config["lr"],
+                config["lam"],
+                config["tau"] if config["lam"] else "-",
+                f"{record['wall_time_s'] / 60:.1f}",
+                record["torch_threads"],
+                f"{record['final_metrics']['dev_cos']:.4f}",
+                f"{size / 1e6:.2f}",
+            ]
+        )
+    return tabulate(
+        rows,
+        headers=[
+            "prior",
+            "seed",
+            "size",
+            "parameters",
+            "steps",
+            "batch",
+            "lr",
+            "λ",
+            "τ",
+            "train min",
+            "threads",
+            "dev cos",
+            "MB (fp16)",
+        ],
+        tablefmt="github",
+    )
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Training curves of prior runs (loss and held-out cosine against step) from their ``log.jsonl``.
 
-    python -m evalkit.bootstrap python benchmarks/priors/plot_curves.py RUN_DIR... --out results/priors/training-curves.png
+python -m evalkit.bootstrap python benchmarks/priors/plot_curves.py RUN_DIR... --out results/priors/training-curves.png
 """
 
 from __future__ import annotations
@@ -36,13 +36,17 @@ def main() -> None:
         steps = [r["step"] for r in rows]
         # a 50-step running mean: single batches are noisy
         mse = [r["mse"] for r in rows]
-        smooth = [sum(mse[max(0, i - 49): i + 1]) / len(mse[max(0, i - 49): i + 1]) for i in range(len(mse))]
+        smooth = [sum(mse[max(0, i - 49) : i + 1]) / len(mse[max(0, i - 49) : i + 1]) for i in range(len(mse))]
         ax_mse.plot(steps, smooth, label=label, linewidth=1, color=color, linestyle=style)
         evals = [(r["step"], r["eval/dev_cos"]) for r in rows if "eval/dev_cos" in r]
         if evals:
             ax_cos.plot(*zip(*evals), marker="o", color=color, linestyle=style, label=label, linewidth=1)
-    ax_mse.set(xlabel="step", ylabel="training MSE (50-step mean; diffusion: standardised x0)", yscale="log",
-               title="training loss (regression part)")
+    ax_mse.set(
+        xlabel="step",
+        ylabel="training MSE (50-step mean; diffusion: standardised x0)",
+        yscale="log",
+        title="training loss (regression part)",
+    )
     ax_cos.set(xlabel="step", ylabel="cosine to the dev render's embedding", title="held-out (dev) prediction cosine")
     ax_cos.legend(fontsize=7)
     fig.tight_layout()

@@ -32,27 +32,42 @@ def main() -> None:
 
     runs = Path(args.runs)
     variants = [("projection", PriorTrainConfig(prior="projection", steps=args.steps))]
-    variants += [(f"eclipse tau={tau}", PriorTrainConfig(prior="eclipse", tau=float(tau), steps=args.steps))
-                 for tau in args.taus.split(",")]
+    variants += [
+        (f"eclipse tau={tau}", PriorTrainConfig(prior="eclipse", tau=float(tau), steps=args.steps))
+        for tau in args.taus.split(",")
+    ]
     rows = []
     for label, config in variants:
         run = runs / label.replace(" ", "-").replace("=", "")
         if not (run / "final").is_dir():
             train_prior(run, config, resume=run.exists())
         kind = config.prior
-        new, _ = eval_priors([kind], ["synth-color", "synth-shape", "synth-texture"], split="dev",
-                             seeds=tuple(range(42, 42 + args.seeds)), paths={kind: run / "final"}, progress=False)
+        new, _ = eval_priors(
+            [kind],
+            ["synth-color", "synth-shape", "synth-texture"],
+            split="dev",
+            seeds=tuple(range(42, 42 + args.seeds)),
+            paths={kind: run / "final"},
+            progress=False,
+        )
         rows += [dict(r, prior=label) for r in new]
     summary = summarize(rows, metrics=("margin", "binding", "cos_true"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "summary.json", {"config": {"taus": args.taus, "steps": args.steps, "seeds": args.seeds,
-                                                        "split": "dev"}, "summary": summary})
-    text = ["# τ sweep for the eclipse prior (dev split)", "",
-            f"λ = 0.2, {args.steps} steps, training seed 0, {args.seeds} renders per dev prompt; ± is the bootstrap "
-            "standard error over prompts. Command: `python -m evalkit.bootstrap python benchmarks/priors/tau_sweep.py "
-            f"--runs RUNS --taus {args.taus} --steps {args.steps}`.", "",
-            sweep_table(summary, [label for label, _ in variants], "prior"), ""]
+    atomic_write_json(
+        out / "summary.json",
+        {"config": {"taus": args.taus, "steps": args.steps, "seeds": args.seeds, "split": "dev"}, "summary": summary},
+    )
+    text = [
+        "# τ sweep for the eclipse prior (dev split)",
+        "",
+        f"λ = 0.2, {args.steps} steps, training seed 0, {args.seeds} renders per dev prompt; ± is the bootstrap "
+        "standard error over prompts. Command: `python -m evalkit.bootstrap python benchmarks/priors/tau_sweep.py "
+        f"--runs RUNS --taus {args.taus} --steps {args.steps}`.",
+        "",
+        sweep_table(summary, [label for label, _ in variants], "prior"),
+        "",
+    ]
     (out / "README.md").write_text("\n".join(text))
     print("\n".join(text))
 

@@ -37,9 +37,20 @@ def agreement(samples: list[dict], a: str, b: str) -> list[dict]:
         agree = float((ya == yb).mean())
         expected = float(ya.mean() * yb.mean() + (1 - ya.mean()) * (1 - yb.mean()))
         kappa = (agree - expected) / (1 - expected) if expected < 1 else 1.0
-        corr = float(np.corrcoef(v["sa"], v["sb"])[0, 1]) if np.std(v["sa"]) > 0 and np.std(v["sb"]) > 0 else float("nan")
-        rows.append({"suite": suite, "questions": int(ya.size), "agreement": round(agree, 4), f"yes_{a}": round(float(ya.mean()), 4),
-                     f"yes_{b}": round(float(yb.mean()), 4), "kappa": round(kappa, 4), "score_correlation": round(corr, 4)})
+        corr = (
+            float(np.corrcoef(v["sa"], v["sb"])[0, 1]) if np.std(v["sa"]) > 0 and np.std(v["sb"]) > 0 else float("nan")
+        )
+        rows.append(
+            {
+                "suite": suite,
+                "questions": int(ya.size),
+                "agreement": round(agree, 4),
+                f"yes_{a}": round(float(ya.mean()), 4),
+                f"yes_{b}": round(float(yb.mean()), 4),
+                "kappa": round(kappa, 4),
+                "score_correlation": round(corr, 4),
+            }
+        )
     return rows
 
 

@@ -32,7 +32,7 @@ def _match(gt: Sequence, boxes: np.ndarray) -> dict[int, int]:
             ix = max(0, min(obj.x + obj.size_px, x + s) - max(obj.x, x))
             iy = max(0, min(obj.y + obj.size_px, y + s) - max(obj.y, y))
             inter = ix * iy
-            iou = inter / (obj.size_px ** 2 + s * s - inter)
+            iou = inter / (obj.size_px**2 + s * s - inter)
             if iou >= 0.5:
                 pairs.append((-iou, g, d))
     out: dict[int, int] = {}
@@ -44,8 +44,15 @@ def _match(gt: Sequence, boxes: np.ndarray) -> dict[int, int]:
     return out
 
 
-def validate(category: str, n_prompts: int = 300, seeds: Sequence[int] = (42, 43), split: str = "val",
-             scorer: AnalyticScorer | None = None, keep_failures: int = 20, **degradation: Any) -> dict:
+def validate(
+    category: str,
+    n_prompts: int = 300,
+    seeds: Sequence[int] = (42, 43),
+    split: str = "val",
+    scorer: AnalyticScorer | None = None,
+    keep_failures: int = 20,
+    **degradation: Any,
+) -> dict:
     """Accuracy of the scorer on ground-truth renders of one category.
 
     Renders (prompt, seed) for the first ``n_prompts`` prompts of ``split`` and each seed, and the
@@ -62,8 +69,7 @@ def validate(category: str, n_prompts: int = 300, seeds: Sequence[int] = (42, 43
     _template_bank()  # built once (≈0.1 s), outside the timing
     prompts = split_prompts(category, split)[:n_prompts]
     pairs = [(p.spec, s) for p in prompts for s in seeds]
-    result: dict[str, Any] = {"category": category, "split": split, "images": len(pairs),
-                              "degradation": degradation}
+    result: dict[str, Any] = {"category": category, "split": split, "images": len(pairs), "degradation": degradation}
     failures: list[dict] = []
     for kind in ("true", "swapped"):
         scenes = [sample_scene(spec.swapped() if kind == "swapped" else spec, seed) for spec, seed in pairs]
@@ -78,8 +84,9 @@ def validate(category: str, n_prompts: int = 300, seeds: Sequence[int] = (42, 43
     return result
 
 
-def _measure(kind: str, pairs: list, scenes: list, found, elapsed: float, failures: list[dict],
-             keep_failures: int) -> dict:
+def _measure(
+    kind: str, pairs: list, scenes: list, found, elapsed: float, failures: list[dict], keep_failures: int
+) -> dict:
     """Detection, attribute and phrase accuracy of one kind of render; failures are appended in place."""
     counts = {"objects": 0, "found": 0, "extra": 0, "color": 0, "shape": 0, "texture": 0, "size": 0, "all": 0}
     confusions: dict[str, int] = {}
@@ -100,10 +107,19 @@ def _measure(kind: str, pairs: list, scenes: list, found, elapsed: float, failur
         phrase_agree += sum(agree)
         phrase_total += len(agree)
         if (wrong or missed or len(objects) > len(matched) or not all(agree)) and len(failures) < keep_failures:
-            failures.append({"kind": kind, "caption": spec.text, "seed": seed, "index": i, "wrong": wrong,
-                             "missed": missed, "extra": len(objects) - len(matched),
-                             "phrases_disagree": [q["question"] for q, a in zip(questions, agree) if not a],
-                             "objects": objects})
+            failures.append(
+                {
+                    "kind": kind,
+                    "caption": spec.text,
+                    "seed": seed,
+                    "index": i,
+                    "wrong": wrong,
+                    "missed": missed,
+                    "extra": len(objects) - len(matched),
+                    "phrases_disagree": [q["question"] for q, a in zip(questions, agree) if not a],
+                    "objects": objects,
+                }
+            )
     n_found = max(counts["found"], 1)
     return {
         "detected": counts["found"] / max(counts["objects"], 1),
@@ -116,8 +132,9 @@ def _measure(kind: str, pairs: list, scenes: list, found, elapsed: float, failur
     }
 
 
-def _compare_attributes(scene, objects: list[dict], matched: dict[int, int], counts: dict[str, int],
-                        confusions: dict[str, int]) -> list[dict]:
+def _compare_attributes(
+    scene, objects: list[dict], matched: dict[int, int], counts: dict[str, int], confusions: dict[str, int]
+) -> list[dict]:
     """Count the matched objects' correct attributes into ``counts`` and their confusions; the wrong calls."""
     wrong = []
     for g, d in matched.items():
@@ -128,8 +145,9 @@ def _compare_attributes(scene, objects: list[dict], matched: dict[int, int], cou
             counts[family] += ok
             ok_all &= ok
             if not ok:
-                wrong.append({"object": g, "family": family, "truth": true_value, "got": got[family],
-                              "size_px": truth.size_px})
+                wrong.append(
+                    {"object": g, "family": family, "truth": true_value, "got": got[family], "size_px": truth.size_px}
+                )
                 key = f"{family}: {true_value} -> {got[family]} ({truth.size_px} px)"
                 confusions[key] = confusions.get(key, 0) + 1
         counts["all"] += ok_all
@@ -160,23 +178,46 @@ def _dump_failures(result: dict, out_dir: str, scale: int = 8) -> list[str]:
 
 
 def _table(results: list[dict]) -> str:
-    head = ("category", "renders", "detected", "extra/img", "color", "shape", "texture", "size", "all",
-            "phrase agr.", "mean score", "img/s")
+    head = (
+        "category",
+        "renders",
+        "detected",
+        "extra/img",
+        "color",
+        "shape",
+        "texture",
+        "size",
+        "all",
+        "phrase agr.",
+        "mean score",
+        "img/s",
+    )
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in results:
         for kind in ("true", "swapped"):
             k = r[kind]
-            lines.append(" | ".join([
-                f"{r['category']}", f"{kind} ({r['images']})", f"{k['detected']:.4f}", f"{k['extra_per_image']:.4f}",
-                *(f"{k['acc_' + f]:.4f}" for f in ("color", "shape", "texture", "size", "all")),
-                f"{k['phrase_agreement']:.4f}", f"{k['mean_score']:.4f}", f"{k['images_per_s']:.0f}",
-            ]))
+            lines.append(
+                " | ".join(
+                    [
+                        f"{r['category']}",
+                        f"{kind} ({r['images']})",
+                        f"{k['detected']:.4f}",
+                        f"{k['extra_per_image']:.4f}",
+                        *(f"{k['acc_' + f]:.4f}" for f in ("color", "shape", "texture", "size", "all")),
+                        f"{k['phrase_agreement']:.4f}",
+                        f"{k['mean_score']:.4f}",
+                        f"{k['images_per_s']:.0f}",
+                    ]
+                )
+            )
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="benchmarks/scorers/analytic_validation.py",
-                                     description="Measure the analytic scorer on ground-truth renders.")
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/scorers/analytic_validation.py",
+        description="Measure the analytic scorer on ground-truth renders.",
+    )
     parser.add_argument("--categories", nargs="+", default=["color", "shape", "texture"])
     parser.add_argument("--prompts", type=int, default=300)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
@@ -188,17 +229,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gain", type=float, default=1.0, help="degrade renders: contrast gain")
     parser.add_argument("--show", type=int, default=5, help="failures to print per category")
     args = parser.parse_args(argv)
-    degradation = {k: v for k, v in (("blur", args.blur), ("noise", args.noise), ("gain", args.gain))
-                   if v != (1.0 if k == "gain" else 0.0)}
+    degradation = {
+        k: v
+        for k, v in (("blur", args.blur), ("noise", args.noise), ("gain", args.gain))
+        if v != (1.0 if k == "gain" else 0.0)
+    }
     results = [validate(c, args.prompts, args.seeds, args.split, **degradation) for c in args.categories]
-    print(f"renders: first {args.prompts} {args.split} prompts x seeds {args.seeds}; "
-          f"degradation: {degradation or 'none'}")
+    print(
+        f"renders: first {args.prompts} {args.split} prompts x seeds {args.seeds}; degradation: {degradation or 'none'}"
+    )
     print(_table(results))
     for r in results:
         for kind in ("true", "swapped"):
             if r[kind]["confusions"]:
                 print(f"{r['category']} {kind} confusions: {r[kind]['confusions']}")
-        for f in r["failures"][:args.show]:
+        for f in r["failures"][: args.show]:
             print(json.dumps({"category": r["category"], **{k: v for k, v in f.items() if k != "objects"}}))
         if args.failures:
             _dump_failures(r, args.failures)

@@ -44,12 +44,16 @@ def main() -> None:
             questions = []
             for phrase in item.prompt.split(" and "):
                 one = Batch([type(item)(phrase, item.category, item.split, item.item_id, (phrase,))], [42])
-                questions += scorer.score(images[k:k + 1], one)[0]["questions"]
+                questions += scorer.score(images[k : k + 1], one)[0]["questions"]
             single.append(questions)
         single_s = time.perf_counter() - start
-        same = all(abs(a["p"] - b["p"]) < 1e-4 for row, qs in zip(batched, single) for a, b in zip(row["questions"], qs))
-        print(f"  {scorer.name:>8}: batched {args.images / batched_s:8.0f} img/s, one question at a time "
-              f"{args.images / single_s:6.0f} img/s, ratio {single_s / batched_s:5.1f}x, same answers: {same}")
+        same = all(
+            abs(a["p"] - b["p"]) < 1e-4 for row, qs in zip(batched, single) for a, b in zip(row["questions"], qs)
+        )
+        print(
+            f"  {scorer.name:>8}: batched {args.images / batched_s:8.0f} img/s, one question at a time "
+            f"{args.images / single_s:6.0f} img/s, ratio {single_s / batched_s:5.1f}x, same answers: {same}"
+        )
         if isinstance(scorer, BindingScorer):
             from torch.utils.flop_counter import FlopCounterMode
 
@@ -59,9 +63,11 @@ def main() -> None:
                 scorer.score(images, batch)
             flops = counter.get_total_flops() / args.images
             peak = matmul_peak()
-            print(f"  {'':>8}  {flops / 1e6:.1f} MFLOP per image; batched {flops * args.images / batched_s / 1e9:.0f} "
-                  f"GFLOP/s of a {peak / 1e9:.0f} GFLOP/s matmul peak; ceiling of the ratio here "
-                  f"{(single_s / args.images) / (flops / peak):.1f}x")
+            print(
+                f"  {'':>8}  {flops / 1e6:.1f} MFLOP per image; batched {flops * args.images / batched_s / 1e9:.0f} "
+                f"GFLOP/s of a {peak / 1e9:.0f} GFLOP/s matmul peak; ceiling of the ratio here "
+                f"{(single_s / args.images) / (flops / peak):.1f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -53,16 +53,22 @@ def main() -> None:
             peak = matmul_peak(dtype=dtype)
         flops = counter.get_total_flops()
         rows[name] = (flops / args.batch / 1e9, args.batch / min(times), flops / min(times) / 1e9, peak / 1e9)
-    print(f"synth decoder ({decoder.num_parameters():,} parameters), batch {args.batch}, "
-          f"{protocol.num_inference_steps} steps, guidance {protocol.guidance_scale}, {torch.get_num_threads()} thread(s)")
+    print(
+        f"synth decoder ({decoder.num_parameters():,} parameters), batch {args.batch}, "
+        f"{protocol.num_inference_steps} steps, guidance {protocol.guidance_scale}, {torch.get_num_threads()} thread(s)"
+    )
     print("| sampling dtype | GFLOP per image | images/s | achieved GFLOP/s | matmul peak GFLOP/s | ratio |")
     print("|---|---|---|---|---|---|")
     for name, (gflop, ips, achieved, peak) in rows.items():
         mark = " (the decoder's own)" if name == own.compute_dtype else ""
-        print(f"| {name}{mark} | {gflop:.2f} | {ips:.1f} | {achieved:.0f} | {peak:.0f} | {100 * achieved / peak:.1f} % |")
+        print(
+            f"| {name}{mark} | {gflop:.2f} | {ips:.1f} | {achieved:.0f} | {peak:.0f} | {100 * achieved / peak:.1f} % |"
+        )
     diff = (images["bfloat16"] - images["float32"]).abs() * 255
-    print(f"bfloat16 ÷ float32 images/s: {rows['bfloat16'][1] / rows['float32'][1]:.2f}×; "
-          f"images differ by {diff.mean():.2f} / 255 on average (max {diff.max():.0f})")
+    print(
+        f"bfloat16 ÷ float32 images/s: {rows['bfloat16'][1] / rows['float32'][1]:.2f}×; "
+        f"images differ by {diff.mean():.2f} / 255 on average (max {diff.max():.0f})"
+    )
 
 
 if __name__ == "__main__":

@@ -129,14 +129,23 @@ def machine(device: torch.device) -> dict:
     import diffusers
     import transformers
 
-    info = {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "device": str(device),
-            "float32_matmul_precision": torch.get_float32_matmul_precision()}
+    info = {
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2 ** 30, 1),
-                    capability=".".join(map(str, torch.cuda.get_device_capability(device))),
-                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+        info.update(
+            gpu=props.name,
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            capability=".".join(map(str, torch.cuda.get_device_capability(device))),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+        )
     else:
         cpu = platform.processor() or ""
         try:
@@ -152,12 +161,16 @@ def machine(device: torch.device) -> dict:
 
 def describe(info: dict) -> str:
     if "gpu" in info:
-        head = (f"{info['gpu']} ({info['gpu_memory_gib']} GiB, sm {info['capability']}), CUDA {info['cuda']}, "
-                f"cuDNN {info['cudnn']}")
+        head = (
+            f"{info['gpu']} ({info['gpu_memory_gib']} GiB, sm {info['capability']}), CUDA {info['cuda']}, "
+            f"cuDNN {info['cudnn']}"
+        )
     else:
         head = f"{info['cpu']} ({info['cpu_count']} cores), {info['threads']} thread(s), no GPU used"
-    return (f"{head}; torch {info['torch']}, diffusers {info['diffusers']}, transformers {info['transformers']}; "
-            f"fp32 matmul precision {info['float32_matmul_precision']}")
+    return (
+        f"{head}; torch {info['torch']}, diffusers {info['diffusers']}, transformers {info['transformers']}; "
+        f"fp32 matmul precision {info['float32_matmul_precision']}"
+    )
 
 
 # ---------------------------------------------------------------------- the run of one variant
@@ -217,8 +230,9 @@ class Inject:
                 options["mode"] = self.compile_mode
             for net in unets(decoder):
                 net.compile(**options)
-        self.seen["super_res_steps"] = getattr(decoder, "super_res_num_inference_steps", None) \
-            if getattr(decoder, "super_res", False) else None
+        self.seen["super_res_steps"] = (
+            getattr(decoder, "super_res_num_inference_steps", None) if getattr(decoder, "super_res", False) else None
+        )
         self.seen["max_batch"] = getattr(decoder, "max_batch", None)
         self.refs = [weakref.ref(p) for p in (decoder, *priors.values())]
         decode, probe = decoder.decode, self
@@ -265,8 +279,10 @@ def read_images(run_dir: Path) -> dict[str, "object"]:
     from PIL import Image
 
     root = run_dir / "images"
-    return {str(p.relative_to(root)): np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255.0
-            for p in sorted(root.rglob("*.png"))}
+    return {
+        str(p.relative_to(root)): np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255.0
+        for p in sorted(root.rglob("*.png"))
+    }
 
 
 def mean_abs_diff(images: dict, baseline: dict) -> float:
@@ -281,21 +297,43 @@ def config_for(stack: str, variant: Variant, args, out: Path):
     from evalkit.harness.run_config import RunConfig
 
     batches = args.warmup + args.repeats
-    return RunConfig(priors=[PRIORS[stack]], decoder=stack, suites=[SUITE], scorers=["dummy"], images_per_prompt=1,
-                     seed=args.seed, num_inference_steps=args.steps or None, batch_size=args.batch_size,
-                     limit=batches * args.batch_size, out=str(out), random_init=args.size, device=args.device,
-                     **variant.run_flags())
+    return RunConfig(
+        priors=[PRIORS[stack]],
+        decoder=stack,
+        suites=[SUITE],
+        scorers=["dummy"],
+        images_per_prompt=1,
+        seed=args.seed,
+        num_inference_steps=args.steps or None,
+        batch_size=args.batch_size,
+        limit=batches * args.batch_size,
+        out=str(out),
+        random_init=args.size,
+        device=args.device,
+        **variant.run_flags(),
+    )
 
 
 def run_command(config) -> str:
     """The ``evalkit run`` command line of a config's flags (what inject adds is not in it)."""
-    parts = ["evalkit run", f"--prior {','.join(config.priors)}", f"--decoder {config.decoder}",
-             f"--suite {','.join(config.suites)}", f"--scorer {','.join(config.scorers)}",
-             f"--random-init {config.random_init}", f"--device {config.device}", f"--dtype {config.dtype}",
-             f"--attention {config.attention}"]
+    parts = [
+        "evalkit run",
+        f"--prior {','.join(config.priors)}",
+        f"--decoder {config.decoder}",
+        f"--suite {','.join(config.suites)}",
+        f"--scorer {','.join(config.scorers)}",
+        f"--random-init {config.random_init}",
+        f"--device {config.device}",
+        f"--dtype {config.dtype}",
+        f"--attention {config.attention}",
+    ]
     parts += ["--offload"] if config.offload else []
-    parts += [f"--batch-size {config.batch_size}", f"--limit {config.limit}",
-              f"--images-per-prompt {config.images_per_prompt}", f"--seed {config.seed}"]
+    parts += [
+        f"--batch-size {config.batch_size}",
+        f"--limit {config.limit}",
+        f"--images-per-prompt {config.images_per_prompt}",
+        f"--seed {config.seed}",
+    ]
     parts += [f"--num-inference-steps {config.num_inference_steps}"] if config.num_inference_steps else []
     return " ".join(parts)
 
@@ -304,9 +342,17 @@ def run_variant(stack: str, variant: Variant, args, device: torch.device, out: P
     from evalkit.harness.runner import run
 
     config = config_for(stack, variant, args, out)
-    row = {"variant": variant.name, "dtype": variant.dtype, "sdpa": variant.sdpa,
-           "channels_last": variant.channels_last, "compile": variant.compile, "offload": variant.offload,
-           "run_flags": variant.run_flags(), "inject": variant.injected(), "command": run_command(config)}
+    row = {
+        "variant": variant.name,
+        "dtype": variant.dtype,
+        "sdpa": variant.sdpa,
+        "channels_last": variant.channels_last,
+        "compile": variant.compile,
+        "offload": variant.offload,
+        "run_flags": variant.run_flags(),
+        "inject": variant.injected(),
+        "command": run_command(config),
+    }
     probe = Inject(variant, device, args.compile_mode, args.compile_backend)
     run_dir = None
     try:
@@ -321,25 +367,39 @@ def run_variant(stack: str, variant: Variant, args, device: torch.device, out: P
             row["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
         results = json.loads((run_dir / "results.json").read_text())
         label = next(iter(results["priors"]))
-        timed = probe.decoder_times[args.warmup:]
+        timed = probe.decoder_times[args.warmup :]
         if len(probe.decoder_times) != args.warmup + args.repeats or not timed:
             raise RuntimeError(f"{len(probe.decoder_times)} decoder calls, expected {args.warmup + args.repeats}")
-        prior_timed = [s for _, s in probe.prior_calls[-args.repeats:]]
+        prior_timed = [s for _, s in probe.prior_calls[-args.repeats :]]
         row.update(
-            attention=probe.seen.get("attention", ""), channels_last_kept=probe.seen.get("channels_last"),
-            max_batch=probe.seen.get("max_batch"), super_res_steps=probe.seen.get("super_res_steps"),
-            decoder_times=probe.decoder_times, warmup_seconds=sum(probe.decoder_times[:args.warmup]), times=timed,
-            seconds_per_batch=statistics.mean(timed), images_per_s=args.batch_size / statistics.mean(timed),
-            prior_calls=probe.prior_calls, prior_seconds_per_batch=statistics.mean(prior_timed),
-            timings_s=results["timings_s"], wall_time_s=results["wall_time_s"], run_seconds=elapsed,
-            images=results["images"], placements=results["environment"].get("placements", {}),
-            environment_device=results["environment"].get("device"), gpu=results["environment"].get("gpu"),
-            decoder_version=results["protocol"]["decoder_version"], prior_version=results["priors"][label]["version"],
-            protocol={k: results["protocol"][k] for k in ("num_inference_steps", "guidance_scale", "resolution",
-                                                          "dtype", "prior_dtype", "random_init")},
+            attention=probe.seen.get("attention", ""),
+            channels_last_kept=probe.seen.get("channels_last"),
+            max_batch=probe.seen.get("max_batch"),
+            super_res_steps=probe.seen.get("super_res_steps"),
+            decoder_times=probe.decoder_times,
+            warmup_seconds=sum(probe.decoder_times[: args.warmup]),
+            times=timed,
+            seconds_per_batch=statistics.mean(timed),
+            images_per_s=args.batch_size / statistics.mean(timed),
+            prior_calls=probe.prior_calls,
+            prior_seconds_per_batch=statistics.mean(prior_timed),
+            timings_s=results["timings_s"],
+            wall_time_s=results["wall_time_s"],
+            run_seconds=elapsed,
+            images=results["images"],
+            placements=results["environment"].get("placements", {}),
+            environment_device=results["environment"].get("device"),
+            gpu=results["environment"].get("gpu"),
+            decoder_version=results["protocol"]["decoder_version"],
+            prior_version=results["priors"][label]["version"],
+            protocol={
+                k: results["protocol"][k]
+                for k in ("num_inference_steps", "guidance_scale", "resolution", "dtype", "prior_dtype", "random_init")
+            },
             decoder_parameters=results["priors"][label]["decoder_parameters"],
             prior_parameters=results["priors"][label]["trainable_parameters"],
-            text_encoder_parameters=results["priors"][label]["text_encoder_parameters"])
+            text_encoder_parameters=results["priors"][label]["text_encoder_parameters"],
+        )
         row["prior_share"] = row["prior_seconds_per_batch"] / row["seconds_per_batch"]
         row["decoder_stage_vs_probes"] = results["timings_s"]["decoder"] / sum(probe.decoder_times)
         if args.out:
@@ -372,20 +432,33 @@ def run_stack(stack: str, variants: list[Variant], args, device: torch.device, o
     base = ok[0] if ok else None
     for row in ok:
         row["ratio_to_baseline"] = row["images_per_s"] / base["images_per_s"]
-        row["same_weights_as_baseline"] = (row["decoder_version"], row["prior_version"]) == \
-                                          (base["decoder_version"], base["prior_version"])
+        row["same_weights_as_baseline"] = (row["decoder_version"], row["prior_version"]) == (
+            base["decoder_version"],
+            base["prior_version"],
+        )
     first = base or {}
     protocol = first.get("protocol", {})
-    return {"stack": stack, "prior": PRIORS[stack], "size": args.size, "suite": SUITE,
-            "parameters": first.get("decoder_parameters"), "prior_parameters": first.get("prior_parameters"),
-            "text_encoder_parameters": first.get("text_encoder_parameters"),
-            "resolution": protocol.get("resolution"), "steps": protocol.get("num_inference_steps"),
-            "super_res_steps": first.get("super_res_steps"), "guidance_scale": protocol.get("guidance_scale"),
-            "max_batch": first.get("max_batch"), "batch_size": args.batch_size,
-            "batches": args.warmup + args.repeats, "warmup": args.warmup, "repeats": args.repeats,
-            "baseline": (base or rows[0])["variant"],
-            "weights_identical": all(r["same_weights_as_baseline"] for r in ok) if ok else None,
-            "variants": rows}
+    return {
+        "stack": stack,
+        "prior": PRIORS[stack],
+        "size": args.size,
+        "suite": SUITE,
+        "parameters": first.get("decoder_parameters"),
+        "prior_parameters": first.get("prior_parameters"),
+        "text_encoder_parameters": first.get("text_encoder_parameters"),
+        "resolution": protocol.get("resolution"),
+        "steps": protocol.get("num_inference_steps"),
+        "super_res_steps": first.get("super_res_steps"),
+        "guidance_scale": protocol.get("guidance_scale"),
+        "max_batch": first.get("max_batch"),
+        "batch_size": args.batch_size,
+        "batches": args.warmup + args.repeats,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "baseline": (base or rows[0])["variant"],
+        "weights_identical": all(r["same_weights_as_baseline"] for r in ok) if ok else None,
+        "variants": rows,
+    }
 
 
 # ---------------------------------------------------------------------- report
@@ -393,8 +466,18 @@ def run_stack(stack: str, variants: list[Variant], args, device: torch.device, o
 
 def table(result: dict, cuda: bool) -> str:
     base = result["baseline"]
-    head = ["variant", "run flags", "inject", "images/s", f"× vs {base}", "s / batch", "warm-up s", "peak GiB",
-            "prior share", f"mean abs Δ vs {base}"]
+    head = [
+        "variant",
+        "run flags",
+        "inject",
+        "images/s",
+        f"× vs {base}",
+        "s / batch",
+        "warm-up s",
+        "peak GiB",
+        "prior share",
+        f"mean abs Δ vs {base}",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["variants"]:
         flags = " ".join(f"{k}={v}" for k, v in row["run_flags"].items())
@@ -402,11 +485,17 @@ def table(result: dict, cuda: bool) -> str:
         if "error" in row:
             cells += ["failed: " + row["error"].replace("|", "/")] + [""] * (len(head) - len(cells) - 1)
         else:
-            peak = f"{row['peak_memory_bytes'] / 2 ** 30:.1f}" if cuda else "n/a (CPU)"
+            peak = f"{row['peak_memory_bytes'] / 2**30:.1f}" if cuda else "n/a (CPU)"
             diff = row.get("mean_abs_diff_vs_baseline")
-            cells += [f"{row['images_per_s']:.2f}", f"**{row['ratio_to_baseline']:.2f}×**",
-                      f"{row['seconds_per_batch']:.3f}", f"{row['warmup_seconds']:.2f}", peak,
-                      f"{100 * row['prior_share']:.2f} %", "–" if diff is None else f"{diff:.4f}"]
+            cells += [
+                f"{row['images_per_s']:.2f}",
+                f"**{row['ratio_to_baseline']:.2f}×**",
+                f"{row['seconds_per_batch']:.3f}",
+                f"{row['warmup_seconds']:.2f}",
+                peak,
+                f"{100 * row['prior_share']:.2f} %",
+                "–" if diff is None else f"{diff:.4f}",
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -417,9 +506,11 @@ def count(n: int) -> str:
 
 
 def report(results: list[dict], info: dict, args, cuda: bool) -> str:
-    out = [f"GPU-mode speed benchmark on {describe(info)}",
-           f"each variant = one evalkit.harness.runner.run (random_init={args.size}, suite {SUITE}, scorer dummy, no cache): "
-           f"{args.warmup} warm-up + {args.repeats} timed batch(es) of {args.batch_size} images (mean of the timed)"]
+    out = [
+        f"GPU-mode speed benchmark on {describe(info)}",
+        f"each variant = one evalkit.harness.runner.run (random_init={args.size}, suite {SUITE}, scorer dummy, no cache): "
+        f"{args.warmup} warm-up + {args.repeats} timed batch(es) of {args.batch_size} images (mean of the timed)",
+    ]
     if args.size == "tiny":
         out.append("tiny stacks: a code-path check, not a measurement")
     for result in results:
@@ -431,25 +522,35 @@ def report(results: list[dict], info: dict, args, cuda: bool) -> str:
         if result["super_res_steps"] is not None:
             steps += f" + {result['super_res_steps']} super-resolution steps"
         default = "25 + 7" if stack == "karlo" else "50"
-        out += ["", f"### {stack} + {result['prior']} ({result['size']}: decoder {count(result['parameters'])}, "
-                    f"prior {count(result['prior_parameters'])} + text encoder "
-                    f"{count(result['text_encoder_parameters'])} parameters; {result['resolution']}×"
-                    f"{result['resolution']}, guidance {result['guidance_scale']}, max_batch {result['max_batch']})",
-                f"{steps} (default {default}: fewer steps to keep the run short: images/s are at these steps)",
-                "random weights identical in every variant (decoder_version and prior version fingerprints): "
-                + {True: "yes", False: "**NO**", None: "unknown"}[result["weights_identical"]],
-                "", table(result, cuda), ""]
+        out += [
+            "",
+            f"### {stack} + {result['prior']} ({result['size']}: decoder {count(result['parameters'])}, "
+            f"prior {count(result['prior_parameters'])} + text encoder "
+            f"{count(result['text_encoder_parameters'])} parameters; {result['resolution']}×"
+            f"{result['resolution']}, guidance {result['guidance_scale']}, max_batch {result['max_batch']})",
+            f"{steps} (default {default}: fewer steps to keep the run short: images/s are at these steps)",
+            "random weights identical in every variant (decoder_version and prior version fingerprints): "
+            + {True: "yes", False: "**NO**", None: "unknown"}[result["weights_identical"]],
+            "",
+            table(result, cuda),
+            "",
+        ]
         for row in result["variants"]:
             if "error" in row:
                 continue
             t = row["timings_s"]
-            extra = f"; channels_last kept after placement: {'yes' if row['channels_last_kept'] else '**no**'}" \
-                if row["channels_last"] else ""
+            extra = (
+                f"; channels_last kept after placement: {'yes' if row['channels_last_kept'] else '**no**'}"
+                if row["channels_last"]
+                else ""
+            )
             extra += "" if row.get("plugins_released") else "; **its plugins were still alive after the run**"
-            out.append(f"- {row['variant']}: {row['attention']}{extra}; run stages (all {result['batches']} batches, "
-                       f"warm-up included) text {t['text']:.3f} s, prior {t['prior']:.3f} s, decoder "
-                       f"{t['decoder']:.3f} s, scorer {t['scorer']:.3f} s, io {t['io']:.3f} s, wall "
-                       f"{row['wall_time_s']:.2f} s")
+            out.append(
+                f"- {row['variant']}: {row['attention']}{extra}; run stages (all {result['batches']} batches, "
+                f"warm-up included) text {t['text']:.3f} s, prior {t['prior']:.3f} s, decoder "
+                f"{t['decoder']:.3f} s, scorer {t['scorer']:.3f} s, io {t['io']:.3f} s, wall "
+                f"{row['wall_time_s']:.2f} s"
+            )
         base = next((r for r in result["variants"] if "command" in r), None)
         if base:
             out.append(f"- baseline as a command: `{base['command']}`")
@@ -463,20 +564,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=("real", "tiny"), default="real", help="RunConfig.random_init")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10, help="decoder steps (0: the decoder's default)")
-    parser.add_argument("--variants", default=None,
-                        help="comma-separated, e.g. fp32,bf16+sdpa,fp16+sdpa+offload (default: the docstring's "
-                             "ladder); flags: sdpa, cl, compile, offload; the first is the baseline of the ratios")
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated, e.g. fp32,bf16+sdpa,fp16+sdpa+offload (default: the docstring's "
+        "ladder); flags: sdpa, cl, compile, offload; the first is the baseline of the ratios",
+    )
     parser.add_argument("--compile", action="store_true", help="add bf16+sdpa+cl+compile to the default ladder")
     parser.add_argument("--compile-mode", default="default", help="torch.compile mode (inductor backend)")
-    parser.add_argument("--compile-backend", default="inductor",
-                        help="torch.compile backend (eager: dynamo only, the tests' quick code-path check)")
+    parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend (eager: dynamo only, the tests' quick code-path check)",
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed decoder batches at the start of each run")
     parser.add_argument("--repeats", type=int, default=3, help="timed decoder batches of each run")
-    parser.add_argument("--seed", type=int, default=42, help="the runs' image seed (RunConfig.seed; the random "
-                                                             "weights are seeded by random_init itself)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        help="the runs' image seed (RunConfig.seed; the random weights are seeded by random_init itself)",
+    )
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=None, help="keep the run folders here (default: a temporary "
-                                                               "folder, removed at the end)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="keep the run folders here (default: a temporary folder, removed at the end)",
+    )
     parser.add_argument("--json", type=Path, default=None, metavar="OUT")
     args = parser.parse_args(argv)
 
@@ -487,8 +602,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0 or args.steps < 0:
         parser.error("--batch-size and --repeats must be ≥ 1, --warmup and --steps ≥ 0")
     if (args.warmup + args.repeats) * args.batch_size > SUITE_PROMPTS:
-        parser.error(f"--batch-size × (--warmup + --repeats) must be ≤ {SUITE_PROMPTS} (the {SUITE} val prompts, "
-                     "one image each)")
+        parser.error(
+            f"--batch-size × (--warmup + --repeats) must be ≤ {SUITE_PROMPTS} (the {SUITE} val prompts, one image each)"
+        )
     try:
         device = torch.device(args.device)
     except RuntimeError as error:

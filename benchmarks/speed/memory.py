@@ -20,8 +20,25 @@ import time
 
 def peak_rss_mb(limit: int, out: str, threads: int) -> tuple[float, float]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    command = [sys.executable, "-m", "evalkit", "run", "--prior", "eclipse", "--suite", "synth-color", "--split", "train",
-               "--limit", str(limit), "--images-per-prompt", "1", "--no-cache", "--out", out]
+    command = [
+        sys.executable,
+        "-m",
+        "evalkit",
+        "run",
+        "--prior",
+        "eclipse",
+        "--suite",
+        "synth-color",
+        "--split",
+        "train",
+        "--limit",
+        str(limit),
+        "--images-per-prompt",
+        "1",
+        "--no-cache",
+        "--out",
+        out,
+    ]
     start = time.perf_counter()
     pid = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid
     _, status, usage = os.wait4(pid, 0)
@@ -39,8 +56,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         small, t_small = peak_rss_mb(args.small, tmp, args.threads)
         large, t_large = peak_rss_mb(args.large, tmp, args.threads)
-    print(f"peak RSS: {args.small} prompts {small:.0f} MB ({t_small:.0f} s), {args.large} prompts {large:.0f} MB "
-          f"({t_large:.0f} s): {100 * (large - small) / small:+.1f} %")
+    print(
+        f"peak RSS: {args.small} prompts {small:.0f} MB ({t_small:.0f} s), {args.large} prompts {large:.0f} MB "
+        f"({t_large:.0f} s): {100 * (large - small) / small:+.1f} %"
+    )
 
 
 if __name__ == "__main__":

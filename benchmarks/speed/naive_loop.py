@@ -40,9 +40,14 @@ def main() -> None:
     prior = load_prior("eclipse")
     clip = prior.text_encoder()
     suite = load_suite("synth-color")
-    items = suite.items("val")[:args.prompts]
-    protocol = Protocol("synth", decoder.default_num_inference_steps, decoder.default_guidance_scale, 32,
-                        images_per_prompt=args.images_per_prompt)
+    items = suite.items("val")[: args.prompts]
+    protocol = Protocol(
+        "synth",
+        decoder.default_num_inference_steps,
+        decoder.default_guidance_scale,
+        32,
+        images_per_prompt=args.images_per_prompt,
+    )
     seeds = protocol.seeds()
 
     with torch.inference_mode():
@@ -62,8 +67,18 @@ def main() -> None:
         naive_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    rows, timings = evaluate({"eclipse": prior}, decoder, suite, {"binding": scorer}, protocol, None, items=items,
-                             batch_size=RunConfig().batch_size, text_encoders={clip.embedding_space: clip}, progress=False)
+    rows, timings = evaluate(
+        {"eclipse": prior},
+        decoder,
+        suite,
+        {"binding": scorer},
+        protocol,
+        None,
+        items=items,
+        batch_size=RunConfig().batch_size,
+        text_encoders={clip.embedding_space: clip},
+        progress=False,
+    )
     ours_s = time.perf_counter() - start
 
     # the same images: re-decode evalkit's batches to compare pixels
@@ -72,7 +87,7 @@ def main() -> None:
         ours = []
         step = RunConfig().batch_size
         for k in range(0, len(pairs), step):
-            chunk = pairs[k:k + step]
+            chunk = pairs[k : k + step]
             batch = Batch([p[0] for p in chunk], [p[1] for p in chunk])
             batch.text[clip.embedding_space] = clip.encode_text(batch.prompts)
             ours.append(to_uint8(decoder.decode(prior.predict(batch), batch, protocol)))
@@ -92,12 +107,16 @@ def main() -> None:
 
     n = len(pairs)
     print(f"{n} images ({len(items)} prompts × {len(seeds)} seeds), {torch.get_num_threads()} thread(s)")
-    print(f"  P1 naive loop: {naive_s:.1f} s ({n / naive_s:.1f} img/s)   evalkit: {ours_s:.1f} s ({n / ours_s:.1f} img/s)"
-          f"   ratio: {naive_s / ours_s:.2f}x")
+    print(
+        f"  P1 naive loop: {naive_s:.1f} s ({n / naive_s:.1f} img/s)   evalkit: {ours_s:.1f} s ({n / ours_s:.1f} img/s)"
+        f"   ratio: {naive_s / ours_s:.2f}x"
+    )
     print(f"     same images: max |difference| {diff.max()} levels, {np.mean(diff > 0) * 100:.3f} % of values differ")
-    print(f"  P2 eclipse prior / decoder, 64 images: {(t1 - t0) * 1000:.1f} ms / {(t3 - t2) * 1000:.0f} ms = "
-          f"{100 * (t1 - t0) / (t3 - t2):.2f} %   (diffusion prior: {(t2 - t1) * 1000:.0f} ms = "
-          f"{100 * (t2 - t1) / (t3 - t2):.1f} %)")
+    print(
+        f"  P2 eclipse prior / decoder, 64 images: {(t1 - t0) * 1000:.1f} ms / {(t3 - t2) * 1000:.0f} ms = "
+        f"{100 * (t1 - t0) / (t3 - t2):.2f} %   (diffusion prior: {(t2 - t1) * 1000:.0f} ms = "
+        f"{100 * (t2 - t1) / (t3 - t2):.1f} %)"
+    )
 
 
 if __name__ == "__main__":

@@ -15,5 +15,5 @@ def matmul_peak(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.floa
     for _ in range(repeats):
         start = time.perf_counter()
         torch.mm(a, b)
-        best = max(best, 2 * n ** 3 / (time.perf_counter() - start))
+        best = max(best, 2 * n**3 / (time.perf_counter() - start))
     return best

@@ -31,13 +31,20 @@ def main() -> None:
 
     dim, tokens = (768, 77) if args.size == "paper" else (128, 20)
     torch.manual_seed(0)
-    encoding = TextEncoding("synth-clip", torch.randn(args.n, dim), torch.randn(args.n, tokens, dim),
-                            torch.ones(args.n, tokens, dtype=torch.bool))
-    empty = TextEncoding("synth-clip", torch.randn(1, dim), torch.randn(1, tokens, dim), torch.ones(1, tokens, dtype=torch.bool))
+    encoding = TextEncoding(
+        "synth-clip",
+        torch.randn(args.n, dim),
+        torch.randn(args.n, tokens, dim),
+        torch.ones(args.n, tokens, dtype=torch.bool),
+    )
+    empty = TextEncoding(
+        "synth-clip", torch.randn(1, dim), torch.randn(1, tokens, dim), torch.ones(1, tokens, dtype=torch.bool)
+    )
     priors = {
         "eclipse": EclipsePrior(model=EclipsePrior.build_model(EclipsePrior.size_config(args.size, dim, tokens))),
-        "diffusion (25 steps, CFG 4)": DiffusionPrior(model=DiffusionPrior.build_model(DiffusionPrior.size_config(args.size, dim, tokens)),
-                                                      empty_encoding=empty),
+        "diffusion (25 steps, CFG 4)": DiffusionPrior(
+            model=DiffusionPrior.build_model(DiffusionPrior.size_config(args.size, dim, tokens)), empty_encoding=empty
+        ),
     }
     seeds = list(range(args.n))
     times = {}
@@ -48,7 +55,9 @@ def main() -> None:
             for _ in range(args.repeats):
                 prior.sample(encoding, seeds)
             times[name] = (time.perf_counter() - start) / args.repeats
-    print(f"prior inference, size {args.size} ({dim}-d, {tokens} tokens), {args.n} prompts, {torch.get_num_threads()} thread(s)")
+    print(
+        f"prior inference, size {args.size} ({dim}-d, {tokens} tokens), {args.n} prompts, {torch.get_num_threads()} thread(s)"
+    )
     for name, prior in priors.items():
         print(f"  {name:>28}: {times[name] * 1000:9.1f} ms per call ({prior.num_parameters():,} parameters)")
     d, e = times["diffusion (25 steps, CFG 4)"], times["eclipse"]

@@ -41,7 +41,9 @@ def main() -> None:
         optimizer.step()
 
     def cached(i):
-        idx = torch.randperm(len(data.splits["train"][0]), generator=torch.Generator().manual_seed(i))[: args.batch_size]
+        idx = torch.randperm(len(data.splits["train"][0]), generator=torch.Generator().manual_seed(i))[
+            : args.batch_size
+        ]
         step(data.batch("train", idx))
 
     def on_the_fly(i):
@@ -51,8 +53,16 @@ def main() -> None:
             enc = clip.encode_text(captions)
             swapped = clip.encode_text([s.swapped_caption for s in scenes]).text_embeds
         ids = {c: k for k, c in enumerate(captions)}
-        step({"image": image, "caption": torch.tensor([ids[c] for c in captions]), "text": enc.text_embeds,
-              "hidden": enc.text_hidden, "mask": enc.attention_mask, "swapped_text": swapped})
+        step(
+            {
+                "image": image,
+                "caption": torch.tensor([ids[c] for c in captions]),
+                "text": enc.text_embeds,
+                "hidden": enc.text_hidden,
+                "mask": enc.attention_mask,
+                "swapped_text": swapped,
+            }
+        )
 
     results = {}
     for name, fn in (("cache", cached), ("on the fly", on_the_fly)):

@@ -32,9 +32,14 @@ def main() -> None:
     from evalkit.harness.presets import run_smoke
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = RunConfig(priors=args.priors.split(","), suites=args.suites.split(","), limit=args.limit,
-                           images_per_prompt=args.images_per_prompt, out=str(Path(tmp) / "runs"),
-                           cache_dir=str(Path(tmp) / "cache"))
+        config = RunConfig(
+            priors=args.priors.split(","),
+            suites=args.suites.split(","),
+            limit=args.limit,
+            images_per_prompt=args.images_per_prompt,
+            out=str(Path(tmp) / "runs"),
+            cache_dir=str(Path(tmp) / "cache"),
+        )
         times = {}
         for label in ("cold", "warm"):
             start = time.perf_counter()
@@ -44,9 +49,13 @@ def main() -> None:
         run_smoke(Path(tmp) / "smoke", progress=False)
         smoke = time.perf_counter() - start
     images = len(config.priors) * len(config.suites) * args.limit * args.images_per_prompt
-    print(f"evalkit run, {images} images ({args.priors} × {args.suites} × {args.limit} prompts × "
-          f"{args.images_per_prompt} seeds), {torch.get_num_threads()} thread(s)")
-    print(f"  cold: {times['cold']:.1f} s   warm: {times['warm']:.2f} s   warm / cold: {100 * times['warm'] / times['cold']:.1f} %")
+    print(
+        f"evalkit run, {images} images ({args.priors} × {args.suites} × {args.limit} prompts × "
+        f"{args.images_per_prompt} seeds), {torch.get_num_threads()} thread(s)"
+    )
+    print(
+        f"  cold: {times['cold']:.1f} s   warm: {times['warm']:.2f} s   warm / cold: {100 * times['warm'] / times['cold']:.1f} %"
+    )
     from evalkit.harness.presets import SMOKE
 
     smoke_images = len(SMOKE["priors"]) * len(SMOKE["suites"]) * SMOKE["limit"] * SMOKE["images_per_prompt"]

@@ -51,8 +51,13 @@ def probe(clip, split: str, train_scenes: int, epochs: int, hidden: int) -> dict
     out = {}
     for label, width in (("linear", 0), (f"mlp-{hidden}", hidden)):
         torch.manual_seed(0)
-        head = (torch.nn.Linear(x.shape[1], y.shape[1]) if not width else
-                torch.nn.Sequential(torch.nn.Linear(x.shape[1], width), torch.nn.GELU(), torch.nn.Linear(width, y.shape[1])))
+        head = (
+            torch.nn.Linear(x.shape[1], y.shape[1])
+            if not width
+            else torch.nn.Sequential(
+                torch.nn.Linear(x.shape[1], width), torch.nn.GELU(), torch.nn.Linear(width, y.shape[1])
+            )
+        )
         optimizer = torch.optim.Adam(head.parameters(), 1e-2 if not width else 2e-3)
         for _ in range(epochs):
             for chunk in torch.randperm(len(x)).split(512):
@@ -64,10 +69,18 @@ def probe(clip, split: str, train_scenes: int, epochs: int, hidden: int) -> dict
             suite = load_suite(name)
             items = suite.items(split)
             with torch.inference_mode():
-                present = torch.sigmoid(head((embed(clip, [suite.ground_truth(i, 42) for i in items]) - mean) / std)) > 0.5
-            hits = [all(present[k, index[(value, phrase.shape)]]
-                        for value in (phrase.color, phrase.texture, phrase.size) if value is not None)
-                    for k, item in enumerate(items) for phrase in parse_caption(item.prompt).objects]
+                present = (
+                    torch.sigmoid(head((embed(clip, [suite.ground_truth(i, 42) for i in items]) - mean) / std)) > 0.5
+                )
+            hits = [
+                all(
+                    present[k, index[(value, phrase.shape)]]
+                    for value in (phrase.color, phrase.texture, phrase.size)
+                    if value is not None
+                )
+                for k, item in enumerate(items)
+                for phrase in parse_caption(item.prompt).objects
+            ]
             out[f"{label}/{name}"] = round(sum(hits) / len(hits), 4)
     return out
 
@@ -87,7 +100,9 @@ def heldout(decoder, clip, renders: int) -> dict:
             for rep in range(2):
                 generator = torch.Generator().manual_seed(rep)
                 for i in range(0, renders, 256):
-                    losses.append(diffusion_loss(decoder, scheduler, x[i:i + 256], e[i:i + 256], generator, 0.0, 5.0).item())
+                    losses.append(
+                        diffusion_loss(decoder, scheduler, x[i : i + 256], e[i : i + 256], generator, 0.0, 5.0).item()
+                    )
         out[label] = round(sum(losses) / len(losses), 6)
     return out
 
@@ -106,8 +121,17 @@ def sampler(decoder, clip, split: str, prompts: int, grid) -> list[dict]:
         row, start = {"steps": steps, "guidance": guidance}, time.perf_counter()
         for name in SUITES:
             suite = load_suite(name)
-            scored, _ = evaluate({"oracle": oracle}, decoder, suite, scorers, Protocol("synth", steps, guidance, 32, 1), None,
-                                 progress=False, text_encoders={"synth-clip": clip}, items=oracle_subset(suite, split, prompts))
+            scored, _ = evaluate(
+                {"oracle": oracle},
+                decoder,
+                suite,
+                scorers,
+                Protocol("synth", steps, guidance, 32, 1),
+                None,
+                progress=False,
+                text_encoders={"synth-clip": clip},
+                items=oracle_subset(suite, split, prompts),
+            )
             row[name] = round(realised_share(scored), 4)
         row["seconds"] = round(time.perf_counter() - start, 1)
         print(row, flush=True)
@@ -118,24 +142,52 @@ def sampler(decoder, clip, split: str, prompts: int, grid) -> list[dict]:
 def readme(summary: dict) -> str:
     from tabulate import tabulate
 
-    lines = ["# Synth decoder diagnostics", "", f"`{summary['command']}`", "",
-             f"Decoder: {summary['decoder']}. Prompts: the {summary['split']} split"
-             + (f", {summary['prompts']} per suite (two thirds seen combinations) in the sampler grid" if "sampler" in summary else "")
-             + ("; the probes read every prompt of the split" if "probe" in summary else "")
-             + "; one render per prompt (seed 42).", ""]
+    lines = [
+        "# Synth decoder diagnostics",
+        "",
+        f"`{summary['command']}`",
+        "",
+        f"Decoder: {summary['decoder']}. Prompts: the {summary['split']} split"
+        + (
+            f", {summary['prompts']} per suite (two thirds seen combinations) in the sampler grid"
+            if "sampler" in summary
+            else ""
+        )
+        + ("; the probes read every prompt of the split" if "probe" in summary else "")
+        + "; one render per prompt (seed 42).",
+        "",
+    ]
     if "probe" in summary:
         p = summary["probe"]
         labels = sorted({k.split("/")[0] for k in p})
-        lines += ["## Named phrases readable from the CLIP image embedding (probe)", "",
-                  tabulate([[label, *[p[f"{label}/{s}"] for s in SUITES]] for label in labels],
-                           headers=["probe", *SUITES], tablefmt="github"), ""]
+        lines += [
+            "## Named phrases readable from the CLIP image embedding (probe)",
+            "",
+            tabulate(
+                [[label, *[p[f"{label}/{s}"] for s in SUITES]] for label in labels],
+                headers=["probe", *SUITES],
+                tablefmt="github",
+            ),
+            "",
+        ]
     if "heldout" in summary:
-        lines += ["## Diffusion loss: training pool vs fresh pool", "",
-                  tabulate([list(summary["heldout"].values())], headers=list(summary["heldout"]), tablefmt="github"), ""]
+        lines += [
+            "## Diffusion loss: training pool vs fresh pool",
+            "",
+            tabulate([list(summary["heldout"].values())], headers=list(summary["heldout"]), tablefmt="github"),
+            "",
+        ]
     if "sampler" in summary:
-        lines += ["## Phrases realised from oracle embeddings (binding scorer) by sampling setting", "",
-                  tabulate([[r["steps"], r["guidance"], *[r[s] for s in SUITES]] for r in summary["sampler"]],
-                           headers=["DDIM steps", "guidance", *SUITES], tablefmt="github"), ""]
+        lines += [
+            "## Phrases realised from oracle embeddings (binding scorer) by sampling setting",
+            "",
+            tabulate(
+                [[r["steps"], r["guidance"], *[r[s] for s in SUITES]] for r in summary["sampler"]],
+                headers=["DDIM steps", "guidance", *SUITES],
+                tablefmt="github",
+            ),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -161,8 +213,12 @@ def main() -> None:
 
     parts = set(args.parts.split(","))
     clip, decoder = load_world_clip(), SynthDecoder.from_pretrained(args.decoder_dir)
-    summary = {"command": "python benchmarks/world/decoder_diagnostics.py " + " ".join(sys.argv[1:]),
-               "decoder": args.decoder_dir or "shipped", "split": args.split, "prompts": args.prompts}
+    summary = {
+        "command": "python benchmarks/world/decoder_diagnostics.py " + " ".join(sys.argv[1:]),
+        "decoder": args.decoder_dir or "shipped",
+        "split": args.split,
+        "prompts": args.prompts,
+    }
     if "probe" in parts:
         summary["probe"] = probe(clip, args.split, args.train_scenes, epochs=30, hidden=512)
         print(summary["probe"], flush=True)

@@ -38,15 +38,25 @@ def val_renders(category: str, seeds: int, split: str = "val"):
             independent.append(sample_scene(prompt.spec, seed + INDEPENDENT_SEED_OFFSET))
             owner.append(k)
     to_tensor = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float().div_(255.0)
-    fits = torch.tensor([[all(any(o.satisfies(phrase) for o in scene.objects) for phrase in p.spec.objects)
-                          for p in prompts] for scene in scenes])
-    return (prompts, to_tensor(render(scenes)), to_tensor(render(swapped)), to_tensor(render(independent)),
-            torch.tensor(owner), fits)
+    fits = torch.tensor(
+        [
+            [all(any(o.satisfies(phrase) for o in scene.objects) for phrase in p.spec.objects) for p in prompts]
+            for scene in scenes
+        ]
+    )
+    return (
+        prompts,
+        to_tensor(render(scenes)),
+        to_tensor(render(swapped)),
+        to_tensor(render(independent)),
+        torch.tensor(owner),
+        fits,
+    )
 
 
 @torch.inference_mode()
 def encode_images(model, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    return torch.cat([model.encode_image(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    return torch.cat([model.encode_image(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
 @torch.inference_mode()
@@ -66,7 +76,9 @@ def evaluate_clip(model, seeds: int = 2, categories=CATEGORIES) -> dict[str, flo
         metrics = {
             "i2t_top1": (sims.argmax(dim=1) == owner).float(),
             "i2t_top1_true": fits[torch.arange(len(owner)), sims.argmax(dim=1)].float(),
-            "i2t_top1_words": (fits.float() @ same_words.float().T)[torch.arange(len(owner)), sims.argmax(dim=1)].gt(0).float(),
+            "i2t_top1_words": (fits.float() @ same_words.float().T)[torch.arange(len(owner)), sims.argmax(dim=1)]
+            .gt(0)
+            .float(),
             "caption_binding": (own > (img * text_swapped[owner]).sum(-1)).float(),
             "image_binding": ((img_independent * img).sum(-1) > (img_independent * img_swapped).sum(-1)).float(),
             "text_image_binding": (own > (img_swapped * text[owner]).sum(-1)).float(),
@@ -76,8 +88,17 @@ def evaluate_clip(model, seeds: int = 2, categories=CATEGORIES) -> dict[str, flo
         for name, values in metrics.items():
             for label, selector in (("seen", seen), ("unseen", ~seen)):
                 out[f"{category}/{label}/{name}"] = round(values[selector].mean().item(), 4)
-    for name in ("i2t_top1", "i2t_top1_true", "i2t_top1_words", "caption_binding", "image_binding", "text_image_binding",
-                 "paired_cos"):
+    for name in (
+        "i2t_top1",
+        "i2t_top1_true",
+        "i2t_top1_words",
+        "caption_binding",
+        "image_binding",
+        "text_image_binding",
+        "paired_cos",
+    ):
         for label in ("seen", "unseen"):
-            out[f"mean/{label}/{name}"] = round(sum(out[f"{c}/{label}/{name}"] for c in categories) / len(categories), 4)
+            out[f"mean/{label}/{name}"] = round(
+                sum(out[f"{c}/{label}/{name}"] for c in categories) / len(categories), 4
+            )
     return out

@@ -32,11 +32,18 @@ def check_clip(clip, seeds: int) -> dict:
 def check_headroom(clip, seeds: int, out_dir: Path) -> list[dict]:
     from evalkit.eval_prior import eval_priors, headroom, render_report
 
-    rows, summary = eval_priors(["oracle", "text", "none"], list(SUITES), "val", tuple(range(42, 42 + seeds)), clip=clip)
+    rows, summary = eval_priors(
+        ["oracle", "text", "none"], list(SUITES), "val", tuple(range(42, 42 + seeds)), clip=clip
+    )
     room = headroom(rows)
-    atomic_write_json(out_dir / "headroom" / "summary.json",
-                      {"config": {"priors": ["oracle", "text", "none"], "suites": list(SUITES), "seeds": seeds},
-                       "summary": summary, "headroom": room})
+    atomic_write_json(
+        out_dir / "headroom" / "summary.json",
+        {
+            "config": {"priors": ["oracle", "text", "none"], "suites": list(SUITES), "seeds": seeds},
+            "summary": summary,
+            "headroom": room,
+        },
+    )
     (out_dir / "headroom" / "report.md").write_text(render_report(summary, room))
     return room
 
@@ -63,21 +70,39 @@ def check_decoder(clip, prompts: int, steps_sweep, out_dir: Path, decoder_dir: s
         subset = oracle_subset(suite, "val", prompts)
 
         scorer = AnalyticScorer()
-        truth = scorer.score(torch.from_numpy(render([suite.ground_truth(i, 42) for i in subset])).permute(0, 3, 1, 2).float() / 255,
-                             _batch(subset))
+        truth = scorer.score(
+            torch.from_numpy(render([suite.ground_truth(i, 42) for i in subset])).permute(0, 3, 1, 2).float() / 255,
+            _batch(subset),
+        )
         for steps in steps_sweep:
             protocol = Protocol("synth", steps, decoder.default_guidance_scale, 32, images_per_prompt=1)
-            rows, timings = evaluate({"oracle": oracle}, decoder, suite, scorers, protocol,
-                                     None, progress=False, text_encoders={"synth-clip": clip}, items=subset)
+            rows, timings = evaluate(
+                {"oracle": oracle},
+                decoder,
+                suite,
+                scorers,
+                protocol,
+                None,
+                progress=False,
+                text_encoders={"synth-clip": clip},
+                items=subset,
+            )
             for seen in (True, False):
                 chosen = [r for r in rows if r["seen"] is seen and r["scorer"] == "analytic"]
                 binding = [r for r in rows if r["seen"] is seen and r["scorer"] == "binding"]
-                results.append({"suite": name, "steps": steps, "seen": seen, "n": len(chosen),
-                                "decoded_score": sum(r["score"] for r in chosen) / max(len(chosen), 1),
-                                "decoded_binding": realised_share(binding) if binding else None,
-                                "render_score": sum(t["score"] for t, i in zip(truth, subset) if i.seen is seen)
-                                / max(sum(1 for i in subset if i.seen is seen), 1),
-                                "decoder_s_per_image": timings["decoder"] / max(len(rows), 1)})
+                results.append(
+                    {
+                        "suite": name,
+                        "steps": steps,
+                        "seen": seen,
+                        "n": len(chosen),
+                        "decoded_score": sum(r["score"] for r in chosen) / max(len(chosen), 1),
+                        "decoded_binding": realised_share(binding) if binding else None,
+                        "render_score": sum(t["score"] for t, i in zip(truth, subset) if i.seen is seen)
+                        / max(sum(1 for i in subset if i.seen is seen), 1),
+                        "decoder_s_per_image": timings["decoder"] / max(len(rows), 1),
+                    }
+                )
         save_decoded_grid(out_dir / f"decoded-{name}.png", suite, subset[:8], oracle, decoder, clip)
     atomic_write_json(out_dir / "decoder.json", {"prompts_per_suite": prompts, "results": results})
     return results
@@ -109,29 +134,57 @@ def save_decoded_grid(path: Path, suite, items, oracle, decoder, clip) -> Path:
     return save_image_grid(path, images, titles, columns=len(items))
 
 
-CLIP_METRICS = ("i2t_top1", "i2t_top1_true", "i2t_top1_words", "caption_binding", "image_binding", "text_image_binding",
-                "paired_cos")
+CLIP_METRICS = (
+    "i2t_top1",
+    "i2t_top1_true",
+    "i2t_top1_words",
+    "caption_binding",
+    "image_binding",
+    "text_image_binding",
+    "paired_cos",
+)
 
 
 def clip_table(metrics: dict) -> list[str]:
     from tabulate import tabulate
 
-    table = [[cat, seen, *[metrics[f"{cat}/{seen}/{m}"] for m in CLIP_METRICS]]
-             for cat in ("color", "shape", "texture", "mean") for seen in ("seen", "unseen")]
+    table = [
+        [cat, seen, *[metrics[f"{cat}/{seen}/{m}"] for m in CLIP_METRICS]]
+        for cat in ("color", "shape", "texture", "mean")
+        for seen in ("seen", "unseen")
+    ]
     return [tabulate(table, headers=["category", "split", *CLIP_METRICS], tablefmt="github"), ""]
 
 
 def decoder_table(results: list[dict]) -> list[str]:
     from tabulate import tabulate
 
-    table = [[r["suite"], r["steps"], "seen" if r["seen"] else "unseen", r["n"], f"{r['decoded_score']:.3f}",
-              "–" if r.get("decoded_binding") is None else f"{r['decoded_binding']:.3f}",
-              f"{r['render_score']:.3f}", f"{r['decoder_s_per_image']:.3f}"] for r in results]
-    return ["## Decoder from oracle embeddings (share of noun phrases realised)", "",
-            "Analytic: the HRS-style scorer (segmentation + attribute reading); binding: the embedded VQA "
-            "scorer's answers (p > 0.5); true renders: the analytic scorer on the renders themselves.", "",
-            tabulate(table, headers=["suite", "DDIM steps", "split", "n", "analytic", "binding", "true renders",
-                                     "s/image"], tablefmt="github"), ""]
+    table = [
+        [
+            r["suite"],
+            r["steps"],
+            "seen" if r["seen"] else "unseen",
+            r["n"],
+            f"{r['decoded_score']:.3f}",
+            "–" if r.get("decoded_binding") is None else f"{r['decoded_binding']:.3f}",
+            f"{r['render_score']:.3f}",
+            f"{r['decoder_s_per_image']:.3f}",
+        ]
+        for r in results
+    ]
+    return [
+        "## Decoder from oracle embeddings (share of noun phrases realised)",
+        "",
+        "Analytic: the HRS-style scorer (segmentation + attribute reading); binding: the embedded VQA "
+        "scorer's answers (p > 0.5); true renders: the analytic scorer on the renders themselves.",
+        "",
+        tabulate(
+            table,
+            headers=["suite", "DDIM steps", "split", "n", "analytic", "binding", "true renders", "s/image"],
+            tablefmt="github",
+        ),
+        "",
+    ]
 
 
 def _batch(items):
@@ -147,9 +200,16 @@ PARTS = ("clip", "headroom", "decoder")
 QUICK = dict(clip_seeds=1, prior_seeds=1, decoder_prompts=3, steps_sweep=(2,))
 
 
-def check_world(out_dir: str | Path | None = None, clip_seeds: int = 10, prior_seeds: int = 10, decoder_prompts: int = 48,
-                steps_sweep=(10, 25, 50), parts=PARTS, decoder_dir: str | Path | None = None,
-                clip_dir: str | Path | None = None) -> dict:
+def check_world(
+    out_dir: str | Path | None = None,
+    clip_seeds: int = 10,
+    prior_seeds: int = 10,
+    decoder_prompts: int = 48,
+    steps_sweep=(10, 25, 50),
+    parts=PARTS,
+    decoder_dir: str | Path | None = None,
+    clip_dir: str | Path | None = None,
+) -> dict:
     """Measure ``parts`` into ``out_dir`` (None: :func:`evalkit.checks.default_check_dir`, a new folder under
     the current directory); the parts not measured are read back from ``out_dir`` when it holds them.
     ``**QUICK``: the smallest settings (seconds)."""
@@ -174,8 +234,12 @@ def check_world(out_dir: str | Path | None = None, clip_seeds: int = 10, prior_s
         report["decoder"] = check_decoder(clip, decoder_prompts, steps_sweep, out_dir, decoder_dir)
     elif (out_dir / "decoder.json").is_file():
         report["decoder"] = json.loads((out_dir / "decoder.json").read_text())["results"]
-    lines = ["# Embedded stack: quality bars", "", "Regenerate with `evalkit check-world`"
-             + (f" (CLIP: `{clip_dir}`)" if clip_dir else "") + ".", ""]
+    lines = [
+        "# Embedded stack: quality bars",
+        "",
+        "Regenerate with `evalkit check-world`" + (f" (CLIP: `{clip_dir}`)" if clip_dir else "") + ".",
+        "",
+    ]
     if "clip" in report:
         lines += [f"## CLIP (val, {clip_seeds} renders per prompt)", ""]
         lines += clip_table(report["clip"])

@@ -77,11 +77,20 @@ def _atomic(path: Path, write) -> None:
 
 
 def atomic_write_json(path: Path, value) -> None:
-    _atomic(Path(path), lambda tmp: tmp.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n", encoding="utf-8"))
+    _atomic(
+        Path(path), lambda tmp: tmp.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    )
 
 
-def write_unit(root: Path, index: int, embeds: np.ndarray, keys: Sequence[str], captions: Sequence[str],
-               stats: dict, before_stats=None) -> dict:
+def write_unit(
+    root: Path,
+    index: int,
+    embeds: np.ndarray,
+    keys: Sequence[str],
+    captions: Sequence[str],
+    stats: dict,
+    before_stats=None,
+) -> dict:
     """Write unit ``index``'s embeddings and metadata, then its stats file (the done marker); returns the stats.
 
     ``before_stats``: called between the data files and the stats file (a test hook simulating a kill).
@@ -100,8 +109,10 @@ def write_unit(root: Path, index: int, embeds: np.ndarray, keys: Sequence[str], 
 
     table = pa.table({"key": pa.array(list(keys), pa.string()), "caption": pa.array(list(captions), pa.string())})
     files = {}
-    for name, path, write in (("img_emb", emb_file(root, index), save_npy),
-                              ("metadata", metadata_file(root, index), lambda tmp: pq.write_table(table, tmp))):
+    for name, path, write in (
+        ("img_emb", emb_file(root, index), save_npy),
+        ("metadata", metadata_file(root, index), lambda tmp: pq.write_table(table, tmp)),
+    ):
         _atomic(path, write)
         files[name] = {"path": path.relative_to(root).as_posix(), "rows": len(keys), "sha256": file_sha256(path)}
     if before_stats is not None:
@@ -169,20 +180,27 @@ class EmbeddingFolder:
         manifest_path = root / MANIFEST_NAME
         if not manifest_path.is_file():
             unfinished = (root / CONFIG_NAME).is_file() or (root / "stats").is_dir()
-            hint = (" It looks like an unfinished run: finish it with `evalkit embed ... --resume`." if unfinished
-                    else "")
-            raise NotAnEmbeddingFolderError(f"{root} is not an embedding folder: it has no {MANIFEST_NAME}, which is made by "
-                                            f"`evalkit embed`.{hint}")
+            hint = (
+                " It looks like an unfinished run: finish it with `evalkit embed ... --resume`." if unfinished else ""
+            )
+            raise NotAnEmbeddingFolderError(
+                f"{root} is not an embedding folder: it has no {MANIFEST_NAME}, which is made by `evalkit embed`.{hint}"
+            )
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
-            raise CorruptFileError(f"{manifest_path} is damaged ({error}); rerun `evalkit embed ... --resume`") from None
+            raise CorruptFileError(
+                f"{manifest_path} is damaged ({error}); rerun `evalkit embed ... --resume`"
+            ) from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise NotAnEmbeddingFolderError(f"{manifest_path} is not the manifest of an embedding folder made by "
-                                            "`evalkit embed`")
+            raise NotAnEmbeddingFolderError(
+                f"{manifest_path} is not the manifest of an embedding folder made by `evalkit embed`"
+            )
         if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
-            raise CorruptFileError(f"{manifest_path} has format version {manifest.get('format_version')}; this evalkit "
-                                   f"reads up to {FORMAT_VERSION}: upgrade evalkit")
+            raise CorruptFileError(
+                f"{manifest_path} has format version {manifest.get('format_version')}; this evalkit "
+                f"reads up to {FORMAT_VERSION}: upgrade evalkit"
+            )
         folder = cls(root, manifest)
         folder.check(verify=verify)
         return folder
@@ -193,23 +211,30 @@ class EmbeddingFolder:
         for entry in self.manifest["files"]:
             path = self.root / entry["path"]
             if not path.is_file():
-                raise CorruptFileError(f"{path} is missing from the embedding folder {self.root} (its manifest lists "
-                                       "it); rebuild the folder with `evalkit embed`")
+                raise CorruptFileError(
+                    f"{path} is missing from the embedding folder {self.root} (its manifest lists "
+                    "it); rebuild the folder with `evalkit embed`"
+                )
             if verify:
                 actual = file_sha256(path)
                 if actual != entry["sha256"]:
-                    raise CorruptFileError(f"{path}: sha256 mismatch ({actual[:12]}… on disk, {entry['sha256'][:12]}… in "
-                                           f"{MANIFEST_NAME}): the file was changed or damaged after `evalkit embed` "
-                                           "wrote it")
+                    raise CorruptFileError(
+                        f"{path}: sha256 mismatch ({actual[:12]}… on disk, {entry['sha256'][:12]}… in "
+                        f"{MANIFEST_NAME}): the file was changed or damaged after `evalkit embed` "
+                        "wrote it"
+                    )
                 continue
             try:
-                rows = (np.load(path, mmap_mode="r").shape[0] if path.suffix == ".npy"
-                        else pq.read_metadata(path).num_rows)
+                rows = (
+                    np.load(path, mmap_mode="r").shape[0] if path.suffix == ".npy" else pq.read_metadata(path).num_rows
+                )
             except (OSError, ValueError) as error:
                 raise CorruptFileError(f"{path} is damaged ({error})") from None
             if rows != int(entry["rows"]):
-                raise CorruptFileError(f"{path} has {rows} rows, its manifest says {entry['rows']}: the file was "
-                                       "changed or damaged after `evalkit embed` wrote it")
+                raise CorruptFileError(
+                    f"{path} has {rows} rows, its manifest says {entry['rows']}: the file was "
+                    "changed or damaged after `evalkit embed` wrote it"
+                )
 
     # -- shape
 
@@ -234,8 +259,10 @@ class EmbeddingFolder:
 
     def stats(self) -> list[dict]:
         """Every unit's stats file (counts, skipped records with reasons, truncated captions)."""
-        return [json.loads((self.root / "stats" / f"stats_{self._unit_number(u)}.json").read_text(encoding="utf-8"))
-                for u in range(self.units)]
+        return [
+            json.loads((self.root / "stats" / f"stats_{self._unit_number(u)}.json").read_text(encoding="utf-8"))
+            for u in range(self.units)
+        ]
 
     def _unit_number(self, shard: int) -> int:
         return int(self._emb_paths[shard].stem.rsplit("_", 1)[1])
@@ -288,7 +315,9 @@ class EmbeddingFolder:
             start, stop = bounds[shard], bounds[shard + 1]
             if stop > start:
                 column = self._column(shard, name)
-                for position, row in zip(order[start:stop].tolist(), (sorted_idx[start:stop] - self._offsets[shard]).tolist()):
+                for position, row in zip(
+                    order[start:stop].tolist(), (sorted_idx[start:stop] - self._offsets[shard]).tolist()
+                ):
                     out[position] = column[row]
         return out
 
@@ -307,7 +336,7 @@ class EmbeddingFolder:
         for shard in range(self.units):
             data = self._mmap(shard)
             for start in range(0, len(data), chunk_rows):
-                yield torch.from_numpy(np.asarray(data[start:start + chunk_rows], np.float32))
+                yield torch.from_numpy(np.asarray(data[start : start + chunk_rows], np.float32))
 
     def all_image_embeds(self):
         """Every row as one float32 tensor (for statistics on folders that fit in memory)."""
@@ -330,7 +359,7 @@ class EmbeddingFolder:
             delta = block_mean - mean
             total = count + n
             mean = mean + delta * (n / total)
-            m2 = m2 + block_m2 + delta ** 2 * (count * n / total)
+            m2 = m2 + block_m2 + delta**2 * (count * n / total)
             count = total
         if count < 2:
             raise ValueError(f"{self.root}: embedding statistics need at least 2 rows (it has {count})")

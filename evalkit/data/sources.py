@@ -83,8 +83,9 @@ class Source:
     def records(self, unit: int) -> Iterator[RawRecord]:
         raise NotImplementedError
 
-    def assigned(self, rank: int = 0, world_size: int = 1, worker: int = 0, num_workers: int = 1,
-                 skip: Sequence[int] = ()) -> list[int]:
+    def assigned(
+        self, rank: int = 0, world_size: int = 1, worker: int = 0, num_workers: int = 1, skip: Sequence[int] = ()
+    ) -> list[int]:
         """The unit indices process ``rank`` (and, inside it, DataLoader ``worker``) handles.
 
         Ranks take units round-robin by *global* index, so which files exist never depends on the process
@@ -123,11 +124,16 @@ class ShardSource(Source):
             for sample in wds.tarfile_samples([{"url": str(shard)}]):
                 yield _shard_record(sample)
         except (OSError, EOFError, ValueError, tarfile.TarError) as error:
-            raise CorruptFileError(f"shard {shard} cannot be read as a tar file ({type(error).__name__}: {error}); "
-                                   "re-download or remove it (finished shards are kept)") from None
+            raise CorruptFileError(
+                f"shard {shard} cannot be read as a tar file ({type(error).__name__}: {error}); "
+                "re-download or remove it (finished shards are kept)"
+            ) from None
 
     def describe(self) -> dict:
-        return {**super().describe(), "shards": [str(p) for p in self.shards[:3]] + (["…"] if len(self.shards) > 3 else [])}
+        return {
+            **super().describe(),
+            "shards": [str(p) for p in self.shards[:3]] + (["…"] if len(self.shards) > 3 else []),
+        }
 
 
 def _shard_record(sample: dict) -> RawRecord:
@@ -177,8 +183,14 @@ class ManifestSource(Source):
 
     kind = "manifest"
 
-    def __init__(self, spec: str, manifest: Path, image_column: str | None = None,
-                 caption_column: str | None = None, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD):
+    def __init__(
+        self,
+        spec: str,
+        manifest: Path,
+        image_column: str | None = None,
+        caption_column: str | None = None,
+        rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+    ):
         if rows_per_shard < 1:
             raise DataSourceError(f"--rows-per-shard must be at least 1 (got {rows_per_shard})")
         self.manifest = manifest
@@ -186,16 +198,19 @@ class ManifestSource(Source):
         table = _read_table(manifest)
         columns = list(table.column_names)
         self.image_column = _pick_column(manifest, columns, image_column, IMAGE_COLUMNS, "image", "--image-column")
-        self.caption_column = _pick_column(manifest, columns, caption_column, CAPTION_COLUMNS, "caption",
-                                           "--caption-column")
+        self.caption_column = _pick_column(
+            manifest, columns, caption_column, CAPTION_COLUMNS, "caption", "--caption-column"
+        )
         self.key_column = "key" if "key" in columns and "key" not in (self.image_column, self.caption_column) else None
         keep = [self.image_column, self.caption_column] + ([self.key_column] if self.key_column else [])
         self.table = table.select(keep)
         self.rows = self.table.num_rows
         self.rows_per_shard = int(rows_per_shard)
         count = (self.rows + self.rows_per_shard - 1) // self.rows_per_shard
-        units = [Unit(i, f"{manifest.name}[{i * self.rows_per_shard}:{min((i + 1) * self.rows_per_shard, self.rows)}]")
-                 for i in range(count)]
+        units = [
+            Unit(i, f"{manifest.name}[{i * self.rows_per_shard}:{min((i + 1) * self.rows_per_shard, self.rows)}]")
+            for i in range(count)
+        ]
         super().__init__(spec, units)
 
     def records(self, unit: int) -> Iterator[RawRecord]:
@@ -219,9 +234,15 @@ class ManifestSource(Source):
             yield RawRecord(str(key), None if caption is None else str(caption), data)
 
     def describe(self) -> dict:
-        return {**super().describe(), "manifest": str(self.manifest), "rows": self.rows,
-                "rows_per_shard": self.rows_per_shard, "image_column": self.image_column,
-                "caption_column": self.caption_column, "key_column": self.key_column}
+        return {
+            **super().describe(),
+            "manifest": str(self.manifest),
+            "rows": self.rows,
+            "rows_per_shard": self.rows_per_shard,
+            "image_column": self.image_column,
+            "caption_column": self.caption_column,
+            "key_column": self.key_column,
+        }
 
 
 def _key_of(path: str, base: Path) -> str:
@@ -259,11 +280,14 @@ def _read_table(manifest: Path):
         convert = pc.ConvertOptions(column_types={name: pa.string() for name in names})
         return pc.read_csv(manifest, parse_options=parse, convert_options=convert)
     except (OSError, ValueError) as error:  # pyarrow.ArrowInvalid is a ValueError
-        raise DataSourceError(f"--data {manifest}: cannot read it as {kind} ({type(error).__name__}: {error})") from None
+        raise DataSourceError(
+            f"--data {manifest}: cannot read it as {kind} ({type(error).__name__}: {error})"
+        ) from None
 
 
-def _pick_column(manifest: Path, columns: list[str], wanted: str | None, candidates: Sequence[str], what: str,
-                 flag: str) -> str:
+def _pick_column(
+    manifest: Path, columns: list[str], wanted: str | None, candidates: Sequence[str], what: str, flag: str
+) -> str:
     listing = ", ".join(columns)
     if wanted is not None:
         if wanted not in columns:
@@ -278,17 +302,25 @@ def _pick_column(manifest: Path, columns: list[str], wanted: str | None, candida
             return lower[name.lower()]
     hint = ""
     if what == "image" and "url" in lower:
-        hint = (" It has a 'url' column: download the images first (img2dataset writes webdataset shards, "
-                "which evalkit reads directly).")
-    raise DataSourceError(f"{manifest}: no {what} column found (tried {', '.join(candidates)}); its columns: "
-                          f"{listing}. Name it with {flag}.{hint}")
+        hint = (
+            " It has a 'url' column: download the images first (img2dataset writes webdataset shards, "
+            "which evalkit reads directly)."
+        )
+    raise DataSourceError(
+        f"{manifest}: no {what} column found (tried {', '.join(candidates)}); its columns: "
+        f"{listing}. Name it with {flag}.{hint}"
+    )
 
 
 # --------------------------------------------------------------------------- opening a spec
 
 
-def open_source(spec: str | os.PathLike, image_column: str | None = None, caption_column: str | None = None,
-                rows_per_shard: int = DEFAULT_ROWS_PER_SHARD) -> Source:
+def open_source(
+    spec: str | os.PathLike,
+    image_column: str | None = None,
+    caption_column: str | None = None,
+    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+) -> Source:
     """The dataset ``spec`` names: a shard pattern (glob or ``{a..b}``), one ``.tar``, a folder of ``.tar``
     shards, a manifest file, or a folder holding exactly one manifest."""
     text = str(spec)
@@ -308,14 +340,19 @@ def open_source(spec: str | os.PathLike, image_column: str | None = None, captio
         if len(manifests) == 1:
             return ManifestSource(text, manifests[0], image_column, caption_column, rows_per_shard)
         if len(manifests) > 1:
-            raise DataSourceError(f"--data {text}: the folder holds several manifests ({', '.join(p.name for p in manifests)});"
-                                  " name the one to read")
+            raise DataSourceError(
+                f"--data {text}: the folder holds several manifests ({', '.join(p.name for p in manifests)});"
+                " name the one to read"
+            )
         if tars:
             return ShardSource(text, tars)
-        raise DataSourceError(f"--data {text}: the folder holds no manifest ({', '.join(MANIFEST_FORMATS)}) and no "
-                              ".tar shards")
-    raise DataSourceError(f"--data {text}: no such file or folder (expected webdataset shards such as shards/*.tar "
-                          "or shards/{00000..00099}.tar, a manifest file, or a folder holding one)")
+        raise DataSourceError(
+            f"--data {text}: the folder holds no manifest ({', '.join(MANIFEST_FORMATS)}) and no .tar shards"
+        )
+    raise DataSourceError(
+        f"--data {text}: no such file or folder (expected webdataset shards such as shards/*.tar "
+        "or shards/{00000..00099}.tar, a manifest file, or a folder holding one)"
+    )
 
 
 def _check_shards(spec: str, shards: list[Path]) -> ShardSource:
@@ -366,8 +403,9 @@ def truncated_count(tokenizer, captions: Sequence[str]) -> int:
     return sum(len(row) > limit for row in ids)
 
 
-def iter_unit_batches(source: Source, units: Sequence[int], batch_size: int, preprocess: Callable,
-                      min_size: int = 0, tokenizer=None) -> Iterator[dict]:
+def iter_unit_batches(
+    source: Source, units: Sequence[int], batch_size: int, preprocess: Callable, min_size: int = 0, tokenizer=None
+) -> Iterator[dict]:
     """Batches of each unit in turn, every unit ending with a ``done`` item.
 
     Each item carries the records consumed since the previous item of its unit (``seen``) and the ones
@@ -381,8 +419,16 @@ def iter_unit_batches(source: Source, units: Sequence[int], batch_size: int, pre
             keys = [k for k, _, _ in pending]
             captions = [c for _, c, _ in pending]
             pixels = preprocess([im for _, _, im in pending]) if pending else None
-            return {"unit": unit, "done": done, "seen": seen, "skipped": list(skipped), "keys": keys,
-                    "captions": captions, "pixel_values": pixels, "truncated": truncated_count(tokenizer, captions)}
+            return {
+                "unit": unit,
+                "done": done,
+                "seen": seen,
+                "skipped": list(skipped),
+                "keys": keys,
+                "captions": captions,
+                "pixel_values": pixels,
+                "truncated": truncated_count(tokenizer, captions),
+            }
 
         for record in source.records(unit):
             seen += 1
@@ -415,4 +461,5 @@ def check_bad_fraction(seen: int, skipped: Sequence[dict], max_bad_fraction: flo
     raise BadRecordsError(
         f"{len(skipped)} of {seen} records ({100 * len(skipped) / seen:.1f} %) are bad, more than --max-bad-fraction "
         f"{max_bad_fraction:g} allows: {by_reason}. Examples: {examples}. Check the data spec and the columns; "
-        f"if the data is right, rerun with a higher --max-bad-fraction and --resume{where}.")
+        f"if the data is right, rerun with a higher --max-bad-fraction and --resume{where}."
+    )

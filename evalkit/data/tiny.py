@@ -15,9 +15,15 @@ from typing import Sequence
 
 
 def _tiny_vision_config(embedding_dim: int, image_size: int) -> dict:
-    return dict(hidden_size=embedding_dim, intermediate_size=2 * embedding_dim, num_hidden_layers=1,
-                num_attention_heads=2, image_size=image_size, patch_size=max(1, image_size // 4),
-                projection_dim=embedding_dim)
+    return dict(
+        hidden_size=embedding_dim,
+        intermediate_size=2 * embedding_dim,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=max(1, image_size // 4),
+        projection_dim=embedding_dim,
+    )
 
 
 def _image_processor(image_size: int):
@@ -26,25 +32,33 @@ def _image_processor(image_size: int):
     return CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
 
 
-def write_tiny_prior_pipeline(root: str | os.PathLike, embedding_dim: int = 16, image_size: int = 32,
-                              seed: int = 0) -> Path:
+def write_tiny_prior_pipeline(
+    root: str | os.PathLike, embedding_dim: int = 16, image_size: int = 32, seed: int = 0
+) -> Path:
     """A kandinsky-2-2-prior folder without the prior: ``image_encoder/`` (CLIPVisionModelWithProjection),
     ``image_processor/`` (CLIPImageProcessor), ``text_encoder/`` + ``tokenizer/`` (loadable with
     :meth:`evalkit.priors.real.HFTextEncoder.from_pretrained`). Returns ``root``."""
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
 
     from evalkit.priors.real import TINY_MAX_LENGTH, _tiny_text_config
     from evalkit.text_encoders import TINY_VOCAB_MERGES, clip_tokenizer, save_clip_tokenizer
 
     root = Path(root)
     torch.manual_seed(seed)
-    CLIPVisionModelWithProjection(CLIPVisionConfig(**_tiny_vision_config(embedding_dim, image_size))) \
-        .save_pretrained(root / "image_encoder")
+    CLIPVisionModelWithProjection(CLIPVisionConfig(**_tiny_vision_config(embedding_dim, image_size))).save_pretrained(
+        root / "image_encoder"
+    )
     _image_processor(image_size).save_pretrained(root / "image_processor")
     tokenizer = clip_tokenizer(TINY_VOCAB_MERGES, model_max_length=TINY_MAX_LENGTH)
-    CLIPTextModelWithProjection(CLIPTextConfig(**_tiny_text_config(len(tokenizer), embedding_dim))) \
-        .save_pretrained(root / "text_encoder")
+    CLIPTextModelWithProjection(CLIPTextConfig(**_tiny_text_config(len(tokenizer), embedding_dim))).save_pretrained(
+        root / "text_encoder"
+    )
     save_clip_tokenizer(tokenizer, root / "tokenizer")
     return root
 
@@ -68,8 +82,11 @@ def write_tiny_clip(root: str | os.PathLike, embedding_dim: int = 32, image_size
     tokenizer = clip_tokenizer(TINY_VOCAB_MERGES, model_max_length=TINY_MAX_LENGTH)
     # projection_dim inside both tower configs too, as the public config.json has it: a tower loaded on its
     # own reads its own config, not the top-level one
-    config = CLIPConfig(text_config=_tiny_text_config(len(tokenizer), embedding_dim),
-                        vision_config=_tiny_vision_config(embedding_dim, image_size), projection_dim=embedding_dim)
+    config = CLIPConfig(
+        text_config=_tiny_text_config(len(tokenizer), embedding_dim),
+        vision_config=_tiny_vision_config(embedding_dim, image_size),
+        projection_dim=embedding_dim,
+    )
     CLIPModel(config).save_pretrained(root)
     _image_processor(image_size).save_pretrained(root)
     save_clip_tokenizer(tokenizer, root)
@@ -82,9 +99,16 @@ def _jpeg(image, quality: int = 95) -> bytes:
     return buffer.getvalue()
 
 
-def write_world_dataset(root: str | os.PathLike, n: int = 24, shards: int = 3, image_px: int = 64, seed: int = 0,
-                        formats: Sequence[str] = ("wds", "csv"), corrupt_keys: Sequence[str] = (),
-                        empty_caption_keys: Sequence[str] = ()) -> dict:
+def write_world_dataset(
+    root: str | os.PathLike,
+    n: int = 24,
+    shards: int = 3,
+    image_px: int = 64,
+    seed: int = 0,
+    formats: Sequence[str] = ("wds", "csv"),
+    corrupt_keys: Sequence[str] = (),
+    empty_caption_keys: Sequence[str] = (),
+) -> dict:
     """``n`` synthetic-world (caption, render) pairs as a real dataset: JPEGs of ``image_px`` pixels.
 
     ``"wds"``: webdataset tar shards ``root/shards/{00000..}.tar`` (``{key}.jpg``, ``{key}.txt``,
@@ -124,9 +148,16 @@ def write_world_dataset(root: str | os.PathLike, n: int = 24, shards: int = 3, i
             path = folder / f"{s:05d}.tar"
             with wds.TarWriter(str(path)) as sink:
                 for i in range(s * per_shard, min((s + 1) * per_shard, n)):
-                    sink.write({"__key__": keys[i], "jpg": images[i], "txt": texts[i],
-                                "json": json.dumps({"key": keys[i], "caption": texts[i], "width": image_px,
-                                                    "height": image_px}).encode("utf-8")})
+                    sink.write(
+                        {
+                            "__key__": keys[i],
+                            "jpg": images[i],
+                            "txt": texts[i],
+                            "json": json.dumps(
+                                {"key": keys[i], "caption": texts[i], "width": image_px, "height": image_px}
+                            ).encode("utf-8"),
+                        }
+                    )
             files.append(path)
         out["shard_files"] = files
         out["shards"] = str(folder / ("{00000..%05d}.tar" % (shards - 1)))

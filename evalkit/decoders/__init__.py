@@ -44,9 +44,18 @@ def _decoders_taking(lever: str) -> list[str]:
     return names
 
 
-def load_decoder(name: str, path=None, random_init: str | None = None, allow_pickle: bool = False, *,
-                 resolution: int | None = None, offload: bool = False, attention: str | None = None,
-                 vae_chunk_size: int | None = None, **options):
+def load_decoder(
+    name: str,
+    path=None,
+    random_init: str | None = None,
+    allow_pickle: bool = False,
+    *,
+    resolution: int | None = None,
+    offload: bool = False,
+    attention: str | None = None,
+    vae_chunk_size: int | None = None,
+    **options,
+):
     """The decoder registered as ``name``, on the CPU in the precision of its files: from ``path``, else its
     default (shipped) weights, else built from its default config when it has no weights to load. Where and in
     what dtype it computes is chosen afterwards by :func:`evalkit.placement.place` (``--device``, ``--dtype``).
@@ -68,24 +77,32 @@ def load_decoder(name: str, path=None, random_init: str | None = None, allow_pic
     from evalkit.errors import EvalkitError, SettingError
 
     if options.pop("dtype", None) is not None:
-        raise SettingError("load_decoder loads a decoder in the precision of its files; choose what it computes in "
-                           "with evalkit.placement.place(decoder, device, dtype) (--dtype)")
+        raise SettingError(
+            "load_decoder loads a decoder in the precision of its files; choose what it computes in "
+            "with evalkit.placement.place(decoder, device, dtype) (--dtype)"
+        )
     cls = DECODERS.get(name)
     if random_init is not None:
         if path is not None:
-            raise EvalkitError("--random-init builds the decoder with random weights; it cannot be combined with "
-                               "--decoder-path (drop one of them)")
+            raise EvalkitError(
+                "--random-init builds the decoder with random weights; it cannot be combined with "
+                "--decoder-path (drop one of them)"
+            )
         builder = DECODERS.random_builder(name, random_init)
     else:
         builder = getattr(cls, "from_pretrained", None)
     target = builder if builder is not None else cls
-    levers = {k: v for k, v in dict(offload=offload, attention=attention, vae_chunk_size=vae_chunk_size).items()
-              if v is not None and v is not LEVERS[k]}  # None: off, for every lever
+    levers = {
+        k: v
+        for k, v in dict(offload=offload, attention=attention, vae_chunk_size=vae_chunk_size).items()
+        if v is not None and v is not LEVERS[k]
+    }  # None: off, for every lever
     for lever in levers:
         if not _takes_lever(cls, builder, lever):
             others = [n for n in _decoders_taking(lever) if n != name]
-            raise SettingError(f"decoder {name!r} has no {lever} setting: it applies to "
-                               f"{', '.join(others) or 'no registered decoder'}")
+            raise SettingError(
+                f"decoder {name!r} has no {lever} setting: it applies to {', '.join(others) or 'no registered decoder'}"
+            )
     options.update(levers)
     sides = tuple(getattr(cls, "supported_resolutions", ()) or ())
     if resolution is not None:
@@ -93,16 +110,22 @@ def load_decoder(name: str, path=None, random_init: str | None = None, allow_pic
             raise SettingError(f"--resolution must be a positive whole number of pixels (got {resolution!r})")
         if sides:
             if random_init != "tiny" and resolution not in sides:  # a tiny build checks its own (smaller) sides
-                raise SettingError(f"decoder {name!r} renders square images of side {describe_resolutions(sides)}; "
-                                   f"--resolution {resolution} is not one of them")
+                raise SettingError(
+                    f"decoder {name!r} renders square images of side {describe_resolutions(sides)}; "
+                    f"--resolution {resolution} is not one of them"
+                )
             if not _takes(target, "resolution", strict=False):
-                raise SettingError(f"decoder {name!r} declares resolutions {describe_resolutions(sides)} but its "
-                                   "loader takes no resolution=")
+                raise SettingError(
+                    f"decoder {name!r} declares resolutions {describe_resolutions(sides)} but its "
+                    "loader takes no resolution="
+                )
             options["resolution"] = resolution
     decoder = _build(name, cls, builder, path, random_init, allow_pickle, options)
     if resolution is not None and int(getattr(decoder, "resolution", 0)) != resolution:
-        raise SettingError(f"decoder {name!r} renders {decoder.resolution}×{decoder.resolution} only; "
-                           f"--resolution {resolution} does not apply to it")
+        raise SettingError(
+            f"decoder {name!r} renders {decoder.resolution}×{decoder.resolution} only; "
+            f"--resolution {resolution} does not apply to it"
+        )
     return decoder
 
 
@@ -116,8 +139,10 @@ def _build(name, cls, builder, path, random_init, allow_pickle, options):
         if _takes(loader, "allow_pickle", strict=False):
             options = {**options, "allow_pickle": True}
         elif path is not None:
-            raise EvalkitError(f"decoder {name!r} reads no pickle checkpoints; --allow-pickle does not apply to "
-                               "its --decoder-path (convert the folder to safetensors)")
+            raise EvalkitError(
+                f"decoder {name!r} reads no pickle checkpoints; --allow-pickle does not apply to "
+                "its --decoder-path (convert the folder to safetensors)"
+            )
     if path is not None:
         if loader is None:
             raise EvalkitError(f"decoder {name!r} loads no weights folder; --decoder-path does not apply to it")
@@ -143,10 +168,12 @@ def check_levers(name: str, offload=False, attention=None, vae_chunk_size=None) 
         raise SettingError(f"{name}: offload must be True or False (got {offload!r})")
     if attention is not None and attention not in ATTENTION_BACKENDS:
         raise SettingError(f"{name}: attention must be one of {', '.join(ATTENTION_BACKENDS)} (got {attention!r})")
-    if vae_chunk_size is not None and (isinstance(vae_chunk_size, bool) or not isinstance(vae_chunk_size, int)
-                                       or vae_chunk_size < 1):
-        raise SettingError(f"{name}: vae_chunk_size must be a whole number ≥ 1 (latents per decode; got "
-                           f"{vae_chunk_size!r})")
+    if vae_chunk_size is not None and (
+        isinstance(vae_chunk_size, bool) or not isinstance(vae_chunk_size, int) or vae_chunk_size < 1
+    ):
+        raise SettingError(
+            f"{name}: vae_chunk_size must be a whole number ≥ 1 (latents per decode; got {vae_chunk_size!r})"
+        )
 
 
 def set_attention(name: str, backend: str, diffusers_models=(), transformers_models=()) -> None:
@@ -154,8 +181,13 @@ def set_attention(name: str, backend: str, diffusers_models=(), transformers_mod
     ``AttnProcessor`` / ``AttnAddedKVProcessor`` (``"eager"``) on every ``Attention`` layer of the diffusers
     models, and ``set_attn_implementation(backend)`` on the transformers models (their config then dispatches
     every attention call to that backend)."""
-    from diffusers.models.attention_processor import (Attention, AttnAddedKVProcessor, AttnAddedKVProcessor2_0,
-                                                      AttnProcessor, AttnProcessor2_0)
+    from diffusers.models.attention_processor import (
+        Attention,
+        AttnAddedKVProcessor,
+        AttnAddedKVProcessor2_0,
+        AttnProcessor,
+        AttnProcessor2_0,
+    )
 
     from evalkit.errors import SettingError
 
@@ -169,8 +201,10 @@ def set_attention(name: str, backend: str, diffusers_models=(), transformers_mod
             elif isinstance(module.processor, (AttnProcessor, AttnProcessor2_0)):
                 module.set_processor(AttnProcessor2_0() if sdpa else AttnProcessor())
             else:
-                raise SettingError(f"{name}: attention={backend!r} cannot replace the "
-                                   f"{type(module.processor).__name__} of {type(model).__name__}.{module_name}")
+                raise SettingError(
+                    f"{name}: attention={backend!r} cannot replace the "
+                    f"{type(module.processor).__name__} of {type(model).__name__}.{module_name}"
+                )
     for model in transformers_models:
         model.set_attn_implementation(backend)
 

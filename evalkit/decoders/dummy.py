@@ -50,7 +50,9 @@ class DummyDecoder(PretrainedMixin, Decoder, nn.Module):
     def decode(self, image_embeds: torch.Tensor, batch: Batch, protocol: Protocol) -> torch.Tensor:
         n, r = image_embeds.shape[0], self.resolution
         weight = self.to_colour.weight  # compute where the weights are (evalkit.placement.place put them)
-        colours = torch.sigmoid(self.to_colour(image_embeds.to(device=weight.device, dtype=weight.dtype))).view(n, 3, 2, 2)
+        colours = torch.sigmoid(self.to_colour(image_embeds.to(device=weight.device, dtype=weight.dtype))).view(
+            n, 3, 2, 2
+        )
         images = nn.functional.interpolate(colours, size=(r, r), mode="nearest")
         noise = per_image_randn(batch.seeds, (3, r, r)).to(images.device)  # drawn on the CPU: the same on any device
         return (images + self.config.noise_scale * noise).clamp(0.0, 1.0).to(image_embeds.device)

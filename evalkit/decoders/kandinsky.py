@@ -40,9 +40,20 @@ from torch import nn
 
 from evalkit.contracts import Batch, Decoder, Protocol, per_image_randn, seeded_generators
 from evalkit.decoders.synth import sample_image_conditioned
-from evalkit.errors import ConfigMismatchError, CorruptFileError, EmbeddingContractError, SettingError, WeightsNotFoundError
-from evalkit.serialization import (atomic_write_bytes, atomic_write_json, read_json_object, weights_folder,
-                                  weights_format)
+from evalkit.errors import (
+    ConfigMismatchError,
+    CorruptFileError,
+    EmbeddingContractError,
+    SettingError,
+    WeightsNotFoundError,
+)
+from evalkit.serialization import (
+    atomic_write_bytes,
+    atomic_write_json,
+    read_json_object,
+    weights_folder,
+    weights_format,
+)
 
 REPO_ID = "kandinsky-community/kandinsky-2-2-decoder"
 ENV_DIR = "EVALKIT_KANDINSKY22_DIR"
@@ -59,11 +70,19 @@ UNET_CONFIG: dict[str, Any] = {
     "sample_size": 64,
     "in_channels": 4,
     "out_channels": 8,  # noise prediction + learned variance
-    "down_block_types": ("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D",
-                         "SimpleCrossAttnDownBlock2D"),
+    "down_block_types": (
+        "ResnetDownsampleBlock2D",
+        "SimpleCrossAttnDownBlock2D",
+        "SimpleCrossAttnDownBlock2D",
+        "SimpleCrossAttnDownBlock2D",
+    ),
     "mid_block_type": "UNetMidBlock2DSimpleCrossAttn",
-    "up_block_types": ("SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D",
-                       "ResnetUpsampleBlock2D"),
+    "up_block_types": (
+        "SimpleCrossAttnUpBlock2D",
+        "SimpleCrossAttnUpBlock2D",
+        "SimpleCrossAttnUpBlock2D",
+        "ResnetUpsampleBlock2D",
+    ),
     "block_out_channels": (384, 768, 1152, 1536),
     "layers_per_block": 3,
     "act_fn": "silu",
@@ -145,17 +164,21 @@ TINY_STEPS = 4
 
 def weights_hint(directory: Path | None = None) -> str:
     where = f" into {directory}" if directory is not None else ""
-    return (f"Download {REPO_ID} (its unet/, movq/ and scheduler/ folders, safetensors weights) on a machine with "
-            f"network, e.g. `huggingface-cli download {REPO_ID} --local-dir DIR`{where}, copy it here, and pass "
-            f"`--decoder-path DIR` (or set ${ENV_DIR}).")
+    return (
+        f"Download {REPO_ID} (its unet/, movq/ and scheduler/ folders, safetensors weights) on a machine with "
+        f"network, e.g. `huggingface-cli download {REPO_ID} --local-dir DIR`{where}, copy it here, and pass "
+        f"`--decoder-path DIR` (or set ${ENV_DIR})."
+    )
 
 
 def _weights_directory(directory: str | os.PathLike | None) -> Path:
     directory = weights_folder(directory, ENV_DIR, "kandinsky22", REPO_ID, weights_hint)
     for sub in SUBFOLDERS:
         if not (directory / sub).is_dir():
-            raise WeightsNotFoundError(f"kandinsky22: {directory} is not a complete {REPO_ID} folder: it has no {sub}/ "
-                                       f"subfolder (expected {directory / sub}). {weights_hint(directory)}")
+            raise WeightsNotFoundError(
+                f"kandinsky22: {directory} is not a complete {REPO_ID} folder: it has no {sub}/ "
+                f"subfolder (expected {directory / sub}). {weights_hint(directory)}"
+            )
     return directory
 
 
@@ -163,9 +186,13 @@ def _weights_format(folder: Path, allow_pickle: bool) -> dict:
     """``from_pretrained`` keywords for the weights in ``folder`` (:func:`evalkit.serialization.weights_format`)."""
     if not (folder / "config.json").is_file():
         raise WeightsNotFoundError(f"kandinsky22: no config.json in {folder}. {weights_hint(folder.parent)}")
-    return weights_format(folder, allow_pickle, "kandinsky22",
-                          hint=f"Download the safetensors weights ({REPO_ID} ships them).",
-                          missing=f"(diffusion_pytorch_model.safetensors expected). {weights_hint(folder.parent)}")
+    return weights_format(
+        folder,
+        allow_pickle,
+        "kandinsky22",
+        hint=f"Download the safetensors weights ({REPO_ID} ships them).",
+        missing=f"(diffusion_pytorch_model.safetensors expected). {weights_hint(folder.parent)}",
+    )
 
 
 def _scheduler_class(config: dict, where: str):
@@ -174,18 +201,25 @@ def _scheduler_class(config: dict, where: str):
     name = config.get("_class_name", "")
     cls = getattr(diffusers, name, None) if name else None
     if cls is None or not hasattr(cls, "from_config"):
-        raise ConfigMismatchError(f"kandinsky22: {where} names scheduler class {name!r}, which diffusers "
-                                  f"{diffusers.__version__} does not have")
+        raise ConfigMismatchError(
+            f"kandinsky22: {where} names scheduler class {name!r}, which diffusers "
+            f"{diffusers.__version__} does not have"
+        )
     if config.get("variance_type") in ("learned", "learned_range"):
-        raise ConfigMismatchError(f"kandinsky22: {where} asks for a learned variance ({config['variance_type']!r}); this "
-                                  "decoder uses the UNet's noise prediction only (as the public scheduler config does)")
+        raise ConfigMismatchError(
+            f"kandinsky22: {where} asks for a learned variance ({config['variance_type']!r}); this "
+            "decoder uses the UNet's noise prediction only (as the public scheduler config does)"
+        )
     return cls
 
 
 def _public_keys(config) -> dict:
     """A diffusers config without its bookkeeping keys (``_name_or_path``, ``_diffusers_version``, ...)."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items()
-            if not k.startswith("_") or k == "_class_name"}
+    return {
+        k: (list(v) if isinstance(v, tuple) else v)
+        for k, v in dict(config).items()
+        if not k.startswith("_") or k == "_class_name"
+    }
 
 
 class _PerImageNoise:
@@ -224,9 +258,19 @@ class Kandinsky22Decoder(Decoder, nn.Module):
     #: model CPU offload order (diffusers' ``KandinskyV22Pipeline.model_cpu_offload_seq``)
     offload_sequence = ("unet", "movq")
 
-    def __init__(self, unet, movq, scheduler_config: dict | None = None, resolution: int | None = None,
-                 num_inference_steps: int | None = None, guidance_scale: float | None = None, max_batch: int = 16,
-                 offload: bool = False, attention: str | None = None, vae_chunk_size: int | None = None):
+    def __init__(
+        self,
+        unet,
+        movq,
+        scheduler_config: dict | None = None,
+        resolution: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        max_batch: int = 16,
+        offload: bool = False,
+        attention: str | None = None,
+        vae_chunk_size: int | None = None,
+    ):
         """Wrap loaded diffusers components; ``scheduler_config`` holds ``_class_name`` (default: the public DDPM one).
 
         Memory levers (off by default; images do not depend on ``offload`` and ``vae_chunk_size``): ``offload``:
@@ -243,10 +287,13 @@ class Kandinsky22Decoder(Decoder, nn.Module):
             raise ConfigMismatchError(
                 "kandinsky22: the UNet is not conditioned Kandinsky-2.2 style (it needs encoder_hid_dim_type='image_proj' "
                 f"and addition_embed_type='image'; it has {unet_config.get('encoder_hid_dim_type')!r} and "
-                f"{unet_config.get('addition_embed_type')!r}). Kandinsky 2.1 folders are not supported.")
+                f"{unet_config.get('addition_embed_type')!r}). Kandinsky 2.1 folders are not supported."
+            )
         if unet_config.in_channels != movq.config.latent_channels:
-            raise ConfigMismatchError(f"kandinsky22: the UNet denoises {unet_config.in_channels}-channel latents but the "
-                                      f"MoVQ decodes {movq.config.latent_channels}-channel ones")
+            raise ConfigMismatchError(
+                f"kandinsky22: the UNet denoises {unet_config.in_channels}-channel latents but the "
+                f"MoVQ decodes {movq.config.latent_channels}-channel ones"
+            )
         self.unet = unet
         self.movq = movq
         self.scheduler_config = dict(scheduler_config or SCHEDULER_CONFIG)
@@ -261,11 +308,15 @@ class Kandinsky22Decoder(Decoder, nn.Module):
         if guidance_scale is not None:
             self.default_guidance_scale = float(guidance_scale)
         self.resolution = self._checked_resolution(resolution or DEFAULT_RESOLUTION)
-        self.register_buffer("negative_image_embeds", torch.zeros(self.embedding_dim, dtype=unet.dtype,
-                                                                  device=unet.device))
+        self.register_buffer(
+            "negative_image_embeds", torch.zeros(self.embedding_dim, dtype=unet.dtype, device=unet.device)
+        )
         # what determines an image besides the weights (read by the work cache's fingerprint)
-        self.config = {"unet": _public_keys(unet_config), "movq": _public_keys(movq.config),
-                       "scheduler": _public_keys(self.scheduler_config)}
+        self.config = {
+            "unet": _public_keys(unet_config),
+            "movq": _public_keys(movq.config),
+            "scheduler": _public_keys(self.scheduler_config),
+        }
         # levers (private: they choose how, not what, it computes, so they stay out of the fingerprint)
         self._offload, self._attention, self._vae_chunk_size = offload, attention, vae_chunk_size
         self._offload_hooks: list = []
@@ -279,9 +330,15 @@ class Kandinsky22Decoder(Decoder, nn.Module):
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def random_init(cls, resolution: int | None = None, size: Literal["real", "tiny"] = "real",
-                    device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                    seed: int = 0, **settings) -> "Kandinsky22Decoder":
+    def random_init(
+        cls,
+        resolution: int | None = None,
+        size: Literal["real", "tiny"] = "real",
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        seed: int = 0,
+        **settings,
+    ) -> "Kandinsky22Decoder":
         """The public architecture (``size="real"``: UNet 1.25 B + MoVQ 68 M parameters) with random weights.
 
         For speed and memory benchmarks: images are noise. ``device="meta"`` builds it without memory (parameter
@@ -292,7 +349,9 @@ class Kandinsky22Decoder(Decoder, nn.Module):
 
         if size not in ("real", "tiny"):
             raise ValueError(f"size must be 'real' or 'tiny', not {size!r}")
-        unet_config, movq_config = (UNET_CONFIG, MOVQ_CONFIG) if size == "real" else (TINY_UNET_CONFIG, TINY_MOVQ_CONFIG)
+        unet_config, movq_config = (
+            (UNET_CONFIG, MOVQ_CONFIG) if size == "real" else (TINY_UNET_CONFIG, TINY_MOVQ_CONFIG)
+        )
         if resolution is None:
             resolution = DEFAULT_RESOLUTION if size == "real" else TINY_RESOLUTION
         with torch.random.fork_rng(devices=[]):
@@ -313,8 +372,13 @@ class Kandinsky22Decoder(Decoder, nn.Module):
         return cls.random_init(resolution=resolution, size="tiny", **settings)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike | None = None, allow_pickle: bool = False,
-                        resolution: int | None = None, **settings) -> "Kandinsky22Decoder":
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike | None = None,
+        allow_pickle: bool = False,
+        resolution: int | None = None,
+        **settings,
+    ) -> "Kandinsky22Decoder":
         """Load a local copy of the public ``kandinsky-2-2-decoder`` layout (``unet/``, ``movq/``, ``scheduler/``).
 
         ``directory`` defaults to ``$EVALKIT_KANDINSKY22_DIR``. Weights are read from safetensors; a folder with
@@ -329,8 +393,9 @@ class Kandinsky22Decoder(Decoder, nn.Module):
         directory = _weights_directory(directory)
         scheduler_path = directory / "scheduler" / SCHEDULER_CONFIG_NAME
         if not scheduler_path.is_file():
-            raise WeightsNotFoundError(f"kandinsky22: no {SCHEDULER_CONFIG_NAME} in {scheduler_path.parent}. "
-                                       f"{weights_hint(directory)}")
+            raise WeightsNotFoundError(
+                f"kandinsky22: no {SCHEDULER_CONFIG_NAME} in {scheduler_path.parent}. {weights_hint(directory)}"
+            )
         scheduler_config = read_json_object(scheduler_path)
         _scheduler_class(scheduler_config, str(scheduler_path))
         dtype = torch.float32
@@ -340,11 +405,18 @@ class Kandinsky22Decoder(Decoder, nn.Module):
             try:
                 components[sub] = model_cls.from_pretrained(directory, subfolder=sub, torch_dtype=dtype, **kwargs)
             except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-                raise CorruptFileError(f"kandinsky22: could not load {directory / sub} ({error}). Re-download it: "
-                                       f"{weights_hint(directory)}") from None
+                raise CorruptFileError(
+                    f"kandinsky22: could not load {directory / sub} ({error}). Re-download it: "
+                    f"{weights_hint(directory)}"
+                ) from None
         saved = read_json_object(directory / SETTINGS_NAME) if (directory / SETTINGS_NAME).is_file() else {}
-        decoder = cls(components["unet"], components["movq"], scheduler_config,
-                      resolution=resolution or saved.get("resolution"), **settings)
+        decoder = cls(
+            components["unet"],
+            components["movq"],
+            scheduler_config,
+            resolution=resolution or saved.get("resolution"),
+            **settings,
+        )
         negative = directory / NEGATIVE_NAME
         if negative.is_file():
             from safetensors.torch import load_file
@@ -352,7 +424,9 @@ class Kandinsky22Decoder(Decoder, nn.Module):
             try:
                 decoder.set_negative_embedding(load_file(str(negative))["negative_image_embeds"])
             except (SafetensorError, OSError, KeyError) as error:
-                raise CorruptFileError(f"kandinsky22: {negative} is damaged ({error}); delete it to use zeros") from None
+                raise CorruptFileError(
+                    f"kandinsky22: {negative} is damaged ({error}); delete it to use zeros"
+                ) from None
         return decoder.eval()
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
@@ -366,12 +440,24 @@ class Kandinsky22Decoder(Decoder, nn.Module):
         self.unet.save_pretrained(directory / "unet", safe_serialization=True)
         self.movq.save_pretrained(directory / "movq", safe_serialization=True)
         self.make_scheduler().save_pretrained(directory / "scheduler")
-        atomic_write_json(directory / "model_index.json", {
-            "_class_name": "KandinskyV22Pipeline", "_diffusers_version": diffusers.__version__,
-            "movq": ["diffusers", "VQModel"], "scheduler": ["diffusers", self.scheduler_config["_class_name"]],
-            "unet": ["diffusers", "UNet2DConditionModel"]})
-        atomic_write_json(directory / SETTINGS_NAME, {"_class_name": type(self).__name__, "resolution": self.resolution,
-                                                      "embedding_space": self.embedding_space})
+        atomic_write_json(
+            directory / "model_index.json",
+            {
+                "_class_name": "KandinskyV22Pipeline",
+                "_diffusers_version": diffusers.__version__,
+                "movq": ["diffusers", "VQModel"],
+                "scheduler": ["diffusers", self.scheduler_config["_class_name"]],
+                "unet": ["diffusers", "UNet2DConditionModel"],
+            },
+        )
+        atomic_write_json(
+            directory / SETTINGS_NAME,
+            {
+                "_class_name": type(self).__name__,
+                "resolution": self.resolution,
+                "embedding_space": self.embedding_space,
+            },
+        )
         tensor = self.negative_image_embeds.detach().to("cpu", torch.float32).contiguous()
         atomic_write_bytes(directory / NEGATIVE_NAME, save_bytes({"negative_image_embeds": tensor}))
         return directory
@@ -384,8 +470,10 @@ class Kandinsky22Decoder(Decoder, nn.Module):
         if embedding.ndim == 2 and embedding.shape[0] == 1:
             embedding = embedding[0]
         if tuple(embedding.shape) != (self.embedding_dim,):
-            raise EmbeddingContractError(f"kandinsky22: the negative embedding must have shape ({self.embedding_dim},), "
-                                         f"got {tuple(embedding.shape)}")
+            raise EmbeddingContractError(
+                f"kandinsky22: the negative embedding must have shape ({self.embedding_dim},), "
+                f"got {tuple(embedding.shape)}"
+            )
         with torch.no_grad():
             self.negative_image_embeds.copy_(embedding.to(self.negative_image_embeds))
 
@@ -396,8 +484,10 @@ class Kandinsky22Decoder(Decoder, nn.Module):
     def _checked_resolution(self, resolution: int) -> int:
         multiple = self.movq_scale_factor * self.unet_scale_factor
         if int(resolution) != resolution or resolution <= 0 or resolution % multiple:
-            raise SettingError(f"kandinsky22 renders square images whose side is a multiple of {multiple} (MoVQ ×"
-                             f"{self.movq_scale_factor}, UNet ×{self.unet_scale_factor}); got {resolution}")
+            raise SettingError(
+                f"kandinsky22 renders square images whose side is a multiple of {multiple} (MoVQ ×"
+                f"{self.movq_scale_factor}, UNet ×{self.unet_scale_factor}); got {resolution}"
+            )
         return int(resolution)
 
     @property
@@ -443,19 +533,29 @@ class Kandinsky22Decoder(Decoder, nn.Module):
     # ------------------------------------------------------------------ decoding
 
     @torch.inference_mode()
-    def decode(self, image_embeds: torch.Tensor, batch: Batch, protocol: Protocol,
-               negative_image_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(
+        self,
+        image_embeds: torch.Tensor,
+        batch: Batch,
+        protocol: Protocol,
+        negative_image_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Images ``(N, 3, R, R)`` in [0, 1], ``R`` = ``protocol.resolution`` (else :attr:`resolution`).
 
         ``negative_image_embeds``: the guidance's negative, ``(D,)`` or ``(N, D)`` — what the prior's pipeline gives
         (the run passes :meth:`evalkit.contracts.Prior.negative_image_embedding`); None: the folder's own
         (:attr:`negative_image_embeds`, zeros unless the folder holds one)."""
         if image_embeds.ndim != 2 or image_embeds.shape[1] != self.embedding_dim:
-            got = f"{image_embeds.shape[1]}-d embeddings" if image_embeds.ndim == 2 else f"shape {tuple(image_embeds.shape)}"
+            got = (
+                f"{image_embeds.shape[1]}-d embeddings"
+                if image_embeds.ndim == 2
+                else f"shape {tuple(image_embeds.shape)}"
+            )
             raise EmbeddingContractError(
                 f"kandinsky22 decodes raw {self.embedding_dim}-d image embeddings of {self.embedding_space!r} "
                 f"(N, {self.embedding_dim}); got {got}. A prior for another CLIP space (e.g. a 768-d ViT-L/14 one, "
-                "as Karlo's) cannot feed this decoder.")
+                "as Karlo's) cannot feed this decoder."
+            )
         n = image_embeds.shape[0]
         if n != len(batch):
             raise ValueError(f"{n} embeddings for a batch of {len(batch)} images")
@@ -465,36 +565,57 @@ class Kandinsky22Decoder(Decoder, nn.Module):
         shape = (self.latent_channels, latent, latent)
         device, dtype = self.device, self.unet.dtype
         negative = self.negative_image_embeds if negative_image_embeds is None else negative_image_embeds
-        if negative.shape[-1] != self.embedding_dim or negative.ndim > 2 or (negative.ndim == 2 and negative.shape[0] != n):
-            raise EmbeddingContractError(f"kandinsky22: the negative image embedding must be ({self.embedding_dim},) or "
-                                         f"({n}, {self.embedding_dim}); got {tuple(negative.shape)}")
+        if (
+            negative.shape[-1] != self.embedding_dim
+            or negative.ndim > 2
+            or (negative.ndim == 2 and negative.shape[0] != n)
+        ):
+            raise EmbeddingContractError(
+                f"kandinsky22: the negative image embedding must be ({self.embedding_dim},) or "
+                f"({n}, {self.embedding_dim}); got {tuple(negative.shape)}"
+            )
         negative = negative.expand(n, -1) if negative.ndim == 1 else negative
         chunks = []
         was_training = self.training
         self.eval()
         try:
             for start in range(0, n, self.max_batch):
-                seeds = batch.seeds[start:start + self.max_batch]
+                seeds = batch.seeds[start : start + self.max_batch]
                 rows = slice(start, start + len(seeds))
-                chunks.append(self._decode_chunk(image_embeds[rows].to(device=device, dtype=dtype),
-                                                 negative[rows].to(device=device, dtype=dtype),
-                                                 seeds, shape, steps, protocol.guidance_scale))
+                chunks.append(
+                    self._decode_chunk(
+                        image_embeds[rows].to(device=device, dtype=dtype),
+                        negative[rows].to(device=device, dtype=dtype),
+                        seeds,
+                        shape,
+                        steps,
+                        protocol.guidance_scale,
+                    )
+                )
         finally:
             self._offload_all()
             self.train(was_training)
         images = torch.cat(chunks) if chunks else torch.empty((0, 3, resolution, resolution), device=device)
         return images.to(image_embeds.device)
 
-    def _decode_chunk(self, embeds: torch.Tensor, negative: torch.Tensor, seeds: Sequence[int],
-                      shape: tuple[int, int, int], steps: int, guidance_scale: float) -> torch.Tensor:
+    def _decode_chunk(
+        self,
+        embeds: torch.Tensor,
+        negative: torch.Tensor,
+        seeds: Sequence[int],
+        shape: tuple[int, int, int],
+        steps: int,
+        guidance_scale: float,
+    ) -> torch.Tensor:
         device, dtype = embeds.device, embeds.dtype
         noise = per_image_randn(seeds, shape)  # on CPU: the same latents on any device
         generators = seeded_generators(seeds)  # then the step noise, continuing each seed's stream
         for generator in generators:
             torch.randn(shape, generator=generator)
         scheduler = _PerImageNoise(self.make_scheduler(), generators)
-        latents = sample_image_conditioned(self.unet, scheduler, embeds, negative, noise.to(device=device, dtype=dtype),
-                                           steps, guidance_scale)
+        latents = sample_image_conditioned(
+            self.unet, scheduler, embeds, negative, noise.to(device=device, dtype=dtype), steps, guidance_scale
+        )
         return (self._movq_decode(latents).float() * 0.5 + 0.5).clamp(0.0, 1.0)
 
     def _movq_decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -502,6 +623,8 @@ class Kandinsky22Decoder(Decoder, nn.Module):
         own: no layer of the MoVQ mixes rows, so the chunks change the peak memory, not the images)."""
         latents = latents.to(self.movq.dtype)  # a force_upcast MoVQ under float16 (to_placement)
         size = self._vae_chunk_size or max(1, latents.shape[0])
-        parts = [self.movq.decode(latents[i:i + size], force_not_quantize=True).sample
-                 for i in range(0, latents.shape[0], size)]
+        parts = [
+            self.movq.decode(latents[i : i + size], force_not_quantize=True).sample
+            for i in range(0, latents.shape[0], size)
+        ]
         return torch.cat(parts) if len(parts) != 1 else parts[0]

@@ -61,50 +61,92 @@ PICKLE_HINT = "Convert the folder to safetensors (load it once with allow_pickle
 # Real-size architecture of karlo-v1-alpha, as diffusers' conversion script builds it
 # (huggingface/diffusers scripts/convert_kakao_brain_unclip_to_diffusers.py) and the Hub folder stores it.
 REAL_DECODER_CONFIG: dict[str, Any] = dict(
-    sample_size=64, layers_per_block=3,
-    down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D",
-                      "SimpleCrossAttnDownBlock2D"),
-    up_block_types=("SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D",
-                    "ResnetUpsampleBlock2D"),
-    mid_block_type="UNetMidBlock2DSimpleCrossAttn", block_out_channels=(320, 640, 960, 1280),
-    in_channels=3, out_channels=6, cross_attention_dim=1536, class_embed_type="identity",
-    attention_head_dim=64, resnet_time_scale_shift="scale_shift",
+    sample_size=64,
+    layers_per_block=3,
+    down_block_types=(
+        "ResnetDownsampleBlock2D",
+        "SimpleCrossAttnDownBlock2D",
+        "SimpleCrossAttnDownBlock2D",
+        "SimpleCrossAttnDownBlock2D",
+    ),
+    up_block_types=(
+        "SimpleCrossAttnUpBlock2D",
+        "SimpleCrossAttnUpBlock2D",
+        "SimpleCrossAttnUpBlock2D",
+        "ResnetUpsampleBlock2D",
+    ),
+    mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+    block_out_channels=(320, 640, 960, 1280),
+    in_channels=3,
+    out_channels=6,
+    cross_attention_dim=1536,
+    class_embed_type="identity",
+    attention_head_dim=64,
+    resnet_time_scale_shift="scale_shift",
 )
 REAL_SUPER_RES_CONFIG: dict[str, Any] = dict(
-    sample_size=256, layers_per_block=3, down_block_types=("ResnetDownsampleBlock2D",) * 4,
-    up_block_types=("ResnetUpsampleBlock2D",) * 4, block_out_channels=(320, 640, 960, 1280),
-    in_channels=6, out_channels=3, add_attention=False,
+    sample_size=256,
+    layers_per_block=3,
+    down_block_types=("ResnetDownsampleBlock2D",) * 4,
+    up_block_types=("ResnetUpsampleBlock2D",) * 4,
+    block_out_channels=(320, 640, 960, 1280),
+    in_channels=6,
+    out_channels=3,
+    add_attention=False,
 )
 # time_embed_dim = 4 × the decoder's first block width; cross_attention_dim = the decoder's
-REAL_TEXT_PROJ_CONFIG: dict[str, Any] = dict(clip_extra_context_tokens=4, clip_embeddings_dim=768,
-                                             time_embed_dim=1280, cross_attention_dim=1536)
-DECODER_SCHEDULER_CONFIG: dict[str, Any] = dict(variance_type="learned_range", prediction_type="epsilon",
-                                                num_train_timesteps=1000)
-SUPER_RES_SCHEDULER_CONFIG: dict[str, Any] = dict(variance_type="fixed_small_log", prediction_type="epsilon",
-                                                  num_train_timesteps=1000)
+REAL_TEXT_PROJ_CONFIG: dict[str, Any] = dict(
+    clip_extra_context_tokens=4, clip_embeddings_dim=768, time_embed_dim=1280, cross_attention_dim=1536
+)
+DECODER_SCHEDULER_CONFIG: dict[str, Any] = dict(
+    variance_type="learned_range", prediction_type="epsilon", num_train_timesteps=1000
+)
+SUPER_RES_SCHEDULER_CONFIG: dict[str, Any] = dict(
+    variance_type="fixed_small_log", prediction_type="epsilon", num_train_timesteps=1000
+)
 
 # The tiny stack of tests and examples: 16×16 decoder, 32×32 super-resolution, 1,000-token vocabulary.
 TINY_MAX_LENGTH = 16
 TINY_WIDTH = 32
 TINY_DECODER_CONFIG: dict[str, Any] = dict(
-    sample_size=16, layers_per_block=1,
+    sample_size=16,
+    layers_per_block=1,
     down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
     up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
-    mid_block_type="UNetMidBlock2DSimpleCrossAttn", block_out_channels=(16, 32), in_channels=3, out_channels=6,
-    cross_attention_dim=TINY_WIDTH, class_embed_type="identity", attention_head_dim=8,
-    resnet_time_scale_shift="scale_shift", norm_num_groups=8,
+    mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+    block_out_channels=(16, 32),
+    in_channels=3,
+    out_channels=6,
+    cross_attention_dim=TINY_WIDTH,
+    class_embed_type="identity",
+    attention_head_dim=8,
+    resnet_time_scale_shift="scale_shift",
+    norm_num_groups=8,
 )
 TINY_SUPER_RES_CONFIG: dict[str, Any] = dict(
-    sample_size=32, layers_per_block=1, down_block_types=("ResnetDownsampleBlock2D",) * 2,
-    up_block_types=("ResnetUpsampleBlock2D",) * 2, block_out_channels=(16, 32), in_channels=6, out_channels=3,
-    add_attention=False, norm_num_groups=8,
+    sample_size=32,
+    layers_per_block=1,
+    down_block_types=("ResnetDownsampleBlock2D",) * 2,
+    up_block_types=("ResnetUpsampleBlock2D",) * 2,
+    block_out_channels=(16, 32),
+    in_channels=6,
+    out_channels=3,
+    add_attention=False,
+    norm_num_groups=8,
 )
-TINY_TEXT_PROJ_CONFIG: dict[str, Any] = dict(clip_extra_context_tokens=4, clip_embeddings_dim=TINY_WIDTH,
-                                             time_embed_dim=4 * 16, cross_attention_dim=TINY_WIDTH)
+TINY_TEXT_PROJ_CONFIG: dict[str, Any] = dict(
+    clip_extra_context_tokens=4, clip_embeddings_dim=TINY_WIDTH, time_embed_dim=4 * 16, cross_attention_dim=TINY_WIDTH
+)
 TINY_TEXT_ENCODER_CONFIG: dict[str, Any] = dict(
-    vocab_size=512 + TINY_VOCAB_MERGES + 2, hidden_size=TINY_WIDTH, intermediate_size=64, num_hidden_layers=2,
-    num_attention_heads=2, max_position_embeddings=TINY_MAX_LENGTH, projection_dim=TINY_WIDTH,
-    bos_token_id=512 + TINY_VOCAB_MERGES, eos_token_id=512 + TINY_VOCAB_MERGES + 1,
+    vocab_size=512 + TINY_VOCAB_MERGES + 2,
+    hidden_size=TINY_WIDTH,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    max_position_embeddings=TINY_MAX_LENGTH,
+    projection_dim=TINY_WIDTH,
+    bos_token_id=512 + TINY_VOCAB_MERGES,
+    eos_token_id=512 + TINY_VOCAB_MERGES + 1,
     pad_token_id=512 + TINY_VOCAB_MERGES + 1,
 )
 
@@ -112,9 +154,11 @@ TINY_TEXT_ENCODER_CONFIG: dict[str, Any] = dict(
 def weights_hint(directory: str | os.PathLike | None = None) -> str:
     """How to get the weights (part of every missing-folder message)."""
     target = directory or "DIR"
-    return (f"Download {REPO_ID} on a machine with network access (`huggingface-cli download {REPO_ID} "
-            f"--local-dir {target}`), copy the folder here, then pass --decoder-path {target} "
-            f"(or set {ENV_DIR}={target}).")
+    return (
+        f"Download {REPO_ID} on a machine with network access (`huggingface-cli download {REPO_ID} "
+        f"--local-dir {target}`), copy the folder here, then pass --decoder-path {target} "
+        f"(or set {ENV_DIR}={target})."
+    )
 
 
 def install_diffusers_aliases() -> None:
@@ -154,8 +198,9 @@ def _sample_size(folder: Path) -> int | None:
         return None
 
 
-def _super_res_for(resolution: int | None, super_res: bool | None, base: int | None, upscaled: int | None,
-                   what: str) -> bool:
+def _super_res_for(
+    resolution: int | None, super_res: bool | None, base: int | None, upscaled: int | None, what: str
+) -> bool:
     """Whether a stack renders ``resolution``: its decoder's side (no super-resolution) or the super-resolution
     side; a :class:`SettingError` for another side or one that contradicts ``super_res``."""
     from evalkit.errors import SettingError
@@ -165,12 +210,17 @@ def _super_res_for(resolution: int | None, super_res: bool | None, base: int | N
     sides = {base: False, upscaled: True}
     sides.pop(None, None)
     if resolution not in sides:
-        with_sr = f" or {upscaled}×{upscaled} (with super-resolution)" if upscaled else " only (no super-resolution found)"
-        raise SettingError(f"{what} renders {base}×{base} (its decoder alone, no super-resolution){with_sr}; "
-                           f"--resolution {resolution} is {'neither' if upscaled else 'not that'}")
+        with_sr = (
+            f" or {upscaled}×{upscaled} (with super-resolution)" if upscaled else " only (no super-resolution found)"
+        )
+        raise SettingError(
+            f"{what} renders {base}×{base} (its decoder alone, no super-resolution){with_sr}; "
+            f"--resolution {resolution} is {'neither' if upscaled else 'not that'}"
+        )
     if super_res is not None and super_res != sides[resolution]:
-        raise SettingError(f"{what}: resolution={resolution} means super_res={sides[resolution]}, but "
-                           f"super_res={super_res} was given")
+        raise SettingError(
+            f"{what}: resolution={resolution} means super_res={sides[resolution]}, but super_res={super_res} was given"
+        )
     return sides[resolution]
 
 
@@ -197,9 +247,22 @@ class KarloDecoder(Decoder, nn.Module):
     #: model CPU offload order (diffusers' ``UnCLIPPipeline.model_cpu_offload_seq``)
     offload_sequence = ("text_encoder", "text_proj", "decoder", "super_res_first", "super_res_last")
 
-    def __init__(self, text_encoder, tokenizer, text_proj, decoder, decoder_scheduler, super_res_first=None,
-                 super_res_last=None, super_res_scheduler=None, *, super_res_num_inference_steps: int | None = None,
-                 max_batch: int = 8, offload: bool = False, attention: str | None = None):
+    def __init__(
+        self,
+        text_encoder,
+        tokenizer,
+        text_proj,
+        decoder,
+        decoder_scheduler,
+        super_res_first=None,
+        super_res_last=None,
+        super_res_scheduler=None,
+        *,
+        super_res_num_inference_steps: int | None = None,
+        max_batch: int = 8,
+        offload: bool = False,
+        attention: str | None = None,
+    ):
         """Wrap loaded components (see :meth:`from_pretrained`, :meth:`tiny`, :meth:`random_init`).
 
         Without ``super_res_first``/``super_res_last`` the decoder returns the 64×64 (tiny: 16×16) images.
@@ -223,7 +286,9 @@ class KarloDecoder(Decoder, nn.Module):
         self.super_res_last = super_res_last
         self.super_res_scheduler = super_res_scheduler
         self.super_res = super_res_first is not None
-        self.super_res_num_inference_steps = int(super_res_num_inference_steps or self.default_super_res_num_inference_steps)
+        self.super_res_num_inference_steps = int(
+            super_res_num_inference_steps or self.default_super_res_num_inference_steps
+        )
         self.max_batch = int(max_batch)
         self._check_components()
         self.embedding_dim = int(text_proj.config.clip_embeddings_dim)
@@ -235,8 +300,12 @@ class KarloDecoder(Decoder, nn.Module):
         if attention is not None:
             from evalkit.decoders import set_attention
 
-            set_attention("karlo", attention, [m for m in (decoder, super_res_first, super_res_last) if m is not None],
-                          [text_encoder])
+            set_attention(
+                "karlo",
+                attention,
+                [m for m in (decoder, super_res_first, super_res_last) if m is not None],
+                [text_encoder],
+            )
         self.eval()
 
     def _check_components(self) -> None:
@@ -244,14 +313,22 @@ class KarloDecoder(Decoder, nn.Module):
         text, proj, unet = self.text_encoder.config, self.text_proj.config, self.decoder.config
         width = proj.clip_embeddings_dim
         if text.projection_dim != width or text.hidden_size != width:
-            problems.append(f"text encoder width {text.hidden_size} / projection {text.projection_dim} vs "
-                            f"text_proj clip_embeddings_dim {width}")
+            problems.append(
+                f"text encoder width {text.hidden_size} / projection {text.projection_dim} vs "
+                f"text_proj clip_embeddings_dim {width}"
+            )
         if unet.cross_attention_dim != proj.cross_attention_dim:
-            problems.append(f"decoder cross_attention_dim {unet.cross_attention_dim} vs text_proj {proj.cross_attention_dim}")
+            problems.append(
+                f"decoder cross_attention_dim {unet.cross_attention_dim} vs text_proj {proj.cross_attention_dim}"
+            )
         if unet.block_out_channels[0] * 4 != proj.time_embed_dim:
-            problems.append(f"decoder time embedding {unet.block_out_channels[0] * 4} vs text_proj {proj.time_embed_dim}")
+            problems.append(
+                f"decoder time embedding {unet.block_out_channels[0] * 4} vs text_proj {proj.time_embed_dim}"
+            )
         if unet.class_embed_type != "identity":
-            problems.append(f"decoder class_embed_type {unet.class_embed_type!r} (Karlo adds the CLIP embedding: 'identity')")
+            problems.append(
+                f"decoder class_embed_type {unet.class_embed_type!r} (Karlo adds the CLIP embedding: 'identity')"
+            )
         if self.super_res:
             for part in (self.super_res_first, self.super_res_last):
                 if part.config.in_channels != 2 * unet.in_channels:
@@ -264,8 +341,9 @@ class KarloDecoder(Decoder, nn.Module):
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def tiny(cls, super_res: bool | None = None, seed: int = 0, resolution: int | None = None,
-             **settings) -> "KarloDecoder":
+    def tiny(
+        cls, super_res: bool | None = None, seed: int = 0, resolution: int | None = None, **settings
+    ) -> "KarloDecoder":
         """A tiny random stack (~0.63 M parameters, 16×16 → 32×32) for tests and examples; embedding dim 32.
 
         ``resolution`` 16 (no super-resolution) or 32; ``settings``: the constructor's (``max_batch``, levers).
@@ -275,8 +353,13 @@ class KarloDecoder(Decoder, nn.Module):
         from diffusers.schedulers import UnCLIPScheduler
         from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-        super_res = _super_res_for(resolution, super_res, TINY_DECODER_CONFIG["sample_size"],
-                                   TINY_SUPER_RES_CONFIG["sample_size"], "the tiny karlo stack")
+        super_res = _super_res_for(
+            resolution,
+            super_res,
+            TINY_DECODER_CONFIG["sample_size"],
+            TINY_SUPER_RES_CONFIG["sample_size"],
+            "the tiny karlo stack",
+        )
         with torch.random.fork_rng(devices=[]):  # seeded init; the global RNG is left as it was
             torch.manual_seed(seed)
             parts = dict(
@@ -287,17 +370,26 @@ class KarloDecoder(Decoder, nn.Module):
                 decoder_scheduler=UnCLIPScheduler(**DECODER_SCHEDULER_CONFIG),
             )
             if super_res:
-                parts.update(super_res_first=UNet2DModel(**TINY_SUPER_RES_CONFIG),
-                             super_res_last=UNet2DModel(**TINY_SUPER_RES_CONFIG),
-                             super_res_scheduler=UnCLIPScheduler(**SUPER_RES_SCHEDULER_CONFIG))
+                parts.update(
+                    super_res_first=UNet2DModel(**TINY_SUPER_RES_CONFIG),
+                    super_res_last=UNet2DModel(**TINY_SUPER_RES_CONFIG),
+                    super_res_scheduler=UnCLIPScheduler(**SUPER_RES_SCHEDULER_CONFIG),
+                )
             with torch.no_grad():  # zero-initialised by diffusers: give the guidance embedding a value
                 parts["text_proj"].learned_classifier_free_guidance_embeddings.normal_()
         return cls(**parts, **settings)
 
     @classmethod
-    def random_init(cls, size: str = "real", super_res: bool | None = None, device: str | torch.device | None = None,
-                    dtype: torch.dtype | None = None, seed: int = 0, resolution: int | None = None,
-                    **settings) -> "KarloDecoder":
+    def random_init(
+        cls,
+        size: str = "real",
+        super_res: bool | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        seed: int = 0,
+        resolution: int | None = None,
+        **settings,
+    ) -> "KarloDecoder":
         """karlo-v1-alpha's architecture with random weights (speed and memory benchmarks).
 
         ``size="real"``: the public configs (decoder UNet, two super-resolution UNets, text_proj, CLIP
@@ -310,8 +402,9 @@ class KarloDecoder(Decoder, nn.Module):
             return model.to(device=device, dtype=dtype) if device is not None or dtype is not None else model
         if size != "real":
             raise ValueError(f"karlo: unknown size {size!r}; use 'real' or 'tiny'")
-        super_res = _super_res_for(resolution, super_res, REAL_DECODER_CONFIG["sample_size"],
-                                   REAL_SUPER_RES_CONFIG["sample_size"], "karlo")
+        super_res = _super_res_for(
+            resolution, super_res, REAL_DECODER_CONFIG["sample_size"], REAL_SUPER_RES_CONFIG["sample_size"], "karlo"
+        )
         from diffusers import UNet2DConditionModel, UNet2DModel
         from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
         from diffusers.schedulers import UnCLIPScheduler
@@ -334,8 +427,14 @@ class KarloDecoder(Decoder, nn.Module):
         return model.to(dtype=dtype) if dtype is not None else model
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike | None = None, allow_pickle: bool = False,
-                        super_res: bool | None = None, resolution: int | None = None, **settings) -> "KarloDecoder":
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike | None = None,
+        allow_pickle: bool = False,
+        super_res: bool | None = None,
+        resolution: int | None = None,
+        **settings,
+    ) -> "KarloDecoder":
         """Load a folder in the public karlo-v1-alpha layout (default: ``$EVALKIT_KARLO_DIR``), on the CPU in float32.
 
         Reads text_encoder, tokenizer, text_proj, decoder, decoder_scheduler and, with ``super_res`` (default;
@@ -360,7 +459,8 @@ class KarloDecoder(Decoder, nn.Module):
             raise WeightsNotFoundError(
                 f"karlo: {root} is not a {REPO_ID} folder: missing {', '.join(f'{m}/' for m in missing)}"
                 + (" (or load with super_res=False)" if set(missing) <= set(SUPER_RES_COMPONENTS) else "")
-                + f". {weights_hint(root)}")
+                + f". {weights_hint(root)}"
+            )
         install_diffusers_aliases()
         load = functools.partial(_load_component, root)
         weights = functools.partial(_load_weights, root, allow_pickle)
@@ -376,9 +476,11 @@ class KarloDecoder(Decoder, nn.Module):
             decoder_scheduler=scheduler("decoder_scheduler"),
         )
         if super_res:
-            parts.update(super_res_first=weights("super_res_first", UNet2DModel, "diffusers"),
-                         super_res_last=weights("super_res_last", UNet2DModel, "diffusers"),
-                         super_res_scheduler=scheduler("super_res_scheduler"))
+            parts.update(
+                super_res_first=weights("super_res_first", UNet2DModel, "diffusers"),
+                super_res_last=weights("super_res_last", UNet2DModel, "diffusers"),
+                super_res_scheduler=scheduler("super_res_scheduler"),
+            )
         for part in parts.values():
             if isinstance(part, nn.Module):
                 _own_memory(part)
@@ -392,19 +494,25 @@ class KarloDecoder(Decoder, nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         self.text_encoder.save_pretrained(directory / "text_encoder")
         self.tokenizer.save_pretrained(directory / "tokenizer")
-        index: dict[str, Any] = {"_class_name": "UnCLIPPipeline", "_diffusers_version": diffusers.__version__,
-                                 "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
-                                 "tokenizer": ["transformers", "CLIPTokenizer"],
-                                 "text_proj": ["unclip", "UnCLIPTextProjModel"],
-                                 "decoder": ["diffusers", "UNet2DConditionModel"],
-                                 "decoder_scheduler": ["diffusers", "UnCLIPScheduler"]}
+        index: dict[str, Any] = {
+            "_class_name": "UnCLIPPipeline",
+            "_diffusers_version": diffusers.__version__,
+            "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "text_proj": ["unclip", "UnCLIPTextProjModel"],
+            "decoder": ["diffusers", "UNet2DConditionModel"],
+            "decoder_scheduler": ["diffusers", "UnCLIPScheduler"],
+        }
         modules = [("text_proj", self.text_proj), ("decoder", self.decoder)]
         schedulers = [("decoder_scheduler", self.decoder_scheduler)]
         if self.super_res:
             modules += [("super_res_first", self.super_res_first), ("super_res_last", self.super_res_last)]
             schedulers.append(("super_res_scheduler", self.super_res_scheduler))
-            index.update(super_res_first=["diffusers", "UNet2DModel"], super_res_last=["diffusers", "UNet2DModel"],
-                         super_res_scheduler=["diffusers", "UnCLIPScheduler"])
+            index.update(
+                super_res_first=["diffusers", "UNet2DModel"],
+                super_res_last=["diffusers", "UNet2DModel"],
+                super_res_scheduler=["diffusers", "UnCLIPScheduler"],
+            )
         for name, module in modules:
             module.save_pretrained(directory / name, safe_serialization=True)
         for name, sched in schedulers:
@@ -456,27 +564,45 @@ class KarloDecoder(Decoder, nn.Module):
     @property
     def config(self) -> dict:
         """Settings and component configs (part of the decoder's fingerprint)."""
+
         def public(config) -> dict:  # drop bookkeeping keys such as _use_default_values, _diffusers_version
             return {k: v for k, v in dict(config).items() if not k.startswith("_")}
 
         names = ["text_proj", "decoder", "decoder_scheduler"]
         names += ["super_res_first", "super_res_last", "super_res_scheduler"] if self.super_res else []
         out: dict[str, Any] = {name: public(getattr(self, name).config) for name in names}
-        out.update(super_res=self.super_res, super_res_num_inference_steps=self.super_res_num_inference_steps,
-                   text_encoder=public(self.text_encoder.config.to_dict()),
-                   tokenizer={"model_max_length": self.tokenizer.model_max_length, "vocab_size": len(self.tokenizer),
-                              "pad_token_id": self.tokenizer.pad_token_id})
+        out.update(
+            super_res=self.super_res,
+            super_res_num_inference_steps=self.super_res_num_inference_steps,
+            text_encoder=public(self.text_encoder.config.to_dict()),
+            tokenizer={
+                "model_max_length": self.tokenizer.model_max_length,
+                "vocab_size": len(self.tokenizer),
+                "pad_token_id": self.tokenizer.pad_token_id,
+            },
+        )
         return json.loads(json.dumps(out, default=str))
 
     def encode_prompts(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(text_embeds (N, D), last_hidden_state (N, L, W), attention_mask (N, L) bool)``, padded to L = max length."""
-        tokens = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt")
+        tokens = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
         out = self.text_encoder(tokens.input_ids.to(self.device))
         return out.text_embeds, out.last_hidden_state, tokens.attention_mask.bool().to(self.device)
 
-    def _sample_decoder(self, image_embeds: torch.Tensor, prompts: Sequence[str], generators: list[torch.Generator],
-                        steps: int, guidance_scale: float) -> torch.Tensor:
+    def _sample_decoder(
+        self,
+        image_embeds: torch.Tensor,
+        prompts: Sequence[str],
+        generators: list[torch.Generator],
+        steps: int,
+        guidance_scale: float,
+    ) -> torch.Tensor:
         """The 64×64 stage: x in [-1, 1], ``(n, 3, s, s)``."""
         from diffusers.schedulers import UnCLIPScheduler
 
@@ -488,8 +614,12 @@ class KarloDecoder(Decoder, nn.Module):
             prompt_embeds = torch.cat([neg_embeds.expand(n, -1), prompt_embeds])
             hidden = torch.cat([neg_hidden.expand(n, -1, -1), hidden])
             mask = torch.cat([neg_mask.expand(n, -1), mask])
-        hidden, time_embeds = self.text_proj(image_embeddings=image_embeds, prompt_embeds=prompt_embeds,
-                                             text_encoder_hidden_states=hidden, do_classifier_free_guidance=guided)
+        hidden, time_embeds = self.text_proj(
+            image_embeddings=image_embeds,
+            prompt_embeds=prompt_embeds,
+            text_encoder_hidden_states=hidden,
+            do_classifier_free_guidance=guided,
+        )
         mask = F.pad(mask, (self.text_proj.clip_extra_context_tokens, 0), value=True)
 
         scheduler = UnCLIPScheduler.from_config(self.decoder_scheduler.config)  # stateful: one per call
@@ -499,8 +629,13 @@ class KarloDecoder(Decoder, nn.Module):
         sample = self._noise(generators, (channels, size, size)) * scheduler.init_noise_sigma
         for i, t in enumerate(timesteps):
             model_input = torch.cat([sample, sample]) if guided else sample
-            out = self.decoder(sample=model_input, timestep=t, encoder_hidden_states=hidden, class_labels=time_embeds,
-                               attention_mask=mask).sample
+            out = self.decoder(
+                sample=model_input,
+                timestep=t,
+                encoder_hidden_states=hidden,
+                class_labels=time_embeds,
+                attention_mask=mask,
+            ).sample
             if guided:
                 uncond, cond = out.chunk(2)
                 eps_uncond = uncond[:, :channels]
@@ -522,8 +657,9 @@ class KarloDecoder(Decoder, nn.Module):
         sample = self._noise(generators, (channels, size, size)) * scheduler.init_noise_sigma
         antialias = {"antialias": True} if "antialias" in inspect.signature(F.interpolate).parameters else {}
         # in float32: the CPU has no half-precision antialiased bicubic kernel (float32 inputs are unchanged)
-        upscaled = F.interpolate(image_small.float(), size=[size, size], mode="bicubic", align_corners=False,
-                                 **antialias).to(image_small.dtype)
+        upscaled = F.interpolate(
+            image_small.float(), size=[size, size], mode="bicubic", align_corners=False, **antialias
+        ).to(image_small.dtype)
         for i, t in enumerate(timesteps):
             unet = self.super_res_last if i == len(timesteps) - 1 else self.super_res_first
             out = unet(sample=torch.cat([sample, upscaled], dim=1), timestep=t).sample
@@ -540,18 +676,24 @@ class KarloDecoder(Decoder, nn.Module):
     def decode(self, image_embeds: torch.Tensor, batch: Batch, protocol: Protocol) -> torch.Tensor:
         """Images ``(N, 3, R, R)`` in [0, 1] from raw CLIP ViT-L/14 image embeddings ``(N, 768)``."""
         if image_embeds.ndim != 2 or image_embeds.shape[1] != self.embedding_dim:
-            raise ValueError(f"karlo decoder expects raw CLIP ViT-L/14 image embeddings of shape (N, {self.embedding_dim}), "
-                             f"got {tuple(image_embeds.shape)}")
+            raise ValueError(
+                f"karlo decoder expects raw CLIP ViT-L/14 image embeddings of shape (N, {self.embedding_dim}), "
+                f"got {tuple(image_embeds.shape)}"
+            )
         n = image_embeds.shape[0]
         if n != len(batch):
             raise ValueError(f"{n} embeddings for a batch of {len(batch)} images")
         if protocol.resolution and protocol.resolution != self.resolution:
-            raise ValueError(f"karlo decoder renders {self.resolution}×{self.resolution}; the protocol asks for "
-                             f"{protocol.resolution} (load it with resolution={protocol.resolution} for that size)")
+            raise ValueError(
+                f"karlo decoder renders {self.resolution}×{self.resolution}; the protocol asks for "
+                f"{protocol.resolution} (load it with resolution={protocol.resolution} for that size)"
+            )
         steps = protocol.num_inference_steps or self.default_num_inference_steps
         for label, value in (("decoder", steps), ("super-resolution", self.super_res_num_inference_steps)):
             if value < 2 and (label == "decoder" or self.super_res):
-                raise ValueError(f"karlo: the {label} stage needs at least 2 inference steps (UnCLIPScheduler), got {value}")
+                raise ValueError(
+                    f"karlo: the {label} stage needs at least 2 inference steps (UnCLIPScheduler), got {value}"
+                )
         generators = seeded_generators(batch.seeds)  # one per image, on the CPU
         prompts = batch.prompts
         was_training = self.training
@@ -587,8 +729,10 @@ def _load_component(root: Path, name: str, loader, **kwargs):
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         if isinstance(error, WeightsNotFoundError):
             raise
-        raise CorruptFileError(f"karlo: could not load {folder} ({type(error).__name__}: {error}); "
-                               f"restore that folder from a fresh copy of {REPO_ID}") from error
+        raise CorruptFileError(
+            f"karlo: could not load {folder} ({type(error).__name__}: {error}); "
+            f"restore that folder from a fresh copy of {REPO_ID}"
+        ) from error
 
 
 def _load_weights(root: Path, allow_pickle: bool, name: str, loader, library: str):

@@ -51,7 +51,11 @@ class SynthDecoderConfig:
     # UNet: Kandinsky 2.2's block types, scaled down
     block_out_channels: tuple[int, ...] = (32, 64, 128)  # 32×32, 16×16, 8×8; attention at 16×16 and 8×8
     layers_per_block: int = 1
-    down_block_types: tuple[str, ...] = ("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D")
+    down_block_types: tuple[str, ...] = (
+        "ResnetDownsampleBlock2D",
+        "SimpleCrossAttnDownBlock2D",
+        "SimpleCrossAttnDownBlock2D",
+    )
     up_block_types: tuple[str, ...] = ("SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D")
     mid_block_type: str = "UNetMidBlock2DSimpleCrossAttn"
     cross_attention_dim: int = 128  # width of the 32 image tokens made by the image_proj layer
@@ -76,26 +80,47 @@ class SynthDecoderConfig:
 
     def unet_kwargs(self) -> dict:
         kwargs = dict(
-            sample_size=self.resolution, in_channels=self.channels, out_channels=self.channels,
-            block_out_channels=tuple(self.block_out_channels), layers_per_block=self.layers_per_block,
-            down_block_types=tuple(self.down_block_types), up_block_types=tuple(self.up_block_types),
-            mid_block_type=self.mid_block_type, cross_attention_dim=self.cross_attention_dim,
-            attention_head_dim=self.attention_head_dim, norm_num_groups=self.norm_num_groups,
-            resnet_time_scale_shift=self.resnet_time_scale_shift, cross_attention_norm=self.cross_attention_norm,
+            sample_size=self.resolution,
+            in_channels=self.channels,
+            out_channels=self.channels,
+            block_out_channels=tuple(self.block_out_channels),
+            layers_per_block=self.layers_per_block,
+            down_block_types=tuple(self.down_block_types),
+            up_block_types=tuple(self.up_block_types),
+            mid_block_type=self.mid_block_type,
+            cross_attention_dim=self.cross_attention_dim,
+            attention_head_dim=self.attention_head_dim,
+            norm_num_groups=self.norm_num_groups,
+            resnet_time_scale_shift=self.resnet_time_scale_shift,
+            cross_attention_norm=self.cross_attention_norm,
             # Kandinsky 2.2's conditioning on an image embedding
-            encoder_hid_dim=self.embedding_dim, encoder_hid_dim_type="image_proj", addition_embed_type="image",
+            encoder_hid_dim=self.embedding_dim,
+            encoder_hid_dim_type="image_proj",
+            addition_embed_type="image",
         )
         kwargs.update(self.extra_unet_kwargs)
         return kwargs
 
     def scheduler_config(self) -> dict:
-        return dict(num_train_timesteps=self.num_train_timesteps, beta_schedule=self.beta_schedule,
-                    prediction_type=self.prediction_type, clip_sample=self.clip_sample, clip_sample_range=1.0,
-                    timestep_spacing=self.timestep_spacing)
+        return dict(
+            num_train_timesteps=self.num_train_timesteps,
+            beta_schedule=self.beta_schedule,
+            prediction_type=self.prediction_type,
+            clip_sample=self.clip_sample,
+            clip_sample_range=1.0,
+            timestep_spacing=self.timestep_spacing,
+        )
 
 
-def sample_image_conditioned(unet, scheduler, image_embeds: torch.Tensor, negative_image_embeds: torch.Tensor,
-                             noise: torch.Tensor, num_inference_steps: int, guidance_scale: float) -> torch.Tensor:
+def sample_image_conditioned(
+    unet,
+    scheduler,
+    image_embeds: torch.Tensor,
+    negative_image_embeds: torch.Tensor,
+    noise: torch.Tensor,
+    num_inference_steps: int,
+    guidance_scale: float,
+) -> torch.Tensor:
     """Reverse diffusion of a UNet conditioned Kandinsky-2.2 style; returns the final sample (x0 space).
 
     Works for any ``UNet2DConditionModel`` with ``encoder_hid_dim_type="image_proj"`` and
@@ -142,8 +167,10 @@ class SynthDecoder(PretrainedMixin, Decoder, nn.Module):
         self.default_num_inference_steps = self.config.num_inference_steps
         self.default_guidance_scale = self.config.guidance_scale
         if self.config.sampling_dtype not in SAMPLING_DTYPES:
-            raise ValueError(f"synth decoder: sampling_dtype {self.config.sampling_dtype!r} is not one of "
-                             f"{', '.join(SAMPLING_DTYPES)}")
+            raise ValueError(
+                f"synth decoder: sampling_dtype {self.config.sampling_dtype!r} is not one of "
+                f"{', '.join(SAMPLING_DTYPES)}"
+            )
         self.compute_dtype = self.config.sampling_dtype
         self.unet = UNet2DConditionModel(**self.config.unet_kwargs())
         self.eval()  # a decoder; the trainer switches to train mode itself
@@ -151,9 +178,16 @@ class SynthDecoder(PretrainedMixin, Decoder, nn.Module):
     @staticmethod
     def tiny_config() -> SynthDecoderConfig:
         return SynthDecoderConfig(
-            embedding_dim=16, block_out_channels=(8, 16), down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
-            up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"), cross_attention_dim=32,
-            attention_head_dim=8, norm_num_groups=4, num_inference_steps=4, guidance_scale=2.0)
+            embedding_dim=16,
+            block_out_channels=(8, 16),
+            down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+            up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=4,
+            num_inference_steps=4,
+            guidance_scale=2.0,
+        )
 
     @classmethod
     def tiny(cls) -> "SynthDecoder":
@@ -175,7 +209,9 @@ class SynthDecoder(PretrainedMixin, Decoder, nn.Module):
 
     def forward(self, sample: torch.Tensor, timesteps: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
         """The noise prediction (training)."""
-        return self.unet(sample, timesteps, encoder_hidden_states=None, added_cond_kwargs={"image_embeds": image_embeds}).sample
+        return self.unet(
+            sample, timesteps, encoder_hidden_states=None, added_cond_kwargs={"image_embeds": image_embeds}
+        ).sample
 
     @property
     def device(self) -> torch.device:
@@ -200,11 +236,15 @@ class SynthDecoder(PretrainedMixin, Decoder, nn.Module):
     def decode(self, image_embeds: torch.Tensor, batch: Batch, protocol: Protocol) -> torch.Tensor:
         n = image_embeds.shape[0]
         if image_embeds.ndim != 2 or image_embeds.shape[1] != self.embedding_dim:
-            raise ValueError(f"synth decoder expects image embeddings (N, {self.embedding_dim}), got {tuple(image_embeds.shape)}")
+            raise ValueError(
+                f"synth decoder expects image embeddings (N, {self.embedding_dim}), got {tuple(image_embeds.shape)}"
+            )
         if n != len(batch):
             raise ValueError(f"{n} embeddings for a batch of {len(batch)} images")
         if protocol.resolution and protocol.resolution != self.resolution:
-            raise ValueError(f"synth decoder renders {self.resolution}×{self.resolution}; the protocol asks for {protocol.resolution}")
+            raise ValueError(
+                f"synth decoder renders {self.resolution}×{self.resolution}; the protocol asks for {protocol.resolution}"
+            )
         steps = protocol.num_inference_steps or self.default_num_inference_steps
         r, c = self.resolution, self.config.channels
         device = self.device
@@ -221,9 +261,15 @@ class SynthDecoder(PretrainedMixin, Decoder, nn.Module):
                 stop = min(n, start + self.config.max_batch)
                 embeds = image_embeds[start:stop].to(device=device, dtype=dtype)
                 with autocast:
-                    x0 = sample_image_conditioned(self.unet, self.sampling_scheduler(), embeds, torch.zeros_like(embeds),
-                                                  noise[start:stop].to(device=device, dtype=dtype), steps,
-                                                  protocol.guidance_scale)
+                    x0 = sample_image_conditioned(
+                        self.unet,
+                        self.sampling_scheduler(),
+                        embeds,
+                        torch.zeros_like(embeds),
+                        noise[start:stop].to(device=device, dtype=dtype),
+                        steps,
+                        protocol.guidance_scale,
+                    )
                 chunks.append(x0.float())
         finally:
             self.train(was_training)
@@ -249,7 +295,9 @@ class SynthDecoder(PretrainedMixin, Decoder, nn.Module):
         """Load ``directory`` (default: the shipped weights); weights stored in fp16 are cast to float32."""
         directory = Path(directory) if directory is not None else SHIPPED_DIR
         if not (directory / CONFIG_NAME).is_file():
-            raise WeightsNotFoundError(f"the synthetic world's decoder: no weights at {directory} (no {CONFIG_NAME}). {TRAIN_HINT}")
+            raise WeightsNotFoundError(
+                f"the synthetic world's decoder: no weights at {directory} (no {CONFIG_NAME}). {TRAIN_HINT}"
+            )
         # config types, a meta build checked against the file's tensor shapes, then the real build
         return cls.load_folder(directory, allow_pickle, overrides)
 
@@ -260,6 +308,8 @@ class SynthDecoder(PretrainedMixin, Decoder, nn.Module):
         if small:
             raise ConfigMismatchError(f"{where or 'decoder config'}: {', '.join(small)} must be at least 1")
         if config.resolution > MAX_RESOLUTION:
-            raise ConfigMismatchError(f"{where or 'decoder config'}: resolution = {config.resolution} is beyond "
-                                      f"{MAX_RESOLUTION} (the synthetic world renders 32×32)")
+            raise ConfigMismatchError(
+                f"{where or 'decoder config'}: resolution = {config.resolution} is beyond "
+                f"{MAX_RESOLUTION} (the synthetic world renders 32×32)"
+            )
         return config

@@ -71,8 +71,9 @@ def build_open_clip(model_cfg: dict):
     # on the meta device (a config checked before anything real is allocated) open_clip must not move it to the CPU
     device = "meta" if torch.empty(0).device.type == "meta" else "cpu"
     try:
-        model, _, _ = open_clip.create_model_and_transforms(MODEL_NAME, pretrained=None, device=device,
-                                                            **_overrides(model_cfg))
+        model, _, _ = open_clip.create_model_and_transforms(
+            MODEL_NAME, pretrained=None, device=device, **_overrides(model_cfg)
+        )
     finally:
         logger.setLevel(level)
     return model
@@ -101,8 +102,11 @@ class WorldCLIP(nn.Module):
         super().__init__()
         model_cfg = copy.deepcopy(model_cfg or base_model_config())
         context_length = model_cfg["text_cfg"]["context_length"]
-        self.tokenizer = (CompactTokenizer(bpe_ids, context_length) if bpe_ids is not None
-                          else CompactTokenizer.from_words(world_words(), context_length))
+        self.tokenizer = (
+            CompactTokenizer(bpe_ids, context_length)
+            if bpe_ids is not None
+            else CompactTokenizer.from_words(world_words(), context_length)
+        )
         model_cfg["text_cfg"]["vocab_size"] = self.tokenizer.vocab_size
         self.model_cfg = model_cfg
         self.model = build_open_clip(model_cfg)
@@ -151,7 +155,9 @@ class WorldCLIP(nn.Module):
         x = m.transformer(x, attn_mask=m.attn_mask)
         hidden = m.ln_final(x)
         pooled = hidden[torch.arange(ids.shape[0]), ids.argmax(dim=-1)]
-        embeds = pooled @ m.text_projection if not isinstance(m.text_projection, nn.Linear) else m.text_projection(pooled)
+        embeds = (
+            pooled @ m.text_projection if not isinstance(m.text_projection, nn.Linear) else m.text_projection(pooled)
+        )
         return TextEncoding(EMBEDDING_SPACE, embeds.float(), hidden.float(), mask)
 
     def encode_text(self, prompts: list[str]) -> TextEncoding:
@@ -169,8 +175,14 @@ class WorldCLIP(nn.Module):
     # ------------------------------------------------------------------ weights
 
     def config_dict(self) -> dict:
-        return {"_class_name": type(self).__name__, "model_name": MODEL_NAME, "model_cfg": self.model_cfg,
-                "bpe_ids": self.tokenizer.bpe_ids, "image_mean": IMAGE_MEAN, "image_std": IMAGE_STD}
+        return {
+            "_class_name": type(self).__name__,
+            "model_name": MODEL_NAME,
+            "model_cfg": self.model_cfg,
+            "bpe_ids": self.tokenizer.bpe_ids,
+            "image_mean": IMAGE_MEAN,
+            "image_std": IMAGE_STD,
+        }
 
     def save_pretrained(self, directory, metadata: dict | None = None, dtype: torch.dtype | None = None) -> Path:
         """``config.json`` + ``model.safetensors``; ``dtype=torch.float16`` halves the shipped file."""
@@ -186,10 +198,13 @@ class WorldCLIP(nn.Module):
         raw = {key: config.get(key) for key in ("model_cfg", "bpe_ids")}
         check_config_values(raw, {"model_cfg": dict, "bpe_ids": list[int]}, where)
         if not all(isinstance(raw["model_cfg"].get(tower), dict) for tower in ("text_cfg", "vision_cfg")):
-            raise ConfigMismatchError(f"{where}: model_cfg must hold text_cfg and vision_cfg objects (open_clip's layout)")
+            raise ConfigMismatchError(
+                f"{where}: model_cfg must hold text_cfg and vision_cfg objects (open_clip's layout)"
+            )
         # built on the meta device and checked against the file's tensor shapes before the real build
-        return load_pretrained(directory, lambda r: cls(r["model_cfg"], r["bpe_ids"]), raw, "the world CLIP",
-                               allow_pickle=allow_pickle)
+        return load_pretrained(
+            directory, lambda r: cls(r["model_cfg"], r["bpe_ids"]), raw, "the world CLIP", allow_pickle=allow_pickle
+        )
 
 
 @functools.lru_cache(maxsize=2)

@@ -25,8 +25,10 @@ class WorldConvNet(nn.Module):
         w1, w2, w3 = widths
         self.features = nn.Sequential(
             _block(3, w1, 1),  # 32×32
-            _block(w1, w2, 2), _block(w2, w2, 1),  # 16×16
-            _block(w2, w3, 2), _block(w3, w3, 1),  # 8×8
+            _block(w1, w2, 2),
+            _block(w2, w2, 1),  # 16×16
+            _block(w2, w3, 2),
+            _block(w3, w3, 1),  # 8×8
         )
         self.num_features = 2 * w3
         self.default_cfg = {}
@@ -48,6 +50,7 @@ def register() -> None:
     from timm.models import is_model, register_model
 
     if not is_model(MODEL_NAME):
+
         def evalkit_world_cnn(pretrained: bool = False, **kwargs):
             kwargs = {k: v for k, v in kwargs.items() if k in ("num_classes", "widths")}
             return WorldConvNet(**kwargs)

@@ -56,7 +56,9 @@ class CompactTokenizer:
             pieces = [self._compact.get(i, self.UNK) for i in bpe.encode(word)]
             if self.UNK in pieces and word.lower() not in self._warned:
                 self._warned.add(word.lower())
-                warnings.warn(f"{word!r} is outside the synthetic world's vocabulary; it is encoded as <unk>", stacklevel=3)
+                warnings.warn(
+                    f"{word!r} is outside the synthetic world's vocabulary; it is encoded as <unk>", stacklevel=3
+                )
             out.extend(pieces)
         return out
 

@@ -122,7 +122,9 @@ def _settings(plugin, numeric: bool = True) -> dict:
     config = getattr(plugin, "config", None)
     if config is not None:
         try:
-            out["config"] = json.loads(json.dumps(config, default=lambda o: o.__dict__ if hasattr(o, "__dict__") else str(o)))
+            out["config"] = json.loads(
+                json.dumps(config, default=lambda o: o.__dict__ if hasattr(o, "__dict__") else str(o))
+            )
         except (TypeError, ValueError):
             out["config"] = str(config)
         if not numeric and isinstance(out["config"], dict):
@@ -143,9 +145,13 @@ def fingerprint(plugin, code: bool = True, numeric: bool = True) -> str:
         return str(own())
     from evalkit import __version__
 
-    parts = {"class": f"{type(plugin).__module__}.{type(plugin).__qualname__}", "name": getattr(plugin, "name", ""),
-             "version": getattr(plugin, "version", ""), "settings": _settings(plugin, numeric),
-             "weights": weights_fingerprint(plugin)}
+    parts = {
+        "class": f"{type(plugin).__module__}.{type(plugin).__qualname__}",
+        "name": getattr(plugin, "name", ""),
+        "version": getattr(plugin, "version", ""),
+        "settings": _settings(plugin, numeric),
+        "weights": weights_fingerprint(plugin),
+    }
     if code:
         parts.update(source=_source_digest(plugin), evalkit=__version__)
     return content_hash(parts, length=KEY_LENGTH)
@@ -209,8 +215,12 @@ def decode_image(data: bytes) -> np.ndarray:
 def decode_score(data: bytes) -> dict:
     """A score entry: ``{"image_sha256": str, "row": {"score": number, ...}}``."""
     entry = json.loads(data)
-    if not isinstance(entry, dict) or not isinstance(entry.get("image_sha256"), str) \
-            or not isinstance(entry.get("row"), dict) or not isinstance(entry["row"].get("score"), (int, float)):
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("image_sha256"), str)
+        or not isinstance(entry.get("row"), dict)
+        or not isinstance(entry["row"].get("score"), (int, float))
+    ):
         raise ValueError("not a score entry")
     return entry
 
@@ -257,11 +267,15 @@ class WorkCache:
         if isinstance(error, UnverifiedEntry):
             if not self._warned_unverified:  # a cache of an older evalkit: said once, not per entry
                 self._warned_unverified = True
-                warnings.warn(f"cache entries without a recorded sha256 (written by an older evalkit, e.g. {path}) "
-                              "are not trusted; recomputing them")
+                warnings.warn(
+                    f"cache entries without a recorded sha256 (written by an older evalkit, e.g. {path}) "
+                    "are not trusted; recomputing them"
+                )
         else:
-            warnings.warn(f"cache entry {path} is unreadable or was altered ({type(error).__name__}: {error}); "
-                          "deleted, recomputing it")
+            warnings.warn(
+                f"cache entry {path} is unreadable or was altered ({type(error).__name__}: {error}); "
+                "deleted, recomputing it"
+            )
         try:
             remove_entry(path)
         except OSError:
@@ -332,12 +346,16 @@ class WorkCache:
 
     def put_score(self, key: str, image_sha: str, row: dict) -> None:
         if self.enabled:
-            self._write(self.path("score", key, ".json"),
-                        json.dumps({"image_sha256": image_sha, "row": row}).encode())
+            self._write(self.path("score", key, ".json"), json.dumps({"image_sha256": image_sha, "row": row}).encode())
 
     def stats(self) -> dict:
-        return {"enabled": self.enabled, "root": str(self.root) if self.root else None,
-                "hits": dict(self.hits), "misses": dict(self.misses), "stored": dict(self.stored)}
+        return {
+            "enabled": self.enabled,
+            "root": str(self.root) if self.root else None,
+            "hits": dict(self.hits),
+            "misses": dict(self.misses),
+            "stored": dict(self.stored),
+        }
 
 
 def png_bytes(image: np.ndarray) -> bytes:

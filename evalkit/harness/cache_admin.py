@@ -54,8 +54,9 @@ def entries(root: Path) -> list[Entry]:
             if stat is None:
                 continue
             sidecar = _stat(hash_path(path))
-            found.append(Entry(kind, path, stat.st_size + (sidecar.st_size if sidecar else 0),
-                               max(stat.st_atime, stat.st_mtime)))
+            found.append(
+                Entry(kind, path, stat.st_size + (sidecar.st_size if sidecar else 0), max(stat.st_atime, stat.st_mtime))
+            )
     return found
 
 
@@ -68,8 +69,11 @@ def leftovers(root: Path, older_than: float = STALE_S) -> list[tuple[Path, str]]
         if not folder.is_dir():
             continue
         candidates = [(p, "temporary file of an unfinished write") for p in folder.glob("*/.*.tmp")]
-        candidates += [(p, "recorded hash without its entry") for p in folder.glob(f"*/*{suffix}{HASH_SUFFIX}")
-                       if not p.with_name(p.name[:-len(HASH_SUFFIX)]).exists()]
+        candidates += [
+            (p, "recorded hash without its entry")
+            for p in folder.glob(f"*/*{suffix}{HASH_SUFFIX}")
+            if not p.with_name(p.name[: -len(HASH_SUFFIX)]).exists()
+        ]
         for path, reason in candidates:
             stat = _stat(path)
             if stat is not None and now - stat.st_mtime > older_than:
@@ -96,8 +100,14 @@ def info(root: Path) -> dict:
         label = next(label for label, limit in AGE_BUCKETS if now - entry.last_used < limit)
         by_age[label]["entries"] += 1
         by_age[label]["bytes"] += entry.size
-    return {"root": str(root), "entries": len(found), "bytes": sum(e.size for e in found), "by_kind": by_kind,
-            "by_age": by_age, "leftovers": len(leftovers(root))}
+    return {
+        "root": str(root),
+        "entries": len(found),
+        "bytes": sum(e.size for e in found),
+        "by_kind": by_kind,
+        "by_age": by_age,
+        "leftovers": len(leftovers(root)),
+    }
 
 
 def verify(root: Path) -> tuple[int, list[tuple[Path, str]]]:
@@ -151,7 +161,7 @@ def clear(root: Path) -> list[Entry]:
 
 
 _UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": DAY, "w": 7 * DAY}
-_UNITS_B = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
+_UNITS_B = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
 def parse_duration(text: str) -> float:

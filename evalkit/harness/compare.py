@@ -112,8 +112,11 @@ NUMERIC_PATH_FIELDS = ("dtype",)
 
 
 def _protocol_difference(a: dict, b: dict) -> list[str]:
-    return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k) and k not in NUMERIC_PATH_FIELDS]
+    return [
+        f"{k}: {a.get(k)!r} → {b.get(k)!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k) and k not in NUMERIC_PATH_FIELDS
+    ]
 
 
 def _prompt_sets(results: dict, samples: list[dict] | None) -> dict | None:
@@ -132,18 +135,26 @@ def check_prompt_sets(base: dict, new: dict, base_samples=None, new_samples=None
     """Raise unless each shared suite was run on the same prompts; notes when that cannot be checked."""
     a, b = _prompt_sets(base, base_samples), _prompt_sets(new, new_samples)
     if a is None or b is None:
-        return ["prompt sets not recorded by " + " and ".join(n for n, s in (("base", a), ("new", b)) if s is None)
-                + ": assumed equal"]
+        return [
+            "prompt sets not recorded by "
+            + " and ".join(n for n, s in (("base", a), ("new", b)) if s is None)
+            + ": assumed equal"
+        ]
     problems = []
     for suite in sorted(set(a) & set(b)):
         if a[suite] != b[suite]:
             limits = [(r.get("config") or {}).get("limit") for r in (base, new)]
             limit = f" (--limit {limits[0]} vs {limits[1]})" if limits[0] != limits[1] else ""
-            problems.append(f"{suite}: base scored {a[suite][0]} prompts, new {b[suite][0]}"
-                            + (" (other prompts)" if a[suite][0] == b[suite][0] else "") + limit)
+            problems.append(
+                f"{suite}: base scored {a[suite][0]} prompts, new {b[suite][0]}"
+                + (" (other prompts)" if a[suite][0] == b[suite][0] else "")
+                + limit
+            )
     if problems:
-        raise ProtocolMismatchError("the runs scored other prompt sets (" + "; ".join(problems) + "); compare runs "
-                                    "of the same prompts, or regenerate the base with the new prompt set")
+        raise ProtocolMismatchError(
+            "the runs scored other prompt sets (" + "; ".join(problems) + "); compare runs "
+            "of the same prompts, or regenerate the base with the new prompt set"
+        )
     return []
 
 
@@ -153,8 +164,9 @@ def _per_image(samples: list[dict] | None) -> dict:
     for s in samples or []:
         splits = ("all",) + (("seen" if s["seen"] else "unseen",) if s.get("seen") is not None else ())
         for split in splits:
-            out.setdefault((s["prior"], s["suite"], s["scorer"], s["category"], split), {})[(s["item_id"], s["seed"])] = \
-                float(s["score"])
+            out.setdefault((s["prior"], s["suite"], s["scorer"], s["category"], split), {})[
+                (s["item_id"], s["seed"])
+            ] = float(s["score"])
     return out
 
 
@@ -168,14 +180,23 @@ def _environment_notes(base: dict, new: dict) -> list[str]:
     return notes
 
 
-def compare_results(base: dict, new: dict, z: float = DEFAULT_Z, base_samples: list[dict] | None = None,
-                    new_samples: list[dict] | None = None, min_prompts: int = MIN_PROMPTS) -> Comparison:
+def compare_results(
+    base: dict,
+    new: dict,
+    z: float = DEFAULT_Z,
+    base_samples: list[dict] | None = None,
+    new_samples: list[dict] | None = None,
+    min_prompts: int = MIN_PROMPTS,
+) -> Comparison:
     """Compare two ``results.json`` payloads (and, when given, their samples); raises on a mismatch."""
     z = check_z(z)
     if base["protocol_hash"] != new["protocol_hash"]:
         diff = _protocol_difference(base["protocol"], new["protocol"])
-        raise ProtocolMismatchError("the runs used different protocols (" + ("; ".join(diff) or "hash differs")
-                                    + "); compare runs of one protocol, or regenerate the base with the new one")
+        raise ProtocolMismatchError(
+            "the runs used different protocols ("
+            + ("; ".join(diff) or "hash differs")
+            + "); compare runs of one protocol, or regenerate the base with the new one"
+        )
     index = lambda rows: {tuple(r[k] for k in KEY_FIELDS): r for r in rows}
     a, b = index(base["rows"]), index(new["rows"])
     shared = sorted(set(a) & set(b))
@@ -183,11 +204,15 @@ def compare_results(base: dict, new: dict, z: float = DEFAULT_Z, base_samples: l
         va, vb = ({(k[1], k[2]) for k in rows} for rows in (a, b))
         if va & vb:
             pa, pb = sorted({k[0] for k in a}), sorted({k[0] for k in b})
-            reason = (f"the runs share suite versions {sorted(va & vb)} but no prior: base has {pa}, new has {pb} "
-                      "(rows are matched by prior name)")
+            reason = (
+                f"the runs share suite versions {sorted(va & vb)} but no prior: base has {pa}, new has {pb} "
+                "(rows are matched by prior name)"
+            )
         else:
-            reason = (f"suites and versions: base {sorted(va)}, new {sorted(vb)}; a changed suite version means a "
-                      "changed prompt list")
+            reason = (
+                f"suites and versions: base {sorted(va)}, new {sorted(vb)}; a changed suite version means a "
+                "changed prompt list"
+            )
         raise ProtocolMismatchError(f"no rows in common ({reason})")
     notes = check_prompt_sets(base, new, base_samples, new_samples) + _environment_notes(base, new)
     images_a, images_b = _per_image(base_samples), _per_image(new_samples)
@@ -200,8 +225,12 @@ def compare_results(base: dict, new: dict, z: float = DEFAULT_Z, base_samples: l
         paired = bool(pa) and pa.keys() == (pb or {}).keys()
         if paired:
             items = sorted(pa)
-            cmp = paired_bootstrap([sign * pa[k] for k in items], [sign * pb[k] for k in items],
-                                   clusters=[k[0] for k in items], score_range=max(float(ra.get("score_resolution", 1.0)), float(rb.get("score_resolution", 1.0))))
+            cmp = paired_bootstrap(
+                [sign * pa[k] for k in items],
+                [sign * pb[k] for k in items],
+                clusters=[k[0] for k in items],
+                score_range=max(float(ra.get("score_resolution", 1.0)), float(rb.get("score_resolution", 1.0))),
+            )
             stderr, score, n_prompts, n_images = cmp.stderr, cmp.z, cmp.n_clusters, cmp.n
         else:
             diff = sign * (rb["value"] - ra["value"])
@@ -242,19 +271,61 @@ def render(comparison: Comparison, base_name: str, new_name: str) -> str:
     from evalkit.harness.paired import format_z
 
     c = comparison
-    lines = ["# evalkit compare", "", f"Base `{base_name}` → new `{new_name}`: {headline(c)}.", "",
-             f"A gated row (at least {c.min_prompts} prompts) changes when its difference passes {c.z:g} standard "
-             "errors: paired per-image differences where both runs kept their images' scores (bootstrap over "
-             "prompts, floored at r·√½/n for a scorer of resolution r), else the rows' floored errors combined.", ""]
+    lines = [
+        "# evalkit compare",
+        "",
+        f"Base `{base_name}` → new `{new_name}`: {headline(c)}.",
+        "",
+        f"A gated row (at least {c.min_prompts} prompts) changes when its difference passes {c.z:g} standard "
+        "errors: paired per-image differences where both runs kept their images' scores (bootstrap over "
+        "prompts, floored at r·√½/n for a scorer of resolution r), else the rows' floored errors combined.",
+        "",
+    ]
     if c.notes:
         lines += ["Notes (not failures):", ""] + [f"- {note}" for note in c.notes] + [""]
     order = {"regression": 0, "improvement": 1, "same": 2, "ungated": 3}
-    table = [[*ch.key[:2], ch.key[3], ch.key[4], ch.key[5], ch.n_prompts, ch.n_images, f"{ch.base:.4f}", f"{ch.new:.4f}",
-              f"{ch.difference:+.4f}", "paired" if ch.paired else "unpaired", f"{ch.stderr:.4f}", format_z(ch.z),
-              STATUS_LABEL[ch.status]]
-             for ch in sorted(c.changes, key=lambda ch: (order[ch.status], ch.key))]
-    lines += [tabulate(table, headers=["prior", "suite", "category", "split", "metric", "prompts", "images", "base", "new",
-                                       "Δ", "test", "stderr", "z", ""], tablefmt="github", disable_numparse=True), ""]
+    table = [
+        [
+            *ch.key[:2],
+            ch.key[3],
+            ch.key[4],
+            ch.key[5],
+            ch.n_prompts,
+            ch.n_images,
+            f"{ch.base:.4f}",
+            f"{ch.new:.4f}",
+            f"{ch.difference:+.4f}",
+            "paired" if ch.paired else "unpaired",
+            f"{ch.stderr:.4f}",
+            format_z(ch.z),
+            STATUS_LABEL[ch.status],
+        ]
+        for ch in sorted(c.changes, key=lambda ch: (order[ch.status], ch.key))
+    ]
+    lines += [
+        tabulate(
+            table,
+            headers=[
+                "prior",
+                "suite",
+                "category",
+                "split",
+                "metric",
+                "prompts",
+                "images",
+                "base",
+                "new",
+                "Δ",
+                "test",
+                "stderr",
+                "z",
+                "",
+            ],
+            tablefmt="github",
+            disable_numparse=True,
+        ),
+        "",
+    ]
     for label, keys in (("of base missing from new (a failure)", c.only_base), ("only in new", c.only_new)):
         if keys:
             lines += [f"Rows {label}: " + ", ".join(f"{k[0]}/{k[1]}/{k[3]}/{k[4]}/{k[5]}" for k in keys), ""]

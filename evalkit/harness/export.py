@@ -29,13 +29,22 @@ MAX_NAME_BYTES = 255
 
 def check_prompts(prompts) -> None:
     """Raise naming every prompt that cannot be a T2I-CompBench file name."""
-    bad = sorted({p for p in prompts if any(c in p for c in FORBIDDEN) or not p.strip()
-                  or len(f"{p}_000000.png".encode("utf-8")) > MAX_NAME_BYTES})
+    bad = sorted(
+        {
+            p
+            for p in prompts
+            if any(c in p for c in FORBIDDEN)
+            or not p.strip()
+            or len(f"{p}_000000.png".encode("utf-8")) > MAX_NAME_BYTES
+        }
+    )
     if bad:
         shown = "; ".join(repr(p) for p in bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
-        raise EvalkitError(f"{len(bad)} prompt(s) cannot be written as T2I-CompBench file names "
-                           f"('{{prompt}}_{{index:06d}}.png': their scorer splits the name on '_'; no '/' either; "
-                           f"at most {MAX_NAME_BYTES} bytes): {shown}. Nothing was exported.")
+        raise EvalkitError(
+            f"{len(bad)} prompt(s) cannot be written as T2I-CompBench file names "
+            f"('{{prompt}}_{{index:06d}}.png': their scorer splits the name on '_'; no '/' either; "
+            f"at most {MAX_NAME_BYTES} bytes): {shown}. Nothing was exported."
+        )
 
 
 def export_t2i_compbench(run_dir: str | os.PathLike, out: str | os.PathLike, scorer: str | None = None) -> Path:
@@ -68,10 +77,28 @@ def export_t2i_compbench(run_dir: str | os.PathLike, out: str | os.PathLike, sco
             for index, s in enumerate(sorted(rows, key=lambda r: (r["item_id"], r["seed"]))):
                 name = f"{s['prompt']}_{index:06d}.png"
                 shutil.copyfile(sources[s["image_path"]], folder / "samples" / name)
-                manifest.append({"index": index, "file": name, "item_id": s["item_id"], "prompt": s["prompt"],
-                                 "seed": s["seed"], "suite": s["suite"], "score": s["score"], "scorer": s["scorer"]})
-            atomic_write_json(folder / "manifest.json", {"run": str(run.path), "prior": prior, "category": category,
-                                                         "protocol_hash": run.results["protocol_hash"], "images": manifest})
+                manifest.append(
+                    {
+                        "index": index,
+                        "file": name,
+                        "item_id": s["item_id"],
+                        "prompt": s["prompt"],
+                        "seed": s["seed"],
+                        "suite": s["suite"],
+                        "score": s["score"],
+                        "scorer": s["scorer"],
+                    }
+                )
+            atomic_write_json(
+                folder / "manifest.json",
+                {
+                    "run": str(run.path),
+                    "prior": prior,
+                    "category": category,
+                    "protocol_hash": run.results["protocol_hash"],
+                    "images": manifest,
+                },
+            )
         if out.exists():
             out.rmdir()
         os.replace(staging, out)

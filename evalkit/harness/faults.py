@@ -34,12 +34,17 @@ def injector(*faults: Fault) -> Fault:
 
 
 def _mark(plugin, label: str) -> None:
-    plugin.injected_fault = ((getattr(plugin, "injected_fault", "") + "; ") if getattr(plugin, "injected_fault", "") else "") + label
+    plugin.injected_fault = (
+        (getattr(plugin, "injected_fault", "") + "; ") if getattr(plugin, "injected_fault", "") else ""
+    ) + label
 
 
 def _modules(plugin) -> list[torch.nn.Module]:
-    return [plugin] if isinstance(plugin, torch.nn.Module) else \
-        [v for v in vars(plugin).values() if isinstance(v, torch.nn.Module)]
+    return (
+        [plugin]
+        if isinstance(plugin, torch.nn.Module)
+        else [v for v in vars(plugin).values() if isinstance(v, torch.nn.Module)]
+    )
 
 
 def noise_prior(name: str, sigma: float, seed: int = 0) -> Fault:
@@ -93,7 +98,9 @@ def fewer_steps(steps: int) -> Fault:
 
     def fault(priors, decoder, scorers):
         original = decoder.decode
-        decoder.decode = lambda embeds, batch, protocol: original(embeds, batch, replace(protocol, num_inference_steps=steps))
+        decoder.decode = lambda embeds, batch, protocol: original(
+            embeds, batch, replace(protocol, num_inference_steps=steps)
+        )
 
     return fault
 

@@ -58,8 +58,10 @@ def list_samples(folder: Path) -> list[tuple[int, str, Path]]:
     """(index, prompt, path) of every image in ``folder/samples``, in T2I-CompBench's order (by index)."""
     samples = folder / "samples"
     if not samples.is_dir():
-        raise EvalkitError(f"{folder} has no samples/ folder: pass a T2I-CompBench out_dir "
-                           "(the folder holding samples/{prompt}_{index}.png)")
+        raise EvalkitError(
+            f"{folder} has no samples/ folder: pass a T2I-CompBench out_dir "
+            "(the folder holding samples/{prompt}_{index}.png)"
+        )
     entries, bad = [], []
     for path in samples.iterdir():
         if path.name.startswith(".") or not path.is_file():
@@ -71,8 +73,10 @@ def list_samples(folder: Path) -> list[tuple[int, str, Path]]:
             continue
         entries.append((int(index), stem.split("_", 1)[0], path))
     if bad:
-        raise EvalkitError(f"{len(bad)} file(s) in {samples} are not named {{prompt}}_{{index}}.png (an image whose "
-                           f"name ends in _<integer>): {_shown(sorted(bad))}. Nothing was imported.")
+        raise EvalkitError(
+            f"{len(bad)} file(s) in {samples} are not named {{prompt}}_{{index}}.png (an image whose "
+            f"name ends in _<integer>): {_shown(sorted(bad))}. Nothing was imported."
+        )
     if not entries:
         raise EvalkitError(f"{samples} holds no images. Nothing was imported.")
     entries.sort(key=lambda e: e[0])
@@ -88,8 +92,9 @@ def _match_by_manifest(entries, manifest_path: Path, suite, items: list) -> list
         manifest = json.loads(manifest_path.read_text())
         listed = {m["file"]: m for m in manifest["images"]}
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
-        raise EvalkitError(f"{manifest_path} is not an evalkit export manifest ({error}); delete it to match "
-                           "images by prompt instead") from None
+        raise EvalkitError(
+            f"{manifest_path} is not an evalkit export manifest ({error}); delete it to match images by prompt instead"
+        ) from None
     by_id = {item.item_id: item for item in items}
     out, problems = [], []
     for index, _prompt, path in entries:
@@ -113,8 +118,10 @@ def _match_by_prompt(entries, suite, items: list, split: str) -> list[ImportedIm
         by_prompt.setdefault(item.prompt.strip(), item)  # a repeated prompt: its first item
     unknown = sorted({prompt for _, prompt, _ in entries if prompt.strip() not in by_prompt})
     if unknown:
-        raise EvalkitError(f"{len(unknown)} prompt(s) in the file names are not prompts of suite {suite.name!r} "
-                           f"({split} split; matched exactly, case-sensitive): {_shown(unknown)}. Nothing was imported.")
+        raise EvalkitError(
+            f"{len(unknown)} prompt(s) in the file names are not prompts of suite {suite.name!r} "
+            f"({split} split; matched exactly, case-sensitive): {_shown(unknown)}. Nothing was imported."
+        )
     counts: dict[str, int] = {}
     out = []
     for index, prompt, path in entries:
@@ -131,11 +138,14 @@ def read_vqa_result(path: Path, entries) -> dict[int, float]:
         answers = json.loads(Path(path).read_text())
         values = [float(a["answer"]) for a in answers]
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise EvalkitError(f"{path} is not a T2I-CompBench vqa_result.json (a list of "
-                           f"{{'question_id', 'answer'}}): {error}") from None
+        raise EvalkitError(
+            f"{path} is not a T2I-CompBench vqa_result.json (a list of {{'question_id', 'answer'}}): {error}"
+        ) from None
     if len(values) != len(entries):
-        raise EvalkitError(f"{path} has {len(values)} answers but samples/ holds {len(entries)} images; "
-                           "it must come from scoring exactly these files")
+        raise EvalkitError(
+            f"{path} has {len(values)} answers but samples/ holds {len(entries)} images; "
+            "it must come from scoring exactly these files"
+        )
     bad = [v for v in values if not (0.0 <= v <= 1.0)]
     if bad:
         raise EvalkitError(f"{path}: answers must be probabilities in [0, 1], e.g. got {bad[0]}")
@@ -165,10 +175,11 @@ def _score(scorer, name: str, images: list[np.ndarray], batch, batch_size: int) 
         by_shape.setdefault(image.shape, []).append(i)
     for indices in by_shape.values():
         for start in range(0, len(indices), batch_size):
-            chunk = indices[start:start + batch_size]
+            chunk = indices[start : start + batch_size]
             with torch.inference_mode():
-                new = score_rows(scorer, to_pixels([images[i] for i in chunk]), batch.subset(chunk), name,
-                                 reads="images")
+                new = score_rows(
+                    scorer, to_pixels([images[i] for i in chunk]), batch.subset(chunk), name, reads="images"
+                )
             for i, row in zip(chunk, new):
                 rows[i] = row
     return rows  # type: ignore[return-value]
@@ -195,8 +206,11 @@ def match_images(folder: Path, suite, split: str) -> tuple[list, list[ImportedIm
     items = suite.items(split)
     entries = list_samples(folder)
     manifest = folder / "manifest.json"
-    images = (_match_by_manifest(entries, manifest, suite, items) if manifest.is_file()
-              else _match_by_prompt(entries, suite, items, split))
+    images = (
+        _match_by_manifest(entries, manifest, suite, items)
+        if manifest.is_file()
+        else _match_by_prompt(entries, suite, items, split)
+    )
     pairs = [(im.item.item_id, im.seed) for im in images]
     if len(set(pairs)) != len(pairs):
         dup = next(p for p in pairs if pairs.count(p) > 1)
@@ -220,14 +234,28 @@ def _import_protocol(images: list[ImportedImage], metric_names: list[str], loade
     per_prompt: dict[str, int] = {}
     for im in images:
         per_prompt[im.item.item_id] = per_prompt.get(im.item.item_id, 0) + 1
-    return Protocol(decoder=DECODER, num_inference_steps=0, guidance_scale=0.0, resolution=0,
-                    images_per_prompt=max(per_prompt.values()), seed=FIRST_SEED, scorer=",".join(metric_names),
-                    scorer_version=",".join([loaded[n].version for n in loaded] + (["external"] if bvqa else [])),
-                    decoder_version=DECODER)
+    return Protocol(
+        decoder=DECODER,
+        num_inference_steps=0,
+        guidance_scale=0.0,
+        resolution=0,
+        images_per_prompt=max(per_prompt.values()),
+        seed=FIRST_SEED,
+        scorer=",".join(metric_names),
+        scorer_version=",".join([loaded[n].version for n in loaded] + (["external"] if bvqa else [])),
+        decoder_version=DECODER,
+    )
 
 
-def write_samples(run_dir: Path, prior: str, suite, images: list[ImportedImage], pixels: list[np.ndarray],
-                  scored: dict[str, list[dict]], bvqa: dict | None) -> list[dict]:
+def write_samples(
+    run_dir: Path,
+    prior: str,
+    suite,
+    images: list[ImportedImage],
+    pixels: list[np.ndarray],
+    scored: dict[str, list[dict]],
+    bvqa: dict | None,
+) -> list[dict]:
     """The write stage of an import: each image into ``images/`` and its sample rows (the runner's
     :func:`evalkit.harness.runner.sample_row`), the scorers' then their B-VQA's."""
     from evalkit.harness.cache import png_bytes
@@ -244,15 +272,32 @@ def write_samples(run_dir: Path, prior: str, suite, images: list[ImportedImage],
         for name, scorer_rows in scored.items():
             rows.append(sample_row(prior, suite.name, name, im.item, im.seed, str(rel), scorer_rows[k]))
         if bvqa is not None:
-            rows.append(sample_row(prior, suite.name, BVQA_SCORER, im.item, im.seed, str(rel),
-                                   {"score": bvqa[im.index], "source_file": im.file.name}))
+            rows.append(
+                sample_row(
+                    prior,
+                    suite.name,
+                    BVQA_SCORER,
+                    im.item,
+                    im.seed,
+                    str(rel),
+                    {"score": bvqa[im.index], "source_file": im.file.name},
+                )
+            )
     return rows
 
 
-def import_t2i_compbench(folder: str | os.PathLike, suite_name: str, out: str | os.PathLike, prior: str = "imported",
-                         scorers: Sequence[str] = ("analytic",), split: str = "val",
-                         vqa_result: str | os.PathLike | None = None, batch_size: int = 64, tag: str = "",
-                         prompts_dir: str | None = None) -> Path:
+def import_t2i_compbench(
+    folder: str | os.PathLike,
+    suite_name: str,
+    out: str | os.PathLike,
+    prior: str = "imported",
+    scorers: Sequence[str] = ("analytic",),
+    split: str = "val",
+    vqa_result: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    tag: str = "",
+    prompts_dir: str | None = None,
+) -> Path:
     """Score the images of a T2I-CompBench ``out_dir`` as ``prior`` on ``suite_name``; returns the new run folder.
 
     ``scorers``: evalkit scorers to run on the images (may be empty when ``vqa_result`` rows are all
@@ -279,18 +324,29 @@ def import_t2i_compbench(folder: str | os.PathLike, suite_name: str, out: str | 
     loaded = {name: SCORERS.get(name)() for name in scorers}
 
     clock = time.time()
-    batch = Batch([im.item for im in images], [im.seed for im in images],
-                  scenes=[suite.ground_truth(im.item, im.seed) for im in images])
+    batch = Batch(
+        [im.item for im in images],
+        [im.seed for im in images],
+        scenes=[suite.ground_truth(im.item, im.seed) for im in images],
+    )
     t0 = time.perf_counter()
     scored = {name: _score(scorer, name, pixels, batch, batch_size) for name, scorer in loaded.items()}
     timings = {"scorer": time.perf_counter() - t0}
 
     metric_names = scorers + ([BVQA_SCORER] if bvqa is not None else [])
     protocol = _import_protocol(images, metric_names, loaded, bvqa)
-    config = {"source": str(folder.resolve()), "format": "t2i-compbench", "priors": [prior], "decoder": DECODER,
-              "suites": [suite_name], "scorers": metric_names, "split": split, "tag": tag,
-              "matched_by": "manifest" if (folder / "manifest.json").is_file() else "prompt",
-              "vqa_result": str(vqa_path) if bvqa is not None else None}
+    config = {
+        "source": str(folder.resolve()),
+        "format": "t2i-compbench",
+        "priors": [prior],
+        "decoder": DECODER,
+        "suites": [suite_name],
+        "scorers": metric_names,
+        "split": split,
+        "tag": tag,
+        "matched_by": "manifest" if (folder / "manifest.json").is_file() else "prompt",
+        "vqa_result": str(vqa_path) if bvqa is not None else None,
+    }
     run_dir = new_run_dir(out, f"{prior}_{suite_name}")
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     atomic_write_json(run_dir / "run.json", run_record(config, protocol, started))
@@ -301,11 +357,34 @@ def import_t2i_compbench(folder: str | os.PathLike, suite_name: str, out: str | 
     info = {prior: prior_record(DECODER, source=str(folder.resolve()))}
     versions = {suite.name: suite.version(split)}
     higher = {name: scorer.higher_is_better for name, scorer in loaded.items()}
-    results = aggregate(rows, versions, protocol, {prior: 0}, split=split, priors_info=info, tag=tag,
-                        higher_is_better={**higher, BVQA_SCORER: True})
-    write_results(run_dir, rows, results, config=config, protocol=protocol, versions=versions, priors_info=info,
-                  timings=timings, wall_time_s=time.time() - clock, cache_stats={}, started=started,
-                  environment={**describe_environment(None), "device": None, "decoder_dtype": None,
-                               "note": "images made elsewhere; this machine scored them"})
+    results = aggregate(
+        rows,
+        versions,
+        protocol,
+        {prior: 0},
+        split=split,
+        priors_info=info,
+        tag=tag,
+        higher_is_better={**higher, BVQA_SCORER: True},
+    )
+    write_results(
+        run_dir,
+        rows,
+        results,
+        config=config,
+        protocol=protocol,
+        versions=versions,
+        priors_info=info,
+        timings=timings,
+        wall_time_s=time.time() - clock,
+        cache_stats={},
+        started=started,
+        environment={
+            **describe_environment(None),
+            "device": None,
+            "decoder_dtype": None,
+            "note": "images made elsewhere; this machine scored them",
+        },
+    )
     write_report([run_dir], run_dir)
     return run_dir

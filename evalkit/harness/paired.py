@@ -40,8 +40,14 @@ def default_pairs(prior_names: Sequence[str]) -> list[tuple[str, str]]:
     return [(trained[0], other) for other in trained[1:]]
 
 
-def paired_differences(rows: Iterable[dict], pairs: Sequence[tuple[str, str]], metrics: Sequence[str],
-                       group: Sequence[str] = ("category",), n_boot: int = 2000, score_range: float = 0.0) -> list[dict]:
+def paired_differences(
+    rows: Iterable[dict],
+    pairs: Sequence[tuple[str, str]],
+    metrics: Sequence[str],
+    group: Sequence[str] = ("category",),
+    n_boot: int = 2000,
+    score_range: float = 0.0,
+) -> list[dict]:
     """One dict per (pair, group, split, metric): b − a with its 95 % CI, p, z, n (paired items) and
     n_prompts. ``score_range``: 1 for per-image scores in [0, 1] (floors the error, :func:`evalkit.stats.paired_floor`)."""
     from evalkit.stats import paired_bootstrap
@@ -60,18 +66,42 @@ def paired_differences(rows: Iterable[dict], pairs: Sequence[tuple[str, str]], m
                 va = [float(np.mean([r[metric] for r in items_a[k]])) for k in keys]
                 vb = [float(np.mean([r[metric] for r in items_b[k]])) for k in keys]
                 cmp = paired_bootstrap(va, vb, clusters=[k[0] for k in keys], n_boot=n_boot, score_range=score_range)
-                out.append({"a": a, "b": b, **dict(zip(group, key[1:-1])), "seen": key[-1], "metric": metric,
-                            "difference": cmp.difference, "stderr": cmp.stderr, "ci_low": cmp.ci_low,
-                            "ci_high": cmp.ci_high, "p_value": cmp.p_value, "z": cmp.z, "n": cmp.n,
-                            "n_prompts": cmp.n_clusters})
+                out.append(
+                    {
+                        "a": a,
+                        "b": b,
+                        **dict(zip(group, key[1:-1])),
+                        "seen": key[-1],
+                        "metric": metric,
+                        "difference": cmp.difference,
+                        "stderr": cmp.stderr,
+                        "ci_low": cmp.ci_low,
+                        "ci_high": cmp.ci_high,
+                        "p_value": cmp.p_value,
+                        "z": cmp.z,
+                        "n": cmp.n,
+                        "n_prompts": cmp.n_clusters,
+                    }
+                )
     return out
 
 
 def comparison_rows(comparisons: list[dict], group: Sequence[str] = ("category",)) -> tuple[list[str], list[list]]:
     """(headers, rows) of a comparison table."""
-    rows = [[f"{c['b']} − {c['a']}", *(c[g] for g in group), c["seen"], c["metric"], c.get("n_prompts", "–"), c["n"],
-             f"{c['difference']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]", format_z(c["z"]),
-             format_p(c["p_value"])] for c in comparisons]
+    rows = [
+        [
+            f"{c['b']} − {c['a']}",
+            *(c[g] for g in group),
+            c["seen"],
+            c["metric"],
+            c.get("n_prompts", "–"),
+            c["n"],
+            f"{c['difference']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]",
+            format_z(c["z"]),
+            format_p(c["p_value"]),
+        ]
+        for c in comparisons
+    ]
     return ["difference", *group, "split", "metric", "prompts", "images", "value [95% CI]", "z", "p"], rows
 
 
@@ -84,10 +114,16 @@ def format_p(p: float) -> str:
 
 
 def comparison_note(note: str = "", floored: bool = True) -> str:
-    floor = " (floored at half a pseudo-image differing by the scorer's resolution: 1 for scores that flip)" if floored else ""
-    return ("Same prompts and seeds" + (f"; {note}" if note else "") + "; one procedure for every number: the "
-            f"standard error of the mean difference from a bootstrap over prompts{floor}, z = difference / error, "
-            "95 % CI = difference ± 1.96 errors, two-sided normal p.")
+    floor = (
+        " (floored at half a pseudo-image differing by the scorer's resolution: 1 for scores that flip)"
+        if floored
+        else ""
+    )
+    return (
+        "Same prompts and seeds" + (f"; {note}" if note else "") + "; one procedure for every number: the "
+        f"standard error of the mean difference from a bootstrap over prompts{floor}, z = difference / error, "
+        "95 % CI = difference ± 1.96 errors, two-sided normal p."
+    )
 
 
 def comparison_table(comparisons: list[dict], group: Sequence[str] = ("category",), note: str = "") -> list[str]:
@@ -97,15 +133,23 @@ def comparison_table(comparisons: list[dict], group: Sequence[str] = ("category"
     if not comparisons:
         return []
     headers, rows = comparison_rows(comparisons, group)
-    return ["## Paired comparisons", "", comparison_note(note, floored=False), "", tabulate(rows, headers=headers, tablefmt="github"), ""]
+    return [
+        "## Paired comparisons",
+        "",
+        comparison_note(note, floored=False),
+        "",
+        tabulate(rows, headers=headers, tablefmt="github"),
+        "",
+    ]
 
 
 def prior_order(priors: dict, rows: list[dict]) -> list[str]:
     """Ceiling first, trained priors by size, floor last: the order of every table, and the order that
     decides :func:`default_pairs` when no eclipse is present."""
     names = list(priors) or sorted({r["prior"] for r in rows})
-    trained = sorted((n for n in names if n not in CALIBRATION),
-                     key=lambda n: (priors.get(n, {}).get("total_parameters", 0), n))
+    trained = sorted(
+        (n for n in names if n not in CALIBRATION), key=lambda n: (priors.get(n, {}).get("total_parameters", 0), n)
+    )
     return [n for n in ("oracle", "text") if n in names] + trained + [n for n in ("none", "dummy") if n in names]
 
 
@@ -115,8 +159,12 @@ def run_pairs(priors: dict, rows: list[dict]) -> list[tuple[str, str]]:
     return default_pairs([p for p in prior_order(priors, rows) if p in present])
 
 
-def paired_results(samples: Iterable[dict], pairs: Sequence[tuple[str, str]] | None = None,
-                   rows: Sequence[dict] = (), priors: dict | None = None) -> list[dict]:
+def paired_results(
+    samples: Iterable[dict],
+    pairs: Sequence[tuple[str, str]] | None = None,
+    rows: Sequence[dict] = (),
+    priors: dict | None = None,
+) -> list[dict]:
     """JSON rows of b − a on a run's per-image scores, one per pair × scorer × suite × split.
 
     ``samples``: ``samples.jsonl`` rows (a scorer's not-applicable rows are left out, as on load);
@@ -137,16 +185,42 @@ def paired_results(samples: Iterable[dict], pairs: Sequence[tuple[str, str]] | N
         mine = [s for s in samples if s["scorer"] == scorer]
         for c in paired_differences(mine, pairs, ["score"], ("suite",), score_range=resolution.get(scorer, 1.0)):
             category = ",".join(sorted(categories[c["suite"]]))
-            out.append({"a": c["a"], "b": c["b"], "suite": c["suite"], "category": category,
-                        "seen": c["seen"], "scorer": scorer, "metric": scorer, "diff": c["difference"],
-                        "stderr": c["stderr"], "ci_low": c["ci_low"], "ci_high": c["ci_high"], "p": c["p_value"],
-                        "z": c["z"], "n": c["n"], "n_prompts": c["n_prompts"]})
+            out.append(
+                {
+                    "a": c["a"],
+                    "b": c["b"],
+                    "suite": c["suite"],
+                    "category": category,
+                    "seen": c["seen"],
+                    "scorer": scorer,
+                    "metric": scorer,
+                    "diff": c["difference"],
+                    "stderr": c["stderr"],
+                    "ci_low": c["ci_low"],
+                    "ci_high": c["ci_high"],
+                    "p": c["p_value"],
+                    "z": c["z"],
+                    "n": c["n"],
+                    "n_prompts": c["n_prompts"],
+                }
+            )
     return out
 
 
 def paired_table(paired: list[dict]) -> tuple[list[str], list[list]]:
     """(headers, rows) of a run report's table of :func:`paired_results` rows."""
-    rows = [[f"{c['b']} − {c['a']}", c["suite"], c["seen"], c["metric"], c.get("n_prompts", "–"), c["n"],
-             f"{c['diff']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]", format_z(c["z"]), format_p(c["p"])]
-            for c in paired]
+    rows = [
+        [
+            f"{c['b']} − {c['a']}",
+            c["suite"],
+            c["seen"],
+            c["metric"],
+            c.get("n_prompts", "–"),
+            c["n"],
+            f"{c['diff']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]",
+            format_z(c["z"]),
+            format_p(c["p"]),
+        ]
+        for c in paired
+    ]
     return ["difference", "suite", "split", "metric", "prompts", "images", "value [95% CI]", "z", "p"], rows

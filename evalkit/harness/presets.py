@@ -33,8 +33,15 @@ LADDER = ["oracle", "eclipse", "projection", "diffusion", "eclipse-hn", "eclipse
 PRESETS = {
     # 2 priors × 3 suites × 40 prompts × 2 seeds = 480 images at 10 decoder steps, float32 sampling
     # (+ the embedding-level row: the prior's embedding against the true render's, no decoding)
-    "smoke": dict(priors=["oracle", "eclipse"], suites=SYNTH_SUITES, scorers=SCORERS + ["embedding-cosine"], limit=40,
-                  images_per_prompt=2, num_inference_steps=10, dtype="float32"),
+    "smoke": dict(
+        priors=["oracle", "eclipse"],
+        suites=SYNTH_SUITES,
+        scorers=SCORERS + ["embedding-cosine"],
+        limit=40,
+        images_per_prompt=2,
+        num_inference_steps=10,
+        dtype="float32",
+    ),
     "demo": dict(priors=LADDER, suites=SYNTH_SUITES, scorers=SCORERS, limit=8, images_per_prompt=2),
     "paper": dict(priors=LADDER, suites=SYNTH_SUITES, scorers=SCORERS, limit=None, images_per_prompt=10),
 }

@@ -23,8 +23,18 @@ from pathlib import Path
 from evalkit.errors import SettingError, UnknownNameError
 
 #: the keys of a field's metadata that :mod:`evalkit.cli` reads (see the module docstring)
-FLAG_KEYS = ("help", "flag", "parse", "multiple", "choices", "metavar", "path", "negatable", "flag_value",
-             "show_default")
+FLAG_KEYS = (
+    "help",
+    "flag",
+    "parse",
+    "multiple",
+    "choices",
+    "metavar",
+    "path",
+    "negatable",
+    "flag_value",
+    "show_default",
+)
 
 
 def flag(default=None, help: str = "", *, factory=None, **cli):
@@ -46,18 +56,29 @@ class RunConfig:
     """Everything ``evalkit run`` needs; each field is one CLI flag."""
 
     priors: list[str] = flag(
-        factory=lambda: ["oracle"], flag="--prior", parse="names",
+        factory=lambda: ["oracle"],
+        flag="--prior",
+        parse="names",
         help="comma-separated priors: a name (eclipse, projection and diffusion follow the decoder's space: eclipse "
-             "beside karlo is eclipse-karlo), or LABEL=NAME to run a class under a label of your own (a second "
-             "checkpoint: eclipse,mine=eclipse --prior-path mine=DIR)")
+        "beside karlo is eclipse-karlo), or LABEL=NAME to run a class under a label of your own (a second "
+        "checkpoint: eclipse,mine=eclipse --prior-path mine=DIR)",
+    )
     decoder: str = flag("synth", "decoder name")
-    decoder_path: str | None = flag(None, "load the decoder from this folder (e.g. a local karlo-v1-alpha)",
-                                    path="any")
-    suites: list[str] = flag(factory=lambda: ["synth-color"], flag="--suite", parse="names", show_default=False,
-                             help="comma-separated suite names [default: synth-color, unless --prompts is given]")
-    scorers: list[str] = flag(factory=list, flag="--scorer", parse="names",
-                              help="comma-separated scorer names (default: the suites' own: binding,analytic for "
-                                   "synthetic suites, blip-vqa for T2I-CompBench)")
+    decoder_path: str | None = flag(None, "load the decoder from this folder (e.g. a local karlo-v1-alpha)", path="any")
+    suites: list[str] = flag(
+        factory=lambda: ["synth-color"],
+        flag="--suite",
+        parse="names",
+        show_default=False,
+        help="comma-separated suite names [default: synth-color, unless --prompts is given]",
+    )
+    scorers: list[str] = flag(
+        factory=list,
+        flag="--scorer",
+        parse="names",
+        help="comma-separated scorer names (default: the suites' own: binding,analytic for "
+        "synthetic suites, blip-vqa for T2I-CompBench)",
+    )
     split: str = flag("val", "train | dev | val")
     images_per_prompt: int = flag(10, "images per prompt (seeds seed … seed+n−1)")
     seed: int = flag(42, "seed of each prompt's first image")  # image i of a prompt uses seed + i (T2I-CompBench)
@@ -69,48 +90,96 @@ class RunConfig:
     batch_size: int = flag(16, "images per decoder call (raise it on a GPU)")
     limit: int | None = flag(None, "only the first N prompts of each suite")
     out: str = flag("evalkit-runs", "parent folder; each run gets its own new folder inside", path="dir")
-    prior_paths: dict = flag(factory=dict, flag="--prior-path", **PATHS,
-                             help="load trained prior NAME from a weights folder instead of its shipped seed 0 "
-                                  "(repeatable)")
-    scorer_paths: dict = flag(factory=dict, flag="--scorer-path", **PATHS,
-                              help="load scorer NAME (e.g. blip-vqa) from a weights folder (repeatable)")
-    allow_pickle: bool = flag(False, "accept pickle checkpoints (.bin/.pt) in --prior-path, --decoder-path and "
-                                     "--scorer-path folders (read with weights_only=True: plain tensors only, no "
-                                     "code runs); refused by default")
+    prior_paths: dict = flag(
+        factory=dict,
+        flag="--prior-path",
+        **PATHS,
+        help="load trained prior NAME from a weights folder instead of its shipped seed 0 (repeatable)",
+    )
+    scorer_paths: dict = flag(
+        factory=dict,
+        flag="--scorer-path",
+        **PATHS,
+        help="load scorer NAME (e.g. blip-vqa) from a weights folder (repeatable)",
+    )
+    allow_pickle: bool = flag(
+        False,
+        "accept pickle checkpoints (.bin/.pt) in --prior-path, --decoder-path and "
+        "--scorer-path folders (read with weights_only=True: plain tensors only, no "
+        "code runs); refused by default",
+    )
     tag: str = flag("", "a label stored in every result row (e.g. a branch name)")
-    cache: bool = flag(True, "reuse embeddings, images and scores of earlier runs (content-addressed) and store new "
-                             "ones", negatable=True)
+    cache: bool = flag(
+        True,
+        "reuse embeddings, images and scores of earlier runs (content-addressed) and store new ones",
+        negatable=True,
+    )
     cache_dir: str | None = flag(None, "work cache folder (default: <evalkit cache>/work)", path="dir")
-    random_init: str | None = flag(None, "build the priors and the decoder at their public architectures (real; "
-                                         "tiny: test sizes) with random weights, without any weights folder: images "
-                                         "are noise, for speed and memory measurements only (bare --random-init = "
-                                         "real; no work cache)", choices=("real", "tiny"), flag_value="real")
-    dtype: str | None = flag(None, "float32 | bfloat16 | float16 for every stage, or per stage: decoder=float16,"
-                                   "prior=float32,scorer=float32 (default: each plugin's own; each declares what it "
-                                   "supports); recorded with the run, not part of the protocol",
-                             metavar="DTYPE|STAGE=DTYPE,...")
-    device: str = flag("auto", "auto | cpu | cuda | cuda:N (auto: CUDA when present; under torchrun / accelerate "
-                               "each process uses its own GPU, cuda:$LOCAL_RANK)")
-    resolution: int | None = flag(None, "output side for decoders that support several (kandinsky22: a multiple of "
-                                        "64, default 512); recorded in the protocol")
-    offload: bool = flag(False, "real decoders: model CPU offload, each component on the GPU only while it runs "
-                                "(less GPU memory, slower)")
-    attention: str | None = flag(None, "real decoders: attention processors (default: as loaded, sdpa where torch "
-                                       "has it)", choices=("sdpa", "eager"))
+    random_init: str | None = flag(
+        None,
+        "build the priors and the decoder at their public architectures (real; "
+        "tiny: test sizes) with random weights, without any weights folder: images "
+        "are noise, for speed and memory measurements only (bare --random-init = "
+        "real; no work cache)",
+        choices=("real", "tiny"),
+        flag_value="real",
+    )
+    dtype: str | None = flag(
+        None,
+        "float32 | bfloat16 | float16 for every stage, or per stage: decoder=float16,"
+        "prior=float32,scorer=float32 (default: each plugin's own; each declares what it "
+        "supports); recorded with the run, not part of the protocol",
+        metavar="DTYPE|STAGE=DTYPE,...",
+    )
+    device: str = flag(
+        "auto",
+        "auto | cpu | cuda | cuda:N (auto: CUDA when present; under torchrun / accelerate "
+        "each process uses its own GPU, cuda:$LOCAL_RANK)",
+    )
+    resolution: int | None = flag(
+        None,
+        "output side for decoders that support several (kandinsky22: a multiple of "
+        "64, default 512); recorded in the protocol",
+    )
+    offload: bool = flag(
+        False,
+        "real decoders: model CPU offload, each component on the GPU only while it runs (less GPU memory, slower)",
+    )
+    attention: str | None = flag(
+        None,
+        "real decoders: attention processors (default: as loaded, sdpa where torch has it)",
+        choices=("sdpa", "eager"),
+    )
     vae_chunk_size: int | None = flag(None, "real decoders: decode at most N latents per VAE / MoVQ call")
-    plugins: list[str] = flag(factory=list, flag="--plugin", multiple=True, metavar="[NAME=]module:Class",
-                              help="register a Prior, Decoder, Scorer or Suite class for this run, without "
-                                   "packaging (repeatable)")
-    prompts_dir: str | None = flag(None, "local copy of the T2I-CompBench prompt files (default: "
-                                         "$EVALKIT_PROMPTS_DIR or the fetched copy)", path="dir")
-    prompt_files: list[str] = flag(factory=list, flag="--prompts", multiple=True, path="file",
-                                   help="your own prompts (a .txt file, one per line; or .jsonl / .csv with a prompt "
-                                        "column): a suite named prompts-<file stem> (repeatable; needs --category)")
+    plugins: list[str] = flag(
+        factory=list,
+        flag="--plugin",
+        multiple=True,
+        metavar="[NAME=]module:Class",
+        help="register a Prior, Decoder, Scorer or Suite class for this run, without packaging (repeatable)",
+    )
+    prompts_dir: str | None = flag(
+        None,
+        "local copy of the T2I-CompBench prompt files (default: $EVALKIT_PROMPTS_DIR or the fetched copy)",
+        path="dir",
+    )
+    prompt_files: list[str] = flag(
+        factory=list,
+        flag="--prompts",
+        multiple=True,
+        path="file",
+        help="your own prompts (a .txt file, one per line; or .jsonl / .csv with a prompt "
+        "column): a suite named prompts-<file stem> (repeatable; needs --category)",
+    )
     category: str | None = flag(None, "the binding category of the --prompts prompts (color, shape, texture, ...)")
-    negative: str | None = flag(None, "kandinsky22's guidance negative: the prior's embedding of the empty prompt, or "
-                                      "the zero-image embedding of the prior pipeline's image encoder (default: each "
-                                      "prior's pipeline's own — zero-image for the Kandinsky priors, as the public "
-                                      "pipelines); recorded in the protocol", choices=("empty-prompt", "zero-image"))
+    negative: str | None = flag(
+        None,
+        "kandinsky22's guidance negative: the prior's embedding of the empty prompt, or "
+        "the zero-image embedding of the prior pipeline's image encoder (default: each "
+        "prior's pipeline's own — zero-image for the Kandinsky priors, as the public "
+        "pipelines); recorded in the protocol",
+        choices=("empty-prompt", "zero-image"),
+    )
 
 
 def field_types() -> dict[str, object]:
@@ -187,10 +256,17 @@ def _checked(key: str, value, hint, meta, where: str):
         dict: isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()),
     }[kind]
     if not ok:
-        wanted = {list: "a list of strings", dict: "a table of NAME = DIR strings", int: "an integer",
-                  float: "a number", bool: "true or false", str: "a string"}[kind]
-        raise SettingError(f"{where}: {key} must be {wanted}{' (or null)' if optional else ''}, "
-                           f"not {type(value).__name__} {value!r}")
+        wanted = {
+            list: "a list of strings",
+            dict: "a table of NAME = DIR strings",
+            int: "an integer",
+            float: "a number",
+            bool: "true or false",
+            str: "a string",
+        }[kind]
+        raise SettingError(
+            f"{where}: {key} must be {wanted}{' (or null)' if optional else ''}, not {type(value).__name__} {value!r}"
+        )
     if meta.get("choices") and value not in meta["choices"]:
         raise SettingError(f"{where}: {key} must be one of {', '.join(meta['choices'])}, not {value!r}")
     return float(value) if kind is float else value

@@ -21,8 +21,16 @@ from tqdm.auto import tqdm
 
 from evalkit import distributed
 from evalkit.harness.cache import WorkCache, fingerprint, image_sha256, png_bytes, work_key
-from evalkit.contracts import (Batch, Protocol, ResultRow, SampleRow, check_embedding_contract, check_embeddings,
-                               text_encoder_parameters, text_encoder_unknown_words)
+from evalkit.contracts import (
+    Batch,
+    Protocol,
+    ResultRow,
+    SampleRow,
+    check_embedding_contract,
+    check_embeddings,
+    text_encoder_parameters,
+    text_encoder_unknown_words,
+)
 from evalkit.harness.run_config import RunConfig
 from evalkit.environment import describe as describe_environment
 from evalkit.errors import EvalkitError, SettingError, WriteError
@@ -54,8 +62,11 @@ class TextCache:
             if missing:
                 enc = self.encoders[space].encode_text(missing)
                 for k, prompt in enumerate(missing):
-                    self.store[(space, prompt)] = (enc.text_embeds[k], None if enc.text_hidden is None else enc.text_hidden[k],
-                                                   None if enc.attention_mask is None else enc.attention_mask[k])
+                    self.store[(space, prompt)] = (
+                        enc.text_embeds[k],
+                        None if enc.text_hidden is None else enc.text_hidden[k],
+                        None if enc.attention_mask is None else enc.attention_mask[k],
+                    )
             rows = [self.store[(space, p)] for p in batch.prompts]
             stack = lambda i: None if rows[0][i] is None else torch.stack([r[i] for r in rows])
             batch.text[space] = TextEncoding(space, stack(0), stack(1), stack(2))
@@ -79,8 +90,11 @@ def shard_chunks(n_pairs: int, batch_size: int, shard: tuple[int, int] = (0, 1))
     """``(start, stop)`` of the batches of ``n_pairs`` (item, seed) pairs that this process runs: the batches
     ``c`` of ``batch_size`` pairs with ``c % n == rank`` (``shard=(rank, n)``; ``(0, 1)``: every batch)."""
     rank, shards = shard
-    return [(start, min(start + batch_size, n_pairs)) for c, start in enumerate(range(0, n_pairs, batch_size))
-            if c % shards == rank]
+    return [
+        (start, min(start + batch_size, n_pairs))
+        for c, start in enumerate(range(0, n_pairs, batch_size))
+        if c % shards == rank
+    ]
 
 
 def to_pixels(images) -> torch.Tensor:
@@ -92,17 +106,32 @@ def to_pixels(images) -> torch.Tensor:
 def score_rows(scorer, inputs: torch.Tensor, batch: Batch, label: str, reads: str | None = None) -> list[dict]:
     """One row per image (or embedding) of ``batch`` by :meth:`Scorer.score_checked`, without the item
     fields a scorer may echo (the sample row has them)."""
-    return [{k: v for k, v in row.items() if k not in ITEM_FIELDS}
-            for row in scorer.score_checked(inputs, batch, label, reads)]
+    return [
+        {k: v for k, v in row.items() if k not in ITEM_FIELDS}
+        for row in scorer.score_checked(inputs, batch, label, reads)
+    ]
 
 
 def sample_row(prior: str, suite: str, scorer: str, item, seed: int, image_path: str, row: dict) -> dict:
     """One line of ``samples.jsonl`` (:class:`SampleRow`) from a scorer's row: its ``score``, its ``questions``
     and every other field as ``details``."""
     details = dict(row)
-    return asdict(SampleRow(prior=prior, suite=suite, scorer=scorer, item_id=item.item_id, prompt=item.prompt, seed=seed,
-                            category=item.category, seen=item.seen, image_path=image_path,
-                            score=float(details.pop("score")), questions=details.pop("questions", []), details=details))
+    return asdict(
+        SampleRow(
+            prior=prior,
+            suite=suite,
+            scorer=scorer,
+            item_id=item.item_id,
+            prompt=item.prompt,
+            seed=seed,
+            category=item.category,
+            seen=item.seen,
+            image_path=image_path,
+            score=float(details.pop("score")),
+            questions=details.pop("questions", []),
+            details=details,
+        )
+    )
 
 
 @dataclass
@@ -124,9 +153,16 @@ class SuiteWork:
     timings: dict = field(default_factory=lambda: {"text": 0.0, "prior": 0.0, "decoder": 0.0, "scorer": 0.0, "io": 0.0})
 
     def __post_init__(self):
-        self.scorer_ids = {name: work_key("scorer", scorer=fingerprint(scorer), **numeric)
-                           if (numeric := numeric_path(getattr(scorer, "_placement", None))) else fingerprint(scorer)
-                           for name, scorer in self.scorers.items()} if self.cache.enabled else {n: "" for n in self.scorers}
+        self.scorer_ids = (
+            {
+                name: work_key("scorer", scorer=fingerprint(scorer), **numeric)
+                if (numeric := numeric_path(getattr(scorer, "_placement", None)))
+                else fingerprint(scorer)
+                for name, scorer in self.scorers.items()
+            }
+            if self.cache.enabled
+            else {n: "" for n in self.scorers}
+        )
         self.reads_embeddings = {name for name, scorer in self.scorers.items() if scorer.reads == "embeddings"}
 
 
@@ -147,15 +183,28 @@ def prior_work(work: SuiteWork, name: str, prior) -> PriorWork:
     negative = {}
     if work.decoder.takes_negative_image_embeds:
         negative = {"negative_image_embeds": negative_embedding(name, prior, work.texts, work.protocol)}
-    decoding = {**work.protocol.decoding(), "decoder_fingerprint": fingerprint(work.decoder) if work.cache.enabled else "",
-                **numeric_path(getattr(work.decoder, "_placement", None), dtype=False),  # dtype: in the protocol
-                **({"negative": hashlib.sha256(negative["negative_image_embeds"].numpy().tobytes()).hexdigest()}
-                   if negative else {})}
+    decoding = {
+        **work.protocol.decoding(),
+        "decoder_fingerprint": fingerprint(work.decoder) if work.cache.enabled else "",
+        **numeric_path(getattr(work.decoder, "_placement", None), dtype=False),  # dtype: in the protocol
+        **(
+            {"negative": hashlib.sha256(negative["negative_image_embeds"].numpy().tobytes()).hexdigest()}
+            if negative
+            else {}
+        ),
+    }
     store = work.cache if prior.seeded else WorkCache(None)  # unseeded work is never cached
     encoders = work.texts.encoders  # the prior and the text encoders whose encodings it reads (shared by every prior)
-    prior_id = work_key("prior", prior=fingerprint(prior), text=[fingerprint(encoders[space]) for space in
-                                                                 prior.text_encoders if space in encoders],
-                        **numeric_path(getattr(prior, "_placement", None))) if store.enabled else ""
+    prior_id = (
+        work_key(
+            "prior",
+            prior=fingerprint(prior),
+            text=[fingerprint(encoders[space]) for space in prior.text_encoders if space in encoders],
+            **numeric_path(getattr(prior, "_placement", None)),
+        )
+        if store.enabled
+        else ""
+    )
     image_dir = None
     if work.run_dir is not None:
         image_dir = Path(work.run_dir) / "images" / name / work.suite.name
@@ -192,7 +241,9 @@ def decode_stage(work: SuiteWork, pw: PriorWork, batch: Batch, embeds, images: l
     if all(image is not None for image in images):
         return images
     t0 = time.perf_counter()
-    images = list(to_uint8(work.decoder.decode(torch.from_numpy(np.stack(embeds)), batch, work.protocol, **pw.negative)))
+    images = list(
+        to_uint8(work.decoder.decode(torch.from_numpy(np.stack(embeds)), batch, work.protocol, **pw.negative))
+    )
     t1 = time.perf_counter()
     for key, image in zip(keys, images):
         pw.store.put_image(key, image)
@@ -201,25 +252,46 @@ def decode_stage(work: SuiteWork, pw: PriorWork, batch: Batch, embeds, images: l
     return images
 
 
-def score_stage(work: SuiteWork, pw: PriorWork, chunk: list, batch: Batch, embedding_keys: list[str],
-                image_keys: list[str], embeds, images: list) -> dict[str, list[dict]]:
+def score_stage(
+    work: SuiteWork,
+    pw: PriorWork,
+    chunk: list,
+    batch: Batch,
+    embedding_keys: list[str],
+    image_keys: list[str],
+    embeds,
+    images: list,
+) -> dict[str, list[dict]]:
     """Per scorer, one row per image of the batch: from the cache (checked against the image, or the embedding,
     it was computed on), else scored for the whole batch and stored; items it cannot score get a placeholder."""
     shas = [image_sha256(image) for image in images]
     scored: dict[str, list] = {}
     for name, scorer in work.scorers.items():
         on_embeddings = name in work.reads_embeddings
-        keys = [work_key("score", **({"embedding": embedding_keys[j]} if on_embeddings else {"image": image_keys[j]}),
-                         scorer=work.scorer_ids[name], suite=work.suite.name, item=item.to_dict(), seed=seed)
-                for j, (item, seed) in enumerate(chunk)]
-        checks = [hashlib.sha256(np.ascontiguousarray(e, dtype=np.float32).tobytes()).hexdigest() for e in embeds] \
-            if on_embeddings else shas
+        keys = [
+            work_key(
+                "score",
+                **({"embedding": embedding_keys[j]} if on_embeddings else {"image": image_keys[j]}),
+                scorer=work.scorer_ids[name],
+                suite=work.suite.name,
+                item=item.to_dict(),
+                seed=seed,
+            )
+            for j, (item, seed) in enumerate(chunk)
+        ]
+        checks = (
+            [hashlib.sha256(np.ascontiguousarray(e, dtype=np.float32).tobytes()).hexdigest() for e in embeds]
+            if on_embeddings
+            else shas
+        )
         got = [pw.store.get_score(key, sha) for key, sha in zip(keys, checks)]
         if all(work.why_not[name].get(item.item_id) for item, _ in chunk):  # nothing to score
             got = [{"score": 0.0} for _ in chunk]
         elif any(row is None for row in got):
             t0 = time.perf_counter()
-            got = score_rows(scorer, torch.from_numpy(np.stack(embeds)) if on_embeddings else to_pixels(images), batch, name)
+            got = score_rows(
+                scorer, torch.from_numpy(np.stack(embeds)) if on_embeddings else to_pixels(images), batch, name
+            )
             work.timings["scorer"] += time.perf_counter() - t0
             for key, sha, row in zip(keys, checks, got):
                 pw.store.put_score(key, sha, row)
@@ -240,8 +312,16 @@ def save_image(work: SuiteWork, pw: PriorWork, item, seed: int, key: str, image:
     return path
 
 
-def write_samples(work: SuiteWork, pw: PriorWork, chunk: list, start: int, image_keys: list[str], images: list,
-                  scored: dict[str, list[dict]], rows: list[dict]) -> None:
+def write_samples(
+    work: SuiteWork,
+    pw: PriorWork,
+    chunk: list,
+    start: int,
+    image_keys: list[str],
+    images: list,
+    scored: dict[str, list[dict]],
+    rows: list[dict],
+) -> None:
     """The batch's images into the run folder and its sample rows onto ``rows`` (sharded runs: with ``_order``)."""
     for k, (item, seed) in enumerate(chunk):
         path = save_image(work, pw, item, seed, image_keys[k], images[k])
@@ -249,8 +329,11 @@ def write_samples(work: SuiteWork, pw: PriorWork, chunk: list, start: int, image
             reason = work.why_not[scorer_name].get(item.item_id)
             row = {"score": 0.0, "not_applicable": reason} if reason else scorer_rows[k]  # never averaged
             sample = sample_row(pw.name, work.suite.name, scorer_name, item, seed, path, row)
-            rows.append({**sample, "_order": (work.priors.index(pw.name), start + k, list(work.scorers).index(scorer_name))}
-                        if work.sharded else sample)
+            rows.append(
+                {**sample, "_order": (work.priors.index(pw.name), start + k, list(work.scorers).index(scorer_name))}
+                if work.sharded
+                else sample
+            )
 
 
 def run_batch(work: SuiteWork, pw: PriorWork, chunk: list, start: int, rows: list[dict]) -> bool:
@@ -258,7 +341,9 @@ def run_batch(work: SuiteWork, pw: PriorWork, chunk: list, start: int, rows: lis
 
     Each stage runs on the whole batch when anything in it is missing: batches are then exactly those of an
     uninterrupted run, so a resumed run gives the same bits (float kernels depend on the batch shape)."""
-    batch = Batch([p[0] for p in chunk], [p[1] for p in chunk], scenes=[work.suite.ground_truth(i, s) for i, s in chunk])
+    batch = Batch(
+        [p[0] for p in chunk], [p[1] for p in chunk], scenes=[work.suite.ground_truth(i, s) for i, s in chunk]
+    )
     embedding_keys = [work_key("embedding", prior=pw.prior_id, prompt=item.prompt, seed=seed) for item, seed in chunk]
     image_keys = [work_key("image", embedding=key, **pw.decoding) for key in embedding_keys]
     t0 = time.perf_counter()
@@ -275,10 +360,22 @@ def run_batch(work: SuiteWork, pw: PriorWork, chunk: list, start: int, rows: lis
 
 
 @torch.inference_mode()
-def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, run_dir: Path | None = None,
-             split: str = "val", limit: int | None = None, batch_size: int = 64, text_encoders: dict | None = None,
-             progress: bool = True, items: list | None = None, cache: WorkCache | None = None,
-             shard: tuple[int, int] = (0, 1)) -> tuple[list[dict], dict]:
+def evaluate(
+    priors: dict,
+    decoder,
+    suite,
+    scorers: dict,
+    protocol: Protocol,
+    run_dir: Path | None = None,
+    split: str = "val",
+    limit: int | None = None,
+    batch_size: int = 64,
+    text_encoders: dict | None = None,
+    progress: bool = True,
+    items: list | None = None,
+    cache: WorkCache | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> tuple[list[dict], dict]:
     """Generate and score ``suite`` for every prior; returns (per-image rows, timings per stage).
 
     ``shard=(rank, n)``: only batches ``c`` with ``c % n == rank`` (multi-process runs); rows then carry an
@@ -292,15 +389,28 @@ def evaluate(priors: dict, decoder, suite, scorers: dict, protocol: Protocol, ru
         check_embedding_contract(prior, decoder)
     items = list(items) if items is not None else suite.items(split)[:limit]
     pairs = [(item, seed) for item in items for seed in protocol.seeds()]
-    work = SuiteWork(suite, decoder, scorers, protocol, TextCache(text_encoders or {}),
-                     cache if cache is not None else WorkCache(None), run_dir, list(priors), shard[1] != 1)
+    work = SuiteWork(
+        suite,
+        decoder,
+        scorers,
+        protocol,
+        TextCache(text_encoders or {}),
+        cache if cache is not None else WorkCache(None),
+        run_dir,
+        list(priors),
+        shard[1] != 1,
+    )
     work.why_not = not_applicable(scorers, items)
     rows: list[dict] = []
     for prior_name, prior in priors.items():
         pw = prior_work(work, prior_name, prior)
         chunks = shard_chunks(len(pairs), batch_size, shard)
-        bar = tqdm(total=sum(stop - start for start, stop in chunks), desc=f"{prior_name} · {suite.name}", unit="img",
-                   disable=not progress)
+        bar = tqdm(
+            total=sum(stop - start for start, stop in chunks),
+            desc=f"{prior_name} · {suite.name}",
+            unit="img",
+            disable=not progress,
+        )
         reused = 0  # images of batches found whole in the cache
         for start, stop in chunks:
             reused += (stop - start) * run_batch(work, pw, pairs[start:stop], start, rows)
@@ -328,8 +438,10 @@ def negative_embedding(name: str, prior, texts: "TextCache", protocol: Protocol)
     if mode == "zero-image":
         zero = prior.zero_image_embedding()
         if zero is None:
-            raise EvalkitError(f"prior {name!r} has no zero-image negative (its pipeline has no image encoder); "
-                               "run with --negative empty-prompt")
+            raise EvalkitError(
+                f"prior {name!r} has no zero-image negative (its pipeline has no image encoder); "
+                "run with --negative empty-prompt"
+            )
         return zero.float().cpu()
     empty = Batch.from_prompts([""], [protocol.seed])
     texts.fill(empty, prior.text_encoders)
@@ -357,15 +469,20 @@ def not_applicable_summary(rows: list[dict]) -> dict:
     for row in rows:
         if applicable(row):
             continue
-        entry = out.setdefault(row["suite"], {}).setdefault(row["scorer"], {"prompts": set(), "images": 0, "reasons": Counter()})
+        entry = out.setdefault(row["suite"], {}).setdefault(
+            row["scorer"], {"prompts": set(), "images": 0, "reasons": Counter()}
+        )
         if row["item_id"] not in entry["prompts"]:
             entry["reasons"][row["details"]["not_applicable"]] += 1
         entry["prompts"].add(row["item_id"])
         entry["images"] += 1
     for suite in out.values():
         for name, entry in suite.items():
-            suite[name] = {"prompts": len(entry["prompts"]), "images": entry["images"],
-                           "reasons": dict(entry["reasons"].most_common(10))}
+            suite[name] = {
+                "prompts": len(entry["prompts"]),
+                "images": entry["images"],
+                "reasons": dict(entry["reasons"].most_common(10)),
+            }
     return out
 
 
@@ -376,21 +493,35 @@ def refuse_unscorable(suites, scorers: dict, split: str, limit: int | None) -> l
     for suite in suites:
         items = suite.items(split)[:limit]
         why = not_applicable(scorers, items)
-        notes += [f"{suite.name}: {name} cannot score {len(found)} of {len(items)} prompts (e.g. "
-                  f"{next(iter(found.values()))}); they are counted, shown in the report and left out of its means"
-                  for name, found in why.items() if found]
+        notes += [
+            f"{suite.name}: {name} cannot score {len(found)} of {len(items)} prompts (e.g. "
+            f"{next(iter(found.values()))}); they are counted, shown in the report and left out of its means"
+            for name, found in why.items()
+            if found
+        ]
         if items and all(all(why[name].get(item.item_id) for name in scorers) for item in items):
             first = next(iter(scorers))
             example = why[first][items[0].item_id]
-            raise EvalkitError(f"no scorer of this run can score any prompt of {suite.name!r} ({', '.join(scorers)}); "
-                               f"e.g. {first} on {items[0].prompt!r}: {example}. Choose a scorer for these prompts "
-                               "(T2I-CompBench suites: --scorer blip-vqa)")
+            raise EvalkitError(
+                f"no scorer of this run can score any prompt of {suite.name!r} ({', '.join(scorers)}); "
+                f"e.g. {first} on {items[0].prompt!r}: {example}. Choose a scorer for these prompts "
+                "(T2I-CompBench suites: --scorer blip-vqa)"
+            )
     return notes
 
 
-def aggregate(rows: list[dict], suite_versions: dict, protocol: Protocol, num_parameters: dict, n_boot: int = 2000,
-              split: str = "val", priors_info: dict | None = None, tag: str = "",
-              higher_is_better: dict | None = None, score_resolution: dict | None = None) -> list[ResultRow]:
+def aggregate(
+    rows: list[dict],
+    suite_versions: dict,
+    protocol: Protocol,
+    num_parameters: dict,
+    n_boot: int = 2000,
+    split: str = "val",
+    priors_info: dict | None = None,
+    tag: str = "",
+    higher_is_better: dict | None = None,
+    score_resolution: dict | None = None,
+) -> list[ResultRow]:
     """Result rows per (prior, suite, scorer, category, seen ∈ all/seen/unseen), bootstrap CI over prompts."""
     priors_info, higher_is_better, score_resolution = priors_info or {}, higher_is_better or {}, score_resolution or {}
     groups: dict[tuple, list[dict]] = {}
@@ -403,13 +534,31 @@ def aggregate(rows: list[dict], suite_versions: dict, protocol: Protocol, num_pa
     for (prior, suite, scorer, category, seen), members in sorted(groups.items(), key=lambda kv: kv[0]):
         est = bootstrap([m["score"] for m in members], [m["item_id"] for m in members], n_boot=n_boot)
         info = priors_info.get(prior, {})
-        out.append(ResultRow(prior=prior, decoder=protocol.decoder, suite=suite, suite_version=suite_versions[suite],
-                             category=category, split=split, seen=seen, metric=scorer, value=est.value,
-                             stderr=est.stderr, ci_low=est.ci_low, ci_high=est.ci_high, n=est.n, n_prompts=est.n_clusters,
-                             protocol_hash=protocol.hash(), tag=tag, num_parameters=num_parameters.get(prior, 0),
-                             higher_is_better=higher_is_better.get(scorer, True),
-                             score_resolution=float(score_resolution.get(scorer, 1.0)),
-                             total_parameters=info.get("total_parameters", 0), prior_version=info.get("version", "")))
+        out.append(
+            ResultRow(
+                prior=prior,
+                decoder=protocol.decoder,
+                suite=suite,
+                suite_version=suite_versions[suite],
+                category=category,
+                split=split,
+                seen=seen,
+                metric=scorer,
+                value=est.value,
+                stderr=est.stderr,
+                ci_low=est.ci_low,
+                ci_high=est.ci_high,
+                n=est.n,
+                n_prompts=est.n_clusters,
+                protocol_hash=protocol.hash(),
+                tag=tag,
+                num_parameters=num_parameters.get(prior, 0),
+                higher_is_better=higher_is_better.get(scorer, True),
+                score_resolution=float(score_resolution.get(scorer, 1.0)),
+                total_parameters=info.get("total_parameters", 0),
+                prior_version=info.get("version", ""),
+            )
+        )
     return out
 
 
@@ -431,8 +580,12 @@ def _git_hash() -> str | None:
     from evalkit.paths import REPO_ROOT
 
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                              timeout=5).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -456,8 +609,10 @@ def prior_specs(entries) -> list[tuple[str, str]]:
         if not label or not target:
             raise SettingError(f"--prior {entry!r}: expected NAME or LABEL=NAME (e.g. mine=eclipse)")
         if sep and not re.fullmatch(LABEL_PATTERN, label):
-            raise SettingError(f"--prior {entry!r}: a label is letters, digits, '.', '_', '+', '-' (at most 64, "
-                               "starting with a letter or digit)")
+            raise SettingError(
+                f"--prior {entry!r}: a label is letters, digits, '.', '_', '+', '-' (at most 64, "
+                "starting with a letter or digit)"
+            )
         specs.append((label, target))
     return specs
 
@@ -479,13 +634,17 @@ def _resolve_priors(config: RunConfig) -> list[tuple[str, str]]:
     labels = [label for label, _ in resolved]
     twice = sorted({label for label in labels if labels.count(label) > 1})
     if twice:
-        raise EvalkitError(f"prior {twice[0]!r} is named twice; to run a second checkpoint of one class beside it, "
-                           f"give it a label: --prior {twice[0]},mine={twice[0]} --prior-path mine=DIR")
+        raise EvalkitError(
+            f"prior {twice[0]!r} is named twice; to run a second checkpoint of one class beside it, "
+            f"give it a label: --prior {twice[0]},mine={twice[0]} --prior-path mine=DIR"
+        )
     unknown = sorted(set(config.prior_paths) - set(labels))
     if unknown:
-        raise EvalkitError(f"--prior-path names {', '.join(unknown)}, which is not among the run's priors "
-                           f"({', '.join(labels)}); to load a folder under a name of its own, add it as LABEL=CLASS: "
-                           f"--prior {','.join(labels)},{unknown[0]}=eclipse --prior-path {unknown[0]}=DIR")
+        raise EvalkitError(
+            f"--prior-path names {', '.join(unknown)}, which is not among the run's priors "
+            f"({', '.join(labels)}); to load a folder under a name of its own, add it as LABEL=CLASS: "
+            f"--prior {','.join(labels)},{unknown[0]}=eclipse --prior-path {unknown[0]}=DIR"
+        )
     config.priors = [label if label == name else f"{label}={name}" for label, name in resolved]
     return resolved
 
@@ -501,8 +660,9 @@ def load_suites(config: RunConfig) -> list:
         from evalkit.suites.prompt_file import prompt_file_suite
 
         if not config.category:
-            raise EvalkitError("--prompts needs --category (color, shape, texture, ...): the scorers ask their "
-                               "questions by category")
+            raise EvalkitError(
+                "--prompts needs --category (color, shape, texture, ...): the scorers ask their questions by category"
+            )
         suites += [prompt_file_suite(path, config.category) for path in config.prompt_files]
     names = [suite.name for suite in suites]
     if len(set(names)) != len(names):
@@ -540,14 +700,18 @@ def _resolve(config: RunConfig):
     if not config.scorers:
         defaults = {tuple(s.default_scorers) for s in suites}
         if len(defaults) != 1 or not next(iter(defaults)):
-            raise EvalkitError("these suites have different (or no) default scorers "
-                               f"({', '.join(f'{s.name}: {list(s.default_scorers)}' for s in suites)}); name them with --scorer")
+            raise EvalkitError(
+                "these suites have different (or no) default scorers "
+                f"({', '.join(f'{s.name}: {list(s.default_scorers)}' for s in suites)}); name them with --scorer"
+            )
         config.scorers = list(next(iter(defaults)))
     SCORERS.check(config.scorers)
     stray = sorted(set(config.scorer_paths) - set(config.scorers))
     if stray:
-        raise EvalkitError(f"--scorer-path names {', '.join(stray)}, which is not among the run's scorers "
-                           f"({', '.join(config.scorers)})")
+        raise EvalkitError(
+            f"--scorer-path names {', '.join(stray)}, which is not among the run's scorers "
+            f"({', '.join(config.scorers)})"
+        )
     names = [name for _, name in resolved]
     if config.random_init is not None:  # every plugin must have a random build before the first (large) one is made
         from evalkit.registry import PRIORS
@@ -555,14 +719,24 @@ def _resolve(config: RunConfig):
         DECODERS.random_builder(config.decoder, config.random_init)
         for name in names:
             PRIORS.random_builder(name, config.random_init)
-    levers = {k: v for k, v in (("resolution", config.resolution), ("offload", config.offload or None),
-                                ("attention", config.attention), ("vae_chunk_size", config.vae_chunk_size))
-              if v is not None}
-    decoder = load_decoder(config.decoder, config.decoder_path, random_init=config.random_init,
-                           allow_pickle=config.allow_pickle, **levers)
+    levers = {
+        k: v
+        for k, v in (
+            ("resolution", config.resolution),
+            ("offload", config.offload or None),
+            ("attention", config.attention),
+            ("vae_chunk_size", config.vae_chunk_size),
+        )
+        if v is not None
+    }
+    decoder = load_decoder(
+        config.decoder, config.decoder_path, random_init=config.random_init, allow_pickle=config.allow_pickle, **levers
+    )
     if config.negative and not decoder.takes_negative_image_embeds:
-        raise SettingError(f"--negative chooses the guidance negative of decoders that take one from the prior "
-                           f"(kandinsky22); decoder {config.decoder!r} takes none")
+        raise SettingError(
+            f"--negative chooses the guidance negative of decoders that take one from the prior "
+            f"(kandinsky22); decoder {config.decoder!r} takes none"
+        )
     options = {"num_inference_steps": config.prior_num_inference_steps, "guidance_scale": config.prior_guidance_scale}
     priors = {}
     for label, name in resolved:
@@ -598,14 +772,18 @@ def _refuse_shared_conflicts(priors: dict, decoder, scorers: dict, encoders: dic
     plugins = [("decoder", "", decoder, stages["decoder"])]
     plugins += [("prior", n, p, stages["prior"]) for n, p in priors.items()]
     plugins += [("scorer", n, s, stages["scorer"]) for n, s in scorers.items()]
-    plugins += [("prior", f"text encoder {space}", e, _text_encoder_dtype(e, stages["prior"])) for space, e in encoders.items()]
+    plugins += [
+        ("prior", f"text encoder {space}", e, _text_encoder_dtype(e, stages["prior"])) for space, e in encoders.items()
+    ]
     for role, name, plugin, dtype in plugins:
         for module in modules_of(plugin):
             first = owners.setdefault(id(module), (role, name, dtype))
             if first[0] != role and first[2] != dtype:
-                raise SettingError(f"{first[0]} {first[1] or type(plugin).__name__!r} and {role} {name or role!r} share "
-                                   f"{type(module).__name__} weights, which cannot compute in {first[2] or 'their own dtype'} "
-                                   f"and {dtype or 'their own dtype'} at once; give the two stages one --dtype")
+                raise SettingError(
+                    f"{first[0]} {first[1] or type(plugin).__name__!r} and {role} {name or role!r} share "
+                    f"{type(module).__name__} weights, which cannot compute in {first[2] or 'their own dtype'} "
+                    f"and {dtype or 'their own dtype'} at once; give the two stages one --dtype"
+                )
 
 
 def place_plugins(priors: dict, decoder, scorers: dict, encoders: dict, device: str, dtype: str | None) -> dict:
@@ -618,8 +796,10 @@ def place_plugins(priors: dict, decoder, scorers: dict, encoders: dict, device: 
     out = {"device": device, "decoder": place(decoder, device, stages["decoder"], "decoder", "")}
     out["priors"] = {n: place(p, device, stages["prior"], "prior", n) for n, p in priors.items()}
     out["scorers"] = {n: place(s, device, stages["scorer"], "scorer", n) for n, s in scorers.items()}
-    out["text_encoders"] = {space: place(encoder, device, _text_encoder_dtype(encoder, stages["prior"]), "text encoder",
-                                         space) for space, encoder in encoders.items()}
+    out["text_encoders"] = {
+        space: place(encoder, device, _text_encoder_dtype(encoder, stages["prior"]), "text encoder", space)
+        for space, encoder in encoders.items()
+    }
     return out
 
 
@@ -632,11 +812,16 @@ def check_config(config: RunConfig) -> None:
         problems.append(f"--batch-size must be ≥ 1 (got {config.batch_size})")
     if config.limit is not None and config.limit < 1:
         problems.append(f"--limit must be ≥ 1 (got {config.limit})")
-    for flag, value in (("--num-inference-steps", config.num_inference_steps),
-                        ("--prior-num-inference-steps", config.prior_num_inference_steps)):
+    for flag, value in (
+        ("--num-inference-steps", config.num_inference_steps),
+        ("--prior-num-inference-steps", config.prior_num_inference_steps),
+    ):
         if value is not None and value < 1:
             problems.append(f"{flag} must be ≥ 1 (got {value})")
-    for flag, value in (("--guidance-scale", config.guidance_scale), ("--prior-guidance-scale", config.prior_guidance_scale)):
+    for flag, value in (
+        ("--guidance-scale", config.guidance_scale),
+        ("--prior-guidance-scale", config.prior_guidance_scale),
+    ):
         if value is not None and not (value >= 0 and value < float("inf")):
             problems.append(f"{flag} must be a finite number ≥ 0 (got {value})")
     if len(set(config.suites)) != len(config.suites):
@@ -654,11 +839,16 @@ def check_config(config: RunConfig) -> None:
 
         if config.random_init not in RANDOM_INIT_SIZES:
             problems.append(f"--random-init must be real or tiny (got {config.random_init!r})")
-        loaded = [flag for flag, value in (("--decoder-path", config.decoder_path), ("--prior-path", config.prior_paths))
-                  if value]
+        loaded = [
+            flag
+            for flag, value in (("--decoder-path", config.decoder_path), ("--prior-path", config.prior_paths))
+            if value
+        ]
         if loaded:
-            problems.append(f"--random-init builds every prior and the decoder with random weights; it cannot be "
-                            f"combined with {' or '.join(loaded)} (drop one of them)")
+            problems.append(
+                f"--random-init builds every prior and the decoder with random weights; it cannot be "
+                f"combined with {' or '.join(loaded)} (drop one of them)"
+            )
     if problems:
         raise EvalkitError("; ".join(problems))
 
@@ -676,25 +866,53 @@ def preflight(priors: dict, decoder, suite, split: str, protocol: Protocol, enco
         check_embeddings(name, prior.predict(batch).float(), batch, decoder.embedding_dim)
 
 
-def prior_record(cls: str, *, trainable: int = 0, total: int = 0, text: int = 0, decoder: int = 0, data: str = "",
-                 version: str = "", **extra) -> dict:
+def prior_record(
+    cls: str,
+    *,
+    trainable: int = 0,
+    total: int = 0,
+    text: int = 0,
+    decoder: int = 0,
+    data: str = "",
+    version: str = "",
+    **extra,
+) -> dict:
     """One prior's entry of ``results.json``'s ``priors`` (the run's and an import's)."""
-    return {"class": cls, "trainable_parameters": trainable, "total_parameters": total, "text_encoder_parameters": text,
-            "decoder_parameters": decoder, "data": data, "version": version, **extra}
+    return {
+        "class": cls,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "text_encoder_parameters": text,
+        "decoder_parameters": decoder,
+        "data": data,
+        "version": version,
+        **extra,
+    }
 
 
 def prior_info(prior, encoders: dict, decoder) -> dict:
     """Parameter counts (trainable: the prior; total: prior + the text encoders it reads + the decoder), data, version."""
     text = sum(text_encoder_parameters(encoders.get(space)) for space in prior.text_encoders)
-    return prior_record(f"{type(prior).__module__}.{type(prior).__qualname__}",
-                        trainable=prior.num_parameters(trainable_only=True),
-                        total=prior.num_parameters() + text + decoder.num_parameters(), text=text,
-                        decoder=decoder.num_parameters(), data=prior.training_data(), version=fingerprint(prior, code=False))
+    return prior_record(
+        f"{type(prior).__module__}.{type(prior).__qualname__}",
+        trainable=prior.num_parameters(trainable_only=True),
+        total=prior.num_parameters() + text + decoder.num_parameters(),
+        text=text,
+        decoder=decoder.num_parameters(),
+        data=prior.training_data(),
+        version=fingerprint(prior, code=False),
+    )
 
 
 def run_record(config: dict, protocol: Protocol, started: str, **extra) -> dict:
     """``run.json``: written first into a run folder (the run's and an import's)."""
-    return {"config": config, "protocol": asdict(protocol), "protocol_hash": protocol.hash(), "started": started, **extra}
+    return {
+        "config": config,
+        "protocol": asdict(protocol),
+        "protocol_hash": protocol.hash(),
+        "started": started,
+        **extra,
+    }
 
 
 def unknown_words(suites, split: str, limit: int | None, encoders: dict) -> dict:
@@ -713,14 +931,29 @@ def unknown_words(suites, split: str, limit: int | None, encoders: dict) -> dict
             words = Counter(w for ws in per_prompt for w in ws)
             if words:
                 found.setdefault(suite.name, {})[space] = {
-                    "prompts": len(prompts), "with_unknown_words": sum(1 for ws in per_prompt if ws),
-                    "words": dict(sorted(words.items(), key=lambda kv: (-kv[1], kv[0])))}
+                    "prompts": len(prompts),
+                    "with_unknown_words": sum(1 for ws in per_prompt if ws),
+                    "words": dict(sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))),
+                }
     return found
 
 
-def write_results(run_dir: Path, rows: list[dict], results: list[ResultRow], *, config: dict, protocol: Protocol,
-                  versions: dict, priors_info: dict, timings: dict, wall_time_s: float, cache_stats: dict,
-                  started: str, unknown_words: dict | None = None, environment: dict | None = None) -> None:
+def write_results(
+    run_dir: Path,
+    rows: list[dict],
+    results: list[ResultRow],
+    *,
+    config: dict,
+    protocol: Protocol,
+    versions: dict,
+    priors_info: dict,
+    timings: dict,
+    wall_time_s: float,
+    cache_stats: dict,
+    started: str,
+    unknown_words: dict | None = None,
+    environment: dict | None = None,
+) -> None:
     """``samples.jsonl`` then the sealed ``results.json`` (with the samples' sha256): both or neither."""
     import datetime as _dt
 
@@ -730,12 +963,22 @@ def write_results(run_dir: Path, rows: list[dict], results: list[ResultRow], *, 
     samples_text = "".join(json.dumps(row) + "\n" for row in rows)
     atomic_write_text(run_dir / "samples.jsonl", samples_text)
     payload = {
-        "schema": RESULTS_SCHEMA, "config": config, "protocol": asdict(protocol), "protocol_hash": protocol.hash(),
-        "suite_versions": versions, "prompt_subsets": prompt_subsets(rows), "priors": priors_info,
-        "rows": [asdict(r) for r in results], "environment": environment or {},
-        "timings_s": {k: round(v, 3) for k, v in timings.items()}, "wall_time_s": round(wall_time_s, 2),
-        "images": len({(r["prior"], r["item_id"], r["seed"]) for r in rows}), "cache": cache_stats,
-        "package_versions": _package_versions(), "git_hash": _git_hash(), "started": started,
+        "schema": RESULTS_SCHEMA,
+        "config": config,
+        "protocol": asdict(protocol),
+        "protocol_hash": protocol.hash(),
+        "suite_versions": versions,
+        "prompt_subsets": prompt_subsets(rows),
+        "priors": priors_info,
+        "rows": [asdict(r) for r in results],
+        "environment": environment or {},
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "wall_time_s": round(wall_time_s, 2),
+        "images": len({(r["prior"], r["item_id"], r["seed"]) for r in rows}),
+        "cache": cache_stats,
+        "package_versions": _package_versions(),
+        "git_hash": _git_hash(),
+        "started": started,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "samples_sha256": hashlib.sha256(samples_text.encode("utf-8")).hexdigest(),
     }
@@ -765,10 +1008,16 @@ def run_protocol(config: RunConfig, decoder, scorers: dict, placements: dict, de
         decoder=config.decoder,
         num_inference_steps=config.num_inference_steps or decoder.default_num_inference_steps,
         guidance_scale=config.guidance_scale if config.guidance_scale is not None else decoder.default_guidance_scale,
-        resolution=decoder.resolution, images_per_prompt=config.images_per_prompt, seed=config.seed,
-        dtype=decoder.compute_dtype, scorer=",".join(config.scorers), scorer_version=",".join(scorers[s].version for s in config.scorers),
-        decoder_version=decoder_version, random_init=config.random_init or "",
-        prior_dtype=_stage_dtype(placements["priors"]), scorer_dtype=_stage_dtype(placements["scorers"]),
+        resolution=decoder.resolution,
+        images_per_prompt=config.images_per_prompt,
+        seed=config.seed,
+        dtype=decoder.compute_dtype,
+        scorer=",".join(config.scorers),
+        scorer_version=",".join(scorers[s].version for s in config.scorers),
+        decoder_version=decoder_version,
+        random_init=config.random_init or "",
+        prior_dtype=_stage_dtype(placements["priors"]),
+        scorer_dtype=_stage_dtype(placements["scorers"]),
         negative=config.negative or "",
     )
 
@@ -780,12 +1029,16 @@ def _prepare(config: RunConfig, inject=None):
     check_config(config)
     device = resolve_device(config.device)  # before anything loads: a GPU that is not here is a clear error
     if device == "meta":
-        raise SettingError("--device meta holds no data, so a run cannot compute on it (it is for parameter counts "
-                           "and placement tests: evalkit.placement.place); use --device cpu or cuda")
+        raise SettingError(
+            "--device meta holds no data, so a run cannot compute on it (it is for parameter counts "
+            "and placement tests: evalkit.placement.place); use --device cpu or cuda"
+        )
     priors, decoder, scorers, suites = resolve(config)
     if inject is not None:
         inject(priors, decoder, scorers)
-    decoder_version = fingerprint(decoder, code=False, numeric=False)  # of the weights as loaded: any dtype, one protocol
+    decoder_version = fingerprint(
+        decoder, code=False, numeric=False
+    )  # of the weights as loaded: any dtype, one protocol
     encoders = text_encoders(priors, decoder)
     placements = place_plugins(priors, decoder, scorers, encoders, device, config.dtype)
     distributed.configure(device)
@@ -793,8 +1046,16 @@ def _prepare(config: RunConfig, inject=None):
     return priors, decoder, scorers, suites, encoders, placements, protocol
 
 
-def _check_work(config: RunConfig, priors: dict, decoder, scorers: dict, suites: list, protocol: Protocol,
-                encoders: dict, progress: bool) -> dict:
+def _check_work(
+    config: RunConfig,
+    priors: dict,
+    decoder,
+    scorers: dict,
+    suites: list,
+    protocol: Protocol,
+    encoders: dict,
+    progress: bool,
+) -> dict:
     """Refusals and notes before anything is written; returns the prompts' unknown words (:func:`unknown_words`)."""
     unscored = refuse_unscorable(suites, scorers, config.split, config.limit)
     preflight(priors, decoder, suites[0], config.split, protocol, encoders)
@@ -807,16 +1068,38 @@ def _check_work(config: RunConfig, priors: dict, decoder, scorers: dict, suites:
     return unknown
 
 
-def _evaluate_suites(config: RunConfig, priors: dict, decoder, scorers: dict, suites: list, protocol: Protocol,
-                     encoders: dict, run_dir: Path, cache: WorkCache, progress: bool) -> tuple[list[dict], dict]:
+def _evaluate_suites(
+    config: RunConfig,
+    priors: dict,
+    decoder,
+    scorers: dict,
+    suites: list,
+    protocol: Protocol,
+    encoders: dict,
+    run_dir: Path,
+    cache: WorkCache,
+    progress: bool,
+) -> tuple[list[dict], dict]:
     """Every suite of the run; with several processes, every process's rows and timings gathered (in
     single-process order) onto each."""
     rank, processes = distributed.world()
     rows, timings = [], {}
     for index, suite in enumerate(suites):
-        suite_rows, suite_timings = evaluate(priors, decoder, suite, scorers, protocol, run_dir, config.split,
-                                             config.limit, config.batch_size, encoders, progress and rank == 0,
-                                             cache=cache, shard=(rank, processes))
+        suite_rows, suite_timings = evaluate(
+            priors,
+            decoder,
+            suite,
+            scorers,
+            protocol,
+            run_dir,
+            config.split,
+            config.limit,
+            config.batch_size,
+            encoders,
+            progress and rank == 0,
+            cache=cache,
+            shard=(rank, processes),
+        )
         rows += [{**row, "_order": (index, *row["_order"])} for row in suite_rows] if processes > 1 else suite_rows
         for key, value in suite_timings.items():
             timings[key] = timings.get(key, 0.0) + value
@@ -826,13 +1109,31 @@ def _evaluate_suites(config: RunConfig, priors: dict, decoder, scorers: dict, su
         gathered = distributed.gather([(timings, cache.stats())])
         timings = {k: sum(t[k] for t, _ in gathered) for k in timings}
         for part in ("hits", "misses", "stored"):
-            setattr(cache, part, {kind: sum(stats[part][kind] for _, stats in gathered) for kind in getattr(cache, part)})
+            setattr(
+                cache, part, {kind: sum(stats[part][kind] for _, stats in gathered) for kind in getattr(cache, part)}
+            )
     return rows, timings
 
 
-def _write_run(run_dir: Path, config: RunConfig, rows: list[dict], timings: dict, *, priors: dict, decoder, scorers: dict,
-               versions: dict, encoders: dict, protocol: Protocol, placements: dict, unknown: dict, cache: WorkCache,
-               started: str, clock: float, processes: int) -> None:
+def _write_run(
+    run_dir: Path,
+    config: RunConfig,
+    rows: list[dict],
+    timings: dict,
+    *,
+    priors: dict,
+    decoder,
+    scorers: dict,
+    versions: dict,
+    encoders: dict,
+    protocol: Protocol,
+    placements: dict,
+    unknown: dict,
+    cache: WorkCache,
+    started: str,
+    clock: float,
+    processes: int,
+) -> None:
     """Aggregate rows, ``samples.jsonl`` + sealed ``results.json``, then the report (then the processes finish)."""
     from evalkit.report.run_report import write_report
 
@@ -840,21 +1141,41 @@ def _write_run(run_dir: Path, config: RunConfig, rows: list[dict], timings: dict
     if decoder.takes_negative_image_embeds:
         for name, p in priors.items():
             info[name]["negative"] = negative_mode(p, protocol)
-    results = aggregate(rows, versions, protocol, {n: i["trainable_parameters"] for n, i in info.items()},
-                        split=config.split, priors_info=info, tag=config.tag,
-                        higher_is_better={n: s.higher_is_better for n, s in scorers.items()},
-                        score_resolution={n: s.score_resolution for n, s in scorers.items()})
+    results = aggregate(
+        rows,
+        versions,
+        protocol,
+        {n: i["trainable_parameters"] for n, i in info.items()},
+        split=config.split,
+        priors_info=info,
+        tag=config.tag,
+        higher_is_better={n: s.higher_is_better for n, s in scorers.items()},
+        score_resolution={n: s.score_resolution for n, s in scorers.items()},
+    )
     try:
-        write_results(run_dir, rows, results, config=asdict(config), protocol=protocol, versions=versions,
-                      priors_info=info, timings=timings, wall_time_s=time.time() - clock, cache_stats=cache.stats(),
-                      started=started, unknown_words=unknown,
-                      environment={**describe_environment(decoder, processes), "placements": placements})
+        write_results(
+            run_dir,
+            rows,
+            results,
+            config=asdict(config),
+            protocol=protocol,
+            versions=versions,
+            priors_info=info,
+            timings=timings,
+            wall_time_s=time.time() - clock,
+            cache_stats=cache.stats(),
+            started=started,
+            unknown_words=unknown,
+            environment={**describe_environment(decoder, processes), "placements": placements},
+        )
         try:
             write_report([run_dir], run_dir)
         except WriteError as error:  # the results are written and sealed: only the report is missing
-            raise WriteError(f"{error}. The run itself finished: results.json and samples.jsonl in {run_dir} are "
-                             f"complete and valid; `evalkit report {run_dir}` renders its report again "
-                             "(into a new folder)") from error
+            raise WriteError(
+                f"{error}. The run itself finished: results.json and samples.jsonl in {run_dir} are "
+                f"complete and valid; `evalkit report {run_dir}` renders its report again "
+                "(into a new folder)"
+            ) from error
     finally:
         distributed.finish()
 
@@ -888,11 +1209,28 @@ def run(config: RunConfig, progress: bool = True, inject=None) -> Path:
         atomic_write_json(run_dir / "run.json", run_record(asdict(config), protocol, started, processes=processes))
     run_dir = Path(distributed.broadcast(str(run_dir) if run_dir else None))
     clock = time.time()
-    rows, timings = _evaluate_suites(config, priors, decoder, scorers, suites, protocol, encoders, run_dir, cache, progress)
+    rows, timings = _evaluate_suites(
+        config, priors, decoder, scorers, suites, protocol, encoders, run_dir, cache, progress
+    )
     if rank != 0:
         distributed.finish()  # process 0 writes the folder; the others wait for it
         return run_dir
-    _write_run(run_dir, config, rows, timings, priors=priors, decoder=decoder, scorers=scorers, versions=versions,
-               encoders=encoders, protocol=protocol, placements=placements, unknown=unknown, cache=cache,
-               started=started, clock=clock, processes=processes)
+    _write_run(
+        run_dir,
+        config,
+        rows,
+        timings,
+        priors=priors,
+        decoder=decoder,
+        scorers=scorers,
+        versions=versions,
+        encoders=encoders,
+        protocol=protocol,
+        placements=placements,
+        unknown=unknown,
+        cache=cache,
+        started=started,
+        clock=clock,
+        processes=processes,
+    )
     return run_dir

@@ -23,9 +23,11 @@ def check_parent(parent: str | os.PathLike) -> Path:
     parent = Path(parent)
     found = [name for name in RUN_MARKERS if (parent / name).exists()]
     if found:
-        raise EvalkitError(f"--out {parent} is itself a run folder (it holds {found[0]}); --out names the parent "
-                           "folder each new run gets its own folder in, and a run folder is never written into: "
-                           "pick another --out (e.g. the folder that holds it). Nothing was written.")
+        raise EvalkitError(
+            f"--out {parent} is itself a run folder (it holds {found[0]}); --out names the parent "
+            "folder each new run gets its own folder in, and a run folder is never written into: "
+            "pick another --out (e.g. the folder that holds it). Nothing was written."
+        )
     return parent
 
 
@@ -58,7 +60,9 @@ def prompt_subsets(rows: list[dict]) -> dict:
     items: dict[str, set] = {}
     for row in rows:
         items.setdefault(row["suite"], set()).add(row["item_id"])
-    return {suite: {"prompts": len(ids), "items_sha256": content_hash(sorted(ids))} for suite, ids in sorted(items.items())}
+    return {
+        suite: {"prompts": len(ids), "items_sha256": content_hash(sorted(ids))} for suite, ids in sorted(items.items())
+    }
 
 
 @dataclass
@@ -77,8 +81,9 @@ ROW_NAME_FIELDS = ("prior", "suite", "metric", "category")
 
 def is_plain_name(value) -> bool:
     """A non-empty name without path separators, NUL or a leading dot (so never ``.`` or ``..``)."""
-    return isinstance(value, str) and bool(value) and not value.startswith(".") \
-        and not any(c in value for c in "/\\\x00")
+    return (
+        isinstance(value, str) and bool(value) and not value.startswith(".") and not any(c in value for c in "/\\\x00")
+    )
 
 
 def _inside_path(image_path) -> bool:
@@ -86,8 +91,9 @@ def _inside_path(image_path) -> bool:
     if not isinstance(image_path, str) or "\x00" in image_path:
         return False
     parts = image_path.replace("\\", "/").split("/")
-    return (not image_path.startswith(("/", "\\")) and ":" not in parts[0]
-            and all(p not in ("", ".", "..") for p in parts))
+    return (
+        not image_path.startswith(("/", "\\")) and ":" not in parts[0] and all(p not in ("", ".", "..") for p in parts)
+    )
 
 
 def _plain_names(row: dict, fields: Sequence[str], where: str) -> None:
@@ -95,9 +101,11 @@ def _plain_names(row: dict, fields: Sequence[str], where: str) -> None:
         if name not in row:
             raise CorruptFileError(f"{where}: no {name!r}; not a row evalkit wrote, or edited by hand")
         if not is_plain_name(row[name]):
-            raise CorruptFileError(f"{where}: {name} {row[name]!r} is not a plain name (no path separators, no "
-                                   "'..', no leading dot); this run folder was not written by evalkit, or was "
-                                   "edited: refused")
+            raise CorruptFileError(
+                f"{where}: {name} {row[name]!r} is not a plain name (no path separators, no "
+                "'..', no leading dot); this run folder was not written by evalkit, or was "
+                "edited: refused"
+            )
 
 
 def load_run(path: str | os.PathLike) -> RunData:
@@ -121,8 +129,11 @@ def _load_results(path: Path, results_path: Path) -> dict:
     from evalkit.serialization import seal
 
     if not results_path.is_file():
-        hint = " (it has run.json: an unfinished run; start its command again to finish it from the cache)" \
-            if (path / "run.json").is_file() else ""
+        hint = (
+            " (it has run.json: an unfinished run; start its command again to finish it from the cache)"
+            if (path / "run.json").is_file()
+            else ""
+        )
         raise EvalkitError(f"{path} is not a finished evalkit run: no results.json{hint}")
     try:
         results = json.loads(results_path.read_text())
@@ -134,12 +145,16 @@ def _load_results(path: Path, results_path: Path) -> dict:
         if key not in results:
             raise CorruptFileError(f"{results_path} has no {key!r}: not an evalkit results file, or edited by hand")
     if "checksum" not in results:
-        raise CorruptFileError(f"{results_path} has no checksum: evalkit seals every results.json it writes, so this "
-                               "one was edited by hand or not written by evalkit; refused. Re-run the command "
-                               "(finished work comes from the cache) instead of editing results.")
+        raise CorruptFileError(
+            f"{results_path} has no checksum: evalkit seals every results.json it writes, so this "
+            "one was edited by hand or not written by evalkit; refused. Re-run the command "
+            "(finished work comes from the cache) instead of editing results."
+        )
     if seal(results)["checksum"] != results["checksum"]:
-        raise CorruptFileError(f"{results_path} does not match its checksum: it was edited after the run wrote it. "
-                               "Re-run the command (finished work comes from the cache) instead of editing results.")
+        raise CorruptFileError(
+            f"{results_path} does not match its checksum: it was edited after the run wrote it. "
+            "Re-run the command (finished work comes from the cache) instead of editing results."
+        )
     if not isinstance(results["rows"], list) or not all(isinstance(r, dict) for r in results["rows"]):
         raise CorruptFileError(f"{results_path}: 'rows' is not a list of result rows")
     for number, row in enumerate(results["rows"]):
@@ -153,13 +168,17 @@ def _samples_text(path: Path, results_path: Path, results: dict) -> tuple[Path, 
     if not samples_path.is_file() and (path / "samples.jsonl.gz").is_file():  # kept compressed in results/
         samples_path = path / "samples.jsonl.gz"
     if not samples_path.is_file():
-        raise CorruptFileError(f"{path} has results.json but no samples.jsonl (nor samples.jsonl.gz): report, compare "
-                               "and export all need the per-image rows beside results.json; copy the whole run "
-                               "folder, not results.json alone")
+        raise CorruptFileError(
+            f"{path} has results.json but no samples.jsonl (nor samples.jsonl.gz): report, compare "
+            "and export all need the per-image rows beside results.json; copy the whole run "
+            "folder, not results.json alone"
+        )
     expected = results.get("samples_sha256")
     if not expected:
-        raise CorruptFileError(f"{results_path} records no samples_sha256, so {samples_path.name} cannot be checked; "
-                               "not a results file evalkit wrote")
+        raise CorruptFileError(
+            f"{results_path} records no samples_sha256, so {samples_path.name} cannot be checked; "
+            "not a results file evalkit wrote"
+        )
     try:
         raw = samples_path.read_bytes()
         text = (gzip.decompress(raw) if samples_path.suffix == ".gz" else raw).decode("utf-8")
@@ -185,15 +204,18 @@ def _load_samples(path: Path, results_path: Path, results: dict) -> list[dict]:
             _plain_names(sample, SAMPLE_NAME_FIELDS, f"{samples_path}, line {number}")
             image = sample.get("image_path")
             if image and not _inside_path(image):
-                raise CorruptFileError(f"{samples_path}, line {number}: image_path {image!r} is not a relative path "
-                                       "inside the run folder; refused")
+                raise CorruptFileError(
+                    f"{samples_path}, line {number}: image_path {image!r} is not a relative path "
+                    "inside the run folder; refused"
+                )
             if not (sample.get("details") or {}).get("not_applicable"):
                 samples.append(sample)
     return samples
 
 
-def check_image(run_path: str | os.PathLike, image_path: str | os.PathLike,
-                formats: Sequence[str] | None = None) -> Path:
+def check_image(
+    run_path: str | os.PathLike, image_path: str | os.PathLike, formats: Sequence[str] | None = None
+) -> Path:
     """The file of an image of a run, after checking it: it resolves (symlinks followed) inside the run
     folder, is a regular file and decodes completely (in one of ``formats``, e.g. ``("PNG",)``, when given).
     Raises :class:`CorruptFileError` naming the file."""
@@ -211,8 +233,10 @@ def check_image(run_path: str | os.PathLike, image_path: str | os.PathLike,
             found = picture.format
             picture.load()
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, zlib errors ... on damaged files
-        raise CorruptFileError(f"image {shown} is truncated or damaged ({error}); restore it, or run the command "
-                               "that made the run again (finished work comes from the cache)") from None
+        raise CorruptFileError(
+            f"image {shown} is truncated or damaged ({error}); restore it, or run the command "
+            "that made the run again (finished work comes from the cache)"
+        ) from None
     if formats and found not in formats:
         raise CorruptFileError(f"image {shown} is a {found} file, not {' or '.join(formats)}")
     return target

@@ -45,10 +45,13 @@ from evalkit.scorers.clipscore import clip_device, clip_image_size, prepare_imag
 
 DEFAULT_EXTRACTOR = "synth-clip"
 #: names that ask for Inception-style features, which need a download
-INCEPTION_NAMES = frozenset({"inception", "inception-v3", "inception_v3", "clean", "legacy_tensorflow",
-                             "legacy_pytorch", "clip_vit_b_32"})
-INCEPTION_NOTE = ("not an Inception-v3 FID/KID: Inception weights are unavailable offline (clean-fid and "
-                  "torch-fidelity download them); values compare only within one feature network")
+INCEPTION_NAMES = frozenset(
+    {"inception", "inception-v3", "inception_v3", "clean", "legacy_tensorflow", "legacy_pytorch", "clip_vit_b_32"}
+)
+INCEPTION_NOTE = (
+    "not an Inception-v3 FID/KID: Inception weights are unavailable offline (clean-fid and "
+    "torch-fidelity download them); values compare only within one feature network"
+)
 CACHE_FORMAT = 1
 REFERENCE_DIR = "fid-reference"
 
@@ -63,8 +66,9 @@ class FeatureExtractor(nn.Module):
     reference cache. Images of another size are resized to the CLIP's input size.
     """
 
-    def __init__(self, clip: Any, name: str | None = None, image_size: int | None = None,
-                 fingerprint: str | None = None) -> None:
+    def __init__(
+        self, clip: Any, name: str | None = None, image_size: int | None = None, fingerprint: str | None = None
+    ) -> None:
         super().__init__()
         if not callable(getattr(clip, "encode_image", None)):
             raise TypeError(f"a feature network needs encode_image(images); {type(clip).__name__} has none")
@@ -91,11 +95,18 @@ class FeatureExtractor(nn.Module):
 
             weights = weights_fingerprint(self.clip) if isinstance(self.clip, nn.Module) else ""
             if not weights:
-                raise ValueError(f"cannot fingerprint the feature network {self.name!r} (not a torch module); "
-                                 "pass FeatureExtractor(clip, fingerprint=...)")
-            self._fingerprint = content_hash({"class": f"{type(self.clip).__module__}.{type(self.clip).__qualname__}",
-                                              "image_size": self.image_size, "dim": self.num_features,
-                                              "weights": weights})
+                raise ValueError(
+                    f"cannot fingerprint the feature network {self.name!r} (not a torch module); "
+                    "pass FeatureExtractor(clip, fingerprint=...)"
+                )
+            self._fingerprint = content_hash(
+                {
+                    "class": f"{type(self.clip).__module__}.{type(self.clip).__qualname__}",
+                    "image_size": self.image_size,
+                    "dim": self.num_features,
+                    "weights": weights,
+                }
+            )
         return self._fingerprint
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -136,11 +147,15 @@ def get_extractor(extractor: Extractor = DEFAULT_EXTRACTOR) -> FeatureExtractor:
         if extractor == DEFAULT_EXTRACTOR:
             return _world_extractor()
         if extractor.lower() in INCEPTION_NAMES:
-            raise ValueError(f"feature network {extractor!r} is unavailable offline: clean-fid and torch-fidelity "
-                             f"download Inception/CLIP weights on first use. Use {DEFAULT_EXTRACTOR!r} "
-                             "(the world CLIP's image tower) or pass a CLIP with encode_image.")
-        raise ValueError(f"unknown feature network {extractor!r}; expected {DEFAULT_EXTRACTOR!r}, "
-                         "a FeatureExtractor or a CLIP with encode_image")
+            raise ValueError(
+                f"feature network {extractor!r} is unavailable offline: clean-fid and torch-fidelity "
+                f"download Inception/CLIP weights on first use. Use {DEFAULT_EXTRACTOR!r} "
+                "(the world CLIP's image tower) or pass a CLIP with encode_image."
+            )
+        raise ValueError(
+            f"unknown feature network {extractor!r}; expected {DEFAULT_EXTRACTOR!r}, "
+            "a FeatureExtractor or a CLIP with encode_image"
+        )
     return FeatureExtractor(extractor)
 
 
@@ -168,8 +183,9 @@ def as_images(images: Any) -> torch.Tensor:
             raise ValueError("images contain NaN or infinite values")
         lo, hi = float(x.min()), float(x.max())
         if lo < -1e-3 or hi > 1 + 1e-3:
-            raise ValueError(f"float images must lie in [0, 1]; got values in [{lo:.3g}, {hi:.3g}] "
-                             "(pass uint8 for 0–255 images)")
+            raise ValueError(
+                f"float images must lie in [0, 1]; got values in [{lo:.3g}, {hi:.3g}] (pass uint8 for 0–255 images)"
+            )
     return x
 
 
@@ -177,7 +193,7 @@ def _chunks(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     for start in range(0, len(x), batch_size):
-        yield x[start:start + batch_size]
+        yield x[start : start + batch_size]
 
 
 def image_features(images: Any, extractor: Extractor = DEFAULT_EXTRACTOR, batch_size: int = 256) -> np.ndarray:
@@ -229,8 +245,10 @@ def reference_path(key: str) -> Path:
 
 def reference_key(extractor: FeatureExtractor, renders: dict) -> str:
     """Content hash of (feature network fingerprint, render set description)."""
-    return content_hash({"kind": "fid-reference", "format": CACHE_FORMAT, "extractor": extractor.fingerprint,
-                         "renders": renders}, length=32)
+    return content_hash(
+        {"kind": "fid-reference", "format": CACHE_FORMAT, "extractor": extractor.fingerprint, "renders": renders},
+        length=32,
+    )
 
 
 def _load_reference(path: Path, key: str, ext: FeatureExtractor, renders: dict) -> ReferenceStats:
@@ -244,8 +262,9 @@ def _load_reference(path: Path, key: str, ext: FeatureExtractor, renders: dict) 
         raise ValueError(f"shapes {features.shape}, {mu.shape}, {sigma.shape} do not fit n={n}, D={d}")
     if str(arrays["digest"]) != _digest(features, mu, sigma):
         raise ValueError("checksum mismatch")
-    return ReferenceStats(mu, sigma, features.astype(np.float64), dict(renders), ext.description, ext.fingerprint,
-                          path, True)
+    return ReferenceStats(
+        mu, sigma, features.astype(np.float64), dict(renders), ext.description, ext.fingerprint, path, True
+    )
 
 
 def _write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -263,8 +282,14 @@ def _write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
         raise
 
 
-def reference_stats(category: str = "all", n: int = 2000, seed: int = 0, split: str = "val",
-                    extractor: Extractor = DEFAULT_EXTRACTOR, batch_size: int = 256) -> ReferenceStats:
+def reference_stats(
+    category: str = "all",
+    n: int = 2000,
+    seed: int = 0,
+    split: str = "val",
+    extractor: Extractor = DEFAULT_EXTRACTOR,
+    batch_size: int = 256,
+) -> ReferenceStats:
     """Statistics of ``n`` world renders (``sample_pairs(category, n, seed, split)``), cached on disk.
 
     The first call renders, extracts and writes ``cache_root()/fid-reference/<key>.npz``; later calls
@@ -280,8 +305,9 @@ def reference_stats(category: str = "all", n: int = 2000, seed: int = 0, split: 
         try:
             return _load_reference(path, key, ext, renders)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-            warnings.warn(f"FID reference cache {path} is unreadable or damaged ({type(error).__name__}: {error}); "
-                          "recomputing it")
+            warnings.warn(
+                f"FID reference cache {path} is unreadable or damaged ({type(error).__name__}: {error}); recomputing it"
+            )
     from evalkit.world import render, sample_pairs
 
     _, scenes = sample_pairs(category, int(n), int(seed), split=split)
@@ -289,9 +315,18 @@ def reference_stats(category: str = "all", n: int = 2000, seed: int = 0, split: 
     features = features32.astype(np.float64)
     mu, sigma = _stats(features)
     try:
-        _write_atomic(path, {"key": np.array(key), "mu": mu, "sigma": sigma, "features": features32,
-                             "digest": np.array(_digest(features32, mu, sigma)),
-                             "feature_network": np.array(ext.description), "renders": np.array(json.dumps(renders))})
+        _write_atomic(
+            path,
+            {
+                "key": np.array(key),
+                "mu": mu,
+                "sigma": sigma,
+                "features": features32,
+                "digest": np.array(_digest(features32, mu, sigma)),
+                "feature_network": np.array(ext.description),
+                "renders": np.array(json.dumps(renders)),
+            },
+        )
     except OSError as error:
         warnings.warn(f"could not write the FID reference cache {path} ({error}); continuing without it")
         path = None
@@ -329,8 +364,10 @@ class DistanceResult:
         return dataclasses.asdict(self)
 
     def __str__(self) -> str:
-        return (f"{self.metric.upper()} {self.value:.4g} (clean-fid; torchmetrics {self.torchmetrics_value:.4g}) "
-                f"in {self.feature_network}, {self.n_real} real vs {self.n_fake} fake images")
+        return (
+            f"{self.metric.upper()} {self.value:.4g} (clean-fid; torchmetrics {self.torchmetrics_value:.4g}) "
+            f"in {self.feature_network}, {self.n_real} real vs {self.n_fake} fake images"
+        )
 
 
 @dataclass
@@ -343,9 +380,11 @@ class _Side:
 def _side(data: Any, ext: FeatureExtractor, batch_size: int, which: str, metric: str) -> _Side:
     if isinstance(data, ReferenceStats):
         if data.feature_fingerprint != ext.fingerprint:
-            raise ValueError(f"the {which} reference statistics were computed with {data.feature_network} "
-                             f"(fingerprint {data.feature_fingerprint}), not with {ext.description} "
-                             f"(fingerprint {ext.fingerprint}): pass the same extractor")
+            raise ValueError(
+                f"the {which} reference statistics were computed with {data.feature_network} "
+                f"(fingerprint {data.feature_fingerprint}), not with {ext.description} "
+                f"(fingerprint {ext.fingerprint}): pass the same extractor"
+            )
         side = _Side(data.features, torch.from_numpy(data.features), (data.mu, data.sigma))
     else:
         images = as_images(data)
@@ -369,8 +408,10 @@ def fid(real: Any, fake: Any, extractor: Extractor = DEFAULT_EXTRACTOR, batch_si
     r, f = _side(real, ext, batch_size, "real", "FID"), _side(fake, ext, batch_size, "fake", "FID")
     for which, side in (("real", r), ("fake", f)):
         if len(side.features) <= ext.num_features:
-            warnings.warn(f"FID with {len(side.features)} {which} images in {ext.num_features}-d features: the "
-                          "covariance is rank-deficient; use more images than feature dimensions")
+            warnings.warn(
+                f"FID with {len(side.features)} {which} images in {ext.num_features}-d features: the "
+                "covariance is rank-deficient; use more images than feature dimensions"
+            )
     if r.stats is None and f.stats is None:
         value = fid_from_feats(r.features, f.features)
     else:
@@ -383,8 +424,9 @@ def fid(real: Any, fake: Any, extractor: Extractor = DEFAULT_EXTRACTOR, batch_si
         for chunk in _chunks(side.feed, batch_size):
             metric.update(chunk, real=is_real)
     tm_value = float(metric.compute())
-    return DistanceResult("fid", float(value), tm_value, ext.description, ext.fingerprint, len(r.features),
-                          len(f.features))
+    return DistanceResult(
+        "fid", float(value), tm_value, ext.description, ext.fingerprint, len(r.features), len(f.features)
+    )
 
 
 @contextlib.contextmanager
@@ -398,8 +440,15 @@ def _numpy_seed(seed: int) -> Iterator[None]:
         np.random.set_state(state)
 
 
-def kid(real: Any, fake: Any, extractor: Extractor = DEFAULT_EXTRACTOR, batch_size: int = 256, subsets: int = 100,
-        subset_size: int = 1000, seed: int = 0) -> DistanceResult:
+def kid(
+    real: Any,
+    fake: Any,
+    extractor: Extractor = DEFAULT_EXTRACTOR,
+    batch_size: int = 256,
+    subsets: int = 100,
+    subset_size: int = 1000,
+    seed: int = 0,
+) -> DistanceResult:
     """Kernel distance (unbiased MMD², cubic polynomial kernel) between ``real`` and ``fake`` features.
 
     Averaged over ``subsets`` random subsets of ``min(n_real, n_fake, subset_size)`` samples per side,
@@ -419,19 +468,30 @@ def kid(real: Any, fake: Any, extractor: Extractor = DEFAULT_EXTRACTOR, batch_si
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
-        metric = KernelInceptionDistance(feature=TorchmetricsFeatures(ext), subsets=subsets, subset_size=m,
-                                         normalize=True)
+        metric = KernelInceptionDistance(
+            feature=TorchmetricsFeatures(ext), subsets=subsets, subset_size=m, normalize=True
+        )
     for side, is_real in ((r, True), (f, False)):
         for chunk in _chunks(side.feed, batch_size):
             metric.update(chunk, real=is_real)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         mean, std = metric.compute()
-    return DistanceResult("kid", float(value), float(mean), ext.description, ext.fingerprint, len(r.features),
-                          len(f.features), kid_std=float(std))
+    return DistanceResult(
+        "kid",
+        float(value),
+        float(mean),
+        ext.description,
+        ext.fingerprint,
+        len(r.features),
+        len(f.features),
+        kid_std=float(std),
+    )
 
 
-def run_distances(run_dir: str | os.PathLike, n_reference: int = 2000, extractor: Extractor = DEFAULT_EXTRACTOR) -> list[dict]:
+def run_distances(
+    run_dir: str | os.PathLike, n_reference: int = 2000, extractor: Extractor = DEFAULT_EXTRACTOR
+) -> list[dict]:
     """FID and KID of each (prior, suite) image set of a finished run against renders of the suite's category.
 
     Only synthetic suites have a reference (their world renders, val split). One row per set, with both
@@ -457,8 +517,17 @@ def run_distances(run_dir: str | os.PathLike, n_reference: int = 2000, extractor
         reference = reference_stats(category, n_reference, split="val", extractor=extractor)
         distance = fid(reference, images, extractor)
         kernel = kid(reference, images, extractor)
-        rows.append({"prior": prior, "suite": suite, "images": len(paths), "fid": round(distance.value, 3),
-                     "fid_torchmetrics": round(distance.torchmetrics_value, 3), "kid": round(kernel.value, 4),
-                     "kid_torchmetrics": round(kernel.torchmetrics_value, 4), "feature_network": distance.feature_network,
-                     "reference": f"{n_reference} val renders of {category}"})
+        rows.append(
+            {
+                "prior": prior,
+                "suite": suite,
+                "images": len(paths),
+                "fid": round(distance.value, 3),
+                "fid_torchmetrics": round(distance.torchmetrics_value, 3),
+                "kid": round(kernel.value, 4),
+                "kid_torchmetrics": round(kernel.torchmetrics_value, 4),
+                "feature_network": distance.feature_network,
+                "reference": f"{n_reference} val renders of {category}",
+            }
+        )
     return rows

@@ -39,8 +39,10 @@ def load_prior(name: str, random_init: str | None = None, among=None, **options)
     cls = PRIORS.get(name)
     accepted = inspect.signature(cls).parameters
     if random_init is not None and options.get("path") is not None:
-        raise EvalkitError(f"--random-init builds prior {name!r} with random weights; it cannot be combined "
-                           "with --prior-path (drop one of them)")
+        raise EvalkitError(
+            f"--random-init builds prior {name!r} with random weights; it cannot be combined "
+            "with --prior-path (drop one of them)"
+        )
     if options.get("path") is not None and "path" not in accepted:
         raise EvalkitError(f"prior {name!r} loads no weights folder; --prior-path applies to trained priors only")
     refused = [k for k, v in options.items() if k not in accepted and k not in SHARED_OPTIONS and _given(v)]
@@ -50,8 +52,9 @@ def load_prior(name: str, random_init: str | None = None, among=None, **options)
         diffusion = set(alone) <= set(DIFFUSION_OPTIONS)
         if others:
             why = " (none of them is a diffusion prior)" if diffusion else ""
-            raise EvalkitError(f"none of the priors {', '.join(repr(n) for n in [name, *others])} takes "
-                               f"{' / '.join(alone)}{why}")
+            raise EvalkitError(
+                f"none of the priors {', '.join(repr(n) for n in [name, *others])} takes {' / '.join(alone)}{why}"
+            )
         why = " (it is not a diffusion prior)" if diffusion else ""
         raise EvalkitError(f"prior {name!r} takes no {' / '.join(alone)}{why}")
     if random_init is not None:

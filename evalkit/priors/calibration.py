@@ -91,8 +91,9 @@ class OraclePrior(_WorldPrior):
             try:
                 scenes = [sample_scene(item.prompt, seed + offset) for item, seed in zip(batch.items, batch.seeds)]
             except ValueError as error:
-                raise EvalkitError("the oracle prior renders its prompt, so it needs captions of the synthetic "
-                                   f"world: {error}") from None
+                raise EvalkitError(
+                    f"the oracle prior renders its prompt, so it needs captions of the synthetic world: {error}"
+                ) from None
             embeds = self.clip.encode_image(render_tensor(scenes)).float()
             total = embeds if total is None else total + embeds
         return total / self.samples

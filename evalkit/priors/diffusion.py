@@ -26,8 +26,9 @@ RERANK_SEED_STRIDE = 7_919
 
 
 def train_scheduler() -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule="linear", prediction_type="sample",
-                         clip_sample=False)
+    return DDPMScheduler(
+        num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule="linear", prediction_type="sample", clip_sample=False
+    )
 
 
 class DiffusionPriorTransformer(DiffusersLayoutMixin, PriorTransformer):
@@ -48,8 +49,18 @@ class DiffusionPrior(TrainedPrior):
     kind = "diffusion"
     model_class = DiffusionPriorTransformer
 
-    def __init__(self, path=None, training_seed: int = 0, model=None, clip=None, allow_pickle: bool = False,
-                 num_inference_steps: int = 25, guidance_scale: float = 4.0, rerank: int = 1, empty_encoding=None):
+    def __init__(
+        self,
+        path=None,
+        training_seed: int = 0,
+        model=None,
+        clip=None,
+        allow_pickle: bool = False,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 4.0,
+        rerank: int = 1,
+        empty_encoding=None,
+    ):
         super().__init__(path, training_seed, model, clip, allow_pickle)
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
@@ -88,8 +99,9 @@ class DiffusionPrior(TrainedPrior):
     def sample(self, encoding, seeds) -> torch.Tensor:
         if self.rerank == 1:
             return self._sample(encoding, seeds)
-        candidates = torch.stack([self._sample(encoding, [s + k * RERANK_SEED_STRIDE for s in seeds])
-                                  for k in range(self.rerank)], dim=1)  # (N, n, D)
+        candidates = torch.stack(
+            [self._sample(encoding, [s + k * RERANK_SEED_STRIDE for s in seeds]) for k in range(self.rerank)], dim=1
+        )  # (N, n, D)
         text = encoding.text_embeds.to(candidates.device, torch.float32)
         score = (F.normalize(candidates, dim=-1) * F.normalize(text, dim=-1)[:, None]).sum(-1)
         return candidates[torch.arange(len(seeds), device=candidates.device), score.argmax(1)]
@@ -106,8 +118,9 @@ class DiffusionPrior(TrainedPrior):
         latents = per_image_randn(seeds, (model.config["embedding_dim"],)).to(text.device)
         for t in scheduler.timesteps:
             model_in = (torch.cat([latents, latents]) if guided else latents).to(text.dtype)
-            out = model(model_in, t, proj_embedding=text, encoder_hidden_states=hidden,
-                        attention_mask=mask).predicted_image_embedding.float()
+            out = model(
+                model_in, t, proj_embedding=text, encoder_hidden_states=hidden, attention_mask=mask
+            ).predicted_image_embedding.float()
             if guided:
                 uncond, cond = out.chunk(2)
                 out = uncond + self.guidance_scale * (cond - uncond)

@@ -35,17 +35,30 @@ class EclipsePriorTransformer(DiffusersLayoutMixin, ModelMixin, ConfigMixin):
     config_name = "config.json"
 
     @register_to_config
-    def __init__(self, num_attention_heads: int = 16, attention_head_dim: int = 32, num_layers: int = 10,
-                 embedding_dim: int = 768, num_embeddings: int = 77, additional_embeddings: int = 3,
-                 dropout: float = 0.0, norm_in_type: str | None = None, embedding_proj_norm_type: str | None = None,
-                 encoder_hid_proj_type: str | None = "linear", added_emb_type: str | None = "prd",
-                 embedding_proj_dim: int | None = None, clip_embed_dim: int | None = None):
+    def __init__(
+        self,
+        num_attention_heads: int = 16,
+        attention_head_dim: int = 32,
+        num_layers: int = 10,
+        embedding_dim: int = 768,
+        num_embeddings: int = 77,
+        additional_embeddings: int = 3,
+        dropout: float = 0.0,
+        norm_in_type: str | None = None,
+        embedding_proj_norm_type: str | None = None,
+        encoder_hid_proj_type: str | None = "linear",
+        added_emb_type: str | None = "prd",
+        embedding_proj_dim: int | None = None,
+        clip_embed_dim: int | None = None,
+    ):
         super().__init__()
         inner = num_attention_heads * attention_head_dim
         embedding_proj_dim = embedding_proj_dim or embedding_dim
         clip_embed_dim = clip_embed_dim or embedding_dim
         if additional_embeddings != 3:
-            raise ValueError(f"the time-free prior has 3 additional tokens (pooled text, input, prd), got {additional_embeddings}")
+            raise ValueError(
+                f"the time-free prior has 3 additional tokens (pooled text, input, prd), got {additional_embeddings}"
+            )
         if added_emb_type != "prd":
             raise ValueError("the time-free prior reads its output at the prd token: added_emb_type must be 'prd'")
         self.proj_in = nn.Linear(embedding_dim, inner)
@@ -59,23 +72,36 @@ class EclipsePriorTransformer(DiffusersLayoutMixin, ModelMixin, ConfigMixin):
         self.positional_embedding = nn.Parameter(torch.zeros(1, num_embeddings + additional_embeddings, inner))
         self.prd_embedding = nn.Parameter(torch.zeros(1, 1, inner))
         self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(inner, num_attention_heads, attention_head_dim, dropout=dropout,
-                                  activation_fn="gelu", attention_bias=True) for _ in range(num_layers))
+            BasicTransformerBlock(
+                inner,
+                num_attention_heads,
+                attention_head_dim,
+                dropout=dropout,
+                activation_fn="gelu",
+                attention_bias=True,
+            )
+            for _ in range(num_layers)
+        )
         if norm_in_type not in (None, "layer"):
             raise ValueError(f"unsupported norm_in_type {norm_in_type!r}")
         self.norm_in = nn.LayerNorm(inner) if norm_in_type == "layer" else None
         self.norm_out = nn.LayerNorm(inner)
         self.proj_to_clip_embeddings = nn.Linear(inner, clip_embed_dim)
         length = num_embeddings + additional_embeddings
-        self.register_buffer("causal_attention_mask", torch.full((length, length), MASK_VALUE).triu_(1)[None],
-                             persistent=False)
+        self.register_buffer(
+            "causal_attention_mask", torch.full((length, length), MASK_VALUE).triu_(1)[None], persistent=False
+        )
         # present in the public checkpoints (unused by the time-free prior: no post-processing)
         self.clip_mean = nn.Parameter(torch.zeros(1, clip_embed_dim), requires_grad=False)
         self.clip_std = nn.Parameter(torch.zeros(1, clip_embed_dim), requires_grad=False)
 
-    def forward(self, hidden_states: torch.Tensor, proj_embedding: torch.Tensor,
-                encoder_hidden_states: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        proj_embedding: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``hidden_states``: input noise (N, D); ``proj_embedding``: pooled text (N, D);
         ``encoder_hidden_states``: text tokens (N, L, D); ``attention_mask``: (N, L) True for real tokens."""
         batch = hidden_states.shape[0]
@@ -88,8 +114,11 @@ class EclipsePriorTransformer(DiffusersLayoutMixin, ModelMixin, ConfigMixin):
             tokens.append(self.encoder_hidden_states_proj(encoder_hidden_states))
         elif self.encoder_hidden_states_proj is not None:
             raise ValueError("this prior needs the text encoder's hidden states (encoder_hidden_states)")
-        tokens += [self.embedding_proj(proj_embedding)[:, None], self.proj_in(hidden_states)[:, None],
-                   self.prd_embedding.to(hidden_states.dtype).expand(batch, -1, -1)]
+        tokens += [
+            self.embedding_proj(proj_embedding)[:, None],
+            self.proj_in(hidden_states)[:, None],
+            self.prd_embedding.to(hidden_states.dtype).expand(batch, -1, -1),
+        ]
         x = torch.cat(tokens, dim=1)
         position = self.positional_embedding.to(x.dtype)
         if position.shape[1] < x.shape[1]:  # as diffusers: no positions for extra tokens

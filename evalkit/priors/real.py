@@ -41,8 +41,13 @@ from evalkit.priors.diffusion import DiffusionPrior, DiffusionPriorTransformer
 from evalkit.priors.eclipse import EclipsePrior, EclipsePriorTransformer
 from evalkit.priors.sizes import size_config
 from evalkit.serialization import CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, load_state_dict, weights_format
-from evalkit.text_encoders import (BIGG_TEXT_ENCODER_CONFIG, REAL_TEXT_ENCODER_CONFIG, TINY_VOCAB_MERGES,
-                                   clip_tokenizer, save_clip_tokenizer)
+from evalkit.text_encoders import (
+    BIGG_TEXT_ENCODER_CONFIG,
+    REAL_TEXT_ENCODER_CONFIG,
+    TINY_VOCAB_MERGES,
+    clip_tokenizer,
+    save_clip_tokenizer,
+)
 
 SPACE_L14 = "clip-vit-l-14"
 SPACE_BIGG14 = "clip-vit-bigg-14"
@@ -53,12 +58,24 @@ SPACE_BIGG14 = "clip-vit-bigg-14"
 ECLIPSE_PRIOR_CONFIG_768 = size_config("eclipse", "paper", 768, 77)
 ECLIPSE_PRIOR_CONFIG_1280 = size_config("eclipse", "paper", 1280, 77)
 #: kakaobrain/karlo-v1-alpha prior/ and kandinsky-community/kandinsky-2-2-prior prior/ (diffusers PriorTransformer)
-KARLO_PRIOR_CONFIG: dict[str, Any] = dict(num_attention_heads=32, attention_head_dim=64, num_layers=20,
-                                          embedding_dim=768, num_embeddings=77, additional_embeddings=4, dropout=0.0)
+KARLO_PRIOR_CONFIG: dict[str, Any] = dict(
+    num_attention_heads=32,
+    attention_head_dim=64,
+    num_layers=20,
+    embedding_dim=768,
+    num_embeddings=77,
+    additional_embeddings=4,
+    dropout=0.0,
+)
 KANDINSKY22_PRIOR_CONFIG: dict[str, Any] = dict(KARLO_PRIOR_CONFIG, embedding_dim=1280)
 #: their UnCLIPScheduler configs (karlo-v1-alpha prior_scheduler/, kandinsky-2-2-prior scheduler/)
-KARLO_PRIOR_SCHEDULER_CONFIG: dict[str, Any] = dict(variance_type="fixed_small_log", prediction_type="sample",
-                                                    num_train_timesteps=1000, clip_sample=True, clip_sample_range=5.0)
+KARLO_PRIOR_SCHEDULER_CONFIG: dict[str, Any] = dict(
+    variance_type="fixed_small_log",
+    prediction_type="sample",
+    num_train_timesteps=1000,
+    clip_sample=True,
+    clip_sample_range=5.0,
+)
 KANDINSKY22_PRIOR_SCHEDULER_CONFIG: dict[str, Any] = dict(KARLO_PRIOR_SCHEDULER_CONFIG, clip_sample_range=10.0)
 #: their text encoders: evalkit.text_encoders.REAL_TEXT_ENCODER_CONFIG (CLIP ViT-L/14) and BIGG_TEXT_ENCODER_CONFIG
 
@@ -71,50 +88,96 @@ KANDINSKY22_PRIOR_SCHEDULER_CONFIG: dict[str, Any] = dict(KARLO_PRIOR_SCHEDULER_
 #: ``tiny_embedding_dim`` (the paired decoder's tiny width; default 32) and ``negative`` (the guidance negative its
 #: pipeline gives the decoder; default "empty-prompt"); its space is ``embedding_space``.
 KNOWN_CHECKPOINTS: list[dict[str, Any]] = [
-    dict(name="eclipse-kandinsky22", repo_id="ECLIPSE-Community/ECLIPSE_KandinskyV22_Prior", kind="eclipse",
-         layout="config.json + diffusion_pytorch_model.safetensors at the repo root (prior only); text encoder "
-                "and tokenizer from kandinsky-community/kandinsky-2-2-prior (text_encoder/, tokenizer/)",
-         embedding_dim=1280, embedding_space=SPACE_BIGG14, parameters=34_190_592, text_encoder_parameters=694_659_840,
-         pairs_with="kandinsky22", training_data="5M image-text pairs", weights_sha256=None,
-         class_name="EclipseKandinskyV22Prior", summary="text encoder from a kandinsky-2-2-prior folder",
-         env_var="EVALKIT_ECLIPSE_KANDINSKY22_PRIOR_DIR", text_encoder_env="EVALKIT_KANDINSKY22_PRIOR_DIR",
-         prior_config=ECLIPSE_PRIOR_CONFIG_1280, text_encoder_config=BIGG_TEXT_ENCODER_CONFIG,
-         tiny_embedding_dim=16,  # Kandinsky22Decoder.tiny()
-         negative="zero-image",  # ECLIPSE's Kandinsky prior pipeline without a negative prompt
-         note="trainable parameters (+ 2,560 frozen clip_mean/clip_std) of the public config.json (and kandinsky-2-2-prior's text_encoder/config.json) "
-              "built with random weights on the meta device; they match the paper's 34.2 M and the 137 MB fp32 file"),
-    dict(name="eclipse-karlo", repo_id="ECLIPSE-Community/ECLIPSE_Karlo_Prior", kind="eclipse",
-         layout="config.json + diffusion_pytorch_model.safetensors at the repo root (prior only); text encoder "
-                "and tokenizer from kakaobrain/karlo-v1-alpha (text_encoder/, tokenizer/)",
-         embedding_dim=768, embedding_space=SPACE_L14, parameters=33_141_504, text_encoder_parameters=123_650_304,
-         pairs_with="karlo", training_data="5M image-text pairs", weights_sha256=None,
-         class_name="EclipseKarloPrior", summary="text encoder from a karlo-v1-alpha folder",
-         env_var="EVALKIT_ECLIPSE_KARLO_PRIOR_DIR", text_encoder_env="EVALKIT_KARLO_DIR",
-         prior_config=ECLIPSE_PRIOR_CONFIG_768, text_encoder_config=REAL_TEXT_ENCODER_CONFIG,
-         note="trainable parameters (+ 1,536 frozen clip_mean/clip_std) of the public config.json (and karlo-v1-alpha's text_encoder/config.json) "
-              "built with random weights on the meta device; they match the paper's 33.1 M and the 133 MB fp32 file"),
-    dict(name="kandinsky22-prior", repo_id="kandinsky-community/kandinsky-2-2-prior", kind="diffusion",
-         layout="prior/, scheduler/ (UnCLIPScheduler), text_encoder/ (CLIP ViT-bigG/14, projection 1280), "
-                "tokenizer/ (+ image_encoder/, image_processor/, unused here)",
-         embedding_dim=1280, embedding_space=SPACE_BIGG14, parameters=1_026_223_360,
-         text_encoder_parameters=694_659_840, pairs_with="kandinsky22", training_data="",
-         class_name="Kandinsky22Prior", summary="25 UnCLIP steps, guidance 4.0 (its pipeline's defaults)",
-         env_var="EVALKIT_KANDINSKY22_PRIOR_DIR", prior_config=KANDINSKY22_PRIOR_CONFIG,
-         text_encoder_config=BIGG_TEXT_ENCODER_CONFIG, prior_scheduler_config=KANDINSKY22_PRIOR_SCHEDULER_CONFIG,
-         tiny_embedding_dim=16,  # Kandinsky22Decoder.tiny()
-         negative="zero-image",  # KandinskyV22PriorPipeline without a negative prompt
-         note="counts from the public prior/ and text_encoder/ config.json built with random weights on the meta "
-              "device; they match the 4.1 GB and 2.78 GB fp32 files"),
-    dict(name="karlo-prior", repo_id="kakaobrain/karlo-v1-alpha", kind="diffusion",
-         layout="prior/, prior_scheduler/ (UnCLIPScheduler), text_encoder/ (CLIP ViT-L/14, projection 768), "
-                "tokenizer/ (+ the decoder's folders, unused here); may ship .bin (pickle) weights",
-         embedding_dim=768, embedding_space=SPACE_L14, parameters=1_022_028_544, text_encoder_parameters=123_650_304,
-         pairs_with="karlo", training_data="",
-         class_name="KarloPrior", summary="its prior/, 25 UnCLIP steps, guidance 4.0 (UnCLIPPipeline's defaults)",
-         env_var="EVALKIT_KARLO_DIR", prior_config=KARLO_PRIOR_CONFIG, text_encoder_config=REAL_TEXT_ENCODER_CONFIG,
-         prior_scheduler_config=KARLO_PRIOR_SCHEDULER_CONFIG,
-         note="counts from the public prior/ and text_encoder/ config.json built with random weights on the meta "
-              "device; they match the 4.09 GB and 495 MB fp32 files"),
+    dict(
+        name="eclipse-kandinsky22",
+        repo_id="ECLIPSE-Community/ECLIPSE_KandinskyV22_Prior",
+        kind="eclipse",
+        layout="config.json + diffusion_pytorch_model.safetensors at the repo root (prior only); text encoder "
+        "and tokenizer from kandinsky-community/kandinsky-2-2-prior (text_encoder/, tokenizer/)",
+        embedding_dim=1280,
+        embedding_space=SPACE_BIGG14,
+        parameters=34_190_592,
+        text_encoder_parameters=694_659_840,
+        pairs_with="kandinsky22",
+        training_data="5M image-text pairs",
+        weights_sha256=None,
+        class_name="EclipseKandinskyV22Prior",
+        summary="text encoder from a kandinsky-2-2-prior folder",
+        env_var="EVALKIT_ECLIPSE_KANDINSKY22_PRIOR_DIR",
+        text_encoder_env="EVALKIT_KANDINSKY22_PRIOR_DIR",
+        prior_config=ECLIPSE_PRIOR_CONFIG_1280,
+        text_encoder_config=BIGG_TEXT_ENCODER_CONFIG,
+        tiny_embedding_dim=16,  # Kandinsky22Decoder.tiny()
+        negative="zero-image",  # ECLIPSE's Kandinsky prior pipeline without a negative prompt
+        note="trainable parameters (+ 2,560 frozen clip_mean/clip_std) of the public config.json (and kandinsky-2-2-prior's text_encoder/config.json) "
+        "built with random weights on the meta device; they match the paper's 34.2 M and the 137 MB fp32 file",
+    ),
+    dict(
+        name="eclipse-karlo",
+        repo_id="ECLIPSE-Community/ECLIPSE_Karlo_Prior",
+        kind="eclipse",
+        layout="config.json + diffusion_pytorch_model.safetensors at the repo root (prior only); text encoder "
+        "and tokenizer from kakaobrain/karlo-v1-alpha (text_encoder/, tokenizer/)",
+        embedding_dim=768,
+        embedding_space=SPACE_L14,
+        parameters=33_141_504,
+        text_encoder_parameters=123_650_304,
+        pairs_with="karlo",
+        training_data="5M image-text pairs",
+        weights_sha256=None,
+        class_name="EclipseKarloPrior",
+        summary="text encoder from a karlo-v1-alpha folder",
+        env_var="EVALKIT_ECLIPSE_KARLO_PRIOR_DIR",
+        text_encoder_env="EVALKIT_KARLO_DIR",
+        prior_config=ECLIPSE_PRIOR_CONFIG_768,
+        text_encoder_config=REAL_TEXT_ENCODER_CONFIG,
+        note="trainable parameters (+ 1,536 frozen clip_mean/clip_std) of the public config.json (and karlo-v1-alpha's text_encoder/config.json) "
+        "built with random weights on the meta device; they match the paper's 33.1 M and the 133 MB fp32 file",
+    ),
+    dict(
+        name="kandinsky22-prior",
+        repo_id="kandinsky-community/kandinsky-2-2-prior",
+        kind="diffusion",
+        layout="prior/, scheduler/ (UnCLIPScheduler), text_encoder/ (CLIP ViT-bigG/14, projection 1280), "
+        "tokenizer/ (+ image_encoder/, image_processor/, unused here)",
+        embedding_dim=1280,
+        embedding_space=SPACE_BIGG14,
+        parameters=1_026_223_360,
+        text_encoder_parameters=694_659_840,
+        pairs_with="kandinsky22",
+        training_data="",
+        class_name="Kandinsky22Prior",
+        summary="25 UnCLIP steps, guidance 4.0 (its pipeline's defaults)",
+        env_var="EVALKIT_KANDINSKY22_PRIOR_DIR",
+        prior_config=KANDINSKY22_PRIOR_CONFIG,
+        text_encoder_config=BIGG_TEXT_ENCODER_CONFIG,
+        prior_scheduler_config=KANDINSKY22_PRIOR_SCHEDULER_CONFIG,
+        tiny_embedding_dim=16,  # Kandinsky22Decoder.tiny()
+        negative="zero-image",  # KandinskyV22PriorPipeline without a negative prompt
+        note="counts from the public prior/ and text_encoder/ config.json built with random weights on the meta "
+        "device; they match the 4.1 GB and 2.78 GB fp32 files",
+    ),
+    dict(
+        name="karlo-prior",
+        repo_id="kakaobrain/karlo-v1-alpha",
+        kind="diffusion",
+        layout="prior/, prior_scheduler/ (UnCLIPScheduler), text_encoder/ (CLIP ViT-L/14, projection 768), "
+        "tokenizer/ (+ the decoder's folders, unused here); may ship .bin (pickle) weights",
+        embedding_dim=768,
+        embedding_space=SPACE_L14,
+        parameters=1_022_028_544,
+        text_encoder_parameters=123_650_304,
+        pairs_with="karlo",
+        training_data="",
+        class_name="KarloPrior",
+        summary="its prior/, 25 UnCLIP steps, guidance 4.0 (UnCLIPPipeline's defaults)",
+        env_var="EVALKIT_KARLO_DIR",
+        prior_config=KARLO_PRIOR_CONFIG,
+        text_encoder_config=REAL_TEXT_ENCODER_CONFIG,
+        prior_scheduler_config=KARLO_PRIOR_SCHEDULER_CONFIG,
+        note="counts from the public prior/ and text_encoder/ config.json built with random weights on the meta "
+        "device; they match the 4.09 GB and 495 MB fp32 files",
+    ),
 ]
 
 
@@ -147,9 +210,14 @@ class HFTextEncoder(Placeable):
         self.context_length = int(tokenizer.model_max_length)
 
     @classmethod
-    def from_pretrained(cls, root: str | os.PathLike | None = None, embedding_space: str = SPACE_L14,
-                        text_encoder_path: str | os.PathLike | None = None,
-                        tokenizer_path: str | os.PathLike | None = None, allow_pickle: bool = False) -> "HFTextEncoder":
+    def from_pretrained(
+        cls,
+        root: str | os.PathLike | None = None,
+        embedding_space: str = SPACE_L14,
+        text_encoder_path: str | os.PathLike | None = None,
+        tokenizer_path: str | os.PathLike | None = None,
+        allow_pickle: bool = False,
+    ) -> "HFTextEncoder":
         """Load ``root/text_encoder`` and ``root/tokenizer`` (or the two folders given explicitly)."""
         from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -159,8 +227,10 @@ class HFTextEncoder(Placeable):
         tokenizer_dir = Path(tokenizer_path) if tokenizer_path is not None else Path(root) / "tokenizer"
         for folder, what in ((encoder_dir, CONFIG_NAME), (tokenizer_dir, "vocab.json")):
             if not (folder / what).is_file() and not (what == "vocab.json" and (folder / "tokenizer.json").is_file()):
-                raise WeightsNotFoundError(f"text encoder: expected {folder / what}, which does not exist (a "
-                                           "transformers CLIPTextModelWithProjection folder and a CLIPTokenizer folder)")
+                raise WeightsNotFoundError(
+                    f"text encoder: expected {folder / what}, which does not exist (a "
+                    "transformers CLIPTextModelWithProjection folder and a CLIPTokenizer folder)"
+                )
         from evalkit.scorers.hf_folder import quiet_transformers
 
         weights = weights_format(encoder_dir, allow_pickle, "text encoder")
@@ -169,18 +239,24 @@ class HFTextEncoder(Placeable):
                 model = CLIPTextModelWithProjection.from_pretrained(encoder_dir, local_files_only=True, **weights)
                 tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
         except (OSError, ValueError, RuntimeError, KeyError) as error:
-            raise CorruptFileError(f"text encoder: could not load {encoder_dir} / {tokenizer_dir} "
-                                   f"({type(error).__name__}: {error})") from error
+            raise CorruptFileError(
+                f"text encoder: could not load {encoder_dir} / {tokenizer_dir} ({type(error).__name__}: {error})"
+            ) from error
         return cls(model.float(), tokenizer, embedding_space)
 
     @torch.inference_mode()
     def encode_text(self, prompts: Sequence[str]) -> TextEncoding:
-        tokens = self.tokenizer(list(prompts), padding="max_length", max_length=self.context_length,
-                                truncation=True, return_tensors="pt")
+        tokens = self.tokenizer(
+            list(prompts), padding="max_length", max_length=self.context_length, truncation=True, return_tensors="pt"
+        )
         device = self.model.device  # token ids are made on the CPU: they go to the weights
         out = self.model(tokens.input_ids.to(device))
-        return TextEncoding(self.embedding_space, out.text_embeds.float(), out.last_hidden_state.float(),
-                            tokens.attention_mask.bool().to(device))
+        return TextEncoding(
+            self.embedding_space,
+            out.text_embeds.float(),
+            out.last_hidden_state.float(),
+            tokens.attention_mask.bool().to(device),
+        )
 
     def num_text_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
@@ -210,12 +286,16 @@ def prior_directory(path: str | os.PathLike, what: str, hint: str = "") -> Path:
     """``path/prior`` when present, else ``path`` itself; it must hold ``config.json``."""
     root = Path(path)
     if not root.is_dir():
-        raise WeightsNotFoundError(f"{what}: expected a checkpoint folder at {root}, which does not exist. {hint}".strip())
+        raise WeightsNotFoundError(
+            f"{what}: expected a checkpoint folder at {root}, which does not exist. {hint}".strip()
+        )
     for candidate in (root / "prior", root):
         if (candidate / CONFIG_NAME).is_file():
             return candidate
-    raise WeightsNotFoundError(f"{what}: no prior in {root} (expected {root / 'prior' / CONFIG_NAME} or "
-                               f"{root / CONFIG_NAME} with {DIFFUSERS_WEIGHTS_NAME}). {hint}".strip())
+    raise WeightsNotFoundError(
+        f"{what}: no prior in {root} (expected {root / 'prior' / CONFIG_NAME} or "
+        f"{root / CONFIG_NAME} with {DIFFUSERS_WEIGHTS_NAME}). {hint}".strip()
+    )
 
 
 def checkpoint_kind(directory: str | os.PathLike, allow_pickle: bool = False) -> str:
@@ -232,10 +312,12 @@ def _require_kind(directory: Path, expected: str, allow_pickle: bool, what: str)
         raise ConfigMismatchError(
             f"{what}: {directory} holds a diffusion PriorTransformer (it has time_embedding.* weights and a time "
             "token), not a time-free ECLIPSE prior; load it with DiffusionCheckpointPrior (e.g. karlo-prior / "
-            "kandinsky22-prior)")
+            "kandinsky22-prior)"
+        )
     raise ConfigMismatchError(
         f"{what}: {directory} holds a time-free ECLIPSE prior (no time_embedding.* weights), not a diffusion "
-        "PriorTransformer; load it with EclipseCheckpointPrior (e.g. eclipse-karlo / eclipse-kandinsky22)")
+        "PriorTransformer; load it with EclipseCheckpointPrior (e.g. eclipse-karlo / eclipse-kandinsky22)"
+    )
 
 
 def _env_path(variable: str) -> Path | None:
@@ -262,16 +344,21 @@ class _CheckpointMixin:
             return ""
         repo = known_checkpoint(cls.checkpoint)["repo_id"]
         where = f" (or set {cls.env_var})" if cls.env_var else ""
-        return (f"Download {repo} on a machine with network access (`huggingface-cli download {repo} --local-dir DIR`), "
-                f"copy it here and pass --prior-path {cls.checkpoint}=DIR{where}.")
+        return (
+            f"Download {repo} on a machine with network access (`huggingface-cli download {repo} --local-dir DIR`), "
+            f"copy it here and pass --prior-path {cls.checkpoint}=DIR{where}."
+        )
 
     @classmethod
     def _root(cls, path) -> Path:
         if path is None:
             path = _env_path(cls.env_var)
         if path is None:
-            raise WeightsNotFoundError(f"prior {cls.name or cls.__name__!r} needs a checkpoint folder: pass path=DIR"
-                                       + (f" or set {cls.env_var}" if cls.env_var else "") + f". {cls._hint()}".rstrip())
+            raise WeightsNotFoundError(
+                f"prior {cls.name or cls.__name__!r} needs a checkpoint folder: pass path=DIR"
+                + (f" or set {cls.env_var}" if cls.env_var else "")
+                + f". {cls._hint()}".rstrip()
+            )
         return Path(path)
 
     def _text_encoder(self, root: Path, text_encoder_path, embedding_space: str, allow_pickle: bool) -> HFTextEncoder:
@@ -297,7 +384,9 @@ class _CheckpointMixin:
         raise WeightsNotFoundError(
             f"prior {self.name or type(self).__name__!r}: no text_encoder/ + tokenizer/ in {root}; pass "
             "text_encoder_path=DIR (a folder holding text_encoder/ and tokenizer/)"
-            + (f" or set {self.text_encoder_env}" if self.text_encoder_env else "") + source)
+            + (f" or set {self.text_encoder_env}" if self.text_encoder_env else "")
+            + source
+        )
 
     def zero_image_embedding(self) -> torch.Tensor:
         """``(D,)``: the image embedding of an all-zero image by the prior pipeline's own image encoder, what
@@ -312,7 +401,8 @@ class _CheckpointMixin:
             where = f" in {root}" if root is not None else ""
             raise WeightsNotFoundError(
                 f"prior {self.name!r}: the zero-image negative of Kandinsky 2.2 needs the prior pipeline's image "
-                f"encoder (kandinsky-2-2-prior's image_encoder/){where}; add it, or run with --negative empty-prompt")
+                f"encoder (kandinsky-2-2-prior's image_encoder/){where}; add it, or run with --negative empty-prompt"
+            )
         from transformers import CLIPVisionModelWithProjection
 
         allow_pickle = getattr(self, "allow_pickle", False)
@@ -330,8 +420,14 @@ class _CheckpointMixin:
             raise ConfigMismatchError(f"text encoder space {self.clip.embedding_space!r} is not {embedding_space!r}")
 
     @classmethod
-    def random_init(cls, size: str = "real", device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                    seed: int = 0, **settings):
+    def random_init(
+        cls,
+        size: str = "real",
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        seed: int = 0,
+        **settings,
+    ):
         """The public checkpoint's architecture with random weights, built in memory (no files).
 
         ``size="real"``: the public prior config, its text encoder (CLIP ViT-L/14 or ViT-bigG/14 text tower)
@@ -346,8 +442,10 @@ class _CheckpointMixin:
         if size not in ("real", "tiny"):
             raise ValueError(f"size must be 'real' or 'tiny', not {size!r}")
         if cls.prior_config is None or cls.text_encoder_config is None:
-            raise EvalkitError(f"{cls.__name__} has no public architecture to build; random_init applies to the "
-                               f"public-checkpoint priors ({', '.join(e['name'] for e in KNOWN_CHECKPOINTS)})")
+            raise EvalkitError(
+                f"{cls.__name__} has no public architecture to build; random_init applies to the "
+                f"public-checkpoint priors ({', '.join(e['name'] for e in KNOWN_CHECKPOINTS)})"
+            )
         kind = "diffusion" if issubclass(cls, DiffusionPrior) else "eclipse"
         if size == "real":
             tokenizer = clip_tokenizer(None, int(cls.text_encoder_config["max_position_embeddings"]))
@@ -394,8 +492,12 @@ class _CheckpointMixin:
 
         entry = known_checkpoint(self.checkpoint)
         weights = self.path / DIFFUSERS_WEIGHTS_NAME if getattr(self, "path", None) is not None else None
-        if entry.get("weights_sha256") and weights is not None and weights.is_file() \
-                and file_sha256(weights) == entry["weights_sha256"]:
+        if (
+            entry.get("weights_sha256")
+            and weights is not None
+            and weights.is_file()
+            and file_sha256(weights) == entry["weights_sha256"]
+        ):
             return entry["training_data"]
         return f"unknown (weights not verified as {entry['repo_id']})"
 
@@ -406,8 +508,13 @@ class EclipseCheckpointPrior(_CheckpointMixin, EclipsePrior):
     name = "eclipse-checkpoint"
     default_space: ClassVar[str] = SPACE_L14
 
-    def __init__(self, path: str | os.PathLike | None = None, text_encoder_path: str | os.PathLike | None = None,
-                 embedding_space: str | None = None, allow_pickle: bool = False):
+    def __init__(
+        self,
+        path: str | os.PathLike | None = None,
+        text_encoder_path: str | os.PathLike | None = None,
+        embedding_space: str | None = None,
+        allow_pickle: bool = False,
+    ):
         root = self._root(path)
         directory = prior_directory(root, f"prior {self.name!r}", self._hint())
         _require_kind(directory, "eclipse", allow_pickle, f"prior {self.name!r}")
@@ -441,18 +548,30 @@ class DiffusionCheckpointPrior(_CheckpointMixin, DiffusionPrior):
     default_space: ClassVar[str] = SPACE_L14
     SCHEDULER_FOLDERS: ClassVar[tuple[str, ...]] = ("prior_scheduler", "scheduler")
 
-    def __init__(self, path: str | os.PathLike | None = None, text_encoder_path: str | os.PathLike | None = None,
-                 embedding_space: str | None = None, allow_pickle: bool = False, num_inference_steps: int = 25,
-                 guidance_scale: float = 4.0, rerank: int = 1):
+    def __init__(
+        self,
+        path: str | os.PathLike | None = None,
+        text_encoder_path: str | os.PathLike | None = None,
+        embedding_space: str | None = None,
+        allow_pickle: bool = False,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 4.0,
+        rerank: int = 1,
+    ):
         from diffusers import UnCLIPScheduler
 
         root = self._root(path)
         directory = prior_directory(root, f"prior {self.name!r}", self._hint())
         _require_kind(directory, "diffusion", allow_pickle, f"prior {self.name!r}")
-        folder = next((root / f for f in self.SCHEDULER_FOLDERS if (root / f / "scheduler_config.json").is_file()), None)
+        folder = next(
+            (root / f for f in self.SCHEDULER_FOLDERS if (root / f / "scheduler_config.json").is_file()), None
+        )
         if folder is None:
-            raise WeightsNotFoundError(f"prior {self.name!r}: no scheduler in {root} (expected "
-                                       + " or ".join(str(root / f / 'scheduler_config.json') for f in self.SCHEDULER_FOLDERS) + ")")
+            raise WeightsNotFoundError(
+                f"prior {self.name!r}: no scheduler in {root} (expected "
+                + " or ".join(str(root / f / 'scheduler_config.json') for f in self.SCHEDULER_FOLDERS)
+                + ")"
+            )
         try:
             self.scheduler_config = dict(UnCLIPScheduler.load_config(folder))
         except (OSError, ValueError, json.JSONDecodeError) as error:
@@ -460,17 +579,30 @@ class DiffusionCheckpointPrior(_CheckpointMixin, DiffusionPrior):
         scheduler_class(self.scheduler_config, folder)  # an unsupported scheduler is refused before any weights load
         space = embedding_space or self.default_space
         encoder = self._text_encoder(root, text_encoder_path, space, allow_pickle)
-        super().__init__(path=directory, clip=encoder, allow_pickle=allow_pickle,
-                         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, rerank=rerank)
+        super().__init__(
+            path=directory,
+            clip=encoder,
+            allow_pickle=allow_pickle,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            rerank=rerank,
+        )
         self.root = root
         self._finish(space)
 
     @classmethod
-    def _assemble(cls, model, encoder: HFTextEncoder, num_inference_steps: int = 25, guidance_scale: float = 4.0,
-                  rerank: int = 1):
+    def _assemble(
+        cls, model, encoder: HFTextEncoder, num_inference_steps: int = 25, guidance_scale: float = 4.0, rerank: int = 1
+    ):
         prior = cls.__new__(cls)
-        DiffusionPrior.__init__(prior, model=model, clip=encoder, num_inference_steps=num_inference_steps,
-                                guidance_scale=guidance_scale, rerank=rerank)
+        DiffusionPrior.__init__(
+            prior,
+            model=model,
+            clip=encoder,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            rerank=rerank,
+        )
         prior.scheduler_config = dict(cls.prior_scheduler_config)
         prior.root = None
         prior._finish(cls.default_space)
@@ -492,20 +624,24 @@ class DiffusionCheckpointPrior(_CheckpointMixin, DiffusionPrior):
         # noise (diffusers' randn_tensor draws on a generator's own device, then moves) are device-independent
         generators = seeded_generators(seeds)
         dim = model.config["embedding_dim"]
-        latents = torch.stack([torch.randn((dim,), generator=g) for g in generators]).to(device) * scheduler.init_noise_sigma
+        latents = (
+            torch.stack([torch.randn((dim,), generator=g) for g in generators]).to(device) * scheduler.init_noise_sigma
+        )
         timesteps = scheduler.timesteps
         # the sampler's state (latents, the scheduler's arithmetic and noise) stays in float32
         for i, t in enumerate(timesteps):
             model_in = (torch.cat([latents, latents]) if guided else latents).to(text.dtype)
-            out = model(model_in, timestep=t, proj_embedding=text, encoder_hidden_states=hidden,
-                        attention_mask=mask).predicted_image_embedding.float()
+            out = model(
+                model_in, timestep=t, proj_embedding=text, encoder_hidden_states=hidden, attention_mask=mask
+            ).predicted_image_embedding.float()
             if guided:
                 uncond, cond = out.chunk(2)
                 out = uncond + self.guidance_scale * (cond - uncond)
             if unclip:  # the public pipelines' call: each image's variance noise from its own generator
                 prev = None if i + 1 == len(timesteps) else timesteps[i + 1]
-                latents = scheduler.step(out, timestep=t, sample=latents, generator=generators,
-                                         prev_timestep=prev).prev_sample
+                latents = scheduler.step(
+                    out, timestep=t, sample=latents, generator=generators, prev_timestep=prev
+                ).prev_sample
             else:  # DDIM (deterministic), as a prior trained by `evalkit train-baseline --data` is sampled
                 latents = scheduler.step(out, t, latents).prev_sample
         return model.post_process_latents(latents).float()
@@ -522,8 +658,10 @@ def scheduler_class(config: dict, where=None):
 
     name = config.get("_class_name") or "UnCLIPScheduler"
     if name not in PRIOR_SCHEDULERS:
-        raise ConfigMismatchError(f"{where or 'the prior scheduler'}: {name} is not a prior scheduler evalkit samples "
-                                  f"with (supported: {', '.join(PRIOR_SCHEDULERS)})")
+        raise ConfigMismatchError(
+            f"{where or 'the prior scheduler'}: {name} is not a prior scheduler evalkit samples "
+            f"with (supported: {', '.join(PRIOR_SCHEDULERS)})"
+        )
     return getattr(diffusers, name)
 
 
@@ -531,19 +669,31 @@ def scheduler_class(config: dict, where=None):
 
 
 #: the class attributes a KNOWN_CHECKPOINTS entry sets on its prior class, where the entry has them
-_CLASS_KEYS = ("env_var", "text_encoder_env", "prior_config", "text_encoder_config", "prior_scheduler_config",
-               "tiny_embedding_dim", "negative")
+_CLASS_KEYS = (
+    "env_var",
+    "text_encoder_env",
+    "prior_config",
+    "text_encoder_config",
+    "prior_scheduler_config",
+    "tiny_embedding_dim",
+    "negative",
+)
 
 
 def _class_doc(entry: dict[str, Any]) -> str:
     """The docstring of a public checkpoint's prior class, from its table entry."""
-    text_encoder = (f"; a separate text encoder is read from ``${entry['text_encoder_env']}``"
-                    if entry.get("text_encoder_env") else "")
-    return (f"{entry['repo_id']} ({entry['kind']} prior, {entry['embedding_dim']}-d {entry['embedding_space']}, "
-            f"pairs with the {entry['pairs_with']} decoder): {entry['summary']}.\n\n"
-            f"Folder: ``path``, else ``${entry['env_var']}``{text_encoder}. Layout: {entry['layout']}.\n"
-            f"Guidance negative for the decoder: {entry.get('negative', 'empty-prompt')}. Generated from its "
-            "``KNOWN_CHECKPOINTS`` entry (see the module doc).")
+    text_encoder = (
+        f"; a separate text encoder is read from ``${entry['text_encoder_env']}``"
+        if entry.get("text_encoder_env")
+        else ""
+    )
+    return (
+        f"{entry['repo_id']} ({entry['kind']} prior, {entry['embedding_dim']}-d {entry['embedding_space']}, "
+        f"pairs with the {entry['pairs_with']} decoder): {entry['summary']}.\n\n"
+        f"Folder: ``path``, else ``${entry['env_var']}``{text_encoder}. Layout: {entry['layout']}.\n"
+        f"Guidance negative for the decoder: {entry.get('negative', 'empty-prompt')}. Generated from its "
+        "``KNOWN_CHECKPOINTS`` entry (see the module doc)."
+    )
 
 
 def _checkpoint_class(name: str) -> type:
@@ -551,8 +701,14 @@ def _checkpoint_class(name: str) -> type:
     entry = known_checkpoint(name)
     base = {"eclipse": EclipseCheckpointPrior, "diffusion": DiffusionCheckpointPrior}[entry["kind"]]
     attributes = {key: entry[key] for key in _CLASS_KEYS if key in entry}
-    attributes.update(name=name, checkpoint=name, default_space=entry["embedding_space"], __module__=__name__,
-                      __qualname__=entry["class_name"], __doc__=_class_doc(entry))
+    attributes.update(
+        name=name,
+        checkpoint=name,
+        default_space=entry["embedding_space"],
+        __module__=__name__,
+        __qualname__=entry["class_name"],
+        __doc__=_class_doc(entry),
+    )
     return type(entry["class_name"], (base,), attributes)
 
 
@@ -570,9 +726,18 @@ TINY_MAX_LENGTH = 16
 
 def _tiny_text_config(vocab_size: int, width: int) -> dict[str, Any]:
     """The tiny text encoder of tests: one layer, :data:`TINY_MAX_LENGTH` tokens, ``width`` wide."""
-    return dict(vocab_size=vocab_size, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1,
-                num_attention_heads=2, max_position_embeddings=TINY_MAX_LENGTH, projection_dim=width,
-                bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=TINY_MAX_LENGTH,
+        projection_dim=width,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
 
 
 def _random_models(kind: str, text_config: dict, prior_config: dict):
@@ -597,8 +762,9 @@ def _random_models(kind: str, text_config: dict, prior_config: dict):
     return encoder, model
 
 
-def tiny_checkpoint(directory: str | os.PathLike, kind: str = "eclipse", embedding_dim: int = 32,
-                    seed: int = 0) -> Path:
+def tiny_checkpoint(
+    directory: str | os.PathLike, kind: str = "eclipse", embedding_dim: int = 32, seed: int = 0
+) -> Path:
     """Write a tiny random checkpoint in the public layout: ``prior/``, ``text_encoder/``, ``tokenizer/``
     (and ``scheduler/`` for ``kind="diffusion"``). Returns ``directory``."""
     if kind not in ("eclipse", "diffusion"):
@@ -606,8 +772,11 @@ def tiny_checkpoint(directory: str | os.PathLike, kind: str = "eclipse", embeddi
     root = Path(directory)
     torch.manual_seed(seed)
     tokenizer = clip_tokenizer(TINY_VOCAB_MERGES, model_max_length=TINY_MAX_LENGTH)
-    encoder, model = _random_models(kind, _tiny_text_config(len(tokenizer), embedding_dim),
-                                    size_config(kind, "tiny", embedding_dim, TINY_MAX_LENGTH))
+    encoder, model = _random_models(
+        kind,
+        _tiny_text_config(len(tokenizer), embedding_dim),
+        size_config(kind, "tiny", embedding_dim, TINY_MAX_LENGTH),
+    )
     encoder.save_pretrained(root / "text_encoder")
     save_clip_tokenizer(tokenizer, root / "tokenizer")
     if kind == "diffusion":

@@ -27,12 +27,23 @@ def size_config(kind: str, size: str, embedding_dim: int, num_embeddings: int) -
     if size not in SIZES:
         raise UnknownNameError("size", size, list(SIZES))
     layers, heads, head_dim = SIZES[size]
-    config = {"num_layers": layers, "num_attention_heads": heads, "attention_head_dim": head_dim,
-              "embedding_dim": embedding_dim, "num_embeddings": num_embeddings}
+    config = {
+        "num_layers": layers,
+        "num_attention_heads": heads,
+        "attention_head_dim": head_dim,
+        "embedding_dim": embedding_dim,
+        "num_embeddings": num_embeddings,
+    }
     if kind == "diffusion":
         # diffusers' PriorTransformer with its time embedding: text tokens, pooled text, time, noisy input, prd
-        config.update(additional_embeddings=4, embedding_proj_norm_type=None, encoder_hid_proj_type="linear",
-                      added_emb_type="prd", norm_in_type=None, time_embed_act_fn="silu")
+        config.update(
+            additional_embeddings=4,
+            embedding_proj_norm_type=None,
+            encoder_hid_proj_type="linear",
+            added_emb_type="prd",
+            norm_in_type=None,
+            time_embed_act_fn="silu",
+        )
     else:
         # ECLIPSE: the same transformer without the time token
         config.update(additional_embeddings=3)

@@ -17,13 +17,21 @@ import torch
 from evalkit.contracts import Batch, Prior
 from evalkit.errors import ConfigMismatchError, EvalkitError, WeightsNotFoundError
 from evalkit.paths import REPO_ROOT
-from evalkit.serialization import (CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, config_hints, load_config, load_pretrained,
-                                   save_pretrained)
+from evalkit.serialization import (
+    CONFIG_NAME,
+    DIFFUSERS_WEIGHTS_NAME,
+    config_hints,
+    load_config,
+    load_pretrained,
+    save_pretrained,
+)
 
 SHIPPED_ROOT = REPO_ROOT / "priors"
 EMBEDDING_SPACE = "synth-clip"
-TRAIN_HINT = ("The shipped weights come with the checkout: restore them with `git checkout -- priors/`. Or train "
-              "one (`evalkit train-baseline --prior {kind} --out DIR`) and pass --prior-path NAME=DIR/final.")
+TRAIN_HINT = (
+    "The shipped weights come with the checkout: restore them with `git checkout -- priors/`. Or train "
+    "one (`evalkit train-baseline --prior {kind} --out DIR`) and pass --prior-path NAME=DIR/final."
+)
 
 
 class DiffusersLayoutMixin:
@@ -35,9 +43,13 @@ class DiffusersLayoutMixin:
     """
 
     def save_pretrained(self, directory, metadata: dict | None = None, dtype=None, **_ignored) -> Path:
-        config = {"_class_name": self.public_class_name, **{k: v for k, v in dict(self.config).items()
-                                                               if not k.startswith("_")}}
-        return save_pretrained(directory, config, self.state_dict(), metadata, dtype, weights_name=DIFFUSERS_WEIGHTS_NAME)
+        config = {
+            "_class_name": self.public_class_name,
+            **{k: v for k, v in dict(self.config).items() if not k.startswith("_")},
+        }
+        return save_pretrained(
+            directory, config, self.state_dict(), metadata, dtype, weights_name=DIFFUSERS_WEIGHTS_NAME
+        )
 
     @classmethod
     def from_pretrained(cls, directory, allow_pickle: bool = False, **_ignored):
@@ -51,8 +63,14 @@ class DiffusersLayoutMixin:
         if unknown:
             raise ConfigMismatchError(f"{directory / CONFIG_NAME} has keys {unknown} that {cls.__name__} does not take")
         config = {k: v for k, v in raw.items() if not k.startswith("_")}
-        return load_pretrained(directory, cls.from_config, config, cls.__name__, allow_pickle=allow_pickle,
-                               hints=config_hints(cls._init_function()))
+        return load_pretrained(
+            directory,
+            cls.from_config,
+            config,
+            cls.__name__,
+            allow_pickle=allow_pickle,
+            hints=config_hints(cls._init_function()),
+        )
 
     @classmethod
     def _init_function(cls):
@@ -61,8 +79,11 @@ class DiffusersLayoutMixin:
 
         for klass in cls.__mro__:
             if "__init__" in vars(klass):
-                params = [p for p in inspect.signature(klass.__init__).parameters.values()
-                          if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+                params = [
+                    p
+                    for p in inspect.signature(klass.__init__).parameters.values()
+                    if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                ]
                 if params:
                     return klass.__init__
         return None
@@ -75,8 +96,11 @@ class DiffusersLayoutMixin:
         init = cls._init_function()
         if init is None:
             return []
-        return [p.name for p in inspect.signature(init).parameters.values()
-                if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        return [
+            p.name
+            for p in inspect.signature(init).parameters.values()
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
 
     public_class_name: ClassVar[str] = "PriorTransformer"
 
@@ -92,8 +116,11 @@ def weights_placement(module) -> tuple[torch.device, torch.dtype]:
 def check_config(expected: dict, found: dict, where: str) -> None:
     """Raise :class:`ConfigMismatchError` listing every architecture key whose value differs."""
     keys = sorted(set(expected) | set(found))
-    diff = [f"{k}: requested {expected.get(k)!r}, found {found.get(k)!r}" for k in keys
-            if not k.startswith("_") and expected.get(k) != found.get(k)]
+    diff = [
+        f"{k}: requested {expected.get(k)!r}, found {found.get(k)!r}"
+        for k in keys
+        if not k.startswith("_") and expected.get(k) != found.get(k)
+    ]
     if diff:
         raise ConfigMismatchError(f"{where} was built for another architecture:\n  " + "\n  ".join(diff))
 
@@ -110,14 +137,17 @@ class TrainedPrior(Prior):
     #: the prior network and the text encoder it holds compute in any of these (samplers stay in float32)
     supported_dtypes = ("float32", "bfloat16", "float16")
 
-    def __init__(self, path: str | Path | None = None, training_seed: int = 0, model=None, clip=None,
-                 allow_pickle: bool = False):
+    def __init__(
+        self, path: str | Path | None = None, training_seed: int = 0, model=None, clip=None, allow_pickle: bool = False
+    ):
         if model is None:
             directory = Path(path) if path is not None else self.shipped_dir(training_seed)
             if not (directory / CONFIG_NAME).is_file():
                 hint = TRAIN_HINT.format(kind=self.kind)
-                raise WeightsNotFoundError(f"prior {self.name!r}: no weights at {directory} (expected {CONFIG_NAME} + "
-                                           f"{DIFFUSERS_WEIGHTS_NAME}). {hint}")
+                raise WeightsNotFoundError(
+                    f"prior {self.name!r}: no weights at {directory} (expected {CONFIG_NAME} + "
+                    f"{DIFFUSERS_WEIGHTS_NAME}). {hint}"
+                )
             model = self.model_class.from_pretrained(directory, allow_pickle=allow_pickle)
             self.path = directory
         else:
@@ -171,22 +201,28 @@ class TrainedPrior(Prior):
         if encoding is None:
             encoding = self.text_encoder().encode_text(batch.prompts)
         if encoding.text_hidden is None:
-            raise EvalkitError(f"prior {self.name!r} reads per-token text hidden states, which the "
-                               f"{self.embedding_space!r} encoding of this batch lacks")
+            raise EvalkitError(
+                f"prior {self.name!r} reads per-token text hidden states, which the "
+                f"{self.embedding_space!r} encoding of this batch lacks"
+            )
         width = encoding.text_hidden.shape[-1]
         expected = self.model.config["embedding_dim"]
         if width != expected or encoding.text_embeds.shape[-1] != expected:
             raise ConfigMismatchError(
                 f"prior {self.name!r} takes {expected}-d text embeddings and hidden states, but the "
-                f"{self.embedding_space!r} encoder gives {encoding.text_embeds.shape[-1]}-d / {width}-d")
+                f"{self.embedding_space!r} encoder gives {encoding.text_embeds.shape[-1]}-d / {width}-d"
+            )
         return encoding
 
     def model_inputs(self, encoding) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(text_embeds, text_hidden, attention_mask)`` of ``encoding`` on the network's device, the
         embeddings in its precision (encodings arrive in float32, from wherever the text encoder is)."""
         device, dtype = weights_placement(self.model)
-        return (encoding.text_embeds.to(device, dtype), encoding.text_hidden.to(device, dtype),
-                encoding.attention_mask.to(device))
+        return (
+            encoding.text_embeds.to(device, dtype),
+            encoding.text_hidden.to(device, dtype),
+            encoding.attention_mask.to(device),
+        )
 
     @torch.inference_mode()
     def predict(self, batch: Batch) -> torch.Tensor:

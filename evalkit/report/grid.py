@@ -9,8 +9,16 @@ from typing import Sequence
 import numpy as np
 
 
-def save_image_grid(path: str | Path, images: np.ndarray, titles: Sequence[str] | None = None,
-                    columns: int = 8, scale: int = 4, wrap: int = 28, lines: int = 3, fontsize: float = 7) -> Path:
+def save_image_grid(
+    path: str | Path,
+    images: np.ndarray,
+    titles: Sequence[str] | None = None,
+    columns: int = 8,
+    scale: int = 4,
+    wrap: int = 28,
+    lines: int = 3,
+    fontsize: float = 7,
+) -> Path:
     """Write ``images`` (N, H, W, 3) uint8, upscaled ×``scale`` (nearest), as a PNG grid with titles
     (wrapped at ``wrap`` characters, room for ``lines`` lines of ``fontsize`` points under each image)."""
     import matplotlib
@@ -27,12 +35,19 @@ def save_image_grid(path: str | Path, images: np.ndarray, titles: Sequence[str] 
     for k, (image, title) in enumerate(zip(images, titles)):
         row, col = divmod(k, columns)
         left, bottom = col * cell_w + pad, (rows - 1 - row) * cell_h + text_height
-        ax = fig.add_axes((left / (columns * cell_w), bottom / (rows * cell_h),
-                           side / (columns * cell_w), side / (rows * cell_h)))
+        ax = fig.add_axes(
+            (left / (columns * cell_w), bottom / (rows * cell_h), side / (columns * cell_w), side / (rows * cell_h))
+        )
         ax.imshow(image.repeat(scale, 0).repeat(scale, 1), interpolation="nearest")
         ax.axis("off")
-        fig.text((left + side / 2) / (columns * cell_w), (bottom - 0.04) / (rows * cell_h),
-                 "\n".join(line for part in title.split("\n") for line in textwrap.wrap(part, wrap)), ha="center", va="top", fontsize=fontsize)
+        fig.text(
+            (left + side / 2) / (columns * cell_w),
+            (bottom - 0.04) / (rows * cell_h),
+            "\n".join(line for part in title.split("\n") for line in textwrap.wrap(part, wrap)),
+            ha="center",
+            va="top",
+            fontsize=fontsize,
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

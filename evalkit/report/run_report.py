@@ -89,8 +89,10 @@ code{background:#f3f3f3;padding:1px 3px}"""
 
 
 def to_html(blocks: list, title: str) -> str:
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-           f"<style>{HTML_STYLE}</style></head><body>"]
+    out = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{HTML_STYLE}</style></head><body>"
+    ]
     for block in blocks:
         if isinstance(block, tuple):
             kind, text = block
@@ -98,13 +100,17 @@ def to_html(blocks: list, title: str) -> str:
             out.append(f"<{tag}>{_inline_html(text)}</{tag}>")
         elif isinstance(block, Table):
             head = "".join(f"<th>{html.escape(str(h))}</th>" for h in block.headers)
-            body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in block.rows)
+            body = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in block.rows
+            )
             out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif isinstance(block, Image):
             out.append(f"<p><img src='{html.escape(block.path)}' alt='{html.escape(block.alt)}'></p>")
         elif isinstance(block, Gallery):
-            rows = "".join(f"<tr><td><img class='thumb' src='{html.escape(p)}'></td><td>{_inline_html(c)}</td></tr>"
-                           for p, c in block.entries)
+            rows = "".join(
+                f"<tr><td><img class='thumb' src='{html.escape(p)}'></td><td>{_inline_html(c)}</td></tr>"
+                for p, c in block.entries
+            )
             out.append(f"<table>{rows}</table>")
     out.append("</body></html>")
     return "\n".join(out)
@@ -123,7 +129,9 @@ def _inline_html(text: str) -> str:
 
 
 def _order_categories(categories) -> list[str]:
-    return sorted(set(categories), key=lambda c: (CATEGORY_ORDER.index(c) if c in CATEGORY_ORDER else len(CATEGORY_ORDER), c))
+    return sorted(
+        set(categories), key=lambda c: (CATEGORY_ORDER.index(c) if c in CATEGORY_ORDER else len(CATEGORY_ORDER), c)
+    )
 
 
 def _merged(runs: Sequence[RunData]) -> tuple[dict, dict, list[dict], list[dict]]:
@@ -131,7 +139,9 @@ def _merged(runs: Sequence[RunData]) -> tuple[dict, dict, list[dict], list[dict]
     protocols = {run.results["protocol_hash"] for run in runs}
     if len(protocols) > 1:
         lines = [f"  {run.path}: {run.results['protocol_hash']} {run.results['protocol']}" for run in runs]
-        raise EvalkitError("these runs used different protocols; a report compares like with like:\n" + "\n".join(lines))
+        raise EvalkitError(
+            "these runs used different protocols; a report compares like with like:\n" + "\n".join(lines)
+        )
     priors, rows, samples, seen = {}, [], [], set()
     for run in runs:
         for name, info in run.results.get("priors", {}).items():
@@ -178,13 +188,20 @@ def score_tables(rows: list[dict], order: list[str]) -> list:
             main.append([prior, *cells, _counts(chosen, prior)])
             split.append([prior, *split_cells])
         arrow = "higher is better" if chosen[0].get("higher_is_better", True) else "lower is better"
-        blocks += [("h2", f"Scores: {metric}"),
-                   ("p", f"Mean per-image score over the val prompts this run scored, with a 95 % bootstrap CI over "
-                         f"prompts ({arrow}); the last column: prompts × images per prompt, per category."),
-                   Table(["prior", *categories, "prompts × images"], main)]
+        blocks += [
+            ("h2", f"Scores: {metric}"),
+            (
+                "p",
+                f"Mean per-image score over the val prompts this run scored, with a 95 % bootstrap CI over "
+                f"prompts ({arrow}); the last column: prompts × images per prompt, per category.",
+            ),
+            Table(["prior", *categories, "prompts × images"], main),
+        ]
         if any(seen in ("seen", "unseen") for _, _, seen in index):  # suites without the split have no table
-            blocks += [("p", "Seen / unseen attribute–object combinations (prompts in brackets):"),
-                       Table(["prior", *categories], split)]
+            blocks += [
+                ("p", "Seen / unseen attribute–object combinations (prompts in brackets):"),
+                Table(["prior", *categories], split),
+            ]
     return blocks
 
 
@@ -207,14 +224,29 @@ def verdicts(comparisons: list[dict], rows: list[dict], metric: str | None) -> l
         lead = ranked[0]
         n = (f"{lead['n_prompts']} prompts, " if lead.get("n_prompts") else "") + f"{lead['n']} images"
         if len(ranked) == 1:
-            oracle = next((r for r in rows if r["prior"] == "oracle" and r["suite"] == suite and r["metric"] == metric
-                           and r["seen"] == "all"), None)
+            oracle = next(
+                (
+                    r
+                    for r in rows
+                    if r["prior"] == "oracle" and r["suite"] == suite and r["metric"] == metric and r["seen"] == "all"
+                ),
+                None,
+            )
             ref = f"; the oracle {oracle['value']:.3f}" if oracle else ""
             lines.append(f"**{suite}**: {lead['prior']} {lead['value']:.3f}, the only trained prior{ref} ({n}).")
             continue
         second = ranked[1]
-        pair = next((c for c in comparisons if c["metric"] == metric and c.get("suite") == suite and c["seen"] == "all"
-                     and {c["a"], c["b"]} == {lead["prior"], second["prior"]}), None)
+        pair = next(
+            (
+                c
+                for c in comparisons
+                if c["metric"] == metric
+                and c.get("suite") == suite
+                and c["seen"] == "all"
+                and {c["a"], c["b"]} == {lead["prior"], second["prior"]}
+            ),
+            None,
+        )
         gap = abs(lead["value"] - second["value"])
         if pair is None:
             status = "not compared paired"
@@ -222,10 +254,14 @@ def verdicts(comparisons: list[dict], rows: list[dict], metric: str | None) -> l
             sign = 1.0 if pair["b"] == lead["prior"] else -1.0
             low, high = sorted((sign * pair["ci_low"], sign * pair["ci_high"]))
             resolved = abs(pair["z"]) >= 1.96
-            status = (f"{'resolved' if resolved else 'not resolved at this n'} (paired z {abs(pair['z']):.1f}, "
-                      f"95 % CI of the lead {low:+.3f} to {high:+.3f})")
-        lines.append(f"**{suite}**: {lead['prior']} leads with {lead['value']:.3f}, {gap:.3f} ahead of "
-                     f"{second['prior']} ({second['value']:.3f}) — {status}; {n}.")
+            status = (
+                f"{'resolved' if resolved else 'not resolved at this n'} (paired z {abs(pair['z']):.1f}, "
+                f"95 % CI of the lead {low:+.3f} to {high:+.3f})"
+            )
+        lines.append(
+            f"**{suite}**: {lead['prior']} leads with {lead['value']:.3f}, {gap:.3f} ahead of "
+            f"{second['prior']} ({second['value']:.3f}) — {status}; {n}."
+        )
     return lines
 
 
@@ -236,9 +272,16 @@ def parameter_table(rows: list[dict], priors: dict, order: list[str], metric: st
     table = []
     for prior in order:
         info = priors.get(prior, {})
-        table.append([prior, f"{info.get('trainable_parameters', 0):,}", f"{info.get('total_parameters', 0):,}",
-                      info.get("data") or "–", *(f"{chosen[(prior, c)]:.3f}" if (prior, c) in chosen else "–" for c in categories),
-                      _counts([r for r in rows if r["metric"] == metric], prior)])
+        table.append(
+            [
+                prior,
+                f"{info.get('trainable_parameters', 0):,}",
+                f"{info.get('total_parameters', 0):,}",
+                info.get("data") or "–",
+                *(f"{chosen[(prior, c)]:.3f}" if (prior, c) in chosen else "–" for c in categories),
+                _counts([r for r in rows if r["metric"] == metric], prior),
+            ]
+        )
     return Table(["prior", "trainable params", "total params", "training data", *categories, "prompts × images"], table)
 
 
@@ -263,12 +306,24 @@ def plot_parameters(rows: list[dict], priors: dict, metric: str, path: Path) -> 
             params = priors.get(r["prior"], {}).get("trainable_parameters", 0)
             if params > 0:
                 points.append((params, r))
-                ax.errorbar([params], [r["value"]], yerr=[[r["value"] - r["ci_low"]], [r["ci_high"] - r["value"]]],
-                            fmt="o", capsize=3, alpha=0.85)
+                ax.errorbar(
+                    [params],
+                    [r["value"]],
+                    yerr=[[r["value"] - r["ci_low"]], [r["ci_high"] - r["value"]]],
+                    fmt="o",
+                    capsize=3,
+                    alpha=0.85,
+                )
             else:
                 ax.axhline(r["value"], ls="--", lw=0.8, color="grey")
-                ax.annotate(r["prior"], (0.01, r["value"]), xycoords=("axes fraction", "data"), fontsize=9,
-                            color="grey", va="bottom")
+                ax.annotate(
+                    r["prior"],
+                    (0.01, r["value"]),
+                    xycoords=("axes fraction", "data"),
+                    fontsize=9,
+                    color="grey",
+                    va="bottom",
+                )
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
         lo, hi = ax.get_xlim()
@@ -276,8 +331,15 @@ def plot_parameters(rows: list[dict], priors: dict, metric: str, path: Path) -> 
         low, high = ax.get_ylim()
         for x, y, name in _spread_labels(points, (high - low) * 0.07):
             params, row = next((p, r) for p, r in points if r["prior"] == name)
-            ax.annotate(name, (params, row["value"]), xytext=(x, y), textcoords="data", fontsize=9, va="center",
-                        arrowprops=dict(arrowstyle="-", lw=0.5, color="0.4"))
+            ax.annotate(
+                name,
+                (params, row["value"]),
+                xytext=(x, y),
+                textcoords="data",
+                fontsize=9,
+                va="center",
+                arrowprops=dict(arrowstyle="-", lw=0.5, color="0.4"),
+            )
         ax.set_title(category)
         ax.set_xlabel("prior parameters (trainable)")
         ax.set_ylabel(metric)
@@ -304,7 +366,7 @@ def _spread_labels(points: list[tuple[int, dict]], gap: float, span: float = 0.5
     while ordered:
         first = math.log10(ordered[0][0])
         group = [pr for pr in ordered if math.log10(pr[0]) - first < span]
-        ordered = ordered[len(group):]
+        ordered = ordered[len(group) :]
         x = max(p for p, _ in group) * 1.35
         values = sorted((r["value"], r["prior"]) for _, r in group)
         heights = [values[0][0]]
@@ -315,7 +377,9 @@ def _spread_labels(points: list[tuple[int, dict]], gap: float, span: float = 0.5
     return out
 
 
-def grid_selection(samples: list[dict], prompts_per_suite: int = GRID_PROMPTS) -> dict[str, tuple[int, list[str], dict]]:
+def grid_selection(
+    samples: list[dict], prompts_per_suite: int = GRID_PROMPTS
+) -> dict[str, tuple[int, list[str], dict]]:
     """Per suite: (seed, item ids, {(prior, item): sample}) of the side-by-side grid — the first prompts
     at the first seed, scored by the headline scorer (:func:`headline_metric`)."""
     scorer = headline_metric([{"metric": s["scorer"]} for s in samples])
@@ -334,8 +398,10 @@ def worst_selection(samples: list[dict], order: list[str], per_prior: int = WORS
     """Per prior: its lowest-scored images (ties broken by item and seed)."""
     out = {}
     for prior in order:
-        mine = sorted((s for s in samples if s["prior"] == prior and s.get("image_path")),
-                      key=lambda s: (s["score"], s["item_id"], s["seed"], s["scorer"]))[:per_prior]
+        mine = sorted(
+            (s for s in samples if s["prior"] == prior and s.get("image_path")),
+            key=lambda s: (s["score"], s["item_id"], s["seed"], s["scorer"]),
+        )[:per_prior]
         if mine:
             out[prior] = mine
     return out
@@ -371,10 +437,16 @@ def grid_images(samples: list[dict], order: list[str], out_dir: Path) -> list[Im
         if len(images) != len(items) * len(columns) or not images:
             continue  # images missing from disk: no misleading partial grid
         scorer = next(iter(index.values()))["scorer"]
-        path = _write_atomically(out_dir / f"grid-{suite}.png", lambda tmp: save_image_grid(
-            tmp, np.stack(images), titles, columns=len(columns), scale=5, wrap=20, lines=6, fontsize=10))
-        blocks += [("h3", f"{suite}: seed {seed}, one column per prior; under each image its {scorer} score"),
-                   Image(path.name, f"grid {suite}")]
+        path = _write_atomically(
+            out_dir / f"grid-{suite}.png",
+            lambda tmp: save_image_grid(
+                tmp, np.stack(images), titles, columns=len(columns), scale=5, wrap=20, lines=6, fontsize=10
+            ),
+        )
+        blocks += [
+            ("h3", f"{suite}: seed {seed}, one column per prior; under each image its {scorer} score"),
+            Image(path.name, f"grid {suite}"),
+        ]
     return blocks
 
 
@@ -391,8 +463,9 @@ def worst_images(samples: list[dict], order: list[str], out_dir: Path) -> list:
         entries = []
         for s in rows:
             questions = ", ".join(f"{q['question']} {q['p']:.2f}" for q in s.get("questions", []))
-            caption = (f"`{prior}` {s['suite']} seed {s['seed']} ({s['scorer']}): *{s['prompt']}* → {s['score']:.2f}"
-                       + (f" ({questions})" if questions else ""))
+            caption = f"`{prior}` {s['suite']} seed {s['seed']} ({s['scorer']}): *{s['prompt']}* → {s['score']:.2f}" + (
+                f" ({questions})" if questions else ""
+            )
             entries.append((os.path.relpath(s["image_path"], out_dir), caption))
         blocks += [("h3", prior), Gallery(entries)]
     return blocks
@@ -411,9 +484,12 @@ def unknown_words_summary(found: dict, top: int = 8) -> list[str]:
             ranked = sorted(entry["words"].items(), key=lambda kv: (-kv[1], kv[0]))  # JSON may reorder keys
             words = ", ".join(f"{w} ×{n}" for w, n in ranked[:top])
             more = len(entry["words"]) - top
-            lines.append(f"{suite}: {entry['with_unknown_words']} of {entry['prompts']} prompts have words outside "
-                         f"the {space} text encoder's vocabulary, encoded as <unk> ({words}"
-                         + (f", and {more} more" if more > 0 else "") + ")")
+            lines.append(
+                f"{suite}: {entry['with_unknown_words']} of {entry['prompts']} prompts have words outside "
+                f"the {space} text encoder's vocabulary, encoded as <unk> ({words}"
+                + (f", and {more} more" if more > 0 else "")
+                + ")"
+            )
     return lines
 
 
@@ -423,58 +499,93 @@ def not_applicable_lines(found: dict, top: int = 3) -> list[str]:
     for suite, scorers in found.items():
         for scorer, entry in scorers.items():
             reasons = "; ".join(f"{reason} ({n})" for reason, n in list(entry["reasons"].items())[:top])
-            lines.append(f"{suite}: {scorer} cannot score {entry['prompts']} prompt(s) ({entry['images']} image rows), "
-                         f"left out of its means: {reasons}")
+            lines.append(
+                f"{suite}: {scorer} cannot score {entry['prompts']} prompt(s) ({entry['images']} image rows), "
+                f"left out of its means: {reasons}"
+            )
     return lines
 
 
 def report_blocks(runs: Sequence[RunData], out_dir: Path, pairs: Sequence[tuple[str, str]] | None = None) -> list:
     protocol, priors, rows, samples = _merged(runs)
     order = prior_order(priors, rows)
-    blocks: list = [("h1", "evalkit run report"),
-                    ("p", f"Protocol `{runs[0].results['protocol_hash']}`: decoder {protocol['decoder']}, "
-                          f"{protocol['num_inference_steps']} steps, guidance {protocol['guidance_scale']}, "
-                          f"{protocol['images_per_prompt']} images per prompt from seed {protocol['seed']}, scorer "
-                          f"{protocol['scorer']} (version {protocol['scorer_version']}); decoded in {protocol.get('dtype')}. "
-                          "Runs: " + ", ".join(f"`{run.path.name}`" + _where(run.results.get("environment")) for run in runs)
-                          + ".")]
+    blocks: list = [
+        ("h1", "evalkit run report"),
+        (
+            "p",
+            f"Protocol `{runs[0].results['protocol_hash']}`: decoder {protocol['decoder']}, "
+            f"{protocol['num_inference_steps']} steps, guidance {protocol['guidance_scale']}, "
+            f"{protocol['images_per_prompt']} images per prompt from seed {protocol['seed']}, scorer "
+            f"{protocol['scorer']} (version {protocol['scorer_version']}); decoded in {protocol.get('dtype')}. "
+            "Runs: " + ", ".join(f"`{run.path.name}`" + _where(run.results.get("environment")) for run in runs) + ".",
+        ),
+    ]
     for run in runs:
         for line in unknown_words_summary(run.results.get("unknown_words", {})):
             blocks.append(("p", f"**Vocabulary.** {line}."))
         for line in not_applicable_lines(run.results.get("not_applicable", {})):
             blocks.append(("p", f"**Not scored.** {line}."))
     if protocol.get("random_init"):
-        blocks.append(("p", f"**Random weights** (`--random-init {protocol['random_init']}`): the priors, text encoders "
-                            "and decoder were built at their architectures with random weights; the images are noise "
-                            "and the scores mean nothing. For speed and memory measurements only."))
+        blocks.append(
+            (
+                "p",
+                f"**Random weights** (`--random-init {protocol['random_init']}`): the priors, text encoders "
+                "and decoder were built at their architectures with random weights; the images are noise "
+                "and the scores mean nothing. For speed and memory measurements only.",
+            )
+        )
     blocks += score_tables(rows, order)
     metric = headline_metric(rows)
     if metric:
-        blocks += [("h2", "Parameters versus composition"),
-                   ("p", "Trainable: the prior's own parameters. Total: prior + the text encoder it reads + the decoder. "
-                         f"Scores: {metric}, every prompt the run scored."),
-                   parameter_table(rows, priors, order, metric)]
+        blocks += [
+            ("h2", "Parameters versus composition"),
+            (
+                "p",
+                "Trainable: the prior's own parameters. Total: prior + the text encoder it reads + the decoder. "
+                f"Scores: {metric}, every prompt the run scored.",
+            ),
+            parameter_table(rows, priors, order, metric),
+        ]
         plot = plot_parameters(rows, priors, metric, out_dir / "parameters.png")
         if plot is not None:
             blocks.append(Image(plot.name, "score against prior parameters"))
     comparisons, leaders = _comparisons(runs, samples, rows, priors, pairs, metric)
     lines = verdicts(comparisons + leaders, rows, metric)
     if lines:
-        blocks += [("h2", f"Verdicts ({metric})"), ("p", "Per suite: the leading trained prior, its lead over the next "
-                   "one and whether the paired test resolves it (|z| ≥ 1.96) at this number of prompts.")]
+        blocks += [
+            ("h2", f"Verdicts ({metric})"),
+            (
+                "p",
+                "Per suite: the leading trained prior, its lead over the next "
+                "one and whether the paired test resolves it (|z| ≥ 1.96) at this number of prompts.",
+            ),
+        ]
         blocks += [("p", line) for line in lines]
     if comparisons:
-        blocks += [("h2", "Paired comparisons"), ("p", comparison_note("b − a per image score")),
-                   Table(*paired_table(comparisons))]
+        blocks += [
+            ("h2", "Paired comparisons"),
+            ("p", comparison_note("b − a per image score")),
+            Table(*paired_table(comparisons)),
+        ]
     grids = grid_images(samples, order, out_dir)
     if grids:
         blocks += [("h2", "Same prompt and seed across priors")] + grids
     worst = worst_images(samples, order, out_dir)
     if worst:
-        blocks += [("h2", "Lowest-scored images"), ("p", "With each question's probability: why an image scored low.")] + worst
-    timings = [[run.path.name, run.results.get("images", ""), run.results.get("wall_time_s", ""),
-                ", ".join(f"{k} {v:.1f}" for k, v in run.results.get("timings_s", {}).items()),
-                _cache_summary(run.results.get("cache"))] for run in runs]
+        blocks += [
+            ("h2", "Lowest-scored images"),
+            ("p", "With each question's probability: why an image scored low."),
+        ] + worst
+    timings = [
+        [
+            run.path.name,
+            run.results.get("images", ""),
+            run.results.get("wall_time_s", ""),
+            ", ".join(f"{k} {v:.1f}" for k, v in run.results.get("timings_s", {}).items()),
+            _cache_summary(run.results.get("cache")),
+        ]
+        for run in runs
+    ]
     blocks += [("h2", "Runs"), Table(["run", "images", "wall s", "stage s", "cache"], timings)]
     return blocks
 
@@ -486,8 +597,9 @@ def _where(environment: dict | None) -> str:
     return f" ({device}, {environment.get('threads')} threads, {environment.get('decoder_dtype')})"
 
 
-def _comparisons(runs: Sequence[RunData], samples: list[dict], rows: list[dict], priors: dict, pairs,
-                 metric: str | None) -> tuple[list[dict], list[dict]]:
+def _comparisons(
+    runs: Sequence[RunData], samples: list[dict], rows: list[dict], priors: dict, pairs, metric: str | None
+) -> tuple[list[dict], list[dict]]:
     """(the paired comparisons asked for or the run's default ones, the verdicts' extra leader-vs-next ones)."""
     chosen_pairs = list(pairs) if pairs is not None else run_pairs(priors, rows)
     comparisons, leaders = _paired(runs, samples, rows, chosen_pairs), []
@@ -520,8 +632,11 @@ def _leading_pairs(rows: list[dict], metric: str) -> list[tuple[str, str]]:
     """(second, leader) per suite among the trained priors on ``metric``."""
     out = []
     for suite in sorted({r["suite"] for r in rows}):
-        members = [r for r in rows if r["suite"] == suite and r["metric"] == metric and r["seen"] == "all"
-                   and r["prior"] not in CALIBRATION]
+        members = [
+            r
+            for r in rows
+            if r["suite"] == suite and r["metric"] == metric and r["seen"] == "all" and r["prior"] not in CALIBRATION
+        ]
         ranked = sorted(members, key=lambda r: -r["value"] if r.get("higher_is_better", True) else r["value"])
         if len(ranked) > 1 and (ranked[1]["prior"], ranked[0]["prior"]) not in out:
             out.append((ranked[1]["prior"], ranked[0]["prior"]))
@@ -554,8 +669,11 @@ REPORT_FILES = ("report.md", "report.html", "parameters.png")
 def _report_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir()
-                  if p.name in REPORT_FILES or (p.name.startswith("grid-") and p.name.endswith(".png")))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.name in REPORT_FILES or (p.name.startswith("grid-") and p.name.endswith(".png"))
+    )
 
 
 def _render(runs: Sequence[RunData], out_dir: Path, pairs) -> Path:
@@ -573,9 +691,14 @@ def _render(runs: Sequence[RunData], out_dir: Path, pairs) -> Path:
     return out_dir / "report.md"
 
 
-def write_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None,
-                 pairs: Sequence[tuple[str, str]] | None = None, *, fresh: bool = False,
-                 parent: str | os.PathLike = "evalkit-runs") -> Path:
+def write_report(
+    run_dirs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike | None,
+    pairs: Sequence[tuple[str, str]] | None = None,
+    *,
+    fresh: bool = False,
+    parent: str | os.PathLike = "evalkit-runs",
+) -> Path:
     """Render ``report.md`` and ``report.html`` (plus ``parameters.png`` and grids) into ``out_dir``.
 
     Everything read is checked first — the run folders (:func:`load_run`), that they share one
@@ -598,8 +721,10 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     out_dir = Path(out_dir)
     existing = _report_files(out_dir)
     if existing:
-        raise EvalkitError(f"{out_dir} already holds {existing[0].name}: existing files are never overwritten; "
-                           "render the report into a new folder")
+        raise EvalkitError(
+            f"{out_dir} already holds {existing[0].name}: existing files are never overwritten; "
+            "render the report into a new folder"
+        )
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -625,8 +750,10 @@ def _write_fresh(runs: Sequence[RunData], out_dir, pairs, parent) -> Path:
         out_dir = created = new_run_dir(parent, "report")  # new and empty
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise EvalkitError(f"{out_dir} already exists and is not empty: a report goes into a new (or empty) folder "
-                           "and existing files are never overwritten; pick another --out")
+        raise EvalkitError(
+            f"{out_dir} already exists and is not empty: a report goes into a new (or empty) folder "
+            "and existing files are never overwritten; pick another --out"
+        )
     staging = None
     try:
         try:
@@ -648,8 +775,10 @@ def _write_fresh(runs: Sequence[RunData], out_dir, pairs, parent) -> Path:
             os.rename(staging, out_dir)  # atomic; replaces nothing but an empty folder
         except OSError as error:
             if error.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
-                raise EvalkitError(f"{out_dir} was created or filled by another command while this report was "
-                                   "rendered; existing files are never overwritten, nothing was written") from None
+                raise EvalkitError(
+                    f"{out_dir} was created or filled by another command while this report was "
+                    "rendered; existing files are never overwritten, nothing was written"
+                ) from None
             raise WriteError(f"could not move the report into {out_dir}: {error.strerror or error}") from error
         staging = None
     except BaseException:

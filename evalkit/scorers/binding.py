@@ -34,8 +34,10 @@ from evalkit.paths import REPO_ROOT
 from evalkit.serialization import CONFIG_NAME, PretrainedMixin
 
 SHIPPED_DIR = REPO_ROOT / "evalkit" / "embedded" / "weights" / "scorer"
-TRAIN_HINT = ("The shipped weights come with the checkout (restore them from git), or train one with "
-              "`evalkit train-world scorer --out DIR` and load DIR/final.")
+TRAIN_HINT = (
+    "The shipped weights come with the checkout (restore them from git), or train one with "
+    "`evalkit train-world scorer --out DIR` and load DIR/final."
+)
 
 
 def world_vocabulary() -> list[str]:
@@ -68,8 +70,14 @@ class BindingVQA(PretrainedMixin, nn.Module):
         self.config.widths = tuple(self.config.widths)
         w1, w2, w3 = self.config.widths
         self.index = {word: i for i, word in enumerate(self.config.vocabulary)}
-        self.trunk = nn.Sequential(_block(3, w1, 1), _block(w1, w2, 2), _block(w2, w2, 1), _block(w2, w3, 2),
-                                   _block(w3, w3, 1), _block(w3, w3, 1))
+        self.trunk = nn.Sequential(
+            _block(3, w1, 1),
+            _block(w1, w2, 2),
+            _block(w2, w2, 1),
+            _block(w2, w3, 2),
+            _block(w3, w3, 1),
+            _block(w3, w3, 1),
+        )
         self.head = nn.Sequential(nn.Conv2d(w3, w3, 1), nn.GELU(), nn.Conv2d(w3, len(self.config.vocabulary), 1))
         self.register_buffer("image_mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1), persistent=False)
 
@@ -112,8 +120,13 @@ class BindingScorer(Scorer):
     #: the CNN computes in any of these (its batch norms are folded in float32, then cast)
     supported_dtypes = ("float32", "bfloat16", "float16")
 
-    def __init__(self, path: str | Path | None = None, model: BindingVQA | None = None, mode: str = "full",
-                 batch_size: int = 1024):
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        model: BindingVQA | None = None,
+        mode: str = "full",
+        batch_size: int = 1024,
+    ):
         super().__init__()
         if model is None:
             directory = Path(path) if path is not None else SHIPPED_DIR
@@ -159,8 +172,13 @@ class BindingScorer(Scorer):
         """P(yes) for each (images[image_index[k]], phrases[k]): the CNN runs once per image, whatever the
         number of its questions; each question is then a weighted sum over the word maps."""
         hot, _ = self.model.encode_phrases(phrases)
-        maps = torch.cat([self.word_logits(images[s:s + self.batch_size])
-                          for s in range(0, len(images), self.batch_size)]) if len(images) else None
+        maps = (
+            torch.cat(
+                [self.word_logits(images[s : s + self.batch_size]) for s in range(0, len(images), self.batch_size)]
+            )
+            if len(images)
+            else None
+        )
         if maps is None or not len(phrases):
             return torch.empty(0)
         # phrases and indices are made on the CPU: they go to the maps; log-probabilities summed in float32

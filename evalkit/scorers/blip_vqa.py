@@ -102,9 +102,11 @@ def t2i_compbench_image_size(patch_size: int) -> int:
 def weights_hint(directory: str | os.PathLike | None = None) -> str:
     """How to get the weights (shown whenever the folder is missing or incomplete)."""
     target = directory or "DIR"
-    return (f"Download {REPO_ID} on a machine with network access: "
-            f"`huggingface-cli download {REPO_ID} --local-dir {target}`, copy the folder here, then set "
-            f"{ENV_DIR}={target} or pass --scorer-path blip-vqa={target}.")
+    return (
+        f"Download {REPO_ID} on a machine with network access: "
+        f"`huggingface-cli download {REPO_ID} --local-dir {target}`, copy the folder here, then set "
+        f"{ENV_DIR}={target} or pass --scorer-path blip-vqa={target}."
+    )
 
 
 def resolve_directory(path: str | os.PathLike | None = None) -> Path:
@@ -124,15 +126,17 @@ def check_folder(directory: Path, allow_pickle: bool = False) -> bool:
     if not any(find_weights(directory)):
         missing.append("model.safetensors")
     if missing:
-        raise WeightsNotFoundError(f"blip-vqa: {directory} is not a complete {REPO_ID} folder: missing "
-                                   f"{', '.join(missing)}. {weights_hint(directory)}")
+        raise WeightsNotFoundError(
+            f"blip-vqa: {directory} is not a complete {REPO_ID} folder: missing "
+            f"{', '.join(missing)}. {weights_hint(directory)}"
+        )
     hint = f"Download model.safetensors (the public {REPO_ID} repository ships it)."
     return weights_format(directory, allow_pickle, "blip-vqa", hint=hint)["use_safetensors"]
 
 
 def _chunks(seq: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(seq), size):
-        yield seq[start:start + size]
+        yield seq[start : start + size]
 
 
 class BlipVQAScorer(Scorer):
@@ -148,8 +152,15 @@ class BlipVQAScorer(Scorer):
     #: BLIP's towers compute in any of these (the yes/no arithmetic reads the logits in float32 / float64)
     supported_dtypes = ("float32", "bfloat16", "float16")
 
-    def __init__(self, path: str | os.PathLike | None = None, mode: bvqa.Mode = "full", batch_size: int = 32,
-                 device: str | None = None, allow_pickle: bool = False, convention: Convention | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike | None = None,
+        mode: bvqa.Mode = "full",
+        batch_size: int = 32,
+        device: str | None = None,
+        allow_pickle: bool = False,
+        convention: Convention | None = None,
+    ) -> None:
         """``device``: where to put the model once loaded (None: the CPU); the run places scorers itself
         (:func:`evalkit.placement.place`), and the scorer computes wherever its weights are.
         ``convention``: None for the class's default (``blip-vqa``: t2i-compbench)."""
@@ -174,8 +185,11 @@ class BlipVQAScorer(Scorer):
         self.bos_id = self._bos_id(directory)
         self.enc_id = self._enc_id(directory) if convention == "t2i-compbench" else None
         #: the side images are resized to (t2i-compbench; None: the transformers convention uses the processor's)
-        self.image_size = (t2i_compbench_image_size(self.model.config.vision_config.patch_size)
-                           if convention == "t2i-compbench" else None)
+        self.image_size = (
+            t2i_compbench_image_size(self.model.config.vision_config.patch_size)
+            if convention == "t2i-compbench"
+            else None
+        )
         if convention == "t2i-compbench":  # BLIP's ViT: LayerNorm(eps=1e-6) (transformers' config: 1e-5)
             for module in self.model.vision_model.modules():
                 if isinstance(module, torch.nn.LayerNorm):
@@ -203,16 +217,24 @@ class BlipVQAScorer(Scorer):
         with quiet_transformers():
             try:
                 model = BlipForQuestionAnswering.from_pretrained(
-                    directory, local_files_only=True, use_safetensors=use_safetensors, weights_only=True,
-                    dtype=torch.float32)
+                    directory,
+                    local_files_only=True,
+                    use_safetensors=use_safetensors,
+                    weights_only=True,
+                    dtype=torch.float32,
+                )
             except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as error:
-                raise CorruptFileError(f"blip-vqa: could not load the model in {directory} ({error}). Restore the "
-                                       f"folder: {weights_hint(directory)}") from None
+                raise CorruptFileError(
+                    f"blip-vqa: could not load the model in {directory} ({error}). Restore the "
+                    f"folder: {weights_hint(directory)}"
+                ) from None
             try:
                 processor = BlipProcessor.from_pretrained(directory, local_files_only=True)
             except (OSError, ValueError, TypeError, KeyError) as error:
-                raise CorruptFileError(f"blip-vqa: could not load the processor (image processor + tokenizer) in "
-                                       f"{directory} ({error}). {weights_hint(directory)}") from None
+                raise CorruptFileError(
+                    f"blip-vqa: could not load the processor (image processor + tokenizer) in "
+                    f"{directory} ({error}). {weights_hint(directory)}"
+                ) from None
         model.eval()
         model.requires_grad_(False)
         return model, processor
@@ -226,12 +248,16 @@ class BlipVQAScorer(Scorer):
             token_id = tokenizer.convert_tokens_to_ids(word)
             if token_id is None or token_id == tokenizer.unk_token_id:
                 if vocab_size != BLIP_VOCAB_SIZE:
-                    raise ConfigMismatchError(f"blip-vqa: the tokenizer in {directory} has no token {word!r}; B-VQA "
-                                              "reads the first-step logits of 'yes' and 'no'")
+                    raise ConfigMismatchError(
+                        f"blip-vqa: the tokenizer in {directory} has no token {word!r}; B-VQA "
+                        "reads the first-step logits of 'yes' and 'no'"
+                    )
                 token_id = known
             if not 0 <= token_id < vocab_size:
-                raise ConfigMismatchError(f"blip-vqa: token {word!r} has id {token_id}, outside the model's "
-                                          f"vocabulary of {vocab_size} in {directory}")
+                raise ConfigMismatchError(
+                    f"blip-vqa: token {word!r} has id {token_id}, outside the model's "
+                    f"vocabulary of {vocab_size} in {directory}"
+                )
             ids.append(int(token_id))
         return ids[0], ids[1]
 
@@ -240,8 +266,10 @@ class BlipVQAScorer(Scorer):
         bos = getattr(self.model, "decoder_start_token_id", None)
         bos = bos if bos is not None else getattr(text, "bos_token_id", None)
         if bos is None or not 0 <= int(bos) < text.vocab_size:
-            raise ConfigMismatchError(f"blip-vqa: config.json in {directory} names no valid decoder BOS token "
-                                      f"(text_config.bos_token_id = {bos})")
+            raise ConfigMismatchError(
+                f"blip-vqa: config.json in {directory} names no valid decoder BOS token "
+                f"(text_config.bos_token_id = {bos})"
+            )
         return int(bos)
 
     def _enc_id(self, directory: Path) -> int:
@@ -253,8 +281,10 @@ class BlipVQAScorer(Scorer):
         if token_id is None or token_id == tokenizer.unk_token_id:
             token_id = self.bos_id + 1
         if not 0 <= int(token_id) < vocab_size:
-            raise ConfigMismatchError(f"blip-vqa: no [ENC] token in {directory}: id {token_id} is outside the "
-                                      f"model's vocabulary of {vocab_size} (BLIP's is 30524: [DEC] 30522, [ENC] 30523)")
+            raise ConfigMismatchError(
+                f"blip-vqa: no [ENC] token in {directory}: id {token_id} is outside the "
+                f"model's vocabulary of {vocab_size} (BLIP's is 30524: [DEC] 30522, [ENC] 30523)"
+            )
         return int(token_id)
 
     # ------------------------------------------------------------------ scoring
@@ -278,9 +308,15 @@ class BlipVQAScorer(Scorer):
         products = bvqa.image_scores(probs, self.mode) if probs else []
         rows = []
         for (phrases, source), qs, ps, product in zip(asked, questions, probs, products):
-            rows.append({"score": float(product),
-                         "questions": [{"question": q, "p": float(p)} for q, p in zip(qs, ps)],
-                         "splitter": source, "mode": self.mode, "convention": self.convention})
+            rows.append(
+                {
+                    "score": float(product),
+                    "questions": [{"question": q, "p": float(p)} for q, p in zip(qs, ps)],
+                    "splitter": source,
+                    "mode": self.mode,
+                    "convention": self.convention,
+                }
+            )
         return rows
 
     @torch.no_grad()
@@ -364,9 +400,12 @@ class BlipVQAScorer(Scorer):
         interpolate = self.convention == "t2i-compbench"
         embeds = []
         for chunk in _chunks(range(len(images)), self.batch_size):
-            pixel_values = self._pixel_values(images[chunk.start:chunk.stop])
-            embeds.append(self.model.vision_model(pixel_values=pixel_values,
-                                                  interpolate_pos_encoding=interpolate).last_hidden_state)
+            pixel_values = self._pixel_values(images[chunk.start : chunk.stop])
+            embeds.append(
+                self.model.vision_model(
+                    pixel_values=pixel_values, interpolate_pos_encoding=interpolate
+                ).last_hidden_state
+            )
         return torch.cat(embeds)
 
     def _first_step_yes_probability(self, input_ids: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
@@ -375,12 +414,15 @@ class BlipVQAScorer(Scorer):
         question_mask = torch.ones((n, length), dtype=torch.long, device=self.device)
         image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=self.device)
         question_embeds = self.model.text_encoder(
-            input_ids=input_ids, attention_mask=question_mask, encoder_hidden_states=image_embeds,
-            encoder_attention_mask=image_mask).last_hidden_state
+            input_ids=input_ids,
+            attention_mask=question_mask,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=image_mask,
+        ).last_hidden_state
         bos = torch.full((n, 1), self.bos_id, dtype=torch.long, device=self.device)
         logits = self.model.text_decoder(
-            input_ids=bos, encoder_hidden_states=question_embeds, encoder_attention_mask=question_mask,
-            use_cache=False).logits[:, 0, :]
+            input_ids=bos, encoder_hidden_states=question_embeds, encoder_attention_mask=question_mask, use_cache=False
+        ).logits[:, 0, :]
         return bvqa.yes_probability_from_logits(logits.float().cpu(), self.yes_id, self.no_id, mode=self.mode)
 
     # ------------------------------------------------------------------ identity
@@ -398,16 +440,24 @@ class BlipVQAScorer(Scorer):
             for module_file in (__file__, bvqa.__file__, noun_phrases_module.__file__):
                 sources.update(Path(module_file).read_bytes())
             vocab = json.dumps(sorted(self.processor.tokenizer.get_vocab().items()), ensure_ascii=False)
-            self._fingerprint = content_hash({
-                "class": f"{type(self).__module__}.{type(self).__qualname__}", "name": self.name,
-                "version": self.version, "convention": self.convention, "mode": self.mode,
-                "image_size": self.image_size,
-                "weights": weights_fingerprint(self.model),
-                "image_processor": self.processor.image_processor.to_dict(),
-                "vocab": hashlib.sha256(vocab.encode("utf-8")).hexdigest(),
-                "answer_ids": [self.yes_id, self.no_id, self.bos_id, self.enc_id], "source": sources.hexdigest(),
-                "evalkit": __version__, "transformers": transformers.__version__,
-            }, length=32)
+            self._fingerprint = content_hash(
+                {
+                    "class": f"{type(self).__module__}.{type(self).__qualname__}",
+                    "name": self.name,
+                    "version": self.version,
+                    "convention": self.convention,
+                    "mode": self.mode,
+                    "image_size": self.image_size,
+                    "weights": weights_fingerprint(self.model),
+                    "image_processor": self.processor.image_processor.to_dict(),
+                    "vocab": hashlib.sha256(vocab.encode("utf-8")).hexdigest(),
+                    "answer_ids": [self.yes_id, self.no_id, self.bos_id, self.enc_id],
+                    "source": sources.hexdigest(),
+                    "evalkit": __version__,
+                    "transformers": transformers.__version__,
+                },
+                length=32,
+            )
         # the splitter may change with the environment (spaCy installed, $EVALKIT_NOUN_PHRASE_SPLITTER)
         return content_hash([self._fingerprint, splitter_name()], length=32)
 
@@ -434,12 +484,28 @@ class BlipVQAScorer(Scorer):
         (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
         with quiet_transformers():
             tokenizer = BertTokenizer.from_pretrained(directory, local_files_only=True)
-            text = dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, encoder_hidden_size=32,
-                        pad_token_id=tokenizer.pad_token_id, sep_token_id=tokenizer.sep_token_id,
-                        bos_token_id=vocab.index("[DEC]"), initializer_range=0.3)
-            vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                          image_size=32, patch_size=8, initializer_range=0.3)
+            text = dict(
+                vocab_size=len(vocab),
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=64,
+                encoder_hidden_size=32,
+                pad_token_id=tokenizer.pad_token_id,
+                sep_token_id=tokenizer.sep_token_id,
+                bos_token_id=vocab.index("[DEC]"),
+                initializer_range=0.3,
+            )
+            vision = dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                image_size=32,
+                patch_size=8,
+                initializer_range=0.3,
+            )
             config = BlipConfig(text_config=text, vision_config=vision, projection_dim=32)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)

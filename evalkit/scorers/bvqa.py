@@ -53,8 +53,9 @@ def yes_probability(p_yes: Any, p_no: Any) -> Any:
 
         p_yes, p_no = torch.as_tensor(p_yes), torch.as_tensor(p_no)
         total = p_yes + p_no
-        return torch.where(total > 0, p_yes / torch.where(total > 0, total, torch.ones_like(total)),
-                           torch.full_like(total, 0.5))
+        return torch.where(
+            total > 0, p_yes / torch.where(total > 0, total, torch.ones_like(total)), torch.full_like(total, 0.5)
+        )
     if np.ndim(p_yes) == 0 and np.ndim(p_no) == 0:
         total = float(p_yes) + float(p_no)
         return float(p_yes) / total if total > 0 else 0.5
@@ -65,8 +66,9 @@ def yes_probability(p_yes: Any, p_no: Any) -> Any:
     return out
 
 
-def yes_probability_from_logits(logits: Any, yes_id: int = BLIP_YES_ID, no_id: int = BLIP_NO_ID,
-                                mode: Mode = "full") -> Any:
+def yes_probability_from_logits(
+    logits: Any, yes_id: int = BLIP_YES_ID, no_id: int = BLIP_NO_ID, mode: Mode = "full"
+) -> Any:
     """``p`` from the answer decoder's first-step logits ``(..., vocab)``.
 
     ``softmax(logits)[yes] / (softmax[yes] + softmax[no])`` equals ``sigmoid(l_yes - l_no)``: the
@@ -215,8 +217,9 @@ def probs_from_rows(rows: Sequence[dict]) -> list[list[float]]:
     return [[float(q["p"]) for q in row.get("questions", [])] for row in rows]
 
 
-def category_scores_from_rows(rows: Sequence[dict], mode: Mode = "full",
-                              max_slots: int = T2I_COMPBENCH_SLOTS) -> dict[str, float]:
+def category_scores_from_rows(
+    rows: Sequence[dict], mode: Mode = "full", max_slots: int = T2I_COMPBENCH_SLOTS
+) -> dict[str, float]:
     """``{category: score}`` recomputed from scorer rows' questions in the given arithmetic mode."""
     groups: dict[str, list[dict]] = {}
     for row in rows:

@@ -80,8 +80,9 @@ class TorchmetricsCLIPAdapter(nn.Module):
     def get_image_features(self, pixel_values: torch.Tensor, **_: Any) -> torch.Tensor:
         return self.clip.encode_image(pixel_values).float()  # features in float32 whatever the CLIP computes in
 
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                          **_: Any) -> torch.Tensor:
+    def get_text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: Any
+    ) -> torch.Tensor:
         if input_ids.is_floating_point():
             return input_ids
         return text_embeds(self.clip.encode_tokens(input_ids, attention_mask))
@@ -95,8 +96,14 @@ class CLIPProcessorAdapter:
         self.image_size = image_size
         self.tokenizes = callable(getattr(clip, "tokenizer", None)) and hasattr(clip, "encode_tokens")
 
-    def __call__(self, text: Sequence[str] | None = None, images: Sequence[torch.Tensor] | None = None,
-                 return_tensors: str = "pt", padding: bool = True, **_: Any) -> dict[str, torch.Tensor]:
+    def __call__(
+        self,
+        text: Sequence[str] | None = None,
+        images: Sequence[torch.Tensor] | None = None,
+        return_tensors: str = "pt",
+        padding: bool = True,
+        **_: Any,
+    ) -> dict[str, torch.Tensor]:
         if images is not None:
             return {"pixel_values": prepare_images(torch.stack(list(images)), self.image_size)}
         if text is None:
@@ -130,8 +137,9 @@ class CLIPScoreScorer(Scorer):
 
             clip = load_world_clip()
         if not (callable(getattr(clip, "encode_image", None)) and callable(getattr(clip, "encode_text", None))):
-            raise TypeError("CLIPScoreScorer needs a CLIP with encode_image and encode_text, "
-                            f"got {type(clip).__name__}")
+            raise TypeError(
+                f"CLIPScoreScorer needs a CLIP with encode_image and encode_text, got {type(clip).__name__}"
+            )
         self.clip = clip
         # the CLIP's own declaration (the world CLIP: all three); one that declares nothing: float32 only
         self.supported_dtypes = tuple(getattr(clip, "supported_dtypes", ("float32",)))
@@ -178,11 +186,17 @@ class CLIPScoreScorer(Scorer):
         """A CLIP with a closed vocabulary (the world's) cannot read a prompt with words outside it."""
         finder = getattr(self.clip, "unknown_words", None)
         words = sorted({w.lower() for w in finder(item.prompt)}) if callable(finder) else []
-        return f"words outside the {self.embedding_space} text encoder's vocabulary ({', '.join(words)})" if words else None
+        return (
+            f"words outside the {self.embedding_space} text encoder's vocabulary ({', '.join(words)})"
+            if words
+            else None
+        )
 
     def score(self, images: torch.Tensor, batch: Batch) -> list[dict]:
         prompts = batch.prompts
         cos = self.cosines(images, prompts).tolist()
         scaled = self.torchmetrics_clipscore(images, prompts).tolist()
-        return [{"score": min(max(c, 0.0), 1.0), "cosine": c, "clipscore_100": s, "clip": self.embedding_space}
-                for c, s in zip(cos, scaled)]
+        return [
+            {"score": min(max(c, 0.0), 1.0), "cosine": c, "clipscore_100": s, "clip": self.embedding_space}
+            for c, s in zip(cos, scaled)
+        ]

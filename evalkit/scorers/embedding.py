@@ -52,8 +52,10 @@ class EmbeddingCosineScorer(Scorer):
     @torch.inference_mode()
     def score_embeddings(self, image_embeds: torch.Tensor, batch: Batch) -> list[dict]:
         if image_embeds.shape[-1] != self.oracle.embedding_dim:
-            raise EvalkitError(f"embedding-cosine compares with {self.oracle.embedding_dim}-d world-CLIP embeddings; "
-                               f"the prior gave {image_embeds.shape[-1]}-d ones")
+            raise EvalkitError(
+                f"embedding-cosine compares with {self.oracle.embedding_dim}-d world-CLIP embeddings; "
+                f"the prior gave {image_embeds.shape[-1]}-d ones"
+            )
         target = self.oracle.predict(batch).float()
         image_embeds = image_embeds.to(target.device, torch.float32)  # the prior's, from wherever it computed
         cosine = torch.nn.functional.cosine_similarity(image_embeds, target, dim=-1).clamp(-1.0, 1.0)

@@ -29,18 +29,22 @@ def download_hint(repo_id: str, env_var: str, scorer: str):
 
     def hint(directory: str | os.PathLike | None = None) -> str:
         target = directory or "DIR"
-        return (f"Download {repo_id} on a machine with network access: `huggingface-cli download {repo_id} "
-                f"--local-dir {target}`, copy the folder here, then set {env_var}={target} or pass "
-                f"--scorer-path {scorer}={target}.")
+        return (
+            f"Download {repo_id} on a machine with network access: `huggingface-cli download {repo_id} "
+            f"--local-dir {target}`, copy the folder here, then set {env_var}={target} or pass "
+            f"--scorer-path {scorer}={target}."
+        )
 
     return hint
 
 
 def layout_text(repo_id: str, model_type: str) -> str:
     """The files a folder needs, in words (named in every error)."""
-    return (f"the layout of the public {repo_id} repository: config.json (model_type {model_type!r}), "
-            f"model.safetensors (or {SAFETENSORS_INDEX} and its shards), preprocessor_config.json, and the "
-            "CLIP tokenizer files (vocab.json + merges.txt, or tokenizer.json)")
+    return (
+        f"the layout of the public {repo_id} repository: config.json (model_type {model_type!r}), "
+        f"model.safetensors (or {SAFETENSORS_INDEX} and its shards), preprocessor_config.json, and the "
+        "CLIP tokenizer files (vocab.json + merges.txt, or tokenizer.json)"
+    )
 
 
 def resolve_model_folder(path: str | os.PathLike | None, env_var: str, scorer: str, repo_id: str) -> Path:
@@ -48,8 +52,9 @@ def resolve_model_folder(path: str | os.PathLike | None, env_var: str, scorer: s
     return weights_folder(path, env_var, scorer, repo_id, download_hint(repo_id, env_var, scorer))
 
 
-def check_model_folder(directory: Path, *, scorer: str, repo_id: str, model_types: Sequence[str], env_var: str,
-                       allow_pickle: bool = False) -> bool:
+def check_model_folder(
+    directory: Path, *, scorer: str, repo_id: str, model_types: Sequence[str], env_var: str, allow_pickle: bool = False
+) -> bool:
     """Check ``directory`` holds a ``model_types[0]`` model in ``repo_id``'s layout; returns whether the weights are
     safetensors (else allowed pickle). Raises :class:`ConfigMismatchError` for another kind of model and
     :class:`WeightsNotFoundError` for a missing file."""
@@ -60,14 +65,16 @@ def check_model_folder(directory: Path, *, scorer: str, repo_id: str, model_type
         try:
             config = json.loads(config_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ConfigMismatchError(f"{scorer}: {config_path} is not readable JSON ({error}); expected {layout}. "
-                                      f"{hint}") from None
+            raise ConfigMismatchError(
+                f"{scorer}: {config_path} is not readable JSON ({error}); expected {layout}. {hint}"
+            ) from None
         kind = config.get("model_type") if isinstance(config, dict) else None
         if kind not in model_types:
             what = f"a {kind!r} model" if kind else "no model_type"
             raise ConfigMismatchError(
                 f"{scorer}: {directory} holds {what} (config.json model_type), not {model_types[0]!r}: this scorer "
-                f"needs a folder in {layout}. {hint}")
+                f"needs a folder in {layout}. {hint}"
+            )
     missing = [] if config_path.is_file() else ["config.json"]
     if not any((directory / name).is_file() for name in PROCESSOR_FILES):
         missing.append("preprocessor_config.json")
@@ -76,8 +83,10 @@ def check_model_folder(directory: Path, *, scorer: str, repo_id: str, model_type
     if not any(find_weights(directory)):
         missing.append("model.safetensors")
     if missing:
-        raise WeightsNotFoundError(f"{scorer}: {directory} is not a complete {repo_id} folder: missing "
-                                   f"{', '.join(missing)}; expected {layout}. {hint}")
+        raise WeightsNotFoundError(
+            f"{scorer}: {directory} is not a complete {repo_id} folder: missing "
+            f"{', '.join(missing)}; expected {layout}. {hint}"
+        )
     safetensors_hint = f"Download model.safetensors (the public {repo_id} repository ships it)."
     return weights_format(directory, allow_pickle, scorer, hint=safetensors_hint)["use_safetensors"]
 
@@ -115,7 +124,17 @@ def scorer_fingerprint(scorer, extra: dict | None = None, sources: Sequence = ()
     for module in sources:
         code.update(Path(module.__file__).read_bytes())
     settings = {k: v for k, v in _settings(scorer).items() if k != "path"}
-    return content_hash({"class": f"{type(scorer).__module__}.{type(scorer).__qualname__}", "name": scorer.name,
-                         "version": scorer.version, "settings": settings, "weights": weights_fingerprint(scorer),
-                         "source": code.hexdigest(), "evalkit": __version__, "transformers": transformers.__version__,
-                         **(extra or {})}, length=32)
+    return content_hash(
+        {
+            "class": f"{type(scorer).__module__}.{type(scorer).__qualname__}",
+            "name": scorer.name,
+            "version": scorer.version,
+            "settings": settings,
+            "weights": weights_fingerprint(scorer),
+            "source": code.hexdigest(),
+            "evalkit": __version__,
+            "transformers": transformers.__version__,
+            **(extra or {}),
+        },
+        length=32,
+    )

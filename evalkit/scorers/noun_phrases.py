@@ -119,8 +119,16 @@ VERBS = frozenset(
 _VERB_AFTER_NOUN = frozenset({"features", "flash", "flashes", "left"})
 #: prepositions after which an ``-ing`` word is a gerund ("for serving dinner")
 _GERUND_PREPOSITIONS = frozenset("for by from before after without while when".split())
-_MULTIWORD = (("in", "front", "of"), ("on", "top", "of"), ("next", "to"), ("side", "by", "side"),
-              ("in", "the", "middle", "of"), ("out", "of"), ("close", "to"), ("on", "the", "side", "of"))
+_MULTIWORD = (
+    ("in", "front", "of"),
+    ("on", "top", "of"),
+    ("next", "to"),
+    ("side", "by", "side"),
+    ("in", "the", "middle", "of"),
+    ("out", "of"),
+    ("close", "to"),
+    ("on", "the", "side", "of"),
+)
 
 _ING_NOUNS = frozenset(
     "ring king string wing swing spring sling thing something everything nothing ceiling building painting "
@@ -143,13 +151,17 @@ SHAPES = frozenset(
     "curved straight flat".split()
 )
 SIZES = frozenset("big small tall short long large tiny huge little narrow wide giant massive thin thick".split())
-MATERIALS = frozenset("metallic wooden fluffy leather glass plastic rubber fabric metal wood wool woolen "
-                      "paper stone ceramic marble furry velvet silk cotton".split())
+MATERIALS = frozenset(
+    "metallic wooden fluffy leather glass plastic rubber fabric metal wood wool woolen "
+    "paper stone ceramic marble furry velvet silk cotton".split()
+)
 #: attribute words that are also common nouns ("a red orange", "the glass", "a square"): they
 #: coordinate ("glass and metal bowls") but are never dropped as a lone adjective
-_NOUNLIKE_ATTRIBUTES = frozenset("orange gold silver square oval diamond crescent teardrop leather glass "
-                                 "plastic rubber fabric metal wood wool paper stone marble silk cotton "
-                                 "velvet ceramic tan".split())
+_NOUNLIKE_ATTRIBUTES = frozenset(
+    "orange gold silver square oval diamond crescent teardrop leather glass "
+    "plastic rubber fabric metal wood wool paper stone marble silk cotton "
+    "velvet ceramic tan".split()
+)
 OTHER_ADJECTIVES = frozenset(
     "clean empty visible necessary useful unique different tasty modern ancient precious favorite "
     "fashionable warm cold hot cozy shiny dark light bright pale matching stainless striped spotted "
@@ -167,8 +179,12 @@ _BOUNDARY, _DET, _WORD, _INTENS, _JOIN = "B", "D", "W", "I", "J"
 
 
 def _is_pure_adjective(word: str) -> bool:
-    return word in PURE_ADJECTIVES or (len(word) > 5 and word.endswith(_ADJECTIVE_SUFFIXES)
-                                       and not word.endswith(("fish", "dish")) and word not in _NOUNLIKE_ATTRIBUTES)
+    return word in PURE_ADJECTIVES or (
+        len(word) > 5
+        and word.endswith(_ADJECTIVE_SUFFIXES)
+        and not word.endswith(("fish", "dish"))
+        and word not in _NOUNLIKE_ATTRIBUTES
+    )
 
 
 def _is_participle(word: str) -> bool:
@@ -190,7 +206,7 @@ def _classify(words: list[str]) -> list[str]:
     i = 0
     while i < n:  # multi-word connectors first
         for phrase in _MULTIWORD:
-            if tuple(words[i:i + len(phrase)]) == phrase:
+            if tuple(words[i : i + len(phrase)]) == phrase:
                 for j in range(i, i + len(phrase)):
                     kinds[j] = _BOUNDARY
                 i += len(phrase) - 1
@@ -205,8 +221,7 @@ def _classify(words: list[str]) -> list[str]:
             kinds[i] = _DET
         elif w in INTENSIFIERS and i + 1 < n and words[i + 1] in ATTRIBUTES:
             kinds[i] = _INTENS
-        elif w in PREPOSITIONS or w in CONJUNCTIONS or w in PRONOUNS or w in ADVERBS or w in AUXILIARIES \
-                or w in VERBS:
+        elif w in PREPOSITIONS or w in CONJUNCTIONS or w in PRONOUNS or w in ADVERBS or w in AUXILIARIES or w in VERBS:
             kinds[i] = _BOUNDARY
         elif w[0].isdigit() and not any(c.isalpha() for c in w):
             kinds[i] = _BOUNDARY  # numbers other than number words ("11:44")
@@ -225,10 +240,12 @@ def _classify(words: list[str]) -> list[str]:
         elif w in _VERB_AFTER_NOUN and prev_kind == _WORD and (w != "features" or nxt not in PREPOSITIONS):
             kinds[i] = _BOUNDARY
         elif _is_participle(w) and (
-                prev in AUXILIARIES or prev in PRONOUNS
-                or (w.endswith("ing") and prev in _GERUND_PREPOSITIONS)
-                or nxt in PRONOUNS
-                or (nxt_kind == _BOUNDARY and (nxt in PREPOSITIONS or nxt in ADVERBS) and prev_kind == _WORD)):
+            prev in AUXILIARIES
+            or prev in PRONOUNS
+            or (w.endswith("ing") and prev in _GERUND_PREPOSITIONS)
+            or nxt in PRONOUNS
+            or (nxt_kind == _BOUNDARY and (nxt in PREPOSITIONS or nxt in ADVERBS) and prev_kind == _WORD)
+        ):
             kinds[i] = _BOUNDARY
     return kinds
 
@@ -239,8 +256,13 @@ def _coordinates(words: list[str], kinds: list[str], start: int, i: int) -> bool
     nxt = i + 1
     if words[i] == "," and nxt < len(words) and words[nxt] == "and":
         nxt += 1
-    return (bool(left) and all(w in ATTRIBUTES for w in left) and nxt < len(words)
-            and kinds[nxt] == _WORD and words[nxt] in ATTRIBUTES)
+    return (
+        bool(left)
+        and all(w in ATTRIBUTES for w in left)
+        and nxt < len(words)
+        and kinds[nxt] == _WORD
+        and words[nxt] in ATTRIBUTES
+    )
 
 
 def _phrase(words: list[str], kinds: list[str]) -> str | None:
@@ -250,10 +272,16 @@ def _phrase(words: list[str], kinds: list[str]) -> str | None:
         return None
     end = content[-1]
     # trailing attributes after a noun: "the only things visible"
-    while end > 0 and _is_pure_adjective(words[end]) and words[end] not in COLORS and kinds[end - 1] == _WORD \
-            and not _is_pure_adjective(words[end - 1]) and words[end - 1] not in ATTRIBUTES:
+    while (
+        end > 0
+        and _is_pure_adjective(words[end])
+        and words[end] not in COLORS
+        and kinds[end - 1] == _WORD
+        and not _is_pure_adjective(words[end - 1])
+        and words[end - 1] not in ATTRIBUTES
+    ):
         end -= 1
-    kept_words, kept_kinds = words[:end + 1], kinds[:end + 1]
+    kept_words, kept_kinds = words[: end + 1], kinds[: end + 1]
     content = [w for w, k in zip(kept_words, kept_kinds) if k == _WORD]
     if len(content) == 1:
         others = set(kept_words) - {content[0]}
@@ -329,11 +357,13 @@ def spacy_missing_message() -> str:
     pipeline, why = _load_spacy()
     if pipeline is not None:
         return ""
-    return (f"the noun-phrase splitter is spaCy (T2I-CompBench's noun chunks), but {why}. Get the pinned "
-            f"environment with `python3 -m evalkit.bootstrap ...` (requirements.lock pins "
-            f"{' and '.join(SPACY_REQUIREMENTS)}), or `pip install {' '.join(SPACY_REQUIREMENTS)}` (loaded as "
-            f"{' / '.join(SPACY_MODELS)}); or choose the rule-based splitter explicitly with {SPLITTER_ENV}=rules "
-            f"(results then record {RULES_NAME!r}; it agrees with spaCy on fewer prompts, see docs/scorers.md)")
+    return (
+        f"the noun-phrase splitter is spaCy (T2I-CompBench's noun chunks), but {why}. Get the pinned "
+        f"environment with `python3 -m evalkit.bootstrap ...` (requirements.lock pins "
+        f"{' and '.join(SPACY_REQUIREMENTS)}), or `pip install {' '.join(SPACY_REQUIREMENTS)}` (loaded as "
+        f"{' / '.join(SPACY_MODELS)}); or choose the rule-based splitter explicitly with {SPLITTER_ENV}=rules "
+        f"(results then record {RULES_NAME!r}; it agrees with spaCy on fewer prompts, see docs/scorers.md)"
+    )
 
 
 @functools.lru_cache(maxsize=65536)
@@ -346,8 +376,10 @@ def chosen_splitter(splitter: str | None = None) -> str:
     """The splitter asked for: ``splitter``, else ``$EVALKIT_NOUN_PHRASE_SPLITTER``, else :data:`DEFAULT_SPLITTER`."""
     choice = splitter or os.environ.get(SPLITTER_ENV) or DEFAULT_SPLITTER
     if choice not in SPLITTERS:
-        raise ValueError(f"unknown noun-phrase splitter {choice!r}; expected one of {', '.join(SPLITTERS)}"
-                         + (f" (from ${SPLITTER_ENV})" if not splitter else ""))
+        raise ValueError(
+            f"unknown noun-phrase splitter {choice!r}; expected one of {', '.join(SPLITTERS)}"
+            + (f" (from ${SPLITTER_ENV})" if not splitter else "")
+        )
     return choice
 
 

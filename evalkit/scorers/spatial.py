@@ -82,8 +82,13 @@ def iou(box1: Sequence[float], box2: Sequence[float]) -> float:
     return intersection / union if union > 0 else 0.0
 
 
-def position_score(relation: str | None, box1: Sequence[float], box2: Sequence[float],
-                   iou_threshold: float = IOU_THRESHOLD, distance_threshold: float = DISTANCE_THRESHOLD) -> float:
+def position_score(
+    relation: str | None,
+    box1: Sequence[float],
+    box2: Sequence[float],
+    iou_threshold: float = IOU_THRESHOLD,
+    distance_threshold: float = DISTANCE_THRESHOLD,
+) -> float:
     """``determine_position(locality, box1, box2)`` of ``2D_spatial_eval.py`` (l. 23–78), branch for branch.
 
     ``dx``/``dy``: box 2's centre minus box 1's (image y grows downwards).
@@ -120,8 +125,12 @@ def position_score(relation: str | None, box1: Sequence[float], box2: Sequence[f
     return float(score)
 
 
-def image_score(relation: str | None, det1: tuple[Sequence[float], float] | None,
-                det2: tuple[Sequence[float], float] | None, **thresholds) -> float:
+def image_score(
+    relation: str | None,
+    det1: tuple[Sequence[float], float] | None,
+    det2: tuple[Sequence[float], float] | None,
+    **thresholds,
+) -> float:
     """One image's score from the chosen detection ``(box, confidence)`` of each object (None: not found),
     l. 233–261: both found, ``0.25·conf₁ + 0.25·conf₂ + position / 2``; one found, ``0.25·conf``; none, 0;
     then any score below 0.5 is 0 (so one object alone, or a wrong position, scores 0)."""
@@ -139,8 +148,9 @@ def image_score(relation: str | None, det1: tuple[Sequence[float], float] | None
     return float(score)
 
 
-def best_detection(boxes: torch.Tensor, scores: torch.Tensor, threshold: float = DETECTION_THRESHOLD
-                   ) -> tuple[Box, float] | None:
+def best_detection(
+    boxes: torch.Tensor, scores: torch.Tensor, threshold: float = DETECTION_THRESHOLD
+) -> tuple[Box, float] | None:
     """The box of highest score among those scoring above ``threshold`` (strictly, as detectron2), or None.
     ``boxes`` ``(P, 4)`` xyxy, ``scores`` ``(P,)``; ties go to the first box."""
     if scores.numel() == 0:
@@ -195,10 +205,18 @@ class T2ISpatialScorer(Scorer):
     #: OWLv2 computes in any of these; scores and boxes are read in float32
     supported_dtypes = ("float32", "bfloat16", "float16")
 
-    def __init__(self, path: str | os.PathLike | None = None, allow_pickle: bool = False, structure: str = "auto",
-                 parser: str | None = None, detection_threshold: float = DETECTION_THRESHOLD,
-                 query_template: str = QUERY_TEMPLATE, frame: str = "unidet",
-                 relation_rules: str = "t2i-compbench", device: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike | None = None,
+        allow_pickle: bool = False,
+        structure: str = "auto",
+        parser: str | None = None,
+        detection_threshold: float = DETECTION_THRESHOLD,
+        query_template: str = QUERY_TEMPLATE,
+        frame: str = "unidet",
+        relation_rules: str = "t2i-compbench",
+        device: str | None = None,
+    ) -> None:
         super().__init__()
         if structure not in ("auto", *t2i_text.STRUCTURES):
             raise ValueError(f"unknown structure {structure!r}; expected auto, simple or complex")
@@ -209,8 +227,14 @@ class T2ISpatialScorer(Scorer):
         if "{}" not in query_template:
             raise ValueError(f"query_template must hold '{{}}' for the object, got {query_template!r}")
         directory = resolve_model_folder(path, ENV_DIR, self.name, REPO_ID)
-        use_safetensors = check_model_folder(directory, scorer=self.name, repo_id=REPO_ID, model_types=MODEL_TYPES,
-                                             env_var=ENV_DIR, allow_pickle=allow_pickle)
+        use_safetensors = check_model_folder(
+            directory,
+            scorer=self.name,
+            repo_id=REPO_ID,
+            model_types=MODEL_TYPES,
+            env_var=ENV_DIR,
+            allow_pickle=allow_pickle,
+        )
         self.path = str(directory)
         self.structure = structure
         self.parser = t2i_text.parser_name(parser)  # resolved once: rows and the fingerprint name it
@@ -230,16 +254,23 @@ class T2ISpatialScorer(Scorer):
         with quiet_transformers():
             try:
                 model = Owlv2ForObjectDetection.from_pretrained(
-                    directory, local_files_only=True, use_safetensors=use_safetensors, weights_only=True,
-                    dtype=torch.float32)
+                    directory,
+                    local_files_only=True,
+                    use_safetensors=use_safetensors,
+                    weights_only=True,
+                    dtype=torch.float32,
+                )
             except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as error:
-                raise CorruptFileError(f"t2i-spatial: could not load OWLv2 from {directory} ({error}). "
-                                       f"{weights_hint(directory)}") from None
+                raise CorruptFileError(
+                    f"t2i-spatial: could not load OWLv2 from {directory} ({error}). {weights_hint(directory)}"
+                ) from None
             try:
                 processor = Owlv2Processor.from_pretrained(directory, local_files_only=True)
             except (OSError, ValueError, TypeError, KeyError) as error:
-                raise CorruptFileError(f"t2i-spatial: could not load the OWLv2 processor (image processor + CLIP "
-                                       f"tokenizer) in {directory} ({error}). {weights_hint(directory)}") from None
+                raise CorruptFileError(
+                    f"t2i-spatial: could not load the OWLv2 processor (image processor + CLIP "
+                    f"tokenizer) in {directory} ({error}). {weights_hint(directory)}"
+                ) from None
         model.eval()
         model.requires_grad_(False)
         return model, processor
@@ -289,15 +320,17 @@ class T2ISpatialScorer(Scorer):
         height, width = image.shape[:2]
         queries = [self.query_template.format(o) for o in objects]
         inputs = self.processor(text=[queries], images=[image], return_tensors="pt")
-        inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
-                  for k, v in inputs.items()}
+        inputs = {
+            k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+            for k, v in inputs.items()
+        }
         out = self.model(**inputs)
         scores = torch.sigmoid(out.logits[0].float()).cpu()  # (P, Q)
         cx, cy, w, h = out.pred_boxes[0].float().cpu().unbind(-1)
         side = float(max(height, width))  # OWLv2 pads to a square (bottom / right) before resizing
         boxes = torch.stack([(cx - w / 2) * side, (cy - h / 2) * side, (cx + w / 2) * side, (cy + h / 2) * side], -1)
         limit = torch.tensor([width, height, width, height], dtype=boxes.dtype)
-        return torch.minimum(boxes.clamp(min=0), limit), scores[:, :len(queries)]
+        return torch.minimum(boxes.clamp(min=0), limit), scores[:, : len(queries)]
 
     def score(self, images: torch.Tensor, batch: Batch) -> list[dict]:
         if len(images) != len(batch):
@@ -306,8 +339,13 @@ class T2ISpatialScorer(Scorer):
         rows = []
         for image, item in zip(pixels, batch.items):
             parsed = self.parse(item)
-            row = {"relation": parsed.relation, "objects": list(parsed.objects or parsed.parsed),
-                   "parser": parsed.parser, "structure": parsed.structure, "detector": "owlv2"}
+            row = {
+                "relation": parsed.relation,
+                "objects": list(parsed.objects or parsed.parsed),
+                "parser": parsed.parser,
+                "structure": parsed.structure,
+                "detector": "owlv2",
+            }
             if parsed.reason is not None:
                 rows.append({"score": 0.0, **row, "not_applicable": parsed.reason})
                 continue
@@ -335,10 +373,17 @@ class T2ISpatialScorer(Scorer):
             "score": image_score(relation, det1, det2),
             "position": position,
             "rule_relation": relation,
-            "detections": {obj: None if det is None else {"box": _round(det[0], 2), "confidence": round(det[1], 6)}
-                           for obj, det in found.items()},
-            "frame": {"name": self.frame, "width": frame_w, "height": frame_h, "image_width": width,
-                      "image_height": height},
+            "detections": {
+                obj: None if det is None else {"box": _round(det[0], 2), "confidence": round(det[1], 6)}
+                for obj, det in found.items()
+            },
+            "frame": {
+                "name": self.frame,
+                "width": frame_w,
+                "height": frame_h,
+                "image_width": width,
+                "image_height": height,
+            },
         }
 
     def fingerprint(self) -> str:
@@ -346,8 +391,9 @@ class T2ISpatialScorer(Scorer):
         from evalkit.scorers import noun_phrases
         from evalkit.scorers.hf_folder import scorer_fingerprint
 
-        return scorer_fingerprint(self, {"image_processor": self.processor.image_processor.to_dict()},
-                                  sources=(t2i_text, noun_phrases))
+        return scorer_fingerprint(
+            self, {"image_processor": self.processor.image_processor.to_dict()}, sources=(t2i_text, noun_phrases)
+        )
 
     # ------------------------------------------------------------------ tiny
 
@@ -360,15 +406,31 @@ class T2ISpatialScorer(Scorer):
         directory.mkdir(parents=True, exist_ok=True)
         tokenizer = tiny_clip_tokenizer(16)
         vocab = len(tokenizer)
-        text = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                    max_position_embeddings=16, bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1)
-        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
-                      patch_size=8)
+        text = dict(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            bos_token_id=vocab - 2,
+            eos_token_id=vocab - 1,
+            pad_token_id=vocab - 1,
+        )
+        vision = dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        )
         with quiet_transformers():
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                model = Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision,
-                                                             projection_dim=32)).eval()
+                model = Owlv2ForObjectDetection(
+                    Owlv2Config(text_config=text, vision_config=vision, projection_dim=32)
+                ).eval()
             model.save_pretrained(directory)
             Owlv2ImageProcessor(size={"height": 32, "width": 32}).save_pretrained(directory)
             save_clip_tokenizer(tokenizer, directory)

@@ -84,13 +84,15 @@ class TransformersCLIP(nn.Module):
         from torchvision import transforms
 
         n_px = self.input_size
-        transform = transforms.Compose([
-            transforms.Resize(n_px, interpolation=transforms.InterpolationMode.BICUBIC),
-            transforms.CenterCrop(n_px),
-            lambda image: image.convert("RGB"),
-            transforms.ToTensor(),
-            transforms.Normalize(OPENAI_MEAN, OPENAI_STD),
-        ])
+        transform = transforms.Compose(
+            [
+                transforms.Resize(n_px, interpolation=transforms.InterpolationMode.BICUBIC),
+                transforms.CenterCrop(n_px),
+                lambda image: image.convert("RGB"),
+                transforms.ToTensor(),
+                transforms.Normalize(OPENAI_MEAN, OPENAI_STD),
+            ]
+        )
         pixels = (images.detach().float().cpu().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
         pil = [Image.fromarray(np.ascontiguousarray(p.permute(1, 2, 0).numpy())) for p in pixels]
         return torch.stack([transform(image) for image in pil]).to(self.device, self.dtype)
@@ -105,7 +107,7 @@ class TransformersCLIP(nn.Module):
         ids = list(self.tokenizer_(prompt, truncation=False)["input_ids"])
         if len(ids) > self.max_length:
             self.truncated.add(prompt)
-            ids = ids[:self.max_length - 1] + [ids[-1]]  # keep the end-of-text token, whose feature is pooled
+            ids = ids[: self.max_length - 1] + [ids[-1]]  # keep the end-of-text token, whose feature is pooled
         return ids
 
     @torch.no_grad()
@@ -113,8 +115,9 @@ class TransformersCLIP(nn.Module):
         rows = []
         for prompt in prompts:
             ids = torch.tensor([self.token_ids(prompt)], dtype=torch.long, device=self.device)
-            rows.append(_features(self.model.get_text_features(input_ids=ids,
-                                                               attention_mask=torch.ones_like(ids))).float())
+            rows.append(
+                _features(self.model.get_text_features(input_ids=ids, attention_mask=torch.ones_like(ids))).float()
+            )
         return torch.cat(rows) if rows else torch.empty(0, self.model.config.projection_dim)
 
 
@@ -131,13 +134,25 @@ class T2IClipScorer(CLIPScoreScorer):
     supported_dtypes = ("float32", "bfloat16", "float16")
     score_resolution = 0.01  # a cosine: real CLIPs' image-prompt cosines lie within ~0.15–0.40
 
-    def __init__(self, path: str | os.PathLike | None = None, allow_pickle: bool = False, structure: str = "auto",
-                 parser: str | None = None, device: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike | None = None,
+        allow_pickle: bool = False,
+        structure: str = "auto",
+        parser: str | None = None,
+        device: str | None = None,
+    ) -> None:
         if structure not in ("auto", *t2i_text.STRUCTURES):
             raise ValueError(f"unknown structure {structure!r}; expected auto, simple or complex")
         directory = resolve_model_folder(path, ENV_DIR, self.name, REPO_ID)
-        use_safetensors = check_model_folder(directory, scorer=self.name, repo_id=REPO_ID, model_types=MODEL_TYPES,
-                                             env_var=ENV_DIR, allow_pickle=allow_pickle)
+        use_safetensors = check_model_folder(
+            directory,
+            scorer=self.name,
+            repo_id=REPO_ID,
+            model_types=MODEL_TYPES,
+            env_var=ENV_DIR,
+            allow_pickle=allow_pickle,
+        )
         super().__init__(clip=self._load(directory, use_safetensors), image_size=None)
         self.supported_dtypes = type(self).supported_dtypes
         self.path = str(directory)
@@ -154,15 +169,24 @@ class T2IClipScorer(CLIPScoreScorer):
 
         with quiet_transformers():
             try:
-                model = CLIPModel.from_pretrained(directory, local_files_only=True, use_safetensors=use_safetensors,
-                                                  weights_only=True, dtype=torch.float32)
+                model = CLIPModel.from_pretrained(
+                    directory,
+                    local_files_only=True,
+                    use_safetensors=use_safetensors,
+                    weights_only=True,
+                    dtype=torch.float32,
+                )
             except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as error:
-                raise CorruptFileError(f"t2i-clip: could not load CLIPModel from {directory} ({error}). Restore "
-                                       f"the folder (layout of {REPO_ID}).") from None
+                raise CorruptFileError(
+                    f"t2i-clip: could not load CLIPModel from {directory} ({error}). Restore "
+                    f"the folder (layout of {REPO_ID})."
+                ) from None
             try:
                 tokenizer = CLIPTokenizer.from_pretrained(directory, local_files_only=True)
             except (OSError, ValueError, TypeError, KeyError) as error:
-                raise CorruptFileError(f"t2i-clip: could not load the CLIP tokenizer in {directory} ({error}).") from None
+                raise CorruptFileError(
+                    f"t2i-clip: could not load the CLIP tokenizer in {directory} ({error})."
+                ) from None
         model.eval()
         model.requires_grad_(False)
         return TransformersCLIP(model, tokenizer)
@@ -187,8 +211,13 @@ class T2IClipScorer(CLIPScoreScorer):
         scaled = self.torchmetrics_clipscore(images, texts).tolist()
         rows = []
         for item, text, c, s in zip(batch.items, texts, cos, scaled):
-            row = {"score": min(max(c, 0.0), 1.0), "cosine": c, "clipscore_100": s, "clip": self.embedding_space,
-                   "text": text}
+            row = {
+                "score": min(max(c, 0.0), 1.0),
+                "cosine": c,
+                "clipscore_100": s,
+                "clip": self.embedding_space,
+                "text": text,
+            }
             if text != item.prompt:
                 row["parser"] = self.parser
             if text in self.clip.truncated:
@@ -213,17 +242,33 @@ class T2IClipScorer(CLIPScoreScorer):
         directory.mkdir(parents=True, exist_ok=True)
         tokenizer = tiny_clip_tokenizer(CONTEXT_LENGTH)
         vocab = len(tokenizer)
-        text = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                    max_position_embeddings=CONTEXT_LENGTH, bos_token_id=vocab - 2, eos_token_id=vocab - 1,
-                    pad_token_id=vocab - 1)
-        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
-                      patch_size=8)
+        text = dict(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=CONTEXT_LENGTH,
+            bos_token_id=vocab - 2,
+            eos_token_id=vocab - 1,
+            pad_token_id=vocab - 1,
+        )
+        vision = dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        )
         with quiet_transformers():
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
             model.save_pretrained(directory)
-            CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(directory)
+            CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+                directory
+            )
             save_clip_tokenizer(tokenizer, directory)
         return directory
 

@@ -37,8 +37,11 @@ from evalkit.contracts import Batch, PromptItem, Scorer
 from evalkit.errors import WeightsNotFoundError
 
 #: the item types of the complex category and the parts each one adds up
-TYPES = {"spatial": ("blip-vqa", "t2i-spatial"), "action": ("blip-vqa", "t2i-clip"),
-         "spatial-action": ("blip-vqa", "t2i-spatial", "t2i-clip")}
+TYPES = {
+    "spatial": ("blip-vqa", "t2i-spatial"),
+    "action": ("blip-vqa", "t2i-clip"),
+    "spatial-action": ("blip-vqa", "t2i-spatial", "t2i-clip"),
+}
 DEFAULT_TYPE = "spatial-action"
 PARTS = ("blip-vqa", "t2i-spatial", "t2i-clip")
 
@@ -75,9 +78,16 @@ class T2IComplexScorer(Scorer):
     version = "1-owlv2"
     higher_is_better = True
 
-    def __init__(self, path: str | os.PathLike | None = None, blip_path: str | os.PathLike | None = None,
-                 spatial_path: str | os.PathLike | None = None, clip_path: str | os.PathLike | None = None,
-                 allow_pickle: bool = False, parts: dict | None = None, device: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike | None = None,
+        blip_path: str | os.PathLike | None = None,
+        spatial_path: str | os.PathLike | None = None,
+        clip_path: str | os.PathLike | None = None,
+        allow_pickle: bool = False,
+        parts: dict | None = None,
+        device: str | None = None,
+    ) -> None:
         super().__init__()
         from evalkit.scorers.blip_vqa import BlipVQAScorer
         from evalkit.scorers.spatial import T2ISpatialScorer
@@ -92,11 +102,14 @@ class T2IComplexScorer(Scorer):
             raise WeightsNotFoundError(
                 f"t2i-complex: expected a folder at {root} holding blip-vqa/, t2i-spatial/ and t2i-clip/ (each in "
                 "its scorer's layout: Salesforce/blip-vqa-capfilt-large, google/owlv2-base-patch16-ensemble, "
-                "openai/clip-vit-base-patch32); it does not exist.")
+                "openai/clip-vit-base-patch32); it does not exist."
+            )
         given = {"blip-vqa": blip_path, "t2i-spatial": spatial_path, "t2i-clip": clip_path}
-        builders = {"blip-vqa": lambda p: BlipVQAScorer(p, allow_pickle=allow_pickle),
-                    "t2i-spatial": lambda p: T2ISpatialScorer(p, allow_pickle=allow_pickle, structure="complex"),
-                    "t2i-clip": lambda p: T2IClipScorer(p, allow_pickle=allow_pickle, structure="complex")}
+        builders = {
+            "blip-vqa": lambda p: BlipVQAScorer(p, allow_pickle=allow_pickle),
+            "t2i-spatial": lambda p: T2ISpatialScorer(p, allow_pickle=allow_pickle, structure="complex"),
+            "t2i-clip": lambda p: T2IClipScorer(p, allow_pickle=allow_pickle, structure="complex"),
+        }
         for name in PARTS:
             if name in parts:
                 continue
@@ -107,8 +120,9 @@ class T2IComplexScorer(Scorer):
         self.bvqa, self.spatial, self.clip = parts["blip-vqa"], parts["t2i-spatial"], parts["t2i-clip"]
         for part in (self.spatial, self.clip):
             if getattr(part, "structure", "complex") != "complex":
-                raise ValueError(f"t2i-complex: the {part.name} part must use structure='complex', "
-                                 f"got {part.structure!r}")
+                raise ValueError(
+                    f"t2i-complex: the {part.name} part must use structure='complex', got {part.structure!r}"
+                )
         declared = [set(getattr(p, "supported_dtypes", ("float32",))) for p in self._parts().values()]
         self.supported_dtypes = tuple(d for d in ("float32", "bfloat16", "float16") if all(d in s for s in declared))
         if device is not None:
@@ -147,26 +161,46 @@ class T2IComplexScorer(Scorer):
             bvqa = results["blip-vqa"][i]
             spatial = results["t2i-spatial"].get(i)
             clip = results["t2i-clip"].get(i)
-            value = three_in_one(kind, float(bvqa["score"]), None if spatial is None else float(spatial["score"]),
-                                 None if clip is None else float(clip["cosine"]))
+            value = three_in_one(
+                kind,
+                float(bvqa["score"]),
+                None if spatial is None else float(spatial["score"]),
+                None if clip is None else float(clip["cosine"]),
+            )
             details = {"blip-vqa": {k: v for k, v in bvqa.items() if k != "questions"}}
             if spatial is not None:
                 details["t2i-spatial"] = spatial
             if clip is not None:
                 details["t2i-clip"] = clip
-            rows.append({"score": min(max(value, 0.0), 1.0), **row, "three_in_one": value,
-                         "parts": {name: (float(r["cosine"]) if name == "t2i-clip" else float(r["score"]))
-                                   for name, r in (("blip-vqa", bvqa), ("t2i-spatial", spatial), ("t2i-clip", clip))
-                                   if r is not None},
-                         "questions": bvqa.get("questions", []), "part_details": details})
+            rows.append(
+                {
+                    "score": min(max(value, 0.0), 1.0),
+                    **row,
+                    "three_in_one": value,
+                    "parts": {
+                        name: (float(r["cosine"]) if name == "t2i-clip" else float(r["score"]))
+                        for name, r in (("blip-vqa", bvqa), ("t2i-spatial", spatial), ("t2i-clip", clip))
+                        if r is not None
+                    },
+                    "questions": bvqa.get("questions", []),
+                    "part_details": details,
+                }
+            )
         return rows
 
     def fingerprint(self) -> str:
         from evalkit.harness.cache import _source_digest, fingerprint
         from evalkit.contracts import content_hash
 
-        return content_hash({"name": self.name, "version": self.version, "source": _source_digest(self),
-                             "parts": {name: fingerprint(part) for name, part in self._parts().items()}}, length=32)
+        return content_hash(
+            {
+                "name": self.name,
+                "version": self.version,
+                "source": _source_digest(self),
+                "parts": {name: fingerprint(part) for name, part in self._parts().items()},
+            },
+            length=32,
+        )
 
     @classmethod
     def tiny(cls) -> "T2IComplexScorer":
@@ -175,5 +209,10 @@ class T2IComplexScorer(Scorer):
         from evalkit.scorers.spatial import T2ISpatialScorer
         from evalkit.scorers.t2i_clip import T2IClipScorer
 
-        return cls(parts={"blip-vqa": BlipVQAScorer.tiny(), "t2i-spatial": T2ISpatialScorer.tiny(structure="complex"),
-                          "t2i-clip": T2IClipScorer.tiny(structure="complex")})
+        return cls(
+            parts={
+                "blip-vqa": BlipVQAScorer.tiny(),
+                "t2i-spatial": T2ISpatialScorer.tiny(structure="complex"),
+                "t2i-clip": T2IClipScorer.tiny(structure="complex"),
+            }
+        )

@@ -41,11 +41,26 @@ from evalkit.errors import EvalkitError
 from evalkit.scorers import noun_phrases
 
 #: ``2D_spatial_eval.py`` l. 168 ``vocab_spatial``, in its order (the first one found is the relation)
-RELATIONS: tuple[str, ...] = ("on side of", "next to", "near", "on the left of", "on the right of",
-                              "on the bottom of", "on the top of", "on top of")
+RELATIONS: tuple[str, ...] = (
+    "on side of",
+    "next to",
+    "near",
+    "on the left of",
+    "on the right of",
+    "on the bottom of",
+    "on the top of",
+    "on top of",
+)
 #: l. 184: the spans the complex-structure parser takes objects around
-COMPLEX_PREPOSITIONS: tuple[str, ...] = ("on top of", "on bottom of", "on the left", "on the right", "next to",
-                                         "on side of", "near")
+COMPLEX_PREPOSITIONS: tuple[str, ...] = (
+    "on top of",
+    "on bottom of",
+    "on the left",
+    "on the right",
+    "next to",
+    "on side of",
+    "near",
+)
 #: l. 228: these objects are looked for as "person"
 PERSON_WORDS: frozenset[str] = frozenset({"girl", "boy", "man", "woman"})
 PERSON = "person"
@@ -84,8 +99,10 @@ def chosen_parser(parser: str | None = None) -> str:
     """``parser``, else ``$EVALKIT_T2I_PARSER``, else ``auto``."""
     choice = (parser or os.environ.get(PARSER_ENV) or "auto").strip()
     if choice not in PARSERS:
-        raise ValueError(f"unknown T2I-CompBench prompt parser {choice!r}; expected one of {', '.join(PARSERS)}"
-                         + ("" if parser else f" (from ${PARSER_ENV})"))
+        raise ValueError(
+            f"unknown T2I-CompBench prompt parser {choice!r}; expected one of {', '.join(PARSERS)}"
+            + ("" if parser else f" (from ${PARSER_ENV})")
+        )
     return choice
 
 
@@ -101,9 +118,11 @@ def parser_name(parser: str | None = None) -> str:
     if nlp is not None:
         return name
     if choice == "spacy":
-        raise EvalkitError(f"the T2I-CompBench prompt parser is spaCy, but {name}. Install the pinned "
-                           f"{' and '.join(noun_phrases.SPACY_REQUIREMENTS)} (requirements.lock), or choose the "
-                           f"rules with {PARSER_ENV}=rules or auto (rows then record {RULES_NAME!r})")
+        raise EvalkitError(
+            f"the T2I-CompBench prompt parser is spaCy, but {name}. Install the pinned "
+            f"{' and '.join(noun_phrases.SPACY_REQUIREMENTS)} (requirements.lock), or choose the "
+            f"rules with {PARSER_ENV}=rules or auto (rows then record {RULES_NAME!r})"
+        )
     return RULES_NAME
 
 
@@ -144,9 +163,18 @@ def _spacy_complex(doc) -> list[str]:
     """``2D_spatial_eval.py`` l. 186–214, as written."""
     objects: list[str] = []
     for i in range(len(doc)):
-        if doc[i:i + 3].text in COMPLEX_PREPOSITIONS or doc[i:i + 2].text in COMPLEX_PREPOSITIONS \
-                or doc[i:i + 1].text in COMPLEX_PREPOSITIONS:
-            k = 3 if doc[i:i + 3].text in COMPLEX_PREPOSITIONS else 2 if doc[i:i + 2].text in COMPLEX_PREPOSITIONS else 1
+        if (
+            doc[i : i + 3].text in COMPLEX_PREPOSITIONS
+            or doc[i : i + 2].text in COMPLEX_PREPOSITIONS
+            or doc[i : i + 1].text in COMPLEX_PREPOSITIONS
+        ):
+            k = (
+                3
+                if doc[i : i + 3].text in COMPLEX_PREPOSITIONS
+                else 2
+                if doc[i : i + 2].text in COMPLEX_PREPOSITIONS
+                else 1
+            )
             for j in range(i - 1, -1, -1):
                 if doc[j].pos_ in ("NOUN", "PROPN"):
                     objects.append(doc[j].text)
@@ -170,8 +198,12 @@ def _modifier(word: str) -> bool:
     """A word that modifies a noun rather than being one: a determiner, an attribute ("silver", "square"), a
     participle ("tiled", "rocking")."""
     w = word.lower()
-    return (w in noun_phrases.DETERMINERS or w in noun_phrases.ATTRIBUTES or w in _adjectives()
-            or (len(w) > 4 and w.endswith(("ed", "ing"))))
+    return (
+        w in noun_phrases.DETERMINERS
+        or w in noun_phrases.ATTRIBUTES
+        or w in _adjectives()
+        or (len(w) > 4 and w.endswith(("ed", "ing")))
+    )
 
 
 def _head(phrase: str) -> str:
@@ -206,11 +238,11 @@ def _rules_complex(prompt: str) -> list[str]:
     spans = sorted({tuple(p.split()) for p in COMPLEX_PREPOSITIONS}, key=len, reverse=True)
     objects: list[str] = []
     for i in range(len(words)):
-        k = next((len(s) for s in spans if tuple(lowered[i:i + len(s)]) == s), 0)
+        k = next((len(s) for s in spans if tuple(lowered[i : i + len(s)]) == s), 0)
         if not k:
             continue
         before = noun_phrases.rule_based_noun_phrases(" ".join(words[:i]))
-        after = noun_phrases.rule_based_noun_phrases(" ".join(words[i + k:]))
+        after = noun_phrases.rule_based_noun_phrases(" ".join(words[i + k :]))
         if before:
             objects.append(_head(before[-1]))
         if after:
@@ -229,8 +261,9 @@ def _parse(prompt: str, structure: str, parser: str) -> Parsed:
     found = [w for w in found if w]
     reason = None
     if relation is None:
-        reason = ("no spatial relation of T2I-CompBench's list in the prompt ("
-                  + ", ".join(repr(r) for r in RELATIONS) + ")")
+        reason = (
+            "no spatial relation of T2I-CompBench's list in the prompt (" + ", ".join(repr(r) for r in RELATIONS) + ")"
+        )
     elif len(found) != 2:
         what = "no noun" if not found else f"{len(found)} object(s) ({', '.join(found)})"
         rule = "first and last NOUN" if structure == "simple" else "one object on each side of a preposition"
@@ -260,8 +293,12 @@ def _without_adjectives(prompt: str, parser: str) -> str:
         adjectives = _adjectives()
         words = _WORD.findall(prompt)
         # spaCy (en_core_web_sm 3.8) tags "next" of "next to" ADJ, so T2I-CompBench's text drops it
-        return " ".join(w for i, w in enumerate(words) if w.lower() not in adjectives
-                        and not (w.lower() == "next" and i + 1 < len(words) and words[i + 1].lower() == "to"))
+        return " ".join(
+            w
+            for i, w in enumerate(words)
+            if w.lower() not in adjectives
+            and not (w.lower() == "next" and i + 1 < len(words) and words[i + 1].lower() == "to")
+        )
     return " ".join(token.text for token in load_spacy()[0](prompt) if token.pos_ != "ADJ")
 
 

@@ -63,8 +63,15 @@ _BOM = "\ufeff"
 # --------------------------------------------------------------------------- shared file checks
 
 
-def read_prompt_bytes(path: str | os.PathLike, *, what: str = "prompt file", where: str = "",
-                      missing_hint: str = "", empty_hint: str = "", limit: int = MAX_PROMPT_FILE_BYTES) -> bytes:
+def read_prompt_bytes(
+    path: str | os.PathLike,
+    *,
+    what: str = "prompt file",
+    where: str = "",
+    missing_hint: str = "",
+    empty_hint: str = "",
+    limit: int = MAX_PROMPT_FILE_BYTES,
+) -> bytes:
     """The bytes of the prompt file ``path``: it must exist, be a regular file of at most ``limit`` bytes
     and not be empty. ``what`` names the file in messages, ``where`` follows the path (e.g. where the
     folder came from), the hints end the missing / empty messages. Raises :class:`PromptFileError`."""
@@ -99,8 +106,10 @@ def file_format(path: str | os.PathLike, format: str | None = None) -> str:
         return format
     suffix = Path(path).suffix.lower()
     if suffix == ".json":
-        raise PromptFileError(f"prompt file {path}: .json is not read; write one JSON object per line "
-                              f"(.jsonl) or one prompt per line (.txt)")
+        raise PromptFileError(
+            f"prompt file {path}: .json is not read; write one JSON object per line "
+            f"(.jsonl) or one prompt per line (.txt)"
+        )
     return {".jsonl": "jsonl", ".csv": "csv"}.get(suffix, "text")
 
 
@@ -120,8 +129,10 @@ def _phrases(value: Any, path, line: int) -> tuple[str, ...] | None:
     elif isinstance(value, list) and all(isinstance(p, str) for p in value):
         parts = value
     else:
-        raise PromptFileError(f"prompt file {path} line {line}: noun_phrases must be a list of strings or a "
-                              f"'{PHRASE_SEPARATOR}'-separated string, not {type(value).__name__}")
+        raise PromptFileError(
+            f"prompt file {path} line {line}: noun_phrases must be a list of strings or a "
+            f"'{PHRASE_SEPARATOR}'-separated string, not {type(value).__name__}"
+        )
     phrases = tuple(p.strip() for p in parts if p.strip())
     if not phrases and (value if isinstance(value, list) else value.strip()):
         raise PromptFileError(f"prompt file {path} line {line}: noun_phrases {value!r} names no phrase")
@@ -132,13 +143,20 @@ def _record(fields: dict, path, line: int) -> dict:
     """Check one JSON-lines / CSV record; return {prompt, category, noun_phrases, item_id, line}."""
     unknown = sorted(set(fields) - set(COLUMNS))
     if unknown:
-        raise PromptFileError(f"prompt file {path} line {line}: unknown field(s) {', '.join(map(repr, unknown))}; "
-                              f"known: {', '.join(COLUMNS)}")
+        raise PromptFileError(
+            f"prompt file {path} line {line}: unknown field(s) {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(COLUMNS)}"
+        )
     prompt = fields.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise PromptFileError(f"prompt file {path} line {line}: no prompt (a non-empty string 'prompt' is required)")
-    out = {"prompt": prompt.strip(), "line": line, "category": None, "item_id": None,
-           "noun_phrases": _phrases(fields.get("noun_phrases"), path, line)}
+    out = {
+        "prompt": prompt.strip(),
+        "line": line,
+        "category": None,
+        "item_id": None,
+        "noun_phrases": _phrases(fields.get("noun_phrases"), path, line),
+    }
     for key in ("category", "item_id"):
         value = fields.get(key)
         if value is None or (isinstance(value, str) and not value.strip()):
@@ -179,14 +197,19 @@ def parse_csv(text: str, path="<csv>") -> list[dict]:
                 header = [cell.strip() for cell in row]
                 repeated = sorted({c for c in header if header.count(c) > 1})
                 if repeated:
-                    raise PromptFileError(f"prompt file {path} line {start}: column(s) {', '.join(repeated)} "
-                                          f"appear twice in the header")
+                    raise PromptFileError(
+                        f"prompt file {path} line {start}: column(s) {', '.join(repeated)} appear twice in the header"
+                    )
                 if "prompt" not in header:
-                    raise PromptFileError(f"prompt file {path}: the header (line {start}) has no 'prompt' column; "
-                                          f"it has {', '.join(header)}")
+                    raise PromptFileError(
+                        f"prompt file {path}: the header (line {start}) has no 'prompt' column; "
+                        f"it has {', '.join(header)}"
+                    )
                 continue
             if len(row) != len(header):
-                raise PromptFileError(f"prompt file {path} line {start}: {len(row)} fields, the header has {len(header)}")
+                raise PromptFileError(
+                    f"prompt file {path} line {start}: {len(row)} fields, the header has {len(header)}"
+                )
             records.append(_record(dict(zip(header, row)), path, start))
     except csv.Error as e:
         raise PromptFileError(f"prompt file {path} line {reader.line_num}: {e}") from e
@@ -199,8 +222,9 @@ PARSERS = {"text": parse_text, "jsonl": parse_jsonl, "csv": parse_csv}
 def check_category(category: Any, where: str = "category", error: type[Exception] = SettingError) -> str:
     """A usable category: a non-blank string without whitespace (it is part of item ids and result keys)."""
     if not isinstance(category, str) or not category.strip() or any(c.isspace() for c in category.strip()):
-        raise error(f"{where} must be a non-blank word without spaces (e.g. color, spatial, non-spatial), "
-                           f"not {category!r}")
+        raise error(
+            f"{where} must be a non-blank word without spaces (e.g. color, spatial, non-spatial), not {category!r}"
+        )
     return category.strip()
 
 
@@ -228,28 +252,47 @@ class PromptFileSuite(Suite):
             raise PromptFileError(f"prompt file {self.path} holds no prompts (only blank lines, comments or a header)")
         self._items = self._build(records)
         self._custom_ids = any(r["item_id"] is not None for r in records)
-        self.meta = {"path": str(self.path), "sha256": self.sha256, "bytes": len(data), "format": self.format,
-                     "prompts": len(self._items)}
+        self.meta = {
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "bytes": len(data),
+            "format": self.format,
+            "prompts": len(self._items),
+        }
 
     def _build(self, records: list[dict]) -> list[PromptItem]:
         items, lines_of, id_lines = [], {}, {}
         for index, r in enumerate(records):
-            category = check_category(r["category"], f"prompt file {self.path} line {r['line']}: category",
-                                      PromptFileError) \
-                if r["category"] is not None else self.category
+            category = (
+                check_category(r["category"], f"prompt file {self.path} line {r['line']}: category", PromptFileError)
+                if r["category"] is not None
+                else self.category
+            )
             item_id = r["item_id"] or f"{category}-val-{index:04d}"
             lines_of.setdefault((category, r["prompt"]), []).append(r["line"])
             id_lines.setdefault(item_id, []).append(r["line"])
-            items.append(PromptItem(prompt=r["prompt"], category=category, split="val", item_id=item_id,
-                                    noun_phrases=r["noun_phrases"], seen=None,
-                                    meta={"file": self.path.name, "line": r["line"]}))
+            items.append(
+                PromptItem(
+                    prompt=r["prompt"],
+                    category=category,
+                    split="val",
+                    item_id=item_id,
+                    noun_phrases=r["noun_phrases"],
+                    seen=None,
+                    meta={"file": self.path.name, "line": r["line"]},
+                )
+            )
         duplicates = [(key, lines) for key, lines in lines_of.items() if len(lines) > 1]
         if duplicates:
-            shown = "; ".join(f"{prompt!r} ({category}) on lines {', '.join(map(str, lines))}"
-                              for (category, prompt), lines in duplicates[:10])
+            shown = "; ".join(
+                f"{prompt!r} ({category}) on lines {', '.join(map(str, lines))}"
+                for (category, prompt), lines in duplicates[:10]
+            )
             more = f"; and {len(duplicates) - 10} more" if len(duplicates) > 10 else ""
-            raise PromptFileError(f"prompt file {self.path} repeats {len(duplicates)} prompt(s): {shown}{more}. "
-                                  f"A repeated prompt would count twice in its category's score: keep one copy.")
+            raise PromptFileError(
+                f"prompt file {self.path} repeats {len(duplicates)} prompt(s): {shown}{more}. "
+                f"A repeated prompt would count twice in its category's score: keep one copy."
+            )
         repeated_ids = [(i, lines) for i, lines in id_lines.items() if len(lines) > 1]
         if repeated_ids:
             shown = "; ".join(f"{i!r} on lines {', '.join(map(str, lines))}" for i, lines in repeated_ids[:10])
@@ -269,8 +312,9 @@ class PromptFileSuite(Suite):
         return f"PromptFileSuite({str(self.path)!r}, {self.category!r}, name={self.name!r})"
 
 
-def prompt_file_suite(path: str | os.PathLike, category: str, name: str | None = None, *,
-                      format: str | None = None) -> PromptFileSuite:
+def prompt_file_suite(
+    path: str | os.PathLike, category: str, name: str | None = None, *, format: str | None = None
+) -> PromptFileSuite:
     """The suite of the prompt file ``path`` (read now); ``name`` defaults to ``prompts-<file stem>``."""
     return PromptFileSuite(path, category, name, format=format)
 

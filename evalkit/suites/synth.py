@@ -51,8 +51,9 @@ class SynthSuite(Suite):
         """The scene of the item's swapped prompt with the same seed: same layout, bound attribute exchanged."""
         return sample_scene(self.caption_spec(item).swapped(), seed)
 
-    def render(self, items: Sequence[PromptItem], seeds: Sequence[int], swapped: bool = False,
-               return_masks: bool = False):
+    def render(
+        self, items: Sequence[PromptItem], seeds: Sequence[int], swapped: bool = False, return_masks: bool = False
+    ):
         """Images ``(N, 32, 32, 3)`` uint8 of (items[i], seeds[i]); ``swapped=True`` renders the
         swapped prompts instead. ``return_masks=True`` adds per-object coverage (see ``render``)."""
         if len(items) != len(seeds):
@@ -72,20 +73,22 @@ def _items(category: str, split: str) -> tuple[PromptItem, ...]:
     items = []
     for index, prompt in enumerate(split_prompts(category, split)):
         spec = prompt.spec
-        items.append(PromptItem(
-            prompt=spec.text,
-            category=category,
-            split=split,
-            item_id=f"{category}-{split}-{index:04d}",
-            noun_phrases=spec.noun_phrases,
-            seen=prompt.seen,
-            swapped_prompt=spec.swapped_text,
-            meta={
-                "caption": spec.to_dict(),
-                "grammar_weight": prompt.weight,
-                "held_out_pairs": [list(c) for c in sorted(spec.bound_combos()) if is_held_out(c)],
-            },
-        ))
+        items.append(
+            PromptItem(
+                prompt=spec.text,
+                category=category,
+                split=split,
+                item_id=f"{category}-{split}-{index:04d}",
+                noun_phrases=spec.noun_phrases,
+                seen=prompt.seen,
+                swapped_prompt=spec.swapped_text,
+                meta={
+                    "caption": spec.to_dict(),
+                    "grammar_weight": prompt.weight,
+                    "held_out_pairs": [list(c) for c in sorted(spec.bound_combos()) if is_held_out(c)],
+                },
+            )
+        )
     return tuple(items)
 
 

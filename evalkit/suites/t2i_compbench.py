@@ -81,7 +81,9 @@ def default_prompts_dir(definition: Definition | None = None) -> Path:
     return cache_root() / "prompts" / FAMILY / load_definition(definition)["source"]["commit"]
 
 
-def resolve_prompts_dir(prompts_dir: str | os.PathLike | None = None, definition: Definition | None = None) -> tuple[Path, str]:
+def resolve_prompts_dir(
+    prompts_dir: str | os.PathLike | None = None, definition: Definition | None = None
+) -> tuple[Path, str]:
     """The prompt directory and where it came from: argument, ``EVALKIT_PROMPTS_DIR``, or the cache."""
     if prompts_dir is not None and str(prompts_dir) != "":
         return Path(prompts_dir).expanduser(), "--prompts-dir"
@@ -107,7 +109,9 @@ def _how_to_get(directory: Path, origin: str, definition: Definition) -> str:
     )
 
 
-def read_prompt_file(path: Path, spec: FileSpec, *, origin: str = "", definition: Definition | None = None) -> list[tuple[int, str]]:
+def read_prompt_file(
+    path: Path, spec: FileSpec, *, origin: str = "", definition: Definition | None = None
+) -> list[tuple[int, str]]:
     """Verify ``path`` against ``spec`` and return its (line number, prompt) pairs."""
     definition = load_definition(definition)
     where = f" (prompt directory from {origin})" if origin else ""

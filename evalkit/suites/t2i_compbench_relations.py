@@ -54,12 +54,18 @@ class T2ICompBenchRelationSuite(Suite):
 
     splits = ("train", "val")
 
-    def __init__(self, category: str, prompts_dir: str | os.PathLike | None = None,
-                 definition: Definition | str | os.PathLike | None = None):
+    def __init__(
+        self,
+        category: str,
+        prompts_dir: str | os.PathLike | None = None,
+        definition: Definition | str | os.PathLike | None = None,
+    ):
         self.definition = load_relations_definition(definition)
         if category not in self.definition["categories"]:
-            raise ValueError(f"T2I-CompBench relation category {category!r} is not defined; known: "
-                             f"{', '.join(self.definition['categories'])}")
+            raise ValueError(
+                f"T2I-CompBench relation category {category!r} is not defined; known: "
+                f"{', '.join(self.definition['categories'])}"
+            )
         self.category = category
         self.name = f"{attributes.FAMILY}-{category}"
         self.info = self.definition["categories"][category]
@@ -91,8 +97,10 @@ class T2ICompBenchRelationSuite(Suite):
         types = self.info["types"]
         spatial = {type_key(p) for _, p in self._read(self._name(types["spatial"], split))}
         action = {type_key(p) for _, p in self._read(self._name(types["action"], split))}
-        return ["spatial" if type_key(p) in spatial else "action" if type_key(p) in action else "spatial-action"
-                for p in prompts]
+        return [
+            "spatial" if type_key(p) in spatial else "action" if type_key(p) in action else "spatial-action"
+            for p in prompts
+        ]
 
     def load_items(self, split: str) -> list[PromptItem]:
         if split not in self._cache:
@@ -107,9 +115,17 @@ class T2ICompBenchRelationSuite(Suite):
                 meta: dict[str, Any] = {"file": name, "line": line}
                 if kinds is not None:
                     meta["complex_type"] = kinds[index]
-                items.append(PromptItem(prompt=prompt, category=self.category, split=split,
-                                        item_id=f"t2i-{self.category}-{split}-{index:04d}", noun_phrases=None,
-                                        seen=None, meta=meta))
+                items.append(
+                    PromptItem(
+                        prompt=prompt,
+                        category=self.category,
+                        split=split,
+                        item_id=f"t2i-{self.category}-{split}-{index:04d}",
+                        noun_phrases=None,
+                        seen=None,
+                        meta=meta,
+                    )
+                )
             self._cache[split] = items
         return list(self._cache[split])
 
@@ -117,8 +133,10 @@ class T2ICompBenchRelationSuite(Suite):
         """:meth:`Suite.version`, with the complex types (they choose what a complex item's score adds up)."""
         if "types" not in self.info:
             return super().version(split)
-        rows = [(i.prompt, i.category, i.noun_phrases, i.seen, i.swapped_prompt, i.meta["complex_type"])
-                for i in self.items(split)]
+        rows = [
+            (i.prompt, i.category, i.noun_phrases, i.seen, i.swapped_prompt, i.meta["complex_type"])
+            for i in self.items(split)
+        ]
         return content_hash([self.name, split, rows])
 
     def __repr__(self) -> str:
@@ -145,27 +163,54 @@ def _same_source() -> bool:
     return True
 
 
-def fetch_t2i_compbench_all(dest: str | os.PathLike | None = None, base_url: str | None = None, force: bool = False, *,
-                            timeout: float = DEFAULT_TIMEOUT, progress: bool | None = None,
-                            opener: Callable[[str, float], Any] | None = None,
-                            definition: Definition | str | os.PathLike | None = None) -> Path:
+def fetch_t2i_compbench_all(
+    dest: str | os.PathLike | None = None,
+    base_url: str | None = None,
+    force: bool = False,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: bool | None = None,
+    opener: Callable[[str, float], Any] | None = None,
+    definition: Definition | str | os.PathLike | None = None,
+) -> Path:
     """``evalkit suites fetch t2i-compbench``: every file of both definitions (attribute and relation suites),
     from one folder at one commit, each checked against its sha256. With ``definition`` (tests, another
     definition) only that definition's files, as :func:`~evalkit.suites.t2i_compbench.fetch_t2i_compbench`."""
     if definition is not None:
-        return attributes.fetch_t2i_compbench(dest, base_url, force, timeout=timeout, progress=progress,
-                                              opener=opener, definition=definition)
+        return attributes.fetch_t2i_compbench(
+            dest, base_url, force, timeout=timeout, progress=progress, opener=opener, definition=definition
+        )
     _same_source()
     d = load_definition()
     directory, _ = resolve_prompts_dir(dest, d)
     specs = file_specs(d) + file_specs(load_relations_definition())
     src = d["source"]
-    hint = (f"Without network access, copy the files ({', '.join(s.name for s in specs)}) of {src['repository']} "
-            f"{src['folder']}/ at commit {src['commit']} into a directory and set {attributes.ENV_PROMPTS_DIR} to it "
-            f"(or pass --prompts-dir).")
-    return fetch_files(specs, base_url or attributes.source_base_url(d), directory, force=force, timeout=timeout,
-                       progress=progress, opener=opener, desc=attributes.FAMILY, offline_hint=hint)
+    hint = (
+        f"Without network access, copy the files ({', '.join(s.name for s in specs)}) of {src['repository']} "
+        f"{src['folder']}/ at commit {src['commit']} into a directory and set {attributes.ENV_PROMPTS_DIR} to it "
+        f"(or pass --prompts-dir)."
+    )
+    return fetch_files(
+        specs,
+        base_url or attributes.source_base_url(d),
+        directory,
+        force=force,
+        timeout=timeout,
+        progress=progress,
+        opener=opener,
+        desc=attributes.FAMILY,
+        offline_hint=hint,
+    )
 
 
-__all__ = ["T2ICompBenchRelationSuite", "t2i_compbench_spatial", "t2i_compbench_non_spatial", "t2i_compbench_complex",
-           "fetch_t2i_compbench_all", "load_relations_definition", "type_key", "CATEGORIES", "COMPLEX_TYPES"]
+__all__ = [
+    "T2ICompBenchRelationSuite",
+    "t2i_compbench_spatial",
+    "t2i_compbench_non_spatial",
+    "t2i_compbench_complex",
+    "fetch_t2i_compbench_all",
+    "load_relations_definition",
+    "type_key",
+    "CATEGORIES",
+    "COMPLEX_TYPES",
+]

@@ -143,8 +143,10 @@ def refuse_existing_run(out_dir: Path, resume: bool) -> None:
     if names <= FAILED_START_FILES and not JsonlLogger(out_dir / "log.jsonl").rows():
         return
     if names:
-        raise RunExistsError(f"{out_dir} already holds a training run (or other files); pass --resume to continue "
-                             "it or pick another --out")
+        raise RunExistsError(
+            f"{out_dir} already holds a training run (or other files); pass --resume to continue "
+            "it or pick another --out"
+        )
 
 
 def refuse_existing_weights(dest: Path, overwrite: bool) -> None:
@@ -154,7 +156,9 @@ def refuse_existing_weights(dest: Path, overwrite: bool) -> None:
         raise RunExistsError(f"{dest} already holds weights; add --overwrite to replace them (or ship elsewhere)")
 
 
-def save_checkpoint(directory: Path, model, optimizer=None, scheduler=None, step: int = 0, extra: dict | None = None) -> None:
+def save_checkpoint(
+    directory: Path, model, optimizer=None, scheduler=None, step: int = 0, extra: dict | None = None
+) -> None:
     """Write the latest state into ``directory`` atomically (a new folder, then a rename)."""
     directory = Path(directory)
     staging = directory.with_name(directory.name + ".tmp")
@@ -211,8 +215,13 @@ def load_checkpoint(directory: Path, model, optimizer=None, scheduler=None) -> d
 
 def _numpy_rng_state() -> dict:
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached": float(cached)}
+    return {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
 
 
 def _numpy_rng_from(state: dict):
@@ -288,8 +297,9 @@ def warmup_cosine(warmup_steps: int, total_steps: int, floor: float = 0.0) -> Ca
     warmup = max(1, warmup_steps)
 
     def factor(step: int) -> float:
-        return min(1.0, (step + 1) / warmup) * (floor + (1 - floor) * 0.5
-                                                 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+        return min(1.0, (step + 1) / warmup) * (
+            floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        )
 
     return factor
 
@@ -302,15 +312,27 @@ def check_resumable(out_dir: Path, config, resumable: tuple[str, ...] = ()) -> N
         return
     saved = json.loads(path.read_text())
     asked = json.loads(json.dumps(dataclasses.asdict(config)))  # as it was saved: tuples are lists there
-    defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else
-                         f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-                for f in dataclasses.fields(config)}
+    defaults = {
+        f.name: (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else f.default_factory()
+            if f.default_factory is not dataclasses.MISSING
+            else None
+        )
+        for f in dataclasses.fields(config)
+    }
     defaults = json.loads(json.dumps(defaults, default=str))
-    diff = [f"{k}: run has {saved.get(k, defaults[k])!r}, asked {asked[k]!r}" for k in asked
-            if k not in resumable and saved.get(k, defaults[k]) != asked[k]]
+    diff = [
+        f"{k}: run has {saved.get(k, defaults[k])!r}, asked {asked[k]!r}"
+        for k in asked
+        if k not in resumable and saved.get(k, defaults[k]) != asked[k]
+    ]
     if diff:
-        raise ConfigMismatchError(f"cannot resume {out_dir} with another configuration (resume with the run's own "
-                                  "settings, or start a new run with another --out):\n  " + "\n  ".join(diff))
+        raise ConfigMismatchError(
+            f"cannot resume {out_dir} with another configuration (resume with the run's own "
+            "settings, or start a new run with another --out):\n  " + "\n  ".join(diff)
+        )
 
 
 class TrainingSession:
@@ -335,9 +357,18 @@ class TrainingSession:
     processes stop at the same step when the launcher signals only some of them).
     """
 
-    def __init__(self, out_dir, config, *, resume: bool = False, resumable: tuple[str, ...] = (), main: bool = True,
-                 barrier: Callable[[], None] | None = None, any_process: Callable[[bool], bool] | None = None,
-                 extra_state: Callable[[], dict] | None = None):
+    def __init__(
+        self,
+        out_dir,
+        config,
+        *,
+        resume: bool = False,
+        resumable: tuple[str, ...] = (),
+        main: bool = True,
+        barrier: Callable[[], None] | None = None,
+        any_process: Callable[[bool], bool] | None = None,
+        extra_state: Callable[[], dict] | None = None,
+    ):
         self.out_dir = Path(out_dir)
         self.checkpoint_dir = self.out_dir / "checkpoint"
         self.config = config
@@ -351,7 +382,8 @@ class TrainingSession:
             if not (self.checkpoint_dir / "trainer_state.json").is_file():
                 raise NothingToResumeError(
                     f"--resume: {self.out_dir} holds no checkpoint to continue ({self.checkpoint_dir} does not exist); "
-                    "start the run without --resume (into a new or empty --out)")
+                    "start the run without --resume (into a new or empty --out)"
+                )
             check_resumable(self.out_dir, config, resumable)
         self._barrier()  # every process has checked the folder before process 0 writes into it
         if main:
@@ -391,8 +423,14 @@ class TrainingSession:
     def save(self, step: int) -> None:
         model, optimizer, scheduler = self._tracked
         if self.main:
-            save_checkpoint(self.checkpoint_dir, model, optimizer, scheduler, step,
-                            extra={"elapsed": self.elapsed(), **self._extra_state()})
+            save_checkpoint(
+                self.checkpoint_dir,
+                model,
+                optimizer,
+                scheduler,
+                step,
+                extra={"elapsed": self.elapsed(), **self._extra_state()},
+            )
         self._barrier()
 
     @staticmethod
@@ -401,16 +439,29 @@ class TrainingSession:
         return (step + 1) % every == 0 or step + 1 == total
 
     # ------------------------------------------------------------------ the loop
-    def steps(self, total: int, *, checkpoint_every: int, stop_at: int | None = None, desc: str = "train",
-              progress: bool = True, bar_callback: Callable[[Any], None] | None = None) -> Iterator[int]:
+    def steps(
+        self,
+        total: int,
+        *,
+        checkpoint_every: int,
+        stop_at: int | None = None,
+        desc: str = "train",
+        progress: bool = True,
+        bar_callback: Callable[[Any], None] | None = None,
+    ) -> Iterator[int]:
         """The 0-based steps still to run, with a progress bar; after each, a checkpoint when due, and the stop
         on Ctrl-C / SIGTERM. Stops early (with a checkpoint) at ``stop_at``."""
         from tqdm.auto import tqdm
 
         end = min(total, stop_at) if stop_at else total
         self.end = end
-        bar = tqdm(range(self.start_step, end), initial=self.start_step, total=total, desc=desc,
-                   disable=not (progress and self.main))
+        bar = tqdm(
+            range(self.start_step, end),
+            initial=self.start_step,
+            total=total,
+            desc=desc,
+            disable=not (progress and self.main),
+        )
         self.bar = bar
         with self._signals():
             for step in bar:
@@ -423,7 +474,8 @@ class TrainingSession:
                     raise TrainingInterrupted(
                         f"interrupted ({self._stop or 'another process was signalled'}) after step {step + 1} of "
                         f"{total}: checkpoint written to {self.checkpoint_dir}; run the same command with --resume "
-                        "to continue")
+                        "to continue"
+                    )
         bar.close()
 
     @property

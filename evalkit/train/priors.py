@@ -48,8 +48,15 @@ from evalkit.contracts import content_hash
 from evalkit.errors import EvalkitError, SettingError
 from evalkit.priors.sizes import KINDS, SIZES
 from evalkit.serialization import atomic_write_json
-from evalkit.train.common import (Stopwatch, TrainingSession, check_finite, decay_groups, refuse_existing_run, set_seed,
-                                  ship)
+from evalkit.train.common import (
+    Stopwatch,
+    TrainingSession,
+    check_finite,
+    decay_groups,
+    refuse_existing_run,
+    set_seed,
+    ship,
+)
 
 #: settings a resumed run may change
 RESUMABLE_KEYS = ("checkpoint_every", "eval_every", "log_with")
@@ -112,21 +119,29 @@ class PriorTrainConfig:
         if self.lam is None:
             self.lam = DEFAULT_LAMBDA if self.prior == "eclipse" else 0.0
         if self.prior == "projection" and self.lam != 0:
-            raise SettingError("the projection prior is the eclipse network with λ = 0; use --prior eclipse for λ > 0 "
-                               f"(got --lam {self.lam})")
+            raise SettingError(
+                "the projection prior is the eclipse network with λ = 0; use --prior eclipse for λ > 0 "
+                f"(got --lam {self.lam})"
+            )
         if self.prior == "diffusion" and self.lam != 0:
-            raise SettingError(f"--lam is the eclipse prior's contrastive weight; the diffusion prior has no such term "
-                               f"(got --lam {self.lam})")
+            raise SettingError(
+                f"--lam is the eclipse prior's contrastive weight; the diffusion prior has no such term "
+                f"(got --lam {self.lam})"
+            )
         if self.lam < 0:
             raise SettingError(f"--lam must be >= 0, got {self.lam}")
         if self.prior != "eclipse" and self.hard_negatives:
             raise SettingError(f"--hard-negatives applies to the eclipse prior's contrastive term, not to {self.prior}")
         if real and self.hard_negatives:
-            raise SettingError("--hard-negatives needs each caption's attribute-swapped twin, which only the synthetic "
-                               "world has; drop it with --data")
+            raise SettingError(
+                "--hard-negatives needs each caption's attribute-swapped twin, which only the synthetic "
+                "world has; drop it with --data"
+            )
         if real and not self.text_encoder:
-            raise SettingError("--data needs --text-encoder DIR: the frozen text encoder of the decoder's prior (a "
-                               "folder with text_encoder/ + tokenizer/, e.g. kandinsky-2-2-prior or karlo-v1-alpha)")
+            raise SettingError(
+                "--data needs --text-encoder DIR: the frozen text encoder of the decoder's prior (a "
+                "folder with text_encoder/ + tokenizer/, e.g. kandinsky-2-2-prior or karlo-v1-alpha)"
+            )
         if not real and (self.text_encoder or self.val_data or self.cache_text):
             raise SettingError("--text-encoder, --val-data and --cache-text apply to real data (--data EMB_DIR)")
         if not 0 < self.val_fraction < 1:
@@ -141,8 +156,18 @@ class PriorTrainConfig:
 
     @classmethod
     def quick(cls, prior: str = "eclipse", **overrides) -> "PriorTrainConfig":
-        base = dict(prior=prior, size="tiny", steps=6, batch_size=8, num_pairs=64, dev_pairs=16, warmup_steps=2,
-                    checkpoint_every=3, eval_every=3, tiny=True)
+        base = dict(
+            prior=prior,
+            size="tiny",
+            steps=6,
+            batch_size=8,
+            num_pairs=64,
+            dev_pairs=16,
+            warmup_steps=2,
+            checkpoint_every=3,
+            eval_every=3,
+            tiny=True,
+        )
         return cls(**{**base, **overrides})
 
     def shipped_name(self) -> str:
@@ -173,37 +198,56 @@ def clip_fingerprint(clip) -> str:
     :func:`evalkit.serialization.weights_fingerprint`, kept as it is because it names the prior embedding caches
     already on disk (``prior-cache/<key>``); a new hash would make every one of them a miss."""
     state = clip.state_dict()
-    digest = [f"{k}:{tuple(v.shape)}:{float(v.float().sum()):.6e}:{float(v.float().abs().sum()):.6e}" for k, v in sorted(state.items())]
+    digest = [
+        f"{k}:{tuple(v.shape)}:{float(v.float().sum()):.6e}:{float(v.float().abs().sum()):.6e}"
+        for k, v in sorted(state.items())
+    ]
     return content_hash(digest)
 
 
 def cache_dir(config: PriorTrainConfig, clip) -> Path:
     from evalkit.paths import cache_root
 
-    key = content_hash({"num_pairs": config.num_pairs, "dev_pairs": config.dev_pairs, "data_seed": config.data_seed,
-                        "clip": clip_fingerprint(clip), "format": 1})
+    key = content_hash(
+        {
+            "num_pairs": config.num_pairs,
+            "dev_pairs": config.dev_pairs,
+            "data_seed": config.data_seed,
+            "clip": clip_fingerprint(clip),
+            "format": 1,
+        }
+    )
     return cache_root() / "prior-cache" / key
 
 
 @torch.inference_mode()
-def encode_pairs(clip, captions: list[str], scenes, prompt_index: dict[str, int], batch_size: int = 1000,
-                 progress: bool = True, desc: str = "encode images") -> dict[str, torch.Tensor]:
+def encode_pairs(
+    clip,
+    captions: list[str],
+    scenes,
+    prompt_index: dict[str, int],
+    batch_size: int = 1000,
+    progress: bool = True,
+    desc: str = "encode images",
+) -> dict[str, torch.Tensor]:
     """Image embeddings of the pairs' renders and the indices of their captions and swapped captions."""
     from evalkit.world.tensors import render_tensor
 
     embeds = []
     for start in tqdm(range(0, len(scenes), batch_size), desc=desc, disable=not progress):
-        embeds.append(clip.encode_image(render_tensor(scenes[start:start + batch_size])).float())
-    return {"image_embeds": torch.cat(embeds),
-            "caption": torch.tensor([prompt_index[c] for c in captions]),
-            "swapped": torch.tensor([prompt_index[s.swapped_caption] for s in scenes])}
+        embeds.append(clip.encode_image(render_tensor(scenes[start : start + batch_size])).float())
+    return {
+        "image_embeds": torch.cat(embeds),
+        "caption": torch.tensor([prompt_index[c] for c in captions]),
+        "swapped": torch.tensor([prompt_index[s.swapped_caption] for s in scenes]),
+    }
 
 
 @torch.inference_mode()
 def encode_prompts(clip, prompts: list[str], batch_size: int = 1000) -> dict[str, torch.Tensor]:
     out = {"text_embeds": [], "text_hidden": [], "attention_mask": []}
     for start in range(0, len(prompts), batch_size):
-        encoding = clip.encode_text(prompts[start:start + batch_size])
+        encoding = clip.encode_text(prompts[start : start + batch_size])
         out["text_embeds"].append(encoding.text_embeds.float())
         out["text_hidden"].append(encoding.text_hidden.float())
         out["attention_mask"].append(encoding.attention_mask.bool())
@@ -229,15 +273,24 @@ def build_cache(config: PriorTrainConfig, clip, progress: bool = True) -> dict:
     tensors = {f"prompt.{k}": v for k, v in encode_prompts(clip, prompts).items()}
     tensors["prompt.attention_mask"] = tensors["prompt.attention_mask"].to(torch.uint8)
     for split, captions, scenes in (("train", train_captions, train_scenes), ("dev", dev_captions, dev_scenes)):
-        for k, v in encode_pairs(clip, captions, scenes, index, progress=progress, desc=f"encode {split} renders").items():
+        for k, v in encode_pairs(
+            clip, captions, scenes, index, progress=progress, desc=f"encode {split} renders"
+        ).items():
             tensors[f"{split}.{k}"] = v
     # written into a private folder and renamed: concurrent builders never see (or leave) a partial cache
     staging = directory.with_name(f"{directory.name}.{os.getpid()}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging / "cache.safetensors"))
-    atomic_write_json(staging / "meta.json", {"prompts": prompts, "num_pairs": config.num_pairs,
-                                               "dev_pairs": config.dev_pairs, "data_seed": config.data_seed})
+    atomic_write_json(
+        staging / "meta.json",
+        {
+            "prompts": prompts,
+            "num_pairs": config.num_pairs,
+            "dev_pairs": config.dev_pairs,
+            "data_seed": config.data_seed,
+        },
+    )
     (staging / "complete").write_text("ok\n")
     try:
         staging.rename(directory)
@@ -257,8 +310,10 @@ class Data:
         self.text = cache["prompt.text_embeds"]
         self.hidden = cache["prompt.text_hidden"]
         self.mask = cache["prompt.attention_mask"].bool()
-        self.splits = {s: (cache[f"{s}.image_embeds"], cache[f"{s}.caption"].long(), cache[f"{s}.swapped"].long())
-                       for s in ("train", "dev")}
+        self.splits = {
+            s: (cache[f"{s}.image_embeds"], cache[f"{s}.caption"].long(), cache[f"{s}.swapped"].long())
+            for s in ("train", "dev")
+        }
         self.dim = self.splits["train"][0].shape[1]
 
     def indices(self, step: int, config: PriorTrainConfig, generator: torch.Generator) -> torch.Tensor:
@@ -269,8 +324,14 @@ class Data:
         images, caption, swapped = self.splits[split]
         idx = torch.as_tensor(idx)
         c, s = caption[idx], swapped[idx]
-        return {"image": images[idx], "caption": c, "text": self.text[c], "hidden": self.hidden[c], "mask": self.mask[c],
-                "swapped_text": self.text[s]}
+        return {
+            "image": images[idx],
+            "caption": c,
+            "text": self.text[c],
+            "hidden": self.hidden[c],
+            "mask": self.mask[c],
+            "swapped_text": self.text[s],
+        }
 
     def empty(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.text[:1].expand(n, -1), self.hidden[:1].expand(n, -1, -1), self.mask[:1].expand(n, -1)
@@ -328,8 +389,9 @@ def gather_with_grad(tensor: torch.Tensor, accelerator) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def eclipse_loss(model, batch: dict, noise: torch.Tensor, config: PriorTrainConfig,
-                 accelerator=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def eclipse_loss(
+    model, batch: dict, noise: torch.Tensor, config: PriorTrainConfig, accelerator=None
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(loss to back-propagate, loss to report, its parts) for this process's share of the batch.
 
     Under several processes the contrastive term is computed over the whole batch (every process's
@@ -357,8 +419,9 @@ def eclipse_loss(model, batch: dict, noise: torch.Tensor, config: PriorTrainConf
     return loss, report.detach(), parts
 
 
-def diffusion_loss(model, batch: dict, noise: torch.Tensor, timesteps: torch.Tensor, drop: torch.Tensor,
-                   data: Data, scheduler) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def diffusion_loss(
+    model, batch: dict, noise: torch.Tensor, timesteps: torch.Tensor, drop: torch.Tensor, data: Data, scheduler
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
     stats = getattr(model, "module", model)  # under DDP the statistics live on the wrapped module
     x0 = (batch["image"] - stats.clip_mean) / stats.clip_std
     noisy = scheduler.add_noise(x0, noise, timesteps)
@@ -366,7 +429,9 @@ def diffusion_loss(model, batch: dict, noise: torch.Tensor, timesteps: torch.Ten
     text = torch.where(drop[:, None], empty_text, batch["text"])
     hidden = torch.where(drop[:, None, None], empty_hidden, batch["hidden"])
     mask = torch.where(drop[:, None], empty_mask, batch["mask"])
-    pred = model(noisy, timesteps, proj_embedding=text, encoder_hidden_states=hidden, attention_mask=mask).predicted_image_embedding
+    pred = model(
+        noisy, timesteps, proj_embedding=text, encoder_hidden_states=hidden, attention_mask=mask
+    ).predicted_image_embedding
     loss = F.mse_loss(pred.float(), x0)
     return loss, loss.detach(), {"mse": loss.detach()}
 
@@ -402,19 +467,26 @@ def evaluate(model, config: PriorTrainConfig, data: Data, clip, limit: int = 500
     images, _, _ = data.splits["dev"]
     idx = torch.arange(min(limit, len(images)))
     batch = data.batch("dev", idx)
-    prior = cls(model=model, clip=clip) if config.prior != "diffusion" else \
-        cls(model=model, clip=clip, empty_encoding=TextEncoding("synth-clip", *[t[:1] for t in data.empty(1)]))
+    prior = (
+        cls(model=model, clip=clip)
+        if config.prior != "diffusion"
+        else cls(model=model, clip=clip, empty_encoding=TextEncoding("synth-clip", *[t[:1] for t in data.empty(1)]))
+    )
     encoding = TextEncoding("synth-clip", batch["text"], batch["hidden"], batch["mask"])
     pred = prior.sample(encoding, [10_000 + int(i) for i in idx]).float()
     trained.train()
-    return {"dev_cos": round(F.cosine_similarity(pred, batch["image"]).mean().item(), 4),
-            "dev_mse": round(F.mse_loss(pred, batch["image"]).item(), 5)}
+    return {
+        "dev_cos": round(F.cosine_similarity(pred, batch["image"]).mean().item(), 4),
+        "dev_mse": round(F.mse_loss(pred, batch["image"]).item(), 5),
+    }
 
 
 def make_scheduler(optimizer, config: PriorTrainConfig):
     warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=max(1, config.warmup_steps))
     period = config.restart_period or max(1, config.steps - config.warmup_steps + 1)
-    cosine = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=period, eta_min=config.lr * config.min_lr_ratio)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        optimizer, T_0=period, eta_min=config.lr * config.min_lr_ratio
+    )
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[max(1, config.warmup_steps)])
 
 
@@ -430,8 +502,10 @@ def trackers(config: PriorTrainConfig) -> list:
 
             raise UnknownNameError("tracker", name, list(TRACKERS))
         if not available[name]():
-            raise SettingError(f"--log-with {name} needs the {name} package, which is not installed (pip install "
-                               f"{name}); log.jsonl is written without it")
+            raise SettingError(
+                f"--log-with {name} needs the {name} package, which is not installed (pip install "
+                f"{name}); log.jsonl is written without it"
+            )
     return names
 
 
@@ -439,13 +513,19 @@ def _accelerator(config: PriorTrainConfig, out_dir: Path | None = None):
     from accelerate import Accelerator
 
     log_with = trackers(config)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision,
-                              gradient_accumulation_steps=config.grad_accum_steps, log_with=log_with or None,
-                              project_dir=str(out_dir / "trackers") if out_dir is not None and log_with else None)
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.grad_accum_steps,
+        log_with=log_with or None,
+        project_dir=str(out_dir / "trackers") if out_dir is not None and log_with else None,
+    )
     share = accelerator.num_processes * config.grad_accum_steps
     if config.batch_size % share:
-        raise SettingError(f"--batch-size {config.batch_size} must be divisible by processes × --grad-accum-steps "
-                         f"= {accelerator.num_processes} × {config.grad_accum_steps}")
+        raise SettingError(
+            f"--batch-size {config.batch_size} must be divisible by processes × --grad-accum-steps "
+            f"= {accelerator.num_processes} × {config.grad_accum_steps}"
+        )
     return accelerator
 
 
@@ -460,8 +540,15 @@ def _session(out_dir: Path, config: PriorTrainConfig, resume: bool, accelerator)
             return flag
         return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), reduction="sum").item())
 
-    return TrainingSession(out_dir, config, resume=resume, resumable=RESUMABLE_KEYS, main=accelerator.is_main_process,
-                           barrier=accelerator.wait_for_everyone, any_process=any_process)
+    return TrainingSession(
+        out_dir,
+        config,
+        resume=resume,
+        resumable=RESUMABLE_KEYS,
+        main=accelerator.is_main_process,
+        barrier=accelerator.wait_for_everyone,
+        any_process=any_process,
+    )
 
 
 def _optimizer(model, config: PriorTrainConfig):
@@ -485,8 +572,14 @@ class _Run:
     cache_s: float
 
 
-def train_prior(out_dir: str | Path, config: PriorTrainConfig, resume: bool = False, progress: bool = True,
-                stop_at: int | None = None, clip_dir=None) -> Path:
+def train_prior(
+    out_dir: str | Path,
+    config: PriorTrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    stop_at: int | None = None,
+    clip_dir=None,
+) -> Path:
     """Train into ``out_dir``; returns ``out_dir/final`` (or the checkpoint folder when ``stop_at`` stops early).
 
     One loop for every data source: the synthetic world (``config.data`` None: the embedding cache of world
@@ -500,8 +593,13 @@ def train_prior(out_dir: str | Path, config: PriorTrainConfig, resume: bool = Fa
 
     run = _start(Path(out_dir), config, resume, progress, clip_dir)
     last_eval: dict = {}
-    for step in run.session.steps(config.steps, checkpoint_every=config.checkpoint_every, stop_at=stop_at,
-                                  desc=f"train {config.shipped_name()}", progress=progress):
+    for step in run.session.steps(
+        config.steps,
+        checkpoint_every=config.checkpoint_every,
+        stop_at=stop_at,
+        desc=f"train {config.shipped_name()}",
+        progress=progress,
+    ):
         row = _train_step(run, step)
         if run.accelerator.is_main_process:
             if run.session.due(step, config.eval_every, config.steps):
@@ -551,8 +649,18 @@ def _start(out_dir: Path, config: PriorTrainConfig, resume: bool, progress: bool
     if config.log_with:
         accelerator.init_trackers(f"evalkit-{config.shipped_name()}", config=_tracker_config(config))
     model, optimizer = accelerator.prepare(model, optimizer)
-    return _Run(config, accelerator, data, session, model, accelerator.unwrap_model(model), optimizer, scheduler,
-                train_scheduler(), cache_s)
+    return _Run(
+        config,
+        accelerator,
+        data,
+        session,
+        model,
+        accelerator.unwrap_model(model),
+        optimizer,
+        scheduler,
+        train_scheduler(),
+        cache_s,
+    )
 
 
 def _train_step(run: _Run, step: int) -> dict:
@@ -574,9 +682,15 @@ def _train_step(run: _Run, step: int) -> dict:
         batch = {key: v.to(device) for key, v in data.batch("train", idx[share]).items()}
         with accelerator.accumulate(run.model):
             if config.prior == "diffusion":
-                loss, report, parts = diffusion_loss(run.model, batch, noise[share].to(device),
-                                                     timesteps[share].to(device), drop[share].to(device), data,
-                                                     run.noise_schedule)
+                loss, report, parts = diffusion_loss(
+                    run.model,
+                    batch,
+                    noise[share].to(device),
+                    timesteps[share].to(device),
+                    drop[share].to(device),
+                    data,
+                    run.noise_schedule,
+                )
             else:
                 loss, report, parts = eclipse_loss(run.model, batch, noise[share].to(device), config, accelerator)
             # the reported numbers are the whole micro-batch's (mean over processes), identical on every process
@@ -590,9 +704,15 @@ def _train_step(run: _Run, step: int) -> dict:
             run.optimizer.zero_grad(set_to_none=True)
     run.scheduler.step()
     mean = torch.stack(reported).mean(0).tolist()
-    return {"step": step + 1, "loss": round(mean[0], 5), **{key: round(v, 5) for key, v in zip(parts, mean[1:])},
-            "grad_norm": round(float(grad_norm), 4), "lr": run.scheduler.get_last_lr()[0],
-            "elapsed": run.session.elapsed(), **data.position(step)}
+    return {
+        "step": step + 1,
+        "loss": round(mean[0], 5),
+        **{key: round(v, 5) for key, v in zip(parts, mean[1:])},
+        "grad_norm": round(float(grad_norm), 4),
+        "lr": run.scheduler.get_last_lr()[0],
+        "elapsed": run.session.elapsed(),
+        **data.position(step),
+    }
 
 
 def _save_final(run: _Run, last_eval: dict) -> Path:
@@ -602,11 +722,19 @@ def _save_final(run: _Run, last_eval: dict) -> Path:
     run.raw.eval()
     trainable, frozen = count_parameters(run.raw)
     config = run.config
-    record = {"config": dataclasses.asdict(config), "final_metrics": last_eval or run.data.evaluate(run.raw, config),
-              "wall_time_s": run.session.elapsed(), "cache_s": round(run.cache_s, 1),
-              "torch_threads": torch.get_num_threads(), "processes": run.accelerator.num_processes,
-              "device": str(run.accelerator.device), "shipped_name": config.shipped_name(),
-              "num_parameters": trainable + frozen, "num_trainable_parameters": trainable, **run.data.record()}
+    record = {
+        "config": dataclasses.asdict(config),
+        "final_metrics": last_eval or run.data.evaluate(run.raw, config),
+        "wall_time_s": run.session.elapsed(),
+        "cache_s": round(run.cache_s, 1),
+        "torch_threads": torch.get_num_threads(),
+        "processes": run.accelerator.num_processes,
+        "device": str(run.accelerator.device),
+        "shipped_name": config.shipped_name(),
+        "num_parameters": trainable + frozen,
+        "num_trainable_parameters": trainable,
+        **run.data.record(),
+    }
     return run.data.save_final(run.session, run.raw, record)
 
 
@@ -638,7 +766,14 @@ def describe(prior: str, size: str, embedding_dim: int, num_embeddings: int) -> 
     model = cls.build_model(cls.size_config(size, embedding_dim, num_embeddings))
     trainable, frozen = count_parameters(model)
     params = trainable + frozen
-    return {"prior": prior, "size": size, "embedding_dim": embedding_dim, "num_embeddings": num_embeddings,
-            "parameters": trainable, "frozen_parameters": frozen,
-            "fp32_mb": round(params * 4 / 1e6, 1), "fp16_mb": round(params * 2 / 1e6, 1),
-            "config": {k: v for k, v in dict(model.config).items() if not k.startswith("_")}}
+    return {
+        "prior": prior,
+        "size": size,
+        "embedding_dim": embedding_dim,
+        "num_embeddings": num_embeddings,
+        "parameters": trainable,
+        "frozen_parameters": frozen,
+        "fp32_mb": round(params * 4 / 1e6, 1),
+        "fp16_mb": round(params * 2 / 1e6, 1),
+        "config": {k: v for k, v in dict(model.config).items() if not k.startswith("_")},
+    }

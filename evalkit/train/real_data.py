@@ -59,8 +59,10 @@ def resolve_space(space: str | None, dim: int) -> str:
             raise UnknownNameError("embedding space", space, [*SPACES, *by_decoder])
         return resolved
     if dim not in SPACE_OF_DIM:
-        raise SettingError(f"{dim}-d embeddings are not a public decoder's space (768: karlo, 1280: kandinsky22); "
-                           "say which decoder they feed with --space karlo|kandinsky22")
+        raise SettingError(
+            f"{dim}-d embeddings are not a public decoder's space (768: karlo, 1280: kandinsky22); "
+            "say which decoder they feed with --space karlo|kandinsky22"
+        )
     return SPACE_OF_DIM[dim]
 
 
@@ -76,14 +78,17 @@ def load_text_encoder(path: str | Path, space: str):
         return HFTextEncoder.from_pretrained(text_encoder_path=root, tokenizer_path=root, embedding_space=space)
     raise WeightsNotFoundError(
         f"--text-encoder: no text encoder at {root} (expected {root / 'text_encoder'} + {root / 'tokenizer'}, as in "
-        "kandinsky-2-2-prior or karlo-v1-alpha, or a CLIP model folder with its tokenizer files)")
+        "kandinsky-2-2-prior or karlo-v1-alpha, or a CLIP model folder with its tokenizer files)"
+    )
 
 
 def caption_ids(captions: list[str]) -> torch.Tensor:
     """A 63-bit id per caption: equal captions get equal ids on every process (the contrastive term does not
     count a pair sharing the caption as a negative)."""
-    return torch.tensor([int.from_bytes(hashlib.blake2b(c.encode(), digest_size=8).digest(), "little") >> 1
-                         for c in captions], dtype=torch.int64)
+    return torch.tensor(
+        [int.from_bytes(hashlib.blake2b(c.encode(), digest_size=8).digest(), "little") >> 1 for c in captions],
+        dtype=torch.int64,
+    )
 
 
 def shuffle_words(prompt: str, rng: random.Random) -> str:
@@ -105,11 +110,14 @@ class EmbeddingData:
             raise ConfigMismatchError(
                 f"the text encoder gives {encoder.embedding_dim}-d embeddings and {encoder.hidden_size}-d hidden "
                 f"states, but {config.data} holds {self.dim}-d image embeddings: a prior maps one space to itself, so "
-                "use the text encoder of the image encoder's CLIP (the decoder's own prior pipeline)")
+                "use the text encoder of the image encoder's CLIP (the decoder's own prior pipeline)"
+            )
         order = np.random.default_rng([config.data_seed, 7]).permutation(len(folder))
         if val_folder is not None:
             if val_folder.embedding_dim != self.dim:
-                raise ConfigMismatchError(f"--val-data holds {val_folder.embedding_dim}-d embeddings, --data {self.dim}-d")
+                raise ConfigMismatchError(
+                    f"--val-data holds {val_folder.embedding_dim}-d embeddings, --data {self.dim}-d"
+                )
             self.sources = {"train": folder, "dev": val_folder}
             self.rows = {"train": np.sort(order), "dev": np.arange(min(config.val_pairs, len(val_folder)))}
         else:
@@ -119,8 +127,10 @@ class EmbeddingData:
             self.sources = {"train": folder, "dev": folder}
             self.rows = {"train": np.sort(order[held:]), "dev": np.sort(order[:held])[: config.val_pairs]}
         if len(self.rows["train"]) < config.batch_size:
-            raise SettingError(f"--batch-size {config.batch_size} is larger than the {len(self.rows['train'])} "
-                               f"training pairs of {config.data}")
+            raise SettingError(
+                f"--batch-size {config.batch_size} is larger than the {len(self.rows['train'])} "
+                f"training pairs of {config.data}"
+            )
         self._empty = None
         self._text_cache = self._encode_all(progress) if config.cache_text else None
 
@@ -153,7 +163,7 @@ class EmbeddingData:
         """The step's global batch: the step's slice of its epoch's permutation (``generator`` is not drawn from)."""
         epoch, position = divmod(step, self.steps_per_epoch())
         start = position * config.batch_size
-        return self._permutation(epoch)[start: start + config.batch_size]
+        return self._permutation(epoch)[start : start + config.batch_size]
 
     def position(self, step: int) -> dict:
         """Where in the data a step stands (logged, so a resumed run's position can be checked)."""
@@ -164,15 +174,24 @@ class EmbeddingData:
         rows = self.rows[split][np.asarray(idx, dtype=np.int64)]
         source = self.sources[split]
         captions = source.captions(rows)
-        out = {"image": torch.as_tensor(source.image_embeds(rows), dtype=torch.float32), "caption": caption_ids(captions)}
+        out = {
+            "image": torch.as_tensor(source.image_embeds(rows), dtype=torch.float32),
+            "caption": caption_ids(captions),
+        }
         if self._text_cache is not None and split == "train":
             position = torch.as_tensor(np.asarray(idx, dtype=np.int64))
-            out.update(text=self._text_cache["text"][position], hidden=self._text_cache["hidden"][position].float(),
-                       mask=self._text_cache["mask"][position])
+            out.update(
+                text=self._text_cache["text"][position],
+                hidden=self._text_cache["hidden"][position].float(),
+                mask=self._text_cache["mask"][position],
+            )
         else:
             encoding = self.encoder.encode_text(captions)  # under inference_mode: cloned into ordinary tensors
-            out.update(text=encoding.text_embeds.float().clone(), hidden=encoding.text_hidden.float().clone(),
-                       mask=encoding.attention_mask.clone())
+            out.update(
+                text=encoding.text_embeds.float().clone(),
+                hidden=encoding.text_hidden.float().clone(),
+                mask=encoding.attention_mask.clone(),
+            )
         return out
 
     def empty_encoding(self):
@@ -182,8 +201,11 @@ class EmbeddingData:
 
     def empty(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         e = self.empty_encoding()
-        return (e.text_embeds.float().clone().expand(n, -1), e.text_hidden.float().clone().expand(n, -1, -1),
-                e.attention_mask.clone().expand(n, -1))
+        return (
+            e.text_embeds.float().clone().expand(n, -1),
+            e.text_hidden.float().clone().expand(n, -1, -1),
+            e.attention_mask.clone().expand(n, -1),
+        )
 
     def _encode_all(self, progress: bool) -> dict[str, torch.Tensor]:
         """``--cache-text``: every training caption's encoding, in training-row order (hidden states in fp16)."""
@@ -192,7 +214,7 @@ class EmbeddingData:
         rows = self.rows["train"]
         text, hidden, mask = [], [], []
         for start in tqdm(range(0, len(rows), 256), desc="encode captions", disable=not progress):
-            encoding = self.encoder.encode_text(self.folder.captions(rows[start:start + 256]))
+            encoding = self.encoder.encode_text(self.folder.captions(rows[start : start + 256]))
             text.append(encoding.text_embeds.float().cpu())
             hidden.append(encoding.text_hidden.half().cpu())
             mask.append(encoding.attention_mask.cpu())
@@ -204,14 +226,13 @@ class EmbeddingData:
         squares = np.zeros(self.dim)
         rows = self.rows["train"]
         for start in range(0, len(rows), 65_536):
-            chunk = np.asarray(self.folder.image_embeds(rows[start:start + 65_536]), dtype=np.float64)
+            chunk = np.asarray(self.folder.image_embeds(rows[start : start + 65_536]), dtype=np.float64)
             total += chunk.sum(0)
-            squares += (chunk ** 2).sum(0)
+            squares += (chunk**2).sum(0)
         n = len(rows)
         mean = total / n
-        var = np.maximum(squares / n - mean ** 2, 0.0) * n / max(1, n - 1)
-        return (torch.from_numpy(mean).float()[None],
-                torch.from_numpy(np.sqrt(var)).float().clamp_min(1e-6)[None])
+        var = np.maximum(squares / n - mean**2, 0.0) * n / max(1, n - 1)
+        return (torch.from_numpy(mean).float()[None], torch.from_numpy(np.sqrt(var)).float().clamp_min(1e-6)[None])
 
     # ------------------------------------------------------------------ evaluation
     def _prior(self, model, config):
@@ -229,8 +250,8 @@ class EmbeddingData:
     def _predict(self, prior, captions: list[str], seeds: list[int]) -> torch.Tensor:
         out = []
         for start in range(0, len(captions), EVAL_BATCH):
-            encoding = self.encoder.encode_text(captions[start:start + EVAL_BATCH])
-            out.append(prior.sample(encoding, seeds[start:start + EVAL_BATCH]).float().cpu())
+            encoding = self.encoder.encode_text(captions[start : start + EVAL_BATCH])
+            out.append(prior.sample(encoding, seeds[start : start + EVAL_BATCH]).float().cpu())
         return torch.cat(out)
 
     def evaluate(self, model, config) -> dict:
@@ -251,9 +272,13 @@ class EmbeddingData:
         for label, texts in (("", captions), ("shuffled_", [shuffle_words(c, rng) for c in captions])):
             pred = F.normalize(self._predict(prior, texts, seeds), dim=-1)
             rank = own_rank(pred @ true.T).float()
-            metrics.update({f"{label}cos": round((pred * true).sum(-1).mean().item(), 4),
-                            f"{label}recall1": round((rank == 1).float().mean().item(), 4),
-                            f"{label}rank": round(rank.mean().item(), 2)})
+            metrics.update(
+                {
+                    f"{label}cos": round((pred * true).sum(-1).mean().item(), 4),
+                    f"{label}recall1": round((rank == 1).float().mean().item(), 4),
+                    f"{label}rank": round(rank.mean().item(), 2),
+                }
+            )
         model.train(was_training)
         return metrics
 
@@ -266,12 +291,19 @@ class EmbeddingData:
         load = names["diffusion" if self.config.prior == "diffusion" else "eclipse"]
         return {
             "training_data": f"{len(self.rows['train']):,} image-text pairs ({self.config.data})",
-            "data": {"embeddings": str(Path(self.config.data).resolve()), "manifest_sha256": file_sha256(manifest),
-                     "train_pairs": int(len(self.rows["train"])), "val_pairs": int(len(self.rows["dev"])),
-                     "val_data": str(Path(self.config.val_data).resolve()) if self.config.val_data else None,
-                     "image_encoder": self.folder.encoder, "counts": self.folder.counts},
-            "text_encoder": {"path": str(Path(self.config.text_encoder).resolve()),
-                             "embedding_dim": self.encoder.embedding_dim},
+            "data": {
+                "embeddings": str(Path(self.config.data).resolve()),
+                "manifest_sha256": file_sha256(manifest),
+                "train_pairs": int(len(self.rows["train"])),
+                "val_pairs": int(len(self.rows["dev"])),
+                "val_data": str(Path(self.config.val_data).resolve()) if self.config.val_data else None,
+                "image_encoder": self.folder.encoder,
+                "counts": self.folder.counts,
+            },
+            "text_encoder": {
+                "path": str(Path(self.config.text_encoder).resolve()),
+                "embedding_dim": self.encoder.embedding_dim,
+            },
             "embedding_space": self.space,
             "load_with": f"evalkit run --prior {load} --prior-path {load}=DIR --decoder {names['decoder']}",
         }

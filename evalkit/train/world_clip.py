@@ -52,15 +52,25 @@ class CLIPTrainConfig:
     hard_negatives: bool = False  # add each pair's attribute-swapped twin to the batch (teaches text-side binding)
     text_aux: bool = False  # auxiliary head on the text embedding too (teaches text-side binding)
     multi_positive: bool = False  # captions true of a render (the world knows) are not its negatives
-    order_blind: bool = False  # captions with the words of the render's own caption (its swapped twin) are not negatives
+    order_blind: bool = (
+        False  # captions with the words of the render's own caption (its swapped twin) are not negatives
+    )
     init_from: str | None = None  # start from these CLIP weights (fresh optimizer)
     freeze_image_tower: bool = False  # train the text tower only: image embeddings (and any decoder on them) stay valid
     tiny: bool = False
 
     @classmethod
     def quick(cls) -> "CLIPTrainConfig":
-        return cls(steps=6, batch_size=16, num_pairs=256, warmup_steps=2, eval_every=3, checkpoint_every=3,
-                   eval_seeds=1, tiny=True)
+        return cls(
+            steps=6,
+            batch_size=16,
+            num_pairs=256,
+            warmup_steps=2,
+            eval_every=3,
+            checkpoint_every=3,
+            eval_seeds=1,
+            tiny=True,
+        )
 
 
 def build_model(config: CLIPTrainConfig):
@@ -96,7 +106,9 @@ def caption_codes(texts, vocab: dict) -> tuple[torch.Tensor, torch.Tensor]:
     out, valid = torch.full((len(specs), width, 4), -1), torch.zeros(len(specs), width, dtype=torch.bool)
     for row, spec in enumerate(specs):
         for j, phrase in enumerate(spec.objects):
-            out[row, j] = torch.tensor([code(phrase.shape), code(phrase.color), code(phrase.texture), code(phrase.size)])
+            out[row, j] = torch.tensor(
+                [code(phrase.shape), code(phrase.color), code(phrase.texture), code(phrase.size)]
+            )
             valid[row, j] = True
     return out, valid
 
@@ -137,8 +149,12 @@ def caption_targets(texts, index) -> np.ndarray:
     for row, text in enumerate(texts):
         if text not in cache:
             spec = parse_caption(text)
-            cache[text] = [index[(value, obj.shape)] for obj in spec.objects
-                           for value in (obj.color, obj.texture, obj.size) if value is not None and obj.shape]
+            cache[text] = [
+                index[(value, obj.shape)]
+                for obj in spec.objects
+                for value in (obj.color, obj.texture, obj.size)
+                if value is not None and obj.shape
+            ]
         out[row, cache[text]] = 1.0
     return out
 
@@ -155,11 +171,17 @@ def training_pool(num_pairs: int, seed: int):
     caption_code, caption_valid = caption_codes(texts, vocab)
     bags: dict = {}
     words = torch.tensor([bags.setdefault(" ".join(sorted(t.split())), len(bags)) for t in texts])
-    return {"texts": texts, "images": np.concatenate([render(scenes), render(swapped_scenes)]),
-            "image_targets": scene_targets(list(scenes) + swapped_scenes, index),
-            "text_targets": caption_targets(texts, index), "num_pairs": len(captions),
-            "scene_code": scene_codes(list(scenes) + swapped_scenes, vocab), "caption_code": caption_code,
-            "caption_valid": caption_valid, "words": words}
+    return {
+        "texts": texts,
+        "images": np.concatenate([render(scenes), render(swapped_scenes)]),
+        "image_targets": scene_targets(list(scenes) + swapped_scenes, index),
+        "text_targets": caption_targets(texts, index),
+        "num_pairs": len(captions),
+        "scene_code": scene_codes(list(scenes) + swapped_scenes, vocab),
+        "caption_code": caption_code,
+        "caption_valid": caption_valid,
+        "words": words,
+    }
 
 
 class AuxHeads(torch.nn.Module):
@@ -181,15 +203,29 @@ def batch_positives(pool: dict, rows, config: CLIPTrainConfig) -> torch.Tensor |
     return positives
 
 
-def clip_loss(model, images, ids, mask, heads=None, image_targets=None, text_targets=None, aux_weight=0.0,
-              positives=None, image_raw=None):
+def clip_loss(
+    model,
+    images,
+    ids,
+    mask,
+    heads=None,
+    image_targets=None,
+    text_targets=None,
+    aux_weight=0.0,
+    positives=None,
+    image_raw=None,
+):
     """InfoNCE (+ auxiliary heads); ``image_raw``: precomputed embeddings of ``images`` (a frozen image tower)."""
     if image_raw is None:
         image_raw = model.encode_image(images)
     text_raw = model.encode_tokens(ids, mask).text_embeds
     loss = contrastive_loss(model, F.normalize(image_raw, dim=-1), F.normalize(text_raw, dim=-1), ids, positives)
     if heads is not None and aux_weight > 0:
-        aux = F.binary_cross_entropy_with_logits(heads.image(image_raw), image_targets) if image_raw.requires_grad else 0.0
+        aux = (
+            F.binary_cross_entropy_with_logits(heads.image(image_raw), image_targets)
+            if image_raw.requires_grad
+            else 0.0
+        )
         if text_targets is not None:
             aux = aux + F.binary_cross_entropy_with_logits(heads.text(text_raw), text_targets)
         loss = loss + aux_weight * aux
@@ -209,16 +245,23 @@ def contrastive_loss(model, image_embeds, text_embeds, ids, positives=None):
         ignore = ignore | positives
     ignore = ignore & ~torch.eye(len(ids), dtype=torch.bool)
     target = torch.arange(len(ids))
-    return 0.5 * (F.cross_entropy(logits.masked_fill(ignore, float("-inf")), target)
-                  + F.cross_entropy(logits.T.masked_fill(ignore.T, float("-inf")), target))
+    return 0.5 * (
+        F.cross_entropy(logits.masked_fill(ignore, float("-inf")), target)
+        + F.cross_entropy(logits.T.masked_fill(ignore.T, float("-inf")), target)
+    )
 
 
 #: settings a resumed run may change: they decide when to evaluate and checkpoint, not what is learnt
 RESUMABLE_KEYS = ("checkpoint_every", "eval_every")
 
 
-def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = False, progress: bool = True,
-               stop_at: int | None = None):
+def train_clip(
+    out_dir: str | Path,
+    config: CLIPTrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    stop_at: int | None = None,
+):
     """Train into ``out_dir``; returns ``out_dir/final`` (or the checkpoint when ``stop_at`` stops early).
 
     The auxiliary heads are trained with the CLIP but are not part of it (they are dropped at the end), so
@@ -226,8 +269,9 @@ def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = Fals
     """
     from evalkit.checks.clip_eval import evaluate_clip
 
-    session = TrainingSession(out_dir, config, resume=resume, resumable=RESUMABLE_KEYS,
-                              extra_state=lambda: {"heads": heads.state_dict()})
+    session = TrainingSession(
+        out_dir, config, resume=resume, resumable=RESUMABLE_KEYS, extra_state=lambda: {"heads": heads.state_dict()}
+    )
     set_seed(config.seed)
     model = build_model(config)
     heads = AuxHeads(model.embedding_dim, len(combo_index()))
@@ -247,18 +291,25 @@ def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = Fals
         frozen_images = embed_images(model, pool["images"], 512)
     last_eval: dict = {}
     model.train()
-    for step in session.steps(config.steps, checkpoint_every=config.checkpoint_every, stop_at=stop_at,
-                              desc="train clip", progress=progress):
-        loss = _clip_batch_loss(model, heads, pool, (all_ids, all_mask), (image_targets, text_targets),
-                                frozen_images, config, step)
+    for step in session.steps(
+        config.steps, checkpoint_every=config.checkpoint_every, stop_at=stop_at, desc="train clip", progress=progress
+    ):
+        loss = _clip_batch_loss(
+            model, heads, pool, (all_ids, all_mask), (image_targets, text_targets), frozen_images, config, step
+        )
         check_finite(loss, step, session.checkpoint_dir)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        row = {"step": step + 1, "loss": round(loss.item(), 5), "lr": scheduler.get_last_lr()[0],
-               "logit_scale": round(model.logit_scale.exp().item(), 3), "elapsed": session.elapsed()}
+        row = {
+            "step": step + 1,
+            "loss": round(loss.item(), 5),
+            "lr": scheduler.get_last_lr()[0],
+            "logit_scale": round(model.logit_scale.exp().item(), 3),
+            "elapsed": session.elapsed(),
+        }
         if session.due(step, config.eval_every, config.steps):
             model.eval()
             last_eval = evaluate_clip(model, seeds=config.eval_seeds)
@@ -269,15 +320,19 @@ def train_clip(out_dir: str | Path, config: CLIPTrainConfig, resume: bool = Fals
     if session.stopped_early:
         return session.checkpoint_dir
     model.eval()
-    record = {"config": dataclasses.asdict(config),
-              "final_metrics": last_eval or evaluate_clip(model, seeds=config.eval_seeds),
-              "wall_time_s": session.elapsed(), "torch_threads": torch.get_num_threads(),
-              "num_parameters": sum(p.numel() for p in model.parameters())}
+    record = {
+        "config": dataclasses.asdict(config),
+        "final_metrics": last_eval or evaluate_clip(model, seeds=config.eval_seeds),
+        "wall_time_s": session.elapsed(),
+        "torch_threads": torch.get_num_threads(),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+    }
     return session.finish(model, record)
 
 
-def _clip_batch_loss(model, heads, pool: dict, tokens, targets, frozen_images, config: CLIPTrainConfig,
-                     step: int) -> torch.Tensor:
+def _clip_batch_loss(
+    model, heads, pool: dict, tokens, targets, frozen_images, config: CLIPTrainConfig, step: int
+) -> torch.Tensor:
     """The loss of step ``step``'s batch (drawn from (seed, step): a resumed run draws the same batches)."""
     all_ids, all_mask = tokens
     image_targets, text_targets = targets
@@ -285,14 +340,26 @@ def _clip_batch_loss(model, heads, pool: dict, tokens, targets, frozen_images, c
     idx = np.random.default_rng([config.seed, step]).choice(n, size=config.batch_size, replace=False)
     both = np.concatenate([idx, idx + n]) if config.hard_negatives else idx
     positives = batch_positives(pool, both, config)
-    return clip_loss(model, None if frozen_images is not None else images_to_tensor(pool["images"][both]),
-                     all_ids[both], all_mask[both], heads, image_targets[both],
-                     text_targets[both] if config.text_aux else None, config.aux_weight, positives,
-                     image_raw=frozen_images[both] if frozen_images is not None else None)
+    return clip_loss(
+        model,
+        None if frozen_images is not None else images_to_tensor(pool["images"][both]),
+        all_ids[both],
+        all_mask[both],
+        heads,
+        image_targets[both],
+        text_targets[both] if config.text_aux else None,
+        config.aux_weight,
+        positives,
+        image_raw=frozen_images[both] if frozen_images is not None else None,
+    )
 
 
-def ship_clip(run_dir: str | Path, dest: str | Path | None = None, dtype: torch.dtype | None = torch.float16,
-              overwrite: bool = False) -> Path:
+def ship_clip(
+    run_dir: str | Path,
+    dest: str | Path | None = None,
+    dtype: torch.dtype | None = torch.float16,
+    overwrite: bool = False,
+) -> Path:
     """Copy a run's final CLIP to ``dest`` (default: ``evalkit/embedded/weights/clip``) as fp16.
 
     Weights already there are replaced only with ``overwrite``: the default folder is the checkout's shipped

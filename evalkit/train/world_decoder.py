@@ -33,8 +33,15 @@ from tqdm.auto import tqdm
 
 from evalkit.contracts import Batch, Protocol, content_hash
 from evalkit.errors import ConfigMismatchError
-from evalkit.train.common import (NothingToResumeError, Stopwatch, TrainingSession, check_finite, set_seed, ship,
-                                  warmup_cosine)
+from evalkit.train.common import (
+    NothingToResumeError,
+    Stopwatch,
+    TrainingSession,
+    check_finite,
+    set_seed,
+    ship,
+    warmup_cosine,
+)
 from evalkit.world.tensors import embed_images, images_to_tensor
 
 CACHE_DIR_NAME = "cache"
@@ -66,12 +73,24 @@ class DecoderTrainConfig:
     tiny: bool = False  # tiny decoder and a random tiny CLIP (tests)
     decoder: dict = field(default_factory=dict)  # SynthDecoderConfig overrides (architecture, schedule)
     init_from: str | None = None  # start from these decoder weights (e.g. the shipped ones) with a fresh optimizer
-    mixed_precision: str = "no"  # "no" | "bf16": the forward pass under torch.autocast (weights and optimizer stay float32)
+    mixed_precision: str = (
+        "no"  # "no" | "bf16": the forward pass under torch.autocast (weights and optimizer stay float32)
+    )
 
     @classmethod
     def quick(cls) -> "DecoderTrainConfig":
-        return cls(steps=6, batch_size=8, num_pairs=64, warmup_steps=2, checkpoint_every=3, eval_every=3,
-                   eval_pairs=4, eval_steps=2, embed_batch_size=32, tiny=True)
+        return cls(
+            steps=6,
+            batch_size=8,
+            num_pairs=64,
+            warmup_steps=2,
+            checkpoint_every=3,
+            eval_every=3,
+            eval_pairs=4,
+            eval_steps=2,
+            embed_batch_size=32,
+            tiny=True,
+        )
 
 
 # --------------------------------------------------------------------------- pieces
@@ -100,12 +119,16 @@ def build_decoder(config: DecoderTrainConfig, embedding_dim: int):
 
     if config.init_from:
         if config.decoder:
-            raise ConfigMismatchError("--init-from takes the architecture of its weights; drop the decoder overrides "
-                                      f"({', '.join(sorted(config.decoder))})")
+            raise ConfigMismatchError(
+                "--init-from takes the architecture of its weights; drop the decoder overrides "
+                f"({', '.join(sorted(config.decoder))})"
+            )
         decoder = SynthDecoder.from_pretrained(config.init_from).float()
         if decoder.config.embedding_dim != embedding_dim:
-            raise ConfigMismatchError(f"{config.init_from} decodes {decoder.config.embedding_dim}-d embeddings but the "
-                                      f"CLIP gives {embedding_dim}-d ones")
+            raise ConfigMismatchError(
+                f"{config.init_from} decodes {decoder.config.embedding_dim}-d embeddings but the "
+                f"CLIP gives {embedding_dim}-d ones"
+            )
         return decoder.train()
     base = dataclasses.asdict(SynthDecoder.tiny_config()) if config.tiny else {}
     decoder_config = SynthDecoder.config_from_dict({**base, **config.decoder, "embedding_dim": embedding_dim})
@@ -129,8 +152,9 @@ def training_renders(num_pairs: int, seed: int) -> np.ndarray:
 
 
 @torch.inference_mode()
-def cached_embeddings(cache_dir: Path, clip, clip_hash: str, images: np.ndarray, config: DecoderTrainConfig,
-                      progress: bool) -> torch.Tensor:
+def cached_embeddings(
+    cache_dir: Path, clip, clip_hash: str, images: np.ndarray, config: DecoderTrainConfig, progress: bool
+) -> torch.Tensor:
     """CLIP embeddings of the training pool, computed once per (pool, CLIP) and kept as safetensors."""
     from safetensors.torch import load_file, save_file
 
@@ -145,8 +169,11 @@ def cached_embeddings(cache_dir: Path, clip, clip_hash: str, images: np.ndarray,
     embeds = embed_images(clip, images, config.embed_batch_size)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file({"embeds": embeds.contiguous()}, str(tmp), metadata={"num_pairs": str(config.num_pairs),
-                                                                   "seed": str(config.seed), "clip": clip_hash})
+    save_file(
+        {"embeds": embeds.contiguous()},
+        str(tmp),
+        metadata={"num_pairs": str(config.num_pairs), "seed": str(config.seed), "clip": clip_hash},
+    )
     tmp.replace(path)
     return embeds
 
@@ -156,8 +183,15 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.default_rng([seed, step, 1]).integers(2**62)))
 
 
-def diffusion_loss(decoder, scheduler, images: torch.Tensor, embeds: torch.Tensor, generator: torch.Generator,
-                   cond_drop_prob: float, snr_gamma: float | None) -> torch.Tensor:
+def diffusion_loss(
+    decoder,
+    scheduler,
+    images: torch.Tensor,
+    embeds: torch.Tensor,
+    generator: torch.Generator,
+    cond_drop_prob: float,
+    snr_gamma: float | None,
+) -> torch.Tensor:
     """DDPM epsilon loss on images in [0, 1]; embeddings dropped to zeros with ``cond_drop_prob``."""
     x0 = images * 2.0 - 1.0
     n = x0.shape[0]
@@ -202,13 +236,19 @@ def eval_pool(num: int, seed: int):
 
 
 @torch.inference_mode()
-def evaluate_decoder(decoder, clip, targets: torch.Tensor, swapped: torch.Tensor, steps: int, guidance: float,
-                     seed: int = 42) -> tuple[dict, torch.Tensor]:
+def evaluate_decoder(
+    decoder, clip, targets: torch.Tensor, swapped: torch.Tensor, steps: int, guidance: float, seed: int = 42
+) -> tuple[dict, torch.Tensor]:
     """Decode ``targets`` (CLIP embeddings), re-embed, compare; returns (metrics, decoded images)."""
     n = len(targets)
     batch = Batch.from_prompts([""] * n, [seed + i for i in range(n)])
-    protocol = Protocol(decoder=decoder.name, num_inference_steps=steps, guidance_scale=guidance,
-                        resolution=decoder.resolution, images_per_prompt=1)
+    protocol = Protocol(
+        decoder=decoder.name,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        resolution=decoder.resolution,
+        images_per_prompt=1,
+    )
     images = decoder.decode(targets, batch, protocol)
     got = F.normalize(clip.encode_image(images).float(), dim=-1)
     tgt, swp = F.normalize(targets, dim=-1), F.normalize(swapped, dim=-1)
@@ -228,7 +268,9 @@ def save_grid(path: Path, targets_uint8: np.ndarray, decoded: torch.Tensor, colu
     k = min(columns, len(decoded_uint8))
     rows = [np.concatenate(list(a[:k]), axis=1) for a in (targets_uint8, decoded_uint8)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(rows, axis=0)).resize((rows[0].shape[1] * 2, rows[0].shape[0] * 4), Image.NEAREST).save(path)
+    Image.fromarray(np.concatenate(rows, axis=0)).resize(
+        (rows[0].shape[1] * 2, rows[0].shape[0] * 4), Image.NEAREST
+    ).save(path)
 
 
 def lr_lambda(config: DecoderTrainConfig):
@@ -248,8 +290,14 @@ def resumable_keys(config: DecoderTrainConfig) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- training
 
 
-def train_decoder(out_dir: str | Path, config: DecoderTrainConfig, resume: bool = False, clip_dir: str | Path | None = None,
-                  progress: bool = True, stop_at: int | None = None) -> Path:
+def train_decoder(
+    out_dir: str | Path,
+    config: DecoderTrainConfig,
+    resume: bool = False,
+    clip_dir: str | Path | None = None,
+    progress: bool = True,
+    stop_at: int | None = None,
+) -> Path:
     """Train the synth decoder into ``out_dir``; returns ``out_dir/final`` (or the checkpoint when ``stop_at`` stops early).
 
     ``clip_dir``: the CLIP whose image embeddings condition the decoder (default: the shipped one;
@@ -263,14 +311,21 @@ def train_decoder(out_dir: str | Path, config: DecoderTrainConfig, resume: bool 
     clip = build_clip(config, clip_dir)
     clip_hash = weights_hash(clip)
     ema = None  # built after the seed, below; every checkpoint from then on carries it
-    session = TrainingSession(out_dir, config, resume=resume, resumable=resumable_keys(config),
-                              extra_state=lambda: {"ema": ema.shadow} if ema is not None else {})
+    session = TrainingSession(
+        out_dir,
+        config,
+        resume=resume,
+        resumable=resumable_keys(config),
+        extra_state=lambda: {"ema": ema.shadow} if ema is not None else {},
+    )
     out_dir = session.out_dir
 
     set_seed(config.seed)
     decoder = build_decoder(config, clip.embedding_dim)
     scheduler = decoder.training_scheduler()
-    optimizer = torch.optim.AdamW(decoder.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999))
+    optimizer = torch.optim.AdamW(
+        decoder.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999)
+    )
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     ema = EMA(decoder, config.ema_decay) if config.ema_decay > 0 else None
     session.restore(decoder, optimizer, lr_scheduler)
@@ -297,8 +352,9 @@ def train_decoder(out_dir: str | Path, config: DecoderTrainConfig, resume: bool 
     setup_s = clock()
     last_eval: dict = {}
     decoder.train()
-    for step in session.steps(config.steps, checkpoint_every=config.checkpoint_every, stop_at=stop_at,
-                              desc="train decoder", progress=progress):
+    for step in session.steps(
+        config.steps, checkpoint_every=config.checkpoint_every, stop_at=stop_at, desc="train decoder", progress=progress
+    ):
         row = _decoder_step(decoder, scheduler, optimizer, lr_scheduler, ema, images, embeds, config, step, session)
         if session.due(step, config.eval_every, config.steps):
             last_eval = evaluate(step + 1)
@@ -315,24 +371,47 @@ def train_decoder(out_dir: str | Path, config: DecoderTrainConfig, resume: bool 
     final_model.eval()
     if not last_eval:
         last_eval = evaluate(config.steps)
-    record = {"config": dataclasses.asdict(config), "decoder_config": dataclasses.asdict(final_model.config),
-              "final_metrics": last_eval, "weights": "ema" if ema is not None else "last",
-              "wall_time_s": session.elapsed(), "setup_time_s": round(setup_s, 1),
-              "torch_threads": torch.get_num_threads(), "num_parameters": final_model.num_parameters(),
-              "clip": str(clip_dir) if clip_dir else ("tiny-random" if config.tiny else "shipped"),
-              "clip_hash": clip_hash}
+    record = {
+        "config": dataclasses.asdict(config),
+        "decoder_config": dataclasses.asdict(final_model.config),
+        "final_metrics": last_eval,
+        "weights": "ema" if ema is not None else "last",
+        "wall_time_s": session.elapsed(),
+        "setup_time_s": round(setup_s, 1),
+        "torch_threads": torch.get_num_threads(),
+        "num_parameters": final_model.num_parameters(),
+        "clip": str(clip_dir) if clip_dir else ("tiny-random" if config.tiny else "shipped"),
+        "clip_hash": clip_hash,
+    }
     return session.finish(final_model, record)
 
 
-def _decoder_step(decoder, scheduler, optimizer, lr_scheduler, ema, images, embeds, config: DecoderTrainConfig,
-                  step: int, session: TrainingSession) -> dict:
+def _decoder_step(
+    decoder,
+    scheduler,
+    optimizer,
+    lr_scheduler,
+    ema,
+    images,
+    embeds,
+    config: DecoderTrainConfig,
+    step: int,
+    session: TrainingSession,
+) -> dict:
     """One optimizer step (and EMA update); returns its log row."""
     n = len(images)
     # the batch order and all noise are functions of (seed, step): a resumed run draws the same
     idx = np.random.default_rng([config.seed, step]).choice(n, size=min(config.batch_size, n), replace=False)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.mixed_precision == "bf16"):
-        loss = diffusion_loss(decoder, scheduler, images_to_tensor(images[idx]), embeds[idx],
-                              step_generator(config.seed, step), config.cond_drop_prob, config.snr_gamma)
+        loss = diffusion_loss(
+            decoder,
+            scheduler,
+            images_to_tensor(images[idx]),
+            embeds[idx],
+            step_generator(config.seed, step),
+            config.cond_drop_prob,
+            config.snr_gamma,
+        )
     check_finite(loss, step, session.checkpoint_dir)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -341,8 +420,13 @@ def _decoder_step(decoder, scheduler, optimizer, lr_scheduler, ema, images, embe
     lr_scheduler.step()
     if ema is not None:
         ema.update(decoder, step)
-    return {"step": step + 1, "loss": round(loss.item(), 5), "grad_norm": round(float(grad_norm), 4),
-            "lr": lr_scheduler.get_last_lr()[0], "elapsed": session.elapsed()}
+    return {
+        "step": step + 1,
+        "loss": round(loss.item(), 5),
+        "grad_norm": round(float(grad_norm), 4),
+        "lr": lr_scheduler.get_last_lr()[0],
+        "elapsed": session.elapsed(),
+    }
 
 
 def final_from_checkpoint(run_dir: str | Path) -> Path:
@@ -362,8 +446,9 @@ def final_from_checkpoint(run_dir: str | Path) -> Path:
     try:
         session = TrainingSession(run_dir, config, resume=True)
     except NothingToResumeError:
-        raise NothingToResumeError(f"{run_dir} holds no checkpoint to take final weights from "
-                                   f"({run_dir / 'checkpoint'} is missing)") from None
+        raise NothingToResumeError(
+            f"{run_dir} holds no checkpoint to take final weights from ({run_dir / 'checkpoint'} is missing)"
+        ) from None
     embedding_dim = json.loads((session.checkpoint_dir / "config.json").read_text())["embedding_dim"]
     decoder = build_decoder(config, embedding_dim)  # the architecture the run trained (weights replaced below)
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=config.lr)
@@ -373,16 +458,25 @@ def final_from_checkpoint(run_dir: str | Path) -> Path:
         decoder.load_state_dict({**decoder.state_dict(), **session.extra["ema"]})
     decoder.eval()
     evals = [row for row in session.logger.rows() if "eval/recon_cos" in row and row["step"] <= step]
-    record = {"config": dataclasses.asdict(config), "decoder_config": dataclasses.asdict(decoder.config),
-              "stopped_at_step": step, "lr_at_stop": lr_scheduler.get_last_lr()[0],
-              "final_metrics": {k[5:]: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {},
-              "weights": "ema" if "ema" in session.extra else "last", "wall_time_s": session.extra.get("elapsed"),
-              "num_parameters": decoder.num_parameters()}
+    record = {
+        "config": dataclasses.asdict(config),
+        "decoder_config": dataclasses.asdict(decoder.config),
+        "stopped_at_step": step,
+        "lr_at_stop": lr_scheduler.get_last_lr()[0],
+        "final_metrics": {k[5:]: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {},
+        "weights": "ema" if "ema" in session.extra else "last",
+        "wall_time_s": session.extra.get("elapsed"),
+        "num_parameters": decoder.num_parameters(),
+    }
     return session.finish(decoder, record)
 
 
-def ship_decoder(run_dir: str | Path, dest: str | Path | None = None, dtype: torch.dtype | None = torch.float16,
-                 overwrite: bool = False) -> Path:
+def ship_decoder(
+    run_dir: str | Path,
+    dest: str | Path | None = None,
+    dtype: torch.dtype | None = torch.float16,
+    overwrite: bool = False,
+) -> Path:
     """Copy a run's final decoder to ``dest`` (default: ``evalkit/embedded/weights/decoder``) as fp16.
 
     Weights already there are replaced only with ``overwrite``: the default folder is the checkout's shipped

@@ -55,8 +55,16 @@ class ScorerTrainConfig:
 
     @classmethod
     def quick(cls) -> "ScorerTrainConfig":
-        return cls(steps=6, batch_size=16, num_scenes=64, eval_every=3, eval_scenes=16, checkpoint_every=3, warmup_steps=2,
-                   tiny=True)
+        return cls(
+            steps=6,
+            batch_size=16,
+            num_scenes=64,
+            eval_every=3,
+            eval_scenes=16,
+            checkpoint_every=3,
+            warmup_steps=2,
+            tiny=True,
+        )
 
 
 # --------------------------------------------------------------------------- questions
@@ -99,7 +107,8 @@ def question(scene, kind: str, rng) -> tuple[str, bool]:
         spec = _describe(obj, _random_families(rng), rng)
         if kind == "wrong":
             family = [f for f in ("shape", "color", "texture", "size") if spec.get(f) is not None][
-                int(rng.random() * sum(spec.get(f) is not None for f in ("shape", "color", "texture", "size")))]
+                int(rng.random() * sum(spec.get(f) is not None for f in ("shape", "color", "texture", "size")))
+            ]
             options = {"shape": SHAPES, "color": tuple(COLORS), "texture": TEXTURES, "size": SIZE_WORDS}[family]
             others = [v for v in options if v != spec.get(family)]
             spec = spec.replace(**{family: others[int(rng.random() * len(others))]})
@@ -180,7 +189,7 @@ def evaluate(model, config: ScorerTrainConfig, split: str = "dev") -> dict:
     for kind in KINDS:
         pairs = [question(scene, kind, rng) for scene in scenes]
         hot, _ = model.encode_phrases([p for p, _ in pairs])
-        log_p = torch.cat([model(images[s:s + 512], hot[s:s + 512]) for s in range(0, len(scenes), 512)])
+        log_p = torch.cat([model(images[s : s + 512], hot[s : s + 512]) for s in range(0, len(scenes), 512)])
         labels = torch.tensor([float(label) for _, label in pairs])
         metrics[f"acc_{kind}"] = round(((log_p.exp() > 0.5).float() == labels).float().mean().item(), 4)
         metrics[f"true_share_{kind}"] = round(labels.mean().item(), 3)
@@ -192,8 +201,13 @@ def evaluate(model, config: ScorerTrainConfig, split: str = "dev") -> dict:
 RESUMABLE_KEYS = ("checkpoint_every", "eval_every")
 
 
-def train_scorer(out_dir: str | Path, config: ScorerTrainConfig, resume: bool = False, progress: bool = True,
-                 stop_at: int | None = None) -> Path:
+def train_scorer(
+    out_dir: str | Path,
+    config: ScorerTrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    stop_at: int | None = None,
+) -> Path:
     """Train into ``out_dir``; returns ``out_dir/final`` (or the checkpoint when ``stop_at`` stops early).
 
     Every step's questions come from a generator seeded by (seed, step), so a resumed run asks the same
@@ -212,14 +226,18 @@ def train_scorer(out_dir: str | Path, config: ScorerTrainConfig, resume: bool = 
     words = object_words(scenes, model.index)
     last: dict = {}
     model.train()
-    for step in session.steps(config.steps, checkpoint_every=config.checkpoint_every, stop_at=stop_at,
-                              desc="train scorer", progress=progress):
+    for step in session.steps(
+        config.steps, checkpoint_every=config.checkpoint_every, stop_at=stop_at, desc="train scorer", progress=progress
+    ):
         rng = np.random.default_rng([config.seed, step])
         idx, phrases, labels, _ = draw_questions(scenes, config.batch_size, rng)
         hot, _ = model.encode_phrases(phrases)
         word_logits = model.word_logits(images_to_tensor(images[idx]))
-        dense = F.binary_cross_entropy_with_logits(word_logits, dense_targets(masks[idx], words[idx], word_logits.shape[-1]),
-                                                   pos_weight=torch.full((word_logits.shape[1], 1, 1), config.pos_weight))
+        dense = F.binary_cross_entropy_with_logits(
+            word_logits,
+            dense_targets(masks[idx], words[idx], word_logits.shape[-1]),
+            pos_weight=torch.full((word_logits.shape[1], 1, 1), config.pos_weight),
+        )
         loss = dense + phrase_loss(model.phrase_log_prob(word_logits, hot), torch.from_numpy(labels))
         check_finite(loss, step, session.checkpoint_dir)
         optimizer.zero_grad(set_to_none=True)
@@ -237,14 +255,23 @@ def train_scorer(out_dir: str | Path, config: ScorerTrainConfig, resume: bool = 
     if session.stopped_early:
         return session.checkpoint_dir
     model.eval()
-    record = {"config": dataclasses.asdict(config), "dev": last or evaluate(model, config, "dev"),
-              "val": evaluate(model, config, "val"), "num_parameters": model.num_parameters(),
-              "wall_time_s": session.elapsed(), "torch_threads": torch.get_num_threads()}
+    record = {
+        "config": dataclasses.asdict(config),
+        "dev": last or evaluate(model, config, "dev"),
+        "val": evaluate(model, config, "val"),
+        "num_parameters": model.num_parameters(),
+        "wall_time_s": session.elapsed(),
+        "torch_threads": torch.get_num_threads(),
+    }
     return session.finish(model, record)
 
 
-def ship_scorer(run_dir: str | Path, dest: str | Path | None = None, dtype: torch.dtype | None = torch.float16,
-                overwrite: bool = False) -> Path:
+def ship_scorer(
+    run_dir: str | Path,
+    dest: str | Path | None = None,
+    dtype: torch.dtype | None = torch.float16,
+    overwrite: bool = False,
+) -> Path:
     """Copy a run's final scorer to ``dest`` (default: ``evalkit/embedded/weights/scorer``) as fp16.
 
     Weights already there are replaced only with ``overwrite``: the default folder is the checkout's shipped

@@ -13,7 +13,12 @@ Imports numpy only (no torch).
 """
 
 from evalkit.world.attributes import (
-    CATEGORIES, COLORS, HELD_OUT, SHAPES, SIZE_CLASSES, TEXTURES,
+    CATEGORIES,
+    COLORS,
+    HELD_OUT,
+    SHAPES,
+    SIZE_CLASSES,
+    TEXTURES,
 )
 from evalkit.world.dataset import sample_pairs
 from evalkit.world.grammar import CaptionSpec, ObjectSpec, enumerate_captions, parse_caption
@@ -22,8 +27,25 @@ from evalkit.world.scene import Background, Scene, SceneObject, sample_scene
 from evalkit.world.splits import SPLITS, SplitPrompt, held_out_combinations, split_prompts, world_splits
 
 __all__ = [
-    "CATEGORIES", "COLORS", "HELD_OUT", "SHAPES", "SIZE_CLASSES", "TEXTURES", "SPLITS",
-    "CaptionSpec", "ObjectSpec", "Scene", "SceneObject", "Background", "SplitPrompt",
-    "enumerate_captions", "parse_caption", "sample_scene", "render", "sample_pairs",
-    "split_prompts", "world_splits", "held_out_combinations",
+    "CATEGORIES",
+    "COLORS",
+    "HELD_OUT",
+    "SHAPES",
+    "SIZE_CLASSES",
+    "TEXTURES",
+    "SPLITS",
+    "CaptionSpec",
+    "ObjectSpec",
+    "Scene",
+    "SceneObject",
+    "Background",
+    "SplitPrompt",
+    "enumerate_captions",
+    "parse_caption",
+    "sample_scene",
+    "render",
+    "sample_pairs",
+    "split_prompts",
+    "world_splits",
+    "held_out_combinations",
 ]

@@ -56,10 +56,16 @@ CATEGORIES: tuple[str, ...] = ("color", "shape", "texture")
 #: two values and a swap moves a shape from big to small, so holding out (big, star) alone would
 #: also keep (small, star) out of every train prompt; both are listed to say so.
 HELD_OUT: dict[str, frozenset[tuple[str, str]]] = {
-    "color": frozenset({
-        ("red", "triangle"), ("orange", "star"), ("yellow", "diamond"),
-        ("green", "circle"), ("blue", "cross"), ("purple", "square"),
-    }),
+    "color": frozenset(
+        {
+            ("red", "triangle"),
+            ("orange", "star"),
+            ("yellow", "diamond"),
+            ("green", "circle"),
+            ("blue", "cross"),
+            ("purple", "square"),
+        }
+    ),
     "texture": frozenset({("striped", "diamond"), ("dotted", "triangle"), ("checkered", "circle")}),
     "size": frozenset({("big", "star"), ("small", "star")}),
 }

@@ -78,8 +78,9 @@ class ObjectSpec:
     def _combos(self) -> frozenset[Combo]:
         if self.shape is None:
             return frozenset()
-        return frozenset((f, getattr(self, f), self.shape) for f in ("color", "texture", "size")
-                         if getattr(self, f) is not None)
+        return frozenset(
+            (f, getattr(self, f), self.shape) for f in ("color", "texture", "size") if getattr(self, f) is not None
+        )
 
     def combos(self) -> frozenset[Combo]:
         """The (family, value, shape) pairs this phrase states."""
@@ -114,10 +115,13 @@ class CaptionSpec:
     def _swapped(self) -> "CaptionSpec":
         family = bound_family(self.category)
         a, b = self.objects
-        return CaptionSpec(self.category, (
-            a.replace(**{family: b.get(family)}),
-            b.replace(**{family: a.get(family)}),
-        ))
+        return CaptionSpec(
+            self.category,
+            (
+                a.replace(**{family: b.get(family)}),
+                b.replace(**{family: a.get(family)}),
+            ),
+        )
 
     @functools.cached_property
     def swapped_text(self) -> str:
@@ -244,10 +248,15 @@ def enumerate_captions(category: str) -> list[Caption]:
                 weight *= p
                 if index is not None:
                     objects[index][family] = value
-                    allowed &= not (is_held_out((family, value, objects[index]["shape"]))
-                                    or is_held_out((family, value, shapes_after[index])))
+                    allowed &= not (
+                        is_held_out((family, value, objects[index]["shape"]))
+                        or is_held_out((family, value, shapes_after[index]))
+                    )
             if allowed:
-                spec = core if all(i is None for i, _, _ in choice) else \
-                    CaptionSpec(category, (ObjectSpec(**objects[0]), ObjectSpec(**objects[1])))
+                spec = (
+                    core
+                    if all(i is None for i, _, _ in choice)
+                    else CaptionSpec(category, (ObjectSpec(**objects[0]), ObjectSpec(**objects[1])))
+                )
                 out.append(Caption(spec, weight, core))
     return out

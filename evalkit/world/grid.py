@@ -11,8 +11,9 @@ from evalkit.world.scene import Scene, sample_scene
 from evalkit.world.splits import split_prompts
 
 
-def save_grid(path: str | Path, scenes: Sequence[Scene], titles: Sequence[str] | None = None,
-              columns: int = 8, scale: int = 4) -> Path:
+def save_grid(
+    path: str | Path, scenes: Sequence[Scene], titles: Sequence[str] | None = None, columns: int = 8, scale: int = 4
+) -> Path:
     """Render ``scenes``, upscale each ×``scale`` (nearest), write a PNG grid with a title under each."""
     from evalkit.report.grid import save_image_grid
 

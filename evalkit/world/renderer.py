@@ -91,7 +91,7 @@ def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
     for dy in range(-radius, radius + 1):
         for dx in range(-radius, radius + 1):
             if dx * dx + dy * dy <= radius * radius:
-                out &= padded[radius + dy:radius + dy + h, radius + dx:radius + dx + w]
+                out &= padded[radius + dy : radius + dy + h, radius + dx : radius + dx + w]
     return out
 
 
@@ -148,10 +148,10 @@ def render(scenes: Sequence[Scene], return_masks: bool = False):
     images = np.empty((n, CANVAS, CANVAS, 3), np.uint8)
     masks = np.zeros((n, MAX_OBJECTS, CANVAS, CANVAS), np.float32) if return_masks else None
     for start in range(0, n, CHUNK):
-        chunk = scenes[start:start + CHUNK]
-        chunk_masks = _render_chunk(chunk, images[start:start + len(chunk)], return_masks)
+        chunk = scenes[start : start + CHUNK]
+        chunk_masks = _render_chunk(chunk, images[start : start + len(chunk)], return_masks)
         if masks is not None:
-            masks[start:start + len(chunk)] = chunk_masks
+            masks[start : start + len(chunk)] = chunk_masks
     return (images, masks) if return_masks else images
 
 

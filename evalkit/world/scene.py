@@ -78,9 +78,13 @@ class Scene:
     @classmethod
     def from_dict(cls, data: dict) -> "Scene":
         return cls(
-            caption=data["caption"], swapped_caption=data["swapped_caption"], category=data["category"],
-            seed=int(data["seed"]), noun_phrases=tuple(data["noun_phrases"]),
-            objects=tuple(SceneObject(**o) for o in data["objects"]), background=Background(**data["background"]),
+            caption=data["caption"],
+            swapped_caption=data["swapped_caption"],
+            category=data["category"],
+            seed=int(data["seed"]),
+            noun_phrases=tuple(data["noun_phrases"]),
+            objects=tuple(SceneObject(**o) for o in data["objects"]),
+            background=Background(**data["background"]),
         )
 
 
@@ -101,15 +105,19 @@ def distractor_options(spec: CaptionSpec) -> tuple[tuple[str, str, str], ...]:
     if spec.category == "shape":
         return _distractor_options("shape", frozenset(), frozenset())
     family = bound_family(spec.category)
-    return _distractor_options(family, frozenset(o.get(family) for o in spec.objects),
-                               frozenset(o.shape for o in spec.objects))
+    return _distractor_options(
+        family, frozenset(o.get(family) for o in spec.objects), frozenset(o.shape for o in spec.objects)
+    )
 
 
 @functools.lru_cache(maxsize=4096)
 def _distractor_options(family: str, values: frozenset, shapes: frozenset) -> tuple[tuple[str, str, str], ...]:
     index = {"shape": None, "color": 0, "texture": 2}[family]
-    return tuple(t for t in itertools.product(_COLOR_NAMES, SHAPES, TEXTURES)
-                 if index is None or not (t[index] in values and t[1] in shapes))
+    return tuple(
+        t
+        for t in itertools.product(_COLOR_NAMES, SHAPES, TEXTURES)
+        if index is None or not (t[index] in values and t[1] in shapes)
+    )
 
 
 def _pick(values, u: float):
@@ -169,7 +177,7 @@ def _layout(sizes: list[int], rng: np.random.Generator) -> list[tuple[int, int]]
             free = np.ones((span, span), bool)  # free[y, x]: top-left corners still allowed
             for j, (x, y) in placed.items():
                 reach = sizes[j] + GAP
-                free[max(0, y - size - GAP + 1):y + reach, max(0, x - size - GAP + 1):x + reach] = False
+                free[max(0, y - size - GAP + 1) : y + reach, max(0, x - size - GAP + 1) : x + reach] = False
             options = np.flatnonzero(free)
             if options.size == 0:
                 break  # dead end: next round

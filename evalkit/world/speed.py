@@ -1,7 +1,7 @@
 """Measure how fast the world samples and renders training pairs.
 
-    python -m evalkit.world.speed            # 50,000 pairs, all categories
-    python -m evalkit.world.speed --n 2000
+python -m evalkit.world.speed            # 50,000 pairs, all categories
+python -m evalkit.world.speed --n 2000
 """
 
 from __future__ import annotations
@@ -28,8 +28,14 @@ def measure(n: int = 50_000, seed: int = 0) -> dict[str, float]:
     start = time.perf_counter()
     render(scenes)
     render_s = time.perf_counter() - start
-    return {"n": n, "splits_s": splits_s, "sample_s": sample_s, "render_s": render_s,
-            "total_s": sample_s + render_s, "images_per_s": n / (sample_s + render_s)}
+    return {
+        "n": n,
+        "splits_s": splits_s,
+        "sample_s": sample_s,
+        "render_s": render_s,
+        "total_s": sample_s + render_s,
+        "images_per_s": n / (sample_s + render_s),
+    }
 
 
 def main(argv=None) -> None:
@@ -38,8 +44,10 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     r = measure(args.n, args.seed)
-    print(f"{r['n']} pairs: sample {r['sample_s']:.1f} s + render {r['render_s']:.1f} s = {r['total_s']:.1f} s "
-          f"({r['images_per_s']:,.0f} images/s, one process); splits built once in {r['splits_s']:.1f} s")
+    print(
+        f"{r['n']} pairs: sample {r['sample_s']:.1f} s + render {r['render_s']:.1f} s = {r['total_s']:.1f} s "
+        f"({r['images_per_s']:,.0f} images/s, one process); splits built once in {r['splits_s']:.1f} s"
+    )
 
 
 if __name__ == "__main__":

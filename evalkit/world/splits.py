@@ -83,7 +83,7 @@ def world_splits(category: str) -> dict[str, tuple[SplitPrompt, ...]]:
     # val order: seen, seen, unseen, ... so that every prefix of 3k items holds 2k seen and k unseen
     val = []
     for k in range(VAL_UNSEEN_PROMPTS):
-        val += [SplitPrompt(c.spec, True, c.weight) for c in seen_val[2 * k:2 * k + 2]]
+        val += [SplitPrompt(c.spec, True, c.weight) for c in seen_val[2 * k : 2 * k + 2]]
         val.append(SplitPrompt(unseen_val[k].spec, False, unseen_val[k].weight))
     return {
         "train": tuple(SplitPrompt(c.spec, True, c.weight) for c in train),

@@ -21,6 +21,8 @@ def render_tensor(scenes) -> torch.Tensor:
 def embed_images(clip, images_uint8: np.ndarray, batch_size: int) -> torch.Tensor:
     """``(N, D)`` float32 image embeddings of uint8 HWC renders, ``batch_size`` at a time (any CLIP with
     ``encode_image``): how the world trainers embed their training images."""
-    out = [clip.encode_image(images_to_tensor(images_uint8[i:i + batch_size])).float()
-           for i in range(0, len(images_uint8), batch_size)]
+    out = [
+        clip.encode_image(images_to_tensor(images_uint8[i : i + batch_size])).float()
+        for i in range(0, len(images_uint8), batch_size)
+    ]
     return torch.cat(out) if out else torch.empty(0, clip.embedding_dim)

@@ -48,6 +48,16 @@ from evalkit.scorers.analytic.segmentation import FG_CHROMA, MAX_OBJECTS, MIN_AR
 from evalkit.world.phrases import noun_phrases, parse_phrase, unreadable  # importers from before the move
 
 __all__ = [
-    "AnalyticScorer", "Detections", "detect", "degrade", "score_phrases",
-    "FG_CHROMA", "MAX_OBJECTS", "MIN_AREA", "NOISE_FACTOR", "noun_phrases", "parse_phrase", "unreadable",
+    "AnalyticScorer",
+    "Detections",
+    "detect",
+    "degrade",
+    "score_phrases",
+    "FG_CHROMA",
+    "MAX_OBJECTS",
+    "MIN_AREA",
+    "NOISE_FACTOR",
+    "noun_phrases",
+    "parse_phrase",
+    "unreadable",
 ]

@@ -14,17 +14,23 @@ def _gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
     if sigma <= 0:
         return x
     r = int(math.ceil(3 * sigma))
-    k = np.exp(-np.arange(-r, r + 1) ** 2 / (2 * sigma ** 2))
+    k = np.exp(-(np.arange(-r, r + 1) ** 2) / (2 * sigma**2))
     k /= k.sum()
     h, w = x.shape[-2:]
     p = np.pad(x, [(0, 0)] * (x.ndim - 2) + [(r, r), (0, 0)])
-    x = sum(k[i] * p[..., i:i + h, :] for i in range(2 * r + 1))
+    x = sum(k[i] * p[..., i : i + h, :] for i in range(2 * r + 1))
     p = np.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, 0), (r, r)])
-    return sum(k[i] * p[..., :, i:i + w] for i in range(2 * r + 1))
+    return sum(k[i] * p[..., :, i : i + w] for i in range(2 * r + 1))
 
 
-def degrade(images: np.ndarray, blur: float = 0.0, noise: float = 0.0, gain: float = 1.0,
-            cast: Sequence[float] = (0.0, 0.0, 0.0), seed: int = 0) -> np.ndarray:
+def degrade(
+    images: np.ndarray,
+    blur: float = 0.0,
+    noise: float = 0.0,
+    gain: float = 1.0,
+    cast: Sequence[float] = (0.0, 0.0, 0.0),
+    seed: int = 0,
+) -> np.ndarray:
     """Stand-ins for decoder artefacts on uint8 renders ``(N, 32, 32, 3)``: Gaussian blur (std in
     px), a contrast gain around 0, an additive colour cast and Gaussian pixel noise (std, 0–255)."""
     x = images.astype(np.float32)

@@ -22,8 +22,9 @@ def _read_colour(chroma: np.ndarray, c: Components, keep: np.ndarray) -> tuple[n
     """Each foreground pixel's chroma ``(F, 2)``, and per kept component the nearest world colour by
     hue angle and the angle gap (degrees) between the two nearest colours, its margin."""
     pixel_chroma = chroma[c.n, c.y, c.x]  # (F, 2)
-    hue_sum = np.stack([np.bincount(c.comp, pixel_chroma[:, 0], c.count),
-                        np.bincount(c.comp, pixel_chroma[:, 1], c.count)], 1)[keep]
+    hue_sum = np.stack(
+        [np.bincount(c.comp, pixel_chroma[:, 0], c.count), np.bincount(c.comp, pixel_chroma[:, 1], c.count)], 1
+    )[keep]
     hue_unit = hue_sum / np.maximum(np.linalg.norm(hue_sum, axis=1, keepdims=True), 1e-6)
     cos = hue_unit @ _COLOR_UNIT.T  # (M, 8)
     color = cos.argmax(1)
@@ -31,8 +32,9 @@ def _read_colour(chroma: np.ndarray, c: Components, keep: np.ndarray) -> tuple[n
     return pixel_chroma, color, angles[:, 1] - angles[:, 0]
 
 
-def _centroids(pixel_chroma: np.ndarray, c: Components, keep: np.ndarray,
-               color: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _centroids(
+    pixel_chroma: np.ndarray, c: Components, keep: np.ndarray, color: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """The e-weighted centroid ``(cy, cx)`` of each kept component's own pixels: the sprite hypotheses
     are centred the same way, so window and template line up to within the bank's ±1 px shifts."""
     n_keep = keep.size
@@ -47,8 +49,9 @@ def _centroids(pixel_chroma: np.ndarray, c: Components, keep: np.ndarray,
     return cy, cx
 
 
-def _windows(chroma: np.ndarray, pixel_chroma: np.ndarray, c: Components, keep: np.ndarray,
-             color: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _windows(
+    chroma: np.ndarray, pixel_chroma: np.ndarray, c: Components, keep: np.ndarray, color: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``e = main + 0.45 · pattern`` coverage under each kept component's colour, ``(M, WINDOW²)``, in a
     window centred on its centroid, and the window origins ``wy, wx`` (image coordinates). Pixels next
     to another component are zeroed, so that a close neighbour does not distort the fit."""
@@ -78,5 +81,5 @@ def _dilate(mask: np.ndarray) -> np.ndarray:
     out = np.zeros_like(mask)
     for dy in range(3):
         for dx in range(3):
-            out |= padded[:, dy:dy + h, dx:dx + w]
+            out |= padded[:, dy : dy + h, dx : dx + w]
     return out

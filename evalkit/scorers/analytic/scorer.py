@@ -46,8 +46,13 @@ class AnalyticScorer(Scorer):
     #: no torch modules: it reads the images on the CPU into numpy (float32 / float64) on any --device
     supported_dtypes = ("float32",)
 
-    def __init__(self, fg_chroma: float = FG_CHROMA, min_area: int = MIN_AREA, max_objects: int = MAX_OBJECTS,
-                 noise_factor: float = NOISE_FACTOR):
+    def __init__(
+        self,
+        fg_chroma: float = FG_CHROMA,
+        min_area: int = MIN_AREA,
+        max_objects: int = MAX_OBJECTS,
+        noise_factor: float = NOISE_FACTOR,
+    ):
         super().__init__()
         self.fg_chroma = float(fg_chroma)
         self.noise_factor = float(noise_factor)

@@ -22,8 +22,9 @@ MIN_AREA = 6  # components with fewer foreground pixels are noise (a small star 
 MAX_OBJECTS = 6  # the largest components kept per image
 
 #: orthonormal basis of the chroma plane (the plane orthogonal to the grey axis R = G = B)
-_CHROMA_BASIS = np.stack([np.array([2.0, -1.0, -1.0]) / math.sqrt(6.0),
-                          np.array([0.0, 1.0, -1.0]) / math.sqrt(2.0)], axis=1).astype(np.float32)  # (3, 2)
+_CHROMA_BASIS = np.stack(
+    [np.array([2.0, -1.0, -1.0]) / math.sqrt(6.0), np.array([0.0, 1.0, -1.0]) / math.sqrt(2.0)], axis=1
+).astype(np.float32)  # (3, 2)
 #: Rayleigh quantile: the 20th percentile of |chroma| of pure noise with per-axis std σ is 0.668 σ
 _Q20 = 0.2
 _BG_QUANTILE = 0.3  # the least saturated 30 % of an image's pixels are background (objects cover ≤ 66 %)
@@ -89,7 +90,7 @@ def _chroma(arr: np.ndarray) -> np.ndarray:
     chroma = arr @ _CHROMA_BASIS  # (N, 32, 32, 2)
     flat = chroma.reshape(n_img, -1, 2)
     for _ in range(2):
-        magnitude = np.sqrt((flat ** 2).sum(-1))
+        magnitude = np.sqrt((flat**2).sum(-1))
         low = magnitude <= np.quantile(magnitude, _BG_QUANTILE, axis=1, keepdims=True)
         cast = (flat * low[..., None]).sum(1) / np.maximum(low.sum(1), 1)[:, None]
         flat = flat - cast[:, None, :]
@@ -100,7 +101,7 @@ def _foreground(chroma: np.ndarray, fg_chroma: float, noise_factor: float) -> tu
     """Foreground mask ``(N, 32, 32)`` and |chroma|, under a noise-adaptive threshold: most of a world
     image is background, whose |chroma| is Rayleigh, so a low quantile of it estimates the noise."""
     n_img = len(chroma)
-    magnitude = np.sqrt((chroma ** 2).sum(-1))
+    magnitude = np.sqrt((chroma**2).sum(-1))
     noise = np.quantile(magnitude.reshape(n_img, -1), _Q20, axis=1) / _RAYLEIGH_Q20
     threshold = np.maximum(fg_chroma, noise_factor * noise).astype(np.float32)
     return magnitude > threshold[:, None, None], magnitude
@@ -199,7 +200,7 @@ def _split_oversized(y: np.ndarray, x: np.ndarray, comp: np.ndarray, weight: np.
     order = np.argsort(comp, kind="stable")
     bounds = np.searchsorted(comp[order], np.arange(n_comp + 1))
     for c in oversized.tolist():
-        stack = [order[bounds[c]:bounds[c + 1]]]
+        stack = [order[bounds[c] : bounds[c + 1]]]
         first = True
         while stack:
             members = stack.pop()

@@ -42,7 +42,9 @@ def _template_bank() -> tuple[np.ndarray, np.ndarray, tuple[int, ...], np.ndarra
         blurred = _gaussian_blur(looks, sigma)
         for a, dy in enumerate(SHIFTS):
             for c, dx in enumerate(SHIFTS):
-                bank[:, :, :, b, a, c] = blurred[..., reach - dy:reach - dy + WINDOW, reach - dx:reach - dx + WINDOW]
+                bank[:, :, :, b, a, c] = blurred[
+                    ..., reach - dy : reach - dy + WINDOW, reach - dx : reach - dx + WINDOW
+                ]
                 corners[:, :, :, b, a, c] = base + np.array([dy, dx])
     flat = bank.reshape(-1, WINDOW * WINDOW)
     norms = (flat.astype(np.float64) ** 2).sum(1).astype(np.float32)
@@ -64,7 +66,7 @@ def _centred_looks(grid: tuple[int, ...], reach: int) -> tuple[np.ndarray, np.nd
                 ty = (e.sum(1) * np.arange(size)).sum() / e.sum()
                 tx = (e.sum(0) * np.arange(size)).sum() / e.sum()
                 y0, x0 = int(round(centre - ty)), int(round(centre - tx))
-                looks[i, j, k, reach + y0:reach + y0 + size, reach + x0:reach + x0 + size] = e
+                looks[i, j, k, reach + y0 : reach + y0 + size, reach + x0 : reach + x0 + size] = e
                 base[i, j, k] = (y0, x0)
     return looks, base
 
@@ -80,11 +82,11 @@ def _exact_cost(e: np.ndarray, hypotheses: np.ndarray, block: int = 256) -> np.n
     norms = _template_bank()[1].astype(np.float64)
     out = np.empty(hypotheses.shape, np.float64)
     for s in range(0, len(e), block):
-        ee = e[s:s + block].astype(np.float64)
-        hh = hypotheses[s:s + block]
+        ee = e[s : s + block].astype(np.float64)
+        hh = hypotheses[s : s + block]
         dot = np.einsum("mkd,md->mk", rows[hh].astype(np.float64), ee)
         gain = np.clip(dot / norms[hh], GAIN[0], GAIN[1])
-        out[s:s + block] = gain * (gain * norms[hh] - 2.0 * dot) + (ee ** 2).sum(1, keepdims=True)
+        out[s : s + block] = gain * (gain * norms[hh] - 2.0 * dot) + (ee**2).sum(1, keepdims=True)
     return np.maximum(out, 0.0)
 
 
@@ -100,7 +102,7 @@ def fit(e: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     margins = []
     start = 1
     for axis in range(3):
-        per_value = np.sort(exact[:, start:start + grid[axis]], axis=1)
+        per_value = np.sort(exact[:, start : start + grid[axis]], axis=1)
         margins.append(per_value[:, 1] - per_value[:, 0])
         start += grid[axis]
     return hypotheses[np.arange(n), pick], exact[np.arange(n), pick], margins
