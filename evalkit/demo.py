@@ -38,7 +38,8 @@ def run_demo(
         save_grid(run_dir / f"{name}.png", scenes, titles, columns=len(shown))
         seen = sum(1 for i in items if i.seen)
         lines += [
-            f"### {name} — version `{suite.version('val')}`, {len(items)} prompts ({seen} seen, {len(items) - seen} unseen)",
+            f"### {name} — version `{suite.version('val')}`, {len(items)} prompts "
+            f"({seen} seen, {len(items) - seen} unseen)",
             "",
             "Top row: renders of val prompts (seed 42); bottom row: the attribute-swapped prompt, same seed.",
             "",

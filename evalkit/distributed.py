@@ -1,4 +1,5 @@
-"""Multi-process runs: ``torchrun --nproc-per-node N -m evalkit run ...`` or ``accelerate launch --multi_gpu --num_processes N -m evalkit run ...``.
+"""Multi-process runs: ``torchrun --nproc-per-node N -m evalkit run ...`` or
+``accelerate launch --multi_gpu --num_processes N -m evalkit run ...``.
 
 Both launchers set ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``; each process computes on its own GPU
 (``cuda:$LOCAL_RANK``, :func:`evalkit.placement.resolve_device`) and :func:`state` brings up accelerate's

@@ -136,24 +136,49 @@ def load_image_encoder(path: str | os.PathLike, allow_pickle: bool = False) -> I
     Pickle weights are refused unless ``allow_pickle``. The tokenizer, when the folder has one, is used only
     to count captions the text side will truncate.
     """
-    from transformers import CLIPImageProcessor, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
-    from transformers.utils import logging as hf_logging
-
-    from evalkit.errors import CorruptFileError
     from evalkit.serialization import weights_format
 
     root = Path(path)
     model_dir, processor_dir, tokenizer_dir, layout = _find_layout(root)
     use_safetensors = weights_format(model_dir, allow_pickle, f"--image-encoder {root}")["use_safetensors"]
-    config = None
-    if layout == "clip-model":
-        whole = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-        vision = dict(whole.get("vision_config") or {})
-        if "projection_dim" in whole:
-            vision["projection_dim"] = whole["projection_dim"]
-        config = CLIPVisionConfig(
-            **{k: v for k, v in vision.items() if k not in ("model_type", "transformers_version")}
-        )
+    config = _vision_config(model_dir) if layout == "clip-model" else None
+    model, processor = _load_vision_model(root, model_dir, processor_dir, use_safetensors, config)
+    tokenizer = _load_tokenizer(root, tokenizer_dir)
+    dim = int(model.config.projection_dim)
+    info = {
+        "path": str(root.resolve()),
+        "class": type(model).__name__,
+        "layout": layout,
+        "weights": str(model_dir.resolve()),
+        "image_processor": str(processor_dir.resolve()),
+        "tokenizer": str(tokenizer_dir.resolve()) if tokenizer_dir is not None else None,
+        "embedding_dim": dim,
+        "embedding_space": folder_io.EMBEDDING_SPACES.get(dim),
+        "fingerprint": _fingerprint(model_dir, use_safetensors),
+    }
+    return ImageEncoder(model.eval(), processor, tokenizer, info)
+
+
+def _vision_config(model_dir: Path):
+    """The image tower's ``CLIPVisionConfig`` of a whole ``CLIPModel`` folder (``vision_config`` plus the
+    top-level projection width)."""
+    from transformers import CLIPVisionConfig
+
+    whole = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    vision = dict(whole.get("vision_config") or {})
+    if "projection_dim" in whole:
+        vision["projection_dim"] = whole["projection_dim"]
+    return CLIPVisionConfig(**{k: v for k, v in vision.items() if k not in ("model_type", "transformers_version")})
+
+
+def _load_vision_model(root: Path, model_dir: Path, processor_dir: Path, use_safetensors: bool, config):
+    """The ``CLIPVisionModelWithProjection`` and its image processor; a folder that lacks image-tower tensors
+    is refused."""
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+    from transformers.utils import logging as hf_logging
+
+    from evalkit.errors import CorruptFileError
+
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # a CLIPModel folder's text tower is "unexpected" here, by design
     hf_logging.disable_progress_bar()  # one bar per run: embed's own
@@ -177,27 +202,23 @@ def load_image_encoder(path: str | os.PathLike, allow_pickle: bool = False) -> I
             f"--image-encoder {root}: {model_dir} lacks {len(missing)} image-tower tensors (e.g. "
             f"{missing[0]}); it is not a CLIP image encoder with a projection. Expected {LAYOUTS}"
         )
-    tokenizer = None
-    if tokenizer_dir is not None:
-        try:
-            tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-        except (OSError, ValueError) as error:
-            raise CorruptFileError(
-                f"--image-encoder {root}: tokenizer {tokenizer_dir} cannot be loaded ({error})"
-            ) from None
-    dim = int(model.config.projection_dim)
-    info = {
-        "path": str(root.resolve()),
-        "class": type(model).__name__,
-        "layout": layout,
-        "weights": str(model_dir.resolve()),
-        "image_processor": str(processor_dir.resolve()),
-        "tokenizer": str(tokenizer_dir.resolve()) if tokenizer_dir is not None else None,
-        "embedding_dim": dim,
-        "embedding_space": folder_io.EMBEDDING_SPACES.get(dim),
-        "fingerprint": _fingerprint(model_dir, use_safetensors),
-    }
-    return ImageEncoder(model.eval(), processor, tokenizer, info)
+    return model, processor
+
+
+def _load_tokenizer(root: Path, tokenizer_dir: Path | None):
+    """The folder's ``CLIPTokenizer``, or None when it has none."""
+    from transformers import CLIPTokenizer
+
+    from evalkit.errors import CorruptFileError
+
+    if tokenizer_dir is None:
+        return None
+    try:
+        return CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise CorruptFileError(
+            f"--image-encoder {root}: tokenizer {tokenizer_dir} cannot be loaded ({error})"
+        ) from None
 
 
 # --------------------------------------------------------------------------- the run folder
@@ -362,18 +383,11 @@ def embed_dataset(
     writes the manifest once all are done. ``dtype``: the encoder's compute precision (default float32 on the
     CPU, float16 on a GPU, as the public pipelines run); the files are float16 either way.
     """
-    from evalkit.distributed import configure, gather, state, world
-    from evalkit.placement import resolve_device
+    from evalkit.distributed import gather, state, world
 
     _check_settings(batch_size, num_workers, max_bad_fraction)
     rank, processes = world()
-    device = resolve_device(device)
-    if device == "meta":
-        raise SettingError("--device meta computes nothing; use auto, cpu or cuda")
-    dtype_name, torch_dtype = _resolve_dtype(dtype, device)
-    if processes > 1:
-        configure(device)
-        state()
+    device, dtype_name, torch_dtype = _set_up_device(device, dtype, processes)
     out = Path(out)
     started = time.perf_counter()
     source, encoder = _open(
@@ -406,6 +420,22 @@ def embed_dataset(
     return _finish(
         out, source, encoder, max_bad_fraction, _environment(device, dtype_name, processes), timing, started, rank
     )
+
+
+def _set_up_device(device: str, dtype: str | None, processes: int):
+    """The resolved device, the compute dtype's name and torch dtype; under ``torchrun``, this process's
+    distributed state."""
+    from evalkit.distributed import configure, state
+    from evalkit.placement import resolve_device
+
+    device = resolve_device(device)
+    if device == "meta":
+        raise SettingError("--device meta computes nothing; use auto, cpu or cuda")
+    dtype_name, torch_dtype = _resolve_dtype(dtype, device)
+    if processes > 1:
+        configure(device)
+        state()
+    return device, dtype_name, torch_dtype
 
 
 def _check_settings(batch_size: int, num_workers: int, max_bad_fraction: float) -> None:
@@ -477,12 +507,7 @@ def _embed_units(
     from tqdm.auto import tqdm
 
     model = encoder.model.to(device=device, dtype=torch_dtype)
-    stream = _stream(source, mine, batch_size, _Preprocess(encoder.processor), min_size, encoder.tokenizer)
-    batches = (
-        torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers)
-        if num_workers > 0 and mine
-        else stream
-    )
+    batches = _batches(source, encoder, mine, batch_size, num_workers, min_size)
     stop_after = os.environ.get(STOP_AFTER_UNITS_VARIABLE)
     stop_after = int(stop_after) if stop_after else None
     bar = tqdm(total=bar_total, unit="rec", desc="embed", disable=not progress, dynamic_ncols=True)
@@ -495,12 +520,7 @@ def _embed_units(
             for item in batches:
                 if "error" in item:
                     raise item["error"]
-                unit = pending.setdefault(item["unit"], _new_unit())
-                if item["pixel_values"] is not None:
-                    pixels = item["pixel_values"].to(device=device, dtype=torch_dtype)
-                    unit["embeds"].append(model(pixel_values=pixels).image_embeds.float().cpu().numpy())
-                for key in ("keys", "captions", "seen", "skipped", "truncated"):
-                    unit[key] += item[key]
+                _add_to_unit(pending.setdefault(item["unit"], _new_unit()), item, model, device, torch_dtype)
                 seen, written, skipped = seen + item["seen"], written + len(item["keys"]), skipped + item["skipped"]
                 bar.update(item["seen"])
                 bar.set_postfix(
@@ -525,6 +545,27 @@ def _embed_units(
     finally:
         bar.close()
     return written
+
+
+def _batches(source, encoder, mine, batch_size: int, num_workers: int, min_size: int):
+    """The preprocessed batches of this process's units (through a ``DataLoader`` when ``num_workers``)."""
+    import torch
+
+    stream = _stream(source, mine, batch_size, _Preprocess(encoder.processor), min_size, encoder.tokenizer)
+    return (
+        torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers)
+        if num_workers > 0 and mine
+        else stream
+    )
+
+
+def _add_to_unit(unit: dict, item: dict, model, device, torch_dtype) -> None:
+    """Embed ``item``'s images (if any) into ``unit`` and add its keys, captions and counts."""
+    if item["pixel_values"] is not None:
+        pixels = item["pixel_values"].to(device=device, dtype=torch_dtype)
+        unit["embeds"].append(model(pixel_values=pixels).image_embeds.float().cpu().numpy())
+    for key in ("keys", "captions", "seen", "skipped", "truncated"):
+        unit[key] += item[key]
 
 
 def _write(out: Path, source, encoder, index: int, data: dict, hook) -> None:

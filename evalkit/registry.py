@@ -197,7 +197,9 @@ PRIORS.register(
 PRIORS.register(
     "eclipse-kandinsky22",
     "evalkit.priors.real:EclipseKandinskyV22Prior",
-    "ECLIPSE-Community/ECLIPSE_KandinskyV22_Prior (time-free, 1280-d ViT-bigG/14; pairs with kandinsky22): --prior-path eclipse-kandinsky22=DIR or $EVALKIT_ECLIPSE_KANDINSKY22_PRIOR_DIR; text encoder from $EVALKIT_KANDINSKY22_PRIOR_DIR",
+    "ECLIPSE-Community/ECLIPSE_KandinskyV22_Prior (time-free, 1280-d ViT-bigG/14; pairs with kandinsky22): "
+    "--prior-path eclipse-kandinsky22=DIR or $EVALKIT_ECLIPSE_KANDINSKY22_PRIOR_DIR; text encoder from "
+    "$EVALKIT_KANDINSKY22_PRIOR_DIR",
     space=BIGG,
     dim=1280,
     method="eclipse",
@@ -206,7 +208,8 @@ PRIORS.register(
 PRIORS.register(
     "eclipse-karlo",
     "evalkit.priors.real:EclipseKarloPrior",
-    "ECLIPSE-Community/ECLIPSE_Karlo_Prior (time-free, 768-d ViT-L/14; pairs with karlo): --prior-path eclipse-karlo=DIR or $EVALKIT_ECLIPSE_KARLO_PRIOR_DIR; text encoder from $EVALKIT_KARLO_DIR",
+    "ECLIPSE-Community/ECLIPSE_Karlo_Prior (time-free, 768-d ViT-L/14; pairs with karlo): --prior-path "
+    "eclipse-karlo=DIR or $EVALKIT_ECLIPSE_KARLO_PRIOR_DIR; text encoder from $EVALKIT_KARLO_DIR",
     space=L14,
     dim=768,
     method="eclipse",
@@ -215,7 +218,8 @@ PRIORS.register(
 PRIORS.register(
     "kandinsky22-prior",
     "evalkit.priors.real:Kandinsky22Prior",
-    "kandinsky-community/kandinsky-2-2-prior (diffusion, UnCLIP 25 steps, CFG 4.0, 1280-d; pairs with kandinsky22): --prior-path kandinsky22-prior=DIR or $EVALKIT_KANDINSKY22_PRIOR_DIR",
+    "kandinsky-community/kandinsky-2-2-prior (diffusion, UnCLIP 25 steps, CFG 4.0, 1280-d; pairs with "
+    "kandinsky22): --prior-path kandinsky22-prior=DIR or $EVALKIT_KANDINSKY22_PRIOR_DIR",
     space=BIGG,
     dim=1280,
     method="diffusion",
@@ -224,7 +228,8 @@ PRIORS.register(
 PRIORS.register(
     "karlo-prior",
     "evalkit.priors.real:KarloPrior",
-    "kakaobrain/karlo-v1-alpha prior/ (diffusion, UnCLIP 25 steps, CFG 4.0, 768-d; pairs with karlo): --prior-path karlo-prior=DIR or $EVALKIT_KARLO_DIR",
+    "kakaobrain/karlo-v1-alpha prior/ (diffusion, UnCLIP 25 steps, CFG 4.0, 768-d; pairs with karlo): "
+    "--prior-path karlo-prior=DIR or $EVALKIT_KARLO_DIR",
     space=L14,
     dim=768,
     method="diffusion",
@@ -233,7 +238,8 @@ PRIORS.register(
 DECODERS.register(
     "karlo",
     "evalkit.decoders.karlo:KarloDecoder",
-    "Karlo (unCLIP, kakaobrain/karlo-v1-alpha) decoder: raw CLIP ViT-L/14 image embeddings + prompt → 64×64 → 256×256 (local folder via --decoder-path or $EVALKIT_KARLO_DIR)",
+    "Karlo (unCLIP, kakaobrain/karlo-v1-alpha) decoder: raw CLIP ViT-L/14 image embeddings + prompt → 64×64 → "
+    "256×256 (local folder via --decoder-path or $EVALKIT_KARLO_DIR)",
     space=L14,
     dim=768,
     steps=25,
@@ -244,7 +250,8 @@ DECODERS.register(
 DECODERS.register(
     "kandinsky22",
     "evalkit.decoders.kandinsky:Kandinsky22Decoder",
-    "Kandinsky 2.2 decoder (local kandinsky-community/kandinsky-2-2-decoder via --decoder-path or $EVALKIT_KANDINSKY22_DIR): raw 1280-d CLIP ViT-bigG/14 image embeddings → 512×512, DDPM 50 steps, CFG 4.0",
+    "Kandinsky 2.2 decoder (local kandinsky-community/kandinsky-2-2-decoder via --decoder-path or "
+    "$EVALKIT_KANDINSKY22_DIR): raw 1280-d CLIP ViT-bigG/14 image embeddings → 512×512, DDPM 50 steps, CFG 4.0",
     space=BIGG,
     dim=1280,
     steps=50,
@@ -266,7 +273,8 @@ DECODERS.register(
 DECODERS.register(
     "synth",
     "evalkit.decoders.synth:SynthDecoder",
-    "embedded 32×32 pixel diffusion decoder conditioned on the world CLIP's image embedding (unCLIP / Kandinsky 2.2 style)",
+    "embedded 32×32 pixel diffusion decoder conditioned on the world CLIP's image embedding (unCLIP / "
+    "Kandinsky 2.2 style)",
     space=WORLD,
     dim=128,
     steps=10,
@@ -287,22 +295,27 @@ SCORERS.register(
 SCORERS.register(
     "blip-vqa",
     "evalkit.scorers.blip_vqa:BlipVQAScorer",
-    "T2I-CompBench B-VQA on BLIP-VQA in T2I-CompBench's convention ([ENC] question, 480 px; local Salesforce/blip-vqa-capfilt-large via $EVALKIT_BLIP_VQA_DIR or --scorer-path): P(yes) per noun phrase, product per image",
+    "T2I-CompBench B-VQA on BLIP-VQA in T2I-CompBench's convention ([ENC] question, 480 px; local "
+    "Salesforce/blip-vqa-capfilt-large via $EVALKIT_BLIP_VQA_DIR or --scorer-path): P(yes) per noun phrase, "
+    "product per image",
 )
 SCORERS.register(
     "blip-vqa-transformers",
     "evalkit.scorers.blip_vqa:BlipVQATransformersScorer",
-    "blip-vqa in transformers' own conventions ([CLS] question, the image processor's 384 px; scorer version 1, evalkit's blip-vqa before version 2) instead of T2I-CompBench's ([ENC] question, 480 px)",
+    "blip-vqa in transformers' own conventions ([CLS] question, the image processor's 384 px; scorer version 1, "
+    "evalkit's blip-vqa before version 2) instead of T2I-CompBench's ([ENC] question, 480 px)",
 )
 SCORERS.register(
     "clipscore",
     "evalkit.scorers.clipscore:CLIPScoreScorer",
-    "CLIPScore: image–prompt cosine in the world CLIP (score = cosine clipped to [0, 1]; torchmetrics max(100·cos, 0) per row)",
+    "CLIPScore: image–prompt cosine in the world CLIP (score = cosine clipped to [0, 1]; torchmetrics "
+    "max(100·cos, 0) per row)",
 )
 SCORERS.register(
     "embedding-cosine",
     "evalkit.scorers.embedding:EmbeddingCosineScorer",
-    "embedding level, no decoding: (1 + cosine) / 2 between the prior's embedding and the world CLIP's embedding of the item's own render (synthetic suites)",
+    "embedding level, no decoding: (1 + cosine) / 2 between the prior's embedding and the world CLIP's embedding "
+    "of the item's own render (synthetic suites)",
 )
 SCORERS.register(
     "dummy",
@@ -312,17 +325,20 @@ SCORERS.register(
 SCORERS.register(
     "t2i-spatial",
     "evalkit.scorers.spatial:T2ISpatialScorer",
-    "T2I-CompBench 2-D spatial score (UniDet rules) on an OWLv2 detector, not UniDet (local google/owlv2-base-patch16-ensemble via $EVALKIT_OWLV2_DIR or --scorer-path)",
+    "T2I-CompBench 2-D spatial score (UniDet rules) on an OWLv2 detector, not UniDet (local "
+    "google/owlv2-base-patch16-ensemble via $EVALKIT_OWLV2_DIR or --scorer-path)",
 )
 SCORERS.register(
     "t2i-clip",
     "evalkit.scorers.t2i_clip:T2IClipScorer",
-    "T2I-CompBench non-spatial CLIPScore: plain image–prompt cosine of CLIP ViT-B/32 (local openai/clip-vit-base-patch32 via $EVALKIT_CLIP_VIT_B32_DIR or --scorer-path)",
+    "T2I-CompBench non-spatial CLIPScore: plain image–prompt cosine of CLIP ViT-B/32 (local "
+    "openai/clip-vit-base-patch32 via $EVALKIT_CLIP_VIT_B32_DIR or --scorer-path)",
 )
 SCORERS.register(
     "t2i-complex",
     "evalkit.scorers.t2i_complex:T2IComplexScorer",
-    "T2I-CompBench 3-in-1 (complex): blip-vqa + t2i-spatial and/or t2i-clip by prompt type (--scorer-path t2i-complex=DIR holding blip-vqa/, t2i-spatial/, t2i-clip/, or each part's variable)",
+    "T2I-CompBench 3-in-1 (complex): blip-vqa + t2i-spatial and/or t2i-clip by prompt type (--scorer-path "
+    "t2i-complex=DIR holding blip-vqa/, t2i-spatial/, t2i-clip/, or each part's variable)",
 )
 
 for _family in ("color", "shape", "texture"):
@@ -350,7 +366,8 @@ SUITES.register(
 SUITES.register(
     "t2i-compbench-complex",
     "evalkit.suites.t2i_compbench_relations:t2i_compbench_complex",
-    "T2I-CompBench complex prompts (val 300, train 700; each typed spatial / action / spatial-action for 3-in-1), read from the prompt directory",
+    "T2I-CompBench complex prompts (val 300, train 700; each typed spatial / action / spatial-action for 3-in-1), "
+    "read from the prompt directory",
 )
 
 

@@ -1,4 +1,5 @@
-"""benchmarks/speed/gpu.py: skips cleanly without CUDA; its tiny CPU mode runs every variant through evalkit's run path."""
+"""benchmarks/speed/gpu.py: skips cleanly without CUDA; its tiny CPU mode runs every variant through evalkit's run
+path."""
 
 import importlib.util
 import json

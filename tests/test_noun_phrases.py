@@ -112,7 +112,8 @@ CASES = [
     ("shape", "a small keychain and a big set of keys", ("a small keychain", "a big set", "keys")),
     (
         "shape",
-        "The cylindrical water bottle with its square lid and conical base kept hikers hydrated on the triangular trail.",
+        "The cylindrical water bottle with its square lid and conical base kept hikers hydrated on the triangular "
+        "trail.",
         ("the cylindrical water bottle", "its square lid", "conical base", "hikers", "the triangular trail"),
     ),
     (
@@ -157,7 +158,8 @@ CASES = [
     ("texture", "rubber mat and a glass bowl", ("rubber mat", "a glass bowl")),
     (
         "texture",
-        "The glass perfume bottle and metallic cap release the fragrance of the wooden scent on the fabric handkerchief.",
+        "The glass perfume bottle and metallic cap release the fragrance of the wooden scent on the fabric "
+        "handkerchief.",
         ("the glass perfume bottle", "metallic cap", "the fragrance", "the wooden scent", "the fabric handkerchief"),
     ),
     (

@@ -108,7 +108,8 @@ def test_real_size_priors_on_the_meta_device(name, prior_count, text_count, dim,
 
 
 def test_real_size_decoders_on_the_meta_device():
-    # karlo-v1-alpha: text encoder + text_proj + decoder UNet + two super-resolution UNets (fp32 files: 3.54 GB, 2.77 GB ×2)
+    # karlo-v1-alpha: text encoder + text_proj + decoder UNet + two super-resolution UNets
+    # (fp32 files: 3.54 GB, 2.77 GB ×2)
     text_proj = 768 + 2 * (768 * 1280 + 1280) + (768 * 1536 + 1536) + (768 * 4 * 1536 + 4 * 1536) + 2 * 1536
     assert text_proj == 7_878_400  # fp32 file 31.5 MB
     from evalkit.decoders.karlo import KarloDecoder

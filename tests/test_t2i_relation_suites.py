@@ -59,7 +59,8 @@ def test_type_key_is_3_in_1s():
 
 
 FAKE = {
-    "complex_val.txt": b"The red hat was on top of the rack.\r\nA dog is chasing a ball.\r\nThe cat sat near a lamp, purring",
+    "complex_val.txt": b"The red hat was on top of the rack.\r\nA dog is chasing a ball.\r\n"
+    b"The cat sat near a lamp, purring",
     "complex_val_spatial.txt": b"the red hat was on top of the rack.\r\n",
     "complex_val_action.txt": b"A dog is chasing a ball.",
     "complex_val_spatialaction.txt": b"The cat sat near a lamp, purring\r\n",

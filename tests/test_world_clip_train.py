@@ -11,7 +11,7 @@ from evalkit.train.world_clip import CLIPTrainConfig, caption_targets, combo_ind
 def test_quick_training_resume_and_ship(tmp_path):
     config = CLIPTrainConfig.quick()
     final = train_clip(tmp_path / "run", config, progress=False)
-    rows = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, config.steps + 1))
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     assert "eval/mean/seen/image_binding" in rows[-1]

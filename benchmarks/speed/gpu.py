@@ -508,7 +508,8 @@ def count(n: int) -> str:
 def report(results: list[dict], info: dict, args, cuda: bool) -> str:
     out = [
         f"GPU-mode speed benchmark on {describe(info)}",
-        f"each variant = one evalkit.harness.runner.run (random_init={args.size}, suite {SUITE}, scorer dummy, no cache): "
+        f"each variant = one evalkit.harness.runner.run (random_init={args.size}, suite {SUITE}, scorer dummy, "
+        "no cache): "
         f"{args.warmup} warm-up + {args.repeats} timed batch(es) of {args.batch_size} images (mean of the timed)",
     ]
     if args.size == "tiny":

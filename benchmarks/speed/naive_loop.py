@@ -2,7 +2,8 @@
 and the ECLIPSE prior's share of a run's time (with the diffusion prior beside it).
 
 Naive loop: for each prompt, encode it, run the prior for its 10 seeds, decode those 10 images, score them.
-evalkit: `runner.evaluate` (prompts encoded once, batches of `RunConfig().batch_size` images across prompts and seeds, no cache).
+evalkit: `runner.evaluate` (prompts encoded once, batches of `RunConfig().batch_size` images across prompts and
+seeds, no cache).
 Both use the shipped CLIP, prior, synth decoder (10 DDIM steps, guidance 2.0) and binding scorer, and the
 images must agree (uint8, at most a one-level difference in a few pixels from float batch effects):
 

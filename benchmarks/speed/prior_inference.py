@@ -56,7 +56,8 @@ def main() -> None:
                 prior.sample(encoding, seeds)
             times[name] = (time.perf_counter() - start) / args.repeats
     print(
-        f"prior inference, size {args.size} ({dim}-d, {tokens} tokens), {args.n} prompts, {torch.get_num_threads()} thread(s)"
+        f"prior inference, size {args.size} ({dim}-d, {tokens} tokens), {args.n} prompts, "
+        f"{torch.get_num_threads()} thread(s)"
     )
     for name, prior in priors.items():
         print(f"  {name:>28}: {times[name] * 1000:9.1f} ms per call ({prior.num_parameters():,} parameters)")

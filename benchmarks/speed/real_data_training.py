@@ -4,8 +4,9 @@ side in one run, then a projected wall time for CC3M and a 5 M LAION subset on 1
 
 Every number comes from evalkit's own code path: `evalkit.embed.embed_dataset` on a webdataset of world renders
 (JPEGs), and `evalkit.train.priors.train_prior` on the resulting embedding folder (the wall time of a run of 2k steps
-minus that of k steps, so set-up and warm-up cancel). Real size: the Karlo space (CLIP ViT-L/14 image and text towers, the
-paper-size ECLIPSE prior, 33.1 M) by default; `--space kandinsky22` for ViT-bigG/14 (needs ~16 GB of memory).
+minus that of k steps, so set-up and warm-up cancel). Real size: the Karlo space (CLIP ViT-L/14 image and text
+towers, the paper-size ECLIPSE prior, 33.1 M) by default; `--space kandinsky22` for ViT-bigG/14 (needs ~16 GB of
+memory).
 
     python -m evalkit.bootstrap python benchmarks/speed/real_data_training.py                 # CPU, tiny + real
     python -m evalkit.bootstrap python benchmarks/speed/real_data_training.py --device cuda   # GPU mode
@@ -214,7 +215,8 @@ def main() -> int:
             rows.append(measure(size, args.space, args.device, Path(tmp), args))
     print(f"device: {device_name}; torch {torch.__version__}; python {sys.version.split()[0]}\n")
     print(
-        "| size | space | embed images/s | train samples/s, text on the fly | train samples/s, cached text | cached ÷ on the fly |"
+        "| size | space | embed images/s | train samples/s, text on the fly | train samples/s, cached text "
+        "| cached ÷ on the fly |"
     )
     print("|---|---|---:|---:|---:|---:|")
     for row in rows:

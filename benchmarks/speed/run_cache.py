@@ -54,7 +54,8 @@ def main() -> None:
         f"{args.images_per_prompt} seeds), {torch.get_num_threads()} thread(s)"
     )
     print(
-        f"  cold: {times['cold']:.1f} s   warm: {times['warm']:.2f} s   warm / cold: {100 * times['warm'] / times['cold']:.1f} %"
+        f"  cold: {times['cold']:.1f} s   warm: {times['warm']:.2f} s   "
+        f"warm / cold: {100 * times['warm'] / times['cold']:.1f} %"
     )
     from evalkit.harness.presets import SMOKE
 

@@ -119,8 +119,6 @@ def write_world_dataset(
     Returns ``{"root", "keys", "captions", "shards" (brace spec), "shard_files", "csv" (manifest path),
     "csv_dir"}`` (the keys for formats not written are absent).
     """
-    import pyarrow as pa
-    import pyarrow.csv as pc
     from PIL import Image
 
     from evalkit.world import render
@@ -138,36 +136,48 @@ def write_world_dataset(
         texts.append("" if key in empty else caption)
     out: dict = {"root": root, "keys": keys, "captions": texts}
     if "wds" in formats:
-        import webdataset as wds
-
-        folder = root / "shards"
-        folder.mkdir(parents=True, exist_ok=True)
-        per_shard = -(-n // shards)
-        files = []
-        for s in range(shards):
-            path = folder / f"{s:05d}.tar"
-            with wds.TarWriter(str(path)) as sink:
-                for i in range(s * per_shard, min((s + 1) * per_shard, n)):
-                    sink.write(
-                        {
-                            "__key__": keys[i],
-                            "jpg": images[i],
-                            "txt": texts[i],
-                            "json": json.dumps(
-                                {"key": keys[i], "caption": texts[i], "width": image_px, "height": image_px}
-                            ).encode("utf-8"),
-                        }
-                    )
-            files.append(path)
-        out["shard_files"] = files
-        out["shards"] = str(folder / ("{00000..%05d}.tar" % (shards - 1)))
+        out.update(_write_wds_shards(root / "shards", keys, images, texts, shards, image_px))
     if "csv" in formats:
-        folder = root / "csv"
-        (folder / "images").mkdir(parents=True, exist_ok=True)
-        for key, data in zip(keys, images):
-            (folder / "images" / f"{key}.jpg").write_bytes(data)
-        table = pa.table({"key": keys, "image": [f"images/{k}.jpg" for k in keys], "caption": texts})
-        pc.write_csv(table, folder / "manifest.csv")
-        out["csv"] = folder / "manifest.csv"
-        out["csv_dir"] = folder
+        out.update(_write_csv_folder(root / "csv", keys, images, texts))
     return out
+
+
+def _write_wds_shards(
+    folder: Path, keys: list[str], images: list[bytes], texts: list[str], shards: int, image_px: int
+) -> dict:
+    """Webdataset tar shards ``folder/{00000..}.tar``; returns ``{"shard_files", "shards" (brace spec)}``."""
+    import webdataset as wds
+
+    n = len(keys)
+    folder.mkdir(parents=True, exist_ok=True)
+    per_shard = -(-n // shards)
+    files = []
+    for s in range(shards):
+        path = folder / f"{s:05d}.tar"
+        with wds.TarWriter(str(path)) as sink:
+            for i in range(s * per_shard, min((s + 1) * per_shard, n)):
+                sink.write(
+                    {
+                        "__key__": keys[i],
+                        "jpg": images[i],
+                        "txt": texts[i],
+                        "json": json.dumps(
+                            {"key": keys[i], "caption": texts[i], "width": image_px, "height": image_px}
+                        ).encode("utf-8"),
+                    }
+                )
+        files.append(path)
+    return {"shard_files": files, "shards": str(folder / ("{00000..%05d}.tar" % (shards - 1)))}
+
+
+def _write_csv_folder(folder: Path, keys: list[str], images: list[bytes], texts: list[str]) -> dict:
+    """``folder/images/{key}.jpg`` and ``folder/manifest.csv``; returns ``{"csv" (manifest path), "csv_dir"}``."""
+    import pyarrow as pa
+    import pyarrow.csv as pc
+
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    for key, data in zip(keys, images):
+        (folder / "images" / f"{key}.jpg").write_bytes(data)
+    table = pa.table({"key": keys, "image": [f"images/{k}.jpg" for k in keys], "caption": texts})
+    pc.write_csv(table, folder / "manifest.csv")
+    return {"csv": folder / "manifest.csv", "csv_dir": folder}

@@ -74,7 +74,7 @@ def load_decoder(
     ``attention`` (``"sdpa"`` | ``"eager"``: the attention kernels), ``vae_chunk_size`` (the VAE / MoVQ decodes
     at most that many latents at a time). ``options``: other keywords of the decoder's loader (e.g. ``max_batch``).
     """
-    from evalkit.errors import EvalkitError, SettingError
+    from evalkit.errors import SettingError
 
     if options.pop("dtype", None) is not None:
         raise SettingError(
@@ -82,44 +82,13 @@ def load_decoder(
             "with evalkit.placement.place(decoder, device, dtype) (--dtype)"
         )
     cls = DECODERS.get(name)
-    if random_init is not None:
-        if path is not None:
-            raise EvalkitError(
-                "--random-init builds the decoder with random weights; it cannot be combined with "
-                "--decoder-path (drop one of them)"
-            )
-        builder = DECODERS.random_builder(name, random_init)
-    else:
-        builder = getattr(cls, "from_pretrained", None)
+    builder = _pick_builder(name, cls, path, random_init)
     target = builder if builder is not None else cls
-    levers = {
-        k: v
-        for k, v in dict(offload=offload, attention=attention, vae_chunk_size=vae_chunk_size).items()
-        if v is not None and v is not LEVERS[k]
-    }  # None: off, for every lever
-    for lever in levers:
-        if not _takes_lever(cls, builder, lever):
-            others = [n for n in _decoders_taking(lever) if n != name]
-            raise SettingError(
-                f"decoder {name!r} has no {lever} setting: it applies to {', '.join(others) or 'no registered decoder'}"
-            )
-    options.update(levers)
-    sides = tuple(getattr(cls, "supported_resolutions", ()) or ())
-    if resolution is not None:
-        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
-            raise SettingError(f"--resolution must be a positive whole number of pixels (got {resolution!r})")
-        if sides:
-            if random_init != "tiny" and resolution not in sides:  # a tiny build checks its own (smaller) sides
-                raise SettingError(
-                    f"decoder {name!r} renders square images of side {describe_resolutions(sides)}; "
-                    f"--resolution {resolution} is not one of them"
-                )
-            if not _takes(target, "resolution", strict=False):
-                raise SettingError(
-                    f"decoder {name!r} declares resolutions {describe_resolutions(sides)} but its "
-                    "loader takes no resolution="
-                )
-            options["resolution"] = resolution
+    options.update(
+        _chosen_levers(name, cls, builder, offload=offload, attention=attention, vae_chunk_size=vae_chunk_size)
+    )
+    if resolution is not None and _check_resolution(name, cls, target, resolution, random_init):
+        options["resolution"] = resolution
     decoder = _build(name, cls, builder, path, random_init, allow_pickle, options)
     if resolution is not None and int(getattr(decoder, "resolution", 0)) != resolution:
         raise SettingError(
@@ -127,6 +96,56 @@ def load_decoder(
             f"--resolution {resolution} does not apply to it"
         )
     return decoder
+
+
+def _pick_builder(name, cls, path, random_init):
+    """What builds the decoder: its ``random_init`` builder, else its ``from_pretrained`` (None: the class)."""
+    from evalkit.errors import EvalkitError
+
+    if random_init is not None:
+        if path is not None:
+            raise EvalkitError(
+                "--random-init builds the decoder with random weights; it cannot be combined with "
+                "--decoder-path (drop one of them)"
+            )
+        return DECODERS.random_builder(name, random_init)
+    return getattr(cls, "from_pretrained", None)
+
+
+def _chosen_levers(name, cls, builder, **values) -> dict:
+    """The memory levers that are on, each checked to be one the decoder takes (a :class:`SettingError`)."""
+    from evalkit.errors import SettingError
+
+    levers = {k: v for k, v in values.items() if v is not None and v is not LEVERS[k]}  # None: off, for every lever
+    for lever in levers:
+        if not _takes_lever(cls, builder, lever):
+            others = [n for n in _decoders_taking(lever) if n != name]
+            raise SettingError(
+                f"decoder {name!r} has no {lever} setting: it applies to {', '.join(others) or 'no registered decoder'}"
+            )
+    return levers
+
+
+def _check_resolution(name, cls, target, resolution, random_init) -> bool:
+    """A :class:`SettingError` for a ``resolution`` the decoder cannot render; True when its loader takes it
+    (the decoder declares ``supported_resolutions``), False when it is checked on the built decoder only."""
+    from evalkit.errors import SettingError
+
+    sides = tuple(getattr(cls, "supported_resolutions", ()) or ())
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+        raise SettingError(f"--resolution must be a positive whole number of pixels (got {resolution!r})")
+    if not sides:
+        return False
+    if random_init != "tiny" and resolution not in sides:  # a tiny build checks its own (smaller) sides
+        raise SettingError(
+            f"decoder {name!r} renders square images of side {describe_resolutions(sides)}; "
+            f"--resolution {resolution} is not one of them"
+        )
+    if not _takes(target, "resolution", strict=False):
+        raise SettingError(
+            f"decoder {name!r} declares resolutions {describe_resolutions(sides)} but its loader takes no resolution="
+        )
+    return True
 
 
 def _build(name, cls, builder, path, random_init, allow_pickle, options):

@@ -222,6 +222,23 @@ def _public_keys(config) -> dict:
     }
 
 
+def _check_components(unet_config, movq_config) -> None:
+    """A :class:`ConfigMismatchError` unless the UNet is conditioned Kandinsky-2.2 style and denoises the
+    latents the MoVQ decodes."""
+    if unet_config.get("encoder_hid_dim_type") != "image_proj" or unet_config.get("addition_embed_type") != "image":
+        raise ConfigMismatchError(
+            "kandinsky22: the UNet is not conditioned Kandinsky-2.2 style (it needs "
+            "encoder_hid_dim_type='image_proj' "
+            f"and addition_embed_type='image'; it has {unet_config.get('encoder_hid_dim_type')!r} and "
+            f"{unet_config.get('addition_embed_type')!r}). Kandinsky 2.1 folders are not supported."
+        )
+    if unet_config.in_channels != movq_config.latent_channels:
+        raise ConfigMismatchError(
+            f"kandinsky22: the UNet denoises {unet_config.in_channels}-channel latents but the "
+            f"MoVQ decodes {movq_config.latent_channels}-channel ones"
+        )
+
+
 class _PerImageNoise:
     """A scheduler whose ``step`` draws row i's noise from generator i (stochastic samplers such as DDPM)."""
 
@@ -283,17 +300,7 @@ class Kandinsky22Decoder(Decoder, nn.Module):
         nn.Module.__init__(self)
         check_levers("kandinsky22", offload=offload, attention=attention, vae_chunk_size=vae_chunk_size)
         unet_config = unet.config
-        if unet_config.get("encoder_hid_dim_type") != "image_proj" or unet_config.get("addition_embed_type") != "image":
-            raise ConfigMismatchError(
-                "kandinsky22: the UNet is not conditioned Kandinsky-2.2 style (it needs encoder_hid_dim_type='image_proj' "
-                f"and addition_embed_type='image'; it has {unet_config.get('encoder_hid_dim_type')!r} and "
-                f"{unet_config.get('addition_embed_type')!r}). Kandinsky 2.1 folders are not supported."
-            )
-        if unet_config.in_channels != movq.config.latent_channels:
-            raise ConfigMismatchError(
-                f"kandinsky22: the UNet denoises {unet_config.in_channels}-channel latents but the "
-                f"MoVQ decodes {movq.config.latent_channels}-channel ones"
-            )
+        _check_components(unet_config, movq.config)
         self.unet = unet
         self.movq = movq
         self.scheduler_config = dict(scheduler_config or SCHEDULER_CONFIG)
@@ -545,17 +552,7 @@ class Kandinsky22Decoder(Decoder, nn.Module):
         ``negative_image_embeds``: the guidance's negative, ``(D,)`` or ``(N, D)`` — what the prior's pipeline gives
         (the run passes :meth:`evalkit.contracts.Prior.negative_image_embedding`); None: the folder's own
         (:attr:`negative_image_embeds`, zeros unless the folder holds one)."""
-        if image_embeds.ndim != 2 or image_embeds.shape[1] != self.embedding_dim:
-            got = (
-                f"{image_embeds.shape[1]}-d embeddings"
-                if image_embeds.ndim == 2
-                else f"shape {tuple(image_embeds.shape)}"
-            )
-            raise EmbeddingContractError(
-                f"kandinsky22 decodes raw {self.embedding_dim}-d image embeddings of {self.embedding_space!r} "
-                f"(N, {self.embedding_dim}); got {got}. A prior for another CLIP space (e.g. a 768-d ViT-L/14 one, "
-                "as Karlo's) cannot feed this decoder."
-            )
+        self._check_embeds(image_embeds)
         n = image_embeds.shape[0]
         if n != len(batch):
             raise ValueError(f"{n} embeddings for a batch of {len(batch)} images")
@@ -564,17 +561,7 @@ class Kandinsky22Decoder(Decoder, nn.Module):
         latent = resolution // self.movq_scale_factor
         shape = (self.latent_channels, latent, latent)
         device, dtype = self.device, self.unet.dtype
-        negative = self.negative_image_embeds if negative_image_embeds is None else negative_image_embeds
-        if (
-            negative.shape[-1] != self.embedding_dim
-            or negative.ndim > 2
-            or (negative.ndim == 2 and negative.shape[0] != n)
-        ):
-            raise EmbeddingContractError(
-                f"kandinsky22: the negative image embedding must be ({self.embedding_dim},) or "
-                f"({n}, {self.embedding_dim}); got {tuple(negative.shape)}"
-            )
-        negative = negative.expand(n, -1) if negative.ndim == 1 else negative
+        negative = self._expanded_negative(negative_image_embeds, n)
         chunks = []
         was_training = self.training
         self.eval()
@@ -597,6 +584,34 @@ class Kandinsky22Decoder(Decoder, nn.Module):
             self.train(was_training)
         images = torch.cat(chunks) if chunks else torch.empty((0, 3, resolution, resolution), device=device)
         return images.to(image_embeds.device)
+
+    def _check_embeds(self, image_embeds: torch.Tensor) -> None:
+        """An :class:`EmbeddingContractError` unless ``image_embeds`` is ``(N, embedding_dim)``."""
+        if image_embeds.ndim != 2 or image_embeds.shape[1] != self.embedding_dim:
+            got = (
+                f"{image_embeds.shape[1]}-d embeddings"
+                if image_embeds.ndim == 2
+                else f"shape {tuple(image_embeds.shape)}"
+            )
+            raise EmbeddingContractError(
+                f"kandinsky22 decodes raw {self.embedding_dim}-d image embeddings of {self.embedding_space!r} "
+                f"(N, {self.embedding_dim}); got {got}. A prior for another CLIP space (e.g. a 768-d ViT-L/14 one, "
+                "as Karlo's) cannot feed this decoder."
+            )
+
+    def _expanded_negative(self, negative_image_embeds: torch.Tensor | None, n: int) -> torch.Tensor:
+        """The guidance's negative as ``(n, D)`` (None: the folder's own), checked to be ``(D,)`` or ``(n, D)``."""
+        negative = self.negative_image_embeds if negative_image_embeds is None else negative_image_embeds
+        if (
+            negative.shape[-1] != self.embedding_dim
+            or negative.ndim > 2
+            or (negative.ndim == 2 and negative.shape[0] != n)
+        ):
+            raise EmbeddingContractError(
+                f"kandinsky22: the negative image embedding must be ({self.embedding_dim},) or "
+                f"({n}, {self.embedding_dim}); got {tuple(negative.shape)}"
+            )
+        return negative.expand(n, -1) if negative.ndim == 1 else negative
 
     def _decode_chunk(
         self,

@@ -584,7 +584,8 @@ class KarloDecoder(Decoder, nn.Module):
         return json.loads(json.dumps(out, default=str))
 
     def encode_prompts(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(text_embeds (N, D), last_hidden_state (N, L, W), attention_mask (N, L) bool)``, padded to L = max length."""
+        """``(text_embeds (N, D), last_hidden_state (N, L, W), attention_mask (N, L) bool)``, padded to
+        L = max length."""
         tokens = self.tokenizer(
             list(prompts),
             padding="max_length",

@@ -243,7 +243,8 @@ class SynthDecoder(PretrainedMixin, Decoder, nn.Module):
             raise ValueError(f"{n} embeddings for a batch of {len(batch)} images")
         if protocol.resolution and protocol.resolution != self.resolution:
             raise ValueError(
-                f"synth decoder renders {self.resolution}×{self.resolution}; the protocol asks for {protocol.resolution}"
+                f"synth decoder renders {self.resolution}×{self.resolution}; "
+                f"the protocol asks for {protocol.resolution}"
             )
         steps = protocol.num_inference_steps or self.default_num_inference_steps
         r, c = self.resolution, self.config.channels

@@ -109,7 +109,8 @@ KNOWN_CHECKPOINTS: list[dict[str, Any]] = [
         text_encoder_config=BIGG_TEXT_ENCODER_CONFIG,
         tiny_embedding_dim=16,  # Kandinsky22Decoder.tiny()
         negative="zero-image",  # ECLIPSE's Kandinsky prior pipeline without a negative prompt
-        note="trainable parameters (+ 2,560 frozen clip_mean/clip_std) of the public config.json (and kandinsky-2-2-prior's text_encoder/config.json) "
+        note="trainable parameters (+ 2,560 frozen clip_mean/clip_std) of the public config.json (and "
+        "kandinsky-2-2-prior's text_encoder/config.json) "
         "built with random weights on the meta device; they match the paper's 34.2 M and the 137 MB fp32 file",
     ),
     dict(
@@ -131,7 +132,8 @@ KNOWN_CHECKPOINTS: list[dict[str, Any]] = [
         text_encoder_env="EVALKIT_KARLO_DIR",
         prior_config=ECLIPSE_PRIOR_CONFIG_768,
         text_encoder_config=REAL_TEXT_ENCODER_CONFIG,
-        note="trainable parameters (+ 1,536 frozen clip_mean/clip_std) of the public config.json (and karlo-v1-alpha's text_encoder/config.json) "
+        note="trainable parameters (+ 1,536 frozen clip_mean/clip_std) of the public config.json (and "
+        "karlo-v1-alpha's text_encoder/config.json) "
         "built with random weights on the meta device; they match the paper's 33.1 M and the 133 MB fp32 file",
     ),
     dict(
@@ -262,6 +264,20 @@ class HFTextEncoder(Placeable):
         return sum(p.numel() for p in self.model.parameters())
 
 
+def load_text_encoder_folder(path: str | os.PathLike, space: str) -> "HFTextEncoder":
+    """A frozen text encoder from ``DIR/text_encoder`` + ``DIR/tokenizer`` (a prior pipeline's folder), or from one
+    folder holding a transformers CLIP model and its tokenizer files (``openai/clip-vit-large-patch14``)."""
+    root = Path(path)
+    if (root / "text_encoder").is_dir():
+        return HFTextEncoder.from_pretrained(root, space)
+    if (root / "config.json").is_file() and ((root / "vocab.json").is_file() or (root / "tokenizer.json").is_file()):
+        return HFTextEncoder.from_pretrained(text_encoder_path=root, tokenizer_path=root, embedding_space=space)
+    raise WeightsNotFoundError(
+        f"--text-encoder: no text encoder at {root} (expected {root / 'text_encoder'} + {root / 'tokenizer'}, as in "
+        "kandinsky-2-2-prior or karlo-v1-alpha, or a CLIP model folder with its tokenizer files)"
+    )
+
+
 # --------------------------------------------------------------------------- checkpoint folders
 
 
@@ -362,7 +378,7 @@ class _CheckpointMixin:
         return Path(path)
 
     def _text_encoder(self, root: Path, text_encoder_path, embedding_space: str, allow_pickle: bool) -> HFTextEncoder:
-        from evalkit.train.real_data import load_text_encoder, training_record
+        from evalkit.priors.trained import training_record
 
         candidates = [Path(text_encoder_path)] if text_encoder_path is not None else []
         candidates += [root] + ([p] if (p := _env_path(self.text_encoder_env)) else [])
@@ -376,7 +392,7 @@ class _CheckpointMixin:
                 return HFTextEncoder.from_pretrained(candidate, embedding_space, allow_pickle=allow_pickle)
             if trained_with and candidate == Path(trained_with) and candidate.is_dir():
                 self._pipeline_root = candidate
-                return load_text_encoder(candidate, embedding_space)
+                return load_text_encoder_folder(candidate, embedding_space)
         source = ""
         if self.checkpoint:
             entry = known_checkpoint(self.checkpoint)

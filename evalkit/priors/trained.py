@@ -125,6 +125,20 @@ def check_config(expected: dict, found: dict, where: str) -> None:
         raise ConfigMismatchError(f"{where} was built for another architecture:\n  " + "\n  ".join(diff))
 
 
+def training_record(root: Path) -> dict:
+    """A checkpoint folder's ``training_record.json`` (in the folder or its parent: the diffusion layout keeps the
+    record beside ``prior/``), or ``{}``."""
+    import json
+
+    for candidate in (Path(root) / "training_record.json", Path(root).parent / "training_record.json"):
+        if candidate.is_file():
+            try:
+                return json.loads(candidate.read_text())
+            except (OSError, json.JSONDecodeError):
+                return {}
+    return {}
+
+
 class TrainedPrior(Prior):
     """A prior whose network is loaded from a weights folder; subclasses set ``model_class`` and ``kind``."""
 
@@ -172,8 +186,6 @@ class TrainedPrior(Prior):
 
     def training_data(self) -> str:
         """From the weights folder's ``training_record.json`` (e.g. "50k synth pairs")."""
-
-        from evalkit.train.real_data import training_record
 
         record = training_record(self.path) if self.path is not None else {}
         if record.get("training_data"):  # trained on real pairs (evalkit train-baseline --data)

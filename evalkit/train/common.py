@@ -435,7 +435,8 @@ class TrainingSession:
 
     @staticmethod
     def due(step: int, every: int, total: int) -> bool:
-        """Whether the work done every ``every`` steps is due after (0-based) ``step``: each ``every``-th and the last."""
+        """Whether the work done every ``every`` steps is due after (0-based) ``step``: each ``every``-th step
+        and the last."""
         return (step + 1) % every == 0 or step + 1 == total
 
     # ------------------------------------------------------------------ the loop

@@ -372,7 +372,8 @@ def open_training_data(config: PriorTrainConfig, accelerator=None, clip_dir=None
 
 
 def info_nce(queries: torch.Tensor, keys: torch.Tensor, tau: float, same: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy of cos(query_i, key_j) / τ with target j = i; ``same[i, j]`` marks pairs not to use as negatives."""
+    """Cross-entropy of cos(query_i, key_j) / τ with target j = i; ``same[i, j]`` marks pairs not to use as
+    negatives."""
     logits = F.normalize(queries, dim=-1) @ F.normalize(keys, dim=-1).T / tau
     if same is not None:
         eye = torch.eye(len(queries), logits.shape[1], dtype=torch.bool)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import random
 from pathlib import Path
 
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evalkit.errors import ConfigMismatchError, SettingError, WeightsNotFoundError
+from evalkit.errors import ConfigMismatchError, SettingError
 
 #: what the prior's embedding space is called, and the checkpoint names that load the result, per space
 SPACES = {
@@ -64,22 +63,6 @@ def resolve_space(space: str | None, dim: int) -> str:
             "say which decoder they feed with --space karlo|kandinsky22"
         )
     return SPACE_OF_DIM[dim]
-
-
-def load_text_encoder(path: str | Path, space: str):
-    """The frozen text encoder: ``DIR/text_encoder`` + ``DIR/tokenizer`` (a prior pipeline's folder), or one
-    folder holding a transformers CLIP model and its tokenizer files (``openai/clip-vit-large-patch14``)."""
-    from evalkit.priors.real import HFTextEncoder
-
-    root = Path(path)
-    if (root / "text_encoder").is_dir():
-        return HFTextEncoder.from_pretrained(root, space)
-    if (root / "config.json").is_file() and ((root / "vocab.json").is_file() or (root / "tokenizer.json").is_file()):
-        return HFTextEncoder.from_pretrained(text_encoder_path=root, tokenizer_path=root, embedding_space=space)
-    raise WeightsNotFoundError(
-        f"--text-encoder: no text encoder at {root} (expected {root / 'text_encoder'} + {root / 'tokenizer'}, as in "
-        "kandinsky-2-2-prior or karlo-v1-alpha, or a CLIP model folder with its tokenizer files)"
-    )
 
 
 def caption_ids(captions: list[str]) -> torch.Tensor:
@@ -137,11 +120,12 @@ class EmbeddingData:
     @classmethod
     def open(cls, config, accelerator=None, progress: bool = True) -> "EmbeddingData":
         from evalkit.data.embeddings import EmbeddingFolder
+        from evalkit.priors.real import load_text_encoder_folder
 
         folder = EmbeddingFolder.open(config.data)
         val = EmbeddingFolder.open(config.val_data) if config.val_data else None
         space = resolve_space(getattr(config, "space", None), folder.embedding_dim)
-        encoder = load_text_encoder(config.text_encoder, space)
+        encoder = load_text_encoder_folder(config.text_encoder, space)
         for p in encoder.model.parameters():
             p.requires_grad_(False)
         if accelerator is not None and accelerator.device.type != "cpu":
@@ -323,15 +307,3 @@ class EmbeddingData:
         DDIMScheduler.from_config(train_scheduler().config).save_pretrained(final / "scheduler")
         atomic_write_json(final / "training_record.json", record)
         return final
-
-
-def training_record(root: Path) -> dict:
-    """A checkpoint folder's ``training_record.json`` (in the folder or its parent: the diffusion layout keeps the
-    record beside ``prior/``), or ``{}``."""
-    for candidate in (Path(root) / "training_record.json", Path(root).parent / "training_record.json"):
-        if candidate.is_file():
-            try:
-                return json.loads(candidate.read_text())
-            except (OSError, json.JSONDecodeError):
-                return {}
-    return {}

@@ -17,8 +17,9 @@ calibration prior alone matches the oracle at the embedding level (measured: bin
 
 ``multi_positive`` stops treating captions that are true of a render as its negatives (captions leave
 most of a scene open, so a batch holds several); ``order_blind`` neither treats a caption with the same
-words (the attribute-swapped twin) as one, so nothing teaches the pooled text embedding word order; ``init_from`` + ``freeze_image_tower`` retrain the text
-tower of a shipped CLIP alone, so image embeddings — and the decoder trained on them — stay valid.
+words (the attribute-swapped twin) as one, so nothing teaches the pooled text embedding word order;
+``init_from`` + ``freeze_image_tower`` retrain the text tower of a shipped CLIP alone, so image embeddings — and the
+decoder trained on them — stay valid.
 """
 
 from __future__ import annotations
@@ -282,34 +283,14 @@ def train_clip(
     if session.resume:
         heads.load_state_dict(session.extra["heads"])
 
-    pool = training_pool(config.num_pairs, config.seed)
-    all_ids, all_mask = model.tokenizer(pool["texts"])
-    image_targets, text_targets = torch.from_numpy(pool["image_targets"]), torch.from_numpy(pool["text_targets"])
-    frozen_images = None
-    if config.freeze_image_tower:  # the image tower is fixed: embed the pool once
-        model.eval()
-        frozen_images = embed_images(model, pool["images"], 512)
+    pool, tokens, targets, frozen_images = _clip_training_data(model, config)
     last_eval: dict = {}
     model.train()
     for step in session.steps(
         config.steps, checkpoint_every=config.checkpoint_every, stop_at=stop_at, desc="train clip", progress=progress
     ):
-        loss = _clip_batch_loss(
-            model, heads, pool, (all_ids, all_mask), (image_targets, text_targets), frozen_images, config, step
-        )
-        check_finite(loss, step, session.checkpoint_dir)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        row = {
-            "step": step + 1,
-            "loss": round(loss.item(), 5),
-            "lr": scheduler.get_last_lr()[0],
-            "logit_scale": round(model.logit_scale.exp().item(), 3),
-            "elapsed": session.elapsed(),
-        }
+        loss = _clip_batch_loss(model, heads, pool, tokens, targets, frozen_images, config, step)
+        row = _clip_optimizer_step(model, optimizer, scheduler, loss, step, session)
         if session.due(step, config.eval_every, config.steps):
             model.eval()
             last_eval = evaluate_clip(model, seeds=config.eval_seeds)
@@ -328,6 +309,36 @@ def train_clip(
         "num_parameters": sum(p.numel() for p in model.parameters()),
     }
     return session.finish(model, record)
+
+
+def _clip_training_data(model, config: CLIPTrainConfig):
+    """The training pool, its tokenised texts, its (image, text) targets and, with a frozen image tower, the pool's
+    image embeddings (computed once)."""
+    pool = training_pool(config.num_pairs, config.seed)
+    all_ids, all_mask = model.tokenizer(pool["texts"])
+    image_targets, text_targets = torch.from_numpy(pool["image_targets"]), torch.from_numpy(pool["text_targets"])
+    frozen_images = None
+    if config.freeze_image_tower:  # the image tower is fixed: embed the pool once
+        model.eval()
+        frozen_images = embed_images(model, pool["images"], 512)
+    return pool, (all_ids, all_mask), (image_targets, text_targets), frozen_images
+
+
+def _clip_optimizer_step(model, optimizer, scheduler, loss: torch.Tensor, step: int, session: TrainingSession) -> dict:
+    """Check ``loss``, take the (clipped) optimizer and LR-schedule step on it; returns the step's log row."""
+    check_finite(loss, step, session.checkpoint_dir)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+    return {
+        "step": step + 1,
+        "loss": round(loss.item(), 5),
+        "lr": scheduler.get_last_lr()[0],
+        "logit_scale": round(model.logit_scale.exp().item(), 3),
+        "elapsed": session.elapsed(),
+    }
 
 
 def _clip_batch_loss(

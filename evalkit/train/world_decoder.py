@@ -298,7 +298,8 @@ def train_decoder(
     progress: bool = True,
     stop_at: int | None = None,
 ) -> Path:
-    """Train the synth decoder into ``out_dir``; returns ``out_dir/final`` (or the checkpoint when ``stop_at`` stops early).
+    """Train the synth decoder into ``out_dir``; returns ``out_dir/final`` (or the checkpoint when ``stop_at``
+    stops early).
 
     ``clip_dir``: the CLIP whose image embeddings condition the decoder (default: the shipped one;
     ``config.tiny``: a random tiny CLIP). ``stop_at``: stop after that step with a checkpoint (a
@@ -319,35 +320,11 @@ def train_decoder(
         extra_state=lambda: {"ema": ema.shadow} if ema is not None else {},
     )
     out_dir = session.out_dir
-
-    set_seed(config.seed)
-    decoder = build_decoder(config, clip.embedding_dim)
-    scheduler = decoder.training_scheduler()
-    optimizer = torch.optim.AdamW(
-        decoder.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999)
-    )
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
-    ema = EMA(decoder, config.ema_decay) if config.ema_decay > 0 else None
-    session.restore(decoder, optimizer, lr_scheduler)
-    if session.resume and ema is not None:
-        ema.shadow = {k: v.clone() for k, v in session.extra["ema"].items()}
+    decoder, scheduler, optimizer, lr_scheduler, ema = _decoder_training_state(config, clip, session)
 
     images = training_renders(config.num_pairs, config.seed)
     embeds = cached_embeddings(out_dir / CACHE_DIR_NAME, clip, clip_hash, images, config, progress)
-    eval_images, eval_swapped_images = eval_pool(config.eval_pairs, config.seed)
-    eval_targets = embed_images(clip, eval_images, config.embed_batch_size)
-    eval_swapped = embed_images(clip, eval_swapped_images, config.embed_batch_size)
-    eval_decoder = build_decoder(config, clip.embedding_dim) if ema is not None else decoder
-    guidance = config.eval_guidance if config.eval_guidance is not None else decoder.default_guidance_scale
-
-    def evaluate(step: int) -> dict:
-        if ema is not None:
-            ema.copy_to(eval_decoder)
-        eval_decoder.eval()
-        metrics, decoded = evaluate_decoder(eval_decoder, clip, eval_targets, eval_swapped, config.eval_steps, guidance)
-        save_grid(out_dir / "samples" / f"step-{step:06d}.png", eval_images, decoded)
-        decoder.train()
-        return metrics
+    eval_decoder, evaluate = _decoder_evaluator(config, clip, decoder, ema, out_dir)
 
     setup_s = clock()
     last_eval: dict = {}
@@ -371,7 +348,59 @@ def train_decoder(
     final_model.eval()
     if not last_eval:
         last_eval = evaluate(config.steps)
-    record = {
+    record = _decoder_record(config, final_model, last_eval, ema, session, setup_s, clip_dir, clip_hash)
+    return session.finish(final_model, record)
+
+
+def _decoder_training_state(config: DecoderTrainConfig, clip, session: TrainingSession):
+    """Seed, then build the decoder, its noise scheduler, optimizer, LR schedule and EMA (restored on resume)."""
+    set_seed(config.seed)
+    decoder = build_decoder(config, clip.embedding_dim)
+    scheduler = decoder.training_scheduler()
+    optimizer = torch.optim.AdamW(
+        decoder.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999)
+    )
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
+    ema = EMA(decoder, config.ema_decay) if config.ema_decay > 0 else None
+    session.restore(decoder, optimizer, lr_scheduler)
+    if session.resume and ema is not None:
+        ema.shadow = {k: v.clone() for k, v in session.extra["ema"].items()}
+    return decoder, scheduler, optimizer, lr_scheduler, ema
+
+
+def _decoder_evaluator(config: DecoderTrainConfig, clip, decoder, ema: EMA | None, out_dir: Path):
+    """Embed the eval pool once; returns the model that is evaluated (the EMA copy, or ``decoder`` itself) and
+    ``evaluate(step) -> metrics``, which also writes that step's sample grid."""
+    eval_images, eval_swapped_images = eval_pool(config.eval_pairs, config.seed)
+    eval_targets = embed_images(clip, eval_images, config.embed_batch_size)
+    eval_swapped = embed_images(clip, eval_swapped_images, config.embed_batch_size)
+    eval_decoder = build_decoder(config, clip.embedding_dim) if ema is not None else decoder
+    guidance = config.eval_guidance if config.eval_guidance is not None else decoder.default_guidance_scale
+
+    def evaluate(step: int) -> dict:
+        if ema is not None:
+            ema.copy_to(eval_decoder)
+        eval_decoder.eval()
+        metrics, decoded = evaluate_decoder(eval_decoder, clip, eval_targets, eval_swapped, config.eval_steps, guidance)
+        save_grid(out_dir / "samples" / f"step-{step:06d}.png", eval_images, decoded)
+        decoder.train()
+        return metrics
+
+    return eval_decoder, evaluate
+
+
+def _decoder_record(
+    config: DecoderTrainConfig,
+    final_model,
+    last_eval: dict,
+    ema: EMA | None,
+    session: TrainingSession,
+    setup_s: float,
+    clip_dir: str | Path | None,
+    clip_hash: str,
+) -> dict:
+    """The run record that ``final/`` ships with."""
+    return {
         "config": dataclasses.asdict(config),
         "decoder_config": dataclasses.asdict(final_model.config),
         "final_metrics": last_eval,
@@ -383,7 +412,6 @@ def train_decoder(
         "clip": str(clip_dir) if clip_dir else ("tiny-random" if config.tiny else "shipped"),
         "clip_hash": clip_hash,
     }
-    return session.finish(final_model, record)
 
 
 def _decoder_step(

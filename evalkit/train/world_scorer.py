@@ -229,16 +229,7 @@ def train_scorer(
     for step in session.steps(
         config.steps, checkpoint_every=config.checkpoint_every, stop_at=stop_at, desc="train scorer", progress=progress
     ):
-        rng = np.random.default_rng([config.seed, step])
-        idx, phrases, labels, _ = draw_questions(scenes, config.batch_size, rng)
-        hot, _ = model.encode_phrases(phrases)
-        word_logits = model.word_logits(images_to_tensor(images[idx]))
-        dense = F.binary_cross_entropy_with_logits(
-            word_logits,
-            dense_targets(masks[idx], words[idx], word_logits.shape[-1]),
-            pos_weight=torch.full((word_logits.shape[1], 1, 1), config.pos_weight),
-        )
-        loss = dense + phrase_loss(model.phrase_log_prob(word_logits, hot), torch.from_numpy(labels))
+        loss = _scorer_batch_loss(model, scenes, images, masks, words, config, step)
         check_finite(loss, step, session.checkpoint_dir)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -264,6 +255,20 @@ def train_scorer(
         "torch_threads": torch.get_num_threads(),
     }
     return session.finish(model, record)
+
+
+def _scorer_batch_loss(model, scenes, images, masks, words, config: ScorerTrainConfig, step: int) -> torch.Tensor:
+    """Step ``step``'s loss: the dense word-map loss plus the phrase loss on questions drawn from (seed, step)."""
+    rng = np.random.default_rng([config.seed, step])
+    idx, phrases, labels, _ = draw_questions(scenes, config.batch_size, rng)
+    hot, _ = model.encode_phrases(phrases)
+    word_logits = model.word_logits(images_to_tensor(images[idx]))
+    dense = F.binary_cross_entropy_with_logits(
+        word_logits,
+        dense_targets(masks[idx], words[idx], word_logits.shape[-1]),
+        pos_weight=torch.full((word_logits.shape[1], 1, 1), config.pos_weight),
+    )
+    return dense + phrase_loss(model.phrase_log_prob(word_logits, hot), torch.from_numpy(labels))
 
 
 def ship_scorer(
