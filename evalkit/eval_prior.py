@@ -266,21 +266,10 @@ def evaluate_priors(
     prior sampling options (``num_inference_steps``, ``guidance_scale``, ``rerank``); ``log``: where notes
     go (the CLI: stderr).
     """
-    from evalkit.errors import SettingError
-    from evalkit.registry import PRIORS, SUITES
     from evalkit.harness.runs import new_run_dir
 
     prior_names, suite_names, controls = list(priors), list(suites), list(controls)
-    PRIORS.check(prior_names)
-    prior_names = with_calibration(prior_names, log)
-    SUITES.check(suite_names)
-    for control in controls:
-        if control not in CONTROLS:
-            raise SettingError(f"unknown control {control!r}; choose from {', '.join(CONTROLS)} (--controls)")
-    paths = dict(paths or {})
-    for name in paths:
-        if name not in prior_names:
-            raise SettingError(f"--prior-path {name}=...: NAME must be one of {', '.join(prior_names)}")
+    prior_names, paths = _check_names(prior_names, suite_names, controls, dict(paths or {}), log)
     pairs = check_pairs(pairs, prior_names)
     options = {k: v for k, v in (options or {}).items() if v is not None}
     seeds, train_seeds = tuple(range(42, 42 + num_seeds)), tuple(int(t) for t in training_seeds)
@@ -313,6 +302,23 @@ def evaluate_priors(
         pairs=pairs or None,
     )
     return run_dir
+
+
+def _check_names(prior_names: list[str], suite_names: list[str], controls: list[str], paths: dict, log):
+    """Every name checked before anything loads (with the calibration priors added); the priors and paths."""
+    from evalkit.errors import SettingError
+    from evalkit.registry import PRIORS, SUITES
+
+    PRIORS.check(prior_names)
+    prior_names = with_calibration(prior_names, log)
+    SUITES.check(suite_names)
+    for control in controls:
+        if control not in CONTROLS:
+            raise SettingError(f"unknown control {control!r}; choose from {', '.join(CONTROLS)} (--controls)")
+    for name in paths:
+        if name not in prior_names:
+            raise SettingError(f"--prior-path {name}=...: NAME must be one of {', '.join(prior_names)}")
+    return prior_names, paths
 
 
 def with_calibration(prior_names: list[str], log=None) -> list[str]:

@@ -40,7 +40,10 @@ def _imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("package", PLUGIN_PACKAGES)
 def test_plugins_do_not_import_the_layers_above_them(package):
-    wrong = [f"{path.relative_to(PACKAGE.parent)} imports {name}"
-             for path in sorted((PACKAGE / package).rglob("*.py"))
-             for name in _imports(path) if any(name == up or name.startswith(up + ".") for up in UPPER_LAYERS)]
+    wrong = [
+        f"{path.relative_to(PACKAGE.parent)} imports {name}"
+        for path in sorted((PACKAGE / package).rglob("*.py"))
+        for name in _imports(path)
+        if any(name == up or name.startswith(up + ".") for up in UPPER_LAYERS)
+    ]
     assert not wrong, "\n".join(wrong)

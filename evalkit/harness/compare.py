@@ -16,8 +16,8 @@ result hold across machines.
   (``samples.jsonl``; always so for the golden): the mean of the per-image differences, its error
   from a bootstrap over prompts (:func:`evalkit.stats.paired_bootstrap`), floored at half a
   pseudo-image differing by the scorer's resolution r (``Scorer.score_resolution``: 1, the whole score
-  range, for scores that flip; 0.01 for the continuous embedding-cosine), r·√½ / n. Identical images give z = 0; a one-image
-  flip gives |z| ≈ 1 whatever n; a real drop shared by many images stands out sharply.
+  range, for scores that flip; 0.01 for the continuous embedding-cosine), r·√½ / n. Identical images give z = 0;
+  a one-image flip gives |z| ≈ 1 whatever n; a real drop shared by many images stands out sharply.
 - *unpaired* otherwise: √(se_base² + se_new²), each row's error the larger of its stored bootstrap
   error and the binomial error of its mean with half a pseudo-image (:func:`evalkit.stats.binomial_floor`),
   so a saturated row (every image 1) is never infinitely certain.
@@ -180,6 +180,50 @@ def _environment_notes(base: dict, new: dict) -> list[str]:
     return notes
 
 
+def _no_shared_rows_reason(a: dict, b: dict) -> str:
+    """Why two runs' rows (indexed by key) have nothing in common."""
+    va, vb = ({(k[1], k[2]) for k in rows} for rows in (a, b))
+    if va & vb:
+        pa, pb = sorted({k[0] for k in a}), sorted({k[0] for k in b})
+        return (
+            f"the runs share suite versions {sorted(va & vb)} but no prior: base has {pa}, new has {pb} "
+            "(rows are matched by prior name)"
+        )
+    return (
+        f"suites and versions: base {sorted(va)}, new {sorted(vb)}; a changed suite version means a changed prompt list"
+    )
+
+
+def _compare_row(
+    key: tuple, ra: dict, rb: dict, images_a: dict, images_b: dict, base: dict, new: dict, z: float, min_prompts: int
+) -> Change:
+    """The test of one row shared by base (``ra``) and new (``rb``): paired when both kept its images' scores."""
+    sign = 1.0 if rb.get("higher_is_better", True) else -1.0
+    sample_key = (key[0], key[1], key[5], key[3], key[4])
+    pa, pb = images_a.get(sample_key), images_b.get(sample_key)
+    paired = bool(pa) and pa.keys() == (pb or {}).keys()
+    if paired:
+        items = sorted(pa)
+        cmp = paired_bootstrap(
+            [sign * pa[k] for k in items],
+            [sign * pb[k] for k in items],
+            clusters=[k[0] for k in items],
+            score_range=max(float(ra.get("score_resolution", 1.0)), float(rb.get("score_resolution", 1.0))),
+        )
+        stderr, score, n_prompts, n_images = cmp.stderr, cmp.z, cmp.n_clusters, cmp.n
+    else:
+        diff = sign * (rb["value"] - ra["value"])
+        stderr = math.sqrt(row_stderr(ra) ** 2 + row_stderr(rb) ** 2)
+        score = diff / stderr
+        n_prompts = min(row_prompts(ra, base["protocol"]), row_prompts(rb, new["protocol"]))
+        n_images = min(int(ra.get("n", 0)), int(rb.get("n", 0)))
+    if n_prompts < min_prompts:
+        status = "ungated"
+    else:
+        status = "regression" if score < -z else ("improvement" if score > z else "same")
+    return Change(key, ra["value"], rb["value"], stderr, score, status, n_prompts, n_images, paired)
+
+
 def compare_results(
     base: dict,
     new: dict,
@@ -201,48 +245,12 @@ def compare_results(
     a, b = index(base["rows"]), index(new["rows"])
     shared = sorted(set(a) & set(b))
     if not shared:
-        va, vb = ({(k[1], k[2]) for k in rows} for rows in (a, b))
-        if va & vb:
-            pa, pb = sorted({k[0] for k in a}), sorted({k[0] for k in b})
-            reason = (
-                f"the runs share suite versions {sorted(va & vb)} but no prior: base has {pa}, new has {pb} "
-                "(rows are matched by prior name)"
-            )
-        else:
-            reason = (
-                f"suites and versions: base {sorted(va)}, new {sorted(vb)}; a changed suite version means a "
-                "changed prompt list"
-            )
-        raise ProtocolMismatchError(f"no rows in common ({reason})")
+        raise ProtocolMismatchError(f"no rows in common ({_no_shared_rows_reason(a, b)})")
     notes = check_prompt_sets(base, new, base_samples, new_samples) + _environment_notes(base, new)
     images_a, images_b = _per_image(base_samples), _per_image(new_samples)
     changes = []
     for key in shared:
-        ra, rb = a[key], b[key]
-        sign = 1.0 if rb.get("higher_is_better", True) else -1.0
-        sample_key = (key[0], key[1], key[5], key[3], key[4])
-        pa, pb = images_a.get(sample_key), images_b.get(sample_key)
-        paired = bool(pa) and pa.keys() == (pb or {}).keys()
-        if paired:
-            items = sorted(pa)
-            cmp = paired_bootstrap(
-                [sign * pa[k] for k in items],
-                [sign * pb[k] for k in items],
-                clusters=[k[0] for k in items],
-                score_range=max(float(ra.get("score_resolution", 1.0)), float(rb.get("score_resolution", 1.0))),
-            )
-            stderr, score, n_prompts, n_images = cmp.stderr, cmp.z, cmp.n_clusters, cmp.n
-        else:
-            diff = sign * (rb["value"] - ra["value"])
-            stderr = math.sqrt(row_stderr(ra) ** 2 + row_stderr(rb) ** 2)
-            score = diff / stderr
-            n_prompts = min(row_prompts(ra, base["protocol"]), row_prompts(rb, new["protocol"]))
-            n_images = min(int(ra.get("n", 0)), int(rb.get("n", 0)))
-        if n_prompts < min_prompts:
-            status = "ungated"
-        else:
-            status = "regression" if score < -z else ("improvement" if score > z else "same")
-        changes.append(Change(key, ra["value"], rb["value"], stderr, score, status, n_prompts, n_images, paired))
+        changes.append(_compare_row(key, a[key], b[key], images_a, images_b, base, new, z, min_prompts))
     only_new = sorted(set(b) - set(a))
     if only_new:
         notes.append(f"{len(only_new)} row(s) only in new (not compared)")
@@ -265,10 +273,47 @@ def headline(comparison: Comparison) -> str:
     return ("**FAIL**: " if c.failed else "**pass**: ") + ", ".join(counts)
 
 
+TABLE_HEADERS = [
+    "prior",
+    "suite",
+    "category",
+    "split",
+    "metric",
+    "prompts",
+    "images",
+    "base",
+    "new",
+    "Δ",
+    "test",
+    "stderr",
+    "z",
+    "",
+]
+
+
+def _table_row(ch: Change) -> list:
+    """One row of :func:`render`'s table."""
+    from evalkit.harness.paired import format_z
+
+    return [
+        *ch.key[:2],
+        ch.key[3],
+        ch.key[4],
+        ch.key[5],
+        ch.n_prompts,
+        ch.n_images,
+        f"{ch.base:.4f}",
+        f"{ch.new:.4f}",
+        f"{ch.difference:+.4f}",
+        "paired" if ch.paired else "unpaired",
+        f"{ch.stderr:.4f}",
+        format_z(ch.z),
+        STATUS_LABEL[ch.status],
+    ]
+
+
 def render(comparison: Comparison, base_name: str, new_name: str) -> str:
     from tabulate import tabulate
-
-    from evalkit.harness.paired import format_z
 
     c = comparison
     lines = [
@@ -284,48 +329,8 @@ def render(comparison: Comparison, base_name: str, new_name: str) -> str:
     if c.notes:
         lines += ["Notes (not failures):", ""] + [f"- {note}" for note in c.notes] + [""]
     order = {"regression": 0, "improvement": 1, "same": 2, "ungated": 3}
-    table = [
-        [
-            *ch.key[:2],
-            ch.key[3],
-            ch.key[4],
-            ch.key[5],
-            ch.n_prompts,
-            ch.n_images,
-            f"{ch.base:.4f}",
-            f"{ch.new:.4f}",
-            f"{ch.difference:+.4f}",
-            "paired" if ch.paired else "unpaired",
-            f"{ch.stderr:.4f}",
-            format_z(ch.z),
-            STATUS_LABEL[ch.status],
-        ]
-        for ch in sorted(c.changes, key=lambda ch: (order[ch.status], ch.key))
-    ]
-    lines += [
-        tabulate(
-            table,
-            headers=[
-                "prior",
-                "suite",
-                "category",
-                "split",
-                "metric",
-                "prompts",
-                "images",
-                "base",
-                "new",
-                "Δ",
-                "test",
-                "stderr",
-                "z",
-                "",
-            ],
-            tablefmt="github",
-            disable_numparse=True,
-        ),
-        "",
-    ]
+    table = [_table_row(ch) for ch in sorted(c.changes, key=lambda ch: (order[ch.status], ch.key))]
+    lines += [tabulate(table, headers=TABLE_HEADERS, tablefmt="github", disable_numparse=True), ""]
     for label, keys in (("of base missing from new (a failure)", c.only_base), ("only in new", c.only_new)):
         if keys:
             lines += [f"Rows {label}: " + ", ".join(f"{k[0]}/{k[1]}/{k[3]}/{k[4]}/{k[5]}" for k in keys), ""]

@@ -47,6 +47,37 @@ def check_prompts(prompts) -> None:
         )
 
 
+def _export_group(run, folder: Path, prior: str, category: str, rows: list[dict], sources: dict) -> None:
+    """Copy one (prior, category)'s images into ``folder/samples`` and write its ``manifest.json``."""
+    (folder / "samples").mkdir(parents=True)
+    manifest = []
+    for index, s in enumerate(sorted(rows, key=lambda r: (r["item_id"], r["seed"]))):
+        name = f"{s['prompt']}_{index:06d}.png"
+        shutil.copyfile(sources[s["image_path"]], folder / "samples" / name)
+        manifest.append(
+            {
+                "index": index,
+                "file": name,
+                "item_id": s["item_id"],
+                "prompt": s["prompt"],
+                "seed": s["seed"],
+                "suite": s["suite"],
+                "score": s["score"],
+                "scorer": s["scorer"],
+            }
+        )
+    atomic_write_json(
+        folder / "manifest.json",
+        {
+            "run": str(run.path),
+            "prior": prior,
+            "category": category,
+            "protocol_hash": run.results["protocol_hash"],
+            "images": manifest,
+        },
+    )
+
+
 def export_t2i_compbench(run_dir: str | os.PathLike, out: str | os.PathLike, scorer: str | None = None) -> Path:
     run = load_run(run_dir)
     out = Path(out)
@@ -71,34 +102,7 @@ def export_t2i_compbench(run_dir: str | os.PathLike, out: str | os.PathLike, sco
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
         for (prior, category), rows in sorted(groups.items()):
-            folder = staging / prior / category
-            (folder / "samples").mkdir(parents=True)
-            manifest = []
-            for index, s in enumerate(sorted(rows, key=lambda r: (r["item_id"], r["seed"]))):
-                name = f"{s['prompt']}_{index:06d}.png"
-                shutil.copyfile(sources[s["image_path"]], folder / "samples" / name)
-                manifest.append(
-                    {
-                        "index": index,
-                        "file": name,
-                        "item_id": s["item_id"],
-                        "prompt": s["prompt"],
-                        "seed": s["seed"],
-                        "suite": s["suite"],
-                        "score": s["score"],
-                        "scorer": s["scorer"],
-                    }
-                )
-            atomic_write_json(
-                folder / "manifest.json",
-                {
-                    "run": str(run.path),
-                    "prior": prior,
-                    "category": category,
-                    "protocol_hash": run.results["protocol_hash"],
-                    "images": manifest,
-                },
-            )
+            _export_group(run, staging / prior / category, prior, category, rows, sources)
         if out.exists():
             out.rmdir()
         os.replace(staging, out)

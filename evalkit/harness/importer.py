@@ -304,11 +304,9 @@ def import_t2i_compbench(
     that is wanted). ``vqa_result``: their B-VQA output (default: ``annotation_blip/vqa_result.json``
     in ``folder`` when present).
     """
-    from evalkit.contracts import Batch
-    from evalkit.environment import describe as describe_environment
     from evalkit.registry import SCORERS
     from evalkit.report.run_report import write_report
-    from evalkit.harness.runner import aggregate, prior_record, run_record, write_results
+    from evalkit.harness.runner import run_record
     from evalkit.harness.runs import new_run_dir
     from evalkit.serialization import atomic_write_json
     from evalkit.suites import load_suite
@@ -324,6 +322,29 @@ def import_t2i_compbench(
     loaded = {name: SCORERS.get(name)() for name in scorers}
 
     clock = time.time()
+    scored, timings = _score_images(suite, images, pixels, loaded, batch_size)
+
+    metric_names = scorers + ([BVQA_SCORER] if bvqa is not None else [])
+    protocol = _import_protocol(images, metric_names, loaded, bvqa)
+    config = _import_config(folder, prior, suite_name, metric_names, split, tag, vqa_path, bvqa)
+    run_dir = new_run_dir(out, f"{prior}_{suite_name}")
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    atomic_write_json(run_dir / "run.json", run_record(config, protocol, started))
+    t0 = time.perf_counter()
+    rows = write_samples(run_dir, prior, suite, images, pixels, scored, bvqa)
+    timings["io"] = time.perf_counter() - t0
+
+    _write_import_results(
+        run_dir, rows, folder, prior, suite, split, tag, loaded, config, protocol, timings, clock, started
+    )
+    write_report([run_dir], run_dir)
+    return run_dir
+
+
+def _score_images(suite, images, pixels, loaded: dict, batch_size: int) -> tuple[dict, dict]:
+    """Run each loaded scorer on the imported images; returns the scores by scorer and the scoring time."""
+    from evalkit.contracts import Batch
+
     batch = Batch(
         [im.item for im in images],
         [im.seed for im in images],
@@ -332,10 +353,14 @@ def import_t2i_compbench(
     t0 = time.perf_counter()
     scored = {name: _score(scorer, name, pixels, batch, batch_size) for name, scorer in loaded.items()}
     timings = {"scorer": time.perf_counter() - t0}
+    return scored, timings
 
-    metric_names = scorers + ([BVQA_SCORER] if bvqa is not None else [])
-    protocol = _import_protocol(images, metric_names, loaded, bvqa)
-    config = {
+
+def _import_config(
+    folder: Path, prior: str, suite_name: str, metric_names: list, split: str, tag: str, vqa_path, bvqa
+) -> dict:
+    """The ``config`` record of an imported run."""
+    return {
         "source": str(folder.resolve()),
         "format": "t2i-compbench",
         "priors": [prior],
@@ -347,12 +372,26 @@ def import_t2i_compbench(
         "matched_by": "manifest" if (folder / "manifest.json").is_file() else "prompt",
         "vqa_result": str(vqa_path) if bvqa is not None else None,
     }
-    run_dir = new_run_dir(out, f"{prior}_{suite_name}")
-    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    atomic_write_json(run_dir / "run.json", run_record(config, protocol, started))
-    t0 = time.perf_counter()
-    rows = write_samples(run_dir, prior, suite, images, pixels, scored, bvqa)
-    timings["io"] = time.perf_counter() - t0
+
+
+def _write_import_results(
+    run_dir: Path,
+    rows: list,
+    folder: Path,
+    prior: str,
+    suite,
+    split: str,
+    tag: str,
+    loaded: dict,
+    config: dict,
+    protocol: dict,
+    timings: dict,
+    clock: float,
+    started: str,
+) -> None:
+    """Aggregate the imported run's rows and write its results."""
+    from evalkit.environment import describe as describe_environment
+    from evalkit.harness.runner import aggregate, prior_record, write_results
 
     info = {prior: prior_record(DECODER, source=str(folder.resolve()))}
     versions = {suite.name: suite.version(split)}
@@ -386,5 +425,3 @@ def import_t2i_compbench(
             "note": "images made elsewhere; this machine scored them",
         },
     )
-    write_report([run_dir], run_dir)
-    return run_dir

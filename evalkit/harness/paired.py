@@ -49,7 +49,8 @@ def paired_differences(
     score_range: float = 0.0,
 ) -> list[dict]:
     """One dict per (pair, group, split, metric): b − a with its 95 % CI, p, z, n (paired items) and
-    n_prompts. ``score_range``: 1 for per-image scores in [0, 1] (floors the error, :func:`evalkit.stats.paired_floor`)."""
+    n_prompts. ``score_range``: 1 for per-image scores in [0, 1] (floors the error,
+    :func:`evalkit.stats.paired_floor`)."""
     from evalkit.stats import paired_bootstrap
 
     per_item = group_items(rows, group)

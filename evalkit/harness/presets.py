@@ -2,9 +2,9 @@
 
 - ``smoke``: the regression gate's protocol — oracle and ECLIPSE on the three synthetic suites, 40 prompts
   × 2 seeds each (480 images, under two minutes on 2 cores), decoded in float32, scored by the binding,
-  analytic and embedding-cosine scorers (the last reads the prior's embedding: no decoder noise at all): float32 sampling gives
-  the same 8-bit images to within a few levels on any CPU (bfloat16 autocast does not: oneDNN picks
-  other kernels per instruction set), so the paired test against the golden keeps its power on every
+  analytic and embedding-cosine scorers (the last reads the prior's embedding: no decoder noise at all):
+  float32 sampling gives the same 8-bit images to within a few levels on any CPU (bfloat16 autocast does not:
+  oneDNN picks other kernels per instruction set), so the paired test against the golden keeps its power on every
   machine. Sized so that it catches a drop of 0.05 in every category (docs/runs.md, "The gate's power").
   CI repeats it and compares it with the result kept in ``results/golden/smoke/`` (``evalkit compare``).
   ``evalkit smoke`` runs it and prints the comparison; ``evalkit smoke --update-golden`` replaces the

@@ -689,14 +689,10 @@ def resolve(config: RunConfig):
             registry.unregister(name)
 
 
-def _resolve(config: RunConfig):
-    from evalkit.decoders import load_decoder
-    from evalkit.priors import load_prior
-    from evalkit.registry import DECODERS, SCORERS
+def _resolve_scorer_names(config: RunConfig, suites) -> None:
+    """Fill ``config.scorers`` from the suites' defaults when none were named; check them and ``--scorer-path``."""
+    from evalkit.registry import SCORERS
 
-    DECODERS.check([config.decoder])
-    resolved = _resolve_priors(config)
-    suites = load_suites(config)
     if not config.scorers:
         defaults = {tuple(s.default_scorers) for s in suites}
         if len(defaults) != 1 or not next(iter(defaults)):
@@ -712,6 +708,33 @@ def _resolve(config: RunConfig):
             f"--scorer-path names {', '.join(stray)}, which is not among the run's scorers "
             f"({', '.join(config.scorers)})"
         )
+
+
+def _load_scorers(config: RunConfig) -> dict:
+    """Build the run's scorers, each with its ``--scorer-path`` weights folder where one was named."""
+    from evalkit.registry import SCORERS
+
+    scorers = {}
+    for name in config.scorers:
+        cls, path, kwargs = SCORERS.get(name), config.scorer_paths.get(name), {}
+        if path is not None:
+            params = inspect.signature(cls).parameters
+            if "path" not in params:
+                raise EvalkitError(f"scorer {name!r} loads no weights folder; --scorer-path does not apply to it")
+            kwargs = {"path": path, **({"allow_pickle": config.allow_pickle} if "allow_pickle" in params else {})}
+        scorers[name] = cls(**kwargs)
+    return scorers
+
+
+def _resolve(config: RunConfig):
+    from evalkit.decoders import load_decoder
+    from evalkit.priors import load_prior
+    from evalkit.registry import DECODERS
+
+    DECODERS.check([config.decoder])
+    resolved = _resolve_priors(config)
+    suites = load_suites(config)
+    _resolve_scorer_names(config, suites)
     names = [name for _, name in resolved]
     if config.random_init is not None:  # every plugin must have a random build before the first (large) one is made
         from evalkit.registry import PRIORS
@@ -745,15 +768,7 @@ def _resolve(config: RunConfig):
         priors[label] = load_prior(name, **options, **extra, random_init=config.random_init, among=names)
     for prior in priors.values():
         check_embedding_contract(prior, decoder)
-    scorers = {}
-    for name in config.scorers:
-        cls, path, kwargs = SCORERS.get(name), config.scorer_paths.get(name), {}
-        if path is not None:
-            params = inspect.signature(cls).parameters
-            if "path" not in params:
-                raise EvalkitError(f"scorer {name!r} loads no weights folder; --scorer-path does not apply to it")
-            kwargs = {"path": path, **({"allow_pickle": config.allow_pickle} if "allow_pickle" in params else {})}
-        scorers[name] = cls(**kwargs)
+    scorers = _load_scorers(config)
     return priors, decoder, scorers, suites
 
 
@@ -891,7 +906,8 @@ def prior_record(
 
 
 def prior_info(prior, encoders: dict, decoder) -> dict:
-    """Parameter counts (trainable: the prior; total: prior + the text encoders it reads + the decoder), data, version."""
+    """Parameter counts (trainable: the prior; total: prior + the text encoders it reads + the decoder), data,
+    version."""
     text = sum(text_encoder_parameters(encoders.get(space)) for space in prior.text_encoders)
     return prior_record(
         f"{type(prior).__module__}.{type(prior).__qualname__}",
@@ -1115,6 +1131,15 @@ def _evaluate_suites(
     return rows, timings
 
 
+def _priors_info(priors: dict, decoder, encoders: dict, protocol: Protocol) -> dict:
+    """``results.json`` ``priors``: each prior's record, with the negative it gave a decoder that takes one."""
+    info = {name: prior_info(p, encoders, decoder) for name, p in priors.items()}
+    if decoder.takes_negative_image_embeds:
+        for name, p in priors.items():
+            info[name]["negative"] = negative_mode(p, protocol)
+    return info
+
+
 def _write_run(
     run_dir: Path,
     config: RunConfig,
@@ -1137,10 +1162,7 @@ def _write_run(
     """Aggregate rows, ``samples.jsonl`` + sealed ``results.json``, then the report (then the processes finish)."""
     from evalkit.report.run_report import write_report
 
-    info = {name: prior_info(p, encoders, decoder) for name, p in priors.items()}
-    if decoder.takes_negative_image_embeds:
-        for name, p in priors.items():
-            info[name]["negative"] = negative_mode(p, protocol)
+    info = _priors_info(priors, decoder, encoders, protocol)
     results = aggregate(
         rows,
         versions,

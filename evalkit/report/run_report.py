@@ -285,6 +285,55 @@ def parameter_table(rows: list[dict], priors: dict, order: list[str], metric: st
     return Table(["prior", "trainable params", "total params", "training data", *categories, "prompts × images"], table)
 
 
+def _parameter_panel(ax, chosen: list[dict], priors: dict, category: str, metric: str) -> None:
+    """One category's panel: trained priors as points with CIs, calibration priors as reference lines."""
+    from matplotlib.ticker import NullFormatter
+
+    points = []
+    for r in chosen:
+        params = priors.get(r["prior"], {}).get("trainable_parameters", 0)
+        if params > 0:
+            points.append((params, r))
+            ax.errorbar(
+                [params],
+                [r["value"]],
+                yerr=[[r["value"] - r["ci_low"]], [r["ci_high"] - r["value"]]],
+                fmt="o",
+                capsize=3,
+                alpha=0.85,
+            )
+        else:
+            ax.axhline(r["value"], ls="--", lw=0.8, color="grey")
+            ax.annotate(
+                r["prior"],
+                (0.01, r["value"]),
+                xycoords=("axes fraction", "data"),
+                fontsize=9,
+                color="grey",
+                va="bottom",
+            )
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    lo, hi = ax.get_xlim()
+    ax.set_xlim(lo / 1.5, hi * 4)  # room for the labels on the right
+    low, high = ax.get_ylim()
+    for x, y, name in _spread_labels(points, (high - low) * 0.07):
+        params, row = next((p, r) for p, r in points if r["prior"] == name)
+        ax.annotate(
+            name,
+            (params, row["value"]),
+            xytext=(x, y),
+            textcoords="data",
+            fontsize=9,
+            va="center",
+            arrowprops=dict(arrowstyle="-", lw=0.5, color="0.4"),
+        )
+    ax.set_title(category)
+    ax.set_xlabel("prior parameters (trainable)")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+
+
 def plot_parameters(rows: list[dict], priors: dict, metric: str, path: Path) -> Path | None:
     """Score against the prior's trainable parameters (log scale), one panel per category; calibration
     priors as horizontal reference lines."""
@@ -298,52 +347,8 @@ def plot_parameters(rows: list[dict], priors: dict, metric: str, path: Path) -> 
     if not any(priors.get(r["prior"], {}).get("trainable_parameters", 0) > 0 for r in chosen):
         return None
     fig, axes = plt.subplots(1, len(categories), figsize=(5.6 * len(categories), 4.6), squeeze=False)
-    from matplotlib.ticker import NullFormatter
-
     for ax, category in zip(axes[0], categories):
-        points = []
-        for r in (r for r in chosen if r["category"] == category):
-            params = priors.get(r["prior"], {}).get("trainable_parameters", 0)
-            if params > 0:
-                points.append((params, r))
-                ax.errorbar(
-                    [params],
-                    [r["value"]],
-                    yerr=[[r["value"] - r["ci_low"]], [r["ci_high"] - r["value"]]],
-                    fmt="o",
-                    capsize=3,
-                    alpha=0.85,
-                )
-            else:
-                ax.axhline(r["value"], ls="--", lw=0.8, color="grey")
-                ax.annotate(
-                    r["prior"],
-                    (0.01, r["value"]),
-                    xycoords=("axes fraction", "data"),
-                    fontsize=9,
-                    color="grey",
-                    va="bottom",
-                )
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        lo, hi = ax.get_xlim()
-        ax.set_xlim(lo / 1.5, hi * 4)  # room for the labels on the right
-        low, high = ax.get_ylim()
-        for x, y, name in _spread_labels(points, (high - low) * 0.07):
-            params, row = next((p, r) for p, r in points if r["prior"] == name)
-            ax.annotate(
-                name,
-                (params, row["value"]),
-                xytext=(x, y),
-                textcoords="data",
-                fontsize=9,
-                va="center",
-                arrowprops=dict(arrowstyle="-", lw=0.5, color="0.4"),
-            )
-        ax.set_title(category)
-        ax.set_xlabel("prior parameters (trainable)")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
+        _parameter_panel(ax, [r for r in chosen if r["category"] == category], priors, category, metric)
     fig.tight_layout()
     import io
 
@@ -509,6 +514,36 @@ def not_applicable_lines(found: dict, top: int = 3) -> list[str]:
 def report_blocks(runs: Sequence[RunData], out_dir: Path, pairs: Sequence[tuple[str, str]] | None = None) -> list:
     protocol, priors, rows, samples = _merged(runs)
     order = prior_order(priors, rows)
+    blocks = _header_blocks(runs, protocol)
+    blocks += score_tables(rows, order)
+    metric = headline_metric(rows)
+    blocks += _parameter_blocks(rows, priors, order, metric, out_dir)
+    blocks += _comparison_blocks(runs, samples, rows, priors, pairs, metric)
+    grids = grid_images(samples, order, out_dir)
+    if grids:
+        blocks += [("h2", "Same prompt and seed across priors")] + grids
+    worst = worst_images(samples, order, out_dir)
+    if worst:
+        blocks += [
+            ("h2", "Lowest-scored images"),
+            ("p", "With each question's probability: why an image scored low."),
+        ] + worst
+    timings = [
+        [
+            run.path.name,
+            run.results.get("images", ""),
+            run.results.get("wall_time_s", ""),
+            ", ".join(f"{k} {v:.1f}" for k, v in run.results.get("timings_s", {}).items()),
+            _cache_summary(run.results.get("cache")),
+        ]
+        for run in runs
+    ]
+    blocks += [("h2", "Runs"), Table(["run", "images", "wall s", "stage s", "cache"], timings)]
+    return blocks
+
+
+def _header_blocks(runs: Sequence[RunData], protocol: dict) -> list:
+    """The title, the protocol line, vocabulary / not-scored notes and the random-weights warning."""
     blocks: list = [
         ("h1", "evalkit run report"),
         (
@@ -534,7 +569,12 @@ def report_blocks(runs: Sequence[RunData], out_dir: Path, pairs: Sequence[tuple[
                 "and the scores mean nothing. For speed and memory measurements only.",
             )
         )
-    blocks += score_tables(rows, order)
+    return blocks
+
+
+def _parameter_blocks(rows: list[dict], priors: dict, order: list, metric: str | None, out_dir: Path) -> list:
+    """The parameter-versus-composition table and plot (none without a headline metric)."""
+    blocks: list = []
     metric = headline_metric(rows)
     if metric:
         blocks += [
@@ -549,6 +589,12 @@ def report_blocks(runs: Sequence[RunData], out_dir: Path, pairs: Sequence[tuple[
         plot = plot_parameters(rows, priors, metric, out_dir / "parameters.png")
         if plot is not None:
             blocks.append(Image(plot.name, "score against prior parameters"))
+    return blocks
+
+
+def _comparison_blocks(runs, samples, rows: list[dict], priors: dict, pairs, metric: str | None) -> list:
+    """The verdicts and the paired comparisons."""
+    blocks: list = []
     comparisons, leaders = _comparisons(runs, samples, rows, priors, pairs, metric)
     lines = verdicts(comparisons + leaders, rows, metric)
     if lines:
@@ -567,26 +613,6 @@ def report_blocks(runs: Sequence[RunData], out_dir: Path, pairs: Sequence[tuple[
             ("p", comparison_note("b − a per image score")),
             Table(*paired_table(comparisons)),
         ]
-    grids = grid_images(samples, order, out_dir)
-    if grids:
-        blocks += [("h2", "Same prompt and seed across priors")] + grids
-    worst = worst_images(samples, order, out_dir)
-    if worst:
-        blocks += [
-            ("h2", "Lowest-scored images"),
-            ("p", "With each question's probability: why an image scored low."),
-        ] + worst
-    timings = [
-        [
-            run.path.name,
-            run.results.get("images", ""),
-            run.results.get("wall_time_s", ""),
-            ", ".join(f"{k} {v:.1f}" for k, v in run.results.get("timings_s", {}).items()),
-            _cache_summary(run.results.get("cache")),
-        ]
-        for run in runs
-    ]
-    blocks += [("h2", "Runs"), Table(["run", "images", "wall s", "stage s", "cache"], timings)]
     return blocks
 
 
