@@ -140,6 +140,35 @@ def _train_args(world, prior, out, steps=6):
     ]
 
 
+def _run_through(world, name, final, decoder, decoder_dir, out, *extra):
+    """`evalkit run` of the trained prior ``name`` (from ``final``) through a tiny decoder, scored by `dummy`."""
+    return invoke(
+        "run",
+        "--prior",
+        name,
+        "--prior-path",
+        f"{name}={final}",
+        "--decoder",
+        decoder,
+        "--decoder-path",
+        decoder_dir,
+        "--scorer",
+        "dummy",
+        "--prompts",
+        world["prompts"],
+        "--category",
+        "color",
+        "--images-per-prompt",
+        "1",
+        "--num-inference-steps",
+        "2",
+        *extra,
+        "--out",
+        out,
+        "--no-cache",
+    )
+
+
 @pytest.mark.parametrize("prior", ["eclipse", "projection", "diffusion"])
 def test_each_prior_trains_saves_in_the_public_layout_and_runs_to_a_report(world, prior, tmp_path):
     """Trained on 2 processes (torchrun, DDP on gloo), saved, loaded through --prior-path, decoded, scored."""
@@ -167,31 +196,8 @@ def test_each_prior_trains_saves_in_the_public_layout_and_runs_to_a_report(world
     from evalkit.decoders.kandinsky import Kandinsky22Decoder
 
     Kandinsky22Decoder.tiny().save_pretrained(tmp_path / "k22-decoder")
-    result = invoke(
-        "run",
-        "--prior",
-        name,
-        "--prior-path",
-        f"{name}={final}",
-        "--decoder",
-        "kandinsky22",
-        "--decoder-path",
-        tmp_path / "k22-decoder",
-        "--scorer",
-        "dummy",
-        "--prompts",
-        world["prompts"],
-        "--category",
-        "color",
-        "--images-per-prompt",
-        "1",
-        "--num-inference-steps",
-        "2",
-        *(["--prior-num-inference-steps", "3"] if prior == "diffusion" else []),
-        "--out",
-        tmp_path / "runs",
-        "--no-cache",
-    )
+    extra = ["--prior-num-inference-steps", "3"] if prior == "diffusion" else []
+    result = _run_through(world, name, final, "kandinsky22", tmp_path / "k22-decoder", tmp_path / "runs", *extra)
     assert result.exit_code == 0, result.output
     [run_dir] = list((tmp_path / "runs").iterdir())
     results = json.loads((run_dir / "results.json").read_text())
@@ -208,30 +214,7 @@ def test_an_eclipse_prior_in_the_karlo_space_runs_through_karlo(world, tmp_path,
     monkeypatch.setenv("EVALKIT_CACHE_DIR", str(world["root"] / "cache"))
     final = train_prior(tmp_path / "run", _config(world, "eclipse", space="karlo"), progress=False)
     KarloDecoder.tiny().save_pretrained(tmp_path / "karlo")
-    result = invoke(
-        "run",
-        "--prior",
-        "eclipse-karlo",
-        "--prior-path",
-        f"eclipse-karlo={final}",
-        "--decoder",
-        "karlo",
-        "--decoder-path",
-        tmp_path / "karlo",
-        "--scorer",
-        "dummy",
-        "--prompts",
-        world["prompts"],
-        "--category",
-        "color",
-        "--images-per-prompt",
-        "1",
-        "--num-inference-steps",
-        "2",
-        "--out",
-        tmp_path / "runs",
-        "--no-cache",
-    )
+    result = _run_through(world, "eclipse-karlo", final, "karlo", tmp_path / "karlo", tmp_path / "runs")
     assert result.exit_code == 0, result.output
 
 

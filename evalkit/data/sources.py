@@ -20,6 +20,7 @@ an error (:class:`BadRecordsError`, exit code 2) that names example keys.
 
 from __future__ import annotations
 
+import abc
 import glob
 import io
 import os
@@ -68,7 +69,7 @@ class Unit:
     name: str
 
 
-class Source:
+class Source(abc.ABC):
     """A dataset split into units. Subclasses implement :meth:`records`; everything else is shared."""
 
     kind = "?"
@@ -80,8 +81,9 @@ class Source:
     def __len__(self) -> int:
         return len(self.units)
 
+    @abc.abstractmethod
     def records(self, unit: int) -> Iterator[RawRecord]:
-        raise NotImplementedError
+        """The raw records of unit ``unit``, in the unit's own order (streamed)."""
 
     def assigned(
         self, rank: int = 0, world_size: int = 1, worker: int = 0, num_workers: int = 1, skip: Sequence[int] = ()
