@@ -132,12 +132,42 @@ def train_world():
     """Train the embedded stack of the synthetic world (clip, decoder, scorer)."""
 
 
+def world_run_options(resume_help: str):
+    """The options every ``train-world`` command shares: the run folder, resuming and stopping, shipping, threads."""
+    shared = [
+        click.option(
+            "--out",
+            required=True,
+            type=click.Path(file_okay=False),
+            help="run folder (refused if it holds another run)",
+        ),
+        click.option("--resume", is_flag=True, help=resume_help),
+        click.option("--quick", is_flag=True, help="a seconds-long configuration with tiny models (tests)"),
+        click.option("--stop-at", type=int, help="stop (with a checkpoint) at this step; resume later"),
+        click.option("--ship", is_flag=True, help="copy the final weights (fp16) to the shipped folder"),
+        click.option("--overwrite", is_flag=True, help="with --ship: replace the weights already shipped"),
+        click.option("--threads", type=int, help="torch CPU threads"),
+    ]
+
+    def decorate(command):
+        for option in reversed(shared):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _finish_world_run(what: str, final: Path, ship_fn, out, ship: bool, overwrite: bool, stop_at) -> None:
+    """Say where the run's weights are and, with ``--ship``, ship them (only a finished run is shipped)."""
+    click.echo(f"{what} saved to {final}")
+    if ship and final.name == "final":
+        click.echo(f"shipped to {ship_fn(out, overwrite=overwrite)}")
+    elif ship:
+        click.echo(f"not shipped: the run stopped at step {stop_at}; finish it with --resume --ship")
+
+
 @train_world.command("clip")
-@click.option(
-    "--out", required=True, type=click.Path(file_okay=False), help="run folder (refused if it holds another run)"
-)
-@click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
-@click.option("--quick", is_flag=True, help="a seconds-long configuration with a tiny model (tests)")
+@world_run_options(resume_help="continue the run in --out from its last checkpoint")
 @click.option("--steps", type=int, help="optimizer steps")
 @click.option("--batch-size", type=int, help="pairs per step (each with its swapped twin)")
 @click.option("--lr", type=float, help="peak learning rate")
@@ -163,39 +193,27 @@ def train_world():
 @click.option(
     "--init-from",
     type=click.Path(file_okay=False, exists=True),
-    help="start from these CLIP weights (e.g. evalkit/embedded/weights/clip) with a fresh optimizer",
+    help="start from these CLIP weights (e.g. evalkit/world/weights/clip) with a fresh optimizer",
 )
 @click.option(
     "--freeze-image-tower/--no-freeze-image-tower",
     default=None,
     help="train the text tower only: image embeddings, and the decoder trained on them, stay valid",
 )
-@click.option("--stop-at", type=int, help="stop (with a checkpoint) at this step; resume later")
-@click.option("--ship", is_flag=True, help="copy the final weights (fp16) to the shipped folder")
-@click.option("--overwrite", is_flag=True, help="with --ship: replace the weights already shipped")
-@click.option("--threads", type=int, help="torch CPU threads")
 def train_world_clip(out, resume, quick, stop_at, ship, overwrite, threads, **overrides):
     """Contrastive training of the world's CLIP, with attribute-swapped hard negatives."""
-    from evalkit.embedded.clip import SHIPPED_DIR
+    from evalkit.world.models.clip import SHIPPED_DIR
     from evalkit.train.world_clip import CLIPTrainConfig, ship_clip, train_clip
 
     config = _train_config(
         CLIPTrainConfig, quick, threads, overrides, ship_to=SHIPPED_DIR if ship else None, overwrite=overwrite
     )
     final = train_clip(out, config, resume=resume, stop_at=stop_at)
-    click.echo(f"trained CLIP saved to {final}")
-    if ship and final.name == "final":
-        click.echo(f"shipped to {ship_clip(out, overwrite=overwrite)}")
-    elif ship:
-        click.echo(f"not shipped: the run stopped at step {stop_at}; finish it with --resume --ship")
+    _finish_world_run("trained CLIP", final, ship_clip, out, ship, overwrite, stop_at)
 
 
 @train_world.command("decoder")
-@click.option(
-    "--out", required=True, type=click.Path(file_okay=False), help="run folder (refused if it holds another run)"
-)
-@click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint (may raise --steps)")
-@click.option("--quick", is_flag=True, help="a seconds-long configuration with tiny models (tests)")
+@world_run_options(resume_help="continue the run in --out from its last checkpoint (may raise --steps)")
 @click.option(
     "--clip-dir", type=click.Path(file_okay=False), help="CLIP weights to condition on (default: the shipped CLIP)"
 )
@@ -205,11 +223,10 @@ def train_world_clip(out, resume, quick, stop_at, ship, overwrite, threads, **ov
 @click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), help="after warm-up")
 @click.option("--num-pairs", type=int, help="rendered training pairs")
 @click.option("--seed", type=int, help="training seed")
-@click.option("--stop-at", type=int, help="stop (with a checkpoint) at this step; resume later")
 @click.option(
     "--init-from",
     type=click.Path(file_okay=False, exists=True),
-    help="start from these decoder weights (e.g. evalkit/embedded/weights/decoder) with a fresh optimizer",
+    help="start from these decoder weights (e.g. evalkit/world/weights/decoder) with a fresh optimizer",
 )
 @click.option(
     "--mixed-precision",
@@ -221,9 +238,6 @@ def train_world_clip(out, resume, quick, stop_at, ship, overwrite, threads, **ov
     "decoder_config",
     help='architecture overrides of a new decoder as JSON, e.g. \'{"block_out_channels": [32, 64, 128]}\'',
 )
-@click.option("--ship", is_flag=True, help="copy the final weights (fp16) to the shipped folder")
-@click.option("--overwrite", is_flag=True, help="with --ship: replace the weights already shipped")
-@click.option("--threads", type=int, help="torch CPU threads")
 def train_world_decoder(out, resume, quick, clip_dir, stop_at, ship, overwrite, threads, decoder_config, **overrides):
     """Train the embedding-conditioned pixel diffusion decoder on CLIP embeddings of world renders."""
     import json
@@ -246,28 +260,16 @@ def train_world_decoder(out, resume, quick, clip_dir, stop_at, ship, overwrite, 
         DecoderTrainConfig, quick, threads, overrides, ship_to=SHIPPED_DIR if ship else None, overwrite=overwrite
     )
     final = train_decoder(out, config, resume=resume, clip_dir=clip_dir, stop_at=stop_at)
-    click.echo(f"decoder saved to {final}")
-    if ship and final.name == "final":
-        click.echo(f"shipped to {ship_decoder(out, overwrite=overwrite)}")
-    elif ship:
-        click.echo(f"not shipped: the run stopped at step {stop_at}; finish it with --resume --ship")
+    _finish_world_run("decoder", final, ship_decoder, out, ship, overwrite, stop_at)
 
 
 @train_world.command("scorer")
-@click.option(
-    "--out", required=True, type=click.Path(file_okay=False), help="run folder (refused if it holds another run)"
-)
-@click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
-@click.option("--quick", is_flag=True, help="a seconds-long configuration with a tiny model (tests)")
+@world_run_options(resume_help="continue the run in --out from its last checkpoint")
 @click.option("--steps", type=int, help="optimizer steps")
 @click.option("--batch-size", type=int, help="(image, question) pairs per step")
 @click.option("--lr", type=float, help="peak learning rate")
 @click.option("--num-scenes", type=int, help="rendered training scenes")
 @click.option("--seed", type=int, help="training seed")
-@click.option("--stop-at", type=int, help="stop (with a checkpoint) at this step; resume later")
-@click.option("--ship", is_flag=True, help="copy the final weights (fp16) to the shipped folder")
-@click.option("--overwrite", is_flag=True, help="with --ship: replace the weights already shipped")
-@click.option("--threads", type=int, help="torch CPU threads")
 def train_world_scorer(out, resume, quick, stop_at, ship, overwrite, threads, **overrides):
     """Train the embedded binding scorer ("{noun phrase}?" → P(yes)) on world renders with hard negatives."""
     from evalkit.scorers.binding import SHIPPED_DIR
@@ -277,11 +279,7 @@ def train_world_scorer(out, resume, quick, stop_at, ship, overwrite, threads, **
         ScorerTrainConfig, quick, threads, overrides, ship_to=SHIPPED_DIR if ship else None, overwrite=overwrite
     )
     final = train_scorer(out, config, resume=resume, stop_at=stop_at)
-    click.echo(f"scorer saved to {final}")
-    if ship and final.name == "final":
-        click.echo(f"shipped to {ship_scorer(out, overwrite=overwrite)}")
-    elif ship:
-        click.echo(f"not shipped: the run stopped at step {stop_at}; finish it with --resume --ship")
+    _finish_world_run("scorer", final, ship_scorer, out, ship, overwrite, stop_at)
 
 
 def _train_config(

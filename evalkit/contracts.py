@@ -257,9 +257,10 @@ class TextEncoder(abc.ABC):
     from ``batch.text`` (the run encodes every prompt once per space, :class:`evalkit.harness.runner.TextCache`).
 
     The run takes a space's encoder from :meth:`Decoder.text_encoder`, else a prior's :meth:`Prior.text_encoder`,
-    else :func:`evalkit.text_encoders.load_text_encoder`. Encoders built before this class existed (the world
-    CLIP, the CLIP text towers of :mod:`evalkit.priors.real`) have the same methods without deriving from it:
-    the run reads them through :func:`text_encoder_parameters` and :func:`text_encoder_unknown_words`."""
+    else :func:`evalkit.text_encoders.load_text_encoder`. evalkit's encoders derive from it (the world CLIP,
+    :class:`evalkit.world.models.clip.WorldCLIP`; the transformers CLIP text towers,
+    :class:`evalkit.priors.real.HFTextEncoder`); a third-party encoder that only has ``encode_text`` is read
+    through :func:`text_encoder_parameters` and :func:`text_encoder_unknown_words`."""
 
     embedding_space: str = ""
 

@@ -19,9 +19,9 @@ SUITES = ("synth-color", "synth-shape", "synth-texture")
 def run_demo(
     out: str | Path, per_category: int = 8, num_seeds: int = 2, calibration: bool = True, progress: bool = True
 ) -> Path:
-    from evalkit.embedded.clip import SHIPPED_DIR
+    from evalkit.world.models.clip import SHIPPED_DIR
     from evalkit.suites import load_suite
-    from evalkit.world.grid import save_grid
+    from evalkit.report.grid import save_grid
 
     run_dir = new_run_dir(out, "demo")
     lines = ["# evalkit demo", "", f"Run folder: `{run_dir}`", "", "## The synthetic suites (val)", ""]

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from evalkit.contracts import Batch, PromptItem, Prior
 from evalkit.stats import bootstrap
-from evalkit.world.tensors import render_tensor
+from evalkit.world.models.tensors import render_tensor
 
 METRICS = ("margin", "binding", "cos_true", "recall1", "rank")
 CONTROLS = ("random", "shuffled", "swapped")

@@ -68,7 +68,7 @@ def eval_priors(
     ``paths`` maps a prior name to a weights folder (instead of its shipped seeds); ``options`` are passed
     to every prior's constructor that takes them (e.g. ``guidance_scale`` for the diffusion prior).
     """
-    from evalkit.embedded.clip import load_world_clip
+    from evalkit.world.models.clip import load_world_clip
     from evalkit.registry import PRIORS, SUITES
     from evalkit.suites import load_suite
 

@@ -15,3 +15,7 @@ def cache_root() -> Path:
         return Path(os.environ["EVALKIT_CACHE_DIR"]).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "evalkit"
+
+
+#: the shipped weights of the world's models: ``clip/``, ``decoder/``, ``scorer/`` (config.json + model.safetensors)
+WORLD_WEIGHTS = REPO_ROOT / "evalkit" / "world" / "weights"

@@ -13,6 +13,7 @@ its weights hold is a :class:`~evalkit.errors.ConfigMismatchError` naming the fi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -20,7 +21,7 @@ import reprlib
 import tempfile
 import typing
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from evalkit.errors import ConfigMismatchError, CorruptFileError, EvalkitError, WeightsNotFoundError, WriteError
 
@@ -339,6 +340,23 @@ def load_pickle_state(path: Path) -> dict:
 def load_state_dict(directory: str | os.PathLike, allow_pickle: bool = False) -> dict:
     """Tensors of ``directory``: safetensors, or a pickle file only when ``allow_pickle`` is set."""
     return open_weights(directory, allow_pickle).tensors()
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No progress bars or load reports while loading (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    level = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 # --------------------------------------------------------------------------- fingerprints

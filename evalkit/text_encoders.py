@@ -84,6 +84,36 @@ def tiny_clip_tokenizer(model_max_length: int):
     return clip_tokenizer(TINY_VOCAB_MERGES, model_max_length=model_max_length)
 
 
+def tiny_clip_text_config(
+    vocab_size: int, context_length: int, width: int = 32, layers: int = 1, projection_dim: int | None = None
+) -> dict:
+    """A tiny random CLIP text tower's config (``CLIPTextConfig`` fields): ``width`` wide, ``layers`` deep, two
+    heads, reading :func:`tiny_clip_tokenizer`'s ids (start and end of text are its last two; end pads)."""
+    config = dict(
+        vocab_size=vocab_size,
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        max_position_embeddings=context_length,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+    if projection_dim is not None:
+        config["projection_dim"] = projection_dim
+    return config
+
+
+def tiny_clip_tower_configs(vocab_size: int, context_length: int) -> tuple[dict, dict]:
+    """``(text_config, vision_config)`` of a tiny random CLIP-style model (width 32, one layer, 32-px images in
+    8-px patches): the tiny CLIP and OWLv2 folders of the T2I-CompBench scorers' tests."""
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+    )
+    return tiny_clip_text_config(vocab_size, context_length), vision
+
+
 def save_clip_tokenizer(tokenizer, directory) -> None:
     """Save a ``CLIPTokenizer`` in the public repos' four-file form (vocab.json, merges.txt, two JSON configs)."""
     directory = Path(directory)
@@ -113,7 +143,7 @@ def load_text_encoder(space: str):
     """The text encoder of ``space`` without any plugin to hold it: the world CLIP for ``synth-clip`` (shipped),
     the CLIP text tower of a local public folder for the real spaces."""
     if space == "synth-clip":
-        from evalkit.embedded.clip import load_world_clip
+        from evalkit.world.models.clip import load_world_clip
 
         return load_world_clip()
     if space in FOLDER_SPACES:

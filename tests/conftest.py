@@ -24,3 +24,8 @@ def run_cli(*args, env=None, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "evalkit", *args], capture_output=True, text=True, env=full_env, cwd=cwd or REPO
     )
+
+
+def dummy_run_args(*extra: str) -> list[str]:
+    """``evalkit run`` arguments with the dummy prior, decoder and scorer (seconds, no weights), then ``extra``."""
+    return ["run", "--prior", "dummy", "--decoder", "dummy", "--scorer", "dummy", *extra]

@@ -9,7 +9,7 @@ from evalkit.errors import WeightsNotFoundError
 from evalkit.scorers.binding import BindingScorer
 from evalkit.train.world_scorer import KINDS, ScorerTrainConfig, draw_questions, label_of, question, train_scorer
 from evalkit.world import render, sample_pairs
-from evalkit.world.tensors import images_to_tensor
+from evalkit.world.models.tensors import images_to_tensor
 
 
 def test_question_labels_follow_the_scene():

@@ -192,7 +192,7 @@ def test_incomplete_folder(tiny_dir, tmp_path):
     shutil.copytree(tiny_dir, damaged)
     with open(damaged / "model.safetensors", "r+b") as handle:
         handle.truncate(1000)
-    with pytest.raises(CorruptFileError, match="could not load the model") as info:
+    with pytest.raises(CorruptFileError, match="could not load BlipForQuestionAnswering") as info:
         BlipVQAScorer(damaged)
     assert str(damaged) in str(info.value)
 

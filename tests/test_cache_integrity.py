@@ -15,7 +15,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from evalkit.harness.cache import WorkCache, fingerprint
+from evalkit.fingerprints import fingerprint
+from evalkit.harness.cache import WorkCache
 from evalkit.cli import cli
 from evalkit.contracts import Batch, Protocol
 from evalkit.harness.run_config import RunConfig
@@ -241,13 +242,13 @@ def test_a_third_party_plugins_source_is_part_of_its_fingerprint(tmp_path, monke
     path.write_text(PLUGIN.format(factor=0.5))  # a code edit
     assert fingerprint(_load(path, "acme_plugins", monkeypatch).ThirdPartyScorer()) != first
     # a class defined here (a test module) counts too; standard-library and framework bases do not
-    from evalkit.harness.cache import _source_digest
+    from evalkit.fingerprints import source_digest
 
     class Local(DummyScorer):
         pass
 
-    assert _source_digest(Local()) != _source_digest(DummyScorer())
-    assert _source_digest(DummyPrior()) == _source_digest(DummyPrior())
+    assert source_digest(Local()) != source_digest(DummyScorer())
+    assert source_digest(DummyPrior()) == source_digest(DummyPrior())
 
 
 # files are shared-cache friendly, and a killed write is cleaned up

@@ -9,8 +9,15 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "evalkit"
 MAX_FUNCTION_LINES = 60
 #: plugin packages, and what they must not import (they are imported *by* these)
-PLUGIN_PACKAGES = ("priors", "decoders", "scorers", "suites", "world", "embedded")
-UPPER_LAYERS = ("evalkit.cli", "evalkit.checks", "evalkit.train", "evalkit.harness.runner", "evalkit.eval_prior")
+PLUGIN_PACKAGES = ("priors", "decoders", "scorers", "suites", "world")
+UPPER_LAYERS = (
+    "evalkit.cli",
+    "evalkit.checks",
+    "evalkit.train",
+    "evalkit.harness",
+    "evalkit.report",
+    "evalkit.eval_prior",
+)
 
 
 def _modules():
@@ -46,4 +53,17 @@ def test_plugins_do_not_import_the_layers_above_them(package):
         for name in _imports(path)
         if any(name == up or name.startswith(up + ".") for up in UPPER_LAYERS)
     ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_world_imports_no_plugin_and_its_core_no_torch():
+    """``evalkit.world`` is the bottom layer: plugins build on it, never the other way; outside ``world/models/``
+    it runs on numpy alone (the renderer is used by processes that never load a network)."""
+    wrong = []
+    for path in sorted((PACKAGE / "world").rglob("*.py")):
+        for name in _imports(path):
+            plugin = any(name.startswith(f"evalkit.{p}") for p in ("priors", "decoders", "scorers", "suites"))
+            torch = name.split(".")[0] == "torch" and "models" not in path.relative_to(PACKAGE).parts
+            if plugin or torch:
+                wrong.append(f"{path.relative_to(PACKAGE.parent)} imports {name}")
     assert not wrong, "\n".join(wrong)

@@ -184,7 +184,7 @@ def test_runs_under_other_prior_names_say_so(tmp_path):
 
 
 def test_decoder_dtype_is_the_numeric_path_not_the_protocol():
-    from evalkit.harness.cache import fingerprint
+    from evalkit.fingerprints import fingerprint
     from evalkit.contracts import Protocol
     from evalkit.decoders.synth import SynthDecoder
 

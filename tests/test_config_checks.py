@@ -95,7 +95,7 @@ def test_diffusion_prior_sizes_are_checked_the_same_way(tmp_path, no_real_alloca
 
 
 def test_trained_prior_path_names_the_config(eclipse_dir):
-    from evalkit.embedded.clip import WorldCLIP
+    from evalkit.world.models.clip import WorldCLIP
     from evalkit.priors.eclipse import EclipsePrior
 
     path = edit_config(eclipse_dir, embedding_dim=1_000_000_000)
@@ -127,7 +127,7 @@ def test_decoder_path_through_load_decoder_names_the_key(decoder_dir):
 
 
 def test_world_clip_sizes(tmp_path, no_real_allocation):
-    from evalkit.embedded.clip import WorldCLIP
+    from evalkit.world.models.clip import WorldCLIP
 
     WorldCLIP.tiny().save_pretrained(tmp_path)
     path = tmp_path / "config.json"

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from evalkit.contracts import Batch
-from evalkit.embedded.clip import WorldCLIP
+from evalkit.world.models.clip import WorldCLIP
 from evalkit.embedding_metrics import control_items, embedding_rows, summarize
 from evalkit.eval_prior import headroom
 from evalkit.priors.calibration import NonePrior, OraclePrior

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from evalkit.contracts import Batch
-from evalkit.embedded.clip import WorldCLIP
+from evalkit.world.models.clip import WorldCLIP
 from evalkit.metrics.fid import (
     FeatureExtractor,
     ReferenceStats,
@@ -19,7 +19,7 @@ from evalkit.metrics.fid import (
 )
 from evalkit.scorers.clipscore import CLIPScoreScorer
 from evalkit.world import render, sample_pairs
-from evalkit.world.tensors import images_to_tensor
+from evalkit.world.models.tensors import images_to_tensor
 from tests.test_contracts import check_scorer
 
 

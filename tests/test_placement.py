@@ -29,7 +29,7 @@ TOLERANCE = 0.05
 
 
 def _world_clip():
-    from evalkit.embedded.clip import WorldCLIP
+    from evalkit.world.models.clip import WorldCLIP
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

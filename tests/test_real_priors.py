@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from evalkit.contracts import Batch, EmbeddingSpec, check_embedding_contract
+from evalkit.contracts import Batch, EmbeddingSpec, TextEncoder, check_embedding_contract
 from evalkit.errors import ConfigMismatchError, EmbeddingContractError, WeightsNotFoundError
 from evalkit.priors.real import (
     KNOWN_CHECKPOINTS,
@@ -56,6 +56,7 @@ def test_text_encoder(eclipse_dir):
     assert enc.text_embeds.shape == (2, 32) and enc.text_hidden.shape == (2, 16, 32)
     assert enc.attention_mask.dtype == torch.bool and enc.attention_mask[0].sum() < enc.attention_mask[1].sum()
     assert encoder.num_text_parameters() > 0
+    assert isinstance(encoder, TextEncoder) and encoder.unknown_words("a zebra") == []  # an open vocabulary
 
 
 @pytest.mark.parametrize("which", ["eclipse", "diffusion"])

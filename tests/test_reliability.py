@@ -20,7 +20,7 @@ from evalkit.priors.dummy import DummyPrior
 from evalkit.registry import PRIORS
 from evalkit.harness.runs import load_run
 from evalkit.serialization import load_state_dict
-from tests.conftest import REPO
+from tests.conftest import REPO, dummy_run_args
 
 # a run whose decoder takes 0.15 s per batch of 4 images: slow enough to be killed mid-way
 SLOW_RUN = textwrap.dedent("""
@@ -129,14 +129,7 @@ def test_two_runs_into_one_folder_never_share_files(tmp_path):
 def _dummy_run(tmp_path, *extra) -> Path:
     result = CliRunner().invoke(
         cli,
-        [
-            "run",
-            "--prior",
-            "dummy",
-            "--decoder",
-            "dummy",
-            "--scorer",
-            "dummy",
+        dummy_run_args(
             "--limit",
             "2",
             "--images-per-prompt",
@@ -146,7 +139,7 @@ def _dummy_run(tmp_path, *extra) -> Path:
             "--cache-dir",
             str(tmp_path / "cache"),
             *extra,
-        ],
+        ),
     )
     assert result.exit_code == 0, result.output
     return _finished(tmp_path / "runs")[-1]
@@ -265,19 +258,7 @@ def test_unusable_output_location_is_a_clear_error(tmp_path):
     blocker.write_text("not a folder")
     result = CliRunner().invoke(
         cli,
-        [
-            "run",
-            "--prior",
-            "dummy",
-            "--decoder",
-            "dummy",
-            "--scorer",
-            "dummy",
-            "--limit",
-            "1",
-            "--out",
-            str(blocker / "runs"),
-        ],
+        dummy_run_args("--limit", "1", "--out", str(blocker / "runs")),
     )
     assert result.exit_code == 2 and "cannot create output folder" in result.output
 
@@ -297,21 +278,7 @@ def test_a_failed_write_leaves_no_partial_results(tmp_path, monkeypatch):
     monkeypatch.setattr(serialization.os, "replace", full_disk)
     result = CliRunner().invoke(
         cli,
-        [
-            "run",
-            "--prior",
-            "dummy",
-            "--decoder",
-            "dummy",
-            "--scorer",
-            "dummy",
-            "--limit",
-            "1",
-            "--out",
-            str(tmp_path / "runs"),
-            "--cache-dir",
-            str(tmp_path / "cache"),
-        ],
+        dummy_run_args("--limit", "1", "--out", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")),
     )
     assert result.exit_code == 2 and "results.json" in result.output and "No space left" in result.output
     [run_dir] = list((tmp_path / "runs").iterdir())

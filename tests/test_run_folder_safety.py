@@ -26,7 +26,7 @@ from evalkit.report.run_report import write_report
 from evalkit.harness.runs import load_run
 from evalkit.harness.runner import run
 from evalkit.serialization import seal
-from tests.conftest import REPO
+from tests.conftest import REPO, dummy_run_args
 
 
 def _config(tmp_path, name="runs", **overrides) -> RunConfig:
@@ -285,22 +285,7 @@ def test_a_full_disk_while_writing_images_is_a_clear_error_and_no_empty_png(tmp_
     _full_disk_for_images(monkeypatch)
     result = CliRunner().invoke(
         cli,
-        [
-            "run",
-            "--prior",
-            "dummy",
-            "--decoder",
-            "dummy",
-            "--scorer",
-            "dummy",
-            "--limit",
-            "1",
-            "--images-per-prompt",
-            "1",
-            "--no-cache",
-            "--out",
-            str(tmp_path / "runs"),
-        ],
+        dummy_run_args("--limit", "1", "--images-per-prompt", "1", "--no-cache", "--out", str(tmp_path / "runs")),
     )
     assert result.exit_code == 2, result.output
     line = _one_error_line(result)
@@ -323,14 +308,7 @@ def test_a_full_disk_while_writing_report_pictures_keeps_the_results_and_says_ho
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
     result = CliRunner().invoke(
         cli,
-        [
-            "run",
-            "--prior",
-            "dummy",
-            "--decoder",
-            "dummy",
-            "--scorer",
-            "dummy",
+        dummy_run_args(
             "--limit",
             "2",
             "--images-per-prompt",
@@ -339,7 +317,7 @@ def test_a_full_disk_while_writing_report_pictures_keeps_the_results_and_says_ho
             str(tmp_path / "runs"),
             "--cache-dir",
             str(tmp_path / "cache"),
-        ],
+        ),
     )
     assert result.exit_code == 2, result.output
     line = _one_error_line(result)
@@ -422,23 +400,9 @@ def test_out_naming_a_run_folder_is_refused_before_anything_is_written(tmp_path)
     before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
     result = CliRunner().invoke(
         cli,
-        [
-            "run",
-            "--prior",
-            "dummy",
-            "--decoder",
-            "dummy",
-            "--scorer",
-            "dummy",
-            "--limit",
-            "1",
-            "--images-per-prompt",
-            "1",
-            "--out",
-            str(run_dir),
-            "--cache-dir",
-            str(tmp_path / "cache"),
-        ],
+        dummy_run_args(
+            "--limit", "1", "--images-per-prompt", "1", "--out", str(run_dir), "--cache-dir", str(tmp_path / "cache")
+        ),
     )
     assert result.exit_code == 2 and "itself a run folder" in _one_error_line(result), result.output
     exported = tmp_path / "export"
@@ -462,19 +426,7 @@ def test_out_naming_a_run_folder_is_refused_before_anything_is_written(tmp_path)
     (unfinished / "run.json").write_text("{}")
     again = CliRunner().invoke(
         cli,
-        [
-            "run",
-            "--prior",
-            "dummy",
-            "--decoder",
-            "dummy",
-            "--scorer",
-            "dummy",
-            "--limit",
-            "1",
-            "--out",
-            str(unfinished),
-        ],
+        dummy_run_args("--limit", "1", "--out", str(unfinished)),
     )
     assert again.exit_code == 2 and "run.json" in again.output
     assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
@@ -510,23 +462,9 @@ def test_a_full_disk_while_copying_cached_images_into_the_run_is_a_clear_error(t
     from evalkit.cli import cli
     import evalkit.serialization as serialization
 
-    args = [
-        "run",
-        "--prior",
-        "dummy",
-        "--decoder",
-        "dummy",
-        "--scorer",
-        "dummy",
-        "--suite",
-        "synth-color",
-        "--limit",
-        "2",
-        "--images-per-prompt",
-        "1",
-        "--cache-dir",
-        str(tmp_path / "cache"),
-    ]
+    args = dummy_run_args(
+        "--suite", "synth-color", "--limit", "2", "--images-per-prompt", "1", "--cache-dir", str(tmp_path / "cache")
+    )
     assert CliRunner().invoke(cli, args + ["--out", str(tmp_path / "warm")]).exit_code == 0  # fills the cache
     real = serialization.os.replace
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from evalkit.harness.cache import WorkCache, fingerprint, work_key
+from evalkit.fingerprints import fingerprint
+from evalkit.harness.cache import WorkCache, work_key
 from evalkit.cli import cli
 from evalkit.harness.compare import ProtocolMismatchError, compare_results
 from evalkit.contracts import Batch, Protocol
@@ -22,6 +23,7 @@ from evalkit.harness.runner import evaluate, run
 from evalkit.scorers.dummy import DummyScorer
 from evalkit.serialization import seal
 from evalkit.suites import load_suite
+from tests.conftest import dummy_run_args
 
 PROTOCOL = Protocol(decoder="dummy", num_inference_steps=1, guidance_scale=1.0, resolution=16, images_per_prompt=2)
 
@@ -387,19 +389,7 @@ def test_run_with_a_local_blip_vqa_folder(tmp_path):
     assert blip and all(0 < q["p"] < 1 for r in blip for q in r["questions"])
     bad = CliRunner().invoke(
         cli,
-        [
-            "run",
-            "--prior",
-            "dummy",
-            "--decoder",
-            "dummy",
-            "--scorer",
-            "dummy",
-            "--scorer-path",
-            f"dummy={tmp_path}",
-            "--out",
-            str(tmp_path / "x"),
-        ],
+        dummy_run_args("--scorer-path", f"dummy={tmp_path}", "--out", str(tmp_path / "x")),
     )
     assert bad.exit_code == 2 and "does not apply" in bad.output
 
@@ -489,14 +479,7 @@ def test_two_processes_give_the_single_process_results(launcher, tmp_path):
             "no",
         ]
     )
-    args = [
-        "run",
-        "--prior",
-        "dummy",
-        "--decoder",
-        "dummy",
-        "--scorer",
-        "dummy",
+    args = dummy_run_args(
         "--suite",
         "synth-color,synth-shape",
         "--limit",
@@ -506,7 +489,7 @@ def test_two_processes_give_the_single_process_results(launcher, tmp_path):
         "--batch-size",
         "4",
         "--no-cache",
-    ]
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     two = subprocess.run(
         [*launch, "-m", "evalkit", *args, "--out", str(tmp_path / "two")],
@@ -549,7 +532,7 @@ def test_prompt_words_outside_the_world_vocabulary_are_reported(tmp_path, prompt
         progress=False,
     )
     found = json.loads((run_dir / "results.json").read_text())["unknown_words"]["t2i-compbench-color"]["synth-clip"]
-    from evalkit.embedded.clip import world_words
+    from evalkit.world.models.clip import world_words
 
     prompts = [item.prompt for item in load_suite("t2i-compbench-color").items("val")[:6]]
     outside = {w.lower() for p in prompts for w in p.split()} - set(world_words())

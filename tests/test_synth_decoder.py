@@ -186,7 +186,7 @@ def test_missing_weights_name_the_path_and_the_command(tmp_path, monkeypatch):
 
 
 def test_default_weights_folder():
-    assert synth.SHIPPED_DIR.parts[-4:] == ("evalkit", "embedded", "weights", "decoder")
+    assert synth.SHIPPED_DIR.parts[-4:] == ("evalkit", "world", "weights", "decoder")
 
 
 # --------------------------------------------------------------------------- training

@@ -25,7 +25,11 @@ TRAINERS = {
     "decoder": (world_decoder, world_decoder.train_decoder, world_decoder.DecoderTrainConfig.quick),
     "scorer": (world_scorer, world_scorer.train_scorer, world_scorer.ScorerTrainConfig.quick),
 }
-SHIPPED = {"clip": "evalkit.embedded.clip", "decoder": "evalkit.decoders.synth", "scorer": "evalkit.scorers.binding"}
+SHIPPED = {
+    "clip": "evalkit.world.models.clip",
+    "decoder": "evalkit.decoders.synth",
+    "scorer": "evalkit.scorers.binding",
+}
 
 
 def log_rows(run: Path) -> list[dict]:

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from evalkit.embedded.clip import EMBEDDING_SPACE, WorldCLIP
-from evalkit.embedded.tokenizer import CompactTokenizer
+from evalkit.contracts import TextEncoder, text_encoder_parameters
+from evalkit.world.models.clip import EMBEDDING_SPACE, WorldCLIP
+from evalkit.world.models.tokenizer import CompactTokenizer
 
 
 def test_encoders_expose_what_priors_need():
@@ -16,6 +17,9 @@ def test_encoders_expose_what_priors_need():
     images = torch.rand(3, 3, 32, 32)
     raw = clip.encode_image(images)
     assert raw.shape == (3, clip.embedding_dim) and not torch.allclose(raw.norm(dim=-1), torch.ones(3))
+    # the TextEncoder contract the run reads: a closed vocabulary, the text tower's size
+    assert isinstance(clip, TextEncoder) and clip.unknown_words("a red zebra") == ["zebra"]
+    assert 0 < text_encoder_parameters(clip) < sum(p.numel() for p in clip.parameters())
 
 
 def test_out_of_vocabulary_words_warn_but_encode():

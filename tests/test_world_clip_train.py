@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from evalkit.embedded.clip import WorldCLIP
+from evalkit.world.models.clip import WorldCLIP
 from evalkit.errors import RunExistsError, WeightsNotFoundError
 from evalkit.train.world_clip import CLIPTrainConfig, caption_targets, combo_index, ship_clip, train_clip
 

@@ -28,7 +28,7 @@ def main() -> None:
     from evalkit.scorers.analytic import AnalyticScorer
     from evalkit.scorers.binding import BindingScorer
     from evalkit.world import render, sample_pairs
-    from evalkit.world.tensors import images_to_tensor
+    from evalkit.world.models.tensors import images_to_tensor
 
     captions, scenes = sample_pairs("all", args.images, seed=3, split="val")
     images = images_to_tensor(render(scenes))

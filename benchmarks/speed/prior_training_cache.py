@@ -26,7 +26,7 @@ def main() -> None:
 
     from evalkit.train.priors import Data, PriorTrainConfig, build_cache, build_model, clip_for, eclipse_loss
     from evalkit.world import sample_pairs
-    from evalkit.world.tensors import render_tensor
+    from evalkit.world.models.tensors import render_tensor
 
     config = PriorTrainConfig(prior="eclipse", batch_size=args.batch_size)
     clip = clip_for(config)

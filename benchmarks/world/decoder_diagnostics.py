@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from evalkit.paths import REPO_ROOT
 
 from evalkit.checks.world import SUITES
-from evalkit.world.tensors import embed_images
+from evalkit.world.models.tensors import embed_images
 
 
 def embed(clip, scenes) -> torch.Tensor:
@@ -87,7 +87,7 @@ def probe(clip, split: str, train_scenes: int, epochs: int, hidden: int) -> dict
 
 def heldout(decoder, clip, renders: int) -> dict:
     from evalkit.train.world_decoder import DecoderTrainConfig, diffusion_loss, training_renders
-    from evalkit.world.tensors import images_to_tensor
+    from evalkit.world.models.tensors import images_to_tensor
 
     record_pool = DecoderTrainConfig()  # the shipped decoder's pool: num_pairs, seed
     scheduler = decoder.training_scheduler()
@@ -208,7 +208,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from evalkit.decoders.synth import SynthDecoder
-    from evalkit.embedded.clip import load_world_clip
+    from evalkit.world.models.clip import load_world_clip
     from evalkit.serialization import atomic_write_json
 
     parts = set(args.parts.split(","))

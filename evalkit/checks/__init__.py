@@ -1,7 +1,7 @@
 """Measurements of the models themselves, above the model packages: ``evalkit check-world``
 (:mod:`evalkit.checks.world`) and the world CLIP's quality metrics (:mod:`evalkit.checks.clip_eval`).
 
-Nothing in :mod:`evalkit.embedded` (the models and their weights) imports from here; these checks import the
+Nothing in :mod:`evalkit.world.models` (the models and their weights) imports from here; these checks import the
 models, the calibration priors, the scorers and the runner. Importing this package itself stays cheap (the
 CLI reads :func:`default_check_dir` for its option defaults).
 """

@@ -215,7 +215,7 @@ def check_world(
     ``**QUICK``: the smallest settings (seconds)."""
     from evalkit.checks import default_check_dir
     from evalkit.decoders.synth import SHIPPED_DIR as DECODER_DIR
-    from evalkit.embedded.clip import load_world_clip
+    from evalkit.world.models.clip import load_world_clip
 
     out_dir = Path(out_dir if out_dir is not None else default_check_dir())
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ from torch.nn import functional as F
 from evalkit.contracts import Batch, Decoder, Protocol, seeded_generators
 from evalkit.errors import ConfigMismatchError, CorruptFileError, WeightsNotFoundError
 from evalkit.serialization import atomic_write_json, weights_folder, weights_format
-from evalkit.text_encoders import REAL_TEXT_ENCODER_CONFIG, TINY_VOCAB_MERGES, clip_tokenizer
+from evalkit.text_encoders import REAL_TEXT_ENCODER_CONFIG, TINY_VOCAB_MERGES, clip_tokenizer, tiny_clip_text_config
 
 REPO_ID = "kakaobrain/karlo-v1-alpha"
 ENV_DIR = "EVALKIT_KARLO_DIR"
@@ -137,17 +137,8 @@ TINY_SUPER_RES_CONFIG: dict[str, Any] = dict(
 TINY_TEXT_PROJ_CONFIG: dict[str, Any] = dict(
     clip_extra_context_tokens=4, clip_embeddings_dim=TINY_WIDTH, time_embed_dim=4 * 16, cross_attention_dim=TINY_WIDTH
 )
-TINY_TEXT_ENCODER_CONFIG: dict[str, Any] = dict(
-    vocab_size=512 + TINY_VOCAB_MERGES + 2,
-    hidden_size=TINY_WIDTH,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    max_position_embeddings=TINY_MAX_LENGTH,
-    projection_dim=TINY_WIDTH,
-    bos_token_id=512 + TINY_VOCAB_MERGES,
-    eos_token_id=512 + TINY_VOCAB_MERGES + 1,
-    pad_token_id=512 + TINY_VOCAB_MERGES + 1,
+TINY_TEXT_ENCODER_CONFIG: dict[str, Any] = tiny_clip_text_config(
+    512 + TINY_VOCAB_MERGES + 2, TINY_MAX_LENGTH, TINY_WIDTH, layers=2, projection_dim=TINY_WIDTH
 )
 
 

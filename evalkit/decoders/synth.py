@@ -14,7 +14,7 @@ guidance, the unconditional embedding being zeros (the trainer drops embeddings 
 initial noise of image i comes from seed i alone, so an image never depends on its batch.
 
 Training: :mod:`evalkit.train.world_decoder` (``evalkit train-world decoder``). Shipped weights live
-in ``evalkit/embedded/weights/decoder/`` (``config.json`` + ``model.safetensors``, possibly fp16).
+in ``evalkit/world/weights/decoder/`` (``config.json`` + ``model.safetensors``, possibly fp16).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from torch import nn
 
 from evalkit.contracts import Batch, Decoder, Protocol, per_image_randn
 from evalkit.errors import ConfigMismatchError, WeightsNotFoundError
-from evalkit.paths import REPO_ROOT
+from evalkit.paths import WORLD_WEIGHTS
 from evalkit.serialization import CONFIG_NAME, PretrainedMixin
 
-SHIPPED_DIR = REPO_ROOT / "evalkit" / "embedded" / "weights" / "decoder"
+SHIPPED_DIR = WORLD_WEIGHTS / "decoder"
 TRAIN_HINT = "Train it with `evalkit train-world decoder` (or restore the shipped weights from git)."
 EMBEDDING_SPACE = "synth-clip"
 SAMPLING_DTYPES = ("float32", "bfloat16")

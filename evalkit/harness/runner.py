@@ -20,7 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from evalkit import distributed
-from evalkit.harness.cache import WorkCache, fingerprint, image_sha256, png_bytes, work_key
+from evalkit.fingerprints import fingerprint
+from evalkit.harness.cache import WorkCache, image_sha256, png_bytes, work_key
 from evalkit.contracts import (
     Batch,
     Protocol,

@@ -91,9 +91,9 @@ class FeatureExtractor(nn.Module):
     def fingerprint(self) -> str:
         """Hash of the network's class, input size, width and weights."""
         if self._fingerprint is None:
-            from evalkit.harness.cache import weights_fingerprint
+            from evalkit.fingerprints import held_weights_digest
 
-            weights = weights_fingerprint(self.clip) if isinstance(self.clip, nn.Module) else ""
+            weights = held_weights_digest(self.clip) if isinstance(self.clip, nn.Module) else ""
             if not weights:
                 raise ValueError(
                     f"cannot fingerprint the feature network {self.name!r} (not a torch module); "
@@ -131,7 +131,7 @@ class TorchmetricsFeatures(nn.Module):
 
 @functools.lru_cache(maxsize=1)
 def _world_extractor() -> FeatureExtractor:
-    from evalkit.embedded.clip import load_world_clip
+    from evalkit.world.models.clip import load_world_clip
 
     return FeatureExtractor(load_world_clip(), "synth-clip")
 
@@ -167,7 +167,7 @@ def as_images(images: Any) -> torch.Tensor:
     ``(N, H, W, 3)`` (what :func:`evalkit.world.render` returns)."""
     if isinstance(images, np.ndarray):
         if images.dtype == np.uint8 and images.ndim == 4 and images.shape[-1] == 3:
-            from evalkit.world.tensors import images_to_tensor
+            from evalkit.world.models.tensors import images_to_tensor
 
             return images_to_tensor(images)
         images = torch.from_numpy(np.ascontiguousarray(images))

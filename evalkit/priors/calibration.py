@@ -22,7 +22,7 @@ import functools
 import torch
 
 from evalkit.contracts import Batch, Prior
-from evalkit.world.tensors import render_tensor
+from evalkit.world.models.tensors import render_tensor
 
 #: added to an item's seed to draw an independent render of the same caption
 INDEPENDENT_SEED_OFFSET = 1_000_003
@@ -54,14 +54,14 @@ class _WorldPrior(Prior):
     supported_dtypes = ("float32", "bfloat16", "float16")
 
     def __init__(self, clip=None):
-        from evalkit.embedded.clip import load_world_clip
+        from evalkit.world.models.clip import load_world_clip
 
         self.clip = clip if clip is not None else load_world_clip()
         self.embedding_dim = self.clip.embedding_dim
 
     @classmethod
     def tiny(cls):
-        from evalkit.embedded.clip import WorldCLIP
+        from evalkit.world.models.clip import WorldCLIP
 
         torch.manual_seed(0)
         return cls(WorldCLIP.tiny().eval())

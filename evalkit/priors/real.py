@@ -35,13 +35,14 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
-from evalkit.contracts import Placeable, TextEncoding, seeded_generators
+from evalkit.contracts import Placeable, TextEncoder, TextEncoding, seeded_generators
 from evalkit.errors import ConfigMismatchError, CorruptFileError, EvalkitError, WeightsNotFoundError
 from evalkit.priors.diffusion import DiffusionPrior, DiffusionPriorTransformer
 from evalkit.priors.eclipse import EclipsePrior, EclipsePriorTransformer
 from evalkit.priors.sizes import size_config
 from evalkit.serialization import CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, load_state_dict, weights_format
 from evalkit.text_encoders import (
+    tiny_clip_text_config,
     BIGG_TEXT_ENCODER_CONFIG,
     REAL_TEXT_ENCODER_CONFIG,
     TINY_VOCAB_MERGES,
@@ -193,7 +194,7 @@ def known_checkpoint(name: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- text encoder
 
 
-class HFTextEncoder(Placeable):
+class HFTextEncoder(Placeable, TextEncoder):
     """A transformers ``CLIPTextModelWithProjection`` + ``CLIPTokenizer`` as an evalkit text encoder.
 
     ``encode_text`` pads to the tokenizer's ``model_max_length`` and runs the encoder on the ids alone,
@@ -233,7 +234,7 @@ class HFTextEncoder(Placeable):
                     f"text encoder: expected {folder / what}, which does not exist (a "
                     "transformers CLIPTextModelWithProjection folder and a CLIPTokenizer folder)"
                 )
-        from evalkit.scorers.hf_folder import quiet_transformers
+        from evalkit.serialization import quiet_transformers
 
         weights = weights_format(encoder_dir, allow_pickle, "text encoder")
         try:
@@ -742,18 +743,7 @@ TINY_MAX_LENGTH = 16
 
 def _tiny_text_config(vocab_size: int, width: int) -> dict[str, Any]:
     """The tiny text encoder of tests: one layer, :data:`TINY_MAX_LENGTH` tokens, ``width`` wide."""
-    return dict(
-        vocab_size=vocab_size,
-        hidden_size=width,
-        intermediate_size=2 * width,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=TINY_MAX_LENGTH,
-        projection_dim=width,
-        bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-    )
+    return tiny_clip_text_config(vocab_size, TINY_MAX_LENGTH, width, projection_dim=width)
 
 
 def _random_models(kind: str, text_config: dict, prior_config: dict):

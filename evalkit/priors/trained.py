@@ -203,7 +203,7 @@ class TrainedPrior(Prior):
     def text_encoder(self):
         """The encoder of the prior's space (the world CLIP, loaded once, unless one was given)."""
         if self._clip is None:
-            from evalkit.embedded.clip import load_world_clip
+            from evalkit.world.models.clip import load_world_clip
 
             self._clip = load_world_clip()
         return self._clip
@@ -247,7 +247,7 @@ class TrainedPrior(Prior):
     @classmethod
     def tiny(cls):
         """A random-init tiny instance (contract tests)."""
-        from evalkit.embedded.clip import WorldCLIP
+        from evalkit.world.models.clip import WorldCLIP
 
         torch.manual_seed(0)
         clip = WorldCLIP.tiny(embed_dim=32).eval()  # priors read hidden states as wide as the embedding

@@ -1,4 +1,5 @@
-"""Picture grids of images with a caption under each (matplotlib, imported on use; no torch)."""
+"""Picture grids of images with a caption under each (matplotlib, imported on use; no torch), and of world
+renders (:func:`save_grid`, :func:`save_world_grid`: the picture of ``docs/world.md``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from evalkit.world.attributes import CATEGORIES
+from evalkit.world.renderer import render
+from evalkit.world.scene import Scene, sample_scene
+from evalkit.world.splits import split_prompts
 
 
 def save_image_grid(
@@ -59,3 +65,28 @@ def to_uint8(images) -> np.ndarray:
     """(N, 3, H, W) float in [0, 1] (torch or numpy) → (N, H, W, 3) uint8."""
     array = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
     return np.ascontiguousarray((np.clip(array, 0, 1).transpose(0, 2, 3, 1) * 255).round().astype(np.uint8))
+
+
+def save_grid(
+    path: str | Path, scenes: Sequence[Scene], titles: Sequence[str] | None = None, columns: int = 8, scale: int = 4
+) -> Path:
+    """Render world ``scenes``, upscale each ×``scale`` (nearest), write a PNG grid with a title under each."""
+    titles = list(titles) if titles is not None else [s.caption for s in scenes]
+    return save_image_grid(path, render(scenes), titles, columns=columns, scale=scale)
+
+
+def val_grid_scenes(per_category: int = 8, seed: int = 42) -> tuple[list[Scene], list[str]]:
+    """The first ``per_category`` val prompts of each category rendered with ``seed``, and titles
+    "category · seen|unseen: caption"."""
+    scenes, titles = [], []
+    for category in CATEGORIES:
+        for prompt in split_prompts(category, "val")[:per_category]:
+            scenes.append(sample_scene(prompt.spec, seed))
+            titles.append(f"{category} · {'seen' if prompt.seen else 'unseen'}: {prompt.text}")
+    return scenes, titles
+
+
+def save_world_grid(path: str | Path = "docs/images/world-grid.png", per_category: int = 8, seed: int = 42) -> Path:
+    """The picture of ``docs/world.md``: ``per_category`` val renders per category, one row each."""
+    scenes, titles = val_grid_scenes(per_category, seed)
+    return save_grid(path, scenes, titles, columns=per_category)

@@ -15,7 +15,7 @@ with hard negatives (the attribute-swapped phrase, one attribute changed, shapes
 image); labels come from the scene's ground truth, so distractors count.
 
 Words outside the world's vocabulary are ignored and reported in the question's ``unknown`` field.
-Weights: ``evalkit/embedded/weights/scorer/`` (config.json + model.safetensors, fp16).
+Weights: ``evalkit/world/weights/scorer/`` (config.json + model.safetensors, fp16).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from torch import nn
 
 from evalkit.contracts import Batch, Scorer
 from evalkit.errors import WeightsNotFoundError
-from evalkit.paths import REPO_ROOT
+from evalkit.paths import WORLD_WEIGHTS
 from evalkit.serialization import CONFIG_NAME, PretrainedMixin
 
-SHIPPED_DIR = REPO_ROOT / "evalkit" / "embedded" / "weights" / "scorer"
+SHIPPED_DIR = WORLD_WEIGHTS / "scorer"
 TRAIN_HINT = (
     "The shipped weights come with the checkout (restore them from git), or train one with "
     "`evalkit train-world scorer --out DIR` and load DIR/final."

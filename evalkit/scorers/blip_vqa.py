@@ -53,11 +53,12 @@ import numpy as np
 import torch
 
 from evalkit.contracts import Batch, PromptItem, Scorer
-from evalkit.errors import ConfigMismatchError, CorruptFileError, WeightsNotFoundError
+from evalkit.errors import ConfigMismatchError, WeightsNotFoundError
 from evalkit.scorers import bvqa
 from evalkit.scorers import noun_phrases as noun_phrases_module
-from evalkit.serialization import find_weights, weights_fingerprint, weights_folder, weights_format
-from evalkit.scorers.hf_folder import quiet_transformers
+from evalkit.scorers.hf_folder import load_local_model
+from evalkit.serialization import find_weights, quiet_transformers, weights_fingerprint, weights_folder, weights_format
+
 from evalkit.scorers.noun_phrases import split_noun_phrases, splitter_name
 
 ENV_DIR = "EVALKIT_BLIP_VQA_DIR"
@@ -211,33 +212,10 @@ class BlipVQAScorer(Scorer):
     # ------------------------------------------------------------------ loading
 
     def _load(self, directory: Path, use_safetensors: bool):
-        from safetensors import SafetensorError
         from transformers import BlipForQuestionAnswering, BlipProcessor
 
-        with quiet_transformers():
-            try:
-                model = BlipForQuestionAnswering.from_pretrained(
-                    directory,
-                    local_files_only=True,
-                    use_safetensors=use_safetensors,
-                    weights_only=True,
-                    dtype=torch.float32,
-                )
-            except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as error:
-                raise CorruptFileError(
-                    f"blip-vqa: could not load the model in {directory} ({error}). Restore the "
-                    f"folder: {weights_hint(directory)}"
-                ) from None
-            try:
-                processor = BlipProcessor.from_pretrained(directory, local_files_only=True)
-            except (OSError, ValueError, TypeError, KeyError) as error:
-                raise CorruptFileError(
-                    f"blip-vqa: could not load the processor (image processor + tokenizer) in "
-                    f"{directory} ({error}). {weights_hint(directory)}"
-                ) from None
-        model.eval()
-        model.requires_grad_(False)
-        return model, processor
+        hint = f"Restore the folder: {weights_hint(directory)}"
+        return load_local_model(BlipForQuestionAnswering, BlipProcessor, directory, use_safetensors, self.name, hint)
 
     def _answer_ids(self, directory: Path) -> tuple[int, int]:
         """Vocabulary ids of "yes" and "no" (the real BLIP vocabulary: 2748 and 2053)."""

@@ -133,7 +133,7 @@ class CLIPScoreScorer(Scorer):
     def __init__(self, clip: Any | None = None, image_size: int | None = None) -> None:
         super().__init__()
         if clip is None:
-            from evalkit.embedded.clip import load_world_clip
+            from evalkit.world.models.clip import load_world_clip
 
             clip = load_world_clip()
         if not (callable(getattr(clip, "encode_image", None)) and callable(getattr(clip, "encode_text", None))):
@@ -151,7 +151,7 @@ class CLIPScoreScorer(Scorer):
     @classmethod
     def tiny(cls) -> "CLIPScoreScorer":
         """A scorer on a small random-weight world CLIP (seeded, global RNG untouched)."""
-        from evalkit.embedded.clip import WorldCLIP
+        from evalkit.world.models.clip import WorldCLIP
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)

@@ -35,7 +35,7 @@ class EmbeddingCosineScorer(Scorer):
     @classmethod
     def tiny(cls) -> "EmbeddingCosineScorer":
         """Against a tiny random world CLIP (16-d) for tests."""
-        from evalkit.embedded.clip import WorldCLIP
+        from evalkit.world.models.clip import WorldCLIP
 
         torch.manual_seed(0)
         return cls(WorldCLIP.tiny().eval())

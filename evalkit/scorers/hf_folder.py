@@ -9,11 +9,10 @@ loaded, a folder that lacks a file of that layout, that holds another kind of mo
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from evalkit.errors import ConfigMismatchError, WeightsNotFoundError
 from evalkit.serialization import find_weights, weights_folder, weights_format
@@ -91,21 +90,39 @@ def check_model_folder(
     return weights_format(directory, allow_pickle, scorer, hint=safetensors_hint)["use_safetensors"]
 
 
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """No progress bars or load reports while loading (restored afterwards)."""
-    from transformers.utils import logging as hf_logging
+def load_local_model(model_cls, processor_cls, directory: Path, use_safetensors: bool, what: str, hint: str):
+    """``(model, processor)`` from a local folder, quietly: the model in float32 (``weights_only``, safetensors
+    unless ``use_safetensors`` is False), evaluation mode, frozen; the processor (or tokenizer) beside it. A
+    folder that does not load is a :class:`CorruptFileError` naming ``what`` part failed, the folder, the
+    library's reason and ``hint`` (how to restore it)."""
+    import torch
+    from safetensors import SafetensorError
 
-    enabled = hf_logging.is_progress_bar_enabled()
-    level = hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if enabled:
-            hf_logging.enable_progress_bar()
+    from evalkit.errors import CorruptFileError
+    from evalkit.serialization import quiet_transformers
+
+    with quiet_transformers():
+        try:
+            model = model_cls.from_pretrained(
+                directory,
+                local_files_only=True,
+                use_safetensors=use_safetensors,
+                weights_only=True,
+                dtype=torch.float32,
+            )
+        except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as error:
+            raise CorruptFileError(
+                f"{what}: could not load {model_cls.__name__} from {directory} ({error}). {hint}"
+            ) from None
+        try:
+            processor = processor_cls.from_pretrained(directory, local_files_only=True)
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            raise CorruptFileError(
+                f"{what}: could not load the {processor_cls.__name__} in {directory} ({error}). {hint}"
+            ) from None
+    model.eval()
+    model.requires_grad_(False)
+    return model, processor
 
 
 def scorer_fingerprint(scorer, extra: dict | None = None, sources: Sequence = ()) -> str:
@@ -117,20 +134,20 @@ def scorer_fingerprint(scorer, extra: dict | None = None, sources: Sequence = ()
     import transformers
 
     from evalkit import __version__
-    from evalkit.harness.cache import _settings, _source_digest, weights_fingerprint
+    from evalkit.fingerprints import held_weights_digest, plugin_settings, source_digest
     from evalkit.contracts import content_hash
 
-    code = hashlib.sha256(_source_digest(scorer).encode())
+    code = hashlib.sha256(source_digest(scorer).encode())
     for module in sources:
         code.update(Path(module.__file__).read_bytes())
-    settings = {k: v for k, v in _settings(scorer).items() if k != "path"}
+    settings = {k: v for k, v in plugin_settings(scorer).items() if k != "path"}
     return content_hash(
         {
             "class": f"{type(scorer).__module__}.{type(scorer).__qualname__}",
             "name": scorer.name,
             "version": scorer.version,
             "settings": settings,
-            "weights": weights_fingerprint(scorer),
+            "weights": held_weights_digest(scorer),
             "source": code.hexdigest(),
             "evalkit": __version__,
             "transformers": transformers.__version__,

@@ -38,10 +38,10 @@ import numpy as np
 import torch
 
 from evalkit.contracts import Batch, PromptItem, Scorer
-from evalkit.errors import CorruptFileError
 from evalkit.scorers import t2i_text
-from evalkit.scorers.hf_folder import check_model_folder, quiet_transformers, resolve_model_folder
-from evalkit.text_encoders import save_clip_tokenizer, tiny_clip_tokenizer
+from evalkit.scorers.hf_folder import check_model_folder, load_local_model, resolve_model_folder
+from evalkit.serialization import quiet_transformers
+from evalkit.text_encoders import save_clip_tokenizer, tiny_clip_tokenizer, tiny_clip_tower_configs
 
 ENV_DIR = "EVALKIT_OWLV2_DIR"
 REPO_ID = "google/owlv2-base-patch16-ensemble"
@@ -248,32 +248,10 @@ class T2ISpatialScorer(Scorer):
             self.to_placement(str(device))
 
     def _load(self, directory: Path, use_safetensors: bool):
-        from safetensors import SafetensorError
         from transformers import Owlv2ForObjectDetection, Owlv2Processor
 
-        with quiet_transformers():
-            try:
-                model = Owlv2ForObjectDetection.from_pretrained(
-                    directory,
-                    local_files_only=True,
-                    use_safetensors=use_safetensors,
-                    weights_only=True,
-                    dtype=torch.float32,
-                )
-            except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as error:
-                raise CorruptFileError(
-                    f"t2i-spatial: could not load OWLv2 from {directory} ({error}). {weights_hint(directory)}"
-                ) from None
-            try:
-                processor = Owlv2Processor.from_pretrained(directory, local_files_only=True)
-            except (OSError, ValueError, TypeError, KeyError) as error:
-                raise CorruptFileError(
-                    f"t2i-spatial: could not load the OWLv2 processor (image processor + CLIP "
-                    f"tokenizer) in {directory} ({error}). {weights_hint(directory)}"
-                ) from None
-        model.eval()
-        model.requires_grad_(False)
-        return model, processor
+        hint = f"Restore the folder: {weights_hint(directory)}"
+        return load_local_model(Owlv2ForObjectDetection, Owlv2Processor, directory, use_safetensors, self.name, hint)
 
     @property
     def device(self) -> torch.device:
@@ -405,26 +383,7 @@ class T2ISpatialScorer(Scorer):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tokenizer = tiny_clip_tokenizer(16)
-        vocab = len(tokenizer)
-        text = dict(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=16,
-            bos_token_id=vocab - 2,
-            eos_token_id=vocab - 1,
-            pad_token_id=vocab - 1,
-        )
-        vision = dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-        )
+        text, vision = tiny_clip_tower_configs(len(tokenizer), 16)
         with quiet_transformers():
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)

@@ -31,11 +31,11 @@ import torch
 from torch import nn
 
 from evalkit.contracts import Batch, PromptItem
-from evalkit.errors import CorruptFileError
 from evalkit.scorers import t2i_text
 from evalkit.scorers.clipscore import CLIPScoreScorer
-from evalkit.scorers.hf_folder import check_model_folder, quiet_transformers, resolve_model_folder
-from evalkit.text_encoders import save_clip_tokenizer, tiny_clip_tokenizer
+from evalkit.scorers.hf_folder import check_model_folder, load_local_model, resolve_model_folder
+from evalkit.serialization import quiet_transformers
+from evalkit.text_encoders import save_clip_tokenizer, tiny_clip_tokenizer, tiny_clip_tower_configs
 
 ENV_DIR = "EVALKIT_CLIP_VIT_B32_DIR"
 REPO_ID = "openai/clip-vit-base-patch32"
@@ -164,31 +164,10 @@ class T2IClipScorer(CLIPScoreScorer):
             self.to_placement(str(device))
 
     def _load(self, directory: Path, use_safetensors: bool) -> TransformersCLIP:
-        from safetensors import SafetensorError
         from transformers import CLIPModel, CLIPTokenizer
 
-        with quiet_transformers():
-            try:
-                model = CLIPModel.from_pretrained(
-                    directory,
-                    local_files_only=True,
-                    use_safetensors=use_safetensors,
-                    weights_only=True,
-                    dtype=torch.float32,
-                )
-            except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as error:
-                raise CorruptFileError(
-                    f"t2i-clip: could not load CLIPModel from {directory} ({error}). Restore "
-                    f"the folder (layout of {REPO_ID})."
-                ) from None
-            try:
-                tokenizer = CLIPTokenizer.from_pretrained(directory, local_files_only=True)
-            except (OSError, ValueError, TypeError, KeyError) as error:
-                raise CorruptFileError(
-                    f"t2i-clip: could not load the CLIP tokenizer in {directory} ({error})."
-                ) from None
-        model.eval()
-        model.requires_grad_(False)
+        hint = f"Restore the folder (layout of {REPO_ID})."
+        model, tokenizer = load_local_model(CLIPModel, CLIPTokenizer, directory, use_safetensors, self.name, hint)
         return TransformersCLIP(model, tokenizer)
 
     def structure_of(self, item: PromptItem) -> str:
@@ -241,26 +220,7 @@ class T2IClipScorer(CLIPScoreScorer):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tokenizer = tiny_clip_tokenizer(CONTEXT_LENGTH)
-        vocab = len(tokenizer)
-        text = dict(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=CONTEXT_LENGTH,
-            bos_token_id=vocab - 2,
-            eos_token_id=vocab - 1,
-            pad_token_id=vocab - 1,
-        )
-        vision = dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-        )
+        text, vision = tiny_clip_tower_configs(len(tokenizer), CONTEXT_LENGTH)
         with quiet_transformers():
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)

@@ -189,14 +189,14 @@ class T2IComplexScorer(Scorer):
         return rows
 
     def fingerprint(self) -> str:
-        from evalkit.harness.cache import _source_digest, fingerprint
+        from evalkit.fingerprints import fingerprint, source_digest
         from evalkit.contracts import content_hash
 
         return content_hash(
             {
                 "name": self.name,
                 "version": self.version,
-                "source": _source_digest(self),
+                "source": source_digest(self),
                 "parts": {name: fingerprint(part) for name, part in self._parts().items()},
             },
             length=32,

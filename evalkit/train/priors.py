@@ -180,7 +180,7 @@ class PriorTrainConfig:
 
 
 def clip_for(config: PriorTrainConfig, clip_dir=None):
-    from evalkit.embedded.clip import WorldCLIP, load_world_clip
+    from evalkit.world.models.clip import WorldCLIP, load_world_clip
 
     if config.tiny:
         torch.manual_seed(1234)
@@ -231,7 +231,7 @@ def encode_pairs(
     desc: str = "encode images",
 ) -> dict[str, torch.Tensor]:
     """Image embeddings of the pairs' renders and the indices of their captions and swapped captions."""
-    from evalkit.world.tensors import render_tensor
+    from evalkit.world.models.tensors import render_tensor
 
     embeds = []
     for start in tqdm(range(0, len(scenes), batch_size), desc=desc, disable=not progress):
@@ -342,8 +342,8 @@ class Data:
         images = self.splits["train"][0]
         return images.mean(0, keepdim=True), images.std(0, keepdim=True).clamp_min(1e-6)
 
-    def evaluate(self, model, config: PriorTrainConfig) -> dict:
-        return evaluate(model, config, self, self.encoder)
+    def held_out_metrics(self, model, config: PriorTrainConfig) -> dict:
+        return world_dev_metrics(model, config, self, self.encoder)
 
     def position(self, step: int) -> dict:
         return {}  # a fresh subset every step: no epochs
@@ -455,7 +455,7 @@ def build_model(config: PriorTrainConfig, encoder):
 
 
 @torch.inference_mode()
-def evaluate(model, config: PriorTrainConfig, data: Data, clip, limit: int = 500) -> dict:
+def world_dev_metrics(model, config: PriorTrainConfig, data: Data, clip, limit: int = 500) -> dict:
     """Held-out (dev) pairs: cosine of the prediction to the pair's image embedding, and its MSE."""
     from evalkit.contracts import TextEncoding
 
@@ -604,7 +604,7 @@ def train_prior(
         row = _train_step(run, step)
         if run.accelerator.is_main_process:
             if run.session.due(step, config.eval_every, config.steps):
-                last_eval = run.data.evaluate(run.raw, config)
+                last_eval = run.data.held_out_metrics(run.raw, config)
                 row.update({f"eval/{key}": v for key, v in last_eval.items()})
             run.session.log(row)
             run.session.bar.set_postfix(loss=f"{row['loss']:.4f}")
@@ -725,7 +725,7 @@ def _save_final(run: _Run, last_eval: dict) -> Path:
     config = run.config
     record = {
         "config": dataclasses.asdict(config),
-        "final_metrics": last_eval or run.data.evaluate(run.raw, config),
+        "final_metrics": last_eval or run.data.held_out_metrics(run.raw, config),
         "wall_time_s": run.session.elapsed(),
         "cache_s": round(run.cache_s, 1),
         "torch_threads": torch.get_num_threads(),

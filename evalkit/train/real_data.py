@@ -238,7 +238,7 @@ class EmbeddingData:
             out.append(prior.sample(encoding, seeds[start : start + EVAL_BATCH]).float().cpu())
         return torch.cat(out)
 
-    def evaluate(self, model, config) -> dict:
+    def held_out_metrics(self, model, config) -> dict:
         """Held-out pairs: cosine to the true image embedding, text→image retrieval among the held-out images
         (recall@1, mean rank), and both for the shuffled-caption control."""
         from evalkit.embedding_metrics import own_rank

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from evalkit.train.common import TrainingSession, check_finite, decay_groups, set_seed, ship, warmup_cosine
-from evalkit.world.tensors import embed_images, images_to_tensor
+from evalkit.world.models.tensors import embed_images, images_to_tensor
 
 
 @dataclass
@@ -75,7 +75,7 @@ class CLIPTrainConfig:
 
 
 def build_model(config: CLIPTrainConfig):
-    from evalkit.embedded.clip import WorldCLIP
+    from evalkit.world.models.clip import WorldCLIP
 
     if config.init_from:
         model = WorldCLIP.from_pretrained(config.init_from)
@@ -371,11 +371,11 @@ def ship_clip(
     dtype: torch.dtype | None = torch.float16,
     overwrite: bool = False,
 ) -> Path:
-    """Copy a run's final CLIP to ``dest`` (default: ``evalkit/embedded/weights/clip``) as fp16.
+    """Copy a run's final CLIP to ``dest`` (default: ``evalkit/world/weights/clip``) as fp16.
 
     Weights already there are replaced only with ``overwrite``: the default folder is the checkout's shipped
     CLIP, and the shipped decoder and priors were trained on its embeddings.
     """
-    from evalkit.embedded.clip import SHIPPED_DIR, WorldCLIP
+    from evalkit.world.models.clip import SHIPPED_DIR, WorldCLIP
 
     return ship(WorldCLIP, run_dir, dest if dest is not None else SHIPPED_DIR, dtype, overwrite=overwrite)

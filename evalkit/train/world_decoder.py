@@ -42,7 +42,7 @@ from evalkit.train.common import (
     ship,
     warmup_cosine,
 )
-from evalkit.world.tensors import embed_images, images_to_tensor
+from evalkit.world.models.tensors import embed_images, images_to_tensor
 
 CACHE_DIR_NAME = "cache"
 
@@ -97,7 +97,7 @@ class DecoderTrainConfig:
 
 
 def build_clip(config: DecoderTrainConfig, clip_dir: str | Path | None):
-    from evalkit.embedded.clip import WorldCLIP, load_world_clip
+    from evalkit.world.models.clip import WorldCLIP, load_world_clip
 
     if clip_dir is not None:
         clip = WorldCLIP.from_pretrained(clip_dir)
@@ -324,7 +324,7 @@ def train_decoder(
 
     images = training_renders(config.num_pairs, config.seed)
     embeds = cached_embeddings(out_dir / CACHE_DIR_NAME, clip, clip_hash, images, config, progress)
-    eval_decoder, evaluate = _decoder_evaluator(config, clip, decoder, ema, out_dir)
+    eval_decoder, eval_at_step = _decoder_evaluator(config, clip, decoder, ema, out_dir)
 
     setup_s = clock()
     last_eval: dict = {}
@@ -334,7 +334,7 @@ def train_decoder(
     ):
         row = _decoder_step(decoder, scheduler, optimizer, lr_scheduler, ema, images, embeds, config, step, session)
         if session.due(step, config.eval_every, config.steps):
-            last_eval = evaluate(step + 1)
+            last_eval = eval_at_step(step + 1)
             row.update({f"eval/{k}": v for k, v in last_eval.items()})
         session.log(row)
         session.bar.set_postfix(loss=f"{row['loss']:.4f}")
@@ -347,7 +347,7 @@ def train_decoder(
         final_model = eval_decoder
     final_model.eval()
     if not last_eval:
-        last_eval = evaluate(config.steps)
+        last_eval = eval_at_step(config.steps)
     record = _decoder_record(config, final_model, last_eval, ema, session, setup_s, clip_dir, clip_hash)
     return session.finish(final_model, record)
 
@@ -370,14 +370,14 @@ def _decoder_training_state(config: DecoderTrainConfig, clip, session: TrainingS
 
 def _decoder_evaluator(config: DecoderTrainConfig, clip, decoder, ema: EMA | None, out_dir: Path):
     """Embed the eval pool once; returns the model that is evaluated (the EMA copy, or ``decoder`` itself) and
-    ``evaluate(step) -> metrics``, which also writes that step's sample grid."""
+    ``eval_at_step(step) -> metrics``, which also writes that step's sample grid."""
     eval_images, eval_swapped_images = eval_pool(config.eval_pairs, config.seed)
     eval_targets = embed_images(clip, eval_images, config.embed_batch_size)
     eval_swapped = embed_images(clip, eval_swapped_images, config.embed_batch_size)
     eval_decoder = build_decoder(config, clip.embedding_dim) if ema is not None else decoder
     guidance = config.eval_guidance if config.eval_guidance is not None else decoder.default_guidance_scale
 
-    def evaluate(step: int) -> dict:
+    def eval_at_step(step: int) -> dict:
         if ema is not None:
             ema.copy_to(eval_decoder)
         eval_decoder.eval()
@@ -386,7 +386,7 @@ def _decoder_evaluator(config: DecoderTrainConfig, clip, decoder, ema: EMA | Non
         decoder.train()
         return metrics
 
-    return eval_decoder, evaluate
+    return eval_decoder, eval_at_step
 
 
 def _decoder_record(
@@ -505,7 +505,7 @@ def ship_decoder(
     dtype: torch.dtype | None = torch.float16,
     overwrite: bool = False,
 ) -> Path:
-    """Copy a run's final decoder to ``dest`` (default: ``evalkit/embedded/weights/decoder``) as fp16.
+    """Copy a run's final decoder to ``dest`` (default: ``evalkit/world/weights/decoder``) as fp16.
 
     Weights already there are replaced only with ``overwrite``: the default folder is the checkout's shipped
     decoder, which every benchmark run decodes with.

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from evalkit.train.common import TrainingSession, check_finite, set_seed, ship, warmup_cosine
-from evalkit.world.tensors import images_to_tensor
+from evalkit.world.models.tensors import images_to_tensor
 
 if TYPE_CHECKING:
     from evalkit.world.grammar import ObjectSpec
@@ -178,7 +178,7 @@ def phrase_loss(log_p: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def evaluate(model, config: ScorerTrainConfig, split: str = "dev") -> dict:
+def scorer_accuracy(model, config: ScorerTrainConfig, split: str = "dev") -> dict:
     """Accuracy per question kind (and seen/unseen on val) on renders of ``split``."""
     from evalkit.world import render, sample_pairs
 
@@ -238,7 +238,7 @@ def train_scorer(
         row = {"step": step + 1, "loss": round(loss.item(), 5), "elapsed": session.elapsed()}
         if session.due(step, config.eval_every, config.steps):
             model.eval()
-            last = evaluate(model, config, "dev")
+            last = scorer_accuracy(model, config, "dev")
             model.train()
             row.update({f"dev/{k}": v for k, v in last.items()})
         session.log(row)
@@ -248,8 +248,8 @@ def train_scorer(
     model.eval()
     record = {
         "config": dataclasses.asdict(config),
-        "dev": last or evaluate(model, config, "dev"),
-        "val": evaluate(model, config, "val"),
+        "dev": last or scorer_accuracy(model, config, "dev"),
+        "val": scorer_accuracy(model, config, "val"),
         "num_parameters": model.num_parameters(),
         "wall_time_s": session.elapsed(),
         "torch_threads": torch.get_num_threads(),
@@ -277,7 +277,7 @@ def ship_scorer(
     dtype: torch.dtype | None = torch.float16,
     overwrite: bool = False,
 ) -> Path:
-    """Copy a run's final scorer to ``dest`` (default: ``evalkit/embedded/weights/scorer``) as fp16.
+    """Copy a run's final scorer to ``dest`` (default: ``evalkit/world/weights/scorer``) as fp16.
 
     Weights already there are replaced only with ``overwrite``: the default folder is the checkout's shipped
     scorer, which every benchmark run scores with.

@@ -20,16 +20,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from evalkit.contracts import TextEncoding
-from evalkit.embedded.tokenizer import CompactTokenizer
+from evalkit.contracts import TextEncoder, TextEncoding
+from evalkit.world.models.tokenizer import CompactTokenizer
 from evalkit.errors import ConfigMismatchError, WeightsNotFoundError
-from evalkit.paths import REPO_ROOT
+from evalkit.paths import WORLD_WEIGHTS
 from evalkit.serialization import CONFIG_NAME, check_config_values, load_config, load_pretrained, save_pretrained
 
 MODEL_NAME = "evalkit-world-clip"
 EMBEDDING_SPACE = "synth-clip"
 CONFIG_DIR = Path(__file__).parent / "model_configs"
-SHIPPED_DIR = REPO_ROOT / "evalkit" / "embedded" / "weights" / "clip"
+SHIPPED_DIR = WORLD_WEIGHTS / "clip"
 TRAIN_HINT = "Train it with `evalkit train-world clip` (or restore the shipped weights from git)."
 TINY_VISION = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16, "timm_model_name": None}
 IMAGE_MEAN = (0.5, 0.5, 0.5)
@@ -40,7 +40,7 @@ IMAGE_STD = (0.25, 0.25, 0.25)
 def register_open_clip_config() -> None:
     import open_clip
 
-    from evalkit.embedded.convnet import register
+    from evalkit.world.models.convnet import register
 
     register()  # the image tower is a timm model of ours
     open_clip.add_model_config(CONFIG_DIR)
@@ -93,7 +93,10 @@ def _overrides(model_cfg: dict) -> dict:
     return kwargs
 
 
-class WorldCLIP(nn.Module):
+class WorldCLIP(nn.Module, TextEncoder):
+    """The world's CLIP: image and text towers (open_clip) over the compact tokenizer; the text encoder of the
+    ``evalkit-world-clip`` space."""
+
     embedding_space = EMBEDDING_SPACE
     #: placed by the run like a plugin (:func:`evalkit.placement.place`): every tower computes in these
     supported_dtypes = ("float32", "bfloat16", "float16")
