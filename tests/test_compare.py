@@ -224,11 +224,45 @@ def test_verdicts_name_the_leader_and_whether_the_paired_test_resolves_it():
             "ci_high": 0.056,
         }
     ]
-    line = verdicts(close, rows, "binding")[0]
+    line = verdicts(close, rows, {"s": "binding"})[0]
     assert line.startswith("**s**: b leads with 0.520, 0.020 ahead of a (0.500)") and "not resolved at this n" in line
     assert "100 prompts, 200 images" in line
     far = [{**close[0], "z": 4.0, "ci_low": 0.01, "ci_high": 0.03}]
-    assert "— resolved (paired z 4.0" in verdicts(far, rows, "binding")[0]
+    assert "— resolved (paired z 4.0" in verdicts(far, rows, {"s": "binding"})[0]
+
+
+def test_each_category_is_scored_by_the_papers_metric_in_the_parameter_table_and_the_verdicts():
+    """T2I-CompBench's Table 2: color / shape / texture by B-VQA, spatial by the detector, non-spatial by CLIP."""
+    from evalkit.report.run_report import column_metrics, parameter_table, suite_metrics, verdicts
+
+    scored = {
+        "t2i-compbench-color": ("color", ("blip-vqa", "clipscore")),
+        "t2i-compbench-spatial": ("spatial", ("blip-vqa", "t2i-spatial")),
+        "t2i-compbench-non-spatial": ("non-spatial", ("t2i-clip", "blip-vqa")),
+        "t2i-compbench-complex": ("complex", ("t2i-complex",)),
+        "odd": ("odd", ("clipscore",)),  # none of the headline metrics: no column
+    }
+    rows = [
+        {**ROW, "prior": prior, "suite": suite, "category": category, "metric": metric, "value": value, "n": 20}
+        for suite, (category, metrics) in scored.items()
+        for metric in metrics
+        for prior, value in (("a", 0.40 + 0.1 * metrics.index(metric)), ("b", 0.45 + 0.1 * metrics.index(metric)))
+    ]
+    columns = column_metrics(rows)
+    assert columns == {
+        "color": "blip-vqa",
+        "spatial": "t2i-spatial",
+        "non-spatial": "t2i-clip",
+        "complex": "t2i-complex",
+    }
+    assert list(columns) == ["color", "spatial", "non-spatial", "complex"]  # the paper's column order
+    table = parameter_table(rows, {"a": {}, "b": {}}, ["a", "b"], columns)
+    assert table.headers[4:8] == ["color", "spatial (t2i-spatial)", "non-spatial (t2i-clip)", "complex (t2i-complex)"]
+    assert table.rows[0][4:8] == ["0.400", "0.500", "0.400", "0.400"]  # spatial: t2i-spatial's 0.5, not B-VQA's 0.4
+    metrics = suite_metrics(rows)
+    assert metrics["t2i-compbench-spatial"] == "t2i-spatial" and "odd" not in metrics
+    lines = verdicts([], rows, metrics)
+    assert "**t2i-compbench-spatial** (t2i-spatial): b leads with 0.550" in "\n".join(lines)
 
 
 def test_the_parameter_plot_is_legible_and_labels_of_one_size_do_not_collide(tmp_path):
@@ -256,7 +290,7 @@ def test_the_parameter_plot_is_legible_and_labels_of_one_size_do_not_collide(tmp
         for k, n in enumerate(names)
     ]
     priors = {n: {"trainable_parameters": p} for n, p in names.items()}
-    path = plot_parameters(rows, priors, "binding", tmp_path / "parameters.png")
+    path = plot_parameters(rows, priors, {"color": "binding"}, tmp_path / "parameters.png")
     width, height = Image.open(path).size
     assert width >= 800 and height >= 600
     points = [(priors[r["prior"]]["trainable_parameters"], r) for r in rows]

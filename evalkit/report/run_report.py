@@ -23,8 +23,11 @@ from evalkit.harness.runs import RunData, check_image, load_run
 
 #: the metric of the parameter table and plot: B-VQA style first, as the paper's table
 HEADLINE_METRICS = ("binding", "blip-vqa", "analytic")
-#: categories in the paper's column order; others follow alphabetically
-CATEGORY_ORDER = ("color", "shape", "texture")
+#: the paper's metric of a category where it is not the attribute-binding one (T2I-CompBench: the detector's
+#: position score for spatial, CLIP for non-spatial, 3-in-1 for complex), before :data:`HEADLINE_METRICS`
+CATEGORY_METRICS = {"spatial": ("t2i-spatial",), "non-spatial": ("t2i-clip",), "complex": ("t2i-complex",)}
+#: categories in the paper's column order (Tables 1 and 2); others follow alphabetically
+CATEGORY_ORDER = ("color", "shape", "texture", "spatial", "non-spatial", "complex")
 GRID_PROMPTS = 6  # prompts per suite in the side-by-side grids
 WORST_PER_PRIOR = 4
 
@@ -209,17 +212,19 @@ def _prompts(row: dict) -> str:
     return f"{row['n_prompts']}" if row.get("n_prompts") else f"{row['n']} img"
 
 
-def verdicts(comparisons: list[dict], rows: list[dict], metric: str | None) -> list[str]:
-    """One line per suite: which trained prior leads on ``metric``, by how much over the next, and whether
-    that lead is resolved (|z| ≥ 1.96, paired) at this run's number of prompts."""
-    if metric is None:
-        return []
+def verdicts(comparisons: list[dict], rows: list[dict], metrics: dict[str, str]) -> list[str]:
+    """One line per suite: which trained prior leads on the suite's metric (``metrics``, :func:`suite_metrics`),
+    by how much over the next, and whether that lead is resolved (|z| ≥ 1.96, paired) at this run's number of
+    prompts. The metric is named on each line when the suites do not all share one."""
     lines = []
     by_suite: dict[str, list[dict]] = {}
     for r in rows:
-        if r["metric"] == metric and r["seen"] == "all" and r["prior"] not in CALIBRATION:
+        if metrics.get(r["suite"]) == r["metric"] and r["seen"] == "all" and r["prior"] not in CALIBRATION:
             by_suite.setdefault(r["suite"], []).append(r)
+    named = len(set(metrics.values())) > 1
     for suite, members in sorted(by_suite.items()):
+        metric = metrics[suite]
+        label = f"**{suite}** ({metric})" if named else f"**{suite}**"
         ranked = sorted(members, key=lambda r: -r["value"] if r.get("higher_is_better", True) else r["value"])
         lead = ranked[0]
         n = (f"{lead['n_prompts']} prompts, " if lead.get("n_prompts") else "") + f"{lead['n']} images"
@@ -233,7 +238,7 @@ def verdicts(comparisons: list[dict], rows: list[dict], metric: str | None) -> l
                 None,
             )
             ref = f"; the oracle {oracle['value']:.3f}" if oracle else ""
-            lines.append(f"**{suite}**: {lead['prior']} {lead['value']:.3f}, the only trained prior{ref} ({n}).")
+            lines.append(f"{label}: {lead['prior']} {lead['value']:.3f}, the only trained prior{ref} ({n}).")
             continue
         second = ranked[1]
         pair = next(
@@ -259,16 +264,27 @@ def verdicts(comparisons: list[dict], rows: list[dict], metric: str | None) -> l
                 f"95 % CI of the lead {low:+.3f} to {high:+.3f})"
             )
         lines.append(
-            f"**{suite}**: {lead['prior']} leads with {lead['value']:.3f}, {gap:.3f} ahead of "
+            f"{label}: {lead['prior']} leads with {lead['value']:.3f}, {gap:.3f} ahead of "
             f"{second['prior']} ({second['value']:.3f}) — {status}; {n}."
         )
     return lines
 
 
-def parameter_table(rows: list[dict], priors: dict, order: list[str], metric: str) -> Table:
-    """The paper's shape: prior, trainable and total parameters, training data, one column per category."""
-    chosen = {(r["prior"], r["category"]): r["value"] for r in rows if r["metric"] == metric and r["seen"] == "all"}
+def _column_header(category: str, metric: str, main: str | None) -> str:
+    return category if metric == main else f"{category} ({metric})"
+
+
+def parameter_table(rows: list[dict], priors: dict, order: list[str], columns: dict[str, str]) -> Table:
+    """The paper's shape: prior, trainable and total parameters, training data, one column per category, each
+    scored by its metric (:func:`column_metrics`; named in the header where it is not the headline one)."""
+    chosen = {
+        (r["prior"], r["category"]): r["value"]
+        for r in rows
+        if columns.get(r["category"]) == r["metric"] and r["seen"] == "all"
+    }
     categories = _order_categories(c for _, c in chosen)
+    main = headline_metric(rows)
+    counted = [r for r in rows if columns.get(r["category"]) == r["metric"]]
     table = []
     for prior in order:
         info = priors.get(prior, {})
@@ -279,10 +295,11 @@ def parameter_table(rows: list[dict], priors: dict, order: list[str], metric: st
                 f"{info.get('total_parameters', 0):,}",
                 info.get("data") or "–",
                 *(f"{chosen[(prior, c)]:.3f}" if (prior, c) in chosen else "–" for c in categories),
-                _counts([r for r in rows if r["metric"] == metric], prior),
+                _counts(counted, prior),
             ]
         )
-    return Table(["prior", "trainable params", "total params", "training data", *categories, "prompts × images"], table)
+    headers = [_column_header(c, columns[c], main) for c in categories]
+    return Table(["prior", "trainable params", "total params", "training data", *headers, "prompts × images"], table)
 
 
 def _parameter_panel(ax, chosen: list[dict], priors: dict, category: str, metric: str) -> None:
@@ -334,21 +351,21 @@ def _parameter_panel(ax, chosen: list[dict], priors: dict, category: str, metric
     ax.grid(alpha=0.3)
 
 
-def plot_parameters(rows: list[dict], priors: dict, metric: str, path: Path) -> Path | None:
-    """Score against the prior's trainable parameters (log scale), one panel per category; calibration
-    priors as horizontal reference lines."""
+def plot_parameters(rows: list[dict], priors: dict, columns: dict[str, str], path: Path) -> Path | None:
+    """Score against the prior's trainable parameters (log scale), one panel per category on its metric
+    (:func:`column_metrics`); calibration priors as horizontal reference lines."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    chosen = [r for r in rows if r["metric"] == metric and r["seen"] == "all"]
+    chosen = [r for r in rows if columns.get(r["category"]) == r["metric"] and r["seen"] == "all"]
     categories = _order_categories(r["category"] for r in chosen)
     if not any(priors.get(r["prior"], {}).get("trainable_parameters", 0) > 0 for r in chosen):
         return None
     fig, axes = plt.subplots(1, len(categories), figsize=(5.6 * len(categories), 4.6), squeeze=False)
     for ax, category in zip(axes[0], categories):
-        _parameter_panel(ax, [r for r in chosen if r["category"] == category], priors, category, metric)
+        _parameter_panel(ax, [r for r in chosen if r["category"] == category], priors, category, columns[category])
     fig.tight_layout()
     import io
 
@@ -386,9 +403,11 @@ def grid_selection(
     samples: list[dict], prompts_per_suite: int = GRID_PROMPTS
 ) -> dict[str, tuple[int, list[str], dict]]:
     """Per suite: (seed, item ids, {(prior, item): sample}) of the side-by-side grid — the first prompts
-    at the first seed, scored by the headline scorer (:func:`headline_metric`)."""
-    scorer = headline_metric([{"metric": s["scorer"]} for s in samples])
-    chosen = [s for s in samples if s["scorer"] == scorer and s.get("image_path")]
+    at the first seed, scored by the suite's verdict scorer (:func:`suite_metrics`)."""
+    scorers = suite_metrics(
+        [{"suite": s["suite"], "category": s.get("category", ""), "metric": s["scorer"]} for s in samples]
+    )
+    chosen = [s for s in samples if scorers.get(s["suite"]) == s["scorer"] and s.get("image_path")]
     out = {}
     for suite in sorted({s["suite"] for s in chosen}):
         in_suite = [s for s in chosen if s["suite"] == suite]
@@ -481,6 +500,37 @@ def headline_metric(rows: list[dict]) -> str | None:
     return next((m for m in HEADLINE_METRICS if m in metrics), metrics[0] if metrics else None)
 
 
+def column_metrics(rows: list[dict]) -> dict[str, str]:
+    """Category → the metric of its column in the parameter table and plot, in column order: the paper's for
+    that category (:data:`CATEGORY_METRICS`) when the run scored it, else the first of :data:`HEADLINE_METRICS`
+    scored on it, else the run's headline metric if scored on it (a category with none of these has no column)."""
+    found: dict[str, set] = {}
+    for r in rows:
+        found.setdefault(r["category"], set()).add(r["metric"])
+    main = headline_metric(rows)
+    out = {}
+    for category in _order_categories(found):
+        preferred = (*CATEGORY_METRICS.get(category, ()), *HEADLINE_METRICS, main)
+        metric = next((m for m in preferred if m in found[category]), None)
+        if metric is not None:
+            out[category] = metric
+    return out
+
+
+def suite_metrics(rows: list[dict]) -> dict[str, str]:
+    """Suite → the metric its verdict is given on: the column metric of its first category (:func:`column_metrics`)."""
+    columns = column_metrics(rows)
+    categories: dict[str, set] = {}
+    for r in rows:
+        categories.setdefault(r["suite"], set()).add(r["category"])
+    out = {}
+    for suite, found in sorted(categories.items()):
+        first = next((c for c in columns if c in found), None)
+        if first is not None:
+            out[suite] = columns[first]
+    return out
+
+
 def unknown_words_summary(found: dict, top: int = 8) -> list[str]:
     """One line per suite and encoder, e.g. ``t2i-compbench-color: 212 of 300 prompts ... (bench ×3, ...)``."""
     lines = []
@@ -516,9 +566,8 @@ def report_blocks(runs: Sequence[RunData], out_dir: Path, pairs: Sequence[tuple[
     order = prior_order(priors, rows)
     blocks = _header_blocks(runs, protocol)
     blocks += score_tables(rows, order)
-    metric = headline_metric(rows)
-    blocks += _parameter_blocks(rows, priors, order, metric, out_dir)
-    blocks += _comparison_blocks(runs, samples, rows, priors, pairs, metric)
+    blocks += _parameter_blocks(rows, priors, order, out_dir)
+    blocks += _comparison_blocks(runs, samples, rows, priors, pairs)
     grids = grid_images(samples, order, out_dir)
     if grids:
         blocks += [("h2", "Same prompt and seed across priors")] + grids
@@ -572,34 +621,42 @@ def _header_blocks(runs: Sequence[RunData], protocol: dict) -> list:
     return blocks
 
 
-def _parameter_blocks(rows: list[dict], priors: dict, order: list, metric: str | None, out_dir: Path) -> list:
+def _scores_note(rows: list[dict], columns: dict[str, str]) -> str:
+    main = headline_metric(rows)
+    others = [f"{c}: {m}" for c, m in columns.items() if m != main]
+    return f"Scores: {main}" + (f" ({'; '.join(others)})" if others else "") + ", every prompt the run scored."
+
+
+def _parameter_blocks(rows: list[dict], priors: dict, order: list, out_dir: Path) -> list:
     """The parameter-versus-composition table and plot (none without a headline metric)."""
     blocks: list = []
-    metric = headline_metric(rows)
-    if metric:
+    columns = column_metrics(rows)
+    if columns:
         blocks += [
             ("h2", "Parameters versus composition"),
             (
                 "p",
                 "Trainable: the prior's own parameters. Total: prior + the text encoder it reads + the decoder. "
-                f"Scores: {metric}, every prompt the run scored.",
+                + _scores_note(rows, columns),
             ),
-            parameter_table(rows, priors, order, metric),
+            parameter_table(rows, priors, order, columns),
         ]
-        plot = plot_parameters(rows, priors, metric, out_dir / "parameters.png")
+        plot = plot_parameters(rows, priors, columns, out_dir / "parameters.png")
         if plot is not None:
             blocks.append(Image(plot.name, "score against prior parameters"))
     return blocks
 
 
-def _comparison_blocks(runs, samples, rows: list[dict], priors: dict, pairs, metric: str | None) -> list:
+def _comparison_blocks(runs, samples, rows: list[dict], priors: dict, pairs) -> list:
     """The verdicts and the paired comparisons."""
     blocks: list = []
-    comparisons, leaders = _comparisons(runs, samples, rows, priors, pairs, metric)
-    lines = verdicts(comparisons + leaders, rows, metric)
+    metrics = suite_metrics(rows)
+    comparisons, leaders = _comparisons(runs, samples, rows, priors, pairs, metrics)
+    lines = verdicts(comparisons + leaders, rows, metrics)
     if lines:
+        shared = set(metrics.values())
         blocks += [
-            ("h2", f"Verdicts ({metric})"),
+            ("h2", f"Verdicts ({shared.pop()})" if len(shared) == 1 else "Verdicts"),
             (
                 "p",
                 "Per suite: the leading trained prior, its lead over the next "
@@ -624,15 +681,16 @@ def _where(environment: dict | None) -> str:
 
 
 def _comparisons(
-    runs: Sequence[RunData], samples: list[dict], rows: list[dict], priors: dict, pairs, metric: str | None
+    runs: Sequence[RunData], samples: list[dict], rows: list[dict], priors: dict, pairs, metrics: dict[str, str]
 ) -> tuple[list[dict], list[dict]]:
     """(the paired comparisons asked for or the run's default ones, the verdicts' extra leader-vs-next ones)."""
     chosen_pairs = list(pairs) if pairs is not None else run_pairs(priors, rows)
     comparisons, leaders = _paired(runs, samples, rows, chosen_pairs), []
-    if metric:  # the verdicts compare each suite's leader with the next prior, asked for or not
-        ranked = _leading_pairs(rows, metric)
+    for metric in sorted(set(metrics.values())):  # each suite's leader against the next prior, asked for or not
+        mine = [r for r in rows if metrics.get(r["suite"]) == metric]
+        ranked = _leading_pairs(mine, metric)
         extra = [p for p in ranked if p not in chosen_pairs and p[::-1] not in chosen_pairs]
-        leaders = _paired(runs, [s for s in samples if s["scorer"] == metric], rows, extra)
+        leaders += _paired(runs, [s for s in samples if s["scorer"] == metric], rows, extra)
     return comparisons, leaders
 
 
@@ -682,9 +740,12 @@ def summary_markdown(run_dirs: Sequence[str | os.PathLike]) -> str:
     _, priors, rows, _ = _merged(runs)
     order = prior_order(priors, rows)
     blocks = score_tables(rows, order)
-    metric = headline_metric(rows)
-    if metric:
-        blocks += [("h2", f"Parameters versus composition ({metric})"), parameter_table(rows, priors, order, metric)]
+    columns = column_metrics(rows)
+    if columns:
+        blocks += [
+            ("h2", f"Parameters versus composition ({headline_metric(rows)})"),
+            parameter_table(rows, priors, order, columns),
+        ]
     return to_markdown(blocks)
 
 
