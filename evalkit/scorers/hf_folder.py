@@ -93,8 +93,8 @@ def check_model_folder(
 def load_local_model(model_cls, processor_cls, directory: Path, use_safetensors: bool, what: str, hint: str):
     """``(model, processor)`` from a local folder, quietly: the model in float32 (``weights_only``, safetensors
     unless ``use_safetensors`` is False), evaluation mode, frozen; the processor (or tokenizer) beside it. A
-    folder that does not load is a :class:`CorruptFileError` naming ``what`` part failed, the folder, the
-    library's reason and ``hint`` (how to restore it)."""
+    folder that does not load is a :class:`CorruptFileError` naming ``what`` (the scorer), the class that failed,
+    the folder, the library's reason and ``hint`` (how to restore it)."""
     import torch
     from safetensors import SafetensorError
 
