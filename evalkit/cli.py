@@ -723,7 +723,7 @@ def compare_command(base, new, z, min_prompts):
 @click.option(
     "--suite",
     "suites_",
-    default="synth-color,synth-shape,synth-texture",
+    default="synth-color,synth-shape,synth-texture,synth-spatial",
     show_default=True,
     help="comma-separated synthetic suites",
 )

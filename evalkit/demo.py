@@ -13,7 +13,7 @@ from pathlib import Path
 
 from evalkit.harness.runs import new_run_dir
 
-SUITES = ("synth-color", "synth-shape", "synth-texture")
+from evalkit.suites.synth import SYNTH_SUITES as SUITES
 
 
 def run_demo(

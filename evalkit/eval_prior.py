@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from evalkit.embedding_metrics import embedding_rows, summarize
 from evalkit.serialization import atomic_write_json
+from evalkit.suites.synth import SYNTH_SUITES
 
 #: headroom holds when the oracle's binding accuracy exceeds text's and none's by this many paired standard errors
 HEADROOM_Z = 5.0
@@ -247,7 +248,7 @@ CONTROLS = ("random", "shuffled", "swapped")
 
 def evaluate_priors(
     priors,
-    suites=("synth-color", "synth-shape", "synth-texture"),
+    suites=SYNTH_SUITES,
     split: str = "val",
     num_seeds: int = 10,
     controls=(),

@@ -354,6 +354,11 @@ for _family in ("color", "shape", "texture"):
     )
 del _family
 SUITES.register(
+    "synth-spatial",
+    "evalkit.suites.synth:synth_spatial",
+    "synthetic world, spatial binding: left / right / top / bottom of (train/dev/val; val 200 seen + 100 unseen)",
+)
+SUITES.register(
     "t2i-compbench-spatial",
     "evalkit.suites.t2i_compbench_relations:t2i_compbench_spatial",
     "T2I-CompBench 2-D spatial prompts (val 300, train 700; no seen/unseen), read from the prompt directory",

@@ -49,7 +49,10 @@ def test_clean_renders(category):
             assert r[f"acc_{family}"] >= 0.98, (kind, family, r)
         assert r["phrase_agreement"] >= 0.98, (kind, r)
     assert result["true"]["mean_score"] >= 0.98
-    assert result["swapped"]["mean_score"] <= 0.02  # the swapped scene fails both phrases of the prompt
+    if category == "spatial":  # T2I-CompBench's rule: both objects found (0.25 + 0.25), the place wrong (0)
+        assert result["swapped"]["mean_score"] == pytest.approx(0.5, abs=0.01)
+    else:
+        assert result["swapped"]["mean_score"] <= 0.02  # the swapped scene fails both phrases of the prompt
 
 
 def test_degraded_renders():
@@ -259,3 +262,47 @@ def test_degenerate_images():
     found = detect(x)
     assert len(found.image) <= 4 * 6
     assert AnalyticScorer().score(torch.zeros(0, 3, 32, 32), Batch([], [])) == []
+
+
+def _detected(shape, x, y, w, h, color="red"):
+    return {"color": color, "shape": shape, "texture": "plain", "size": "big", "bbox": [x, y, w, h]}
+
+
+def test_spatial_prompts_apply_t2i_compbench_rules_to_the_detected_boxes():
+    """Hand-computed cases: boxes of a 32-px image go to UniDet's 479-px frame; the score is
+    0.25 + 0.25 + position / 2 with both objects found, else at most 0.25 and so 0."""
+    from evalkit.scorers.analytic import score_relation
+
+    left = [_detected("circle", 0, 10, 10, 10), _detected("square", 20, 12, 10, 10)]
+    row = score_relation("left", ["a circle", "a square"], left)
+    assert row["position"] == 1.0 and row["score"] == 1.0 and row["product"] == 1.0
+    assert (
+        row["relation"] == "on the left of" and row["questions"][-1]["question"] == "a circle on the left of a square?"
+    )
+    wrong = score_relation("right", ["a circle", "a square"], left)
+    assert wrong["position"] == 0.0 and wrong["score"] == 0.5 and wrong["product"] == 0.0
+    # |dy| > |dx|: neither left nor right, but "top" holds for the upper object
+    stacked = [_detected("circle", 10, 0, 10, 10), _detected("square", 12, 20, 10, 10)]
+    assert score_relation("left", ["a circle", "a square"], stacked)["position"] == 0.0
+    assert score_relation("top", ["a circle", "a square"], stacked)["score"] == 1.0
+    assert score_relation("bottom", ["a square", "a circle"], stacked)["score"] == 1.0
+    # overlapping boxes: IoU 0.25 ≥ 0.1 → position 0.1 / IoU = 0.4, score 0.5 + 0.2
+    overlap = [_detected("circle", 0, 0, 10, 10), _detected("square", 6, 0, 10, 10)]
+    row = score_relation("left", ["a circle", "a square"], overlap)
+    assert row["position"] == pytest.approx(0.1 / (40 / 160)) and row["score"] == pytest.approx(0.7)
+    # one object missing: 0.25 < 0.5 → 0, and no position
+    missing = score_relation("left", ["a circle", "a star"], left)
+    assert missing["position"] is None and missing["score"] == 0.0
+    # one object cannot stand for both phrases
+    assert score_relation("left", ["a circle", "a circle"], left[:1])["score"] == 0.0
+
+
+def test_spatial_items_are_scored_by_the_rule_through_the_scorer():
+    suite = SynthSuite("spatial")
+    items = suite.load_items("val")[:12]
+    seeds = [7] * len(items)
+    scorer = AnalyticScorer()
+    rows = scorer.score(as_tensor(suite.render(items, seeds)), Batch(items, seeds))
+    assert all(r["score"] == 1.0 and r["position"] == 1.0 for r in rows)
+    rows = scorer.score(as_tensor(suite.render(items, seeds, swapped=True)), Batch(items, seeds))
+    assert all(r["score"] == 0.5 and r["position"] == 0.0 for r in rows)

@@ -7,6 +7,7 @@ import torch
 from evalkit.contracts import Batch
 from evalkit.errors import WeightsNotFoundError
 from evalkit.scorers.binding import BindingScorer
+from evalkit.suites.synth import SynthSuite
 from evalkit.train.world_scorer import KINDS, ScorerTrainConfig, draw_questions, label_of, question, train_scorer
 from evalkit.world import render, sample_pairs
 from evalkit.world.models.tensors import images_to_tensor
@@ -62,3 +63,58 @@ def test_folded_batch_norm_gives_the_model_s_answers():
         folded = scorer.word_logits(images)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in scorer._trunk.modules())
     torch.testing.assert_close(folded, reference, rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def spatial_renders():
+    suite = SynthSuite("spatial")
+    items = suite.load_items("val")[:60]
+    seeds = [42] * len(items)
+    true = images_to_tensor(suite.render(items, seeds))
+    swapped = images_to_tensor(suite.render(items, seeds, swapped=True))
+    return items, seeds, true, swapped
+
+
+def test_relation_questions_locate_both_phrases_and_apply_the_position_rule(spatial_renders):
+    """The shipped scorer on ground-truth renders: the relation holds on the true render, not on the swapped one."""
+    items, seeds, true, swapped = spatial_renders
+    scorer = BindingScorer()
+    rows_true = scorer.score(true, Batch(items, seeds))
+    rows_swapped = scorer.score(swapped, Batch(items, seeds))
+    for item, row, other in zip(items, rows_true, rows_swapped):
+        relation = row["questions"][-1]
+        assert relation["question"] == f"{item.prompt}?" and len(row["questions"]) == 3
+        assert row["score"] == pytest.approx(math.prod(q["p"] for q in row["questions"]), abs=1e-5)
+        assert other["questions"][-1]["p"] in (0.0, 1.0)
+    p_true = np.mean([r["questions"][-1]["p"] for r in rows_true])
+    p_swapped = np.mean([r["questions"][-1]["p"] for r in rows_swapped])
+    assert p_true >= 0.97 and p_swapped <= 0.03, (p_true, p_swapped)
+    # the located points are the named objects' centres, to within a few pixels
+    from evalkit.world import sample_scene
+
+    for item, row in zip(items[:20], rows_true):
+        scene = sample_scene(SynthSuite.caption_spec(item), 42)
+        for obj, xy in zip(scene.objects[:2], row["questions"][-1]["located"]):
+            assert abs(xy[0] - (obj.x + obj.size_px / 2)) < 4 and abs(xy[1] - (obj.y + obj.size_px / 2)) < 4
+
+
+def test_locate_is_the_softmax_weighted_centre():
+    from evalkit.scorers.binding import BindingVQA
+
+    per_location = torch.full((1, 8, 8), -50.0)
+    per_location[0, 2, 5] = 0.0  # one location: its centre, (5.5, 2.5) cells of 4 px
+    assert BindingVQA.locate(per_location).tolist() == [[22.0, 10.0]]
+    per_location[0, 2, 6] = 0.0  # two equal locations: halfway
+    assert BindingVQA.locate(per_location).tolist() == [[24.0, 10.0]]
+
+
+def test_prompts_without_a_relation_keep_their_phrase_questions_only(spatial_renders):
+    items, seeds, true, _ = spatial_renders
+    scorer = BindingScorer()
+    batch = Batch.from_prompts(["a circle and a square"], seeds=[42], category="color")
+    row = scorer.score(true[:1], batch)[0]
+    assert [q["question"] for q in row["questions"]] == ["a circle?", "a square?"]
+    # an ad-hoc spatial prompt (no caption spec) is read from its words
+    batch = Batch.from_prompts([items[0].prompt], seeds=[42], category="spatial")
+    row = scorer.score(true[:1], batch)[0]
+    assert row["questions"][-1]["question"] == f"{items[0].prompt}?" and row["questions"][-1]["p"] == 1.0

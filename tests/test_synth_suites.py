@@ -90,7 +90,9 @@ def test_seen_val_covers_every_pair_that_is_not_held_out(suites, category):
             val_pairs |= bound_combos(item.prompt) | bound_combos(item.swapped_prompt)
     family = COMBO_FAMILY[category]
     assert all(c[0] == family and not is_held_out(c) for c in val_pairs)
-    assert len(val_pairs) == {"color": 8 * 6 - 6, "texture": 4 * 6 - 3, "shape": 2 * 6 - 2}[category]
+    # spatial: 4 places × 6 shapes, less the 4 held out (star left / right, cross top / bottom)
+    expected = {"color": 8 * 6 - 6, "texture": 4 * 6 - 3, "shape": 2 * 6 - 2, "spatial": 4 * 6 - 4}
+    assert len(val_pairs) == expected[category]
 
 
 @pytest.mark.parametrize("category", CATEGORIES)
@@ -112,8 +114,9 @@ def test_items_carry_phrases_swaps_and_caption_specs(suites, category):
     for split in ("val", "dev", "train"):
         for item in suites[category].items(split)[:300]:
             assert len(item.noun_phrases) == 2
-            assert item.prompt == " and ".join(item.noun_phrases)  # phrases verbatim, in order
             spec = SynthSuite.caption_spec(item)
+            joint = " and " if category != "spatial" else f" on the {spec.relation} of "
+            assert item.prompt == joint.join(item.noun_phrases)  # phrases verbatim, in order
             assert spec == parse_caption(item.prompt) and spec.category == category
             assert item.swapped_prompt == spec.swapped_text != item.prompt
             assert parse_caption(item.swapped_prompt).swapped_text == item.prompt
@@ -122,7 +125,7 @@ def test_items_carry_phrases_swaps_and_caption_specs(suites, category):
 def test_versions_are_stable_and_distinct(suites):
     versions = {c: s.version("val") for c, s in suites.items()}
     assert versions == {c: load_suite(f"synth-{c}").version("val") for c in CATEGORIES}
-    assert len(set(versions.values())) == 3
+    assert len(set(versions.values())) == len(CATEGORIES)
     assert suites["color"].version("dev") != versions["color"]
 
 

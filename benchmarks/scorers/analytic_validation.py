@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from evalkit.scorers.analytic import AnalyticScorer, degrade, score_phrases
+from evalkit.scorers.analytic.scorer import score_relation
 from evalkit.scorers.analytic.templates import _template_bank
 
 _FAMILY_NAMES = ("color", "shape", "texture", "size")
@@ -100,7 +101,11 @@ def _measure(
         counts["extra"] += len(objects) - len(matched)
         wrong = _compare_attributes(scene, objects, matched, counts, confusions)
         missed = [g for g in range(len(scene.objects)) if g not in matched]
-        questions, accuracy, _ = score_phrases(spec.noun_phrases, objects)
+        if spec.relation is not None:  # spatial: T2I-CompBench's rule on the detected boxes
+            row = score_relation(spec.relation, spec.noun_phrases, objects)
+            questions, accuracy = row["questions"][:2], row["score"]
+        else:
+            questions, accuracy, _ = score_phrases(spec.noun_phrases, objects)
         scores.append(accuracy)
         truth_p = [float(any(o.satisfies(phrase) for o in scene.objects)) for phrase in spec.objects]
         agree = [q["p"] == t for q, t in zip(questions, truth_p)]

@@ -4,8 +4,9 @@ For each category and for seen / unseen items, with ``seeds`` renders per val ca
 
 - ``i2t_top1``: a render retrieves its own caption among all val captions of its category;
 - ``i2t_top1_true``: the caption it retrieves is *true of it* (every phrase realised by an object of
-  the scene). Captions leave most of a scene open, so one render fits several val captions (in
-  ``shape`` about four on average): ``i2t_top1`` has a ceiling well below 1, this one does not;
+  the scene, and for ``spatial`` two such objects in the relation: ``Scene.holds``). Captions leave
+  most of a scene open, so one render fits several val captions (in ``shape`` about four on
+  average): ``i2t_top1`` has a ceiling well below 1, this one does not;
 - ``i2t_top1_words``: the caption it retrieves has the words of a caption true of it, in any order —
   retrieval up to binding (a bag-of-words text side, like real CLIP's, can reach 1 here, not above);
 - ``caption_binding``: a render is closer to its caption than to the attribute-swapped caption;
@@ -38,12 +39,7 @@ def val_renders(category: str, seeds: int, split: str = "val"):
             independent.append(sample_scene(prompt.spec, seed + INDEPENDENT_SEED_OFFSET))
             owner.append(k)
     to_tensor = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float().div_(255.0)
-    fits = torch.tensor(
-        [
-            [all(any(o.satisfies(phrase) for o in scene.objects) for phrase in p.spec.objects) for p in prompts]
-            for scene in scenes
-        ]
-    )
+    fits = torch.tensor([[scene.holds(p.spec) for p in prompts] for scene in scenes])
     return (
         prompts,
         to_tensor(render(scenes)),

@@ -20,7 +20,8 @@ import torch
 from evalkit.serialization import atomic_write_json
 from evalkit.eval_prior import headroom_table
 
-SUITES = ("synth-color", "synth-shape", "synth-texture")
+from evalkit.suites.synth import SYNTH_SUITES as SUITES
+from evalkit.world.attributes import CATEGORIES
 
 
 def check_clip(clip, seeds: int) -> dict:
@@ -150,7 +151,7 @@ def clip_table(metrics: dict) -> list[str]:
 
     table = [
         [cat, seen, *[metrics[f"{cat}/{seen}/{m}"] for m in CLIP_METRICS]]
-        for cat in ("color", "shape", "texture", "mean")
+        for cat in (*CATEGORIES, "mean")
         for seen in ("seen", "unseen")
     ]
     return [tabulate(table, headers=["category", "split", *CLIP_METRICS], tablefmt="github"), ""]

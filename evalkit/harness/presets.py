@@ -24,9 +24,10 @@ from pathlib import Path
 
 from evalkit.harness.run_config import RunConfig
 from evalkit.paths import REPO_ROOT
+from evalkit.suites.synth import SYNTH_SUITES
 
 GOLDEN_DIR = REPO_ROOT / "results" / "golden" / "smoke"
-SYNTH_SUITES = ["synth-color", "synth-shape", "synth-texture"]
+SYNTH_SUITES = list(SYNTH_SUITES)
 #: B-VQA style (the embedded binding scorer) and HRS style (the analytic scorer), side by side
 SCORERS = ["binding", "analytic"]
 LADDER = ["oracle", "eclipse", "projection", "diffusion", "eclipse-hn", "eclipse-large", "diffusion-xl", "none"]

@@ -14,6 +14,12 @@ loss (each location's words, from the renderer's object masks) with the phrase l
 with hard negatives (the attribute-swapped phrase, one attribute changed, shapes absent from the
 image); labels come from the scene's ground truth, so distractors count.
 
+**Relation questions** (spatial prompts of the world, "a circle on the left of a square"): the same maps
+locate each phrase — the mean of the 8×8 locations weighted by the softmax of their log P(phrase here),
+in pixels — and T2I-CompBench's position rule (:func:`~evalkit.scorers.spatial_rules.position_score`) on
+the two located points answers the relation, p ∈ {0, 1}; the image's score is the product of the two
+phrase answers and the relation's, as for any other question.
+
 Words outside the world's vocabulary are ignored and reported in the question's ``unknown`` field.
 Weights: ``evalkit/world/weights/scorer/`` (config.json + model.safetensors, fp16).
 """
@@ -99,10 +105,23 @@ class BindingVQA(PretrainedMixin, nn.Module):
         return self.head(self.trunk(images.float() - self.image_mean))
 
     @staticmethod
-    def phrase_log_prob(word_logits: torch.Tensor, phrase_hot: torch.Tensor) -> torch.Tensor:
+    def phrase_location_log_probs(word_logits: torch.Tensor, phrase_hot: torch.Tensor) -> torch.Tensor:
+        """(N, H, W): log P(the object at each location fits the phrase) = Σ_words log σ(logit)."""
+        return torch.einsum("nvhw,nv->nhw", F.logsigmoid(word_logits), phrase_hot.to(word_logits.dtype))
+
+    @classmethod
+    def phrase_log_prob(cls, word_logits: torch.Tensor, phrase_hot: torch.Tensor) -> torch.Tensor:
         """log P(yes) (N,): max over locations of Σ_words log σ(logit)."""
-        per_location = torch.einsum("nvhw,nv->nhw", F.logsigmoid(word_logits), phrase_hot.to(word_logits.dtype))
-        return per_location.flatten(1).amax(dim=1)
+        return cls.phrase_location_log_probs(word_logits, phrase_hot).flatten(1).amax(dim=1)
+
+    @staticmethod
+    def locate(per_location: torch.Tensor, image_size: int = 32) -> torch.Tensor:
+        """(N, 2) pixel (x, y) of each phrase: the locations' centres weighted by the softmax of their log-probs."""
+        n, h, w = per_location.shape
+        weights = torch.softmax(per_location.float().flatten(1), dim=1).view(n, h, w)
+        ys = (torch.arange(h, dtype=torch.float32, device=weights.device) + 0.5) * (image_size / h)
+        xs = (torch.arange(w, dtype=torch.float32, device=weights.device) + 0.5) * (image_size / w)
+        return torch.stack([(weights.sum(1) * xs).sum(1), (weights.sum(2) * ys).sum(1)], dim=1)
 
     def forward(self, images: torch.Tensor, phrase_hot: torch.Tensor) -> torch.Tensor:
         """log P(yes) that image i holds an object fitting phrase i; images (N, 3, 32, 32) in [0, 1]."""
@@ -116,7 +135,7 @@ class BindingScorer(Scorer):
     """``binding``: the embedded VQA model's P(yes) per noun phrase, product per image (B-VQA style)."""
 
     name = "binding"
-    version = "1"
+    version = "2"
     #: the CNN computes in any of these (its batch norms are folded in float32, then cast)
     supported_dtypes = ("float32", "bfloat16", "float16")
 
@@ -171,6 +190,14 @@ class BindingScorer(Scorer):
     def probabilities(self, images: torch.Tensor, phrases: Sequence[str], image_index: Sequence[int]) -> torch.Tensor:
         """P(yes) for each (images[image_index[k]], phrases[k]): the CNN runs once per image, whatever the
         number of its questions; each question is then a weighted sum over the word maps."""
+        return self.answers(images, phrases, image_index)[0]
+
+    @torch.inference_mode()
+    def answers(
+        self, images: torch.Tensor, phrases: Sequence[str], image_index: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """P(yes) ``(K,)`` and the phrase's located pixel (x, y) ``(K, 2)`` (:meth:`BindingVQA.locate`) for each
+        (images[image_index[k]], phrases[k])."""
         hot, _ = self.model.encode_phrases(phrases)
         maps = (
             torch.cat(
@@ -180,22 +207,25 @@ class BindingScorer(Scorer):
             else None
         )
         if maps is None or not len(phrases):
-            return torch.empty(0)
+            return torch.empty(0), torch.empty(0, 2)
         # phrases and indices are made on the CPU: they go to the maps; log-probabilities summed in float32
         index = torch.as_tensor(list(image_index), dtype=torch.long, device=maps.device)
-        return self.model.phrase_log_prob(maps[index].float(), hot.to(maps.device)).exp()
+        per_location = self.model.phrase_location_log_probs(maps[index].float(), hot.to(maps.device))
+        size = images.shape[-1]
+        return per_location.flatten(1).amax(dim=1).exp(), self.model.locate(per_location, size)
 
     def score(self, images: torch.Tensor, batch: Batch) -> list[dict]:
         from evalkit.scorers.bvqa import image_scores
-        from evalkit.world.phrases import noun_phrases
+        from evalkit.world.phrases import noun_phrases, relation_of
 
         per_image = [noun_phrases(item) for item in batch.items]
         flat = [p for phrases in per_image for p in phrases]
         owner = [i for i, phrases in enumerate(per_image) for _ in phrases]
-        probs = self.probabilities(images, [f"{p}" for p in flat], owner).tolist()
+        probs, where = self.answers(images, [f"{p}" for p in flat], owner)
+        probs, where = probs.tolist(), where.tolist()
         _, unknown = self.model.encode_phrases(flat)
         rows, k = [], 0
-        for phrases in per_image:
+        for item, phrases in zip(batch.items, per_image):
             questions = []
             for phrase in phrases:
                 q = {"question": f"{phrase}?", "p": round(float(probs[k]), 6)}
@@ -203,6 +233,23 @@ class BindingScorer(Scorer):
                     q["unknown"] = list(unknown[k])
                 questions.append(q)
                 k += 1
+            relation = relation_of(item)
+            if relation is not None and len(phrases) == 2:
+                questions.append(_relation_question(relation, phrases, where[k - 2], where[k - 1]))
             score = float(image_scores([[q["p"] for q in questions]], self.mode)[0]) if questions else 1.0
             rows.append({"score": score, "questions": questions})
         return rows
+
+
+def _relation_question(relation: str, phrases: Sequence[str], xy1: Sequence[float], xy2: Sequence[float]) -> dict:
+    """The relation's question: T2I-CompBench's position rule on the two phrases' located points."""
+    from evalkit.scorers.spatial_rules import position_score
+    from evalkit.world.attributes import relation_text
+
+    words = relation_text(relation)
+    point = lambda xy: (xy[0], xy[1], xy[0], xy[1])  # noqa: E731  (a box of no extent: IoU 0)
+    return {
+        "question": f"{phrases[0]} {words} {phrases[1]}?",
+        "p": position_score(words, point(xy1), point(xy2)),
+        "located": [[round(v, 2) for v in xy1], [round(v, 2) for v in xy2]],
+    }

@@ -1,10 +1,12 @@
-"""Synthetic binding suites ``synth-color``, ``synth-shape``, ``synth-texture`` over the world.
+"""Synthetic binding suites ``synth-color``, ``synth-shape``, ``synth-texture``, ``synth-spatial`` over the world.
 
 Prompts come from :mod:`evalkit.world.splits` (train / dev / val; val = 200 seen + 100 unseen,
 ordered seen, seen, unseen, ...). Each item carries its noun phrases (from the caption grammar, no
 parsing), its seen flag, its attribute-swapped prompt and, in ``meta``, the caption spec. The
 ground truth of an (item, seed) pair is the scene :func:`evalkit.world.sample_scene` draws; the
-swapped prompt with the same seed gives the same scene with the bound attribute exchanged.
+swapped prompt with the same seed gives the same scene with the bound attribute exchanged (for
+``synth-spatial``: "a circle on the right of a square" for "a circle on the left of a square", the same
+scene with the two objects' places exchanged).
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from evalkit.world.grammar import CaptionSpec, is_held_out, parse_caption
 from evalkit.world.renderer import render
 from evalkit.world.scene import Scene, sample_scene
 from evalkit.world.splits import SPLITS, split_prompts
+
+
+#: the registry names of the world's suites, one per category
+SYNTH_SUITES: tuple[str, ...] = tuple(f"synth-{category}" for category in CATEGORIES)
 
 
 class SynthSuite(Suite):
@@ -102,3 +108,7 @@ def synth_shape() -> SynthSuite:
 
 def synth_texture() -> SynthSuite:
     return SynthSuite("texture")
+
+
+def synth_spatial() -> SynthSuite:
+    return SynthSuite("spatial")

@@ -87,7 +87,7 @@ class PriorTrainConfig:
     tau: float = DEFAULT_TAU
     hard_negatives: bool = False  # eclipse: swapped captions as extra negatives (world only)
     cond_drop_prob: float = 0.1  # diffusion: empty-prompt conditioning (classifier-free guidance)
-    num_pairs: int = 50000  # world: training pairs (train split, all three categories)
+    num_pairs: int = 50000  # world: training pairs (train split, all categories)
     dev_pairs: int = 1000  # world: held-out pairs (dev split) for the periodic evaluation
     data_seed: int = 0  # which pairs (world) / which held-out split (real data)
     seed: int = 0  # initialisation and batch order (the "training seed")

@@ -44,7 +44,7 @@ class CLIPTrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.1
     warmup_steps: int = 150
-    num_pairs: int = 60000  # rendered training pool (train split, all three categories)
+    num_pairs: int = 60000  # rendered training pool (train split, all categories)
     seed: int = 0
     eval_every: int = 250
     checkpoint_every: int = 250
@@ -126,19 +126,29 @@ def satisfies(scene_code: torch.Tensor, caption_code: torch.Tensor, valid: torch
 
 
 def combo_index() -> dict[tuple[str, str], int]:
-    """(attribute value, shape) → column of the auxiliary targets."""
+    """(attribute value, shape) → column of the auxiliary targets; relations are values ``"left:square"`` (the
+    shape stands on the left of a square)."""
     from evalkit.world import COLORS, SHAPES, SIZE_CLASSES, TEXTURES
+    from evalkit.world.attributes import RELATIONS
 
-    values = list(COLORS) + list(TEXTURES) + list(SIZE_CLASSES)
+    values = list(COLORS) + list(TEXTURES) + list(SIZE_CLASSES) + [f"{r}:{s}" for r in RELATIONS for s in SHAPES]
     return {(v, s): k for k, (v, s) in enumerate((v, s) for v in values for s in SHAPES)}
 
 
 def scene_targets(scenes, index) -> np.ndarray:
+    """Multi-hot (attribute, shape) combinations of each scene, and each object's place relative to every
+    other object (:func:`evalkit.world.scene.place_of`): the image tower learns where things are."""
+    from evalkit.world.scene import place_of
+
     out = np.zeros((len(scenes), len(index)), np.float32)
     for row, scene in enumerate(scenes):
         for obj in scene.objects:
             for value in (obj.color, obj.texture, obj.size_class):
                 out[row, index[(value, obj.shape)]] = 1.0
+            for other in scene.objects:
+                place = None if other is obj else place_of(obj, other)
+                if place is not None:
+                    out[row, index[(f"{place}:{other.shape}", obj.shape)]] = 1.0
     return out
 
 
@@ -156,6 +166,10 @@ def caption_targets(texts, index) -> np.ndarray:
                 for value in (obj.color, obj.texture, obj.size)
                 if value is not None and obj.shape
             ]
+            places = spec.places()
+            if places is not None:
+                (a, b), (pa, pb) = spec.objects, places
+                cache[text] += [index[(f"{pa}:{b.shape}", a.shape)], index[(f"{pb}:{a.shape}", b.shape)]]
         out[row, cache[text]] = 1.0
     return out
 
@@ -163,6 +177,7 @@ def caption_targets(texts, index) -> np.ndarray:
 def training_pool(num_pairs: int, seed: int):
     """Captions and swapped captions, both renders, and the auxiliary targets of each."""
     from evalkit.world import render, sample_pairs, sample_scene
+    from evalkit.world.grammar import split_relation
 
     captions, scenes = sample_pairs("all", num_pairs, seed=seed, split="train")
     swapped_scenes = [sample_scene(scene.swapped_caption, scene.seed) for scene in scenes]
@@ -182,6 +197,7 @@ def training_pool(num_pairs: int, seed: int):
         "caption_code": caption_code,
         "caption_valid": caption_valid,
         "words": words,
+        "spatial": torch.tensor([split_relation(t)[1] is not None for t in texts]),
     }
 
 
@@ -197,6 +213,8 @@ def batch_positives(pool: dict, rows, config: CLIPTrainConfig) -> torch.Tensor |
     positives = None
     if config.multi_positive:
         positives = satisfies(pool["scene_code"][rows], pool["caption_code"][rows], pool["caption_valid"][rows])
+        # the codes hold attributes, not places: a spatial caption stays a negative of every other render
+        positives &= ~pool["spatial"][rows][None, :]
     if config.order_blind:
         words = pool["words"][rows]
         same = words.unsqueeze(1) == words.unsqueeze(0)

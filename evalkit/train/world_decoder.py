@@ -1,7 +1,7 @@
 """``evalkit train-world decoder``: the synthetic world's diffusion decoder, trained on CLIP image embeddings.
 
 The decoder learns p(image | CLIP image embedding) on renders of the world's train split (all
-three categories). The CLIP is frozen, so the embeddings of the training pool are computed once
+categories). The CLIP is frozen, so the embeddings of the training pool are computed once
 (batched, inference mode) and cached in the run folder, keyed by (num_pairs, seed, CLIP weights);
 a resumed run reuses them. Each step then draws a batch of (render, embedding) pairs, replaces
 each embedding by zeros with probability ``cond_drop_prob`` (the unconditional branch of
@@ -62,7 +62,7 @@ class DecoderTrainConfig:
     ema_decay: float = 0.995  # 0 disables the EMA; the EMA weights are the final model
     snr_gamma: float | None = 5.0  # Min-SNR-γ loss weighting (None: plain epsilon MSE)
     cond_drop_prob: float = 0.1  # embeddings replaced by zeros (classifier-free guidance)
-    num_pairs: int = 32000  # rendered training pool (train split, all three categories)
+    num_pairs: int = 32000  # rendered training pool (train split, all categories)
     seed: int = 0
     checkpoint_every: int = 200
     eval_every: int = 600

@@ -46,15 +46,34 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "size": SIZE_WORDS,
 }
 
-#: Binding categories, each named after the family it binds to two objects. Objects are named by
-#: shape in ``color`` and ``texture``, by size (big / small) in ``shape``.
-CATEGORIES: tuple[str, ...] = ("color", "shape", "texture")
+#: The spatial relations a caption can bind, in T2I-CompBench's words ("a circle on the left of a square"):
+#: relation → (axis, the relation with the two objects' places exchanged). "next to" is not among them: it is
+#: symmetric (its swap says the same thing) and, at T2I-CompBench's distance threshold, true of almost every
+#: layout of a 32-px canvas, so it would test object presence only (docs/world.md).
+RELATIONS: dict[str, tuple[str, str]] = {
+    "left": ("x", "right"),
+    "right": ("x", "left"),
+    "top": ("y", "bottom"),
+    "bottom": ("y", "top"),
+}
+
+
+def relation_text(relation: str) -> str:
+    """The words of a relation in a caption: "on the left of"."""
+    return f"on the {relation} of"
+
+
+#: Binding categories. ``color``, ``texture`` and ``shape`` are named after the family they bind to two
+#: objects (objects are named by shape in ``color`` and ``texture``, by size (big / small) in ``shape``);
+#: ``spatial`` binds the two objects (named by shape) to the two places of a relation.
+CATEGORIES: tuple[str, ...] = ("color", "shape", "texture", "spatial")
 
 #: Attribute–object combinations that no train or dev prompt contains (in any category, in its
 #: noun phrases or in its swapped caption). A val prompt is *unseen* when a combination it binds
-#: is listed here. Pairs are (attribute, shape). For the shape category the identity (size) has only
-#: two values and a swap moves a shape from big to small, so holding out (big, star) alone would
-#: also keep (small, star) out of every train prompt; both are listed to say so.
+#: is listed here. Pairs are (attribute, shape); for ``relation``, (the object's place, shape).
+#: For the shape category the identity (size) has only two values and a swap moves a shape from
+#: big to small, so holding out (big, star) alone would also keep (small, star) out of every
+#: train prompt; both are listed to say so (and both places of an axis, for ``relation``).
 HELD_OUT: dict[str, frozenset[tuple[str, str]]] = {
     "color": frozenset(
         {
@@ -68,4 +87,7 @@ HELD_OUT: dict[str, frozenset[tuple[str, str]]] = {
     ),
     "texture": frozenset({("striped", "diamond"), ("dotted", "triangle"), ("checkered", "circle")}),
     "size": frozenset({("big", "star"), ("small", "star")}),
+    # (place, shape): a swap moves each object to the other place of the axis, so both places of an axis are
+    # listed; stars are never left or right of anything in train, crosses never above or below
+    "relation": frozenset({("left", "star"), ("right", "star"), ("top", "cross"), ("bottom", "cross")}),
 }

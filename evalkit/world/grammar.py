@@ -3,13 +3,16 @@
 A caption names two objects, one noun phrase each, joined by "and"::
 
     phrase  = article [size] [color] [texture] shape        e.g. "a big red striped triangle"
-    caption = phrase " and " phrase
+    caption = phrase " and " phrase                         (color, shape, texture)
+            | phrase " on the " place " of " phrase         (spatial; place = left | right | top | bottom)
 
 Each category *binds* one attribute family to the two objects, which are named by another family
 (the identity): ``color`` and ``texture`` bind to objects named by shape ("a red circle and a blue
 square"); ``shape`` binds to objects named by size ("a big triangle and a small circle"), because
-with two objects swapping shapes is the same as swapping colours. The swapped caption exchanges
-the bound attribute between the two objects and nothing else.
+with two objects swapping shapes is the same as swapping colours. ``spatial`` binds the two objects
+(named by shape) to the two places of a relation ("a circle on the left of a square"). The swapped
+caption exchanges the bound attribute between the two objects and nothing else; for ``spatial`` it
+exchanges their places ("a circle on the right of a square").
 
 Other attribute families may be *mentioned* to make prompts more varied; each such family is
 mentioned on at most one of the two objects (with probability :data:`MENTION_PROB` per caption),
@@ -24,7 +27,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Iterator
 
-from evalkit.world.attributes import CATEGORIES, FAMILIES, HELD_OUT
+from evalkit.world.attributes import CATEGORIES, FAMILIES, HELD_OUT, RELATIONS, relation_text
 
 #: Probability that a caption mentions a non-bound attribute family (on one of its two objects).
 #: Each object's non-bound attribute is then mentioned with probability MENTION_PROB / 2 = 0.2.
@@ -35,9 +38,11 @@ MENTION_FAMILIES: dict[str, tuple[str, ...]] = {
     "color": ("texture",),
     "texture": ("color",),
     "shape": ("color", "texture"),
+    "spatial": ("color", "texture"),
 }
-#: The family whose (value, shape) pairs a category binds: (red, circle), (striped, circle), (big, circle).
-COMBO_FAMILY: dict[str, str] = {"color": "color", "texture": "texture", "shape": "size"}
+#: The family whose (value, shape) pairs a category binds: (red, circle), (striped, circle), (big, circle),
+#: (left, circle).
+COMBO_FAMILY: dict[str, str] = {"color": "color", "texture": "texture", "shape": "size", "spatial": "relation"}
 #: Word order inside a noun phrase.
 PHRASE_ORDER: tuple[str, ...] = ("size", "color", "texture", "shape")
 
@@ -45,10 +50,10 @@ Combo = tuple[str, str, str]  # (family, value, shape), e.g. ("color", "red", "c
 
 
 def bound_family(category: str) -> str:
-    """The family a category swaps: its own name."""
+    """The family a category swaps: its own name (``relation`` for ``spatial``)."""
     if category not in CATEGORIES:
         raise ValueError(f"unknown category {category!r}; expected one of {', '.join(CATEGORIES)}")
-    return category
+    return "relation" if category == "spatial" else category
 
 
 @dataclass(frozen=True)
@@ -89,15 +94,21 @@ class ObjectSpec:
 
 @dataclass(frozen=True)
 class CaptionSpec:
-    """A caption by construction: the category and the two objects in phrase order."""
+    """A caption by construction: the category, the two objects in phrase order and, for ``spatial``, the
+    relation (the first object's place: left, right, top or bottom of the second)."""
 
     category: str
     objects: tuple[ObjectSpec, ObjectSpec]
+    relation: str | None = None
 
     def __post_init__(self):
         bound_family(self.category)
         if len(self.objects) != 2:
             raise ValueError("a caption names exactly two objects")
+        if (self.category == "spatial") != (self.relation is not None):
+            raise ValueError("a spatial caption names a relation, and only a spatial caption does")
+        if self.relation is not None and self.relation not in RELATIONS:
+            raise ValueError(f"unknown relation {self.relation!r}; expected one of {', '.join(RELATIONS)}")
 
     @functools.cached_property
     def noun_phrases(self) -> tuple[str, str]:
@@ -105,7 +116,14 @@ class CaptionSpec:
 
     @functools.cached_property
     def text(self) -> str:
-        return " and ".join(self.noun_phrases)
+        joint = " and " if self.relation is None else f" {relation_text(self.relation)} "
+        return joint.join(self.noun_phrases)
+
+    def places(self) -> tuple[str, str] | None:
+        """Each object's place (``("left", "right")`` for "a circle on the left of a square"), or None."""
+        if self.relation is None:
+            return None
+        return self.relation, RELATIONS[self.relation][1]
 
     def swapped(self) -> "CaptionSpec":
         """The same caption with the bound attribute exchanged between the two objects."""
@@ -113,6 +131,8 @@ class CaptionSpec:
 
     @functools.cached_property
     def _swapped(self) -> "CaptionSpec":
+        if self.relation is not None:
+            return CaptionSpec(self.category, self.objects, RELATIONS[self.relation][1])
         family = bound_family(self.category)
         a, b = self.objects
         return CaptionSpec(
@@ -128,8 +148,12 @@ class CaptionSpec:
         return self.swapped().text
 
     def combos(self) -> frozenset[Combo]:
-        """Every (family, value, shape) pair the caption states."""
-        return self.objects[0].combos() | self.objects[1].combos()
+        """Every (family, value, shape) pair the caption states (a place is a ``relation`` value)."""
+        stated = self.objects[0].combos() | self.objects[1].combos()
+        places = self.places()
+        if places is None:
+            return stated
+        return stated | {("relation", place, o.shape) for place, o in zip(places, self.objects)}
 
     def bound_combos(self) -> frozenset[Combo]:
         """The two attribute–object combinations the caption binds, e.g. {(color, red, circle), ...}."""
@@ -146,11 +170,14 @@ class CaptionSpec:
         return (cores[0], cores[1])
 
     def to_dict(self) -> dict:
-        return {"category": self.category, "objects": [o.as_dict() for o in self.objects]}
+        data = {"category": self.category, "objects": [o.as_dict() for o in self.objects]}
+        if self.relation is not None:
+            data["relation"] = self.relation
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "CaptionSpec":
-        return cls(data["category"], tuple(ObjectSpec(**o) for o in data["objects"]))
+        return cls(data["category"], tuple(ObjectSpec(**o) for o in data["objects"]), data.get("relation"))
 
 
 def is_held_out(combo: Combo) -> bool:
@@ -163,11 +190,25 @@ def is_held_out(combo: Combo) -> bool:
 _WORD_FAMILY = {word: family for family, words in FAMILIES.items() for word in words}
 
 
+def split_relation(text: str) -> tuple[list[str], str | None]:
+    """The caption's phrases and its relation: split on the first relation's words (" on the left of "), else
+    on " and "."""
+    for relation in RELATIONS:
+        joint = f" {relation_text(relation)} "
+        if joint in text:
+            return text.split(joint), relation
+    return text.split(" and "), None
+
+
 def parse_caption(text: str) -> CaptionSpec:
-    """Read a caption of the grammar back into its spec (the category is the family on both objects)."""
-    phrases = text.strip().split(" and ")
+    """Read a caption of the grammar back into its spec (the category is the family on both objects, or
+    ``spatial`` for a caption joined by a relation)."""
+    phrases, relation = split_relation(text.strip())
     if len(phrases) != 2:
-        raise ValueError(f"not a caption of the world (two phrases joined by 'and'): {text!r}")
+        raise ValueError(
+            f"not a caption of the world (two phrases joined by 'and' or by a relation such as "
+            f"'on the left of'): {text!r}"
+        )
     objects = []
     for phrase in phrases:
         words = phrase.split()
@@ -183,10 +224,15 @@ def parse_caption(text: str) -> CaptionSpec:
             raise ValueError(f"phrase without a shape: {phrase!r}")
         objects.append(ObjectSpec(**fields))
     on_both = [f for f in ("size", "color", "texture") if objects[0].get(f) and objects[1].get(f)]
-    if len(on_both) != 1:
+    if relation is not None:
+        if on_both:
+            raise ValueError(f"a spatial caption names no family on both objects: {text!r} names {on_both}")
+        spec = CaptionSpec("spatial", (objects[0], objects[1]), relation)
+    elif len(on_both) != 1:
         raise ValueError(f"cannot tell the category of {text!r}: families on both objects: {on_both}")
-    category = {"size": "shape", "color": "color", "texture": "texture"}[on_both[0]]
-    spec = CaptionSpec(category, (objects[0], objects[1]))
+    else:
+        category = {"size": "shape", "color": "color", "texture": "texture"}[on_both[0]]
+        spec = CaptionSpec(category, (objects[0], objects[1]))
     if spec.text != text.strip():
         raise ValueError(f"{text!r} is not in canonical word order (expected {spec.text!r})")
     return spec
@@ -195,17 +241,26 @@ def parse_caption(text: str) -> CaptionSpec:
 # --------------------------------------------------------------------------- the prompt universe
 
 
-def _cores(category: str) -> Iterator[tuple[ObjectSpec, ObjectSpec]]:
-    """Both objects' bound and identity attributes, in phrase order (both orders are produced)."""
+def _cores(category: str) -> Iterator[CaptionSpec]:
+    """Captions of the category with only the bound and identity attributes, in phrase order (both orders
+    are produced)."""
     if category == "shape":
         for first_size, second_size in (("big", "small"), ("small", "big")):
             for s1, s2 in itertools.permutations(FAMILIES["shape"], 2):
-                yield ObjectSpec(shape=s1, size=first_size), ObjectSpec(shape=s2, size=second_size)
+                yield CaptionSpec(
+                    category, (ObjectSpec(shape=s1, size=first_size), ObjectSpec(shape=s2, size=second_size))
+                )
+    elif category == "spatial":
+        for relation in RELATIONS:
+            for s1, s2 in itertools.permutations(FAMILIES["shape"], 2):
+                yield CaptionSpec(category, (ObjectSpec(shape=s1), ObjectSpec(shape=s2)), relation)
     else:
         family = bound_family(category)
         for v1, v2 in itertools.permutations(FAMILIES[family], 2):
             for s1, s2 in itertools.permutations(FAMILIES["shape"], 2):
-                yield ObjectSpec(shape=s1, **{family: v1}), ObjectSpec(shape=s2, **{family: v2})
+                yield CaptionSpec(
+                    category, (ObjectSpec(shape=s1, **{family: v1}), ObjectSpec(shape=s2, **{family: v2}))
+                )
 
 
 def _mention_options(family: str) -> list[tuple[int | None, str | None, float]]:
@@ -235,8 +290,8 @@ def enumerate_captions(category: str) -> list[Caption]:
     families = MENTION_FAMILIES[category]
     options = [_mention_options(f) for f in families]
     out = []
-    for first, second in _cores(category):
-        core = CaptionSpec(category, (first, second))
+    for core in _cores(category):
+        first, second = core.objects
         # a mention on object i pairs with object i's shape, and after the swap with the shape
         # object i then has (the other one's, in the shape category)
         shapes_after = [core.swapped().objects[i].shape for i in (0, 1)]
@@ -256,7 +311,7 @@ def enumerate_captions(category: str) -> list[Caption]:
                 spec = (
                     core
                     if all(i is None for i, _, _ in choice)
-                    else CaptionSpec(category, (ObjectSpec(**objects[0]), ObjectSpec(**objects[1])))
+                    else CaptionSpec(category, (ObjectSpec(**objects[0]), ObjectSpec(**objects[1])), core.relation)
                 )
                 out.append(Caption(spec, weight, core))
     return out

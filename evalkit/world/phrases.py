@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 
 from evalkit.world.attributes import FAMILIES
+from evalkit.world.grammar import split_relation
 
 _WORD_FAMILY = {word: family for family, words in FAMILIES.items() for word in words}
 _ARTICLES = frozenset({"a", "an", "the", "one"})
@@ -34,11 +35,21 @@ def parse_phrase(phrase: str) -> tuple[tuple[tuple[str, str], ...], tuple[str, .
 
 
 def noun_phrases(item) -> tuple[str, ...]:
-    """The item's noun phrases, or its prompt split on " and " when the suite left them open."""
+    """The item's noun phrases, or its prompt split on " and " (or on a relation: " on the left of ") when the
+    suite left them open."""
     if item.noun_phrases:
         return tuple(item.noun_phrases)
-    parts = [p.strip() for p in item.prompt.strip().rstrip(".").split(" and ")]
-    return tuple(p for p in parts if p)
+    parts, _ = split_relation(item.prompt.strip().rstrip("."))
+    return tuple(p.strip() for p in parts if p.strip())
+
+
+def relation_of(item) -> str | None:
+    """The world relation (left, right, top, bottom) the item's prompt binds, or None: its caption spec's
+    relation when the suite gave one, else the first relation's words found in the prompt."""
+    caption = (item.meta or {}).get("caption")
+    if caption is not None:
+        return caption.get("relation")
+    return split_relation(item.prompt.strip().rstrip("."))[1]
 
 
 def unreadable(item) -> str | None:

@@ -28,6 +28,11 @@ No learned model. For each image:
    (p = 1) when some detected object has every attribute the phrase names, else p = 0 (a phrase with
    a word outside the world's vocabulary cannot be verified: p = 0, the word is reported).
    ``score`` = fraction of satisfied phrases (HRS accuracy); ``product`` = their product.
+5. **Relations.** A spatial prompt of the world ("a circle on the left of a square") is scored by
+   T2I-CompBench's 2-D spatial rules (:mod:`evalkit.scorers.spatial_rules`, the code ``t2i-spatial``
+   runs on OWLv2 boxes) on the foreground boxes of the objects its two phrases found (each phrase
+   its own object), in UniDet's 479-px frame, with confidence 1: ``score`` = 0.5 + position / 2
+   when both are found (1 when the relation holds, 0.5 when it does not), else 0.
 
 Rows keep every question with its p and the object that satisfied it, plus the detected objects
 (attributes, boxes, margins, fit residual), so a low score can be read off the row. Images of any
@@ -43,7 +48,7 @@ windows), :mod:`.templates` (the sprite bank, blurred by :mod:`.blur`, and the f
 
 from evalkit.scorers.analytic.blur import degrade
 from evalkit.scorers.analytic.detection import Detections, detect
-from evalkit.scorers.analytic.scorer import AnalyticScorer, score_phrases
+from evalkit.scorers.analytic.scorer import AnalyticScorer, score_phrases, score_relation
 from evalkit.scorers.analytic.segmentation import FG_CHROMA, MAX_OBJECTS, MIN_AREA, NOISE_FACTOR
 from evalkit.world.phrases import noun_phrases, parse_phrase, unreadable  # importers from before the move
 
@@ -53,6 +58,7 @@ __all__ = [
     "detect",
     "degrade",
     "score_phrases",
+    "score_relation",
     "FG_CHROMA",
     "MAX_OBJECTS",
     "MIN_AREA",

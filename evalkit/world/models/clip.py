@@ -51,11 +51,14 @@ def base_model_config() -> dict:
 
 
 def world_words() -> list[str]:
-    from evalkit.world.attributes import FAMILIES
+    """Every word a caption of the world can hold (the tokenizer's closed vocabulary)."""
+    from evalkit.world.attributes import FAMILIES, RELATIONS, relation_text
 
     words = {"a", "an", "and"}
     for values in FAMILIES.values():
         words.update(values)
+    for relation in RELATIONS:
+        words.update(relation_text(relation).split())
     return sorted(words)
 
 
