@@ -196,6 +196,11 @@ def _finish_world_run(what: str, final: Path, ship_fn, out, ship: bool, overwrit
     help="start from these CLIP weights (e.g. evalkit/world/weights/clip) with a fresh optimizer",
 )
 @click.option(
+    "--grow-from",
+    type=click.Path(file_okay=False, exists=True),
+    help="start the current architecture from an older CLIP's weights (new channels and words start fresh)",
+)
+@click.option(
     "--freeze-image-tower/--no-freeze-image-tower",
     default=None,
     help="train the text tower only: image embeddings, and the decoder trained on them, stay valid",

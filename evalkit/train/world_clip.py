@@ -20,6 +20,11 @@ most of a scene open, so a batch holds several); ``order_blind`` neither treats 
 words (the attribute-swapped twin) as one, so nothing teaches the pooled text embedding word order;
 ``init_from`` + ``freeze_image_tower`` retrain the text tower of a shipped CLIP alone, so image embeddings — and the
 decoder trained on them — stay valid.
+
+``grow_from`` starts the current architecture and vocabulary from a CLIP of an older one (:func:`grow_clip`): the
+plain image tower's weights go to the coordinate tower with zero weights on the coordinate channels, and each
+token's embedding row to the token's new id, so training starts from the old CLIP's function and only the new
+words (the relations') and the coordinate weights start from scratch.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ class CLIPTrainConfig:
         False  # captions with the words of the render's own caption (its swapped twin) are not negatives
     )
     init_from: str | None = None  # start from these CLIP weights (fresh optimizer)
+    grow_from: str | None = None  # start the current architecture from an older CLIP's weights (grow_clip)
     freeze_image_tower: bool = False  # train the text tower only: image embeddings (and any decoder on them) stay valid
     tiny: bool = False
 
@@ -77,14 +83,56 @@ class CLIPTrainConfig:
 def build_model(config: CLIPTrainConfig):
     from evalkit.world.models.clip import WorldCLIP
 
+    if config.init_from and config.grow_from:
+        raise ValueError("init_from and grow_from both start the CLIP from weights: give one")
     if config.init_from:
         model = WorldCLIP.from_pretrained(config.init_from)
+    elif config.grow_from:
+        model = grow_clip(WorldCLIP.from_pretrained(config.grow_from), WorldCLIP())
     else:
         model = WorldCLIP.tiny() if config.tiny else WorldCLIP()
     if config.freeze_image_tower:
         for name, p in model.model.named_parameters():
             p.requires_grad_(not name.startswith("visual."))
     return model
+
+
+def grow_clip(old, new):
+    """``new`` (a fresh CLIP of the current architecture and vocabulary) with every weight of ``old`` it can take.
+
+    A tensor of the same name and shape is copied. The coordinate tower's convolutions
+    (``features.<i>.block.0.weight``, 2 more input channels) take the plain tower's (``features.<i>.0.weight``)
+    on the image channels and zeros on the coordinate channels, so the grown tower computes what the old one
+    did; its other block tensors are renamed the same way. The token embedding takes the old row of each token
+    the old vocabulary has (matched by BPE id; padding, start, unknown and end by role); new words keep their
+    fresh rows. Anything else of another shape keeps ``new``'s initialisation (none in the world CLIP's case).
+    """
+    old_state, state = old.state_dict(), new.state_dict()
+    for name, tensor in state.items():
+        source = next((k for k in (name, name.replace(".block.", ".")) if k in old_state), None)
+        if source is None:
+            continue
+        value = old_state[source]
+        if name.endswith("token_embedding.weight"):
+            tensor.copy_(_grown_token_rows(old.tokenizer, new.tokenizer, value, tensor))
+        elif value.shape == tensor.shape:
+            tensor.copy_(value)
+        elif value.ndim == 4 and value.shape[0] == tensor.shape[0] and value.shape[2:] == tensor.shape[2:]:
+            tensor.zero_()
+            tensor[:, : value.shape[1]] = value  # the coordinate channels come last: zero weights
+    new.load_state_dict(state)
+    return new
+
+
+def _grown_token_rows(old_tok, new_tok, old_rows: torch.Tensor, new_rows: torch.Tensor) -> torch.Tensor:
+    rows = new_rows.clone()
+    for role in ("PAD", "SOT", "UNK", "EOT"):
+        rows[getattr(new_tok, role)] = old_rows[getattr(old_tok, role)]
+    old_ids = {bpe: i + 2 for i, bpe in enumerate(old_tok.bpe_ids)}
+    for i, bpe in enumerate(new_tok.bpe_ids):
+        if bpe in old_ids:
+            rows[i + 2] = old_rows[old_ids[bpe]]
+    return rows
 
 
 def scene_codes(scenes, vocab: dict) -> torch.Tensor:
