@@ -130,3 +130,39 @@ def test_order_blind_positives_spare_the_swapped_twin():
     true = batch_positives(pool, rows, CLIPTrainConfig(multi_positive=True))
     both = batch_positives(pool, rows, CLIPTrainConfig(multi_positive=True, order_blind=True))
     assert torch.equal(both, true | blind) and not torch.equal(true, both)
+
+
+def _clip(tower: str, words=None):
+    from evalkit.world.models.clip import base_model_config, world_words
+    from evalkit.world.models.tokenizer import CompactTokenizer
+
+    cfg = base_model_config()
+    cfg["vision_cfg"] = {**cfg["vision_cfg"], "timm_model_name": tower}
+    cfg["text_cfg"].update(width=32, layers=1, heads=2)
+    words = words or world_words()
+    return WorldCLIP(cfg, CompactTokenizer.from_words(words, cfg["text_cfg"]["context_length"]).bpe_ids)
+
+
+def test_grow_clip_starts_the_coordinate_tower_and_new_words_from_the_old_function():
+    from evalkit.train.world_clip import grow_clip
+    from evalkit.world.models.clip import world_words
+
+    torch.manual_seed(0)
+    relation_words = {"on", "the", "left", "right", "top", "bottom", "of"}
+    old = _clip("evalkit_world_cnn", [w for w in world_words() if w not in relation_words]).eval()
+    new = grow_clip(old, _clip("evalkit_world_cnn_xy")).eval()
+    assert new.tokenizer.vocab_size > old.tokenizer.vocab_size
+    images = torch.rand(3, 3, 32, 32)
+    prompts = ["a red circle and a blue square", "a big striped star and a small cross"]
+    with torch.no_grad():
+        assert torch.allclose(old.encode_image(images), new.encode_image(images), atol=1e-6)
+        assert torch.allclose(old.encode_text(prompts).text_embeds, new.encode_text(prompts).text_embeds, atol=1e-6)
+        # the coordinate channels start at zero weight, and the grown model still reads the new words
+        first = new.model.visual.trunk.features[0].block[0].weight
+        assert first.shape[1] == 5 and first[:, 3:].abs().max() == 0
+        spatial = new.encode_text(["a circle on the left of a square", "a circle on the right of a square"])
+        assert not torch.allclose(spatial.text_embeds[0], spatial.text_embeds[1])
+    with pytest.raises(ValueError, match="give one"):
+        from evalkit.train.world_clip import build_model
+
+        build_model(CLIPTrainConfig(init_from="a", grow_from="b"))
