@@ -201,6 +201,11 @@ def _finish_world_run(what: str, final: Path, ship_fn, out, ship: bool, overwrit
     help="start the current architecture from an older CLIP's weights (new channels and words start fresh)",
 )
 @click.option(
+    "--text-lr-scale",
+    type=float,
+    help="learning-rate factor of the text transformer (not the token embeddings), e.g. 0.1 with --grow-from",
+)
+@click.option(
     "--freeze-image-tower/--no-freeze-image-tower",
     default=None,
     help="train the text tower only: image embeddings, and the decoder trained on them, stay valid",

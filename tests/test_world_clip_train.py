@@ -166,3 +166,18 @@ def test_grow_clip_starts_the_coordinate_tower_and_new_words_from_the_old_functi
         from evalkit.train.world_clip import build_model
 
         build_model(CLIPTrainConfig(init_from="a", grow_from="b"))
+
+
+def test_text_lr_scale_slows_the_text_transformer_only():
+    from evalkit.train.world_clip import AuxHeads, build_model, combo_index, parameter_groups
+
+    config = CLIPTrainConfig(tiny=True, text_lr_scale=0.1)
+    model = build_model(config)
+    groups = parameter_groups(model, AuxHeads(model.embedding_dim, len(combo_index())), config)
+    slow = {id(p) for g in groups if g.get("lr") == pytest.approx(config.lr * 0.1) for p in g["params"]}
+    names = {n.removeprefix("model."): id(p) for n, p in model.named_parameters()}
+    assert names["transformer.resblocks.0.attn.in_proj_weight"] in slow and names["text_projection"] in slow
+    assert names["token_embedding.weight"] not in slow and names["logit_scale"] not in slow
+    assert not any(names[n] in slow for n in names if n.startswith("visual."))
+    total = sum(len(g["params"]) for g in groups)
+    assert total == len(list(model.parameters())) + 4  # + the two auxiliary heads' weight and bias

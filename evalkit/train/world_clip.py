@@ -63,6 +63,9 @@ class CLIPTrainConfig:
     )
     init_from: str | None = None  # start from these CLIP weights (fresh optimizer)
     grow_from: str | None = None  # start the current architecture from an older CLIP's weights (grow_clip)
+    # learning-rate factor of the text transformer and its projection (not the token embeddings): below 1, a grown
+    # CLIP learns its new words without its pooled text embedding drifting from a bag of words
+    text_lr_scale: float = 1.0
     freeze_image_tower: bool = False  # train the text tower only: image embeddings (and any decoder on them) stay valid
     tiny: bool = False
 
@@ -318,6 +321,21 @@ def contrastive_loss(model, image_embeds, text_embeds, ids, positives=None):
     )
 
 
+def parameter_groups(model, heads, config: CLIPTrainConfig) -> list[dict]:
+    """AdamW groups (:func:`decay_groups`), the text transformer and projection at ``lr · text_lr_scale``."""
+    named = list(itertools.chain(model.named_parameters(), ((f"aux.{n}", p) for n, p in heads.named_parameters())))
+
+    def body(name: str) -> bool:  # the text transformer, its final norm and projection
+        name = name.removeprefix("model.")
+        return not name.startswith(("visual.", "aux.", "token_embedding")) and name != "logit_scale"
+
+    groups = decay_groups([(n, p) for n, p in named if not body(n)], config.weight_decay)
+    if config.text_lr_scale == 1.0:
+        return decay_groups(named, config.weight_decay)
+    text = decay_groups([(n, p) for n, p in named if body(n)], config.weight_decay)
+    return groups + [{**g, "lr": config.lr * config.text_lr_scale} for g in text]
+
+
 #: settings a resumed run may change: they decide when to evaluate and checkpoint, not what is learnt
 RESUMABLE_KEYS = ("checkpoint_every", "eval_every")
 
@@ -342,8 +360,7 @@ def train_clip(
     set_seed(config.seed)
     model = build_model(config)
     heads = AuxHeads(model.embedding_dim, len(combo_index()))
-    named = itertools.chain(model.named_parameters(), ((f"aux.{n}", p) for n, p in heads.named_parameters()))
-    optimizer = torch.optim.AdamW(decay_groups(named, config.weight_decay), lr=config.lr, betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW(parameter_groups(model, heads, config), lr=config.lr, betas=(0.9, 0.98))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup_steps, config.steps))
     session.restore(model, optimizer, scheduler)
     if session.resume:
