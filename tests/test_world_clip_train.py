@@ -125,7 +125,10 @@ def test_order_blind_positives_spare_the_swapped_twin():
     pool = training_pool(16, seed=5)  # 16 captions, then their 16 swapped twins
     rows = torch.arange(32)
     blind = batch_positives(pool, rows, CLIPTrainConfig(order_blind=True))
-    assert all(blind[i, i + 16] and blind[i + 16, i] for i in range(16))  # each pair's twin has the same words
+    # each attribute pair's twin has the same words; a spatial twin names the opposite relation ("left" / "right")
+    attribute = [i for i in range(16) if not pool["spatial"][i]]
+    assert attribute and all(blind[i, i + 16] and blind[i + 16, i] for i in attribute)
+    assert not any(blind[i, i + 16] for i in range(16) if pool["spatial"][i])
     assert batch_positives(pool, rows, CLIPTrainConfig()) is None
     true = batch_positives(pool, rows, CLIPTrainConfig(multi_positive=True))
     both = batch_positives(pool, rows, CLIPTrainConfig(multi_positive=True, order_blind=True))
