@@ -216,7 +216,13 @@ def train_world_clip(out, resume, quick, stop_at, ship, overwrite, threads, **ov
     from evalkit.train.world_clip import CLIPTrainConfig, ship_clip, train_clip
 
     config = _train_config(
-        CLIPTrainConfig, quick, threads, overrides, ship_to=SHIPPED_DIR if ship else None, overwrite=overwrite
+        CLIPTrainConfig,
+        quick,
+        threads,
+        overrides,
+        ship_to=SHIPPED_DIR if ship else None,
+        overwrite=overwrite,
+        resume_from=out if resume else None,
     )
     final = train_clip(out, config, resume=resume, stop_at=stop_at)
     _finish_world_run("trained CLIP", final, ship_clip, out, ship, overwrite, stop_at)
@@ -267,7 +273,13 @@ def train_world_decoder(out, resume, quick, clip_dir, stop_at, ship, overwrite, 
         overrides["decoder"] = architecture
 
     config = _train_config(
-        DecoderTrainConfig, quick, threads, overrides, ship_to=SHIPPED_DIR if ship else None, overwrite=overwrite
+        DecoderTrainConfig,
+        quick,
+        threads,
+        overrides,
+        ship_to=SHIPPED_DIR if ship else None,
+        overwrite=overwrite,
+        resume_from=out if resume else None,
     )
     final = train_decoder(out, config, resume=resume, clip_dir=clip_dir, stop_at=stop_at)
     _finish_world_run("decoder", final, ship_decoder, out, ship, overwrite, stop_at)
@@ -286,28 +298,43 @@ def train_world_scorer(out, resume, quick, stop_at, ship, overwrite, threads, **
     from evalkit.train.world_scorer import ScorerTrainConfig, ship_scorer, train_scorer
 
     config = _train_config(
-        ScorerTrainConfig, quick, threads, overrides, ship_to=SHIPPED_DIR if ship else None, overwrite=overwrite
+        ScorerTrainConfig,
+        quick,
+        threads,
+        overrides,
+        ship_to=SHIPPED_DIR if ship else None,
+        overwrite=overwrite,
+        resume_from=out if resume else None,
     )
     final = train_scorer(out, config, resume=resume, stop_at=stop_at)
     _finish_world_run("scorer", final, ship_scorer, out, ship, overwrite, stop_at)
 
 
 def _train_config(
-    config_cls, quick: bool, threads: int | None, overrides: dict, ship_to: Path | None = None, overwrite: bool = False
+    config_cls,
+    quick: bool,
+    threads: int | None,
+    overrides: dict,
+    ship_to: Path | None = None,
+    overwrite: bool = False,
+    resume_from: str | None = None,
 ):
-    """The trainer's config from its flags; also refuses ``--ship`` onto shipped weights without ``--overwrite``
-    before training starts, rather than after an hours-long run."""
+    """The trainer's config from its flags (with ``resume_from``: on top of that run's own settings); also refuses
+    ``--ship`` onto shipped weights without ``--overwrite`` before training starts, rather than after an
+    hours-long run."""
     import dataclasses
 
     import torch
 
-    from evalkit.train.common import refuse_existing_weights
+    from evalkit.train.common import refuse_existing_weights, run_settings
 
     if ship_to is not None:
         refuse_existing_weights(ship_to, overwrite)
     if threads:
         torch.set_num_threads(threads)
     config = config_cls.quick() if quick else config_cls()
+    if resume_from:
+        config = run_settings(resume_from, config)
     return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -528,6 +555,14 @@ def train_baseline(
     config = (
         PriorTrainConfig.quick(prior, tiny=False, **overrides) if quick else PriorTrainConfig(prior=prior, **overrides)
     )
+    if resume:  # the run's own settings, the explicit flags on top (a contradiction is refused when it starts)
+        import dataclasses
+
+        from evalkit.train.common import run_settings
+
+        saved = run_settings(out, config)
+        if saved.prior == prior:  # another kind's run: its settings are not this kind's (the check names both)
+            config = dataclasses.replace(saved, **overrides)
     if ship:  # refused now, not after the run
         from evalkit.train.common import refuse_existing_weights
         from evalkit.train.priors import shipped_dir

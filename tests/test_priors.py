@@ -340,3 +340,30 @@ def test_gradient_accumulation_equals_the_whole_batch(kind, tmp_path, cache_env)
     _assert_same_function(prior_class(PriorTrainConfig.quick(kind)).model_class, whole, accumulated)
     with pytest.raises(ValueError, match="divisible"):
         train_prior(tmp_path / "bad", PriorTrainConfig.quick(kind, grad_accum_steps=3), progress=False)
+
+
+def test_cli_resume_needs_only_the_run_folder(tmp_path, cache_env):
+    """`train-baseline --resume` takes the run's own settings: a run started with --lam 0.5 resumes without
+    repeating it (and ends as the uninterrupted run), while a flag that contradicts the run is refused."""
+    from click.testing import CliRunner
+
+    from evalkit.cli import cli
+
+    runner = CliRunner()
+    start = ["train-baseline", "--prior", "eclipse", "--quick", "--lam", "0.5", "--threads", "1"]
+    done = runner.invoke(cli, [*start, "--out", str(tmp_path / "straight")])
+    assert done.exit_code == 0, done.output
+    done = runner.invoke(cli, [*start, "--out", str(tmp_path / "run"), "--stop-at", "3"])
+    assert done.exit_code == 0, done.output
+    refused = runner.invoke(cli, ["train-baseline", "--prior", "projection", "--out", str(tmp_path / "run"), "--resume"])
+    assert refused.exit_code != 0 and "prior: run has 'eclipse', asked 'projection'" in refused.output
+    refused = runner.invoke(
+        cli, ["train-baseline", "--prior", "eclipse", "--lam", "0.2", "--out", str(tmp_path / "run"), "--resume"]
+    )
+    assert refused.exit_code != 0 and "lam: run has 0.5, asked 0.2" in refused.output
+    done = runner.invoke(cli, ["train-baseline", "--prior", "eclipse", "--out", str(tmp_path / "run"), "--resume"])
+    assert done.exit_code == 0, done.output
+    a = EclipsePriorTransformer.from_pretrained(tmp_path / "straight" / "final").state_dict()
+    b = EclipsePriorTransformer.from_pretrained(tmp_path / "run" / "final").state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)

@@ -356,3 +356,24 @@ def test_placement_sets_the_sampling_dtype_and_keeps_float32_weights(decoder):
     place(copy, "cpu", "float32", role="decoder")
     assert torch.equal(copy.decode(e, b, protocol(2, 2.0)), decoder.decode(e, b, protocol(2, 2.0)))
     assert not torch.equal(bf16, decoder.decode(e, b, protocol(2, 2.0)))
+
+
+def test_cli_resume_takes_the_runs_own_settings(quick_run, tmp_path):
+    """`train-world decoder --out RUN --resume` continues a run started with non-default flags (cosine schedule)
+    without repeating them; a flag that contradicts the run is still refused."""
+    from click.testing import CliRunner
+
+    from evalkit.cli import cli
+
+    runner = CliRunner()
+    run = str(tmp_path / "run")
+    done = runner.invoke(
+        cli, ["train-world", "decoder", "--quick", "--out", run, "--lr-schedule", "cosine", "--stop-at", "2"]
+    )
+    assert done.exit_code == 0, done.output
+    refused = runner.invoke(cli, ["train-world", "decoder", "--out", run, "--resume", "--lr-schedule", "constant"])
+    assert refused.exit_code != 0 and "lr_schedule: run has 'cosine', asked 'constant'" in refused.output
+    done = runner.invoke(cli, ["train-world", "decoder", "--out", run, "--resume", "--threads", "1"])
+    assert done.exit_code == 0, done.output
+    config = json.loads((tmp_path / "run" / "final" / "training_record.json").read_text())["config"]
+    assert config["lr_schedule"] == "cosine" and config["steps"] == DecoderTrainConfig.quick().steps

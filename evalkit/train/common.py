@@ -304,6 +304,24 @@ def warmup_cosine(warmup_steps: int, total_steps: int, floor: float = 0.0) -> Ca
     return factor
 
 
+def run_settings(out_dir: str | Path, config):
+    """``config`` with every setting the run in ``out_dir`` was started with (its ``train_config.json``), so
+    that ``--resume`` needs only the flags that change something (``--steps``, ``--threads``): the command
+    line's explicit options go on top of this, and :func:`check_resumable` still refuses a contradiction.
+    ``config`` unchanged when the folder holds no run."""
+    path = Path(out_dir) / "train_config.json"
+    if not path.is_file():
+        return config
+    saved = json.loads(path.read_text())
+    fields = {f.name for f in dataclasses.fields(config)}
+    values = {}
+    for name, value in saved.items():
+        if name in fields:
+            current = getattr(config, name)
+            values[name] = tuple(value) if isinstance(current, tuple) and isinstance(value, list) else value
+    return dataclasses.replace(config, **values)
+
+
 def check_resumable(out_dir: Path, config, resumable: tuple[str, ...] = ()) -> None:
     """A :class:`ConfigMismatchError` listing every setting (other than ``resumable``) that differs from the
     ``train_config.json`` the run in ``out_dir`` was started with: a resume continues *that* run."""
@@ -330,8 +348,8 @@ def check_resumable(out_dir: Path, config, resumable: tuple[str, ...] = ()) -> N
     ]
     if diff:
         raise ConfigMismatchError(
-            f"cannot resume {out_dir} with another configuration (resume with the run's own "
-            "settings, or start a new run with another --out):\n  " + "\n  ".join(diff)
+            f"cannot resume {out_dir} with another configuration (--resume with only --out and the flags the "
+            "run may change takes its own settings; or start a new run with another --out):\n  " + "\n  ".join(diff)
         )
 
 
