@@ -355,7 +355,9 @@ def test_cli_resume_needs_only_the_run_folder(tmp_path, cache_env):
     assert done.exit_code == 0, done.output
     done = runner.invoke(cli, [*start, "--out", str(tmp_path / "run"), "--stop-at", "3"])
     assert done.exit_code == 0, done.output
-    refused = runner.invoke(cli, ["train-baseline", "--prior", "projection", "--out", str(tmp_path / "run"), "--resume"])
+    refused = runner.invoke(
+        cli, ["train-baseline", "--prior", "projection", "--out", str(tmp_path / "run"), "--resume"]
+    )
     assert refused.exit_code != 0 and "prior: run has 'eclipse', asked 'projection'" in refused.output
     refused = runner.invoke(
         cli, ["train-baseline", "--prior", "eclipse", "--lam", "0.2", "--out", str(tmp_path / "run"), "--resume"]
