@@ -21,12 +21,12 @@ from pathlib import Path
 
 #: (shipped name, train-baseline flags, training seeds, minutes on one thread of the machine the table was made on)
 RECIPES: tuple[tuple[str, tuple[str, ...], tuple[int, ...], float], ...] = (
-    ("diffusion-xl", ("--prior", "diffusion", "--size", "xl"), (0,), 43.0),
-    ("eclipse-large", ("--prior", "eclipse", "--size", "large"), (0,), 19.0),
-    ("eclipse-hn", ("--prior", "eclipse", "--hard-negatives"), (0, 1, 2), 8.0),
-    ("diffusion", ("--prior", "diffusion"), (0, 1, 2), 6.0),
-    ("eclipse", ("--prior", "eclipse"), (0, 1, 2), 5.5),
-    ("projection", ("--prior", "projection"), (0, 1, 2), 5.0),
+    ("diffusion-xl", ("--prior", "diffusion", "--size", "xl"), (0,), 44.0),
+    ("eclipse-large", ("--prior", "eclipse", "--size", "large"), (0,), 22.0),
+    ("eclipse-hn", ("--prior", "eclipse", "--hard-negatives"), (0, 1, 2), 3.0),
+    ("diffusion", ("--prior", "diffusion"), (0, 1, 2), 3.3),
+    ("eclipse", ("--prior", "eclipse"), (0, 1, 2), 3.2),
+    ("projection", ("--prior", "projection"), (0, 1, 2), 2.9),
 )
 
 
