@@ -6,7 +6,7 @@ row, compressed), ``report.md`` / ``report.html`` with the grids and the paramet
 images the report shows (the lowest-scored ones). ``evalkit report results/headline/<name>`` renders
 it again. The wall time on this machine is printed and stored in ``timing.json``.
 
-    python -m evalkit.bootstrap python benchmarks/headline.py --name paper            # 3 × 300 prompts × 10 seeds
+    python -m evalkit.bootstrap python benchmarks/headline.py --name paper            # 4 × 300 prompts × 10 seeds
     python -m evalkit.bootstrap python benchmarks/headline.py --name mid --limit 50 --images-per-prompt 2
 """
 

@@ -1,7 +1,7 @@
 """Named run presets (``evalkit run --preset NAME``), the smoke protocol and its golden.
 
-- ``smoke``: the regression gate's protocol — oracle and ECLIPSE on the three synthetic suites, 40 prompts
-  × 2 seeds each (480 images, under two minutes on 2 cores), decoded in float32, scored by the binding,
+- ``smoke``: the regression gate's protocol — oracle and ECLIPSE on the four synthetic suites, 40 prompts
+  × 2 seeds each (640 images, under three minutes on 2 cores), decoded in float32, scored by the binding,
   analytic and embedding-cosine scorers (the last reads the prior's embedding: no decoder noise at all):
   float32 sampling gives the same 8-bit images to within a few levels on any CPU (bfloat16 autocast does not:
   oneDNN picks other kernels per instruction set), so the paired test against the golden keeps its power on every
@@ -12,7 +12,7 @@
   until the golden is regenerated). The ``none`` row is left out: its score is 0 by construction, so
   it holds nothing to gate and would cost a third of the time.
 - ``demo``: the main job of ``evalkit demo``: the calibration priors and the trained prior ladder on
-  the three synthetic suites, 8 prompts × 2 seeds each.
+  the four synthetic suites, 8 prompts × 2 seeds each.
 - ``paper``: the full protocol (every val prompt, 10 images per prompt, as T2I-CompBench) over the
   calibration priors and every shipped trained prior.
 """
@@ -32,7 +32,7 @@ SYNTH_SUITES = list(SYNTH_SUITES)
 SCORERS = ["binding", "analytic"]
 LADDER = ["oracle", "eclipse", "projection", "diffusion", "eclipse-hn", "eclipse-large", "diffusion-xl", "none"]
 PRESETS = {
-    # 2 priors × 3 suites × 40 prompts × 2 seeds = 480 images at 10 decoder steps, float32 sampling
+    # 2 priors × 4 suites × 40 prompts × 2 seeds = 640 images at 10 decoder steps, float32 sampling
     # (+ the embedding-level row: the prior's embedding against the true render's, no decoding)
     "smoke": dict(
         priors=["oracle", "eclipse"],
