@@ -527,7 +527,7 @@ def train_baseline(
     import torch
 
     from evalkit.distributed import world
-    from evalkit.train.priors import PriorTrainConfig, describe as describe_prior, ship_prior, train_prior
+    from evalkit.train.priors import describe as describe_prior, ship_prior, train_prior
 
     if threads:
         torch.set_num_threads(threads)
@@ -549,20 +549,7 @@ def train_baseline(
             "--ship copies a synthetic-world prior into the checkout; a prior trained on --data "
             "is used from its run folder: --prior-path NAME=OUT/final"
         )
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if size:
-        overrides["size"] = size
-    config = (
-        PriorTrainConfig.quick(prior, tiny=False, **overrides) if quick else PriorTrainConfig(prior=prior, **overrides)
-    )
-    if resume:  # the run's own settings, the explicit flags on top (a contradiction is refused when it starts)
-        import dataclasses
-
-        from evalkit.train.common import run_settings
-
-        saved = run_settings(out, config)
-        if saved.prior == prior:  # another kind's run: its settings are not this kind's (the check names both)
-            config = dataclasses.replace(saved, **overrides)
+    config = _prior_config(prior, size, out, resume, quick, overrides)
     if ship:  # refused now, not after the run
         from evalkit.train.common import refuse_existing_weights
         from evalkit.train.priors import shipped_dir
@@ -579,6 +566,27 @@ def train_baseline(
         click.echo(f"run it: evalkit run --prior {config.prior} --prior-path {config.prior}={final}")
     if ship and stop_at is None:
         click.echo(f"shipped to {ship_prior(out, overwrite=overwrite)}")
+
+
+def _prior_config(prior: str, size: str | None, out: str, resume: bool, quick: bool, overrides: dict):
+    """train-baseline's config from its flags; with ``--resume``, the run's own settings with the explicit flags on
+    top (a contradiction is refused when the run starts)."""
+    import dataclasses
+
+    from evalkit.train.common import run_settings
+    from evalkit.train.priors import PriorTrainConfig
+
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if size:
+        overrides["size"] = size
+    config = (
+        PriorTrainConfig.quick(prior, tiny=False, **overrides) if quick else PriorTrainConfig(prior=prior, **overrides)
+    )
+    if resume:
+        saved = run_settings(out, config)
+        if saved.prior == prior:  # another kind's run: its settings are not this kind's (the check names both)
+            config = dataclasses.replace(saved, **overrides)
+    return config
 
 
 def _run_options(command):

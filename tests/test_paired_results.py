@@ -8,6 +8,7 @@ from evalkit.harness.presets import GOLDEN_DIR
 from evalkit.report.run_report import write_report
 from evalkit.harness.runs import load_run
 from evalkit.serialization import seal
+from evalkit.world.attributes import CATEGORIES
 
 PAIR = [("oracle", "eclipse")]
 KEYS = {
@@ -39,7 +40,7 @@ def test_rows_are_json_and_per_scorer_suite_and_split():
     assert rows and all(set(r) == KEYS for r in rows)
     assert json.loads(json.dumps(rows, allow_nan=False)) == rows
     assert {(r["scorer"], r["suite"]) for r in rows} == {(s["scorer"], s["suite"]) for s in run.samples}
-    assert {r["category"] for r in rows} == {"color", "shape", "texture"}
+    assert {r["category"] for r in rows} == set(CATEGORIES)
     assert all(r["ci_low"] <= r["diff"] <= r["ci_high"] and r["n_prompts"] == 40 for r in rows if r["seen"] == "all")
 
 
