@@ -33,14 +33,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from evalkit.world.attributes import CATEGORIES
+
 LADDERS = {
-    "bias": [0.02, 0.03, 0.04, 0.05, 0.07, 0.1],
+    "bias": [0.02, 0.03, 0.04, 0.05, 0.07, 0.1, 0.15],
     "noise": [0.01, 0.02, 0.05, 0.1, 0.25, 0.5],
     "blend": [0.05, 0.2],
     "scale": [0.9, 0.7],
     "steps": [8, 5, 3],
 }
-CATEGORIES = ("color", "shape", "texture")
 
 
 def fault_for(ladder: str, strength):
